@@ -1,0 +1,1 @@
+"""fedsa-edge: cross-device FedSA-LoRA over MQTT."""
