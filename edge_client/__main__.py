@@ -1,0 +1,3 @@
+from edge_client.cli import app
+
+app()

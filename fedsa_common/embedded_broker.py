@@ -1,0 +1,131 @@
+"""Run an amqtt broker as a stand-alone process: the fallback when Mosquitto is not installed.
+
+Started by ``fedsa_common.broker.start_broker(kind="embedded")`` as
+``python -m fedsa_common.embedded_broker --host 127.0.0.1 --port PORT``. It is configured to
+look like our Mosquitto setup to MQTT 3.1.1 clients: one TCP listener, anonymous access, no
+``$SYS`` chatter, a packet size cap, and no will after a clean DISCONNECT (see
+``install_packet_hooks`` for the two amqtt gaps we patch). It exits on SIGTERM/SIGINT, and when its
+parent process goes away, so a crashed test run does not leave brokers behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+from typing import Any
+
+from amqtt.broker import Broker
+from amqtt.mqtt.disconnect import DisconnectPacket
+from amqtt.mqtt.packet import DISCONNECT, MQTTFixedHeader
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+
+log = logging.getLogger("fedsa.embedded_broker")
+
+
+class PacketTooLargeError(Exception):
+    """Raised inside amqtt's reader when a packet exceeds the cap; amqtt then drops the client."""
+
+
+_CLEAN_DISCONNECT = "_fedsa_clean_disconnect"
+
+
+def install_packet_hooks(max_packet_bytes: int) -> None:
+    """Patch two gaps between amqtt 0.12 and Mosquitto, seen from a 3.1.1 client.
+
+    1. Packet size cap. amqtt reads every packet fully into memory and has no size option. We
+       wrap the fixed-header decoder: an exception that is not an ``MQTTError`` ends amqtt's
+       reader loop and closes the connection, which is what Mosquitto does for oversized
+       packets.
+    2. Will after a clean DISCONNECT. amqtt loses a DISCONNECT, and publishes the will as if
+       the client had died, when the socket closes right after it (paho closes immediately:
+       the reader loop cancels the task handling DISCONNECT) or when it arrives before the
+       broker's per-client loop starts waiting for it (connect, then close at once, while the
+       broker is still replaying retained messages). We note DISCONNECT on the connection's
+       reader as soon as its header is read and report it when amqtt asks how the client left.
+    """
+    original_from_stream = MQTTFixedHeader.from_stream.__func__  # type: ignore[attr-defined]
+
+    async def from_stream(cls: type[MQTTFixedHeader], reader: Any) -> MQTTFixedHeader | None:
+        header = await original_from_stream(cls, reader)
+        if header is None:
+            return None
+        size = header.bytes_length + header.remaining_length
+        if size > max_packet_bytes:
+            log.warning("dropping client: %d-byte packet > %d", size, max_packet_bytes)
+            raise PacketTooLargeError(f"{size} > {max_packet_bytes}")
+        if header.packet_type == DISCONNECT:
+            setattr(reader, _CLEAN_DISCONNECT, True)
+        return header
+
+    original_wait = BrokerProtocolHandler.wait_disconnect
+
+    async def wait_disconnect(self: BrokerProtocolHandler) -> DisconnectPacket | None:
+        result = await original_wait(self)
+        if result is None and getattr(self.reader, _CLEAN_DISCONNECT, False):
+            return DisconnectPacket()
+        return result
+
+    MQTTFixedHeader.from_stream = classmethod(from_stream)  # type: ignore[method-assign,assignment]
+    BrokerProtocolHandler.wait_disconnect = wait_disconnect  # type: ignore[method-assign]
+
+
+def broker_config(host: str, port: int) -> dict[str, Any]:
+    """amqtt 0.12 broker config: TCP listener, anonymous auth, nothing else."""
+    return {
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}},
+        # Listing plugins explicitly replaces amqtt's defaults (event/packet loggers and the
+        # $SYS publisher, which would put extra retained traffic on the broker).
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+
+
+async def serve(host: str, port: int) -> None:
+    """Run the broker until SIGTERM/SIGINT or until the parent process exits."""
+    broker = Broker(broker_config(host, port))
+    await broker.start()
+    log.info("embedded broker listening on %s:%d", host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    parent = os.getppid()
+
+    async def watch_parent() -> None:
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        log.warning("parent process %d exited; shutting down", parent)
+        stop.set()
+
+    watcher = asyncio.create_task(watch_parent())
+    await stop.wait()
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    await broker.shutdown()
+    log.info("embedded broker stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=1883)
+    parser.add_argument("--max-packet-bytes", type=int, default=4_000_000)
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    if not ipaddress.ip_address(args.host).is_loopback:
+        parser.error(f"--host must be a loopback address, got {args.host}")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("fedsa.embedded_broker").setLevel(logging.INFO)
+    install_packet_hooks(args.max_packet_bytes)
+    asyncio.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Wire protocol: topic names and the validated headers of every message kind.
+
+Both hubs and devices import this module, so the topic layout and the header schemas live
+in exactly one place.  Headers are parsed with pydantic models that forbid unknown keys;
+a header that does not validate becomes a ``WireError("bad_header")`` that the receiver
+counts and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedsa_common.envelope import PROTOCOL_VERSION, Envelope, pack, unpack
+from fedsa_common.errors import WireError
+
+NAME_RE = r"^[A-Za-z0-9_.-]{1,64}$"
+_NAME = re.compile(NAME_RE)
+
+
+def check_name(kind: str, value: str) -> str:
+    """Names become topic levels, so they may not contain '/', '+', '#' or spaces."""
+    if not _NAME.match(value):
+        raise ValueError(f"{kind} {value!r} must match {NAME_RE}")
+    return value
+
+
+class Topics:
+    """Topic layout of one federation.
+
+    Chunked logical messages (announcements, updates, partials) travel on ``T/{chunk}``;
+    raw JSON messages (presence, metrics, status) on the topic itself.
+    """
+
+    def __init__(self, federation: str) -> None:
+        self.base = f"fedsa/{check_name('federation', federation)}"
+
+    @property
+    def all(self) -> str:
+        return f"{self.base}/#"
+
+    @property
+    def announce(self) -> str:
+        return f"{self.base}/round"
+
+    def update(self, region: str, client: str) -> str:
+        return f"{self.base}/region/{region}/update/{client}"
+
+    def update_filter(self, region: str) -> str:
+        return f"{self.base}/region/{region}/update/+"
+
+    def partial(self, region: str) -> str:
+        return f"{self.base}/cloud/partial/{region}"
+
+    @property
+    def partial_filter(self) -> str:
+        return f"{self.base}/cloud/partial/+"
+
+    def presence(self, region: str, client: str) -> str:
+        return f"{self.base}/presence/{region}/{client}"
+
+    @property
+    def presence_filter(self) -> str:
+        return f"{self.base}/presence/+/+"
+
+    def metrics(self, region: str, client: str) -> str:
+        return f"{self.base}/metrics/{region}/{client}"
+
+    @property
+    def metrics_filter(self) -> str:
+        return f"{self.base}/metrics/+/+"
+
+    def status(self, role: str, name: str) -> str:
+        return f"{self.base}/status/{role}/{name}"
+
+    @property
+    def status_filter(self) -> str:
+        return f"{self.base}/status/+/+"
+
+
+class Header(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    proto: int = PROTOCOL_VERSION
+    federation: str = Field(pattern=NAME_RE)
+    round: int = Field(ge=0)
+
+
+class AnnounceHeader(Header):
+    """Round announcement, retained, so a late joiner learns the current round at once."""
+
+    kind: Literal["announce"] = "announce"
+    version: int = Field(ge=0)
+    status: Literal["running", "finished"]
+    selected: dict[str, list[str]]
+    config: dict[str, Any]
+    config_hash: str
+    deadline_s: float = Field(gt=0)
+    issued_at: float
+    shared: list[str]
+
+
+class UpdateHeader(Header):
+    """One device's compressed delta of its shared parameters for one round."""
+
+    kind: Literal["update"] = "update"
+    client: str = Field(pattern=NAME_RE)
+    region: str = Field(pattern=NAME_RE)
+    base_version: int = Field(ge=0)
+    codec: str
+    codec_params: dict[str, Any] = {}
+    codec_meta: dict[str, Any] = {}
+    num_samples: int = Field(ge=1)
+    train_loss: float | None = None
+    train_s: float | None = Field(None, ge=0)
+
+    @property
+    def update_id(self) -> str:
+        return f"{self.client}:{self.round}"
+
+
+class PartialHeader(Header):
+    """A regional hub's running weighted sum for one round, forwarded to the cloud."""
+
+    kind: Literal["partial"] = "partial"
+    region: str = Field(pattern=NAME_RE)
+    base_version: int = Field(ge=0)
+    count: int = Field(ge=0)
+    weight: float = Field(ge=0)
+    accepted: list[str]
+    rejected: dict[str, int] = {}
+    duplicates: int = Field(0, ge=0)
+    bytes_in: int = Field(0, ge=0)
+
+
+class Metrics(BaseModel):
+    """A device's report after a round: personalized accuracy on its own test split."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    federation: str
+    client: str = Field(pattern=NAME_RE)
+    region: str = Field(pattern=NAME_RE)
+    round: int = Field(ge=0)
+    accuracy: float = Field(ge=0, le=1)
+    n_test: int = Field(ge=0)
+    train_loss: float | None = None
+    train_s: float = Field(0.0, ge=0)
+    bytes_up: int = Field(0, ge=0)
+    bytes_down: int = Field(0, ge=0)
+
+
+class Presence(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    client: str = Field(pattern=NAME_RE)
+    region: str = Field(pattern=NAME_RE)
+    online: bool
+    ts: float = 0.0
+
+
+H = TypeVar("H", bound=BaseModel)
+
+
+def parse_header(cls: type[H], raw: Mapping[str, Any]) -> H:
+    if raw.get("proto") != PROTOCOL_VERSION:
+        raise WireError("version", f"protocol {raw.get('proto')!r}, expected {PROTOCOL_VERSION}")
+    try:
+        return cls.model_validate(dict(raw))
+    except ValidationError as err:
+        raise WireError("bad_header", str(err.errors()[0])) from None
+
+
+def encode_message(header: BaseModel, tensors: Mapping[str, torch.Tensor]) -> bytes:
+    return pack(header.model_dump(mode="json"), tensors)
+
+
+def decode_message(cls: type[H], data: bytes, *, max_bytes: int) -> tuple[H, Envelope]:
+    env = unpack(data, max_bytes=max_bytes)
+    return parse_header(cls, env.header), env
+
+
+def encode_json(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode()
+
+
+def decode_json(cls: type[H], data: bytes, max_bytes: int = 65_536) -> H:
+    if len(data) > max_bytes:
+        raise WireError("too_large", f"{len(data)} bytes")
+    try:
+        return cls.model_validate(json.loads(data))
+    except (ValueError, ValidationError) as err:
+        raise WireError("bad_header", str(err)[:200]) from None

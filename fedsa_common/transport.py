@@ -1,0 +1,542 @@
+"""A thin paho-mqtt 2.x session: connect with backoff, chunked and raw publish/subscribe.
+
+Why a wrapper at all: every process (device, regional hub, cloud hub) needs the same things
+from MQTT and they are easy to get subtly wrong with paho directly:
+
+* payloads larger than the broker's packet cap. A logical message on topic ``T`` is sent as
+  frames (``fedsa_common.chunking``) on the subtopics ``T/0``, ``T/1``, ...; a subscriber to the
+  logical filter ``F`` subscribes ``F/+`` and gets the reassembled payload. One subtopic per
+  frame makes *retained* chunked messages work, since the broker keeps one retained message per
+  topic. When a retained message is replaced by one with fewer frames, the leftover ``T/{i}``
+  topics are cleared with empty retained payloads, and receivers ignore empty frames.
+* small JSON messages (presence, metrics, status, the will) go unframed via ``*_raw``.
+* reconnecting: the first connect retries with exponential backoff plus jitter, later drops
+  are handled by paho's automatic reconnect (same backoff, jitter added by us) and every
+  subscription is re-established on every reconnect, whether or not the broker kept the session.
+* hostile input: malformed frames go to ``on_reject`` and never raise out of paho's callback;
+  handler exceptions are logged and never stop the network loop.
+
+Threading: handlers, ``on_connect`` and ``on_reject`` run on paho's network thread. While one
+runs, no other message is received and no keepalive is answered, so callers must hand long work
+(training, aggregation, disk I/O) to another thread or queue. ``publish``/``subscribe`` called
+from that thread cannot wait for acknowledgements (the thread that would receive them is busy),
+so there they only queue the packets and return.
+
+We speak MQTT 3.1.1, which both Mosquitto and the embedded amqtt broker support (amqtt has no
+MQTT 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+
+from fedsa_common.broker import parse_broker_url
+from fedsa_common.chunking import (
+    FRAME_HEADER_BYTES,
+    MIN_CHUNK_BYTES,
+    Reassembler,
+    parse_header,
+    split_payload,
+)
+from fedsa_common.errors import WireError
+
+log = logging.getLogger(__name__)
+
+
+class _QuietPahoShutdown(logging.Filter):
+    """paho 2.2 logs an ERROR ("Client is not connected...") from its loop after every clean
+    disconnect and while reconnecting; we report connection state ourselves, so drop it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_paho_log = logging.getLogger(f"{__name__}.paho")
+_paho_log.addFilter(_QuietPahoShutdown())
+
+Handler = Callable[[str, bytes], None]
+RejectHandler = Callable[[str, WireError], None]
+
+
+@dataclass(frozen=True)
+class Will:
+    """Last-will message the broker publishes (unframed) if the session dies without ``close()``."""
+
+    topic: str
+    payload: bytes
+    retain: bool = True
+    qos: int = 1
+
+
+@dataclass(frozen=True)
+class _Subscription:
+    topic_filter: str  # what the caller asked for; for chunked ones, the logical filter
+    broker_filter: str  # what is subscribed at the broker
+    handler: Handler
+    qos: int
+    chunked: bool
+
+
+def chunk_filter(topic_filter: str) -> str:
+    """Broker filter that matches the frame subtopics of every topic matching ``topic_filter``."""
+    if topic_filter == "#" or topic_filter.endswith("/#"):
+        return topic_filter  # '#' already spans the extra level and may not be followed by one
+    return f"{topic_filter}/+"
+
+
+def chunk_topic(topic: str, idx: int) -> str:
+    """The subtopic frame ``idx`` of a logical message on ``topic`` is published to."""
+    return f"{topic}/{idx}"
+
+
+def _check_topic(topic: str) -> None:
+    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+        raise ValueError(f"invalid publish topic {topic!r}")
+
+
+def _check_filter(topic_filter: str) -> None:
+    levels = topic_filter.split("/")
+    bad = (
+        not topic_filter
+        or "\x00" in topic_filter
+        or any("#" in lvl and (lvl != "#" or i != len(levels) - 1) for i, lvl in enumerate(levels))
+        or any("+" in lvl and lvl != "+" for lvl in levels)
+    )
+    if bad:
+        raise ValueError(f"invalid topic filter {topic_filter!r}")
+
+
+def _chunk_index(topic: str) -> tuple[str, int]:
+    """Split a frame subtopic ``T/idx`` into ``(T, idx)``; ``WireError`` if it is not one."""
+    logical, sep, idx_s = topic.rpartition("/")
+    canonical = idx_s.isascii() and idx_s.isdigit() and str(int(idx_s)) == idx_s
+    if not sep or not logical or not canonical or int(idx_s) > 0xFFFF:
+        raise WireError("frame_bad_topic", f"{topic!r} is not <topic>/<frame index>")
+    return logical, int(idx_s)
+
+
+class _AckWaiter:
+    """Matches SUBACKs (by message id) to callers waiting for them.
+
+    The ack can arrive on the network thread before the caller has registered its wait, so
+    early results are kept until claimed; mids nobody will claim are registered as ignored.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._results: dict[int, Any] = {}
+        self._waiting: dict[int, threading.Event] = {}
+        self._ignored: set[int] = set()
+
+    def acked(self, mid: int, result: Any) -> None:
+        with self._lock:
+            if mid in self._ignored:
+                self._ignored.discard(mid)
+                return
+            self._results[mid] = result
+            event = self._waiting.pop(mid, None)
+        if event is not None:
+            event.set()
+
+    def ignore(self, mid: int) -> None:
+        with self._lock:
+            if self._results.pop(mid, None) is None:
+                self._ignored.add(mid)
+
+    def wait(self, mid: int, timeout: float) -> Any:
+        with self._lock:
+            if mid in self._results:
+                return self._results.pop(mid)
+            event = self._waiting[mid] = threading.Event()
+        event.wait(timeout)
+        with self._lock:
+            self._waiting.pop(mid, None)
+            if mid in self._results:
+                return self._results.pop(mid)
+            self._ignored.add(mid)
+        raise TimeoutError(f"no acknowledgement for message id {mid} within {timeout}s")
+
+    def reset(self) -> None:
+        """Forget acks of a dead connection: they will never come, and mids get reused."""
+        with self._lock:
+            self._results.clear()
+            self._ignored.clear()
+
+
+class MqttSession:
+    """One MQTT client connection with chunked and raw publish/subscribe; see the module doc."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        client_id: str,
+        *,
+        payload_limit: int = 1_000_000,
+        will: Will | None = None,
+        clean_session: bool = False,
+        keepalive: int = 30,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        on_connect: Callable[[], None] | None = None,
+        on_reject: RejectHandler | None = None,
+        max_message_bytes: int = 8_000_000,
+    ) -> None:
+        if payload_limit < FRAME_HEADER_BYTES + MIN_CHUNK_BYTES:
+            raise ValueError(f"payload_limit must be >= {FRAME_HEADER_BYTES + MIN_CHUNK_BYTES}")
+        if not 0 < reconnect_min_s <= reconnect_max_s:
+            raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
+        self.broker_url = broker_url
+        self.client_id = client_id
+        self.payload_limit = payload_limit
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("bytes_published", "bytes_received", "frames_rejected"), 0
+        )
+        self._host, self._port = parse_broker_url(broker_url)
+        self._keepalive = keepalive
+        self._reconnect_min_s = reconnect_min_s
+        self._reconnect_max_s = reconnect_max_s
+        self._user_on_connect = on_connect
+        self._on_reject = on_reject or self._log_reject
+        self._reassembler = Reassembler(max_message_bytes=max_message_bytes)
+        self._lock = threading.Lock()
+        self._subs: list[_Subscription] = []
+        self._retained_chunks: dict[str, int] = {}  # topic -> frames last published retained
+        self._subacks = _AckWaiter()
+        self._connected_once = threading.Event()
+        self._stopping = threading.Event()
+        self._net_thread: int | None = None
+        self._attempts = 0
+        self._last_error = "no attempt yet"
+        self._started = False
+        self._closed = False
+
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean_session,
+            protocol=MQTTProtocolVersion.MQTTv311,
+        )
+        client.enable_logger(_paho_log)
+        client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]
+        if will is not None:
+            _check_topic(will.topic)
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        client.on_pre_connect = self._handle_pre_connect
+        client.on_connect = self._handle_connect
+        client.on_connect_fail = self._handle_connect_fail
+        client.on_disconnect = self._handle_disconnect
+        client.on_subscribe = self._handle_suback
+        client.on_message = self._handle_message
+        self._client = client
+
+    # ----------------------------------------------------------------- connection lifecycle
+
+    def connect(self, timeout: float = 30.0) -> None:
+        """Start the network thread and wait until the broker accepted the connection.
+
+        Retries with exponential backoff and jitter; raises ``ConnectionError`` naming the URL
+        if not connected within ``timeout`` (the session is then closed). Once connected, paho
+        reconnects on its own after any drop. Call at most once per session.
+        """
+        if self._started:
+            raise RuntimeError("connect() may be called only once per MqttSession")
+        self._started = True
+        self._client.connect_async(self._host, self._port, self._keepalive)
+        self._client.loop_start()
+        if not self._connected_once.wait(timeout):
+            self.close()
+            raise ConnectionError(
+                f"could not connect to MQTT broker {self.broker_url} as {self.client_id!r} "
+                f"within {timeout:.1f}s (last error: {self._last_error})"
+            )
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up right now (it may drop and come back at any time)."""
+        return self._client.is_connected()
+
+    def close(self) -> None:
+        """Send a clean DISCONNECT (so the broker discards the will) and stop the network thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        self._client.disconnect()
+        if self._started:
+            self._client.loop_stop()
+
+    def __enter__(self) -> MqttSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------- subscribe
+
+    def subscribe(
+        self, topic_filter: str, handler: Handler, *, qos: int = 1, timeout: float = 30.0
+    ) -> None:
+        """Receive whole chunked messages on topics matching ``topic_filter``.
+
+        ``handler(logical_topic, payload)`` runs on the network thread. The subscription is kept
+        and re-established on every reconnect; when connected, waits for the broker's SUBACK.
+        """
+        _check_filter(topic_filter)
+        sub = _Subscription(topic_filter, chunk_filter(topic_filter), handler, qos, chunked=True)
+        self._add(sub, timeout)
+
+    def subscribe_raw(
+        self, topic_filter: str, handler: Handler, *, qos: int = 1, timeout: float = 30.0
+    ) -> None:
+        """Receive unframed messages (including empty ones) exactly as published."""
+        _check_filter(topic_filter)
+        self._add(_Subscription(topic_filter, topic_filter, handler, qos, chunked=False), timeout)
+
+    def _add(self, sub: _Subscription, timeout: float) -> None:
+        with self._lock:
+            self._subs.append(sub)
+        if not self.connected:
+            return  # sent by _handle_connect once connected
+        rc, mid = self._client.subscribe(sub.broker_filter, sub.qos)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return  # connection dropped meanwhile; _handle_connect will subscribe
+        if self._on_network_thread():
+            self._subacks.ignore(mid)
+            return
+        codes = self._subacks.wait(mid, timeout)
+        if any(code.is_failure for code in codes):
+            raise ConnectionError(f"broker refused subscription {sub.broker_filter!r}: {codes}")
+
+    # ----------------------------------------------------------------------------- publish
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float = 30.0,
+    ) -> int:
+        """Publish ``payload`` as frames on ``topic/0``, ``topic/1``, ... and wait for all acks.
+
+        Returns the MQTT payload bytes sent (``len(payload)`` plus 24 header bytes per frame,
+        plus nothing for clearing stale retained frames). Raises ``TimeoutError`` when not all
+        frames are acknowledged within ``timeout``; paho keeps the unacknowledged ones queued
+        and still delivers them if the connection comes back.
+        """
+        _check_topic(topic)
+        frames = split_payload(payload, self.payload_limit)
+        infos = [
+            self._client.publish(chunk_topic(topic, i), frame, qos=qos, retain=retain)
+            for i, frame in enumerate(frames)
+        ]
+        if retain:
+            with self._lock:
+                previous = self._retained_chunks.get(topic, 0)
+                self._retained_chunks[topic] = len(frames)
+            infos += [
+                self._client.publish(chunk_topic(topic, i), b"", qos=qos, retain=True)
+                for i in range(len(frames), previous)
+            ]
+        sent = sum(len(frame) for frame in frames)
+        self._count("bytes_published", sent)
+        self._wait_published(infos, timeout, f"publish to {topic!r}")
+        return sent
+
+    def publish_raw(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float = 30.0,
+    ) -> int:
+        """Publish one unframed message (at most ``payload_limit`` bytes) and wait for its ack."""
+        _check_topic(topic)
+        if len(payload) > self.payload_limit:
+            raise ValueError(
+                f"raw payload of {len(payload)} bytes > payload_limit {self.payload_limit}; "
+                "use publish() for large messages"
+            )
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        self._count("bytes_published", len(payload))
+        self._wait_published([info], timeout, f"publish_raw to {topic!r}")
+        return len(payload)
+
+    def clear_retained(self, topic: str, *, timeout: float = 30.0) -> None:
+        """Remove a retained chunked message: every frame topic this session published, or T/0."""
+        _check_topic(topic)
+        with self._lock:
+            count = self._retained_chunks.pop(topic, 0)
+        infos = [
+            self._client.publish(chunk_topic(topic, i), b"", qos=1, retain=True)
+            for i in range(max(1, count))
+        ]
+        self._wait_published(infos, timeout, f"clear_retained {topic!r}")
+
+    def _wait_published(self, infos: list[mqtt.MQTTMessageInfo], timeout: float, what: str) -> None:
+        if self._on_network_thread():
+            return  # waiting here would block the thread that receives the acks
+        deadline = time.monotonic() + timeout
+        for done, info in enumerate(infos):
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                # Published while disconnected: paho keeps QoS>0 messages queued and sends them
+                # after reconnecting, so wait for that instead of failing right away.
+                info.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+                published = info.is_published()
+            except (RuntimeError, ValueError) as exc:
+                raise ConnectionError(f"{what} on {self.broker_url} failed: {exc}") from exc
+            if not published:
+                raise TimeoutError(
+                    f"{what} on {self.broker_url}: only {done} of {len(infos)} frames "
+                    f"acknowledged within {timeout:.1f}s"
+                )
+
+    # ---------------------------------------------------------- paho callbacks (net thread)
+
+    def _handle_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        self._net_thread = threading.get_ident()
+        attempt = self._attempts
+        self._attempts += 1
+        if attempt:
+            # paho already waited its exponential delay; add jitter so that many clients
+            # dropped by the same broker restart do not all come back in the same instant.
+            ceiling = min(self._reconnect_max_s, self._reconnect_min_s * 2 ** min(attempt, 16))
+            self._stopping.wait(random.uniform(0.0, ceiling / 2))
+
+    def _handle_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: Any,
+        properties: Any,
+    ) -> None:
+        if reason_code.is_failure:
+            self._last_error = f"CONNACK refused: {reason_code}"
+            log.warning(
+                "%s: broker %s refused connection: %s", self.client_id, self.broker_url, reason_code
+            )
+            return
+        self._attempts = 1  # the next connect is a reconnect and gets jitter
+        log.info(
+            "%s connected to %s (session present: %s)",
+            self.client_id,
+            self.broker_url,
+            flags.session_present,
+        )
+        self._resubscribe()
+        self._connected_once.set()
+        if self._user_on_connect is not None:
+            try:
+                self._user_on_connect()
+            except Exception:
+                log.exception("%s: on_connect callback failed", self.client_id)
+
+    def _resubscribe(self) -> None:
+        """Subscribe every known filter again: brokers may have lost the session (restart)."""
+        with self._lock:
+            wanted: dict[str, int] = {}
+            for sub in self._subs:
+                wanted[sub.broker_filter] = max(sub.qos, wanted.get(sub.broker_filter, 0))
+        if not wanted:
+            return
+        rc, mid = self._client.subscribe(list(wanted.items()))
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._subacks.ignore(mid)
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._last_error = f"cannot reach {self._host}:{self._port}"
+        log.debug("%s: connection attempt to %s failed", self.client_id, self.broker_url)
+
+    def _handle_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: Any,
+        properties: Any,
+    ) -> None:
+        self._subacks.reset()
+        if not self._stopping.is_set():
+            log.warning(
+                "%s lost connection to %s (%s); reconnecting",
+                self.client_id,
+                self.broker_url,
+                reason_code,
+            )
+
+    def _handle_suback(
+        self, client: mqtt.Client, userdata: Any, mid: int, codes: list[Any], properties: Any
+    ) -> None:
+        self._subacks.acked(mid, codes)
+
+    def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._dispatch(msg.topic, msg.payload)
+        except Exception:  # never let anything escape into paho's loop
+            log.exception("%s: failed to handle message on %r", self.client_id, msg.topic)
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        self._count("bytes_received", len(payload))
+        with self._lock:
+            subs = list(self._subs)
+        chunked = []
+        for sub in subs:
+            if not mqtt.topic_matches_sub(sub.broker_filter, topic):
+                continue  # e.g. amqtt replays retained messages of other clients' filters
+            if sub.chunked:
+                chunked.append(sub)
+            else:
+                self._call(sub.handler, topic, payload)
+        if not chunked or not payload:
+            return  # empty frames are cleared retained chunks
+        try:
+            logical, idx = _chunk_index(topic)
+            header = parse_header(payload)
+            if header.idx != idx:
+                raise WireError("frame_index_mismatch", f"header idx {header.idx} on {topic!r}")
+            whole = self._reassembler.add(logical, payload, time.monotonic())
+        except WireError as err:
+            self._count("frames_rejected", 1)
+            try:
+                self._on_reject(topic, err)
+            except Exception:
+                log.exception("%s: on_reject callback failed", self.client_id)
+            return
+        if whole is None:
+            return
+        for sub in chunked:
+            if mqtt.topic_matches_sub(sub.topic_filter, logical):
+                self._call(sub.handler, logical, whole)
+
+    def _call(self, handler: Handler, topic: str, payload: bytes) -> None:
+        try:
+            handler(topic, payload)
+        except Exception:
+            log.exception("%s: handler %r failed on %r", self.client_id, handler, topic)
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def _log_reject(self, topic: str, err: WireError) -> None:
+        log.warning("%s: rejected frame on %r: %s", self.client_id, topic, err)
+
+    def _count(self, key: str, amount: int) -> None:
+        with self._lock:
+            self.stats[key] += amount
+
+    def _on_network_thread(self) -> bool:
+        return self._net_thread is not None and threading.get_ident() == self._net_thread

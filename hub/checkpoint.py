@@ -1,0 +1,58 @@
+"""The cloud hub's durable state: global shared parameters plus round bookkeeping.
+
+Written atomically after every round (tensors first, then the JSON that names them), so a
+crash at any point leaves the previous complete checkpoint readable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedsa_common.atomic import read_json, read_tensors, write_json, write_tensors
+
+CHECKPOINT_JSON = "checkpoint.json"
+
+
+@dataclass
+class CloudState:
+    round: int  # last completed round (0 before the first)
+    version: int  # bumps whenever the global parameters change
+    params: dict[str, torch.Tensor]
+    config_hash: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def save_checkpoint(state_dir: Path, state: CloudState) -> None:
+    tensors_name = f"global-v{state.version}.safetensors"
+    write_tensors(Path(state_dir) / tensors_name, state.params)
+    write_json(
+        Path(state_dir) / CHECKPOINT_JSON,
+        {
+            "round": state.round,
+            "version": state.version,
+            "tensors": tensors_name,
+            "config_hash": state.config_hash,
+            "history": state.history,
+        },
+    )
+    for old in Path(state_dir).glob("global-v*.safetensors"):
+        if old.name != tensors_name:
+            old.unlink(missing_ok=True)
+
+
+def load_checkpoint(state_dir: Path) -> CloudState | None:
+    meta_path = Path(state_dir) / CHECKPOINT_JSON
+    if not meta_path.exists():
+        return None
+    meta = read_json(meta_path)
+    return CloudState(
+        round=int(meta["round"]),
+        version=int(meta["version"]),
+        params=read_tensors(Path(state_dir) / meta["tensors"]),
+        config_hash=str(meta["config_hash"]),
+        history=list(meta.get("history", [])),
+    )

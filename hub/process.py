@@ -1,0 +1,88 @@
+"""What both hub roles share: an MQTT session whose callbacks only enqueue, one thread that
+does the work, counters of every refusal by reason, and a retained status message.
+
+Handlers never run model math on paho's network thread, so a slow decode cannot stall
+keep-alives or acknowledgements.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedsa_common.errors import WireError
+from fedsa_common.protocol import Topics
+from fedsa_common.transport import MqttSession, Will
+
+log = logging.getLogger("fedsa.hub")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    topic: str
+    payload: bytes
+    received: float
+
+
+class HubProcess:
+    role: str = "hub"
+
+    def __init__(
+        self,
+        broker_url: str,
+        federation: str,
+        name: str,
+        state_dir: Path,
+        payload_limit: int = 1_000_000,
+    ) -> None:
+        self.topics = Topics(federation)
+        self.federation = federation
+        self.name = name
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.counters: Counter[str] = Counter()
+        status_topic = self.topics.status(self.role, name)
+        self.session = MqttSession(
+            broker_url,
+            client_id=f"{self.role}-{federation}-{name}",
+            payload_limit=payload_limit,
+            will=Will(status_topic, json.dumps({"online": False}).encode()),
+            on_reject=self._on_frame_reject,
+        )
+        self._status_topic = status_topic
+
+    def _on_frame_reject(self, topic: str, err: WireError) -> None:
+        self.count_reject(err, topic)
+
+    def count_reject(self, err: WireError, what: str) -> None:
+        self.counters[f"rejected.{err.reason}"] += 1
+        log.warning("rejected %s: %s", what, err)
+
+    def listen(self, kind: str, topic_filter: str, *, raw: bool = False) -> None:
+        def handler(topic: str, payload: bytes) -> None:
+            self.events.put(Event(kind, topic, payload, time.time()))
+
+        if raw:
+            self.session.subscribe_raw(topic_filter, handler)
+        else:
+            self.session.subscribe(topic_filter, handler)
+
+    def next_event(self, timeout: float) -> Event | None:
+        try:
+            return self.events.get(timeout=max(0.01, timeout))
+        except queue.Empty:
+            return None
+
+    def publish_status(self, **fields: Any) -> None:
+        body = {"online": True, "role": self.role, "name": self.name, "ts": time.time()}
+        body.update(fields)
+        body["counters"] = dict(self.counters)
+        self.session.publish_raw(self._status_topic, json.dumps(body).encode(), retain=True)

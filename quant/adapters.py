@@ -1,0 +1,136 @@
+"""LoRA adapters on the quantized base, addressed by stable wire names.
+
+Every party must agree on the starting point of the shared parameters, so adapter
+initialisation is a pure function of (federation seed, parameter name, shape) rather than of
+whatever the global torch RNG happened to hold: the cloud computes the initial global A from
+shapes alone, and each device computes the same values for itself.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable, Mapping
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
+
+from fedsa_common.config import ModelSection
+from fedsa_common.split import role
+from quant.base_model import HEAD_MODULES, load_base_model, resolve_model_path
+
+
+def wire_name(param_name: str) -> str:
+    """``base_model.model.x.lora_A.default.weight`` -> ``x.lora_A.weight``."""
+    name = param_name.removeprefix("base_model.model.")
+    return ".".join(p for p in name.split(".") if p not in ("default", "modules_to_save"))
+
+
+def lora_config(spec: ModelSection) -> LoraConfig:
+    return LoraConfig(
+        r=spec.lora.r,
+        lora_alpha=spec.lora.alpha,
+        lora_dropout=spec.lora.dropout,
+        target_modules=list(spec.lora.target_modules),
+        modules_to_save=[m for m in HEAD_MODULES],
+        task_type="SEQ_CLS",
+    )
+
+
+def init_adapter_values(
+    shapes: Mapping[str, tuple[int, ...]], seed: int
+) -> dict[str, torch.Tensor]:
+    """Deterministic initial adapter values: A as peft does (Kaiming-uniform, a=sqrt(5)),
+    B zero, head weight N(0, 0.02) and bias zero, each from its own seeded generator."""
+    out: dict[str, torch.Tensor] = {}
+    for name, shape in shapes.items():
+        t = torch.zeros(shape, dtype=torch.float32)
+        g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+        r = role(name)
+        if r == "lora_A":
+            torch.nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=g)
+        elif r == "head" and name.endswith("weight"):
+            t.normal_(0.0, 0.02, generator=g)
+        out[name] = t
+    return out
+
+
+def adapter_shapes(spec: ModelSection, num_labels: int) -> dict[str, tuple[int, ...]]:
+    """Adapter parameter shapes without loading weights (built on the meta device)."""
+    from accelerate import init_empty_weights
+
+    config = AutoConfig.from_pretrained(resolve_model_path(spec.path), num_labels=num_labels)
+    with init_empty_weights():
+        base = AutoModelForSequenceClassification.from_config(config)
+        model = get_peft_model(base, lora_config(spec))
+    return {
+        wire_name(n): tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+class AdapterModel:
+    """A quantized base with LoRA whose adapter tensors can be read and swapped by wire name.
+
+    Swapping is what lets one process host several virtual devices over one base: only the
+    adapter and head tensors differ between them.
+    """
+
+    def __init__(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, max_length: int):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.params: dict[str, torch.nn.Parameter] = {
+            wire_name(n): p for n, p in model.named_parameters() if p.requires_grad
+        }
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.params)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(p.shape) for n, p in self.params.items()}
+
+    def get(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        keys = self.names if names is None else names
+        return {n: self.params[n].detach().to(torch.float32).clone() for n in keys}
+
+    @torch.no_grad()
+    def set(self, values: Mapping[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            param = self.params[name]
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(f"{name}: shape {tuple(value.shape)} != {tuple(param.shape)}")
+            param.copy_(value.to(param.dtype))
+
+    def set_trainable(self, names: Iterable[str]) -> None:
+        keep = set(names)
+        for name, param in self.params.items():
+            param.requires_grad_(name in keep)
+
+    def trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.params.items() if p.requires_grad}
+
+    def enable_all(self) -> None:
+        self.set_trainable(self.params)
+
+
+def keep_4bit_layout_trainable(model: torch.nn.Module) -> None:
+    """bitsandbytes (0.50) repacks 4-bit weights into an inference-only CPU layout on the
+    first eval-mode forward on AVX512-BF16 CPUs and never packs them back, after which
+    training through the layer fails.  Devices alternate training and evaluation, so the
+    repacking is switched off."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def build_adapter_model(spec: ModelSection, num_labels: int, seed: int) -> AdapterModel:
+    base, tokenizer = load_base_model(spec.path, num_labels, spec.precision)
+    keep_4bit_layout_trainable(base)
+    if spec.precision in ("nf4", "fp4", "int8"):
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    model = get_peft_model(base, lora_config(spec))
+    adapter = AdapterModel(model, tokenizer, spec.max_length)
+    adapter.set(init_adapter_values(adapter.shapes(), seed))
+    return adapter

@@ -1,0 +1,81 @@
+"""A scenario file: a federation configuration plus the topology and data to simulate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from edge_client.data import DataSpec
+from fedsa_common.config import FederationConfig, Strict, read_yaml, validate_model
+from fedsa_common.protocol import check_name
+
+
+class TopologySection(Strict):
+    regions: dict[str, int] = Field(min_length=1)
+
+    @field_validator("regions")
+    @classmethod
+    def _names_and_sizes(cls, v: dict[str, int]) -> dict[str, int]:
+        for name, n in v.items():
+            check_name("region", name)
+            if n < 1:
+                raise ValueError(f"region {name!r} needs at least 1 device, got {n}")
+        return v
+
+    @property
+    def num_devices(self) -> int:
+        return sum(self.regions.values())
+
+    def devices(self) -> list[tuple[str, str]]:
+        """(region, client id) in a stable order; the index is the device's data shard."""
+        return [(r, f"{r}-{i}") for r, n in self.regions.items() for i in range(n)]
+
+
+class ScenarioSection(Strict):
+    name: str = Field("scenario", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    broker: str = "auto"
+    topology: TopologySection
+    data: dict[str, Any]
+    devices_per_worker: int = Field(3, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    timeout_s: float = Field(1800.0, gt=0)
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, v: str) -> str:
+        if v not in ("auto", "mosquitto", "embedded") and not v.startswith("mqtt://"):
+            raise ValueError("must be auto, mosquitto, embedded or mqtt://HOST:PORT")
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in ("num_clients", "shard", "client"):
+            if key in v:
+                raise ValueError(f"{key} is set by the runner from the topology")
+        DataSpec.model_validate({**v, "num_clients": 1})
+        return v
+
+    def device_data(self, shard: int) -> DataSpec:
+        n = self.topology.num_devices
+        if self.data.get("partition") == "column":
+            raise ValueError("partition=column is not supported in scenarios yet")
+        return DataSpec.model_validate({**self.data, "num_clients": n, "shard": shard})
+
+
+class ScenarioConfig(FederationConfig):
+    scenario: ScenarioSection
+
+    def federation_config(self, num_labels: int) -> FederationConfig:
+        """The part the cloud hub serves, with the label count taken from the data."""
+        data = self.model_dump(exclude={"scenario"})
+        data["model"]["num_labels"] = num_labels
+        if self.sampling.min_clients == 1 and "min_clients" not in self.model_fields_set:
+            data["sampling"]["min_clients"] = self.scenario.topology.num_devices
+        return FederationConfig.model_validate(data)
+
+
+def load_scenario(path: Path) -> ScenarioConfig:
+    return validate_model(ScenarioConfig, read_yaml(path))

@@ -1,0 +1,93 @@
+"""A passive subscriber that records what crossed the broker during a scenario.
+
+It sees exactly what a hub operator would: announcements, partial-aggregate headers, device
+metrics, presence.  The report is built from these observations, not from the processes'
+own claims about themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fedsa_common.errors import WireError
+from fedsa_common.protocol import (
+    AnnounceHeader,
+    Metrics,
+    PartialHeader,
+    Topics,
+    decode_json,
+    decode_message,
+)
+from fedsa_common.transport import MqttSession
+
+log = logging.getLogger("fedsa.monitor")
+
+
+@dataclass
+class Observations:
+    announces: dict[int, AnnounceHeader] = field(default_factory=dict)
+    finished: AnnounceHeader | None = None
+    partials: dict[int, list[PartialHeader]] = field(default_factory=lambda: defaultdict(list))
+    metrics: dict[int, dict[str, Metrics]] = field(default_factory=lambda: defaultdict(dict))
+
+
+class Monitor:
+    def __init__(self, broker_url: str, federation: str,
+                 on_round_done: Callable[[int], None] | None = None) -> None:
+        self.topics = Topics(federation)
+        self.obs = Observations()
+        self.lock = threading.Lock()
+        self.on_round_done = on_round_done
+        self.session = MqttSession(broker_url, client_id=f"monitor-{federation}",
+                                   clean_session=True, payload_limit=1_000_000)
+        self.session.subscribe(self.topics.announce, self._announce)
+        self.session.subscribe(self.topics.partial_filter, self._partial)
+        self.session.subscribe_raw(self.topics.metrics_filter, self._metrics)
+
+    def start(self) -> None:
+        self.session.connect()
+
+    def stop(self) -> None:
+        self.session.close()
+
+    def _announce(self, _topic: str, payload: bytes) -> None:
+        if not payload:
+            return
+        try:
+            header, _ = decode_message(AnnounceHeader, payload, max_bytes=64_000_000)
+        except WireError as err:
+            log.warning("monitor: bad announcement: %s", err)
+            return
+        done: int | None = None
+        with self.lock:
+            if header.status == "finished":
+                if self.obs.finished is None:
+                    self.obs.finished = header
+                    done = header.round
+            elif header.round not in self.obs.announces:
+                self.obs.announces[header.round] = header
+                done = header.round - 1 if header.round > 1 else None
+        if done and self.on_round_done:
+            self.on_round_done(done)
+
+    def _partial(self, _topic: str, payload: bytes) -> None:
+        try:
+            header, _ = decode_message(PartialHeader, payload, max_bytes=64_000_000)
+        except WireError as err:
+            log.warning("monitor: bad partial: %s", err)
+            return
+        with self.lock:
+            self.obs.partials[header.round].append(header)
+
+    def _metrics(self, _topic: str, payload: bytes) -> None:
+        try:
+            m = decode_json(Metrics, payload)
+        except WireError as err:
+            log.warning("monitor: bad metrics: %s", err)
+            return
+        with self.lock:
+            self.obs.metrics[m.round][m.client] = m

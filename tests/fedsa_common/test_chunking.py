@@ -1,0 +1,295 @@
+"""Frame splitting and reassembly: round trips, reordering, and every hostile-input rule."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedsa_common.chunking import (
+    FRAME_HEADER_BYTES,
+    FRAME_MAGIC,
+    MIN_CHUNK_BYTES,
+    Reassembler,
+    parse_frame,
+    split_payload,
+)
+from fedsa_common.errors import WireError
+
+LIMIT = 1000
+CHUNK = LIMIT - FRAME_HEADER_BYTES
+
+
+def frame(msg_id: bytes, idx: int, total: int, data: bytes, magic: bytes = FRAME_MAGIC) -> bytes:
+    return struct.pack(">4s16sHH", magic, msg_id, idx, total) + data
+
+
+def mid(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+def feed(r: Reassembler, key: str, frames: list[bytes], now: float = 0.0) -> list[bytes]:
+    return [out for f in frames if (out := r.add(key, f, now)) is not None]
+
+
+# ------------------------------------------------------------------------------ round trips
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 10 * LIMIT, 10 * LIMIT + 7]
+)
+def test_round_trip_sizes_around_the_limit(size: int) -> None:
+    payload = os.urandom(size)
+    frames = split_payload(payload, LIMIT)
+    assert all(len(f) <= LIMIT for f in frames)
+    assert len(frames) == max(1, -(-size // CHUNK))
+    assert feed(Reassembler(), "t", frames) == [payload]
+
+
+def test_payload_that_fits_is_exactly_one_frame() -> None:
+    assert len(split_payload(b"x" * (LIMIT - 24), LIMIT)) == 1  # limit-24 fits
+    assert len(split_payload(b"x" * (LIMIT - 23), LIMIT)) == 2  # limit-23 does not
+    (only,) = split_payload(b"", LIMIT)
+    assert len(only) == FRAME_HEADER_BYTES
+
+
+def test_frames_share_msg_id_and_number_themselves() -> None:
+    frames = split_payload(os.urandom(3 * CHUNK), LIMIT, msg_id=mid(7))
+    headers = [parse_frame(f)[0] for f in frames]
+    assert [(h.msg_id, h.idx, h.total) for h in headers] == [(mid(7), i, 3) for i in range(3)]
+    assert split_payload(b"a", LIMIT)[0][4:20] != split_payload(b"a", LIMIT)[0][4:20]
+
+
+def test_split_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        split_payload(b"x", FRAME_HEADER_BYTES + MIN_CHUNK_BYTES - 1)
+    with pytest.raises(ValueError):
+        split_payload(b"x", LIMIT, msg_id=b"short")
+
+
+def test_out_of_order_frames() -> None:
+    payload = os.urandom(7 * CHUNK + 3)
+    frames = split_payload(payload, LIMIT)
+    random.Random(1).shuffle(frames)
+    assert feed(Reassembler(), "t", frames) == [payload]
+
+
+def test_duplicate_frames_are_harmless_and_do_not_redeliver() -> None:
+    payload = os.urandom(3 * CHUNK)
+    frames = split_payload(payload, LIMIT)
+    r = Reassembler()
+    assert feed(r, "t", [frames[0], frames[0], frames[1], frames[0], frames[2]]) == [payload]
+    # QoS 1 redelivery / retained replay after completion: nothing delivered twice
+    assert feed(r, "t", frames) == []
+    single = split_payload(b"small", LIMIT)
+    assert feed(r, "t", single + single) == [b"small"]
+    assert r.pending == 0
+
+
+def test_interleaved_messages_on_different_keys() -> None:
+    a, b = os.urandom(4 * CHUNK), os.urandom(3 * CHUNK + 5)
+    fa, fb = split_payload(a, LIMIT), split_payload(b, LIMIT)
+    r = Reassembler()
+    out = []
+    for i in range(4):
+        out += feed(r, "a", [fa[i]])
+        if i < len(fb):
+            out += feed(r, "b", [fb[len(fb) - 1 - i]])
+    assert sorted(out) == sorted([a, b])
+
+
+def test_same_msg_id_on_different_keys_is_independent() -> None:
+    payload = os.urandom(2 * CHUNK)
+    frames = split_payload(payload, LIMIT, msg_id=mid(1))
+    r = Reassembler()
+    assert feed(r, "a", frames[:1]) == []
+    assert feed(r, "b", frames) == [payload]
+    assert feed(r, "a", frames[1:]) == [payload]
+
+
+def test_newer_message_supersedes_older_incomplete_one() -> None:
+    old = split_payload(os.urandom(3 * CHUNK), LIMIT, msg_id=mid(1))
+    new_payload = os.urandom(2 * CHUNK)
+    new = split_payload(new_payload, LIMIT, msg_id=mid(2))
+    r = Reassembler()
+    assert feed(r, "t", old[:2]) == []
+    assert feed(r, "t", new) == [new_payload]
+    assert r.pending == 0  # the old partial is gone
+    assert feed(r, "t", old[2:]) == []  # and its late frames do not bring it back
+    assert r.pending == 0
+
+
+def test_new_message_completes_among_stale_frames_of_old_one() -> None:
+    """A half-replaced retained message: T/0 new, T/1 old, then T/1 new."""
+    old = split_payload(os.urandom(2 * CHUNK), LIMIT, msg_id=mid(1))
+    new_payload = os.urandom(2 * CHUNK)
+    new = split_payload(new_payload, LIMIT, msg_id=mid(2))
+    r = Reassembler()
+    assert feed(r, "t", [new[0], old[1], new[1]]) == [new_payload]
+    assert feed(r, "t", [old[0]]) == []  # the stale message must not complete after it
+    assert r.pending == 0
+
+
+def test_at_most_two_partials_per_key() -> None:
+    r = Reassembler()
+    for n in range(5):
+        r.add("t", frame(mid(n), 0, 2, b"x" * CHUNK), now=0.0)
+    assert r.pending == 2
+
+
+# ---------------------------------------------------------------------------- malformed input
+
+
+GOOD = frame(mid(1), 0, 2, b"x" * CHUNK)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", "frame_truncated"),
+        (GOOD[: FRAME_HEADER_BYTES - 1], "frame_truncated"),
+        (frame(mid(1), 0, 1, b"x", magic=b"FSC\x02"), "frame_bad_magic"),
+        (frame(mid(1), 0, 0, b"x"), "frame_bad_total"),
+        (frame(mid(1), 2, 2, b"x"), "frame_bad_index"),
+        (frame(mid(1), 0, 65535, b"x" * MIN_CHUNK_BYTES), "frame_total_implausible"),
+        (frame(mid(1), 0, 2, b"x" * (MIN_CHUNK_BYTES - 1)), "frame_too_small"),
+        (frame(mid(1), 1, 2, b""), "frame_too_small"),
+        (frame(mid(1), 0, 1, b"x" * 2001), "message_too_large"),
+        (frame(mid(1), 0, 3, b"x" * 1001), "message_too_large"),  # 2 * 1001 + 1 > 2000
+        (frame(mid(1), 7, 8, b"x" * 300), "message_too_large"),  # >= 7 * 256 + 300 bytes
+    ],
+)
+def test_malformed_frame_raises_wire_error(raw: bytes, reason: str) -> None:
+    r = Reassembler(max_message_bytes=2000)
+    with pytest.raises(WireError) as info:
+        r.add("t", raw, 0.0)
+    assert info.value.reason == reason
+    assert r.pending == 0
+
+
+@pytest.mark.parametrize(
+    ("second", "reason"),
+    [
+        (frame(mid(1), 2, 3, b"y" * 10), "frame_inconsistent_total"),
+        (frame(mid(1), 0, 2, b"y" * CHUNK), "frame_conflicting_duplicate"),
+        (frame(mid(1), 1, 2, b"y" * (CHUNK + 1)), "frame_inconsistent_size"),
+    ],
+)
+def test_frame_inconsistent_with_earlier_ones_drops_the_message(second: bytes, reason: str) -> None:
+    r = Reassembler()
+    assert r.add("t", GOOD, 0.0) is None
+    with pytest.raises(WireError) as info:
+        r.add("t", second, 0.0)
+    assert info.value.reason == reason
+    assert r.pending == 0
+    # the rest of the (now distrusted) message is ignored
+    assert r.add("t", frame(mid(1), 1, 2, b"z"), 0.0) is None
+
+
+def test_non_final_frames_must_have_equal_size() -> None:
+    r = Reassembler()
+    r.add("t", frame(mid(1), 0, 3, b"x" * 500), 0.0)
+    with pytest.raises(WireError, match="frame_inconsistent_size"):
+        r.add("t", frame(mid(1), 1, 3, b"x" * 400), 0.0)
+
+
+def test_final_frame_first_then_smaller_chunk_is_rejected() -> None:
+    r = Reassembler()
+    r.add("t", frame(mid(1), 2, 3, b"x" * 600), 0.0)
+    with pytest.raises(WireError, match="frame_inconsistent_size"):
+        r.add("t", frame(mid(1), 0, 3, b"x" * 500), 0.0)
+
+
+def test_size_limit_checked_once_chunk_size_is_known() -> None:
+    r = Reassembler(max_message_bytes=1000)
+    r.add("t", frame(mid(1), 2, 3, b"x" * 10), 0.0)  # could still be >= 2*256+10 bytes
+    with pytest.raises(WireError, match="message_too_large"):
+        r.add("t", frame(mid(1), 0, 3, b"x" * 600), 0.0)
+
+
+def test_invalid_constructor_arguments() -> None:
+    with pytest.raises(ValueError):
+        Reassembler(max_pending=0)
+    with pytest.raises(ValueError):
+        Reassembler(ttl_s=0)
+
+
+# ------------------------------------------------------------------------------- memory bound
+
+
+def test_max_pending_evicts_least_recently_fed() -> None:
+    r = Reassembler(max_pending=3)
+    msgs = {k: split_payload(os.urandom(2 * CHUNK), LIMIT) for k in "abcd"}
+    for k in "abc":
+        r.add(k, msgs[k][0], 0.0)
+    r.add("a", msgs["a"][0], 1.0)  # duplicate, but refreshes "a"
+    r.add("d", msgs["d"][0], 2.0)  # evicts "b", the least recently fed
+    assert r.pending == 3
+    assert r.add("b", msgs["b"][1], 3.0) is None  # b's message was dropped for good
+    assert r.pending == 3
+    assert r.add("a", msgs["a"][1], 3.0) is not None
+
+
+def test_ttl_expiry_frees_partials() -> None:
+    r = Reassembler(ttl_s=10.0)
+    frames = split_payload(os.urandom(2 * CHUNK), LIMIT)
+    r.add("t", frames[0], 0.0)
+    assert r.pending == 1 and r.buffered_bytes == CHUNK
+    r.add("other", split_payload(b"x", LIMIT)[0], 10.0)  # not yet expired
+    assert r.pending == 1
+    r.add("other", split_payload(b"y", LIMIT)[0], 10.5)
+    assert r.pending == 0 and r.buffered_bytes == 0
+    assert r.add("t", frames[1], 11.0) is None
+
+
+def test_memory_stays_bounded_under_a_flood() -> None:
+    r = Reassembler(max_pending=8, max_message_bytes=100_000)
+    rng = random.Random(3)
+    for n in range(2000):
+        total = rng.randint(2, 50)
+        r.add(f"k{n % 37}", frame(mid(n), rng.randrange(total - 1), total, b"x" * 1000), n)
+        assert r.pending <= 8
+    assert r.buffered_bytes <= 8 * 100_000
+
+
+# ---------------------------------------------------------------------------------- fuzzing
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=20))
+def test_random_bytes_raise_only_wire_error(blobs: list[bytes]) -> None:
+    r = Reassembler(max_message_bytes=5000, max_pending=4)
+    for i, blob in enumerate(blobs):
+        with contextlib.suppress(WireError):
+            r.add(f"k{i % 3}", blob, float(i))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.integers(0, 70_000),
+            st.integers(0, 70_000),
+            st.integers(0, 3000),
+        ),
+        max_size=30,
+    )
+)
+def test_random_well_formed_headers_raise_only_wire_error(
+    specs: list[tuple[int, int, int, int]],
+) -> None:
+    r = Reassembler(max_message_bytes=20_000, max_pending=4)
+    for n, (m, idx, total, size) in enumerate(specs):
+        raw = frame(mid(m), idx % 65536, total % 65536, b"x" * size)
+        try:
+            out = r.add(f"k{m % 2}", raw, float(n))
+        except WireError:
+            continue
+        assert out is None or len(out) <= 20_000
+        assert r.pending <= 4

@@ -1,0 +1,329 @@
+"""MqttSession against real brokers; Mosquitto and the embedded amqtt broker must behave alike."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from fedsa_common.broker import (
+    BrokerProcess,
+    free_port,
+    mosquitto_path,
+    parse_broker_url,
+    start_broker,
+)
+from fedsa_common.chunking import split_payload
+from fedsa_common.errors import WireError
+from fedsa_common.transport import MqttSession, Will
+
+pytestmark = pytest.mark.integration
+
+KINDS = [
+    pytest.param(
+        "mosquitto",
+        marks=pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto not installed"),
+    ),
+    "embedded",
+]
+
+MakeSession = Callable[..., MqttSession]
+
+
+class Inbox:
+    """A handler that queues what it gets, so tests can wait for messages."""
+
+    def __init__(self) -> None:
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        self.messages.put((topic, payload))
+
+    def get(self, timeout: float = 10.0) -> tuple[str, bytes]:
+        return self.messages.get(timeout=timeout)
+
+    def drain(self, quiet: float = 0.5) -> list[tuple[str, bytes]]:
+        """Everything that arrives until nothing did for ``quiet`` seconds."""
+        got = []
+        while True:
+            try:
+                got.append(self.messages.get(timeout=quiet))
+            except queue.Empty:
+                return got
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def mqtt_broker(request: pytest.FixtureRequest) -> Iterator[BrokerProcess]:
+    with start_broker(request.param) as running:
+        yield running
+
+
+@pytest.fixture(params=KINDS)
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def topic() -> str:
+    """A topic prefix no other test uses (the module's brokers are shared)."""
+    return f"test/{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_session(mqtt_broker: BrokerProcess) -> Iterator[MakeSession]:
+    made: list[MqttSession] = []
+
+    def make(name: str, **kwargs: Any) -> MqttSession:
+        session = MqttSession(mqtt_broker.url, f"{name}-{uuid.uuid4().hex[:8]}", **kwargs)
+        made.append(session)
+        return session
+
+    yield make
+    for session in made:
+        session.close()
+
+
+def test_publish_subscribe_round_trip(make_session: MakeSession, topic: str) -> None:
+    sub, pub = make_session("sub"), make_session("pub")
+    inbox, raw_inbox = Inbox(), Inbox()
+    sub.subscribe(f"{topic}/+/data", inbox)  # before connect: sent once connected
+    sub.connect(timeout=10)
+    sub.subscribe_raw(f"{topic}/status", raw_inbox)
+    pub.connect(timeout=10)
+    assert sub.connected and pub.connected
+
+    assert pub.publish(f"{topic}/dev1/data", b"hello") == 5 + 24
+    assert inbox.get() == (f"{topic}/dev1/data", b"hello")
+    assert pub.publish(f"{topic}/dev2/data", b"") == 24
+    assert inbox.get() == (f"{topic}/dev2/data", b"")
+    assert pub.publish_raw(f"{topic}/status", b'{"ok": true}') == 12
+    assert raw_inbox.get() == (f"{topic}/status", b'{"ok": true}')
+    assert inbox.drain(0.3) == [] and raw_inbox.drain(0.1) == []
+    assert pub.stats["bytes_published"] == 29 + 24 + 12
+    assert sub.stats["bytes_received"] == 29 + 24 + 12
+    with pytest.raises(ValueError, match="payload_limit"):
+        pub.publish_raw(f"{topic}/status", b"x" * (pub.payload_limit + 1))
+
+
+def test_large_payload_is_chunked_and_arrives_whole(make_session: MakeSession, topic: str) -> None:
+    sub = make_session("sub", max_message_bytes=4_000_000)
+    pub = make_session("pub", payload_limit=1_000_000)
+    inbox, frames = Inbox(), Inbox()
+    sub.subscribe(f"{topic}/model", inbox)
+    sub.subscribe_raw(f"{topic}/model/+", frames)
+    sub.connect(timeout=10)
+    pub.connect(timeout=10)
+
+    payload = os.urandom(3_000_000)
+    sent = pub.publish(f"{topic}/model", payload)
+    assert inbox.get() == (f"{topic}/model", payload)
+    seen = sorted((frames.get() for _ in range(4)), key=lambda tp: tp[0])
+    assert [t for t, _ in seen] == [f"{topic}/model/{i}" for i in range(4)]
+    assert all(len(p) <= 1_000_000 for _, p in seen)
+    assert sent == sum(len(p) for _, p in seen) == 3_000_000 + 4 * 24
+
+
+def test_retained_chunked_message_reaches_late_subscribers_and_is_replaced(
+    make_session: MakeSession, topic: str
+) -> None:
+    pub = make_session("pub", payload_limit=100_000)
+    pub.connect(timeout=10)
+    first, second = os.urandom(350_000), os.urandom(150_000)  # 4 frames, then 2
+    pub.publish(f"{topic}/global", first, retain=True)
+
+    early, early_inbox = make_session("late1"), Inbox()
+    early.subscribe(f"{topic}/global", early_inbox)
+    early.connect(timeout=10)
+    assert early_inbox.get() == (f"{topic}/global", first)
+
+    pub.publish(f"{topic}/global", second, retain=True)
+    assert early_inbox.get() == (f"{topic}/global", second)
+    assert early_inbox.drain(0.5) == []  # the clearing of frames 2 and 3 delivers nothing
+
+    late, inbox, frames = make_session("late2"), Inbox(), Inbox()
+    late.subscribe(f"{topic}/global", inbox)
+    late.subscribe_raw(f"{topic}/global/+", frames)
+    late.connect(timeout=10)
+    assert inbox.get() == (f"{topic}/global", second)
+    assert inbox.drain(0.5) == []
+    retained = {t for t, p in frames.drain(0.1) if p}
+    assert retained == {f"{topic}/global/0", f"{topic}/global/1"}  # stale frames 2, 3 cleared
+
+    pub.clear_retained(f"{topic}/global")
+    later, later_inbox, later_frames = make_session("late3"), Inbox(), Inbox()
+    later.subscribe(f"{topic}/global", later_inbox)
+    later.subscribe_raw(f"{topic}/global/+", later_frames)
+    later.connect(timeout=10)
+    assert later_inbox.drain(0.5) == [] and later_frames.drain(0.1) == []
+
+
+CHILD = """
+import sys, time
+from fedsa_common.transport import MqttSession, Will
+session = MqttSession(sys.argv[1], sys.argv[2], will=Will(sys.argv[3], b"gone"), keepalive=5)
+session.connect(timeout=10)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_will_is_published_when_a_client_dies(
+    make_session: MakeSession, mqtt_broker: BrokerProcess, topic: str
+) -> None:
+    watcher, inbox = make_session("watcher"), Inbox()
+    watcher.subscribe_raw(f"{topic}/presence/+", inbox)
+    watcher.connect(timeout=10)
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, mqtt_broker.url, f"dev-{uuid.uuid4().hex[:8]}",
+         f"{topic}/presence/dev1"],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    assert inbox.get(timeout=10) == (f"{topic}/presence/dev1", b"gone")
+
+    # a clean close() is not a death: no will
+    polite = make_session("polite", will=Will(f"{topic}/presence/dev2", b"gone"))
+    polite.connect(timeout=10)
+    polite.close()
+    assert inbox.drain(0.5) == []
+
+    late, late_inbox = make_session("late"), Inbox()  # the will was retained
+    late.subscribe_raw(f"{topic}/presence/+", late_inbox)
+    late.connect(timeout=10)
+    assert late_inbox.get() == (f"{topic}/presence/dev1", b"gone")
+
+
+def test_session_survives_broker_restart(broker_kind: str, topic: str) -> None:
+    port = free_port()
+    broker = start_broker(broker_kind, port=port)  # type: ignore[arg-type]
+    reconnects: list[float] = []
+    sub = MqttSession(
+        broker.url, f"sub-{uuid.uuid4().hex[:8]}", reconnect_min_s=0.1, reconnect_max_s=0.5,
+        on_connect=lambda: reconnects.append(time.monotonic()),
+    )  # fmt: skip
+    pub = MqttSession(
+        broker.url, f"pub-{uuid.uuid4().hex[:8]}", reconnect_min_s=0.1, reconnect_max_s=0.5
+    )
+    inbox = Inbox()
+    try:
+        sub.subscribe(f"{topic}/x", inbox)
+        sub.connect(timeout=10)
+        pub.connect(timeout=10)
+        pub.publish(f"{topic}/x", b"before")
+        assert inbox.get() == (f"{topic}/x", b"before")
+
+        broker.stop()
+        deadline = time.monotonic() + 5
+        while (sub.connected or pub.connected) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not sub.connected and not pub.connected
+        broker = start_broker(broker_kind, port=port)  # type: ignore[arg-type]
+
+        # the broker forgot every session; the subscriber must re-subscribe by itself
+        deadline = time.monotonic() + 15
+        received = None
+        while received is None and time.monotonic() < deadline:
+            if sub.connected and pub.connected:
+                pub.publish(f"{topic}/x", b"after", timeout=5)
+                with contextlib.suppress(queue.Empty):
+                    received = inbox.get(timeout=0.5)
+            else:
+                time.sleep(0.05)
+        assert received == (f"{topic}/x", b"after")
+        assert len(reconnects) == 2
+    finally:
+        sub.close()
+        pub.close()
+        broker.stop()
+
+
+def test_malformed_frames_are_rejected_and_session_keeps_working(
+    make_session: MakeSession, topic: str
+) -> None:
+    rejects: list[tuple[str, WireError]] = []
+    sub = make_session("sub", on_reject=lambda t, e: rejects.append((t, e)))
+    attacker, inbox = make_session("attacker"), Inbox()
+
+    def explode(_topic: str, _payload: bytes) -> None:
+        raise RuntimeError("handler bug")
+
+    sub.subscribe(f"{topic}/boom", explode)
+    sub.subscribe(f"{topic}/up", inbox)
+    sub.connect(timeout=10)
+    attacker.connect(timeout=10)
+
+    good = split_payload(b"fine", 1000)[0]
+    attacker.publish_raw(f"{topic}/up/0", b"not a frame at all, no magic here")
+    attacker.publish_raw(f"{topic}/up/1", good)  # header says idx 0
+    attacker.publish_raw(f"{topic}/up/x", good)  # not a frame subtopic
+    attacker.publish_raw(f"{topic}/up/0", b"FSC")  # truncated
+    attacker.publish_raw(f"{topic}/up/0", b"")  # empty: a cleared retained frame, ignored
+    attacker.publish(f"{topic}/boom", b"x")  # handler raises; logged, loop survives
+    attacker.publish(f"{topic}/up", b"still alive")
+    assert inbox.get() == (f"{topic}/up", b"still alive")
+    assert [e.reason for _, e in rejects] == [
+        "frame_bad_magic",
+        "frame_index_mismatch",
+        "frame_bad_topic",
+        "frame_truncated",
+    ]
+    assert [t for t, _ in rejects] == [f"{topic}/up/{i}" for i in ("0", "1", "x", "0")]
+    assert sub.stats["frames_rejected"] == 4
+    assert sub.connected
+
+
+def test_connect_to_nothing_raises_naming_the_url() -> None:
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    session = MqttSession(url, "lonely", reconnect_min_s=0.1, reconnect_max_s=0.2)
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=url):
+        session.connect(timeout=1.0)
+    assert time.monotonic() - start < 5
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _raw_publish(topic: str, payload_len: int) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic.encode() + b"p" * payload_len  # QoS 0
+    return b"\x30" + _remaining_length(len(body)) + body
+
+
+def test_oversized_packet_disconnects_the_client_on_both_brokers(broker_kind: str) -> None:
+    with start_broker(broker_kind, max_packet_bytes=64_000) as small:  # type: ignore[arg-type]
+        host, port = parse_broker_url(small.url)
+        with socket.create_connection((host, port), timeout=5) as sock:
+            client_id = b"oversize"
+            body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
+            sock.sendall(bytes([0x10, len(body)]) + body)
+            assert sock.recv(4) == b"\x20\x02\x00\x00"
+            sock.sendall(_raw_publish("t/small", 60_000) + b"\xc0\x00")  # + PINGREQ
+            assert sock.recv(2) == b"\xd0\x00"  # PINGRESP: still connected
+            try:
+                sock.sendall(_raw_publish("t/big", 70_000))
+                closed = sock.recv(1) == b""
+            except (ConnectionResetError, BrokenPipeError):
+                closed = True
+            assert closed
