@@ -37,7 +37,7 @@ from fedsa_common.protocol import (
     encode_json,
     encode_message,
 )
-from fedsa_common.split import local_names, shared_names, trainable_names
+from fedsa_common.split import local_names, role, shared_names, trainable_names
 from fedsa_common.transport import MqttSession, Will
 from quant.adapters import init_adapter_values
 from quant.codec import get_codec
@@ -192,7 +192,10 @@ class Device:
             global_shared = {n: env.tensors[n].to(torch.float32) for n in shared}
             adapter.set(self.state.local)
             adapter.set(global_shared)
-            adapter.set_trainable(trainable_names(names, algorithm))
+            trainable = trainable_names(names, algorithm)
+            adapter.set_trainable(trainable)
+            global_accuracy = (evaluate(adapter, self.tokens.test, tr.eval_batch_size)
+                               if has_global_model(local, trainable) else None)
             round_seed = (seed * 1_000_003 + zlib.crc32(self.spec.client.encode()) * 31
                           + header.round) % 2**31
             result = train_steps(adapter, self.tokens.train, steps=tr.local_steps,
@@ -224,8 +227,21 @@ class Device:
         metrics = Metrics(federation=self.spec.federation, client=self.spec.client,
                           region=self.spec.region, round=header.round, accuracy=accuracy,
                           n_test=len(self.tokens.test), train_loss=result.loss,
-                          train_s=result.seconds, bytes_down=bytes_down)
+                          train_s=result.seconds, bytes_down=bytes_down,
+                          global_accuracy=global_accuracy)
         return payload, metrics
+
+
+def has_global_model(local: list[str], trainable: list[str]) -> bool:
+    """Whether the round's global parameters are a whole model, up to the device's head.
+
+    True when no LoRA parameter the device trains stays local (fedit shares A and B; ffa
+    shares B and keeps A frozen at the common seeded initialisation, identical on every
+    device).  Then the announced global LoRA with this device's own head is worth evaluating
+    as the "global" accuracy; under fedsa (B local) and local there is no such model.
+    """
+    trained = set(trainable)
+    return not any(role(n) in ("lora_A", "lora_B") for n in local if n in trained)
 
 
 def run_devices(specs: list[DeviceSpec], broker_url: str, host: ModelHost | None = None,

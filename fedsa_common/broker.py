@@ -95,8 +95,9 @@ class BrokerProcess:
             self._log_file = None
         if self._own_workdir is not None:
             shutil.rmtree(self._own_workdir, ignore_errors=True)
+            if self.log_path is not None and self.log_path.is_relative_to(self._own_workdir):
+                self.log_path = None
             self._own_workdir = None
-            self.log_path = None
 
     def log_tail(self, nbytes: int = _LOG_TAIL_BYTES) -> str:
         """The end of the broker's log, for error messages."""
@@ -145,6 +146,7 @@ def start_broker(
         own_workdir = workdir = Path(tempfile.mkdtemp(prefix="fedsa-broker-"))
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or workdir / f"{kind}-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("ab")
 
     if kind == "mosquitto":

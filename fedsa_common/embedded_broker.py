@@ -1,11 +1,12 @@
 """Run an amqtt broker as a stand-alone process: the fallback when Mosquitto is not installed.
 
 Started by ``fedsa_common.broker.start_broker(kind="embedded")`` as
-``python -m fedsa_common.embedded_broker --host 127.0.0.1 --port PORT``. It is configured to
-look like our Mosquitto setup to MQTT 3.1.1 clients: one TCP listener, anonymous access, no
-``$SYS`` chatter, a packet size cap, and no will after a clean DISCONNECT (see
-``install_packet_hooks`` for the two amqtt gaps we patch). It exits on SIGTERM/SIGINT, and when its
-parent process goes away, so a crashed test run does not leave brokers behind.
+``python -m fedsa_common.embedded_broker --host 127.0.0.1 --port PORT``. It is set up to look
+like our Mosquitto setup to MQTT 3.1.1 clients: one TCP listener, anonymous access with
+persistent sessions that get QoS 1 messages queued while offline, no ``$SYS`` chatter, a
+packet size cap, and no will after a clean DISCONNECT (``OpenAuthPlugin`` and
+``install_packet_hooks`` close the gaps between amqtt 0.12 and Mosquitto). It exits on
+SIGTERM/SIGINT, and when its parent process goes away, so a crashed test run leaves no broker.
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ import ipaddress
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from typing import Any
 
 from amqtt.broker import Broker
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.packet import DISCONNECT, MQTTFixedHeader
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.plugins.base import BaseAuthPlugin
+from amqtt.session import Session
 
 log = logging.getLogger("fedsa.embedded_broker")
+SHUTDOWN_GRACE_S = 1.0
 
 
 class PacketTooLargeError(Exception):
@@ -74,13 +79,31 @@ def install_packet_hooks(max_packet_bytes: int) -> None:
     BrokerProtocolHandler.wait_disconnect = wait_disconnect  # type: ignore[method-assign]
 
 
+class OpenAuthPlugin(BaseAuthPlugin):
+    """Let every client in, like Mosquitto's ``allow_anonymous true``.
+
+    amqtt's own ``AnonymousAuthPlugin`` marks sessions anonymous, and amqtt then neither keeps
+    persistent (``clean_session=False``) sessions after a disconnect nor queues QoS 1 messages
+    for them while they are offline; Mosquitto does both. Devices rely on that queueing across
+    short network drops, so we accept clients without the anonymous mark.
+    """
+
+    @dataclass
+    class Config:
+        """No options."""
+
+    async def authenticate(self, *, session: Session) -> bool:
+        return True
+
+
 def broker_config(host: str, port: int) -> dict[str, Any]:
-    """amqtt 0.12 broker config: TCP listener, anonymous auth, nothing else."""
+    """amqtt 0.12 broker config: one TCP listener, open auth, nothing else."""
     return {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}},
         # Listing plugins explicitly replaces amqtt's defaults (event/packet loggers and the
         # $SYS publisher, which would put extra retained traffic on the broker).
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        # Loaded by dotted path: under ``python -m`` this module is also ``__main__``.
+        "plugins": {"fedsa_common.embedded_broker.OpenAuthPlugin": {}},
     }
 
 
@@ -106,7 +129,12 @@ async def serve(host: str, port: int) -> None:
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
-    await broker.shutdown()
+    try:
+        # amqtt's shutdown sometimes sits out its 5 s broadcast-loop timeout; nothing is
+        # persisted, so a bounded wait is enough and keeps broker restarts quick.
+        await asyncio.wait_for(broker.shutdown(), timeout=SHUTDOWN_GRACE_S)
+    except TimeoutError:
+        log.warning("amqtt shutdown took over %.1fs; exiting anyway", SHUTDOWN_GRACE_S)
     log.info("embedded broker stopped")
 
 

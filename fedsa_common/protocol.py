@@ -138,7 +138,13 @@ class PartialHeader(Header):
 
 
 class Metrics(BaseModel):
-    """A device's report after a round: personalized accuracy on its own test split."""
+    """A device's report after a round: personalized accuracy on its own test split.
+
+    ``global_accuracy`` is only sent by algorithms that share every LoRA parameter the device
+    trains (fedit, ffa): the accuracy, on the same test split, of the round's global LoRA
+    with the device's own head, measured before local training.  For fedsa and local there
+    is no single global model to speak of, so it stays ``None``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     federation: str
@@ -151,6 +157,7 @@ class Metrics(BaseModel):
     train_s: float = Field(0.0, ge=0)
     bytes_up: int = Field(0, ge=0)
     bytes_down: int = Field(0, ge=0)
+    global_accuracy: float | None = Field(None, ge=0, le=1)
 
 
 class Presence(BaseModel):

@@ -247,6 +247,7 @@ class MqttSession:
         if not connected within ``timeout`` (the session is then closed). Once connected, paho
         reconnects on its own after any drop. Call at most once per session.
         """
+        self._ensure_open()
         if self._started:
             raise RuntimeError("connect() may be called only once per MqttSession")
         self._started = True
@@ -302,6 +303,7 @@ class MqttSession:
         self._add(_Subscription(topic_filter, topic_filter, handler, qos, chunked=False), timeout)
 
     def _add(self, sub: _Subscription, timeout: float) -> None:
+        self._ensure_open()
         with self._lock:
             self._subs.append(sub)
         if not self.connected:
@@ -334,6 +336,7 @@ class MqttSession:
         frames are acknowledged within ``timeout``; paho keeps the unacknowledged ones queued
         and still delivers them if the connection comes back.
         """
+        self._ensure_open()
         _check_topic(topic)
         frames = split_payload(payload, self.payload_limit)
         infos = [
@@ -350,7 +353,7 @@ class MqttSession:
             ]
         sent = sum(len(frame) for frame in frames)
         self._count("bytes_published", sent)
-        self._wait_published(infos, timeout, f"publish to {topic!r}")
+        self._wait_published(infos, timeout, f"publish to {topic!r}", qos)
         return sent
 
     def publish_raw(
@@ -363,6 +366,7 @@ class MqttSession:
         timeout: float = 30.0,
     ) -> int:
         """Publish one unframed message (at most ``payload_limit`` bytes) and wait for its ack."""
+        self._ensure_open()
         _check_topic(topic)
         if len(payload) > self.payload_limit:
             raise ValueError(
@@ -371,11 +375,12 @@ class MqttSession:
             )
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         self._count("bytes_published", len(payload))
-        self._wait_published([info], timeout, f"publish_raw to {topic!r}")
+        self._wait_published([info], timeout, f"publish_raw to {topic!r}", qos)
         return len(payload)
 
     def clear_retained(self, topic: str, *, timeout: float = 30.0) -> None:
         """Remove a retained chunked message: every frame topic this session published, or T/0."""
+        self._ensure_open()
         _check_topic(topic)
         with self._lock:
             count = self._retained_chunks.pop(topic, 0)
@@ -383,16 +388,19 @@ class MqttSession:
             self._client.publish(chunk_topic(topic, i), b"", qos=1, retain=True)
             for i in range(max(1, count))
         ]
-        self._wait_published(infos, timeout, f"clear_retained {topic!r}")
+        self._wait_published(infos, timeout, f"clear_retained {topic!r}", qos=1)
 
-    def _wait_published(self, infos: list[mqtt.MQTTMessageInfo], timeout: float, what: str) -> None:
+    def _wait_published(
+        self, infos: list[mqtt.MQTTMessageInfo], timeout: float, what: str, qos: int
+    ) -> None:
         if self._on_network_thread():
             return  # waiting here would block the thread that receives the acks
         deadline = time.monotonic() + timeout
         for done, info in enumerate(infos):
-            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0:
                 # Published while disconnected: paho keeps QoS>0 messages queued and sends them
-                # after reconnecting, so wait for that instead of failing right away.
+                # after reconnecting, so wait for that instead of failing right away. (QoS 0
+                # ones are dropped; wait_for_publish reports that as an error below.)
                 info.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
             try:
                 info.wait_for_publish(max(0.0, deadline - time.monotonic()))
@@ -537,6 +545,10 @@ class MqttSession:
     def _count(self, key: str, amount: int) -> None:
         with self._lock:
             self.stats[key] += amount
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"MqttSession {self.client_id!r} is closed")
 
     def _on_network_thread(self) -> bool:
         return self._net_thread is not None and threading.get_ident() == self._net_thread

@@ -59,7 +59,7 @@ class CloudHub(HubProcess):
 
     def __init__(self, broker_url: str, config: FederationConfig, state_dir: Path) -> None:
         super().__init__(broker_url, config.federation.name, "cloud", state_dir,
-                         config.transport.payload_limit)
+                         config.transport.payload_limit, config.transport.max_message_bytes)
         self.config = config
         self.online: dict[str, str] = {}  # client -> region
 

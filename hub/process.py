@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsa_common.config import TransportSection
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import Topics
 from fedsa_common.transport import MqttSession, Will
@@ -41,6 +42,7 @@ class HubProcess:
         name: str,
         state_dir: Path,
         payload_limit: int = 1_000_000,
+        max_message_bytes: int = TransportSection().max_message_bytes,
     ) -> None:
         self.topics = Topics(federation)
         self.federation = federation
@@ -54,6 +56,7 @@ class HubProcess:
             broker_url,
             client_id=f"{self.role}-{federation}-{name}",
             payload_limit=payload_limit,
+            max_message_bytes=max_message_bytes,
             will=Will(status_topic, json.dumps({"online": False}).encode()),
             on_reject=self._on_frame_reject,
         )

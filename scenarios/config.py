@@ -7,8 +7,14 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from edge_client.data import DataSpec
-from fedsa_common.config import FederationConfig, Strict, read_yaml, validate_model
+from edge_client.data import DataSpec, load_pool
+from fedsa_common.config import (
+    ConfigError,
+    FederationConfig,
+    Strict,
+    read_yaml,
+    validate_model,
+)
 from fedsa_common.protocol import check_name
 
 
@@ -58,11 +64,32 @@ class ScenarioSection(Strict):
         DataSpec.model_validate({**v, "num_clients": 1})
         return v
 
-    def device_data(self, shard: int) -> DataSpec:
+    def device_data(self, index: int) -> DataSpec:
+        """The data of device ``index`` (its position in ``topology.devices()``).
+
+        With iid/dirichlet the runner cuts the pool into one shard per device.  With
+        ``partition: column`` the file decides who the devices are: device i is the i-th
+        owner in sorted order (the partitioner's order), and the topology must list exactly
+        as many devices as there are owners, so that no owner's rows are silently dropped
+        or trained twice.
+        """
         n = self.topology.num_devices
         if self.data.get("partition") == "column":
-            raise ValueError("partition=column is not supported in scenarios yet")
-        return DataSpec.model_validate({**self.data, "num_clients": n, "shard": shard})
+            owners = self.column_owners()
+            if len(owners) != n:
+                shown = ", ".join(owners[:10]) + (", ..." if len(owners) > 10 else "")
+                raise ConfigError(
+                    f"scenario.topology.regions: partition=column: "
+                    f"{self.data.get('client_column')!r} in {self.data.get('source')} has "
+                    f"{len(owners)} owners ({shown}) but the topology lists {n} devices; "
+                    "list one device per owner")
+            return DataSpec.model_validate({**self.data, "client": owners[index]})
+        return DataSpec.model_validate({**self.data, "num_clients": n, "shard": index})
+
+    def column_owners(self) -> list[str]:
+        """Distinct values of the client column (after the class filter), sorted."""
+        pool = load_pool(DataSpec.model_validate(self.data))
+        return sorted(set(pool.owners or ()))
 
 
 class ScenarioConfig(FederationConfig):

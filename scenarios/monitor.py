@@ -43,7 +43,8 @@ class Monitor:
         self.lock = threading.Lock()
         self.on_round_done = on_round_done
         self.session = MqttSession(broker_url, client_id=f"monitor-{federation}",
-                                   clean_session=True, payload_limit=1_000_000)
+                                   clean_session=True, payload_limit=1_000_000,
+                                   max_message_bytes=64_000_000)
         self.session.subscribe(self.topics.announce, self._announce)
         self.session.subscribe(self.topics.partial_filter, self._partial)
         self.session.subscribe_raw(self.topics.metrics_filter, self._metrics)

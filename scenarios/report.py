@@ -9,9 +9,18 @@ from scenarios.monitor import Observations
 
 
 def round_row(obs: Observations, rnd: int) -> dict[str, Any]:
+    """One round as the broker saw it.
+
+    ``accuracy`` is the mean personalized accuracy over reporting devices and
+    ``device_accuracy`` the per-device values behind it (the benchmark's worst-10% needs
+    them).  ``global_accuracy`` is the mean over devices that reported one (fedit and ffa
+    do: the global LoRA with each device's own head, before local training), else None.
+    """
     ann = obs.announces[rnd]
     nxt = obs.announces.get(rnd + 1) or obs.finished
-    metrics = list(obs.metrics.get(rnd, {}).values())
+    by_client = obs.metrics.get(rnd, {})
+    metrics = list(by_client.values())
+    global_accs = [m.global_accuracy for m in metrics if m.global_accuracy is not None]
     partials = obs.partials.get(rnd, [])
     return {
         "round": rnd,
@@ -21,6 +30,8 @@ def round_row(obs: Observations, rnd: int) -> dict[str, Any]:
         "bytes_up": sum(m.bytes_up for m in metrics),
         "bytes_down": sum(m.bytes_down for m in metrics),
         "accuracy": fmean(m.accuracy for m in metrics) if metrics else None,
+        "device_accuracy": {c: by_client[c].accuracy for c in sorted(by_client)},
+        "global_accuracy": fmean(global_accs) if global_accs else None,
         "reported": len(metrics),
         "duration_s": (nxt.issued_at - ann.issued_at) if nxt else None,
     }

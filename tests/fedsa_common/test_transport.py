@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import queue
@@ -20,6 +21,7 @@ from fedsa_common.broker import (
     BrokerProcess,
     free_port,
     mosquitto_path,
+    mqtt_ping,
     parse_broker_url,
     start_broker,
 )
@@ -115,6 +117,23 @@ def test_publish_subscribe_round_trip(make_session: MakeSession, topic: str) -> 
         pub.publish_raw(f"{topic}/status", b"x" * (pub.payload_limit + 1))
 
 
+def test_handlers_may_publish_without_deadlocking(make_session: MakeSession, topic: str) -> None:
+    echo, client, inbox = make_session("echo"), make_session("client"), Inbox()
+
+    def reply(_topic: str, payload: bytes) -> None:  # runs on echo's network thread
+        echo.publish(f"{topic}/pong", payload * 2)
+
+    echo.subscribe(f"{topic}/ping", reply)
+    echo.connect(timeout=10)
+    client.subscribe(f"{topic}/pong", inbox)
+    client.connect(timeout=10)
+    client.publish(f"{topic}/ping", b"ab")
+    assert inbox.get() == (f"{topic}/pong", b"abab")
+    echo.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        echo.publish(f"{topic}/pong", b"late")
+
+
 def test_large_payload_is_chunked_and_arrives_whole(make_session: MakeSession, topic: str) -> None:
     sub = make_session("sub", max_message_bytes=4_000_000)
     pub = make_session("pub", payload_limit=1_000_000)
@@ -185,10 +204,16 @@ def test_will_is_published_when_a_client_dies(
     watcher.connect(timeout=10)
 
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, mqtt_broker.url, f"dev-{uuid.uuid4().hex[:8]}",
-         f"{topic}/presence/dev1"],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            mqtt_broker.url,
+            f"dev-{uuid.uuid4().hex[:8]}",
+            f"{topic}/presence/dev1",
+        ],
         stdout=subprocess.PIPE,
-    )  # fmt: skip
+    )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
         os.kill(child.pid, signal.SIGKILL)
@@ -214,9 +239,12 @@ def test_session_survives_broker_restart(broker_kind: str, topic: str) -> None:
     broker = start_broker(broker_kind, port=port)  # type: ignore[arg-type]
     reconnects: list[float] = []
     sub = MqttSession(
-        broker.url, f"sub-{uuid.uuid4().hex[:8]}", reconnect_min_s=0.1, reconnect_max_s=0.5,
+        broker.url,
+        f"sub-{uuid.uuid4().hex[:8]}",
+        reconnect_min_s=0.1,
+        reconnect_max_s=0.5,
         on_connect=lambda: reconnects.append(time.monotonic()),
-    )  # fmt: skip
+    )
     pub = MqttSession(
         broker.url, f"pub-{uuid.uuid4().hex[:8]}", reconnect_min_s=0.1, reconnect_max_s=0.5
     )
@@ -233,7 +261,13 @@ def test_session_survives_broker_restart(broker_kind: str, topic: str) -> None:
         while (sub.connected or pub.connected) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not sub.connected and not pub.connected
+        # a QoS 1 publish while the broker is away waits for the reconnect instead of failing
+        queued = concurrent.futures.ThreadPoolExecutor(1).submit(
+            pub.publish_raw, f"{topic}/queued", b"q", timeout=15
+        )
+        time.sleep(0.2)
         broker = start_broker(broker_kind, port=port)  # type: ignore[arg-type]
+        assert queued.result(timeout=15) == 1
 
         # the broker forgot every session; the subscriber must re-subscribe by itself
         deadline = time.monotonic() + 15
@@ -251,6 +285,31 @@ def test_session_survives_broker_restart(broker_kind: str, topic: str) -> None:
         sub.close()
         pub.close()
         broker.stop()
+
+
+def test_persistent_session_gets_messages_sent_while_it_was_away(
+    make_session: MakeSession, mqtt_broker: BrokerProcess, topic: str
+) -> None:
+    client_id = f"dev-{uuid.uuid4().hex[:8]}"
+    first = MqttSession(mqtt_broker.url, client_id, clean_session=False)
+    first.subscribe(f"{topic}/inbox", Inbox())
+    first.connect(timeout=10)
+    first.close()
+
+    pub = make_session("pub", payload_limit=10_000)
+    pub.connect(timeout=10)
+    payload = os.urandom(25_000)  # 3 frames, all queued by the broker
+    pub.publish(f"{topic}/inbox", payload)
+
+    inbox = Inbox()
+    second = MqttSession(mqtt_broker.url, client_id, clean_session=False)
+    try:
+        second.subscribe(f"{topic}/inbox", inbox)
+        second.connect(timeout=10)
+        assert inbox.get() == (f"{topic}/inbox", payload)
+        assert inbox.drain(0.5) == []
+    finally:
+        second.close()
 
 
 def test_malformed_frames_are_rejected_and_session_keeps_working(
@@ -327,3 +386,20 @@ def test_oversized_packet_disconnects_the_client_on_both_brokers(broker_kind: st
             except (ConnectionResetError, BrokenPipeError):
                 closed = True
             assert closed
+
+
+def test_shared_broker_fixture_and_url_parsing(broker: BrokerProcess) -> None:
+    assert broker.kind == ("mosquitto" if mosquitto_path() else "embedded")
+    mqtt_ping(broker.url)
+    assert parse_broker_url(broker.url) == ("127.0.0.1", broker.port)
+    assert parse_broker_url("mqtt://localhost") == ("localhost", 1883)
+    for bad in [
+        "tcp://127.0.0.1:1883",
+        "127.0.0.1:1883",
+        "mqtt://:1883",
+        "mqtt://h:99999",
+        "mqtt://h:1883/path",
+        "mqtt://h:0",
+    ]:
+        with pytest.raises(ValueError):
+            parse_broker_url(bad)

@@ -12,7 +12,7 @@ from scenarios.config import load_scenario
 ROOT = Path(__file__).parents[2] / "scenarios"
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "quickstart.yaml"])
+@pytest.mark.parametrize("name", ["tiny.yaml", "quickstart.yaml", "bench-20ng.yaml"])
 def test_shipped_scenarios_validate(name):
     config = load_scenario(ROOT / name)
     fed = config.federation_config(num_labels=4)
@@ -57,4 +57,46 @@ def test_cli_exits_nonzero_before_starting_anything(tmp_path):
     result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "rounds" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def column_scenario(tmp_path, regions: str) -> Path:
+    """A CSV owned by three users and a scenario that partitions it by owner."""
+    rows = ["user,text,label"]
+    for owner in ("carol", "alice", "bob"):  # not sorted in the file
+        rows += [f"{owner},{owner} says thing number {i},{'pos' if i % 2 else 'neg'}"
+                 for i in range(8)]
+    data = tmp_path / "notes.csv"
+    data.write_text("\n".join(rows) + "\n")
+    path = tmp_path / "column.yaml"
+    path.write_text(
+        "scenario:\n"
+        f"  topology: {{regions: {regions}}}\n"
+        f"  data: {{source: {data}, partition: column, client_column: user}}\n"
+        "model: {path: tiny-bert}\n"
+    )
+    return path
+
+
+def test_column_partition_gives_each_device_one_owner(tmp_path):
+    from edge_client.data import load_device_data
+
+    config = load_scenario(column_scenario(tmp_path, "{east: 2, west: 1}"))
+    sc = config.scenario
+    specs = [sc.device_data(i) for i in range(sc.topology.num_devices)]
+    assert [s.client for s in specs] == ["alice", "bob", "carol"]
+    for owner, spec in zip(("alice", "bob", "carol"), specs, strict=True):
+        data = load_device_data(spec)
+        texts = data.train.texts + data.test.texts
+        assert len(texts) == 8 and all(t.startswith(owner) for t in texts)
+
+
+def test_column_partition_needs_one_device_per_owner(tmp_path):
+    config = load_scenario(column_scenario(tmp_path, "{east: 2}"))
+    with pytest.raises(ConfigError, match=r"scenario\.topology\.regions.*3 owners.*2 devices"):
+        config.scenario.device_data(0)
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "column.yaml"),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "3 owners" in result.output
     assert not (tmp_path / "out").exists()

@@ -1,0 +1,300 @@
+"""``scenarios bench``: one scenario, once per algorithm and seed, through the real processes.
+
+Every (algorithm, seed) is its own federation (its own name, so retained messages of runs
+never mix) played by ``scenarios.runner.run_scenario`` against one broker shared by the
+whole bench.  A finished run is reused when the bench is started again with the same
+configuration, so a 60-minute benchmark interrupted at minute 50 costs 10 more minutes,
+not 60.  The numbers are computed by ``scenarios.bench_metrics``; this module runs,
+reuses, and writes ``bench.json``, ``bench.md`` and the plots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedsa_common.atomic import write_json
+from fedsa_common.broker import BrokerProcess, start_broker
+from fedsa_common.config import ConfigError, validate_model
+from fedsa_common.split import ALGORITHMS
+from scenarios.bench_metrics import accuracy_curve, mean_curve, run_metrics, summarize
+from scenarios.config import ScenarioConfig
+from scenarios.runner import count_labels, run_scenario
+
+STD_KIND = "sample standard deviation over seeds (n-1 denominator; 0 when n=1)"
+RUN_MARKER = "bench-run.json"
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One (algorithm, seed) of the bench, with its overridden configuration."""
+
+    algorithm: str
+    seed: int
+    config: ScenarioConfig
+    out: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.algorithm}-s{self.seed}"
+
+
+def parse_algorithms(text: str) -> list[str]:
+    """``fedsa,fedit`` -> names; an unknown or repeated name is a ValueError naming it."""
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    if not names:
+        raise ValueError("--algorithms: no algorithm given")
+    for name in names:
+        if name not in ALGORITHMS:
+            raise ValueError(f"--algorithms: unknown algorithm {name!r}; "
+                             f"allowed: {', '.join(ALGORITHMS)}")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"--algorithms: {', '.join(dupes)} given more than once")
+    return names
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0,1,2`` -> seeds; a non-integer, negative or repeated seed is a ValueError."""
+    parts = [s.strip() for s in text.split(",") if s.strip()]
+    if not parts:
+        raise ValueError("--seeds: no seed given")
+    seeds = []
+    for part in parts:
+        try:
+            seed = int(part)
+        except ValueError:
+            raise ValueError(f"--seeds: {part!r} is not an integer") from None
+        if seed < 0:
+            raise ValueError(f"--seeds: {seed} is negative")
+        seeds.append(seed)
+    dupes = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dupes:
+        raise ValueError(f"--seeds: {', '.join(map(str, dupes))} given more than once")
+    return seeds
+
+
+def run_config(base: ScenarioConfig, algorithm: str, seed: int,
+               rounds: int | None = None) -> ScenarioConfig:
+    """``base`` with the algorithm, both seeds, the federation name and optionally the
+    number of rounds overridden; validated like a scenario file (errors name the field)."""
+    data = base.model_dump(mode="json")
+    data["fedsa_lora"]["algorithm"] = algorithm
+    data["federation"]["seed"] = seed
+    data["federation"]["name"] = f"{base.federation.name}-{algorithm}-s{seed}"
+    data["scenario"]["data"] = {**data["scenario"]["data"], "seed": seed}
+    if rounds is not None:
+        data["rounds"] = rounds
+    return validate_model(ScenarioConfig, data)
+
+
+def plan_runs(base: ScenarioConfig, algorithms: Sequence[str], seeds: Sequence[int],
+              out: Path, rounds: int | None = None) -> list[BenchRun]:
+    """Every run of the bench, algorithm-major, configurations validated up front so that
+    a bad override fails before anything starts."""
+    return [BenchRun(alg, seed, run_config(base, alg, seed, rounds),
+                     out / "runs" / f"{alg}-s{seed}")
+            for alg in algorithms for seed in seeds]
+
+
+def scenario_digest(config: ScenarioConfig) -> str:
+    """Hash of everything that can change a run's numbers.
+
+    The report's ``config_hash`` covers only the federation configuration; data caps,
+    partition and topology live in the scenario section, so they are hashed here too.
+    Broker and timeout do not change results and are left out.
+    """
+    data = config.model_dump(mode="json")
+    for key in ("broker", "timeout_s"):
+        data["scenario"].pop(key, None)
+    blob = json.dumps(data, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def config_hash(config: ScenarioConfig) -> str:
+    """The ``config_hash`` that ``run_scenario`` writes into this run's report."""
+    return config.federation_config(count_labels(config)).digest()
+
+
+def reusable_report(run: BenchRun, expected_hash: str) -> dict[str, Any] | None:
+    """The run's earlier report if it finished under the same configuration, else None."""
+    report_path = run.out / "report.json"
+    marker_path = run.out / RUN_MARKER
+    try:
+        report = json.loads(report_path.read_text())
+        marker = json.loads(marker_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or not isinstance(marker, dict):
+        return None
+    if not report.get("final", {}).get("finished"):
+        return None
+    if report.get("config_hash") != expected_hash:
+        return None
+    if marker.get("scenario_digest") != scenario_digest(run.config):
+        return None
+    return report
+
+
+def run_entry(run: BenchRun, report: dict[str, Any] | None, reused: bool,
+              error: str | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"algorithm": run.algorithm, "seed": run.seed,
+                             "federation": run.config.federation.name,
+                             "dir": str(run.out), "reused": reused}
+    if report is not None:
+        entry["finished"] = bool(report.get("final", {}).get("finished"))
+        entry["metrics"] = run_metrics(report)
+        entry["curve"] = accuracy_curve(report)
+    if error is not None:
+        entry["error"] = error
+    return entry
+
+
+def _fmt_acc(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def run_bench(base: ScenarioConfig, out: Path, algorithms: Sequence[str],
+              seeds: Sequence[int], *, rounds: int | None = None,
+              broker_url: str | None = None, scenario_file: str = "",
+              echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or reuse) every run, then write and return ``bench.json``'s content.
+
+    A run that fails is recorded with its error and the bench goes on; the summary counts
+    the runs that produced a report (``n`` per metric).
+    """
+    runs = plan_runs(base, algorithms, seeds, out, rounds)
+    out.mkdir(parents=True, exist_ok=True)
+    broker_url = broker_for(base, broker_url)
+    broker: BrokerProcess | None = None
+    entries: list[dict[str, Any]] = []
+    try:
+        for i, run in enumerate(runs, 1):
+            tag = f"[{i}/{len(runs)}] {run.algorithm} seed {run.seed}"
+            expected = config_hash(run.config)
+            report = reusable_report(run, expected)
+            if report is not None:
+                entry = run_entry(run, report, reused=True)
+                echo(f"{tag}: reused {run.out / 'report.json'} (final accuracy "
+                     f"{_fmt_acc(entry['metrics']['final_accuracy'])})")
+                entries.append(entry)
+                continue
+            if broker_url is None:
+                broker = start_bench_broker(base, out)
+                broker_url = broker.url
+                echo(f"started {broker.kind} broker at {broker_url} for the whole bench")
+            if run.out.exists():  # a half-finished or outdated run: start it clean
+                shutil.rmtree(run.out)
+            echo(f"{tag}: starting ({run.config.rounds} rounds, federation "
+                 f"{run.config.federation.name}, output {run.out})")
+            try:
+                report = run_scenario(run.config, run.out, broker_url, echo=echo)
+            except (RuntimeError, TimeoutError, OSError, ValueError) as err:
+                echo(f"{tag}: FAILED: {err}")
+                entries.append(run_entry(run, None, reused=False, error=str(err)))
+                continue
+            write_json(run.out / RUN_MARKER, {"algorithm": run.algorithm, "seed": run.seed,
+                                              "scenario_digest": scenario_digest(run.config)})
+            entry = run_entry(run, report, reused=False)
+            m = entry["metrics"]
+            echo(f"{tag}: done in {m['wall_s'] or 0:.0f}s, final accuracy "
+                 f"{_fmt_acc(m['final_accuracy'])}, best {_fmt_acc(m['best_accuracy'])}")
+            entries.append(entry)
+    finally:
+        if broker is not None:
+            broker.stop()
+    bench = {
+        "scenario": base.scenario.name,
+        "scenario_file": scenario_file,
+        "algorithms": list(algorithms),
+        "seeds": list(seeds),
+        "rounds": runs[0].config.rounds if runs else None,
+        "std": STD_KIND,
+        "runs": entries,
+        "summary": summarize(entries, algorithms),
+    }
+    write_outputs(bench, out)
+    return bench
+
+
+def start_bench_broker(base: ScenarioConfig, out: Path) -> BrokerProcess:
+    """The scenario's broker kind (auto, mosquitto, embedded), started once for all runs."""
+    kind = base.scenario.broker
+    if kind.startswith("mqtt://"):
+        raise ConfigError("start_bench_broker: scenario.broker is a URL; pass it instead")
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    return start_broker(kind, log_path=out / "logs" / "broker.log")  # type: ignore[arg-type]
+
+
+def broker_for(base: ScenarioConfig, cli_broker: str | None) -> str | None:
+    """The URL to use when one is given (``--broker`` or a URL in the scenario), else None
+    (the bench starts its own)."""
+    if cli_broker is not None:
+        return cli_broker
+    return base.scenario.broker if base.scenario.broker.startswith("mqtt://") else None
+
+
+# outputs --------------------------------------------------------------------------------
+_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("final_accuracy", "final acc", "{:.3f}"),
+    ("best_accuracy", "best acc", "{:.3f}"),
+    ("worst10_accuracy", "worst-10% acc", "{:.3f}"),
+    ("global_accuracy", "global acc", "{:.3f}"),
+    ("bytes_up_per_device_round", "bytes up / device-round", "{:,.0f}"),
+    ("wall_s", "wall s", "{:.0f}"),
+)
+
+
+def render_markdown(bench: dict[str, Any]) -> str:
+    """``bench.md``: one row per algorithm, ``mean ± std`` cells (pure)."""
+    seeds = bench["seeds"]
+    lines = [
+        f"# Benchmark: {bench['scenario']}",
+        "",
+        f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}), {bench['rounds']} rounds; "
+        f"cells are mean ± {bench['std']}.",
+        "",
+        "| algorithm | " + " | ".join(title for _, title, _ in _COLUMNS) + " |",
+        "|---|" + "---:|" * len(_COLUMNS),
+    ]
+    for alg in bench["algorithms"]:
+        cells = []
+        for metric, _, fmt in _COLUMNS:
+            stats = bench["summary"][alg][metric]
+            if stats["mean"] is None:
+                cells.append("n/a")
+            else:
+                cells.append(f"{fmt.format(stats['mean'])} ± {fmt.format(stats['std'])}")
+        lines.append(f"| {alg} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "final = last round, best = best round (the FedSA-LoRA paper reports the best round); "
+        "accuracies are mean personalized test accuracy over devices; worst-10% = mean over "
+        "the worst 10% of devices (at least one) in the last round; global = the shared "
+        "global LoRA with each device's own head, measured before local training (only "
+        "fedit and ffa have one).",
+    ]
+    failed = [r for r in bench["runs"] if "error" in r]
+    if failed:
+        lines += ["", "Failed runs (not counted): "
+                  + ", ".join(f"{r['algorithm']} seed {r['seed']}" for r in failed) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(bench: dict[str, Any], out: Path) -> None:
+    """bench.json, bench.md and the two plots."""
+    from scenarios.bench_plots import plot_accuracy_per_round, plot_accuracy_vs_bytes
+
+    write_json(out / "bench.json", bench)
+    (out / "bench.md").write_text(render_markdown(bench))
+    curves = {alg: mean_curve([r["curve"] for r in bench["runs"]
+                               if r["algorithm"] == alg and r.get("curve")])
+              for alg in bench["algorithms"]}
+    title = f"{bench['scenario']}: mean over seeds {bench['seeds']}"
+    plot_accuracy_per_round(curves, out / "accuracy_per_round.png", title)
+    plot_accuracy_vs_bytes(curves, out / "accuracy_vs_bytes.png", title)

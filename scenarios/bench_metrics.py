@@ -1,0 +1,133 @@
+"""Benchmark numbers from scenario reports (pure; no I/O).
+
+Inputs are ``report.json`` dicts as ``scenarios.report.build_report`` writes them.  The
+per-run numbers follow what the FedSA-LoRA paper reports (the best round) next to the final
+round, so that a late collapse is not hidden by the best-round figure; the worst-10%
+accuracy shows whether a personalized method leaves some devices behind.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from statistics import fmean, stdev
+from typing import Any
+
+RUN_METRICS: tuple[str, ...] = (
+    "final_accuracy",
+    "best_accuracy",
+    "worst10_accuracy",
+    "global_accuracy",
+    "bytes_up_per_device_round",
+    "wall_s",
+)
+
+Report = Mapping[str, Any]
+
+
+def reported_rounds(report: Report) -> list[Mapping[str, Any]]:
+    """Rounds for which at least one device reported an accuracy, in round order."""
+    return [r for r in report.get("rounds", []) if r.get("accuracy") is not None]
+
+
+def worst_mean(values: Iterable[float], percent: int = 10) -> float | None:
+    """Mean of the lowest ``percent``% of values, at least one value (None when empty).
+
+    The count is ``ceil(n * percent / 100)`` in integer arithmetic, so 10 devices give 1,
+    11 give 2, and no float rounding can add a device.
+    """
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    k = max(1, -(-len(ordered) * percent // 100))
+    return fmean(ordered[:k])
+
+
+def bytes_per_device_round(report: Report) -> float | None:
+    """Uploaded bytes per device and round: all bytes up over all device-round reports.
+
+    Dividing by reports rather than by ``devices x rounds`` keeps the figure honest when
+    sampling or stragglers leave some devices out of some rounds.
+    """
+    rows = report.get("rounds", [])
+    reports = sum(r.get("reported", 0) for r in rows)
+    if reports == 0:
+        return None
+    return sum(r.get("bytes_up", 0) for r in rows) / reports
+
+
+def run_metrics(report: Report) -> dict[str, float | None]:
+    """The benchmark's numbers for one run (see ``RUN_METRICS``).
+
+    ``final_accuracy`` is the mean personalized accuracy of the last round that reported
+    one, ``best_accuracy`` the best round mean, ``worst10_accuracy`` the mean over the worst
+    10% of devices in that last round, ``global_accuracy`` the last round's global accuracy
+    (None for algorithms without a global model).
+    """
+    rows = reported_rounds(report)
+    last = rows[-1] if rows else None
+    device_acc = (last or {}).get("device_accuracy") or {}
+    return {
+        "final_accuracy": last["accuracy"] if last else None,
+        "best_accuracy": max(r["accuracy"] for r in rows) if rows else None,
+        "worst10_accuracy": worst_mean(device_acc.values()),
+        "global_accuracy": last.get("global_accuracy") if last else None,
+        "bytes_up_per_device_round": bytes_per_device_round(report),
+        "wall_s": report.get("final", {}).get("wall_s"),
+    }
+
+
+def accuracy_curve(report: Report) -> list[tuple[int, float, float]]:
+    """(round, mean accuracy, cumulative bytes uploaded per device) for reported rounds.
+
+    Bytes per device in a round are that round's bytes up over its reporting devices, so
+    the curve is the upload cost of one typical device up to and including that round.
+    """
+    out: list[tuple[int, float, float]] = []
+    cumulative = 0.0
+    for r in report.get("rounds", []):
+        if r.get("reported"):
+            cumulative += r.get("bytes_up", 0) / r["reported"]
+        if r.get("accuracy") is not None:
+            out.append((int(r["round"]), float(r["accuracy"]), cumulative))
+    return out
+
+
+def mean_std(values: Iterable[float | None]) -> dict[str, float | int | None]:
+    """Mean and *sample* standard deviation (n-1 denominator; 0 when n=1) of the non-null
+    values, with their count; mean and std are None when there are none."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not xs:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": fmean(xs), "std": stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
+
+
+def summarize(runs: Sequence[Mapping[str, Any]], algorithms: Sequence[str]
+              ) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """Per algorithm, mean/std/n over seeds of every run metric.
+
+    ``runs`` are ``{"algorithm": ..., "metrics": {...}}`` entries; runs without metrics
+    (failed) do not count.
+    """
+    summary: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    for alg in algorithms:
+        mine = [r["metrics"] for r in runs if r["algorithm"] == alg and r.get("metrics")]
+        summary[alg] = {m: mean_std(run[m] for run in mine) for m in RUN_METRICS}
+    return summary
+
+
+def mean_curve(curves: Sequence[Sequence[tuple[int, float, float]]]
+               ) -> list[tuple[int, float, float, float]]:
+    """Across seeds: (round, mean accuracy, sample std of accuracy, mean cumulative bytes
+    per device), for every round that at least one seed reported."""
+    by_round: dict[int, list[tuple[float, float]]] = {}
+    for curve in curves:
+        for rnd, acc, cum in curve:
+            by_round.setdefault(rnd, []).append((acc, cum))
+    out = []
+    for rnd in sorted(by_round):
+        accs = [a for a, _ in by_round[rnd]]
+        stats = mean_std(accs)
+        out.append((rnd, float(stats["mean"] or 0.0), float(stats["std"] or 0.0),
+                    fmean(c for _, c in by_round[rnd])))
+    return out

@@ -1,0 +1,106 @@
+"""``scenarios bench`` end to end on the tiny scenario (real broker, hubs and devices), and
+its argument checks, which must fail before anything starts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from scenarios.bench_metrics import RUN_METRICS
+from scenarios.cli import app
+
+TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_algorithm_exits_2_naming_it(tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["bench", str(TINY), "--algorithms", "fedsa,fedprox",
+                                      "--seeds", "0", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "fedprox" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("seeds", ["0,x", "1,1", ""])
+def test_bad_seeds_exit_2(tmp_path, seeds):
+    result = CliRunner().invoke(app, ["bench", str(TINY), "--seeds", seeds,
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "--seeds" in result.output
+
+
+def test_run_configs_override_algorithm_seeds_and_name():
+    from scenarios.bench import plan_runs
+    from scenarios.config import load_scenario
+
+    runs = plan_runs(load_scenario(TINY), ["fedit"], [3], Path("/x"), rounds=5)
+    (run,) = runs
+    c = run.config
+    assert c.fedsa_lora.algorithm == "fedit" and c.federation.seed == 3
+    assert c.scenario.data["seed"] == 3 and c.rounds == 5
+    assert c.federation.name == "tiny-fedit-s3" and run.out == Path("/x/runs/fedit-s3")
+
+
+def bench_args(out: Path) -> list[str]:
+    return ["bench", str(TINY), "--algorithms", "fedsa,fedit", "--seeds", "0",
+            "--rounds", "2", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    result = CliRunner().invoke(app, bench_args(out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.integration
+def test_bench_json_has_both_algorithms(bench_dir):
+    bench = json.loads((bench_dir / "bench.json").read_text())
+    assert bench["algorithms"] == ["fedsa", "fedit"] and bench["seeds"] == [0]
+    assert len(bench["runs"]) == 2
+    for run in bench["runs"]:
+        assert run["finished"] and "error" not in run
+        for name in ("final_accuracy", "best_accuracy", "worst10_accuracy",
+                     "bytes_up_per_device_round", "wall_s"):
+            assert math.isfinite(run["metrics"][name]), name
+        assert 0 <= run["metrics"]["final_accuracy"] <= run["metrics"]["best_accuracy"] <= 1
+    for alg in ("fedsa", "fedit"):
+        assert set(bench["summary"][alg]) == set(RUN_METRICS)
+        assert bench["summary"][alg]["final_accuracy"]["n"] == 1
+        assert bench["summary"][alg]["final_accuracy"]["std"] == 0.0
+    by_alg = {r["algorithm"]: r for r in bench["runs"]}
+    assert 0 <= by_alg["fedit"]["metrics"]["global_accuracy"] <= 1
+    assert by_alg["fedsa"]["metrics"]["global_accuracy"] is None
+    report = json.loads((bench_dir / "runs" / "fedit-s0" / "report.json").read_text())
+    assert len(report["rounds"][-1]["device_accuracy"]) == 4
+
+
+@pytest.mark.integration
+def test_bench_md_and_plots(bench_dir):
+    md = (bench_dir / "bench.md").read_text()
+    for alg in ("fedsa", "fedit"):
+        assert sum(line.startswith(f"| {alg} |") for line in md.splitlines()) == 1
+    assert "final = last round, best = best round" in md
+    for name in ("accuracy_per_round.png", "accuracy_vs_bytes.png"):
+        data = (bench_dir / name).read_bytes()
+        assert len(data) > 1000 and data.startswith(PNG_MAGIC)
+
+
+@pytest.mark.integration
+def test_rerun_reuses_finished_runs(bench_dir):
+    reports = sorted((bench_dir / "runs").glob("*/report.json"))
+    assert len(reports) == 2
+    before = {p: p.stat().st_mtime_ns for p in reports}
+    result = CliRunner().invoke(app, bench_args(bench_dir))
+    assert result.exit_code == 0, result.output
+    assert result.output.count("reused") == 2
+    assert "started" not in result.output  # no broker needed when every run is reused
+    assert {p: p.stat().st_mtime_ns for p in reports} == before
+    bench = json.loads((bench_dir / "bench.json").read_text())
+    assert all(r["reused"] for r in bench["runs"])
