@@ -31,6 +31,10 @@ def join(
     precision: Annotated[str | None, typer.Option(
         help="Override the base precision: nf4, fp4, int8, fp16, bf16, fp32.")] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 0,
+    memory_mb: Annotated[float | None, typer.Option(
+        min=1, help="Memory budget (peak RSS of this process, MiB): training reaches the "
+                    "federation's batch size by accumulating micro-batches sized to fit.")]
+    = None,
     log_level: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Join a federation and train whenever selected, until it finishes."""
@@ -48,7 +52,8 @@ def join(
         raise typer.BadParameter(f"unknown precision {precision!r}", param_hint="--precision")
     try:
         spec = DeviceSpec(client=client_id, region=region, federation=federation,
-                          data=parse_data_spec(data), state_dir=state_dir)
+                          data=parse_data_spec(data), state_dir=state_dir,
+                          memory_mb=memory_mb)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--data") from None
     sys.exit(run_devices([spec], broker, ModelHost(precision)))  # type: ignore[arg-type]
@@ -71,3 +76,42 @@ def worker(
     torch.set_num_threads(int(raw.get("threads", 1)))
     sys.exit(run_devices(specs, broker, ModelHost(raw.get("precision")),
                          int(raw.get("payload_limit", 1_000_000))))
+
+
+@app.command()
+def export(
+    state_dir: Annotated[Path, typer.Option(help="The device's --state-dir.")],
+    out: Annotated[Path, typer.Option(help="Where to write the .onnx file.")],
+    int8: Annotated[bool, typer.Option(help="Dynamic int8 quantization (onnxruntime).")]
+    = False,
+    log_level: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Export the device's model (global A, its own B and head, merged into an fp32 base) to
+    ONNX, with OUT.tokenizer/ and OUT.json (labels) next to it."""
+    from edge_client.export import export_state
+    from fedsa_common.logs import setup_logging
+
+    setup_logging(log_level)
+    try:
+        result = export_state(state_dir, out, int8=int8)
+    except (FileNotFoundError, ValueError) as err:
+        raise typer.BadParameter(str(err), param_hint="--state-dir") from None
+    typer.echo(f"{result.onnx} ({result.bytes / 1e6:.1f} MB{', int8' if int8 else ''}); "
+               f"tokenizer in {result.tokenizer_dir}, labels in {result.sidecar}")
+
+
+@app.command()
+def predict(
+    texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
+    model: Annotated[Path, typer.Option(help="An .onnx file written by 'edge-client export'.")],
+    threads: Annotated[int, typer.Option(help="onnxruntime threads (0: its default).")] = 0,
+) -> None:
+    """Classify TEXTS with an exported model; prints label, probability and text per line."""
+    from edge_client.predict import OnnxClassifier
+
+    try:
+        classifier = OnnxClassifier(model, threads=threads)
+    except FileNotFoundError as err:
+        raise typer.BadParameter(str(err), param_hint="--model") from None
+    for text, p in zip(texts, classifier.predict(texts), strict=True):
+        typer.echo(f"{p.label}\t{p.probability:.3f}\t{text}")

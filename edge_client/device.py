@@ -1,9 +1,10 @@
 """One device's session with the federation.
 
 It learns the current round from the retained announcement, trains when selected, sends
-the compressed delta of its shared parameters once (QoS 1, identified by client and round so
-a redelivery is harmless), evaluates its personalized model on its own test split, reports
-metrics, and persists its local parameters so a restart resumes where it stopped.
+the compressed delta of its shared parameters (QoS 1, identified by client and round so a
+redelivery is harmless) and resends it with backoff until its regional hub acknowledges it,
+evaluates its personalized model on its own test split, reports metrics, and persists its
+local parameters and the unacknowledged update so a restart resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -11,28 +12,35 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import random
 import threading
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from edge_client.conditions import DeviceConditions, compute_delay, transfer_delay
 from edge_client.data import DataSpec, DeviceData, load_device_data
 from edge_client.host import ModelHost
+from edge_client.microbatch import MicroBatchPlanner
+from edge_client.progress import RoundProgress
+from edge_client.snapshot import model_info, save_global, saved_info
 from edge_client.state import DeviceState, StateDir
 from edge_client.training import TokenizedSplit, evaluate, tokenize, train_steps
 from fedsa_common.config import FederationConfig
 from fedsa_common.envelope import Envelope
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import (
+    Ack,
     AnnounceHeader,
     Metrics,
     Presence,
     Topics,
     UpdateHeader,
     check_name,
+    decode_json,
     decode_message,
     encode_json,
     encode_message,
@@ -52,6 +60,15 @@ class DeviceSpec:
     federation: str
     data: DataSpec
     state_dir: Path
+    conditions: DeviceConditions = field(default_factory=DeviceConditions)
+    memory_mb: float | None = None  # peak-RSS budget for training (None: unlimited)
+
+
+class Abandoned(Exception):
+    """The device went away (scenario churn) while it was working on a round."""
+
+
+MAX_RESEND_S = 60.0
 
 
 @dataclass
@@ -72,8 +89,17 @@ class Device:
         self.state: DeviceState = self.store.load()
         self.inbox: queue.Queue[tuple[bytes, float]] = queue.Queue()
         self.done = threading.Event()
+        self.gone = threading.Event()  # vanished without saying goodbye (scenario churn)
+        self.acks: queue.Queue[Ack] = queue.Queue()
+        self.pending = self.store.load_pending()
+        self.pending_round = self.state.last_round
+        self.resend_s = 5.0
+        self.backoff = self.resend_s
+        self.next_resend = time.time() + self.resend_s
         self.data: DeviceData | None = None
         self.tokens: Tokenized | None = None
+        self.planner = MicroBatchPlanner.for_budget(spec.memory_mb)  # learns across rounds
+        self.progress = RoundProgress(spec.client)
         presence = self.topics.presence(spec.region, spec.client)
         offline = Presence(client=spec.client, region=spec.region, online=False)
         self.session = MqttSession(
@@ -84,6 +110,7 @@ class Device:
             on_connect=self._on_connect,
         )
         self.session.subscribe(self.topics.announce, self._on_announce)
+        self.session.subscribe_raw(self.topics.ack(spec.region, spec.client), self._on_ack)
 
     # network thread -------------------------------------------------------------------
     def _on_connect(self) -> None:
@@ -102,14 +129,33 @@ class Device:
         if payload:
             self.inbox.put((payload, time.time()))
 
-    # work thread ----------------------------------------------------------------------
-    def run(self) -> None:
-        """Serve rounds until the federation announces it has finished."""
-        self.session.connect()
+    def _on_ack(self, _topic: str, payload: bytes) -> None:
         try:
-            while not self.done.is_set():
+            self.acks.put(decode_json(Ack, payload))
+        except WireError as err:
+            log.warning("%s: ignored bad ack: %s", self.spec.client, err)
+
+    # work thread ----------------------------------------------------------------------
+    def vanish(self) -> None:
+        """Leave abruptly: in-flight work is abandoned and the broker publishes the will."""
+        self.gone.set()
+
+    def pause(self, seconds: float) -> None:
+        """Sleep for simulated compute or link time; raises Abandoned if the device vanishes."""
+        if seconds > 0 and self.gone.wait(seconds):
+            raise Abandoned
+        if self.gone.is_set():
+            raise Abandoned
+
+    def run(self, connect_timeout: float = 600.0) -> None:
+        """Serve rounds until the federation announces it has finished (or the device goes)."""
+        self.session.connect(timeout=connect_timeout)
+        try:
+            while not self.done.is_set() and not self.gone.is_set():
+                self.handle_acks()
+                self.resend_pending()
                 try:
-                    payload, _ = self.inbox.get(timeout=1.0)
+                    payload, _ = self.inbox.get(timeout=0.5)
                 except queue.Empty:
                     continue
                 while not self.inbox.empty():  # only the newest announcement matters
@@ -119,29 +165,43 @@ class Device:
                 except WireError as err:
                     log.warning("%s: ignored bad announcement: %s", self.spec.client, err)
                     continue
-                self.on_round(header, env, len(payload))
+                try:
+                    self.on_round(header, env, len(payload))
+                except Abandoned:
+                    log.info("%s: vanished during round %d; its work is lost", self.spec.client,
+                             header.round)
         finally:
-            self._publish_presence(Presence(client=self.spec.client, region=self.spec.region,
-                                            online=False, ts=time.time()))
-            self.session.close()
+            if self.gone.is_set():
+                self.session.drop()
+            else:
+                self._publish_presence(Presence(client=self.spec.client,
+                                                region=self.spec.region, online=False,
+                                                ts=time.time()))
+                self.session.close()
 
     def on_round(self, header: AnnounceHeader, env: Envelope, bytes_down: int) -> None:
         if header.federation != self.spec.federation:
             return
         if header.status == "finished":
             log.info("%s: federation finished at round %d", self.spec.client, header.round)
+            self.keep_final_global(header, env)
             self.done.set()
             return
         if header.round <= self.state.last_round:
-            self.resend_pending(header.round)
             return
         if self.spec.client not in header.selected.get(self.spec.region, []):
             return
         config = FederationConfig.model_validate(header.config)
+        cond = self.spec.conditions
+        self.resend_s = config.round_policy.resend_s
+        self.pause(transfer_delay(bytes_down, cond.downlink_kbps, cond.latency_ms))
         payload, metrics = self.train_round(header, config, env, bytes_down)
+        self.pause(transfer_delay(len(payload), cond.uplink_kbps, cond.latency_ms))
         bytes_up = self.session.publish(self.topics.update(self.spec.region, self.spec.client),
                                         payload)
-        self.store.clear_pending()
+        self.pending, self.pending_round = payload, header.round
+        self.backoff = self.resend_s
+        self.next_resend = time.time() + self.backoff
         metrics = metrics.model_copy(update={"bytes_up": bytes_up})
         self.session.publish_raw(self.topics.metrics(self.spec.region, self.spec.client),
                                  encode_json(metrics))
@@ -149,15 +209,29 @@ class Device:
                  self.spec.client, header.round, metrics.train_loss or 0.0, metrics.accuracy,
                  bytes_up)
 
-    def resend_pending(self, current_round: int) -> None:
-        """After a crash between persisting and the broker's ack, send the same update again;
-        the hub counts an update id once."""
-        pending = self.store.load_pending()
-        if pending is None or self.state.last_round != current_round:
+    def handle_acks(self) -> None:
+        while not self.acks.empty():
+            ack = self.acks.get_nowait()
+            if self.pending is None or ack.id != f"{self.spec.client}:{self.pending_round}":
+                continue
+            if not ack.accepted:
+                log.info("%s: hub refused update %s: %s", self.spec.client, ack.id, ack.reason)
+            self.pending = None
+            self.store.clear_pending()
+
+    def resend_pending(self) -> None:
+        """Resend the unacknowledged update with jittered exponential backoff; the hub counts
+        an update id once, so resending is always safe."""
+        if self.pending is None or time.time() < self.next_resend:
             return
-        self.session.publish(self.topics.update(self.spec.region, self.spec.client), pending)
-        self.store.clear_pending()
-        log.info("%s: re-sent pending update of round %d", self.spec.client, current_round)
+        try:
+            self.session.publish(self.topics.update(self.spec.region, self.spec.client),
+                                 self.pending, timeout=10)
+            log.info("%s: re-sent update of round %d", self.spec.client, self.pending_round)
+        except (TimeoutError, ConnectionError) as err:
+            log.info("%s: resend failed: %s", self.spec.client, err)
+        self.backoff = min(MAX_RESEND_S, self.backoff * 2)
+        self.next_resend = time.time() + self.backoff * random.uniform(0.75, 1.25)
 
     def load_data(self, num_labels: int) -> DeviceData:
         if self.data is None:
@@ -194,26 +268,35 @@ class Device:
             adapter.set(global_shared)
             trainable = trainable_names(names, algorithm)
             adapter.set_trainable(trainable)
-            global_accuracy = (evaluate(adapter, self.tokens.test, tr.eval_batch_size)
+            global_accuracy = (evaluate(adapter, self.tokens.test, tr.eval_batch_size,
+                                        planner=self.planner, autocast=tr.autocast)
                                if has_global_model(local, trainable) else None)
             round_seed = (seed * 1_000_003 + zlib.crc32(self.spec.client.encode()) * 31
                           + header.round) % 2**31
+            self.progress.start(header.round)
             result = train_steps(adapter, self.tokens.train, steps=tr.local_steps,
                                  batch_size=tr.batch_size, lr=tr.lr, head_lr=tr.head_lr,
-                                 weight_decay=tr.weight_decay, seed=round_seed)
-            accuracy = evaluate(adapter, self.tokens.test, tr.eval_batch_size)
+                                 weight_decay=tr.weight_decay, seed=round_seed,
+                                 planner=self.planner, autocast=tr.autocast,
+                                 on_step=self.progress.step)
+            self.progress.finish(result)
+            accuracy = evaluate(adapter, self.tokens.test, tr.eval_batch_size,
+                                planner=self.planner, autocast=tr.autocast)
             new_shared = adapter.get(shared)
             new_local = adapter.get(local)
             adapter.enable_all()
+        self.pause(compute_delay(result.seconds, self.spec.conditions.slowdown))
         delta = {n: new_shared[n] - global_shared[n] for n in shared}
         comp = config.fedsa_lora.compression
-        codec = get_codec(comp.codec, **comp.codec_params)
+        # randk: the round's shared seed, derived here and by the hub from the same values
+        codec_params = comp.round_codec_params(config.federation.seed, header.round)
+        codec = get_codec(comp.codec, **codec_params)
         residual = self.state.residual if set(self.state.residual) == set(shared) else None
         encoded = codec.encode(delta, residual)
         update = UpdateHeader(
             federation=self.spec.federation, round=header.round, client=self.spec.client,
             region=self.spec.region, base_version=header.version, codec=comp.codec,
-            codec_params=comp.codec_params, codec_meta=encoded.meta,
+            codec_params=codec_params, codec_meta=encoded.meta,
             num_samples=result.samples, train_loss=result.loss, train_s=result.seconds,
         )
         payload = encode_message(update, encoded.tensors)
@@ -223,6 +306,9 @@ class Device:
         self.state.base_version = header.version
         self.state.config_hash = header.config_hash
         self.store.save(self.state)
+        save_global(self.store.path, global_shared,  # for 'edge-client export'
+                    model_info(config, data.label_names, client=self.spec.client,
+                               round_=header.round, config_hash=header.config_hash))
         self.store.save_pending(payload)
         metrics = Metrics(federation=self.spec.federation, client=self.spec.client,
                           region=self.spec.region, round=header.round, accuracy=accuracy,
@@ -230,6 +316,15 @@ class Device:
                           train_s=result.seconds, bytes_down=bytes_down,
                           global_accuracy=global_accuracy)
         return payload, metrics
+
+    def keep_final_global(self, header: AnnounceHeader, env: Envelope) -> None:
+        """The final announcement carries the final global shared parameters; keep them for
+        export when this device trained under the same configuration."""
+        if self.state.config_hash != header.config_hash or saved_info(self.store.path) is None:
+            return
+        if all(n in env.tensors for n in header.shared):
+            save_global(self.store.path, {n: env.tensors[n].to(torch.float32)
+                                          for n in header.shared})
 
 
 def has_global_model(local: list[str], trainable: list[str]) -> bool:
@@ -246,19 +341,37 @@ def has_global_model(local: list[str], trainable: list[str]) -> bool:
 
 def run_devices(specs: list[DeviceSpec], broker_url: str, host: ModelHost | None = None,
                 payload_limit: int = 1_000_000) -> int:
-    """Run several virtual devices over one shared base model until the federation ends."""
-    host = host or ModelHost()
-    devices = [Device(s, broker_url, host, payload_limit) for s in specs]
-    errors: list[BaseException] = []
+    """Run several virtual devices over one shared base model until the federation ends.
 
-    def serve(device: Device) -> None:
+    A device with online windows is started at the beginning of each window (a fresh
+    session over its state directory, as after a reboot) and vanishes at its end.
+    """
+    host = host or ModelHost()
+    errors: list[BaseException] = []
+    finished = threading.Event()
+
+    def serve(spec: DeviceSpec) -> None:
+        windows = spec.conditions.online or [(0.0, float("inf"))]
         try:
-            device.run()
+            for start, end in windows:
+                if finished.wait(max(0.0, start - time.time())):
+                    return
+                device = Device(spec, broker_url, host, payload_limit)
+                timer = threading.Timer(max(0.0, end - time.time()), device.vanish)
+                if end != float("inf"):
+                    timer.start()
+                try:
+                    device.run()
+                finally:
+                    timer.cancel()
+                if device.done.is_set():
+                    finished.set()
+                    return
         except BaseException as err:  # surfaced below; one device failing must be visible
-            log.exception("%s failed", device.spec.client)
+            log.exception("%s failed", spec.client)
             errors.append(err)
 
-    threads = [threading.Thread(target=serve, args=(d,), name=d.spec.client) for d in devices]
+    threads = [threading.Thread(target=serve, args=(s,), name=s.client) for s in specs]
     for t in threads:
         t.start()
     for t in threads:
@@ -271,7 +384,25 @@ def device_specs_from_json(path: Path) -> tuple[str, list[DeviceSpec], dict]:
     raw = json.loads(Path(path).read_text())
     specs = [
         DeviceSpec(client=d["client"], region=d["region"], federation=raw["federation"],
-                   data=DataSpec.model_validate(d["data"]), state_dir=Path(d["state_dir"]))
+                   data=DataSpec.model_validate(d["data"]), state_dir=Path(d["state_dir"]),
+                   conditions=conditions_from_json(d.get("conditions")),
+                   memory_mb=d.get("memory_mb"))
         for d in raw["devices"]
     ]
     return raw["broker"], specs, raw
+
+
+def conditions_from_json(raw: dict | None) -> DeviceConditions:
+    if not raw:
+        return DeviceConditions()
+    online = raw.get("online")
+    return DeviceConditions(
+        online=[(float(a), float(b)) for a, b in online] if online is not None else None,
+        slowdown=float(raw.get("slowdown", 1.0)),
+        uplink_kbps=raw.get("uplink_kbps"), downlink_kbps=raw.get("downlink_kbps"),
+        latency_ms=float(raw.get("latency_ms", 0.0)),
+    )
+
+
+def conditions_to_json(cond: DeviceConditions) -> dict:
+    return asdict(cond)

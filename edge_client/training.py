@@ -2,18 +2,37 @@
 
 Texts are tokenized once when the device starts (the tokenizer is the slow part on a small
 CPU) and batches are padded only to their own longest sequence.
+
+A step always covers ``batch_size`` samples (the federation's effective batch, so every
+device's update means the same thing), but forward and backward may run over smaller
+micro-batches with gradients accumulated: the device's ``MicroBatchPlanner`` picks their
+size to stay under its memory budget, and an out-of-memory error halves the size and
+retries the step instead of failing the round.  Each micro-batch's mean loss is weighted by
+its share of the batch, so the accumulated gradient is the full batch's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Literal
 
 import torch
 
+from edge_client.memory import PeakMeter, is_out_of_memory
+from edge_client.microbatch import MicroBatchPlanner
 from fedsa_common.split import role
 from quant.adapters import AdapterModel
+
+log = logging.getLogger("fedsa.device")
+
+Autocast = Literal["none", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +49,30 @@ class TrainResult:
     loss: float
     samples: int
     seconds: float
+    micro_batch: int = 0  # the largest micro-batch that ran
+    peak_rss: int | None = None  # measured under a memory budget only
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Progress after one optimizer step, for progress lines and logs."""
+
+    step: int
+    steps: int
+    loss: float
+    samples: int
+    micro_batch: int
+    seconds: float
+    peak_rss: int | None
+
+
+class MicroBatchOutOfMemory(Exception):
+    """A micro-batch of ``size`` samples failed to allocate; ``error`` is the original."""
+
+    def __init__(self, size: int, error: BaseException) -> None:
+        super().__init__(f"out of memory with a micro-batch of {size}: {error}")
+        self.size = size
+        self.error = error
 
 
 def tokenize(adapter: AdapterModel, texts: Sequence[str], labels: Sequence[int]) -> TokenizedSplit:
@@ -55,6 +98,87 @@ def sample_batches(n: int, batch_size: int, generator: torch.Generator) -> Itera
             yield order[start : start + batch_size]
 
 
+@cache
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16/AMX on x86, BF16 on Arm); without
+    it bf16 autocast is emulated and slower than fp32."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    if probe is not None and probe():
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
+def compute_context(autocast: Autocast, model: torch.nn.Module | None = None
+                    ) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the forward pass's precision context: fp32, or bf16 autocast where the
+    CPU supports it (falling back with a warning, since emulation is slower than fp32).
+
+    An fp16 base already computes in fp16, and bf16 autocast over it mixes the two half
+    formats (CPU layer norm refuses that), so it keeps its own precision.
+    """
+    if autocast == "bf16":
+        if model is not None and any(p.dtype == torch.float16 for p in model.parameters()):
+            log.warning("training.autocast=bf16 ignored: the base is fp16")
+        elif cpu_has_bf16():
+            return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+        else:
+            log.warning("training.autocast=bf16 but this CPU has no bf16 instructions; "
+                        "using fp32")
+    elif autocast != "none":
+        raise ValueError(f"unknown autocast {autocast!r}; allowed: none, bf16")
+    return contextlib.nullcontext
+
+
+def accumulate(
+    adapter: AdapterModel,
+    rows: Sequence[list[int]],
+    labels: Sequence[int],
+    *,
+    pad_id: int,
+    planner: MicroBatchPlanner,
+    meter: PeakMeter | None = None,
+    amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> tuple[float, int]:
+    """Forward and backward over one batch in micro-batches, leaving the batch-mean loss's
+    gradient in ``.grad``.  Returns (sum of per-sample losses, largest micro-batch).
+
+    When the batch is split, rows go longest first so that later micro-batches pad less.
+    """
+    n = len(rows)
+    order = list(range(n))
+    size = planner.size(n, max(len(r) for r in rows))
+    if size < n:
+        order.sort(key=lambda i: -len(rows[i]))
+    total, start, largest = 0.0, 0, 0
+    while start < n:
+        if start:
+            size = planner.size(n - start, len(rows[order[start]]))
+        part = order[start : start + size]
+        ids, mask = collate([rows[i] for i in part], pad_id)
+        y = torch.tensor([labels[i] for i in part], dtype=torch.long)
+        if meter is not None:
+            meter.mark()
+        try:
+            with amp():
+                out = adapter.model(input_ids=ids, attention_mask=mask, labels=y)
+            loss = out.loss if len(part) == n else out.loss * (len(part) / n)
+            loss.backward()
+        except (RuntimeError, MemoryError) as err:
+            if is_out_of_memory(err):
+                raise MicroBatchOutOfMemory(len(part), err) from err
+            raise
+        if meter is not None:
+            planner.observe(len(part), ids.shape[1], meter.read())
+        total += float(out.loss.detach()) * len(part)
+        largest = max(largest, len(part))
+        start += len(part)
+    return total, largest
+
+
 def train_steps(
     adapter: AdapterModel,
     data: TokenizedSplit,
@@ -65,10 +189,20 @@ def train_steps(
     head_lr: float | None = None,
     weight_decay: float = 0.0,
     seed: int = 0,
+    planner: MicroBatchPlanner | None = None,
+    micro_batch: int | None = None,
+    autocast: Autocast = "none",
+    on_step: Callable[[StepInfo], None] | None = None,
 ) -> TrainResult:
-    """Run ``steps`` optimizer steps on the currently trainable adapter parameters."""
+    """Run ``steps`` optimizer steps on the currently trainable adapter parameters.
+
+    ``planner`` (kept by the device across rounds) sizes micro-batches under a memory
+    budget; without one, ``micro_batch`` fixes their largest size (None: the whole batch).
+    """
     if len(data) == 0:
         raise ValueError("no training data on this device")
+    planner = planner or MicroBatchPlanner(ceiling=micro_batch)
+    amp = compute_context(autocast, adapter.model)
     start = time.perf_counter()
     trainable = adapter.trainable()
     groups = [
@@ -82,35 +216,72 @@ def train_steps(
     batches = sample_batches(len(data), batch_size, torch.Generator().manual_seed(seed))
     adapter.model.train()
     torch.manual_seed(seed)  # dropout masks
-    total, samples = 0.0, 0
-    for _ in range(steps):
-        idx = next(batches)
-        ids, mask = collate([data.input_ids[i] for i in idx], pad_id)
-        labels = torch.tensor([data.labels[i] for i in idx], dtype=torch.long)
-        out = adapter.model(input_ids=ids, attention_mask=mask, labels=labels)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        total += float(out.loss.detach()) * len(idx)
-        samples += len(idx)
+    total, samples, largest = 0.0, 0, 0
+    with PeakMeter() if planner.measuring else contextlib.nullcontext() as meter:
+        for step in range(steps):
+            idx = next(batches)
+            rows = [data.input_ids[i] for i in idx]
+            labels = [data.labels[i] for i in idx]
+            while True:
+                try:
+                    step_loss, used = accumulate(adapter, rows, labels, pad_id=pad_id,
+                                                 planner=planner, meter=meter, amp=amp)
+                    break
+                except MicroBatchOutOfMemory as oom:
+                    optimizer.zero_grad(set_to_none=True)
+                    if not planner.out_of_memory(oom.size):
+                        raise oom.error from None
+                gc.collect()  # outside the handler: the failed step's tensors are gone now
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if meter is not None:
+                meter.read()
+            total += step_loss
+            samples += len(idx)
+            largest = max(largest, used)
+            if on_step is not None:
+                on_step(StepInfo(step=step + 1, steps=steps, loss=step_loss / len(idx),
+                                 samples=samples, micro_batch=used,
+                                 seconds=time.perf_counter() - start,
+                                 peak_rss=meter.overall if meter is not None else None))
     adapter.model.eval()
-    return TrainResult(loss=total / samples, samples=samples, seconds=time.perf_counter() - start)
+    return TrainResult(loss=total / samples, samples=samples, seconds=time.perf_counter() - start,
+                       micro_batch=largest, peak_rss=meter.overall if meter is not None else None)
 
 
 @torch.no_grad()
-def evaluate(adapter: AdapterModel, data: TokenizedSplit, batch_size: int = 64) -> float:
-    """Accuracy of the device's personalized model on its own test split."""
+def evaluate(adapter: AdapterModel, data: TokenizedSplit, batch_size: int = 64, *,
+             planner: MicroBatchPlanner | None = None, autocast: Autocast = "none") -> float:
+    """Accuracy of the device's personalized model on its own test split.
+
+    Under a memory budget the batch is also capped by the planner (whose training estimate
+    overstates inference, which keeps no activations for backward), and halved on
+    out-of-memory errors.
+    """
     if len(data) == 0:
         return 0.0
     adapter.model.eval()
+    amp = compute_context(autocast, adapter.model)
     pad_id = adapter.tokenizer.pad_token_id or 0
     # Sorting by length keeps padding (and so wasted compute) small.
     order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
-    correct = 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    correct, start, cap = 0, 0, batch_size
+    while start < len(order):
+        size = min(cap, len(order) - start)
+        if planner is not None and planner.per_token is not None:
+            width = len(data.input_ids[order[min(start + size, len(order)) - 1]])
+            size = min(size, planner.size(size, width))
+        idx = order[start : start + size]
         ids, mask = collate([data.input_ids[i] for i in idx], pad_id)
-        logits = adapter.model(input_ids=ids, attention_mask=mask).logits
+        try:
+            with amp():
+                logits = adapter.model(input_ids=ids, attention_mask=mask).logits
+        except (RuntimeError, MemoryError) as err:
+            if not is_out_of_memory(err) or size <= 1:
+                raise
+            cap = size // 2
+            continue
         pred = logits.argmax(dim=-1).tolist()
         correct += sum(int(p == data.labels[i]) for p, i in zip(pred, idx, strict=True))
+        start += size
     return correct / len(data)

@@ -74,6 +74,16 @@ def pack(header: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> byte
     ).encode("utf-8")
     if len(header_bytes) > 0xFFFFFFFF:
         raise ValueError("header too large for a u32 length field")
+    body = pack_tensors(tensors)
+    return MAGIC + bytes([PROTOCOL_VERSION]) + _LEN.pack(len(header_bytes)) + header_bytes + body
+
+
+def pack_tensors(tensors: Mapping[str, torch.Tensor]) -> bytes:
+    """The body of a message: ``tensors`` as deterministic safetensors bytes.
+
+    Public so that a codec can build a body of its own (and compress it) with exactly the
+    checks a message body gets.
+    """
     body_tensors: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         if not isinstance(name, str):
@@ -83,8 +93,12 @@ def pack(header: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> byte
         if tensor.dtype not in _ALLOWED_TORCH:
             raise ValueError(f"tensor {name!r} has disallowed dtype {tensor.dtype}")
         body_tensors[name] = tensor.detach().to("cpu").contiguous().clone()
-    body = _st_save(body_tensors)
-    return MAGIC + bytes([PROTOCOL_VERSION]) + _LEN.pack(len(header_bytes)) + header_bytes + body
+    return _st_save(body_tensors)
+
+
+def unpack_tensors(body: bytes, *, max_tensors: int = 4096) -> dict[str, torch.Tensor]:
+    """Parse an untrusted safetensors body as ``unpack`` does; raises only WireError."""
+    return _parse_body(bytes(body), max_tensors=max_tensors)
 
 
 def unpack(

@@ -16,6 +16,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)  # log.info(..., extra={"fields": {...}})
+        if isinstance(fields, dict):
+            body.update({k: v for k, v in fields.items() if k not in body})
         if record.exc_info:
             body["exc"] = self.formatException(record.exc_info)
         return json.dumps(body)

@@ -75,6 +75,18 @@ class Topics:
     def metrics_filter(self) -> str:
         return f"{self.base}/metrics/+/+"
 
+    def ack(self, region: str, client: str) -> str:
+        """A regional hub's answer to one device update (after it was persisted)."""
+        return f"{self.base}/ack/{region}/{client}"
+
+    def partial_ack(self, region: str) -> str:
+        """The cloud's answer to one regional partial (after it was persisted)."""
+        return f"{self.base}/ack/cloud/{region}"
+
+    @property
+    def summary(self) -> str:
+        return f"{self.base}/summary"
+
     def status(self, role: str, name: str) -> str:
         return f"{self.base}/status/{role}/{name}"
 
@@ -124,17 +136,56 @@ class UpdateHeader(Header):
 
 
 class PartialHeader(Header):
-    """A regional hub's running weighted sum for one round, forwarded to the cloud."""
+    """A regional hub's weighted sum of updates that share one base version.
+
+    A region may send several per round (``seq`` numbers them; ``final`` marks the one that
+    closes the region's round); ``accepted`` lists the update ids ("client:round") folded in,
+    so the cloud can account for every acknowledged update.
+    """
 
     kind: Literal["partial"] = "partial"
     region: str = Field(pattern=NAME_RE)
     base_version: int = Field(ge=0)
+    seq: int = Field(0, ge=0)
+    final: bool = True
     count: int = Field(ge=0)
     weight: float = Field(ge=0)
     accepted: list[str]
     rejected: dict[str, int] = {}
     duplicates: int = Field(0, ge=0)
     bytes_in: int = Field(0, ge=0)
+
+
+class Ack(BaseModel):
+    """Tells a sender its message was persisted (or refused, with the reason) so it stops
+    resending; ``id`` is "client:round" for updates and "region:round:seq" for partials."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["update", "partial"]
+    id: str = Field(max_length=200)
+    accepted: bool
+    reason: str | None = None
+
+
+class RoundSummary(BaseModel):
+    """The cloud's account of one finished round: which update ids were applied, which were
+    dropped and why.  Published once per round and kept in the checkpoint history."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    federation: str
+    round: int = Field(ge=1)
+    version: int = Field(ge=0)
+    mode: str
+    selected: int = Field(ge=0)
+    applied: list[str]
+    dropped: dict[str, str] = {}
+    rejected: dict[str, int] = {}
+    duplicates: int = 0
+    regions_reported: list[str] = []
+    applied_step: bool
+    bytes_in: int = 0
+    started_at: float
+    duration_s: float = Field(ge=0)
 
 
 class Metrics(BaseModel):

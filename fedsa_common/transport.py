@@ -28,8 +28,10 @@ MQTT 5).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -274,6 +276,21 @@ class MqttSession:
         self._client.disconnect()
         if self._started:
             self._client.loop_stop()
+
+    def drop(self) -> None:
+        """Vanish without a DISCONNECT, as a device does when its battery or radio dies: the
+        broker sees the connection break and publishes the will.  Used by scenarios."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        sock = self._client.socket()
+        if self._started:
+            self._client.loop_stop()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
     def __enter__(self) -> MqttSession:
         return self

@@ -1,26 +1,42 @@
 """The cloud hub: samples devices, announces rounds, combines regional partials into the
 global shared parameters, checkpoints durably, and announces the next round.
 
-It restarts from its last checkpoint, so a crash costs at most the round in flight.
+Synchronous rounds close when every region with selected devices sent its final partial,
+when enough updates arrived (over-selection), or at the deadline.  Asynchronous mode
+(FedBuff) applies a server step whenever ``buffer_size`` updates are buffered.  Partials
+built on an older global version are weighted by 1/sqrt(1+staleness) when the policy
+allows them and dropped (and accounted for) otherwise.
+
+Durability: the round in flight (its announcement, the partial sums received, which update
+ids they carry) is persisted before partials are acknowledged, and the global parameters
+are checkpointed after every round, so a restarted cloud hub continues the same round.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from fedsa_common.atomic import read_json, read_tensors, write_bytes, write_json, write_tensors
 from fedsa_common.config import FederationConfig
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import (
+    Ack,
     AnnounceHeader,
     PartialHeader,
     Presence,
+    RoundSummary,
     decode_json,
     decode_message,
+    encode_json,
     encode_message,
 )
 from fedsa_common.split import shared_names
@@ -31,6 +47,10 @@ from quant.adapters import adapter_shapes, init_adapter_values
 
 log = logging.getLogger("fedsa.hub.cloud")
 
+INFLIGHT_JSON = "inflight.json"
+INFLIGHT_TENSORS = "inflight.safetensors"
+INFLIGHT_ANNOUNCE = "inflight-announce.bin"
+
 
 def initial_global(config: FederationConfig) -> dict[str, torch.Tensor]:
     """The common starting point of the shared parameters, computed from shapes alone."""
@@ -38,8 +58,7 @@ def initial_global(config: FederationConfig) -> dict[str, torch.Tensor]:
         raise ValueError("model.num_labels must be set in the cloud hub's configuration")
     shapes = adapter_shapes(config.model, config.model.num_labels)
     names = shared_names(shapes, config.fedsa_lora.algorithm)
-    values = init_adapter_values({n: shapes[n] for n in names}, config.federation.seed)
-    return values
+    return init_adapter_values({n: shapes[n] for n in names}, config.federation.seed)
 
 
 def select_clients(online: dict[str, str], k: int | None, seed: int, rnd: int
@@ -54,6 +73,62 @@ def select_clients(online: dict[str, str], k: int | None, seed: int, rnd: int
     return grouped
 
 
+def staleness_weight(staleness: int) -> float:
+    """FedBuff's discount for an update built on a global version ``staleness`` steps old."""
+    return 1.0 / math.sqrt(1.0 + staleness)
+
+
+@dataclass
+class Inflight:
+    """Everything about the round in flight that must survive a restart of the cloud hub."""
+
+    round: int
+    announce_payload: bytes
+    selected: dict[str, list[str]]
+    started: float
+    total: RunningSum
+    seen: set[str] = field(default_factory=set)
+    applied: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    rejected: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    finals: set[str] = field(default_factory=set)
+    bytes_in: int = 0
+
+    def save(self, state_dir: Path) -> None:
+        write_bytes(state_dir / INFLIGHT_ANNOUNCE, self.announce_payload)
+        write_tensors(state_dir / INFLIGHT_TENSORS, self.total.sums)
+        write_json(state_dir / INFLIGHT_JSON, {
+            "round": self.round, "selected": self.selected, "started": self.started,
+            "weight": self.total.weight, "count": self.total.count,
+            "seen": sorted(self.seen), "applied": self.applied, "dropped": self.dropped,
+            "rejected": dict(self.rejected), "duplicates": self.duplicates,
+            "finals": sorted(self.finals), "bytes_in": self.bytes_in,
+        })
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Inflight | None:
+        path = state_dir / INFLIGHT_JSON
+        if not path.exists():
+            return None
+        m = read_json(path)
+        sums = {n: t.to(torch.float64) for n, t in read_tensors(
+            state_dir / INFLIGHT_TENSORS).items()}
+        return cls(
+            round=int(m["round"]), announce_payload=(state_dir / INFLIGHT_ANNOUNCE).read_bytes(),
+            selected=m["selected"], started=float(m["started"]),
+            total=RunningSum(sums, float(m["weight"]), int(m["count"])),
+            seen=set(m["seen"]), applied=list(m["applied"]), dropped=dict(m["dropped"]),
+            rejected=Counter(m["rejected"]), duplicates=int(m["duplicates"]),
+            finals=set(m["finals"]), bytes_in=int(m["bytes_in"]),
+        )
+
+    @staticmethod
+    def clear(state_dir: Path) -> None:
+        for name in (INFLIGHT_JSON, INFLIGHT_TENSORS, INFLIGHT_ANNOUNCE):
+            (state_dir / name).unlink(missing_ok=True)
+
+
 class CloudHub(HubProcess):
     role = "cloud"
 
@@ -61,7 +136,11 @@ class CloudHub(HubProcess):
         super().__init__(broker_url, config.federation.name, "cloud", state_dir,
                          config.transport.payload_limit, config.transport.max_message_bytes)
         self.config = config
+        self.policy = config.round_policy
         self.online: dict[str, str] = {}  # client -> region
+        self.inflight: Inflight | None = None
+        self.pending_acks: list[tuple[str, Ack]] = []
+        self.dirty = False
 
     def load_state(self) -> CloudState:
         state = load_checkpoint(self.state_dir)
@@ -77,10 +156,16 @@ class CloudHub(HubProcess):
 
     def run(self) -> int:
         state = self.load_state()
+        inflight = Inflight.load(self.state_dir)
+        if inflight is not None and inflight.round == state.round + 1:
+            self.inflight = inflight
+            log.info("continuing round %d in flight (%d updates received before the restart)",
+                     inflight.round, inflight.total.count)
         self.listen("presence", self.topics.presence_filter, raw=True)
         self.listen("partial", self.topics.partial_filter)
-        self.session.connect()
-        self.wait_for_clients()
+        self.session.connect(timeout=300)
+        if self.inflight is None:
+            self.wait_for_clients()
         while state.round < self.config.rounds:
             self.run_round(state)
         self.announce(state, "finished", {})
@@ -89,6 +174,7 @@ class CloudHub(HubProcess):
         self.session.close()
         return 0
 
+    # ------------------------------------------------------------------ events
     def wait_for_clients(self) -> None:
         need = self.config.sampling.min_clients
         until = time.time() + self.config.sampling.wait_for_clients_s
@@ -98,25 +184,37 @@ class CloudHub(HubProcess):
                 return
             event = self.next_event(1.0)
             if event is not None:
-                self.handle_common(event)
+                self.handle_event(event, None)
         log.info("%d devices online", len(self.online))
 
-    def handle_common(self, event: Event) -> None:
-        if event.kind != "presence" or not event.payload:
-            return
+    def handle_event(self, event: Event, state: CloudState | None) -> None:
         try:
-            p = decode_json(Presence, event.payload)
+            if event.kind == "presence":
+                self.on_presence(event)
+            elif event.kind == "partial" and state is not None:
+                self.on_partial(event, state)
+            elif event.kind == "connected" and self.inflight is not None:
+                # after a broker restart the retained announcement may be gone: restore it
+                self.session.publish(self.topics.announce, self.inflight.announce_payload,
+                                     retain=True, timeout=30)
         except WireError as err:
+            if self.inflight is not None:
+                self.inflight.rejected[err.reason] += 1
             self.count_reject(err, event.topic)
+
+    def on_presence(self, event: Event) -> None:
+        if not event.payload:
             return
+        p = decode_json(Presence, event.payload)
         if event.topic != self.topics.presence(p.region, p.client):
-            self.count_reject(WireError("wrong_topic", event.topic), event.topic)
-        elif p.online:
+            raise WireError("wrong_topic", event.topic)
+        if p.online:
             self.online[p.client] = p.region
         else:
             self.online.pop(p.client, None)
 
-    def announce(self, state: CloudState, status: str, selected: dict[str, list[str]]) -> None:
+    # ------------------------------------------------------------------ rounds
+    def announce(self, state: CloudState, status: str, selected: dict[str, list[str]]) -> bytes:
         header = AnnounceHeader(
             federation=self.federation,
             round=state.round + (1 if status == "running" else 0),
@@ -125,95 +223,154 @@ class CloudHub(HubProcess):
             selected=selected,
             config=self.config.model_dump(mode="json"),
             config_hash=self.config.digest(),
-            deadline_s=self.config.round_policy.deadline_s,
+            deadline_s=self.policy.deadline_s,
             issued_at=time.time(),
             shared=sorted(state.params),
         )
-        nbytes = self.session.publish(self.topics.announce, encode_message(header, state.params),
-                                      retain=True)
+        payload = encode_message(header, state.params)
+        if status == "running":  # persisted first, so a restart re-announces the same round
+            self.inflight = Inflight(header.round, payload, selected, header.issued_at,
+                                     RunningSum.zeros({n: tuple(t.shape)
+                                                       for n, t in state.params.items()}))
+            self.inflight.save(self.state_dir)
+        nbytes = self.session.publish(self.topics.announce, payload, retain=True)
         self.counters["bytes.announced"] += nbytes
+        return payload
+
+    def target_updates(self) -> int | None:
+        """With over-selection, the round closes once this many updates arrived."""
+        if self.policy.over_select <= 1:
+            return None
+        return self.config.sampling.clients_per_round or max(
+            1, math.floor(len(self.online) / self.policy.over_select))
+
+    def sample(self, rnd: int) -> dict[str, list[str]]:
+        k = self.config.sampling.clients_per_round
+        if self.policy.over_select > 1:
+            base = k or len(self.online)
+            k = math.ceil(base * self.policy.over_select)
+        return select_clients(self.online, k, self.config.federation.seed, rnd)
+
+    def round_closed(self) -> bool:
+        assert self.inflight is not None
+        fl = self.inflight
+        if self.policy.mode == "async":
+            return fl.total.count >= self.policy.buffer_size
+        target = self.target_updates()
+        if target is not None and fl.total.count >= target:
+            return True
+        return set(fl.finals) >= set(fl.selected)
 
     def run_round(self, state: CloudState) -> None:
         rnd = state.round + 1
-        cfg = self.config
-        selected = select_clients(self.online, cfg.sampling.clients_per_round,
-                                  cfg.federation.seed, rnd)
-        started = time.time()
-        self.announce(state, "running", selected)
-        n_selected = sum(len(v) for v in selected.values())
-        log.info("round %d/%d announced to %d devices", rnd, cfg.rounds, n_selected)
-        total = RunningSum.zeros({n: tuple(t.shape) for n, t in state.params.items()})
-        partials: dict[str, PartialHeader] = {}
-        deadline = started + cfg.round_policy.deadline_s * 1.2 + 10.0
-        while set(partials) != set(selected) and time.time() < deadline:
+        if self.inflight is None or self.inflight.round != rnd:
+            selected = self.sample(rnd)
+            self.announce(state, "running", selected)
+            log.info("round %d/%d announced to %d devices", rnd, self.config.rounds,
+                     sum(len(v) for v in selected.values()))
+        fl = self.inflight
+        assert fl is not None
+        self.round_started(rnd, fl.started)
+        grace = self.policy.deadline_s * 0.2 + 10.0
+        deadline = fl.started + self.policy.deadline_s + grace
+        while not self.round_closed() and time.time() < deadline:
             event = self.next_event(deadline - time.time())
-            if event is None:
-                continue
-            if event.kind == "partial":
-                try:
-                    header, sums = self.check_partial(event, state, rnd, selected, partials)
-                except WireError as err:
-                    self.count_reject(err, event.topic)
-                    continue
-                total.merge(sums, header.weight, header.count)
-                partials[header.region] = header
-            else:
-                self.handle_common(event)
-        applied = total.count >= cfg.round_policy.min_quorum and total.weight > 0
+            while event is not None:
+                self.handle_event(event, state)
+                event = self.next_event(0.0) if not self.events.empty() else None
+            self.flush_acks()
+        self.flush_acks()
+        self.finish_round(state, fl)
+
+    def flush_acks(self) -> None:
+        if self.dirty and self.inflight is not None:
+            self.inflight.save(self.state_dir)
+            self.dirty = False
+        acks, self.pending_acks = self.pending_acks, []
+        for region, ack in acks:
+            self.session.publish_raw(self.topics.partial_ack(region), encode_json(ack))
+
+    def finish_round(self, state: CloudState, fl: Inflight) -> None:
+        applied = fl.total.count >= self.policy.min_quorum and fl.total.weight > 0
         if applied:
-            state.params = apply_server_update(state.params, total.mean(), cfg.server_lr)
+            state.params = apply_server_update(state.params, fl.total.mean(),
+                                               self.config.server_lr)
             state.version += 1
-        state.round = rnd
-        rejected: dict[str, int] = {}
-        for p in partials.values():
-            for reason, n in p.rejected.items():
-                rejected[reason] = rejected.get(reason, 0) + n
-        record = {
-            "round": rnd,
-            "version": state.version,
-            "selected": n_selected,
-            "accepted": total.count,
-            "rejected": rejected,
-            "duplicates": sum(p.duplicates for p in partials.values()),
-            "regions_reported": sorted(partials),
-            "applied": applied,
-            "bytes_in": sum(p.bytes_in for p in partials.values()),
-            "started_at": started,
-            "duration_s": time.time() - started,
-        }
+        else:
+            for uid in fl.applied:
+                fl.dropped[uid] = "below_quorum"
+        state.round = fl.round
+        summary = RoundSummary(
+            federation=self.federation, round=fl.round, version=state.version,
+            mode=self.policy.mode, selected=sum(len(v) for v in fl.selected.values()),
+            applied=fl.applied if applied else [], dropped=fl.dropped,
+            rejected=dict(fl.rejected), duplicates=fl.duplicates,
+            regions_reported=sorted(fl.finals), applied_step=applied, bytes_in=fl.bytes_in,
+            started_at=fl.started, duration_s=time.time() - fl.started,
+        )
+        record: dict[str, Any] = summary.model_dump(mode="json")
         state.history.append(record)
         save_checkpoint(self.state_dir, state)
-        self.publish_status(round=rnd, version=state.version, accepted=total.count)
-        log.info("round %d done: %d/%d updates from %d regions in %.1fs%s", rnd, total.count,
-                 n_selected, len(partials), record["duration_s"],
+        Inflight.clear(self.state_dir)
+        self.inflight = None
+        self.session.publish_raw(self.topics.summary, encode_json(summary))
+        self.round_done(fl.round, accepted=fl.total.count)
+        self.publish_status(round=fl.round, version=state.version, accepted=fl.total.count)
+        log.info("round %d done: %d updates from %d regions in %.1fs%s", fl.round,
+                 fl.total.count, len(fl.finals), summary.duration_s,
                  "" if applied else " (below quorum, not applied)")
 
-    def check_partial(self, event: Event, state: CloudState, rnd: int,
-                      selected: dict[str, list[str]], seen: dict[str, PartialHeader]
-                      ) -> tuple[PartialHeader, dict[str, torch.Tensor]]:
+    # ------------------------------------------------------------------ partials
+    def on_partial(self, event: Event, state: CloudState) -> None:
+        fl = self.inflight
+        assert fl is not None
         header, env = decode_message(PartialHeader, event.payload,
                                      max_bytes=self.config.transport.max_message_bytes)
         if header.federation != self.federation:
             raise WireError("wrong_federation", header.federation)
-        if header.round != rnd:
-            raise WireError("stale" if header.round < rnd else "future", f"round {header.round}")
-        if header.base_version != state.version:
-            raise WireError("wrong_base_version", str(header.base_version))
-        if header.region not in selected:
-            raise WireError("unexpected_region", header.region)
-        if header.region in seen:
-            raise WireError("duplicate", header.region)
         if not event.topic.endswith(f"/partial/{header.region}"):
             raise WireError("wrong_topic", event.topic)
-        if not set(header.accepted) <= set(selected[header.region]):
-            raise WireError("not_selected", header.region)
+        pid = f"{header.region}:{header.round}:{header.seq}"
+        if pid in fl.seen:
+            fl.duplicates += 1
+            self.pending_acks.append((header.region, Ack(kind="partial", id=pid, accepted=True,
+                                                         reason="duplicate")))
+            return
+        if header.round > fl.round:
+            raise WireError("future", f"round {header.round}")
         if header.count != len(header.accepted):
             raise WireError("bad_header", "count does not match accepted list")
+        staleness = state.version - header.base_version
+        if staleness < 0:
+            raise WireError("wrong_base_version", str(header.base_version))
         shapes = {n: tuple(t.shape) for n, t in state.params.items()}
-        got = {n: tuple(t.shape) for n, t in env.tensors.items()}
-        if got != shapes:
+        if {n: tuple(t.shape) for n, t in env.tensors.items()} != shapes:
             raise WireError("shape_mismatch", header.region)
         sums = {n: t.to(torch.float32) for n, t in env.tensors.items()}
         if not all(bool(torch.isfinite(t).all()) for t in sums.values()):
             raise WireError("non_finite", header.region)
-        return header, sums
+        on_time = header.round == fl.round and staleness == 0
+        reason = None
+        if not on_time and self.policy.mode == "sync" and self.policy.late == "drop":
+            reason = "late"
+        elif staleness > self.policy.max_staleness:
+            reason = "stale"
+        fl.seen.add(pid)
+        self.dirty = True
+        if header.round == fl.round and header.final:
+            fl.finals.add(header.region)
+        for r, n in header.rejected.items():
+            fl.rejected[r] += n
+        fl.duplicates += header.duplicates
+        fl.bytes_in += header.bytes_in
+        if reason is not None:
+            for uid in header.accepted:
+                fl.dropped[uid] = reason
+            self.counters[f"dropped.{reason}"] += header.count
+            log.info("dropped %s (%d updates): %s", pid, header.count, reason)
+        elif header.count:
+            w = staleness_weight(staleness)
+            fl.total.merge({n: s * w for n, s in sums.items()}, header.weight * w, header.count)
+            fl.applied.extend(header.accepted)
+        self.pending_acks.append((header.region, Ack(kind="partial", id=pid, accepted=True,
+                                                     reason=reason)))

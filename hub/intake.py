@@ -1,7 +1,12 @@
-"""Validation and folding of device updates for one round at a regional hub (no I/O).
+"""A regional hub's intake of device updates across rounds (no I/O).
 
-Every reason an update can be refused has a name, so the hub can count and log it and the
-operator can see at a glance whether devices are stale, misconfigured or hostile.
+Updates are validated, then folded into one running weighted sum per base version, so that
+late or asynchronous updates can travel to the cloud tagged with how stale they are.  The
+whole intake serialises to (JSON, tensors) so the hub can persist it *before* it
+acknowledges an update: an acknowledged update survives a crash of the hub.
+
+Every refusal has a named reason so the operator can tell stale devices from
+misconfigured or hostile ones.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -17,95 +23,194 @@ from fedsa_common.config import RoundPolicySection
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import AnnounceHeader, PartialHeader, UpdateHeader
 from hub.aggregation import RunningSum, l2_norm
-from quant.codec import get_codec
+from hub.codec_check import announced_codec, check_declared, codec_for
+
+KEEP_ROUNDS = 64  # rounds of selection history kept for judging late updates
 
 
 @dataclass
-class RoundIntake:
-    """The running weighted sum of one region for one round, plus what was refused and why."""
+class RoundInfo:
+    version: int
+    selected: list[str]
+    codec: str
+    codec_params: dict[str, Any] = field(default_factory=dict)  # announced, incl. seed
 
-    announce: AnnounceHeader
+
+@dataclass
+class RegionIntake:
     region: str
-    shapes: dict[str, tuple[int, ...]]
-    policy: RoundPolicySection
-    total: RunningSum = field(init=False)
-    accepted: list[str] = field(default_factory=list)
+    federation: str
+    policy: RoundPolicySection = field(default_factory=RoundPolicySection)
+    round: int = 0  # the round currently announced
+    version: int = 0
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    rounds: dict[int, RoundInfo] = field(default_factory=dict)
+    groups: dict[int, RunningSum] = field(default_factory=dict)  # base version -> sum
+    group_ids: dict[int, list[str]] = field(default_factory=dict)
+    accepted_ids: set[str] = field(default_factory=set)
+    offline: set[str] = field(default_factory=set)  # devices whose last will we saw
+    final_sent: bool = False
+    seq: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     bytes_in: int = 0
-    closed: bool = False
 
-    def __post_init__(self) -> None:
-        self.total = RunningSum.zeros(self.shapes)
+    # ------------------------------------------------------------------ rounds
+    def announce(self, header: AnnounceHeader, shapes: Mapping[str, tuple[int, ...]],
+                 policy: RoundPolicySection, codec: str) -> bool:
+        """Take a new round; returns False for a re-delivery of a known round."""
+        if header.round <= self.round and self.rounds:
+            return False
+        announced, params = announced_codec(header)  # validated before any state changes
+        self.round, self.version = header.round, header.version
+        self.shapes = dict(shapes)
+        self.policy = policy
+        self.rounds[header.round] = RoundInfo(
+            header.version, list(header.selected.get(self.region, [])), codec,
+            params if announced == codec else {})
+        for old in [r for r in self.rounds if r < header.round - KEEP_ROUNDS]:
+            del self.rounds[old]
+        self.accepted_ids = {i for i in self.accepted_ids
+                             if int(i.rsplit(":", 1)[1]) >= header.round - KEEP_ROUNDS}
+        self.final_sent = False
+        self.seq = 0
+        return True
 
     @property
     def expected(self) -> list[str]:
-        return list(self.announce.selected.get(self.region, []))
+        """Selected devices of the current round that have not been seen leaving.
+
+        Only an explicit offline message (a device's last will) removes a device: a hub
+        that just restarted has not heard everyone's presence yet and must not conclude
+        that silent devices are gone."""
+        info = self.rounds.get(self.round)
+        if info is None:
+            return []
+        return [c for c in info.selected if c not in self.offline or f"{c}:{self.round}"
+                in self.accepted_ids]
 
     @property
     def complete(self) -> bool:
-        return len(self.accepted) >= len(self.expected)
+        ids = {f"{c}:{self.round}" for c in self.expected}
+        return ids <= self.accepted_ids
 
-    def reject(self, reason: str) -> None:
-        self.rejected[reason] += 1
-
-    def offer(self, header: UpdateHeader, tensors: Mapping[str, torch.Tensor], nbytes: int) -> None:
-        """Validate one update and fold it in; raises WireError naming why it was refused.
+    # ------------------------------------------------------------------ updates
+    def offer(self, header: UpdateHeader, tensors: Mapping[str, torch.Tensor], nbytes: int
+              ) -> str:
+        """Validate one update and fold it in; returns its id, raises WireError naming why.
 
         A redelivery of an already accepted (client, round) raises ``duplicate`` and is
-        counted once, so QoS 1 redelivery is harmless.
+        counted once, so QoS 1 redelivery and device resends are harmless.
         """
-        a = self.announce
-        if header.federation != a.federation:
+        uid = header.update_id
+        if header.federation != self.federation:
             raise WireError("wrong_federation", header.federation)
         if header.region != self.region:
             raise WireError("wrong_region", header.region)
-        if header.round < a.round:
-            raise WireError("stale", f"round {header.round} < {a.round}")
-        if header.round > a.round:
-            raise WireError("future", f"round {header.round} > {a.round}")
-        if header.client in self.accepted:
+        if uid in self.accepted_ids:
             self.duplicates += 1
-            raise WireError("duplicate", header.update_id)
-        if self.closed:
-            raise WireError("late", header.update_id)
-        if header.client not in self.expected:
+            raise WireError("duplicate", uid)
+        if header.round > self.round:
+            raise WireError("future", f"round {header.round} > {self.round}")
+        info = self.rounds.get(header.round)
+        if info is None:
+            raise WireError("stale", f"round {header.round} unknown here")
+        if header.client not in info.selected:
             raise WireError("not_selected", header.client)
-        if header.base_version != a.version:
-            raise WireError("wrong_base_version", f"{header.base_version} != {a.version}")
-        codec_cfg = a.config.get("fedsa_lora", {}).get("compression", {})
-        if header.codec not in (codec_cfg.get("method", "dense"), "dense"):
-            raise WireError("unexpected_codec", header.codec)
+        if header.base_version != info.version:
+            raise WireError("wrong_base_version", f"{header.base_version} != {info.version}")
+        staleness = self.version - header.base_version
+        # after the region's final partial the cloud may still be collecting this round, so
+        # the cloud, not the region, decides whether a current-round update is too late
+        on_time = header.round == self.round
+        if not on_time and self.policy.mode == "sync" and self.policy.late == "drop":
+            raise WireError("late", uid)
+        if staleness > self.policy.max_staleness:
+            raise WireError("stale", f"{uid} is {staleness} versions old")
+        params = check_declared(header, info.codec, info.codec_params)
         if header.num_samples > self.policy.max_samples_per_update:
             raise WireError("too_many_samples", str(header.num_samples))
-        try:
-            codec = get_codec(header.codec, **header.codec_params)
-        except ValueError as err:
-            raise WireError("bad_codec_params", str(err)) from None
+        codec = codec_for(header.codec, params)
         delta = codec.decode(tensors, header.codec_meta, self.shapes)
-        if not all(bool(torch.isfinite(t).all()) for t in delta.values()):
-            raise WireError("non_finite", header.update_id)
         norm = l2_norm(delta)
         if not math.isfinite(norm):
-            raise WireError("non_finite", header.update_id)
+            raise WireError("non_finite", uid)
         if self.policy.max_update_norm is not None and norm > self.policy.max_update_norm:
             raise WireError("norm_bound", f"{norm:.3g} > {self.policy.max_update_norm}")
-        self.total.add(delta, float(header.num_samples))
-        self.accepted.append(header.client)
+        group = self.groups.setdefault(header.base_version, RunningSum.zeros(self.shapes))
+        group.add(delta, float(header.num_samples))
+        self.group_ids.setdefault(header.base_version, []).append(uid)
+        self.accepted_ids.add(uid)
         self.bytes_in += nbytes
+        return uid
 
-    def partial(self) -> tuple[PartialHeader, dict[str, torch.Tensor]]:
-        self.closed = True
-        header = PartialHeader(
-            federation=self.announce.federation,
-            round=self.announce.round,
-            region=self.region,
-            base_version=self.announce.version,
-            count=self.total.count,
-            weight=self.total.weight,
-            accepted=sorted(self.accepted),
-            rejected=dict(self.rejected),
-            duplicates=self.duplicates,
-            bytes_in=self.bytes_in,
-        )
-        return header, self.total.as_float32()
+    # ------------------------------------------------------------------ partials
+    def flush(self, final: bool) -> list[tuple[PartialHeader, dict[str, torch.Tensor]]]:
+        """Everything not yet forwarded, one partial per base version; ``final`` closes the
+        region's current round (an empty final partial is sent if nothing is pending)."""
+        out = []
+        versions = sorted(self.groups)
+        if final and not versions:
+            versions = [self.version]
+        for i, bv in enumerate(versions):
+            total = self.groups.pop(bv, None) or RunningSum.zeros(self.shapes)
+            ids = self.group_ids.pop(bv, [])
+            last = i == len(versions) - 1
+            header = PartialHeader(
+                federation=self.federation, round=self.round, region=self.region,
+                base_version=bv, seq=self.seq, final=final and last, count=total.count,
+                weight=total.weight, accepted=sorted(ids),
+                rejected=dict(self.rejected) if last else {},
+                duplicates=self.duplicates if last else 0,
+                bytes_in=self.bytes_in if last else 0,
+            )
+            self.seq += 1
+            out.append((header, total.as_float32()))
+        if out:
+            self.rejected.clear()
+            self.duplicates = 0
+            self.bytes_in = 0
+        if final:
+            self.final_sent = True
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        meta = {
+            "round": self.round, "version": self.version, "final_sent": self.final_sent,
+            "seq": self.seq, "shapes": {n: list(s) for n, s in self.shapes.items()},
+            "rounds": {str(r): [i.version, i.selected, i.codec, i.codec_params]
+                       for r, i in self.rounds.items()},
+            "groups": {str(bv): [g.weight, g.count, self.group_ids.get(bv, [])]
+                       for bv, g in self.groups.items()},
+            "accepted_ids": sorted(self.accepted_ids),
+            "rejected": dict(self.rejected), "duplicates": self.duplicates,
+            "bytes_in": self.bytes_in, "policy": self.policy.model_dump(mode="json"),
+            "offline": sorted(self.offline),
+        }
+        tensors = {f"group/{bv}/{n}": t for bv, g in self.groups.items()
+                   for n, t in g.sums.items()}
+        return meta, tensors
+
+    @classmethod
+    def from_state(cls, region: str, federation: str, meta: Mapping[str, Any],
+                   tensors: Mapping[str, torch.Tensor]) -> RegionIntake:
+        intake = cls(region, federation, RoundPolicySection(**meta["policy"]),
+                     int(meta["round"]), int(meta["version"]),
+                     {n: tuple(s) for n, s in meta["shapes"].items()})
+        intake.rounds = {int(r): RoundInfo(int(row[0]), list(row[1]), str(row[2]),
+                                           dict(row[3]) if len(row) > 3 else {})
+                         for r, row in meta["rounds"].items()}
+        for bv_s, (weight, count, ids) in meta["groups"].items():
+            bv = int(bv_s)
+            sums = {n: tensors[f"group/{bv}/{n}"].to(torch.float64) for n in intake.shapes}
+            intake.groups[bv] = RunningSum(sums, float(weight), int(count))
+            intake.group_ids[bv] = list(ids)
+        intake.accepted_ids = set(meta["accepted_ids"])
+        intake.offline = set(meta.get("offline", []))
+        intake.final_sent = bool(meta["final_sent"])
+        intake.seq = int(meta["seq"])
+        intake.rejected = Counter(meta["rejected"])
+        intake.duplicates = int(meta["duplicates"])
+        intake.bytes_in = int(meta["bytes_in"])
+        return intake

@@ -51,6 +51,10 @@ class HubProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.events: queue.Queue[Event] = queue.Queue()
         self.counters: Counter[str] = Counter()
+        # read by hub.metrics; set through round_started/round_done
+        self.current_round = 0
+        self.round_durations: list[float] = []
+        self._round_started_at: float | None = None
         status_topic = self.topics.status(self.role, name)
         self.session = MqttSession(
             broker_url,
@@ -59,8 +63,28 @@ class HubProcess:
             max_message_bytes=max_message_bytes,
             will=Will(status_topic, json.dumps({"online": False}).encode()),
             on_reject=self._on_frame_reject,
+            on_connect=lambda: self.events.put(Event("connected", "", b"", time.time())),
         )
         self._status_topic = status_topic
+
+    def round_started(self, rnd: int, at: float | None = None) -> None:
+        """Monitoring hook: round ``rnd`` began here (announced, or its announcement came)."""
+        self.current_round = rnd
+        self._round_started_at = time.time() if at is None else at
+
+    def round_done(self, rnd: int, accepted: int | None = None) -> None:
+        """Monitoring hook: this hub finished its part of round ``rnd``.
+
+        ``accepted`` is for a hub that does not count accepted updates as they arrive (the
+        cloud learns them per round from the partials).
+        """
+        self.current_round = max(self.current_round, rnd)
+        if self._round_started_at is not None:
+            self.round_durations.append(time.time() - self._round_started_at)
+            self._round_started_at = None
+        self.counters["rounds.completed"] += 1
+        if accepted:
+            self.counters["updates.accepted"] += accepted
 
     def _on_frame_reject(self, topic: str, err: WireError) -> None:
         self.count_reject(err, topic)

@@ -1,6 +1,13 @@
-"""The regional hub: validates its devices' updates, keeps one running weighted sum per round
-and forwards it to the cloud at quorum (every selected device of the region reported) or at
-the round deadline, whichever comes first."""
+"""The regional hub: validates its devices' updates, keeps running weighted sums, and
+forwards partial aggregates to the cloud at quorum (every selected device that is still
+online reported) or at the round deadline; in asynchronous mode or with over-selection it
+forwards as updates arrive.
+
+Durability: accepted updates are persisted (intake state written atomically) before they
+are acknowledged, and forwarded partials are kept and resent until the cloud acknowledges
+them, so a crash of this hub loses no acknowledged update.  Devices resend until they get
+an acknowledgement, and duplicates are counted once.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +15,31 @@ import logging
 import time
 from pathlib import Path
 
-from fedsa_common.config import RoundPolicySection, TransportSection
+import torch
+
+from fedsa_common.atomic import read_json, read_tensors, write_json, write_tensors
+from fedsa_common.config import FederationConfig, TransportSection
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import (
+    Ack,
     AnnounceHeader,
+    PartialHeader,
+    Presence,
     UpdateHeader,
     check_name,
+    decode_json,
     decode_message,
+    encode_json,
     encode_message,
 )
-from hub.intake import RoundIntake
+from hub.intake import RegionIntake
 from hub.process import Event, HubProcess
 
 log = logging.getLogger("fedsa.hub.regional")
 
 MAX_EARLY = 1024  # updates buffered for a round whose announcement has not arrived yet
+STATE_JSON = "intake.json"
+STATE_TENSORS = "intake.safetensors"
 
 
 class RegionalHub(HubProcess):
@@ -33,63 +50,138 @@ class RegionalHub(HubProcess):
         super().__init__(broker_url, federation, check_name("region", region), state_dir,
                          payload_limit)
         self.region = region
-        self.intake: RoundIntake | None = None
+        self.intake = self.load() or RegionIntake(region, federation)
         self.deadline = float("inf")
         self.early: list[Event] = []
         self.max_bytes = TransportSection().max_message_bytes
         self.finished = False
+        self.acks: list[tuple[str, Ack]] = []  # sent once the state is persisted
+        self.dirty = False
+        self.outbox: dict[str, tuple[PartialHeader, dict[str, torch.Tensor]]] = {}
+        self.next_resend = 0.0
 
+    # ------------------------------------------------------------------ persistence
+    def load(self) -> RegionIntake | None:
+        path = self.state_dir / STATE_JSON
+        if not path.exists():
+            return None
+        meta = read_json(path)
+        tensors = read_tensors(self.state_dir / STATE_TENSORS)
+        intake = RegionIntake.from_state(self.region, self.federation, meta["intake"], tensors)
+        self._restored_outbox = meta.get("outbox", {}), tensors
+        log.info("restored intake of round %d with %d accepted ids", intake.round,
+                 len(intake.accepted_ids))
+        return intake
+
+    def persist(self) -> None:
+        meta, tensors = self.intake.to_state()
+        outbox = {}
+        for pid, (header, sums) in self.outbox.items():
+            outbox[pid] = header.model_dump(mode="json")
+            tensors.update({f"outbox/{pid}/{n}": t for n, t in sums.items()})
+        write_tensors(self.state_dir / STATE_TENSORS, tensors)
+        write_json(self.state_dir / STATE_JSON, {"intake": meta, "outbox": outbox})
+        self.dirty = False
+
+    def restore_outbox(self) -> None:
+        restored = getattr(self, "_restored_outbox", None)
+        if not restored:
+            return
+        outbox, tensors = restored
+        for pid, raw in outbox.items():
+            header = PartialHeader.model_validate(raw)
+            prefix = f"outbox/{pid}/"
+            sums = {k[len(prefix):]: v.to(torch.float32) for k, v in tensors.items()
+                    if k.startswith(prefix)}
+            self.outbox[pid] = (header, sums)
+
+    # ------------------------------------------------------------------ main loop
     def run(self) -> int:
+        self.restore_outbox()
+        self.listen("presence", f"{self.topics.base}/presence/{self.region}/+", raw=True)
         self.listen("announce", self.topics.announce)
         self.listen("update", self.topics.update_filter(self.region))
-        self.session.connect()
-        self.publish_status(round=None)
+        self.listen("partial_ack", self.topics.partial_ack(self.region), raw=True)
+        self.session.connect(timeout=300)
+        self.publish_status(round=self.intake.round or None)
         log.info("regional hub %s serving federation %s", self.region, self.federation)
         while not self.finished:
             event = self.next_event(timeout=min(1.0, self.deadline - time.time()))
-            if event is not None:
+            while event is not None:  # drain, then persist once and acknowledge the batch
                 self.handle(event)
-            if self.intake and not self.intake.closed and time.time() >= self.deadline:
-                log.info("round %d deadline reached with %d/%d updates", self.intake.announce.round,
-                         len(self.intake.accepted), len(self.intake.expected))
-                self.forward()
+                event = self.next_event(0.0) if not self.events.empty() else None
+            self.after_batch()
+            if (self.intake.round and not self.intake.final_sent
+                    and time.time() >= self.deadline):
+                log.info("round %d deadline reached with %d expected", self.intake.round,
+                         len(self.intake.expected))
+                self.forward(final=True)
+                self.after_batch()
+            if time.time() >= self.next_resend:
+                self.resend()
         self.session.close()
         return 0
+
+    def after_batch(self) -> None:
+        if self.dirty:
+            self.persist()
+        acks, self.acks = self.acks, []
+        for topic, ack in acks:
+            self.session.publish_raw(topic, encode_json(ack))
 
     def handle(self, event: Event) -> None:
         try:
             if event.kind == "announce":
                 self.on_announce(event)
-            else:
+            elif event.kind == "update":
                 self.on_update(event)
+            elif event.kind == "presence":
+                self.on_presence(event)
+            elif event.kind == "partial_ack":
+                self.on_partial_ack(event)
         except WireError as err:
-            if event.kind == "update" and self.intake is not None and err.reason != "duplicate":
-                self.intake.reject(err.reason)
+            if event.kind == "update" and err.reason != "duplicate":
+                self.intake.rejected[err.reason] += 1
+                self.dirty = True
             self.count_reject(err, event.topic)
+
+    def on_presence(self, event: Event) -> None:
+        if not event.payload:
+            return
+        p = decode_json(Presence, event.payload)
+        if p.region != self.region or event.topic != self.topics.presence(p.region, p.client):
+            raise WireError("wrong_topic", event.topic)
+        if p.online:
+            self.intake.offline.discard(p.client)
+        else:
+            self.intake.offline.add(p.client)
+            self.maybe_forward()
 
     def on_announce(self, event: Event) -> None:
         header, env = decode_message(AnnounceHeader, event.payload, max_bytes=self.max_bytes)
         if header.federation != self.federation:
             raise WireError("wrong_federation", header.federation)
         if header.status == "finished":
-            if self.intake and not self.intake.closed:
-                self.forward()
+            if self.intake.round and not self.intake.final_sent:
+                self.forward(final=True)
             log.info("federation finished at round %d", header.round)
             self.publish_status(round=header.round, finished=True)
             self.finished = True
             return
-        if self.intake and header.round <= self.intake.announce.round:
-            return  # a retained re-delivery of the round we already serve
-        if self.intake and not self.intake.closed:
-            self.forward()
-        config = header.config
-        self.max_bytes = TransportSection(**config.get("transport", {})).max_message_bytes
-        policy = RoundPolicySection(**config.get("round_policy", {}))
+        if header.round <= self.intake.round:
+            return  # a retained re-delivery of a round we already serve
+        if self.intake.round and not self.intake.final_sent:
+            self.forward(final=True)
+        config = FederationConfig.model_validate(header.config)
+        self.max_bytes = config.transport.max_message_bytes
         shapes = {n: tuple(t.shape) for n, t in env.tensors.items()}
-        self.intake = RoundIntake(header, self.region, shapes, policy)
+        self.intake.announce(header, shapes, config.round_policy,
+                             config.fedsa_lora.compression.codec)
+        self.dirty = True
         self.deadline = event.received + header.deadline_s
-        log.info("round %d: %d devices selected in %s", header.round, len(self.intake.expected),
-                 self.region)
+        self.round_started(header.round, event.received)
+        log.info("round %d: %d devices selected in %s", header.round,
+                 len(self.intake.rounds[header.round].selected), self.region)
         early, self.early = self.early, []
         for ev in early:
             self.handle(ev)
@@ -98,31 +190,73 @@ class RegionalHub(HubProcess):
     def on_update(self, event: Event) -> None:
         self.counters["updates.received"] += 1
         header, env = decode_message(UpdateHeader, event.payload, max_bytes=self.max_bytes)
-        if self.intake is None or header.round > self.intake.announce.round:
+        if not event.topic.endswith(f"/update/{header.client}"):
+            raise WireError("wrong_topic", event.topic)
+        if header.round > self.intake.round:
             if len(self.early) < MAX_EARLY:
                 self.early.append(event)
                 return
             raise WireError("future", f"round {header.round}")
-        if not event.topic.endswith(f"/update/{header.client}"):
-            raise WireError("wrong_topic", event.topic)
-        self.intake.offer(header, env.tensors, len(event.payload))
+        ack_topic = self.topics.ack(self.region, header.client)
+        try:
+            uid = self.intake.offer(header, env.tensors, len(event.payload))
+        except WireError as err:
+            self.acks.append((ack_topic, Ack(kind="update", id=header.update_id,
+                                             accepted=err.reason == "duplicate",
+                                             reason=err.reason)))
+            raise
+        self.dirty = True
+        self.acks.append((ack_topic, Ack(kind="update", id=uid, accepted=True)))
         self.counters["updates.accepted"] += 1
-        log.info("accepted %s (%d/%d)", header.update_id, len(self.intake.accepted),
-                 len(self.intake.expected))
+        log.info("accepted %s", uid)
         self.maybe_forward()
 
     def maybe_forward(self) -> None:
-        if self.intake and not self.intake.closed and self.intake.complete:
-            self.forward()
+        if not self.intake.round:
+            return
+        streaming = (self.intake.policy.mode == "async" or self.intake.policy.over_select > 1
+                     or self.intake.final_sent)
+        if not self.intake.final_sent and self.intake.complete:
+            self.forward(final=True)
+        elif streaming and self.intake.groups:
+            self.forward(final=False)
 
-    def forward(self) -> None:
-        assert self.intake is not None
-        header, sums = self.intake.partial()
-        nbytes = self.session.publish(self.topics.partial(self.region),
-                                      encode_message(header, sums))
-        self.counters["bytes.forwarded"] += nbytes
-        self.counters["partials.sent"] += 1
-        self.deadline = float("inf")
-        log.info("round %d: forwarded partial of %d updates (%d bytes)", header.round,
-                 header.count, nbytes)
-        self.publish_status(round=header.round, accepted=header.count)
+    def forward(self, final: bool) -> None:
+        for header, sums in self.intake.flush(final):
+            pid = f"{self.region}:{header.round}:{header.seq}"
+            self.outbox[pid] = (header, sums)
+            log.info("round %d: partial %s of %d updates (base version %d)%s", header.round,
+                     pid, header.count, header.base_version, " final" if header.final else "")
+        self.dirty = True
+        if final:
+            self.deadline = float("inf")
+            self.round_done(self.intake.round)
+            self.publish_status(round=self.intake.round)
+        self.persist()  # before anything leaves, so a crash cannot forget a sent partial
+        self.dirty = False
+        self.resend(force=True)
+
+    def resend(self, force: bool = False) -> None:
+        """(Re)send every partial the cloud has not acknowledged yet."""
+        now = time.time()
+        if not force and now < self.next_resend:
+            return
+        for header, sums in list(self.outbox.values()):
+            try:
+                nbytes = self.session.publish(self.topics.partial(self.region),
+                                              encode_message(header, sums), timeout=10)
+                self.counters["bytes.forwarded"] += nbytes
+                self.counters["partials.sent"] += 1
+            except (TimeoutError, ConnectionError) as err:
+                log.warning("partial not sent yet: %s", err)
+                break
+        self.next_resend = now + self.intake.policy.resend_s
+
+    def on_partial_ack(self, event: Event) -> None:
+        if not event.payload:
+            return
+        ack = decode_json(Ack, event.payload)
+        if self.outbox.pop(ack.id, None) is not None:
+            self.dirty = True
+            if not ack.accepted:
+                log.warning("cloud refused partial %s: %s", ack.id, ack.reason)

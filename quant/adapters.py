@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft.utils import ModulesToSaveWrapper
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from fedsa_common.config import ModelSection
@@ -125,12 +126,31 @@ def keep_4bit_layout_trainable(model: torch.nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def _floating_inputs_to_fp32(_module: torch.nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+def keep_head_fp32(model: torch.nn.Module) -> None:
+    """Train the head in fp32 on an fp16/bf16 base, as peft already does for LoRA.
+
+    Its trainable copy would otherwise be half precision: AdamW's eps (1e-8) underflows to
+    zero in fp16, so parameters without gradient get 0/0 = NaN updates, and small bf16
+    updates round away.  The head's input is cast up to match."""
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            for head in module.modules_to_save.values():
+                head.float()
+                head.register_forward_pre_hook(_floating_inputs_to_fp32)
+
+
 def build_adapter_model(spec: ModelSection, num_labels: int, seed: int) -> AdapterModel:
     base, tokenizer = load_base_model(spec.path, num_labels, spec.precision)
     keep_4bit_layout_trainable(base)
     if spec.precision in ("nf4", "fp4", "int8"):
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     model = get_peft_model(base, lora_config(spec))
+    if spec.precision in ("fp16", "bf16"):
+        keep_head_fp32(model)
     adapter = AdapterModel(model, tokenizer, spec.max_length)
     adapter.set(init_adapter_values(adapter.shapes(), seed))
     return adapter

@@ -23,7 +23,9 @@ from fedsa_common.broker import BrokerProcess, start_broker
 from fedsa_common.config import ConfigError, validate_model
 from fedsa_common.split import ALGORITHMS
 from scenarios.bench_metrics import accuracy_curve, mean_curve, run_metrics, summarize
+from scenarios.bench_sweep import CompressionChoice, reference_label, sweep_pairs
 from scenarios.config import ScenarioConfig
+from scenarios.report_html import write_report_html
 from scenarios.runner import count_labels, run_scenario
 
 STD_KIND = "sample standard deviation over seeds (n-1 denominator; 0 when n=1)"
@@ -32,16 +34,26 @@ RUN_MARKER = "bench-run.json"
 
 @dataclass(frozen=True)
 class BenchRun:
-    """One (algorithm, seed) of the bench, with its overridden configuration."""
+    """One (algorithm, seed) of the bench, with its overridden configuration; in a
+    compression sweep also the swept codec setting (``compression``, its label)."""
 
     algorithm: str
     seed: int
     config: ScenarioConfig
     out: Path
+    compression: str | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.algorithm}-s{self.seed}"
+        if self.compression is None:
+            return f"{self.algorithm}-s{self.seed}"
+        return f"{self.algorithm}-{self.compression.replace(':', '-')}-s{self.seed}"
+
+    @property
+    def label(self) -> str:
+        """What bench.md, bench.json's summary and the plots call this run's group."""
+        return self.algorithm if self.compression is None else \
+            f"{self.algorithm} {self.compression}"
 
 
 def parse_algorithms(text: str) -> list[str]:
@@ -80,13 +92,18 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run_config(base: ScenarioConfig, algorithm: str, seed: int,
-               rounds: int | None = None) -> ScenarioConfig:
+               rounds: int | None = None,
+               compression: CompressionChoice | None = None) -> ScenarioConfig:
     """``base`` with the algorithm, both seeds, the federation name and optionally the
-    number of rounds overridden; validated like a scenario file (errors name the field)."""
+    number of rounds and the compression overridden; validated like a scenario file
+    (errors name the field)."""
     data = base.model_dump(mode="json")
     data["fedsa_lora"]["algorithm"] = algorithm
     data["federation"]["seed"] = seed
-    data["federation"]["name"] = f"{base.federation.name}-{algorithm}-s{seed}"
+    middle = algorithm if compression is None else f"{algorithm}-{compression.slug}"
+    data["federation"]["name"] = f"{base.federation.name}-{middle}-s{seed}"
+    if compression is not None:
+        data["fedsa_lora"]["compression"] = dict(compression.settings)
     data["scenario"]["data"] = {**data["scenario"]["data"], "seed": seed}
     if rounds is not None:
         data["rounds"] = rounds
@@ -94,12 +111,19 @@ def run_config(base: ScenarioConfig, algorithm: str, seed: int,
 
 
 def plan_runs(base: ScenarioConfig, algorithms: Sequence[str], seeds: Sequence[int],
-              out: Path, rounds: int | None = None) -> list[BenchRun]:
+              out: Path, rounds: int | None = None,
+              compressions: Sequence[CompressionChoice] | None = None) -> list[BenchRun]:
     """Every run of the bench, algorithm-major, configurations validated up front so that
-    a bad override fails before anything starts."""
-    return [BenchRun(alg, seed, run_config(base, alg, seed, rounds),
-                     out / "runs" / f"{alg}-s{seed}")
-            for alg in algorithms for seed in seeds]
+    a bad override fails before anything starts.  With ``compressions`` every algorithm
+    runs with every codec setting, plus the FedIT dense fp32 reference."""
+    if compressions is None:
+        return [BenchRun(alg, seed, run_config(base, alg, seed, rounds),
+                         out / "runs" / f"{alg}-s{seed}")
+                for alg in algorithms for seed in seeds]
+    return [BenchRun(alg, seed, run_config(base, alg, seed, rounds, choice),
+                     out / "runs" / f"{alg}-{choice.slug}-s{seed}", choice.label)
+            for alg, choice in sweep_pairs(list(algorithms), list(compressions))
+            for seed in seeds]
 
 
 def scenario_digest(config: ScenarioConfig) -> str:
@@ -146,6 +170,9 @@ def run_entry(run: BenchRun, report: dict[str, Any] | None, reused: bool,
     entry: dict[str, Any] = {"algorithm": run.algorithm, "seed": run.seed,
                              "federation": run.config.federation.name,
                              "dir": str(run.out), "reused": reused}
+    if run.compression is not None:
+        entry["compression"] = run.compression
+        entry["label"] = run.label
     if report is not None:
         entry["finished"] = bool(report.get("final", {}).get("finished"))
         entry["metrics"] = run_metrics(report)
@@ -162,23 +189,28 @@ def _fmt_acc(value: float | None) -> str:
 def run_bench(base: ScenarioConfig, out: Path, algorithms: Sequence[str],
               seeds: Sequence[int], *, rounds: int | None = None,
               broker_url: str | None = None, scenario_file: str = "",
+              compressions: Sequence[CompressionChoice] | None = None,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or reuse) every run, then write and return ``bench.json``'s content.
 
     A run that fails is recorded with its error and the bench goes on; the summary counts
-    the runs that produced a report (``n`` per metric).
+    the runs that produced a report (``n`` per metric).  With ``compressions`` (a sweep)
+    the summary, bench.md and plots group runs by label (``ALGORITHM CODEC``) and
+    ``accuracy_vs_upload.png`` is drawn.
     """
-    runs = plan_runs(base, algorithms, seeds, out, rounds)
+    runs = plan_runs(base, algorithms, seeds, out, rounds, compressions)
     out.mkdir(parents=True, exist_ok=True)
     broker_url = broker_for(base, broker_url)
     broker: BrokerProcess | None = None
     entries: list[dict[str, Any]] = []
     try:
         for i, run in enumerate(runs, 1):
-            tag = f"[{i}/{len(runs)}] {run.algorithm} seed {run.seed}"
+            tag = f"[{i}/{len(runs)}] {run.label} seed {run.seed}"
             expected = config_hash(run.config)
             report = reusable_report(run, expected)
             if report is not None:
+                if not (run.out / "report.html").exists():  # made before report.html existed
+                    write_report_html(report, run.out)
                 entry = run_entry(run, report, reused=True)
                 echo(f"{tag}: reused {run.out / 'report.json'} (final accuracy "
                      f"{_fmt_acc(entry['metrics']['final_accuracy'])})")
@@ -199,7 +231,9 @@ def run_bench(base: ScenarioConfig, out: Path, algorithms: Sequence[str],
                 entries.append(run_entry(run, None, reused=False, error=str(err)))
                 continue
             write_json(run.out / RUN_MARKER, {"algorithm": run.algorithm, "seed": run.seed,
-                                              "scenario_digest": scenario_digest(run.config)})
+                                              "scenario_digest": scenario_digest(run.config),
+                                              **({"compression": run.compression}
+                                                 if run.compression else {})})
             entry = run_entry(run, report, reused=False)
             m = entry["metrics"]
             echo(f"{tag}: done in {m['wall_s'] or 0:.0f}s, final accuracy "
@@ -218,6 +252,11 @@ def run_bench(base: ScenarioConfig, out: Path, algorithms: Sequence[str],
         "runs": entries,
         "summary": summarize(entries, algorithms),
     }
+    if compressions is not None:  # a sweep: runs are grouped by label, not by algorithm
+        labels = list(dict.fromkeys(run.label for run in runs))
+        bench.update(compressions=[c.label for c in compressions], labels=labels,
+                     reference=reference_label(),
+                     summary=summarize(entries, labels, key="label"))
     write_outputs(bench, out)
     return bench
 
@@ -251,18 +290,21 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 
 def render_markdown(bench: dict[str, Any]) -> str:
-    """``bench.md``: one row per algorithm, ``mean ± std`` cells (pure)."""
+    """``bench.md``: one row per algorithm (per run label in a compression sweep),
+    ``mean ± std`` cells (pure)."""
     seeds = bench["seeds"]
+    sweep = "labels" in bench
     lines = [
         f"# Benchmark: {bench['scenario']}",
         "",
         f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}), {bench['rounds']} rounds; "
         f"cells are mean ± {bench['std']}.",
         "",
-        "| algorithm | " + " | ".join(title for _, title, _ in _COLUMNS) + " |",
+        f"| {'run' if sweep else 'algorithm'} | "
+        + " | ".join(title for _, title, _ in _COLUMNS) + " |",
         "|---|" + "---:|" * len(_COLUMNS),
     ]
-    for alg in bench["algorithms"]:
+    for alg in bench["labels"] if sweep else bench["algorithms"]:
         cells = []
         for metric, _, fmt in _COLUMNS:
             stats = bench["summary"][alg][metric]
@@ -279,22 +321,40 @@ def render_markdown(bench: dict[str, Any]) -> str:
         "global LoRA with each device's own head, measured before local training (only "
         "fedit and ffa have one).",
     ]
+    if sweep:
+        lines += ["", f"Runs are ALGORITHM CODEC (see `scenarios bench --help`); "
+                  f"{bench['reference']} (A and B shared, uncompressed) is the reference "
+                  "point of accuracy_vs_upload.png."]
     failed = [r for r in bench["runs"] if "error" in r]
     if failed:
         lines += ["", "Failed runs (not counted): "
-                  + ", ".join(f"{r['algorithm']} seed {r['seed']}" for r in failed) + "."]
+                  + ", ".join(f"{r.get('label', r['algorithm'])} seed {r['seed']}"
+                              for r in failed) + "."]
     return "\n".join(lines) + "\n"
 
 
 def write_outputs(bench: dict[str, Any], out: Path) -> None:
-    """bench.json, bench.md and the two plots."""
-    from scenarios.bench_plots import plot_accuracy_per_round, plot_accuracy_vs_bytes
+    """bench.json, bench.md, the two plots (three in a compression sweep) and report.html
+    (the plots embedded)."""
+    from scenarios.bench_plots import (
+        plot_accuracy_per_round,
+        plot_accuracy_vs_bytes,
+        plot_accuracy_vs_upload,
+    )
+    from scenarios.report_html import write_bench_html
 
     write_json(out / "bench.json", bench)
     (out / "bench.md").write_text(render_markdown(bench))
-    curves = {alg: mean_curve([r["curve"] for r in bench["runs"]
-                               if r["algorithm"] == alg and r.get("curve")])
-              for alg in bench["algorithms"]}
+    groups = bench.get("labels", bench["algorithms"])
+    curves = {g: mean_curve([r["curve"] for r in bench["runs"]
+                             if r.get("label", r["algorithm"]) == g and r.get("curve")])
+              for g in groups}
     title = f"{bench['scenario']}: mean over seeds {bench['seeds']}"
     plot_accuracy_per_round(curves, out / "accuracy_per_round.png", title)
     plot_accuracy_vs_bytes(curves, out / "accuracy_vs_bytes.png", title)
+    if "labels" in bench:
+        points = {g: (bench["summary"][g]["bytes_up_per_device_round"],
+                      bench["summary"][g]["final_accuracy"]) for g in groups}
+        plot_accuracy_vs_upload(points, bench["reference"], out / "accuracy_vs_upload.png",
+                                title)
+    write_bench_html(bench, out)

@@ -102,16 +102,17 @@ def mean_std(values: Iterable[float | None]) -> dict[str, float | int | None]:
     return {"mean": fmean(xs), "std": stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
 
 
-def summarize(runs: Sequence[Mapping[str, Any]], algorithms: Sequence[str]
-              ) -> dict[str, dict[str, dict[str, float | int | None]]]:
-    """Per algorithm, mean/std/n over seeds of every run metric.
+def summarize(runs: Sequence[Mapping[str, Any]], algorithms: Sequence[str],
+              key: str = "algorithm") -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """Per algorithm (or per other ``key`` of the entries, e.g. a sweep's ``label``),
+    mean/std/n over seeds of every run metric.
 
     ``runs`` are ``{"algorithm": ..., "metrics": {...}}`` entries; runs without metrics
     (failed) do not count.
     """
     summary: dict[str, dict[str, dict[str, float | int | None]]] = {}
     for alg in algorithms:
-        mine = [r["metrics"] for r in runs if r["algorithm"] == alg and r.get("metrics")]
+        mine = [r["metrics"] for r in runs if r.get(key) == alg and r.get("metrics")]
         summary[alg] = {m: mean_std(run[m] for run in mine) for m in RUN_METRICS}
     return summary
 

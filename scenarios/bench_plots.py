@@ -1,4 +1,4 @@
-"""The benchmark's two PNG plots (matplotlib, Agg backend: no display on a headless box).
+"""The benchmark's PNG plots (matplotlib, Agg backend: no display on a headless box).
 
 Curves are computed by ``scenarios.bench_metrics.mean_curve``; this module only draws.
 """
@@ -59,6 +59,42 @@ def plot_accuracy_vs_bytes(curves: Mapping[str, Curve], path: Path, title: str) 
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+# (mean/std/n of bytes up per device-round, mean/std/n of final accuracy), per run label
+Stats = dict[str, float | int | None]
+
+
+def plot_accuracy_vs_upload(points: Mapping[str, tuple[Stats, Stats]], reference: str,
+                            path: Path, title: str) -> None:
+    """The bytes/accuracy frontier of a compression sweep: final personalized accuracy
+    (±std over seeds) against uploaded bytes per device-round (log x), one point per run
+    label, the ``reference`` (FedIT, dense fp32) drawn as a star with guide lines so every
+    codec reads as "this much accuracy for this fraction of the reference's upload"."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ref = points.get(reference)
+    ref_bytes = ref[0]["mean"] if ref else None
+    for label, (up, acc) in points.items():
+        if not up["mean"] or acc["mean"] is None:
+            continue
+        x, y = float(up["mean"]), float(acc["mean"])
+        is_ref = label == reference
+        ax.errorbar([x], [y], yerr=[float(acc["std"] or 0.0)], capsize=3,
+                    marker="*" if is_ref else "o", markersize=14 if is_ref else 7,
+                    color="black" if is_ref else None, linestyle="none")
+        note = label + (" (reference)" if is_ref else
+                        f"  1/{float(ref_bytes) / x:.1f}" if ref_bytes else "")
+        ax.annotate(note, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7)
+    if ref and ref_bytes and ref[1]["mean"] is not None:
+        ax.axhline(float(ref[1]["mean"]), color="gray", linestyle="--", linewidth=0.8)
+        ax.axvline(float(ref_bytes), color="gray", linestyle="--", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("uploaded bytes per device-round (log; 1/N = N times less than reference)")
+    ax.set_ylabel("final mean personalized accuracy")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -48,7 +48,14 @@ def run(
     typer.echo(f"done: {final['rounds_completed']} rounds, final accuracy "
                f"{'n/a' if acc is None else f'{acc:.3f}'}, "
                f"{final['bytes_up_total']:,} bytes up, {final['wall_s']:.0f}s; "
-               f"report: {out / 'report.json'}")
+               f"report: {out / 'report.json'}, {out / 'report.html'}")
+    expectations = report.get("expectations", {})
+    if not expectations.get("ok", True):
+        for failure in expectations["failures"]:
+            typer.echo(f"expectation failed: {failure}", err=True)
+        raise typer.Exit(1)
+    if expectations.get("checked"):
+        typer.echo("all expectations held")
 
 
 @app.command()
@@ -63,36 +70,81 @@ def bench(
         min=1, help="Override the scenario's number of rounds.")] = None,
     broker: Annotated[str | None, typer.Option(
         help="Use this broker (mqtt://HOST:PORT) instead of starting one.")] = None,
+    compression: Annotated[str | None, typer.Option(
+        help="Sweep codecs: comma-separated METHOD:RATIO:VALUES[:bN][:zstd], e.g. "
+             "'topk:0.1:int8,topk:0.01:int4,randk:0.05:int8,dense:fp32'; every algorithm "
+             "runs with each, plus fedit dense:fp32 as the reference, and "
+             "OUT/accuracy_vs_upload.png is drawn.")] = None,
     log_level: Annotated[str, typer.Option()] = "WARNING",
 ) -> None:
-    """Run FILE once per algorithm and seed, each as its own federation on one broker, and
-    write OUT/bench.json, OUT/bench.md and plots. Finished runs are reused on a rerun."""
+    """Run FILE once per algorithm and seed (and codec, with --compression), each as its own
+    federation on one broker, and write OUT/bench.json, OUT/bench.md and plots. Finished
+    runs are reused on a rerun."""
     from edge_client.data import DataError
     from fedsa_common.config import ConfigError
     from fedsa_common.logs import setup_logging
     from scenarios.bench import parse_algorithms, parse_seeds, plan_runs, run_bench
+    from scenarios.bench_sweep import parse_compressions
     from scenarios.config import load_scenario
 
     setup_logging(log_level)
     try:
         algs = parse_algorithms(algorithms)
         seed_list = parse_seeds(seeds)
+        sweep = None if compression is None else parse_compressions(compression)
     except ValueError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
     try:
         config = load_scenario(file)
-        for run_ in plan_runs(config, algs, seed_list, out, rounds):
+        for run_ in plan_runs(config, algs, seed_list, out, rounds, sweep):
             run_.config.scenario.device_data(0)  # partition=column: owners vs topology
     except (ConfigError, DataError) as err:
         typer.echo(f"{file}: {err}", err=True)
         raise typer.Exit(2) from None
     result = run_bench(config, out, algs, seed_list, rounds=rounds, broker_url=broker,
-                       scenario_file=str(file), echo=typer.echo)
+                       scenario_file=str(file), compressions=sweep, echo=typer.echo)
     failed = [r for r in result["runs"] if "error" in r]
+    frontier = f", {out / 'accuracy_vs_upload.png'}" if sweep else ""
     typer.echo(f"bench: {len(result['runs']) - len(failed)}/{len(result['runs'])} runs; "
-               f"{out / 'bench.md'}, {out / 'bench.json'}, {out / 'accuracy_per_round.png'}, "
-               f"{out / 'accuracy_vs_bytes.png'}")
+               f"{out / 'bench.md'}, {out / 'bench.json'}, {out / 'report.html'}, "
+               f"{out / 'accuracy_per_round.png'}, {out / 'accuracy_vs_bytes.png'}{frontier}")
     typer.echo((out / "bench.md").read_text())
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def tune(
+    file: Annotated[Path, typer.Argument(help="Scenario YAML; an optional tune: section sets "
+                                              "the search space.")],
+    out: Annotated[Path, typer.Option(help="Directory for study.db, history.json, best.yaml "
+                                           "and trials/NNN/.")],
+    trials: Annotated[int, typer.Option(min=1, help="Trials the study should have finished "
+                                                    "(a rerun adds only the missing ones).")]
+    = 10,
+    broker: Annotated[str | None, typer.Option(
+        help="Use this broker (mqtt://HOST:PORT) instead of starting one.")] = None,
+    log_level: Annotated[str, typer.Option()] = "WARNING",
+) -> None:
+    """Search learning rate, LoRA rank, local steps and compression ratio with Optuna TPE,
+    one real federation per trial; resumes an interrupted study from OUT/study.db."""
+    from edge_client.data import DataError
+    from fedsa_common.config import ConfigError
+    from fedsa_common.logs import setup_logging
+    from scenarios.config import load_scenario
+    from scenarios.tune import run_tune
+
+    setup_logging(log_level)
+    try:
+        load_scenario(file).scenario.device_data(0)  # partition=column: owners vs topology
+        result = run_tune(file, trials, out, broker, echo=typer.echo)
+    except (ConfigError, DataError) as err:
+        typer.echo(f"{file}: {err}", err=True)
+        raise typer.Exit(2) from None
+    best = result["best"]
+    if best is None:
+        typer.echo(f"no trial succeeded; see {out / 'history.json'}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"best: trial {best['number']}, final accuracy {best['value']:.3f}, "
+               f"params {best['params']}; {out / 'best.yaml'}, {out / 'history.json'}")

@@ -16,6 +16,8 @@ from fedsa_common.config import (
     validate_model,
 )
 from fedsa_common.protocol import check_name
+from scenarios.grammar import AvailabilitySection, ExpectSection, Fault, StragglerSection
+from scenarios.tune_space import TuneSection
 
 
 class TopologySection(Strict):
@@ -47,6 +49,12 @@ class ScenarioSection(Strict):
     devices_per_worker: int = Field(3, ge=1)
     threads_per_worker: int = Field(1, ge=1)
     timeout_s: float = Field(1800.0, gt=0)
+    memory_mb: float | None = Field(None, gt=0)  # each device's training budget (peak RSS)
+    seed: int = 0  # churn, straggler and fault draws; the same seed replays the same way
+    availability: AvailabilitySection = AvailabilitySection()
+    stragglers: StragglerSection = StragglerSection()
+    faults: list[Fault] = Field(default_factory=list)
+    expect: ExpectSection = ExpectSection()
 
     @field_validator("broker")
     @classmethod
@@ -94,6 +102,8 @@ class ScenarioSection(Strict):
 
 class ScenarioConfig(FederationConfig):
     scenario: ScenarioSection
+    # read by ``scenarios tune`` only; left out of dumps so it never changes a run's digest
+    tune: TuneSection | None = Field(None, exclude=True)
 
     def federation_config(self, num_labels: int) -> FederationConfig:
         """The part the cloud hub serves, with the label count taken from the data."""

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import (
+    Ack,
     AnnounceHeader,
     Metrics,
     PartialHeader,
+    Presence,
+    RoundSummary,
     Topics,
     decode_json,
     decode_message,
@@ -33,6 +37,10 @@ class Observations:
     finished: AnnounceHeader | None = None
     partials: dict[int, list[PartialHeader]] = field(default_factory=lambda: defaultdict(list))
     metrics: dict[int, dict[str, Metrics]] = field(default_factory=lambda: defaultdict(dict))
+    summaries: dict[int, RoundSummary] = field(default_factory=dict)
+    announced_at: dict[int, float] = field(default_factory=dict)  # local receive times
+    acked: dict[str, float] = field(default_factory=dict)  # update ids a hub acknowledged
+    presence: list[tuple[float, str, bool]] = field(default_factory=list)
 
 
 class Monitor:
@@ -48,6 +56,9 @@ class Monitor:
         self.session.subscribe(self.topics.announce, self._announce)
         self.session.subscribe(self.topics.partial_filter, self._partial)
         self.session.subscribe_raw(self.topics.metrics_filter, self._metrics)
+        self.session.subscribe_raw(self.topics.summary, self._summary)
+        self.session.subscribe_raw(f"{self.topics.base}/ack/+/+", self._ack)
+        self.session.subscribe_raw(self.topics.presence_filter, self._presence)
 
     def start(self) -> None:
         self.session.connect()
@@ -71,6 +82,7 @@ class Monitor:
                     done = header.round
             elif header.round not in self.obs.announces:
                 self.obs.announces[header.round] = header
+                self.obs.announced_at[header.round] = time.time()
                 done = header.round - 1 if header.round > 1 else None
         if done and self.on_round_done:
             self.on_round_done(done)
@@ -92,3 +104,37 @@ class Monitor:
             return
         with self.lock:
             self.obs.metrics[m.round][m.client] = m
+
+    def _summary(self, _topic: str, payload: bytes) -> None:
+        try:
+            summary = decode_json(RoundSummary, payload, max_bytes=16_000_000)
+        except WireError as err:
+            log.warning("monitor: bad summary: %s", err)
+            return
+        with self.lock:
+            self.obs.summaries[summary.round] = summary
+
+    def _ack(self, topic: str, payload: bytes) -> None:
+        if "/ack/cloud/" in topic or not payload:
+            return
+        try:
+            ack = decode_json(Ack, payload)
+        except WireError:
+            return
+        if ack.kind == "update" and ack.accepted:
+            with self.lock:
+                self.obs.acked.setdefault(ack.id, time.time())
+
+    def _presence(self, _topic: str, payload: bytes) -> None:
+        if not payload:
+            return
+        try:
+            p = decode_json(Presence, payload)
+        except WireError:
+            return
+        with self.lock:
+            self.obs.presence.append((time.time(), p.client, p.online))
+
+    def round_started(self, rnd: int) -> float | None:
+        with self.lock:
+            return self.obs.announced_at.get(rnd)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from statistics import fmean
 from typing import Any
 
 from scenarios.monitor import Observations
 
 
-def round_row(obs: Observations, rnd: int) -> dict[str, Any]:
+def applied_ids(obs: Observations) -> set[str]:
+    return {uid for s in obs.summaries.values() for uid in s.applied}
+
+
+def dropped_ids(obs: Observations) -> dict[str, str]:
+    return {uid: why for s in obs.summaries.values() for uid, why in s.dropped.items()}
+
+
+def round_row(obs: Observations, rnd: int, applied: set[str] | None = None) -> dict[str, Any]:
     """One round as the broker saw it.
 
     ``accuracy`` is the mean personalized accuracy over reporting devices and
@@ -22,14 +31,27 @@ def round_row(obs: Observations, rnd: int) -> dict[str, Any]:
     metrics = list(by_client.values())
     global_accs = [m.global_accuracy for m in metrics if m.global_accuracy is not None]
     partials = obs.partials.get(rnd, [])
+    summary = obs.summaries.get(rnd)
+    applied = applied_ids(obs) if applied is None else applied
+    wasted = [m.train_s for c, m in by_client.items() if f"{c}:{rnd}" not in applied]
+    latest: dict[str, float] = {}
+    for r in sorted(k for k in obs.metrics if k <= rnd):
+        latest.update({c: m.accuracy for c, m in obs.metrics[r].items()})
     return {
         "round": rnd,
         "participants": sum(len(v) for v in ann.selected.values()),
-        "accepted": sum(p.count for p in partials),
-        "rejected": sum(sum(p.rejected.values()) for p in partials),
+        "accepted": (len(summary.applied) if summary is not None
+                     else sum(p.count for p in partials)),
+        "rejected": (sum(summary.rejected.values()) if summary is not None
+                     else sum(sum(p.rejected.values()) for p in partials)),
+        "dropped": dict(Counter(summary.dropped.values())) if summary is not None else {},
+        "wasted_train_s": sum(wasted),
         "bytes_up": sum(m.bytes_up for m in metrics),
         "bytes_down": sum(m.bytes_down for m in metrics),
         "accuracy": fmean(m.accuracy for m in metrics) if metrics else None,
+        # every device's most recent accuracy: the meaningful curve when rounds are
+        # asynchronous server steps that only some devices report in
+        "accuracy_latest": fmean(latest.values()) if latest else None,
         "device_accuracy": {c: by_client[c].accuracy for c in sorted(by_client)},
         "global_accuracy": fmean(global_accs) if global_accs else None,
         "reported": len(metrics),
@@ -43,10 +65,58 @@ def completed_rounds(obs: Observations) -> list[int]:
             or (obs.finished is not None and obs.finished.round >= r)]
 
 
+def update_accounting(obs: Observations) -> dict[str, Any]:
+    """Every update a regional hub acknowledged must be applied or dropped by a stated rule;
+    what is neither is lost.  Updates acknowledged after the cloud's last round had started
+    are counted apart: the federation may have ended before they could reach it."""
+    applied, dropped = applied_ids(obs), dropped_ids(obs)
+    last = obs.summaries[max(obs.summaries)].started_at if obs.summaries else float("inf")
+    unaccounted = [uid for uid in obs.acked if uid not in applied and uid not in dropped]
+    lost = [u for u in unaccounted if obs.acked[u] < last]
+    return {
+        "acknowledged": len(obs.acked),
+        "applied": len(applied),
+        "dropped": dict(Counter(dropped.values())),
+        "lost": sorted(lost),
+        "unprocessed_at_finish": sorted(set(unaccounted) - set(lost)),
+    }
+
+
+def time_to_target(obs: Observations, rows: list[dict[str, Any]], t0: float,
+                   target: float | None, key: str = "accuracy") -> float | None:
+    if target is None:
+        return None
+    for row in rows:
+        acc = row[key]
+        done = obs.announces.get(row["round"] + 1) or obs.finished
+        if acc is not None and acc >= target and done is not None:
+            return done.issued_at - t0
+    return None
+
+
+def online_timeline(obs: Observations, t0: float) -> dict[str, list[tuple[float, bool]]]:
+    out: dict[str, list[tuple[float, bool]]] = {}
+    for t, client, online in sorted(obs.presence):
+        events = out.setdefault(client, [])
+        if not events or events[-1][1] != online:
+            events.append((round(t - t0, 2), online))
+    return out
+
+
 def build_report(obs: Observations, *, scenario: str, algorithm: str, wall_s: float,
+                 t0: float = 0.0, target_accuracy: float | None = None, mode: str = "sync",
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    rows = [round_row(obs, r) for r in completed_rounds(obs)]
-    last_acc = next((r["accuracy"] for r in reversed(rows) if r["accuracy"] is not None), None)
+    """``final.accuracy`` is the last round's mean personalized accuracy; in asynchronous
+    mode, where a server step hears from only a few devices, it is the mean of every
+    device's latest accuracy instead (``accuracy_latest``)."""
+    applied = applied_ids(obs)
+    rows = [round_row(obs, r, applied) for r in completed_rounds(obs)]
+    key = "accuracy_latest" if mode == "async" else "accuracy"
+    last_acc = next((r[key] for r in reversed(rows) if r[key] is not None), None)
+    durations = sorted(r["duration_s"] for r in rows if r["duration_s"] is not None)
+    dropped: Counter[str] = Counter()
+    for r in rows:
+        dropped.update(r["dropped"])
     report: dict[str, Any] = {
         "scenario": scenario,
         "algorithm": algorithm,
@@ -58,8 +128,23 @@ def build_report(obs: Observations, *, scenario: str, algorithm: str, wall_s: fl
             "bytes_down_total": sum(r["bytes_down"] for r in rows),
             "wall_s": wall_s,
             "finished": obs.finished is not None,
+            "dropped": dict(dropped),
+            "wasted_train_s": sum(r["wasted_train_s"] for r in rows),
+            "round_duration_s": {
+                "p50": _quantile(durations, 0.5), "p90": _quantile(durations, 0.9),
+                "max": durations[-1] if durations else None},
+            "time_to_target_s": time_to_target(obs, rows, t0, target_accuracy, key),
+            "target_accuracy": target_accuracy,
         },
+        "updates": update_accounting(obs),
+        "online_timeline": online_timeline(obs, t0),
     }
     if extra:
         report.update(extra)
     return report
+
+
+def _quantile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]

@@ -10,6 +10,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +20,16 @@ from typing import IO, Any
 import yaml
 
 from edge_client.data import load_pool
+from edge_client.device import conditions_to_json
 from fedsa_common.atomic import write_json
 from fedsa_common.broker import BrokerProcess, start_broker
 from scenarios.config import ScenarioConfig
+from scenarios.expect import check_expectations
+from scenarios.grammar import Fault, device_conditions
+from scenarios.metrics_ports import allocate, metrics_args
 from scenarios.monitor import Monitor
 from scenarios.report import build_report, round_row
+from scenarios.report_html import write_report_html
 
 log = logging.getLogger("fedsa.scenarios")
 
@@ -31,35 +37,61 @@ log = logging.getLogger("fedsa.scenarios")
 @dataclass
 class Proc:
     name: str
+    args: list[str]
     popen: subprocess.Popen[bytes]
     log: IO[bytes]
+    killed: bool = False  # stopped on purpose (a fault, or the final clean-up)
 
 
 @dataclass
 class Cluster:
-    """Every process the runner started, so that all of them are stopped on any exit."""
+    """Every process the runner started, by name, so faults can kill and restart them and
+    every one of them is stopped on any exit."""
 
     out: Path
-    procs: list[Proc] = field(default_factory=list)
+    procs: dict[str, Proc] = field(default_factory=dict)
     broker: BrokerProcess | None = None
+    broker_kind: str = "auto"
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def spawn(self, name: str, args: list[str]) -> Proc:
-        log_file = open(self.out / "logs" / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop
+        log_file = open(self.out / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop
         popen = subprocess.Popen([sys.executable, "-m", *args], stdout=log_file,
                                  stderr=subprocess.STDOUT, start_new_session=True)
-        proc = Proc(name, popen, log_file)
-        self.procs.append(proc)
+        proc = Proc(name, args, popen, log_file)
+        with self.lock:
+            self.procs[name] = proc
         return proc
 
+    def kill(self, name: str) -> None:
+        with self.lock:
+            proc = self.procs[name]
+            proc.killed = True
+        proc.popen.kill()
+        proc.popen.wait()
+        proc.log.close()
+
+    def respawn(self, name: str) -> Proc:
+        return self.spawn(name, self.procs[name].args)
+
+    def signal(self, name: str, sig: int) -> None:
+        self.procs[name].popen.send_signal(sig)
+
     def failed(self) -> list[Proc]:
-        return [p for p in self.procs if p.popen.poll() not in (None, 0)]
+        with self.lock:
+            return [p for p in self.procs.values()
+                    if not p.killed and p.popen.poll() not in (None, 0)]
 
     def stop(self, grace_s: float = 10.0) -> None:
-        for p in self.procs:
+        with self.lock:
+            procs = list(self.procs.values())
+        for p in procs:
             if p.popen.poll() is None:
+                p.killed = True
+                p.popen.send_signal(signal.SIGCONT)
                 p.popen.send_signal(signal.SIGTERM)
         until = time.time() + grace_s
-        for p in self.procs:
+        for p in procs:
             try:
                 p.popen.wait(timeout=max(0.1, until - time.time()))
             except subprocess.TimeoutExpired:
@@ -68,6 +100,72 @@ class Cluster:
             p.log.close()
         if self.broker is not None:
             self.broker.stop()
+
+
+class FaultInjector(threading.Thread):
+    """Plays the scenario's timed faults against the running cluster."""
+
+    def __init__(self, cluster: Cluster, faults: list[Fault], t0: float,
+                 round_started: Callable[[int], float | None],
+                 echo: Callable[[str], None]) -> None:
+        super().__init__(daemon=True, name="faults")
+        self.cluster, self.t0, self.echo = cluster, t0, echo
+        self.round_started = round_started
+        self.faults = faults
+        self.stopping = threading.Event()
+        self.log: list[dict[str, Any]] = []
+
+    def due(self, fault: Fault) -> float | None:
+        anchor = self.t0 if fault.at_round is None else self.round_started(fault.at_round)
+        return None if anchor is None else anchor + fault.at_s
+
+    def run(self) -> None:
+        # (when, step, fault); "do" times depend on rounds not yet announced, "undo" on "do"
+        todo: list[tuple[str, Fault, float | None]] = [("do", f, None) for f in self.faults]
+        while todo and not self.stopping.wait(0.1):
+            now = time.time()
+            for item in list(todo):
+                step, fault, when = item
+                when = self.due(fault) if step == "do" else when
+                if when is None or now < when:
+                    continue
+                todo.remove(item)
+                try:
+                    self.apply(step, fault)
+                except Exception as err:  # a fault that cannot be played is reported
+                    self.echo(f"fault {fault.action} {fault.target} failed: {err}")
+                self.log.append({"t": round(now - self.t0, 2), "step": step,
+                                 "action": fault.action, "target": fault.target})
+                later = fault.duration_s if fault.action == "partition" else \
+                    fault.restart_after_s
+                if step == "do" and later is not None:
+                    todo.append(("undo", fault, now + later))
+
+    def apply(self, step: str, fault: Fault) -> None:
+        kind, _, name = fault.target.partition(":")
+        c = self.cluster
+        if fault.action == "partition":
+            proc = f"regional-{name}"
+            c.signal(proc, signal.SIGSTOP if step == "do" else signal.SIGCONT)
+            self.echo(f"fault: region {name} {'cut off' if step == 'do' else 'reconnected'}")
+        elif kind == "broker":
+            if c.broker is None:
+                raise RuntimeError("the runner did not start the broker")
+            if step == "do":
+                c.broker.stop(timeout=0.1)
+                self.echo("fault: broker killed")
+            else:
+                c.broker = start_broker(c.broker_kind, port=c.broker.port,  # type: ignore[arg-type]
+                                        log_path=c.out / "logs" / "broker-restarted.log")
+                self.echo("fault: broker restarted")
+        else:
+            proc = "cloud" if kind == "cloud" else f"regional-{name}"
+            if step == "do":
+                c.kill(proc)
+                self.echo(f"fault: {proc} killed")
+            else:
+                c.respawn(proc)
+                self.echo(f"fault: {proc} restarted")
 
 
 def log_tail(proc: Proc, lines: int = 15) -> str:
@@ -79,9 +177,12 @@ def count_labels(config: ScenarioConfig) -> int:
     return len(load_pool(config.scenario.device_data(0)).label_names)
 
 
-def write_worker_specs(config: ScenarioConfig, broker_url: str, out: Path) -> list[Path]:
+def write_worker_specs(config: ScenarioConfig, broker_url: str, out: Path, t0: float
+                       ) -> list[Path]:
     sc = config.scenario
     devices = sc.topology.devices()
+    conditions = device_conditions(devices, sc.availability, sc.stragglers, t0, sc.timeout_s,
+                                   sc.seed)
     paths = []
     for w, start in enumerate(range(0, len(devices), sc.devices_per_worker)):
         chunk = devices[start : start + sc.devices_per_worker]
@@ -96,6 +197,8 @@ def write_worker_specs(config: ScenarioConfig, broker_url: str, out: Path) -> li
                     "region": region,
                     "data": sc.device_data(start + i).model_dump(mode="json"),
                     "state_dir": str(out / "state" / "devices" / client),
+                    "conditions": conditions_to_json(conditions[client]),
+                    "memory_mb": sc.memory_mb,
                 }
                 for i, (region, client) in enumerate(chunk)
             ],
@@ -112,7 +215,8 @@ def print_progress(monitor: Monitor, total: int, echo: Callable[[str], None]
     def done(rnd: int) -> None:
         with monitor.lock:
             row = round_row(monitor.obs, rnd)
-        acc = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
+        value = row["accuracy"] if row["accuracy"] is not None else row["accuracy_latest"]
+        acc = "n/a" if value is None else f"{value:.3f}"
         echo(f"round {rnd}/{total}: accuracy {acc}, {row['accepted']}/{row['participants']} "
              f"updates, {row['bytes_up']:,} bytes up, {row['duration_s'] or 0:.1f}s")
 
@@ -125,7 +229,7 @@ def run_scenario(config: ScenarioConfig, out: Path, broker_url: str | None = Non
     sc = config.scenario
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
-    started = time.time()
+    started = t0 = time.time()
     num_labels = count_labels(config)
     fed_config = config.federation_config(num_labels)
     config_path = out / "federation.yaml"
@@ -133,35 +237,46 @@ def run_scenario(config: ScenarioConfig, out: Path, broker_url: str | None = Non
     cluster = Cluster(out)
     fed = fed_config.federation.name
     monitor: Monitor | None = None
+    faults: FaultInjector | None = None
     try:
         if broker_url is None:
-            kind = sc.broker if not sc.broker.startswith("mqtt://") else None
-            if kind is None:
+            if sc.broker.startswith("mqtt://"):
                 broker_url = sc.broker
             else:
-                cluster.broker = start_broker(kind, log_path=out / "logs" / "broker.log")  # type: ignore[arg-type]
+                cluster.broker_kind = sc.broker
+                cluster.broker = start_broker(sc.broker,  # type: ignore[arg-type]
+                                              log_path=out / "logs" / "broker.log")
                 broker_url = cluster.broker.url
                 echo(f"started {cluster.broker.kind} broker at {broker_url}")
         monitor = Monitor(broker_url, fed)
         monitor.on_round_done = print_progress(monitor, fed_config.rounds, echo)
         monitor.start()
         state = out / "state"
-        cloud = cluster.spawn("cloud", [
+        limit = str(fed_config.transport.payload_limit)
+        ports = allocate(["cloud", *(f"regional-{r}" for r in sc.topology.regions)], out)
+        cluster.spawn("cloud", [
             "hub", "serve", "--role", "cloud", "--broker", broker_url, "--federation", fed,
             "--state-dir", str(state / "cloud"), "--config", str(config_path),
-            "--payload-limit", str(fed_config.transport.payload_limit)])
+            "--payload-limit", limit, *metrics_args(ports, "cloud")])
         for region in sc.topology.regions:
             cluster.spawn(f"regional-{region}", [
                 "hub", "serve", "--role", "regional", "--region", region, "--broker", broker_url,
                 "--federation", fed, "--state-dir", str(state / f"regional-{region}"),
-                "--payload-limit", str(fed_config.transport.payload_limit)])
-        for path in write_worker_specs(config, broker_url, out):
+                "--payload-limit", limit, *metrics_args(ports, f"regional-{region}")])
+        t0 = time.time()
+        for path in write_worker_specs(config, broker_url, out, t0):
             cluster.spawn(path.stem, ["edge_client", "worker", "--spec", str(path)])
         echo(f"scenario {sc.name}: {sc.topology.num_devices} devices in "
              f"{len(sc.topology.regions)} regions, {fed_config.rounds} rounds of "
-             f"{fed_config.fedsa_lora.algorithm}")
+             f"{fed_config.fedsa_lora.algorithm} ({fed_config.round_policy.mode})")
+        if sc.faults:
+            faults = FaultInjector(cluster, sc.faults, t0, monitor.round_started, echo)
+            faults.start()
         deadline = started + sc.timeout_s
-        while cloud.popen.poll() is None:
+        while True:
+            cloud = cluster.procs["cloud"]
+            if cloud.popen.poll() is not None and not cloud.killed:
+                break
             bad = cluster.failed()
             if bad:
                 raise RuntimeError(f"process {bad[0].name} exited with {bad[0].popen.returncode}:"
@@ -172,25 +287,36 @@ def run_scenario(config: ScenarioConfig, out: Path, broker_url: str | None = Non
         if cloud.popen.returncode != 0:
             raise RuntimeError(f"cloud hub exited with {cloud.popen.returncode}:\n"
                                f"{log_tail(cloud)}")
-        for p in cluster.procs:  # devices and regional hubs exit on the final announcement
+        if faults is not None:
+            faults.stopping.set()
+        for p in list(cluster.procs.values()):  # the rest exit on the final announcement
             try:
-                p.popen.wait(timeout=60)
+                p.popen.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                log.warning("%s did not exit after the federation finished", p.name)
+                log.info("%s still running after the federation finished; stopping it", p.name)
         time.sleep(0.5)  # let the last metrics reach the monitor
     finally:
+        if faults is not None:
+            faults.stopping.set()
         if monitor is not None:
             monitor.stop()
         cluster.stop()
     with monitor.lock:
         report = build_report(monitor.obs, scenario=sc.name,
                               algorithm=fed_config.fedsa_lora.algorithm,
-                              wall_s=time.time() - started,
+                              wall_s=time.time() - started, t0=t0,
+                              target_accuracy=sc.expect.target_accuracy,
+                              mode=fed_config.round_policy.mode,
                               extra={"devices": sc.topology.num_devices,
                                      "regions": list(sc.topology.regions),
+                                     "mode": fed_config.round_policy.mode,
                                      "config_hash": fed_config.digest()})
+    if faults is not None:
+        report["faults"] = faults.log
     failed = [p.name for p in cluster.failed()]
     if failed:
         report["final"]["failed_processes"] = failed
+    report["expectations"] = check_expectations(report, sc.expect)
     write_json(out / "report.json", report)
+    write_report_html(report, out)
     return report

@@ -41,7 +41,7 @@ def _reason(codec: Any, tensors: dict[str, torch.Tensor], shapes: Shapes, meta: 
 
 
 def test_registry() -> None:
-    assert set(CODECS) == {"dense", "topk_int8"}
+    assert set(CODECS) == {"dense", "topk_int8", "topk", "randk"}
     assert get_codec("dense").name == "dense"
     codec = get_codec("topk_int8", ratio=0.5)
     assert codec.name == "topk_int8"

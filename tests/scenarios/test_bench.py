@@ -90,6 +90,10 @@ def test_bench_md_and_plots(bench_dir):
     for name in ("accuracy_per_round.png", "accuracy_vs_bytes.png"):
         data = (bench_dir / name).read_bytes()
         assert len(data) > 1000 and data.startswith(PNG_MAGIC)
+    html = (bench_dir / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 2
+    for run in ("fedsa-s0", "fedit-s0"):  # each run's own page, beside its report.json
+        assert (bench_dir / "runs" / run / "report.html").exists()
 
 
 @pytest.mark.integration

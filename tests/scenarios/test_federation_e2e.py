@@ -44,7 +44,8 @@ class Spy:
         out = []
         reasm = Reassembler(max_message_bytes=64_000_000)
         for topic, payload in self.frames:
-            if not payload or "/presence/" in topic or "/metrics/" in topic or "/status/" in topic:
+            raw_json = ("/presence/", "/metrics/", "/status/", "/ack/", "/summary")
+            if not payload or any(part in topic for part in raw_json):
                 continue
             logical = topic.rsplit("/", 1)[0]
             whole = reasm.add(logical, payload, time.time())

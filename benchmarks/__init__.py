@@ -1,0 +1,1 @@
+"""Device-efficiency benchmarks (run as ``python -m benchmarks.NAME``); see docs/benchmarks.md."""

@@ -1,0 +1,116 @@
+"""Process memory as the operating system sees it, and recognising out-of-memory errors.
+
+torch allocates CPU tensors with the C allocator, outside Python's heap, so ``tracemalloc``
+never sees them; what a device's memory budget is about is the resident set size (RSS) of
+the process.  The peak of one training step matters, not the RSS after it (activations are
+freed by then), so on Linux the kernel's high-water mark (``VmHWM``) is reset before a step
+and read after it: exact, and free of sampling.  Elsewhere a background thread samples RSS
+with psutil, which can miss short spikes; the budget's safety margin absorbs that.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+MiB = 1024 * 1024
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    return int(psutil.Process().memory_info().rss)
+
+
+def _read_hwm() -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS counter to the current RSS (Linux >= 4.0)."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return _read_hwm() is not None
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS since process start or the last reset (the current RSS where unknown)."""
+    return _read_hwm() or rss_bytes()
+
+
+class PeakMeter:
+    """Peak RSS of the whole process between ``mark()`` and ``read()``.
+
+    Use as a context manager around a training run.  ``mark()`` resets the kernel counter,
+    which is process-wide: an outer measurement of the same process's peak would be reset
+    too, so callers wanting the peak of a larger span keep their own maximum of ``read()``
+    values (as ``overall`` does here).
+    """
+
+    def __init__(self, sample_interval_s: float = 0.002) -> None:
+        self.interval = sample_interval_s
+        self.overall = 0
+        self._exact = False
+        self._sampled = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMeter:
+        self._exact = _reset_hwm()
+        if not self._exact:
+            self._sampled = rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        proc = psutil.Process()
+        while not self._stop.wait(self.interval):
+            self._sampled = max(self._sampled, int(proc.memory_info().rss))
+
+    def mark(self) -> None:
+        if self._exact:
+            _reset_hwm()
+        else:
+            self._sampled = rss_bytes()
+
+    def read(self) -> int:
+        peak = max(_read_hwm() or 0, rss_bytes()) if self._exact else max(self._sampled,
+                                                                          rss_bytes())
+        self.overall = max(self.overall, peak)
+        return peak
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory",
+              "not enough memory", "failed to allocate")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says an allocation failed (and a smaller batch may succeed).
+
+    torch raises ``torch.OutOfMemoryError`` on accelerators and a plain ``RuntimeError``
+    ("DefaultCPUAllocator: can't allocate memory") on CPU; Python raises ``MemoryError``.
+    """
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    if isinstance(err, MemoryError) or (oom_type is not None and isinstance(err, oom_type)):
+        return True
+    return isinstance(err, RuntimeError) and any(w in str(err).lower() for w in _OOM_WORDS)

@@ -1,0 +1,148 @@
+"""Prometheus metrics of a hub, served over HTTP with prometheus_client.
+
+The collector reads what the hub already keeps (its ``counters``, its MQTT session's byte
+counts, ``current_round``, ``round_durations`` and, on the cloud, ``online``) at scrape
+time, so the hub's logic needs no metric objects of its own and a scrape can never slow
+down a round.  Every sample carries ``federation``, ``role`` and ``hub`` labels, so one
+Prometheus can scrape every hub of several federations without relabelling.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("fedsa.hub.metrics")
+
+PREFIX = "fedsa_hub"
+# Rounds last from seconds (tiny tests) to an hour (phones that train overnight).
+ROUND_BUCKETS: tuple[float, ...] = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+LABELS = ("federation", "role", "hub")
+
+# Names as exposed (counters get ``_total``, the histogram ``_bucket``/``_sum``/``_count``).
+METRIC_NAMES: tuple[str, ...] = (
+    f"{PREFIX}_rounds_completed_total",
+    f"{PREFIX}_current_round",
+    f"{PREFIX}_updates_accepted_total",
+    f"{PREFIX}_updates_rejected_total",
+    f"{PREFIX}_bytes_received_total",
+    f"{PREFIX}_bytes_sent_total",
+    f"{PREFIX}_round_duration_seconds",
+    f"{PREFIX}_devices_online",
+    f"{PREFIX}_privacy_epsilon_spent",
+)
+
+
+class MonitoredHub(Protocol):
+    """What the collector reads; ``hub.process.HubProcess`` provides it."""
+
+    role: str
+    federation: str
+    name: str
+    counters: Mapping[str, int]
+    current_round: int
+    round_durations: Sequence[float]
+    session: Any  # MqttSession: ``stats`` with bytes_published / bytes_received
+
+
+def _snapshot(counts: Mapping[str, int]) -> dict[str, int]:
+    """Copy a mapping that other threads may be adding keys to (a copy racing an insert
+    raises RuntimeError; retrying is cheaper than a lock around every increment)."""
+    for _ in range(10):
+        try:
+            return dict(counts)
+        except RuntimeError:
+            continue
+    return {}
+
+
+def histogram_buckets(values: Sequence[float], bounds: Sequence[float] = ROUND_BUCKETS
+                      ) -> list[tuple[str, float]]:
+    """Cumulative ``(le, count)`` pairs ending with ``+Inf``, as Prometheus expects."""
+    buckets = [(_le(b), float(sum(1 for v in values if v <= b))) for b in bounds]
+    buckets.append(("+Inf", float(len(values))))
+    return buckets
+
+
+def _le(bound: float) -> str:
+    return str(float(bound))
+
+
+class HubCollector(Collector):
+    """Turns a hub's existing bookkeeping into metric families at every scrape."""
+
+    def __init__(self, hub: MonitoredHub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        values = [hub.federation, hub.role, hub.name]
+        counters = _snapshot(hub.counters)
+        stats = _snapshot(getattr(hub.session, "stats", {}))
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            m = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=LABELS)
+            m.add_metric(values, value)
+            return m
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            m = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=LABELS)
+            m.add_metric(values, value)
+            return m
+
+        yield counter("rounds_completed", "Rounds this hub finished its part of.",
+                      counters.get("rounds.completed", 0))
+        yield gauge("current_round", "Round in progress (or last finished) at this hub.",
+                    hub.current_round)
+        yield counter("updates_accepted", "Updates accepted (regional: device updates; "
+                      "cloud: device updates inside accepted partials).",
+                      counters.get("updates.accepted", 0))
+        rejected = CounterMetricFamily(f"{PREFIX}_updates_rejected",
+                                       "Messages refused by this hub, by reason.",
+                                       labels=(*LABELS, "reason"))
+        for key in sorted(counters):
+            if key.startswith("rejected."):
+                rejected.add_metric([*values, key.removeprefix("rejected.")], counters[key])
+        yield rejected
+        yield counter("bytes_received", "MQTT payload bytes received.",
+                      stats.get("bytes_received", 0))
+        yield counter("bytes_sent", "MQTT payload bytes published.",
+                      stats.get("bytes_published", 0))
+        durations = list(hub.round_durations)
+        hist = HistogramMetricFamily(f"{PREFIX}_round_duration_seconds",
+                                     "Wall time of this hub's part of a round.", labels=LABELS)
+        hist.add_metric(values, histogram_buckets(durations), sum(durations))
+        yield hist
+        online = getattr(hub, "online", None)
+        if online is not None:
+            yield gauge("devices_online", "Devices whose retained presence says online.",
+                        len(online))
+        yield gauge("privacy_epsilon_spent", "Differential-privacy budget spent (epsilon); "
+                    "0 until differential privacy exists.",
+                    float(getattr(hub, "privacy_epsilon_spent", 0.0)))
+
+
+def registry_for(hub: MonitoredHub) -> CollectorRegistry:
+    """A registry of its own per hub, so several hubs in one process (tests) never clash."""
+    registry = CollectorRegistry()
+    registry.register(HubCollector(hub))
+    return registry
+
+
+def serve_metrics(hub: MonitoredHub, port: int, host: str = "127.0.0.1") -> Any:
+    """Serve ``/metrics`` on ``host:port`` from a daemon thread; returns the HTTP server
+    (``shutdown()`` stops it).  A port that cannot be bound raises OSError at once, so a
+    mistyped port fails the hub's start instead of silently exporting nothing."""
+    server, _thread = start_http_server(port, addr=host, registry=registry_for(hub))
+    log.info("metrics on http://%s:%d/metrics", host, server.server_port)
+    return server

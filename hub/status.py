@@ -1,0 +1,181 @@
+"""``hub status``: a federation's state from what its hubs left retained on the broker.
+
+Hubs publish a retained JSON status (``fedsa/F/status/ROLE/NAME``, with a last will that
+says ``online: false``), the cloud a retained round announcement, and devices a retained
+presence.  Reading those needs no access to any hub, so an operator can ask any broker the
+federation uses.  Collection (MQTT) and rendering (pure) are separate so the rendering is
+tested without a broker.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedsa_common.errors import WireError
+from fedsa_common.protocol import AnnounceHeader, Topics, decode_message
+from fedsa_common.transport import MqttSession
+
+OVERDUE_FACTOR = 2.0  # a round running this many deadlines is reported as stalled
+
+
+@dataclass
+class Snapshot:
+    """Everything retained for one federation, as found on the broker."""
+
+    federation: str
+    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)  # "role/name" -> body
+    announce: dict[str, Any] | None = None  # AnnounceHeader fields, without tensors
+    presence: dict[str, bool] = field(default_factory=dict)  # "region/client" -> online
+
+    @property
+    def empty(self) -> bool:
+        return not self.statuses and self.announce is None
+
+
+def collect(broker_url: str, federation: str, timeout_s: float = 5.0,
+            settle_s: float = 1.0) -> Snapshot:
+    """Subscribe, gather retained messages, and return once they stop arriving.
+
+    Retained messages come right after the subscription; waiting ``settle_s`` after the
+    last one is enough, and ``timeout_s`` bounds the wait when nothing is retained.
+    Raises ``ConnectionError`` when the broker cannot be reached within ``timeout_s``.
+    """
+    topics = Topics(federation)
+    snap = Snapshot(federation)
+    lock = threading.Lock()
+    last = [0.0]
+
+    def seen() -> None:
+        last[0] = time.monotonic()
+
+    def on_status(topic: str, payload: bytes) -> None:
+        key = topic.removeprefix(f"{topics.base}/status/")
+        try:
+            body = json.loads(payload) if payload else None
+        except ValueError:
+            body = {"online": None, "error": "status is not JSON"}
+        with lock:
+            if isinstance(body, dict):
+                snap.statuses[key] = body
+            seen()
+
+    def on_announce(_topic: str, payload: bytes) -> None:
+        if not payload:
+            return
+        try:
+            header, _ = decode_message(AnnounceHeader, payload, max_bytes=256_000_000)
+        except WireError:
+            return
+        with lock:
+            snap.announce = header.model_dump(mode="json", exclude={"config"}) | {
+                "rounds": header.config.get("rounds")}
+            seen()
+
+    def on_presence(topic: str, payload: bytes) -> None:
+        key = topic.removeprefix(f"{topics.base}/presence/")
+        try:
+            online = bool(json.loads(payload).get("online")) if payload else False
+        except (ValueError, AttributeError):
+            return
+        with lock:
+            snap.presence[key] = online
+            seen()
+
+    session = MqttSession(broker_url, client_id=f"status-{federation}-{time.time_ns()}",
+                          clean_session=True, max_message_bytes=256_000_000,
+                          reconnect_max_s=2.0)
+    session.subscribe_raw(topics.status_filter, on_status)
+    session.subscribe_raw(topics.presence_filter, on_presence)
+    session.subscribe(topics.announce, on_announce)
+    start = time.monotonic()
+    session.connect(timeout=timeout_s)
+    try:
+        while True:
+            now = time.monotonic()
+            if now - start >= timeout_s:
+                break
+            with lock:
+                if last[0] and now - last[0] >= settle_s:
+                    break
+            time.sleep(0.05)
+    finally:
+        session.close()
+    return snap
+
+
+def _age(ts: Any, now: float) -> str:
+    if not isinstance(ts, int | float) or ts <= 0:
+        return "age unknown"
+    secs = max(0.0, now - ts)
+    return f"{secs:.0f}s ago" if secs < 120 else f"{secs / 60:.0f} min ago"
+
+
+def _hub_line(key: str, body: dict[str, Any], now: float) -> str:
+    counters = body.get("counters") or {}
+    rejected = sum(v for k, v in counters.items() if k.startswith("rejected."))
+    state = "finished" if body.get("finished") else (
+        "online" if body.get("online") else "OFFLINE")
+    rnd = body.get("round")
+    parts = [f"  {key:<22} {state:<8} round {'-' if rnd is None else rnd}"]
+    if "updates.accepted" in counters:
+        parts.append(f"updates accepted {counters['updates.accepted']}")
+    parts.append(f"rejected {rejected}")
+    if body.get("online"):
+        parts.append(f"status {_age(body.get('ts'), now)}")
+    return ", ".join(parts)
+
+
+def render(snap: Snapshot, now: float | None = None) -> tuple[str, bool]:
+    """The report an operator reads, and whether the federation looks healthy.
+
+    Unhealthy: a hub whose last will says offline, no cloud status while rounds run, or a
+    round running longer than ``OVERDUE_FACTOR`` deadlines.
+    """
+    now = time.time() if now is None else now
+    lines: list[str] = []
+    problems: list[str] = []
+    ann = snap.announce
+    if ann is None:
+        lines.append(f"federation {snap.federation}: no round announcement retained")
+    else:
+        total = ann.get("rounds")
+        of = f" of {total}" if total else ""
+        if ann["status"] == "finished":
+            lines.append(f"federation {snap.federation}: finished after round {ann['round']}"
+                         f"{of} (version {ann['version']})")
+        else:
+            running = max(0.0, now - float(ann.get("issued_at") or now))
+            lines.append(f"federation {snap.federation}: round {ann['round']}{of} running "
+                         f"for {running:.0f}s (deadline {ann['deadline_s']:.0f}s), "
+                         f"version {ann['version']}")
+            if running > OVERDUE_FACTOR * float(ann["deadline_s"]):
+                problems.append(f"round {ann['round']} overdue ({running:.0f}s)")
+            selected = ann.get("selected") or {}
+            n_sel = sum(len(v) for v in selected.values())
+            per_region = ", ".join(f"{r} {len(c)}" for r, c in sorted(selected.items()))
+            lines.append(f"participants: {n_sel} selected"
+                         + (f" ({per_region})" if per_region else ""))
+    if snap.presence:
+        online = sum(snap.presence.values())
+        lines.append(f"devices online: {online} of {len(snap.presence)} seen")
+    lines.append("hubs:" if snap.statuses else "hubs: no retained hub status")
+    finished = ann is not None and ann["status"] == "finished"
+    for key in sorted(snap.statuses, key=lambda k: (not k.startswith("cloud/"), k)):
+        body = snap.statuses[key]
+        lines.append(_hub_line(key, body, now))
+        if not body.get("online") and not body.get("finished") and not finished:
+            problems.append(f"{key} offline")
+    has_cloud = any(k.startswith("cloud/") for k in snap.statuses)
+    if ann is not None and not finished and not has_cloud and ann["round"] > 1:
+        problems.append("no cloud hub status")  # the cloud first reports after round 1
+    if finished:
+        lines.append("health: finished")
+    elif problems:
+        lines.append("health: DEGRADED: " + "; ".join(problems))
+    else:
+        lines.append("health: ok")
+    return "\n".join(lines), not problems

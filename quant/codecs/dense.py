@@ -1,0 +1,65 @@
+"""``dense``: lossless float32, the codec every hub accepts whatever the round announced."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fedsa_common.errors import WireError
+from quant.codecs.common import (
+    EncodedDelta,
+    accumulate,
+    check_meta,
+    check_names,
+    require_finite,
+    require_shape,
+    require_tensor,
+)
+
+_FLOAT_WIRE_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
+
+
+@dataclass(frozen=True)
+class DenseCodec:
+    """Lossless float32 codec.
+
+    It sends ``delta + residual`` and always returns a zero residual (same shapes): with
+    nothing lost there is nothing to feed back, and flushing any residual left by a
+    previous lossy codec keeps ``sent + residual == delta + old_residual`` uniform
+    across codecs.
+    """
+
+    name: str = field(default="dense", init=False)
+
+    def encode(
+        self, delta: Mapping[str, Tensor], residual: Mapping[str, Tensor] | None = None
+    ) -> EncodedDelta:
+        acc = accumulate(delta, residual)
+        return EncodedDelta(
+            tensors=acc,
+            meta={},
+            residual={n: torch.zeros_like(t) for n, t in acc.items()},
+        )
+
+    def decode(
+        self,
+        tensors: Mapping[str, Tensor],
+        meta: Mapping[str, Any],
+        expected_shapes: Mapping[str, tuple[int, ...]],
+    ) -> dict[str, Tensor]:
+        check_meta(meta)
+        check_names(tensors, set(expected_shapes))
+        out: dict[str, Tensor] = {}
+        for name, shape in expected_shapes.items():
+            t = require_tensor(name, tensors[name])
+            if t.dtype not in _FLOAT_WIRE_DTYPES:
+                raise WireError("bad_tensor", f"{name!r} has dtype {t.dtype}, expected float")
+            require_shape(name, t, tuple(shape))
+            value = t.detach().to("cpu", torch.float32).clone()
+            require_finite(name, value)
+            out[name] = value
+        return out

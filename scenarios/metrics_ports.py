@@ -1,0 +1,41 @@
+"""Free ports for the hubs' Prometheus endpoints during a scenario, and where they are noted.
+
+The runner gives every hub its own ``--metrics-port`` and writes ``OUT/metrics_ports.json``
+(``{"cloud": 40123, "regional-north": 40124, ...}``) so that a person or a test can scrape a
+running scenario without guessing.  A port is found by binding port 0 and releasing it;
+another process could take it in between, which on a test machine's loopback is rare
+enough that the hub's own clear bind error is the right answer.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+
+FILE_NAME = "metrics_ports.json"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def allocate(names: Iterable[str], out: Path | None = None) -> dict[str, int]:
+    """A distinct free port per process name, written to ``out/metrics_ports.json``."""
+    ports: dict[str, int] = {}
+    for name in names:
+        port = free_port()
+        while port in ports.values():
+            port = free_port()
+        ports[name] = port
+    if out is not None:
+        (out / FILE_NAME).write_text(json.dumps(ports, indent=2))
+    return ports
+
+
+def metrics_args(ports: dict[str, int], name: str) -> list[str]:
+    """``["--metrics-port", N]`` for a process that has a port, else nothing."""
+    return ["--metrics-port", str(ports[name])] if name in ports else []
