@@ -55,7 +55,7 @@ def texts(n: int) -> tuple[list[str], list[int]]:
 def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from edge_client.memory import PeakMeter, peak_rss_bytes, rss_bytes
+    from edge_client.memory import PeakMeter, peak_rss_bytes, release_free_memory, rss_bytes
     from edge_client.training import tokenize, train_steps
     from fedsa_common.config import ModelSection
     from quant.adapters import build_adapter_model
@@ -66,7 +66,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                         num_labels=4)
     adapter = build_adapter_model(spec, 4, seed=0)
     load_s = time.perf_counter() - start
+    release_free_memory()  # as ModelHost does after building the model
     load_peak, loaded = peak_rss_bytes(), rss_bytes()
+    tensors = [*adapter.model.parameters(), *adapter.model.buffers()]
+    weights = sum(t.numel() * t.element_size() for t in tensors)
     data = tokenize(adapter, *texts(max(64, args.batch * (args.steps + 1))))
     kw = {"batch_size": args.batch, "lr": 1e-4, "autocast": args.autocast}
     with PeakMeter() as meter:  # resets the high-water mark: training's peak alone
@@ -83,7 +86,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "rss_loaded_mb": round(loaded / MiB),
         "load_peak_mb": round(load_peak / MiB),
         "train_peak_mb": round(meter.overall / MiB),
-        "params_m": round(sum(p.numel() for p in adapter.model.parameters()) / 1e6, 1),
+        "weights_mb": round(weights / MiB),
     }
 
 
@@ -137,8 +140,8 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2))
     print(markdown_table(rows, [
         ("model", "model"), ("precision", "base"), ("autocast", "autocast"),
-        ("samples_per_s", "train samples/s"), ("cpu_s_per_sample", "CPU s/sample"),
-        ("rss_loaded_mb", "RSS loaded MiB"),
+        ("cpu_s_per_sample", "CPU s/sample"), ("samples_per_s", "train samples/s"),
+        ("weights_mb", "weights MiB"), ("rss_loaded_mb", "RSS loaded MiB"),
         ("load_peak_mb", "peak load MiB"), ("train_peak_mb", "peak train MiB"),
         ("load1", "load avg"), ("error", "error")]))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 
+from edge_client.memory import release_free_memory
 from fedsa_common.config import FederationConfig, Precision
 from quant.adapters import AdapterModel, build_adapter_model
 
@@ -31,6 +32,7 @@ class ModelHost:
                 raise ValueError("announcement config lacks model.num_labels")
             self._adapter = build_adapter_model(spec, spec.num_labels, config.federation.seed)
             self._key = key
+            release_free_memory()  # the full-precision staging copies of quantized weights
         elif key != self._key:
             raise ValueError("this process already hosts a different model configuration")
         return self._adapter
