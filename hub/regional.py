@@ -50,28 +50,34 @@ class RegionalHub(HubProcess):
         super().__init__(broker_url, federation, check_name("region", region), state_dir,
                          payload_limit)
         self.region = region
-        self.intake = self.load() or RegionIntake(region, federation)
+        self.intake = RegionIntake(region, federation)
+        self.outbox: dict[str, tuple[PartialHeader, dict[str, torch.Tensor]]] = {}
+        self.load()
         self.deadline = float("inf")
         self.early: list[Event] = []
         self.max_bytes = TransportSection().max_message_bytes
         self.finished = False
         self.acks: list[tuple[str, Ack]] = []  # sent once the state is persisted
         self.dirty = False
-        self.outbox: dict[str, tuple[PartialHeader, dict[str, torch.Tensor]]] = {}
         self.next_resend = 0.0
 
     # ------------------------------------------------------------------ persistence
-    def load(self) -> RegionIntake | None:
+    def load(self) -> None:
+        """Restore the intake and the unacknowledged partials written by ``persist``."""
         path = self.state_dir / STATE_JSON
         if not path.exists():
-            return None
+            return
         meta = read_json(path)
         tensors = read_tensors(self.state_dir / STATE_TENSORS)
-        intake = RegionIntake.from_state(self.region, self.federation, meta["intake"], tensors)
-        self._restored_outbox = meta.get("outbox", {}), tensors
-        log.info("restored intake of round %d with %d accepted ids", intake.round,
-                 len(intake.accepted_ids))
-        return intake
+        self.intake = RegionIntake.from_state(self.region, self.federation, meta["intake"],
+                                              tensors)
+        for pid, raw in meta.get("outbox", {}).items():
+            prefix = f"outbox/{pid}/"
+            sums = {k[len(prefix):]: v.to(torch.float32) for k, v in tensors.items()
+                    if k.startswith(prefix)}
+            self.outbox[pid] = (PartialHeader.model_validate(raw), sums)
+        log.info("restored intake of round %d with %d accepted ids and %d unacknowledged "
+                 "partials", self.intake.round, len(self.intake.accepted_ids), len(self.outbox))
 
     def persist(self) -> None:
         meta, tensors = self.intake.to_state()
@@ -83,21 +89,8 @@ class RegionalHub(HubProcess):
         write_json(self.state_dir / STATE_JSON, {"intake": meta, "outbox": outbox})
         self.dirty = False
 
-    def restore_outbox(self) -> None:
-        restored = getattr(self, "_restored_outbox", None)
-        if not restored:
-            return
-        outbox, tensors = restored
-        for pid, raw in outbox.items():
-            header = PartialHeader.model_validate(raw)
-            prefix = f"outbox/{pid}/"
-            sums = {k[len(prefix):]: v.to(torch.float32) for k, v in tensors.items()
-                    if k.startswith(prefix)}
-            self.outbox[pid] = (header, sums)
-
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
-        self.restore_outbox()
         self.listen("presence", f"{self.topics.base}/presence/{self.region}/+", raw=True)
         self.listen("announce", self.topics.announce)
         self.listen("update", self.topics.update_filter(self.region))
@@ -227,13 +220,11 @@ class RegionalHub(HubProcess):
             self.outbox[pid] = (header, sums)
             log.info("round %d: partial %s of %d updates (base version %d)%s", header.round,
                      pid, header.count, header.base_version, " final" if header.final else "")
-        self.dirty = True
         if final:
             self.deadline = float("inf")
             self.round_done(self.intake.round)
             self.publish_status(round=self.intake.round)
         self.persist()  # before anything leaves, so a crash cannot forget a sent partial
-        self.dirty = False
         self.resend(force=True)
 
     def resend(self, force: bool = False) -> None:
