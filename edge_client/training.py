@@ -51,6 +51,9 @@ class TrainResult:
     seconds: float
     micro_batch: int = 0  # the largest micro-batch that ran
     peak_rss: int | None = None  # measured under a memory budget only
+    # mean squared batch gradient per trainable tensor (a diagonal-Fisher proxy), only when
+    # train_steps was asked for it: the adaptive split's per-module importance
+    importance: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -193,11 +196,15 @@ def train_steps(
     micro_batch: int | None = None,
     autocast: Autocast = "none",
     on_step: Callable[[StepInfo], None] | None = None,
+    proximal: Proximal | None = None,
+    importance: bool = False,
 ) -> TrainResult:
     """Run ``steps`` optimizer steps on the currently trainable adapter parameters.
 
     ``planner`` (kept by the device across rounds) sizes micro-batches under a memory
     budget; without one, ``micro_batch`` fixes their largest size (None: the whole batch).
+    ``proximal`` pulls the named parameters towards their anchors (FedProx);
+    ``importance`` also returns each trainable tensor's mean squared gradient.
     """
     if len(data) == 0:
         raise ValueError("no training data on this device")
@@ -217,6 +224,7 @@ def train_steps(
     adapter.model.train()
     torch.manual_seed(seed)  # dropout masks
     total, samples, largest = 0.0, 0, 0
+    fisher = {n: 0.0 for n in trainable} if importance else None
     with PeakMeter() if planner.measuring else contextlib.nullcontext() as meter:
         for step in range(steps):
             idx = next(batches)
@@ -232,6 +240,10 @@ def train_steps(
                     if not planner.out_of_memory(oom.size):
                         raise oom.error from None
                 gc.collect()  # outside the handler: the failed step's tensors are gone now
+            if fisher is not None:
+                accumulate_importance(fisher, trainable)
+            if proximal is not None:
+                proximal.add_to_grad(trainable)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if meter is not None:
@@ -246,7 +258,42 @@ def train_steps(
                                  peak_rss=meter.overall if meter is not None else None))
     adapter.model.eval()
     return TrainResult(loss=total / samples, samples=samples, seconds=time.perf_counter() - start,
-                       micro_batch=largest, peak_rss=meter.overall if meter is not None else None)
+                       micro_batch=largest, peak_rss=meter.overall if meter is not None else None,
+                       importance=({n: v / steps for n, v in fisher.items()}
+                                   if fisher is not None else None))
+
+
+@dataclass(frozen=True)
+class Proximal:
+    """FedProx's term ``mu/2 * ||w - anchor||^2`` over the anchored parameters.
+
+    Added to the gradient (``mu * (w - anchor)``) rather than to the loss, so it costs no
+    autograd graph and is exact however the batch is split into micro-batches.
+    """
+
+    mu: float
+    anchors: dict[str, torch.Tensor]
+
+    def add_to_grad(self, params: dict[str, torch.nn.Parameter]) -> None:
+        if self.mu == 0:
+            return
+        for name, anchor in self.anchors.items():
+            p = params.get(name)
+            if p is None:
+                continue
+            pull = (p.detach() - anchor.to(p.dtype)) * self.mu
+            if p.grad is None:
+                p.grad = pull
+            else:
+                p.grad.add_(pull)
+
+
+def accumulate_importance(fisher: dict[str, float], params: dict[str, torch.nn.Parameter]
+                          ) -> None:
+    """Add each tensor's mean squared batch-loss gradient (before any proximal pull)."""
+    for name, p in params.items():
+        if p.grad is not None:
+            fisher[name] += float(p.grad.detach().to(torch.float32).pow(2).mean())
 
 
 @torch.no_grad()
