@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from fedsa_common import cli_auth
+
 app = typer.Typer(help="The device side of a fedsa-edge federation.", no_args_is_help=True,
                   add_completion=False)
 
@@ -26,8 +28,13 @@ def join(
         help="Local data: a CSV/JSONL path or 20newsgroups, with ?key=value options, e.g. "
              "'20newsgroups?classes=4&partition=dirichlet&num_clients=6&shard=0'.")],
     state_dir: Annotated[Path, typer.Option(help="Private state of this device (local B, head).")],
-    broker: Annotated[str, typer.Option(help="mqtt://HOST:PORT of the region's broker.")]
-    = "mqtt://127.0.0.1:1883",
+    broker: Annotated[str | None, typer.Option(
+        help="mqtt://HOST:PORT or mqtts://HOST:PORT (TLS) of the region's broker. Default: "
+             "the --credentials file's broker, else mqtt://127.0.0.1:1883.")] = None,
+    credentials: cli_auth.Credentials = None,
+    username: cli_auth.Username = None,
+    password_file: cli_auth.PasswordFile = None,
+    tls_ca: cli_auth.TlsCa = None,
     precision: Annotated[str | None, typer.Option(
         help="Override the base precision: nf4, fp4, int8, fp16, bf16, fp32.")] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 0,
@@ -45,6 +52,10 @@ def join(
     from edge_client.host import ModelHost
     from fedsa_common.logs import setup_logging
 
+    conn = cli_auth.connection_from_options(
+        broker, credentials, username, password_file, tls_ca,
+        default_url="mqtt://127.0.0.1:1883", federation=federation, role="device",
+        region=region, client=client_id)
     setup_logging(log_level)
     if threads:
         torch.set_num_threads(threads)
@@ -53,10 +64,10 @@ def join(
     try:
         spec = DeviceSpec(client=client_id, region=region, federation=federation,
                           data=parse_data_spec(data), state_dir=state_dir,
-                          memory_mb=memory_mb)
+                          memory_mb=memory_mb, auth=conn.auth)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--data") from None
-    sys.exit(run_devices([spec], broker, ModelHost(precision)))  # type: ignore[arg-type]
+    sys.exit(run_devices([spec], conn.url, ModelHost(precision)))  # type: ignore[arg-type]
 
 
 @app.command(hidden=True)

@@ -21,15 +21,28 @@ from pathlib import Path
 
 import torch
 
+from edge_client.attack import Attack, poison
 from edge_client.conditions import DeviceConditions, compute_delay, transfer_delay
 from edge_client.data import DataSpec, DeviceData, load_device_data
 from edge_client.host import ModelHost
 from edge_client.microbatch import MicroBatchPlanner
+from edge_client.personalize import finetune_local, proximal_for
 from edge_client.progress import RoundProgress
-from edge_client.snapshot import model_info, save_global, saved_info
+from edge_client.secagg_client import DeviceSecAgg
+from edge_client.snapshot import model_info, save_global, saved_global, saved_info
+from edge_client.split_state import (
+    carry_residual,
+    final_global,
+    importance_report,
+    local_start,
+    round_split,
+    shared_start,
+)
 from edge_client.state import DeviceState, StateDir
 from edge_client.training import TokenizedSplit, evaluate, tokenize, train_steps
+from fedsa_common.broker_auth import BrokerAuth, credentials_auth
 from fedsa_common.config import FederationConfig
+from fedsa_common.dp import dp_plan, privatize_update
 from fedsa_common.envelope import Envelope
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import (
@@ -39,13 +52,14 @@ from fedsa_common.protocol import (
     Presence,
     Topics,
     UpdateHeader,
+    announced_config,
     check_name,
     decode_json,
     decode_message,
     encode_json,
     encode_message,
 )
-from fedsa_common.split import local_names, role, shared_names, trainable_names
+from fedsa_common.split import role, trainable_names
 from fedsa_common.transport import MqttSession, Will
 from quant.adapters import init_adapter_values
 from quant.codec import get_codec
@@ -62,6 +76,8 @@ class DeviceSpec:
     state_dir: Path
     conditions: DeviceConditions = field(default_factory=DeviceConditions)
     memory_mb: float | None = None  # peak-RSS budget for training (None: unlimited)
+    attack: Attack | None = None  # a simulated malicious device (scenario adversaries)
+    auth: BrokerAuth | None = None  # broker credentials/TLS of this device (None: anonymous)
 
 
 class Abandoned(Exception):
@@ -108,9 +124,12 @@ class Device:
             payload_limit=payload_limit,
             will=Will(presence, encode_json(offline)),
             on_connect=self._on_connect,
+            auth=spec.auth,
         )
         self.session.subscribe(self.topics.announce, self._on_announce)
         self.session.subscribe_raw(self.topics.ack(spec.region, spec.client), self._on_ack)
+        self.secagg = DeviceSecAgg(self.session, self.topics, spec.client, spec.region,
+                                   spec.federation, self.gone)
 
     # network thread -------------------------------------------------------------------
     def _on_connect(self) -> None:
@@ -154,6 +173,7 @@ class Device:
             while not self.done.is_set() and not self.gone.is_set():
                 self.handle_acks()
                 self.resend_pending()
+                self.secagg.poll()  # e.g. answer a secure-aggregation unmasking request
                 try:
                     payload, _ = self.inbox.get(timeout=0.5)
                 except queue.Empty:
@@ -162,6 +182,7 @@ class Device:
                     payload, _ = self.inbox.get_nowait()
                 try:
                     header, env = decode_message(AnnounceHeader, payload, max_bytes=64_000_000)
+                    announced_config(header)  # a config that does not validate is bad input
                 except WireError as err:
                     log.warning("%s: ignored bad announcement: %s", self.spec.client, err)
                     continue
@@ -170,6 +191,8 @@ class Device:
                 except Abandoned:
                     log.info("%s: vanished during round %d; its work is lost", self.spec.client,
                              header.round)
+                except WireError as err:  # e.g. an announced split this device refuses
+                    log.warning("%s: sat out round %d: %s", self.spec.client, header.round, err)
         finally:
             if self.gone.is_set():
                 self.session.drop()
@@ -195,6 +218,9 @@ class Device:
         cond = self.spec.conditions
         self.resend_s = config.round_policy.resend_s
         self.pause(transfer_delay(bytes_down, cond.downlink_kbps, cond.latency_ms))
+        if not self.secagg.begin(header, config, env):  # secure aggregation: keys, shares
+            self.pause(0.0)
+            return
         payload, metrics = self.train_round(header, config, env, bytes_down)
         self.pause(transfer_delay(len(payload), cond.uplink_kbps, cond.latency_ms))
         bytes_up = self.session.publish(self.topics.update(self.spec.region, self.spec.client),
@@ -249,28 +275,29 @@ class Device:
         with self.host.lock:
             adapter = self.host.adapter(config)
             names = adapter.names
-            shared = shared_names(names, algorithm)
-            local = local_names(names, algorithm)
-            if shared != sorted(header.shared):
-                raise ValueError(f"announced shared set differs from {algorithm}'s split")
+            shapes = adapter.shapes()
+            # the announced split (adaptive or fixed), validated: see edge_client/split_state
+            shared, local = round_split(names, header.shared, env.tensors, shapes, config)
             if self.state.config_hash not in (None, header.config_hash):
                 log.warning("%s: configuration changed; resetting local state", self.spec.client)
                 self.state.local, self.state.residual = {}, {}
             if not self.state.local:
-                self.state.local = init_adapter_values({n: adapter.shapes()[n] for n in local},
-                                                       seed)
+                self.state.local = init_adapter_values({n: shapes[n] for n in local}, seed)
             data = self.load_data(config.model.num_labels or 0)
             if self.tokens is None:
                 self.tokens = Tokenized(tokenize(adapter, data.train.texts, data.train.labels),
                                         tokenize(adapter, data.test.texts, data.test.labels))
             global_shared = {n: env.tensors[n].to(torch.float32) for n in shared}
-            adapter.set(self.state.local)
+            adapter.set(self.local_start(local, shapes, seed))
             adapter.set(global_shared)
             trainable = trainable_names(names, algorithm)
             adapter.set_trainable(trainable)
             global_accuracy = (evaluate(adapter, self.tokens.test, tr.eval_batch_size,
                                         planner=self.planner, autocast=tr.autocast)
                                if has_global_model(local, trainable) else None)
+            # adaptive split: a shared tensor that was local here starts from its own value
+            adapter.set(shared_start([n for n in shared if n in self.state.local],
+                                     global_shared, self.state.local))
             round_seed = (seed * 1_000_003 + zlib.crc32(self.spec.client.encode()) * 31
                           + header.round) % 2**31
             self.progress.start(header.round)
@@ -278,27 +305,43 @@ class Device:
                                  batch_size=tr.batch_size, lr=tr.lr, head_lr=tr.head_lr,
                                  weight_decay=tr.weight_decay, seed=round_seed,
                                  planner=self.planner, autocast=tr.autocast,
-                                 on_step=self.progress.step)
+                                 on_step=self.progress.step,
+                                 proximal=proximal_for(config, global_shared),
+                                 importance=config.fedsa_lora.adaptive_split.importance_based)
             self.progress.finish(result)
+            new_shared = adapter.get(shared)  # the update is fixed before any fine-tuning
+            tuned = finetune_local(adapter, self.tokens.train, config, local, trainable,
+                                   seed=round_seed + 1, planner=self.planner)
             accuracy = evaluate(adapter, self.tokens.test, tr.eval_batch_size,
                                 planner=self.planner, autocast=tr.autocast)
-            new_shared = adapter.get(shared)
             new_local = adapter.get(local)
             adapter.enable_all()
-        self.pause(compute_delay(result.seconds, self.spec.conditions.slowdown))
+        busy = result.seconds + (tuned.seconds if tuned is not None else 0.0)
+        self.pause(compute_delay(busy, self.spec.conditions.slowdown))
         delta = {n: new_shared[n] - global_shared[n] for n in shared}
+        # DP: clip (local mode: and noise) before the codec, so its residual never holds more
+        delta, norm = privatize_update(delta, dp_plan(config))
+        if norm is not None:
+            log.info("%s: update norm %.4g (clip norm %.4g)", self.spec.client, norm,
+                     config.fedsa_lora.privacy.differential_privacy.clip_norm)
+        if self.spec.attack is not None:
+            delta = poison(delta, self.spec.attack)
+            log.info("%s: round %d update poisoned (%s x%g)", self.spec.client, header.round,
+                     self.spec.attack.kind, self.spec.attack.factor)
         comp = config.fedsa_lora.compression
         # randk: the round's shared seed, derived here and by the hub from the same values
         codec_params = comp.round_codec_params(config.federation.seed, header.round)
         codec = get_codec(comp.codec, **codec_params)
-        residual = self.state.residual if set(self.state.residual) == set(shared) else None
+        residual = carry_residual(self.state.residual, shared, shapes)
         encoded = codec.encode(delta, residual)
         update = UpdateHeader(
             federation=self.spec.federation, round=header.round, client=self.spec.client,
             region=self.spec.region, base_version=header.version, codec=comp.codec,
             codec_params=codec_params, codec_meta=encoded.meta,
             num_samples=result.samples, train_loss=result.loss, train_s=result.seconds,
+            importance=importance_report(result.importance),
         )
+        update, encoded = self.secagg.masked_update(update, encoded, delta, residual)
         payload = encode_message(update, encoded.tensors)
         self.state.local = new_local
         self.state.residual = dict(encoded.residual)
@@ -322,9 +365,19 @@ class Device:
         export when this device trained under the same configuration."""
         if self.state.config_hash != header.config_hash or saved_info(self.store.path) is None:
             return
-        if all(n in env.tensors for n in header.shared):
-            save_global(self.store.path, {n: env.tensors[n].to(torch.float32)
-                                          for n in header.shared})
+        kept = final_global(saved_global(self.store.path), header.shared, env.tensors)
+        if kept is not None:
+            save_global(self.store.path, kept)
+
+    def local_start(self, local: list[str], shapes: dict[str, tuple[int, ...]], seed: int
+                    ) -> dict[str, torch.Tensor]:
+        """Start values of this round's local tensors (see edge_client/split_state.py); the
+        saved global and initial values are only read for tensors that were shared."""
+        missing = {n: shapes[n] for n in local if n not in self.state.local}
+        if not missing:
+            return {n: self.state.local[n] for n in local}
+        return local_start(local, self.state.local, saved_global(self.store.path),
+                           init_adapter_values(missing, seed))
 
 
 def has_global_model(local: list[str], trainable: list[str]) -> bool:
@@ -386,7 +439,10 @@ def device_specs_from_json(path: Path) -> tuple[str, list[DeviceSpec], dict]:
         DeviceSpec(client=d["client"], region=d["region"], federation=raw["federation"],
                    data=DataSpec.model_validate(d["data"]), state_dir=Path(d["state_dir"]),
                    conditions=conditions_from_json(d.get("conditions")),
-                   memory_mb=d.get("memory_mb"))
+                   memory_mb=d.get("memory_mb"), attack=Attack.from_json(d.get("attack")),
+                   auth=credentials_auth(Path(d["credentials"]), federation=raw["federation"],
+                                         role="device", region=d["region"], client=d["client"])
+                   if d.get("credentials") else None)
         for d in raw["devices"]
     ]
     return raw["broker"], specs, raw

@@ -57,6 +57,12 @@ def save_global(state_dir: Path, global_shared: Mapping[str, torch.Tensor],
         write_json(Path(state_dir) / MODEL, dict(info))
 
 
+def saved_global(state_dir: Path) -> dict[str, torch.Tensor]:
+    """The last global shared parameters kept by ``save_global`` ({} before any)."""
+    path = Path(state_dir) / GLOBAL
+    return read_tensors(path) if path.exists() else {}
+
+
 def saved_info(state_dir: Path) -> dict[str, Any] | None:
     path = Path(state_dir) / MODEL
     return read_json(path) if path.exists() else None

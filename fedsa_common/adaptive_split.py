@@ -23,8 +23,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from fedsa_common.split import role
+from fedsa_common.split import role, shared_names, shared_roles
 
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
 
@@ -102,3 +104,73 @@ def importance_based_shared(reports: Sequence[Mapping[str, float]], candidates: 
         return sorted(current)
     scores = consistency(reports)
     return [n for n in candidates if scores.get(n, 0.0) >= threshold]
+
+
+def initial_split(names: Iterable[str], algorithm: str,
+                  rules: Sequence[tuple[int, int, frozenset[str]]] | None = None) -> list[str]:
+    """The first round's shared tensors: the algorithm's fixed split, or with ``rules`` the
+    layer-wise split (layers no rule covers keep the algorithm's roles)."""
+    names = list(names)
+    if rules is None:
+        return shared_names(names, algorithm)
+    return layer_wise_shared(names, rules, frozenset(shared_roles(algorithm)))
+
+
+def decide_shared(stats: ImportanceStats, candidates: Iterable[str], threshold: float,
+                  current: Sequence[str]) -> list[str]:
+    """``importance_based_shared`` over a round's aggregated reports (see ImportanceStats);
+    an empty decision (no candidate consistent enough) keeps the current split, so a round
+    always has something to aggregate."""
+    candidates = lora_names(candidates)
+    if stats.reports < 2:
+        return sorted(current)
+    scores = stats.consistency()
+    shared = [n for n in candidates if scores.get(n, 0.0) >= threshold]
+    return shared or sorted(current)
+
+
+@dataclass
+class ImportanceStats:
+    """Importance reports summed so that regions can pre-aggregate them, like the deltas.
+
+    Per tensor: how many reports named it, and the sum and sum of squares of its normalized
+    importance (``normalize_importance``); ``consistency`` from these equals
+    ``consistency(reports)``.  A region's summary is one row per tensor, however many
+    devices reported.
+    """
+
+    reports: int = 0
+    rows: dict[str, tuple[int, float, float]] = field(default_factory=dict)
+
+    def add_report(self, scores: Mapping[str, float]) -> None:
+        self.reports += 1
+        for name, value in normalize_importance(scores).items():
+            n, s, ss = self.rows.get(name, (0, 0.0, 0.0))
+            self.rows[name] = (n + 1, s + value, ss + value * value)
+
+    def merge(self, other: ImportanceStats) -> None:
+        self.reports += other.reports
+        for name, (n2, s2, ss2) in other.rows.items():
+            n, s, ss = self.rows.get(name, (0, 0.0, 0.0))
+            self.rows[name] = (n + n2, s + s2, ss + ss2)
+
+    def consistency(self) -> dict[str, float]:
+        out = {}
+        for name, (n, s, ss) in sorted(self.rows.items()):
+            mean = s / n if n else 0.0
+            if mean <= 0:
+                out[name] = 0.0
+                continue
+            var = max(0.0, ss / n - mean * mean)
+            out[name] = min(1.0, max(0.0, 1.0 - math.sqrt(var) / mean))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire and state form (``PartialHeader.importance``, persisted intakes)."""
+        return {"reports": self.reports, "tensors": {k: list(v) for k, v in self.rows.items()}}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ImportanceStats:
+        rows = raw.get("tensors", {})
+        return cls(int(raw.get("reports", 0)),
+                   {str(k): (int(v[0]), float(v[1]), float(v[2])) for k, v in rows.items()})

@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
-from urllib.parse import urlsplit
+
+from fedsa_common.broker_auth import parse_url, redact_url
 
 BrokerKind = Literal["mosquitto", "embedded"]
 _MOSQUITTO_FALLBACK = Path("/usr/sbin/mosquitto")
@@ -33,21 +34,12 @@ class BrokerStartError(RuntimeError):
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
-    """Return ``(host, port)`` from ``mqtt://host[:port]`` (port defaults to 1883)."""
-    parts = urlsplit(url)
-    if parts.scheme != "mqtt":
-        raise ValueError(f"broker URL must look like mqtt://host:port, got {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"broker URL must be just mqtt://host:port, got {url!r}")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"bad port in broker URL {url!r}") from exc
-    if not parts.hostname:
-        raise ValueError(f"broker URL has no host: {url!r}")
-    if port == 0:
-        raise ValueError(f"port 0 in broker URL {url!r}")
-    return parts.hostname, 1883 if port is None else port
+    """Return ``(host, port)`` from ``mqtt://host[:port]`` (port defaults to 1883): the plain
+    brokers this module starts and probes, so TLS and credentials are refused here."""
+    endpoint = parse_url(url)
+    if endpoint.tls or endpoint.username is not None:
+        raise ValueError(f"broker URL must be just mqtt://host:port, got {redact_url(url)!r}")
+    return endpoint.host, endpoint.port
 
 
 def free_port() -> int:

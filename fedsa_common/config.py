@@ -144,43 +144,169 @@ def refuse_placeholder(field: str, enable: bool) -> bool:
     return enable
 
 
+class LayerRule(Strict):
+    """``layers`` (one index ``"3"`` or an inclusive range ``"0-2"``) share the LoRA roles in
+    ``share`` (``[]``: those layers keep A and B local)."""
+
+    layers: str = Field(pattern=r"^\d{1,4}(-\d{1,4})?$")
+    share: list[Literal["lora_A", "lora_B"]] = Field(max_length=2)
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _int_is_one_layer(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else v
+
+    @model_validator(mode="after")
+    def _ordered_unique(self) -> LayerRule:
+        first, last = self.bounds
+        if first > last:
+            raise ValueError(f"layers: {self.layers!r} runs backwards")
+        if len(set(self.share)) != len(self.share):
+            raise ValueError("share: a role is listed twice")
+        return self
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        first, _, last = self.layers.partition("-")
+        return int(first), int(last or first)
+
+
 class AdaptiveSplitSection(Strict):
-    """Placeholder for the plan's adaptive A/B split; enabling it is an error."""
+    """Which LoRA tensors are shared, when not the algorithm's fixed split (see
+    fedsa_common/adaptive_split.py; checks against the rest in fedsa_common/adaptive_config.py).
+
+    ``layer_wise``: ``layers`` rules (first match wins; uncovered layers keep the algorithm's
+    split).  ``importance_based``: the first ``warmup_rounds`` rounds use the algorithm's
+    split, every later round shares the tensors whose importance the previous round's devices
+    agreed on (consistency >= ``threshold``).  Dumped only when enabled, so a configuration
+    without it digests as before.
+    """
 
     enable: bool = False
     strategy: Literal["fixed", "importance_based", "layer_wise"] = "fixed"
     threshold: float = Field(0.5, ge=0.0, le=1.0)
+    layers: list[LayerRule] = Field(default_factory=list, max_length=64)
+    warmup_rounds: int = Field(1, ge=1)
 
-    @field_validator("enable")
-    @classmethod
-    def _placeholder(cls, v: bool) -> bool:
-        return refuse_placeholder("fedsa_lora.adaptive_split", v)
+    @model_validator(mode="after")
+    def _layers_fit_strategy(self) -> AdaptiveSplitSection:
+        if self.strategy == "layer_wise" and self.enable and not self.layers:
+            raise ValueError("layers: strategy layer_wise needs at least one rule, e.g. "
+                             "[{layers: '0-2', share: [lora_A, lora_B]}]")
+        if self.layers and self.strategy != "layer_wise":
+            raise ValueError(f"layers: only for strategy layer_wise, not {self.strategy}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump_only_enabled(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return handler(self) if self.enable else {}
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the split differs from the algorithm's fixed one."""
+        return self.enable and self.strategy != "fixed"
+
+    @property
+    def importance_based(self) -> bool:
+        return self.enable and self.strategy == "importance_based"
+
+    def rules(self) -> list[tuple[int, int, frozenset[str]]]:
+        return [(*r.bounds, frozenset(r.share)) for r in self.layers]
+
+
+class PersonalizationSection(Strict):
+    """Optional personalization of local training (edge_client/personalize.py).
+
+    ``proximal_mu``: FedProx's pull ``mu * (w - global)`` on the shared tensors' gradients,
+    keeping a device near the round's global values.  ``finetune_steps``: after the round's
+    update is computed, that many more steps on the device's local tensors only, before it
+    evaluates.  Left out of dumps at the defaults (0, 0), so digests stay as before.
+    """
+
+    proximal_mu: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False)
+    finetune_steps: int = Field(0, ge=0, le=10_000)
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items() if v != 0}
 
 
 class DifferentialPrivacySection(Strict):
-    """Placeholder for the plan's differential privacy; enabling it is an error."""
+    """Device-level differential privacy of the shared-parameter updates (fedsa_common/dp.py).
+
+    Every device clips its delta to ``clip_norm``; Gaussian noise of std
+    ``noise_multiplier * clip_norm`` goes once onto the round's sum at the cloud
+    (``central``) or onto each update on its device (``local``).  Without
+    ``noise_multiplier`` it is calibrated so that ``rounds`` rounds spend ``epsilon`` at
+    ``delta``.  Setting ``population`` (devices sampled from; central mode) opts into
+    amplification by sampling at rate ``clients_per_round / population``; without it every
+    device is assumed to take part in every round.  ``clip_norm`` 1.0 is about
+    ``lr * local_steps * sqrt(#shared params)`` for the default training and MiniLM LoRA,
+    the most Adam-like steps can move an update.  Dumped only when enabled, so a
+    configuration without DP digests as before.
+    """
 
     enable: bool = False
+    mode: Literal["central", "local"] = "central"
     epsilon: float = Field(8.0, gt=0)
     delta: float = Field(1e-5, gt=0, lt=1)
+    clip_norm: float = Field(1.0, gt=0)
+    noise_multiplier: float | None = Field(None, gt=0)
+    population: int | None = Field(None, ge=1)
 
-    @field_validator("enable")
-    @classmethod
-    def _placeholder(cls, v: bool) -> bool:
-        return refuse_placeholder("fedsa_lora.privacy.differential_privacy", v)
+    @model_serializer(mode="wrap")
+    def _dump_only_enabled(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return handler(self) if self.enable else {}
+
+
+class SecureAggregationSection(Strict):
+    """Secure aggregation at the regional hub (fedsa_common/secagg): the hub learns only the
+    sum of its region's updates.  ``threshold_fraction`` of a region's roster must stay to
+    the end (default 2/3: up to a third may drop out); ``clip`` bounds every sent value and
+    ``max_weight`` every device's weight (its sample count) in the fixed-point encoding.
+    Needs compression randk or dense; checked in fedsa_common/secagg/config_check.py.
+    Dumped only when enabled, so a configuration without it digests as before.
+    """
+
+    enable: bool = False
+    threshold_fraction: float = Field(2 / 3, gt=0.5, le=1.0)
+    min_clients: int = Field(3, ge=2)
+    clip: float = Field(1.0, gt=0)
+    max_weight: int = Field(4096, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _dump_only_enabled(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return handler(self) if self.enable else {}
 
 
 class PrivacySection(Strict):
     differential_privacy: DifferentialPrivacySection = DifferentialPrivacySection()
+    secure_aggregation: SecureAggregationSection = SecureAggregationSection()
+
+    @model_serializer(mode="wrap")
+    def _omit_disabled(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Sub-sections that dump nothing (disabled) are left out altogether."""
+        return {k: v for k, v in handler(self).items() if v != {}}
 
 
 class FedsaLoraSection(Strict):
     algorithm: Algorithm = "fedsa"
     compression: CompressionSection = CompressionSection()
-    # Placeholders (validated, refused when enabled) are left out of dumps, so they change
-    # neither the config digest, checkpoints and bench reuse, nor what devices receive.
-    adaptive_split: AdaptiveSplitSection = Field(AdaptiveSplitSection(), exclude=True)
-    privacy: PrivacySection = Field(PrivacySection(), exclude=True)
+    # dumped only when enabled / not at the defaults (devices must then receive them), so
+    # a configuration without them keeps its digest, checkpoints and bench reuse
+    adaptive_split: AdaptiveSplitSection = AdaptiveSplitSection()
+    personalization: PersonalizationSection = PersonalizationSection()
+    # dumped only when something in it is enabled (devices must then receive it)
+    privacy: PrivacySection = PrivacySection()
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_privacy(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in ("adaptive_split", "personalization", "privacy"):
+            if data.get(key) == {}:
+                del data[key]
+        return data
 
 
 class TrainingSection(Strict):
@@ -199,6 +325,58 @@ class SamplingSection(Strict):
     clients_per_round: int | None = Field(None, ge=1)
     min_clients: int = Field(1, ge=1)
     wait_for_clients_s: float = Field(600.0, gt=0)
+
+
+_AGGREGATION_DEFAULTS: dict[str, Any] = {"rule": "mean", "trim_fraction": 0.2,
+                                         "clip_norm": None, "weighting": "samples",
+                                         "similarity_floor": 0.1}
+
+
+class AggregationSection(Strict):
+    """How a regional hub combines its devices' updates (see ``hub/robust.py``).
+
+    ``mean``: the sample-weighted running sum (FedAvg).  ``median`` / ``trimmed_mean``: the
+    region keeps every update of the round and forwards their coordinate-wise median or
+    trimmed mean (unweighted), robust to a minority of malicious devices *per region*.
+    ``clip_norm`` scales every update down to that L2 norm before any rule.
+    ``weighting`` (rule mean): ``samples`` weighs an update by its sample count;
+    ``similarity`` also by its agreement with the last global change, a factor in
+    [``similarity_floor``, 1] (hub/weighting.py), so no device counts for more than its
+    samples and a dissenting one for at least ``similarity_floor`` of them.
+    """
+
+    rule: Literal["mean", "median", "trimmed_mean"] = "mean"
+    trim_fraction: float = Field(0.2, ge=0.0, lt=0.5)  # dropped at each end, per coordinate
+    clip_norm: float | None = Field(None, gt=0)
+    weighting: Literal["samples", "similarity"] = "samples"
+    similarity_floor: float = Field(0.1, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _trim_only_for_trimmed_mean(self) -> AggregationSection:
+        if "trim_fraction" in self.model_fields_set and self.rule != "trimmed_mean":
+            raise ValueError(f"trim_fraction: only for rule trimmed_mean, not {self.rule}")
+        return self
+
+    @model_validator(mode="after")
+    def _similarity_only_for_mean(self) -> AggregationSection:
+        if "similarity_floor" in self.model_fields_set and self.weighting != "similarity":
+            raise ValueError("similarity_floor: only for weighting similarity")
+        if self.weighting == "similarity" and self.rule != "mean":
+            raise ValueError(f"weighting: similarity weighs the mean; rule {self.rule} is "
+                             "unweighted")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump only what differs from the defaults (see CompressionSection)."""
+        data = handler(self)
+        return {k: v for k, v in data.items()
+                if k not in _AGGREGATION_DEFAULTS or v != _AGGREGATION_DEFAULTS[k]}
+
+    @property
+    def robust(self) -> bool:
+        """Whether the region keeps individual updates for a robust rule."""
+        return self.rule != "mean"
 
 
 class RoundPolicySection(Strict):
@@ -222,6 +400,29 @@ class RoundPolicySection(Strict):
     resend_s: float = Field(5.0, gt=0)
     max_update_norm: float | None = Field(None, gt=0)
     max_samples_per_update: int = Field(1_000_000, ge=1)
+    aggregation: AggregationSection = AggregationSection()
+
+    @model_validator(mode="after")
+    def _robust_needs_whole_rounds(self) -> RoundPolicySection:
+        """A robust rule needs a region's whole cohort at once; modes that forward updates
+        one by one (async, over-selection, late updates) would bypass it."""
+        if self.aggregation.robust:
+            bad = [f"{k} {v}" for k, v, ok in (("mode", self.mode, "sync"),
+                                               ("over_select", self.over_select, 1.0),
+                                               ("late", self.late, "drop")) if v != ok]
+            if bad:
+                raise ValueError(f"aggregation.rule: {self.aggregation.rule} needs mode sync, "
+                                 f"over_select 1 and late drop, not {', '.join(bad)}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_aggregation(self, handler: SerializerFunctionWrapHandler
+                                  ) -> dict[str, Any]:
+        """Leave ``aggregation`` out at its defaults so digests stay as they were."""
+        data = handler(self)
+        if data.get("aggregation") == {}:
+            del data["aggregation"]
+        return data
 
 
 class TransportSection(Strict):
@@ -239,6 +440,33 @@ class FederationConfig(Strict):
     round_policy: RoundPolicySection = RoundPolicySection()
     server_lr: float = Field(1.0, gt=0)
     transport: TransportSection = TransportSection()
+
+    @model_validator(mode="after")
+    def _privacy_fits(self) -> FederationConfig:
+        from fedsa_common.dp import config_conflicts
+
+        problems = config_conflicts(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _secure_aggregation_fits(self) -> FederationConfig:
+        from fedsa_common.secagg.config_check import secagg_conflicts
+
+        problems = secagg_conflicts(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _adaptive_fits(self) -> FederationConfig:
+        from fedsa_common.adaptive_config import adaptive_conflicts
+
+        problems = adaptive_conflicts(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def digest(self) -> str:
         """Short stable hash, carried in announcements so every party can tell configs apart."""

@@ -14,6 +14,7 @@ hub can count and drop bad input without crashing.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -152,17 +153,47 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _loads_strict(raw: bytes) -> Any:
-    """Strict JSON decode; raises ``ValueError`` or ``RecursionError`` on bad input."""
-    return json.loads(
-        raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_no_duplicates
+def _finite_float(token: str) -> float:
+    """Refuse number literals that overflow to infinity (``1e400``): a disguised Infinity."""
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"number {token[:20]} overflows a float")
+    return value
+
+
+def _check_strings(obj: Any) -> None:
+    """Refuse strings that are not valid Unicode text: JSON's ``\\ud800`` escape decodes to a
+    lone surrogate, which every later UTF-8 encode (logs, state files, a summary sent on)
+    would fail on, far from here.  Iterative, so depth costs no recursion."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                item.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def loads_strict(raw: bytes) -> Any:
+    """Strict JSON decode of untrusted bytes: UTF-8 only (also inside ``\\u`` escapes), no
+    NaN/Infinity (spelled out or overflowing), no duplicate keys.  Raises ``ValueError`` or
+    ``RecursionError`` (deep nesting) on bad input; callers turn both into a WireError."""
+    obj = json.loads(
+        raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float,
+        object_pairs_hook=_no_duplicates,
     )
+    _check_strings(obj)
+    return obj
 
 
 def _parse_header(raw: bytes) -> dict[str, Any]:
     """Decode the JSON header; deep nesting (RecursionError) counts as bad input too."""
     try:
-        header = _loads_strict(raw)
+        header = loads_strict(raw)
     except (ValueError, RecursionError) as exc:
         raise WireError("bad_header", f"invalid JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -182,7 +213,7 @@ def _parse_body(body: bytes, *, max_tensors: int) -> dict[str, torch.Tensor]:
     if st_header_len > len(body) - _ST_LEN.size:
         raise WireError("truncated", "safetensors header runs past the end of the message")
     try:
-        st_header = _loads_strict(body[_ST_LEN.size : _ST_LEN.size + st_header_len])
+        st_header = loads_strict(body[_ST_LEN.size : _ST_LEN.size + st_header_len])
     except (ValueError, RecursionError) as exc:
         raise WireError("bad_tensor", f"invalid safetensors header: {exc}") from None
     if not isinstance(st_header, dict):

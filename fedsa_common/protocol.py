@@ -8,18 +8,32 @@ counts and logs.
 
 from __future__ import annotations
 
-import json
+import math
 import re
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
-from fedsa_common.envelope import PROTOCOL_VERSION, Envelope, pack, unpack
+from fedsa_common.config import FederationConfig
+from fedsa_common.envelope import PROTOCOL_VERSION, Envelope, loads_strict, pack, unpack
 from fedsa_common.errors import WireError
 
 NAME_RE = r"^[A-Za-z0-9_.-]{1,64}$"
+#: Largest round, version or sequence number a header may carry (2**53 - 1: exact in every
+#: JSON parser).  Unbounded integers would make ids such as "region:round:seq" longer than
+#: an Ack may carry, and a hub that builds the Ack would fail on it.
+MAX_WIRE_INT = 2**53 - 1
 _NAME = re.compile(NAME_RE)
 
 
@@ -53,6 +67,17 @@ class Topics:
 
     def update_filter(self, region: str) -> str:
         return f"{self.base}/region/{region}/update/+"
+
+    def secagg_up(self, region: str, client: str) -> str:
+        """Secure aggregation, device -> regional hub (stage named in the header)."""
+        return f"{self.base}/region/{region}/secagg/up/{client}"
+
+    def secagg_up_filter(self, region: str) -> str:
+        return f"{self.base}/region/{region}/secagg/up/+"
+
+    def secagg_down(self, region: str, client: str) -> str:
+        """Secure aggregation, regional hub -> one device (stage named in the header)."""
+        return f"{self.base}/region/{region}/secagg/down/{client}"
 
     def partial(self, region: str) -> str:
         return f"{self.base}/cloud/partial/{region}"
@@ -95,11 +120,22 @@ class Topics:
         return f"{self.base}/status/+/+"
 
 
+#: A parameter's wire name (``bert.encoder.layer.0.attention.self.query.lora_A.weight``).
+TensorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.]{1,200}$")]
+Importance = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+MAX_IMPORTANCE = 512  # tensors per importance report: MiniLM's query/value LoRA has 24
+
+
+def _omit_none(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Drop optional fields that are absent, so headers read as before they existed."""
+    return {k: v for k, v in data.items() if not (k in keys and v is None)}
+
+
 class Header(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     proto: int = PROTOCOL_VERSION
     federation: str = Field(pattern=NAME_RE)
-    round: int = Field(ge=0)
+    round: int = Field(ge=0, le=MAX_WIRE_INT)
 
 
 class AnnounceHeader(Header):
@@ -129,10 +165,37 @@ class UpdateHeader(Header):
     num_samples: int = Field(ge=1)
     train_loss: float | None = None
     train_s: float | None = Field(None, ge=0)
+    # adaptive split (importance_based only): the device's per-tensor LoRA importance
+    importance: dict[TensorName, Importance] | None = Field(None, max_length=MAX_IMPORTANCE)
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_importance(self, handler: SerializerFunctionWrapHandler
+                                ) -> dict[str, Any]:
+        """Without the adaptive split an update header reads as before the field."""
+        return _omit_none(handler(self), ("importance",))
 
     @property
     def update_id(self) -> str:
         return f"{self.client}:{self.round}"
+
+
+class ImportanceSummary(BaseModel):
+    """A region's importance reports, summed (fedsa_common.adaptive_split.ImportanceStats):
+    per tensor (reports naming it, sum, sum of squares) of normalized importances in [0, 1],
+    so one row per tensor however many devices reported."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    reports: int = Field(ge=1, le=MAX_WIRE_INT)
+    tensors: dict[TensorName, tuple[int, float, float]] = Field(max_length=MAX_IMPORTANCE)
+
+    @model_validator(mode="after")
+    def _rows_possible(self) -> ImportanceSummary:
+        for name, (n, s, ss) in self.tensors.items():
+            slack = 1e-9 * max(1, n)
+            if not (1 <= n <= self.reports and math.isfinite(s) and math.isfinite(ss)
+                    and 0 <= s <= n + slack and 0 <= ss <= s + slack):
+                raise ValueError(f"importance row of {name} is impossible: {n}, {s}, {ss}")
+        return self
 
 
 class PartialHeader(Header):
@@ -146,14 +209,20 @@ class PartialHeader(Header):
     kind: Literal["partial"] = "partial"
     region: str = Field(pattern=NAME_RE)
     base_version: int = Field(ge=0)
-    seq: int = Field(0, ge=0)
+    seq: int = Field(0, ge=0, le=MAX_WIRE_INT)
     final: bool = True
     count: int = Field(ge=0)
-    weight: float = Field(ge=0)
+    weight: float = Field(ge=0, allow_inf_nan=False)  # "inf" as a string coerces otherwise
     accepted: list[str]
     rejected: dict[str, int] = {}
     duplicates: int = Field(0, ge=0)
     bytes_in: int = Field(0, ge=0)
+    importance: ImportanceSummary | None = None  # adaptive split (importance_based) only
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_importance(self, handler: SerializerFunctionWrapHandler
+                                ) -> dict[str, Any]:
+        return _omit_none(handler(self), ("importance",))
 
 
 class Ack(BaseModel):
@@ -186,6 +255,23 @@ class RoundSummary(BaseModel):
     bytes_in: int = 0
     started_at: float
     duration_s: float = Field(ge=0)
+    # differential privacy (absent without it): epsilon spent after this round at dp_delta;
+    # the round's accounting step (noise multiplier, sampling rate) when it spent budget
+    dp_epsilon: float | None = Field(None, ge=0)
+    dp_delta: float | None = Field(None, gt=0, lt=1)
+    dp_noise_multiplier: float | None = Field(None, gt=0)
+    dp_sample_rate: float | None = Field(None, gt=0, le=1)
+    # adaptive split (absent without it): the tensors this round shared, and the cloud's
+    # decision for the next round
+    shared: list[str] | None = None
+    next_shared: list[str] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_dp(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without DP or an adaptive split a summary (and the checkpoint history) reads as
+        before the fields."""
+        return {k: v for k, v in handler(self).items()
+                if not ((k.startswith("dp_") or k in ("shared", "next_shared")) and v is None)}
 
 
 class Metrics(BaseModel):
@@ -228,7 +314,8 @@ def parse_header(cls: type[H], raw: Mapping[str, Any]) -> H:
     try:
         return cls.model_validate(dict(raw))
     except ValidationError as err:
-        raise WireError("bad_header", str(err.errors()[0])) from None
+        # bounded: the error repeats the offending input, which a hostile header makes huge
+        raise WireError("bad_header", str(err.errors(include_url=False)[0])[:300]) from None
 
 
 def encode_message(header: BaseModel, tensors: Mapping[str, torch.Tensor]) -> bytes:
@@ -240,6 +327,16 @@ def decode_message(cls: type[H], data: bytes, *, max_bytes: int) -> tuple[H, Env
     return parse_header(cls, env.header), env
 
 
+def announced_config(header: AnnounceHeader) -> FederationConfig:
+    """The federation configuration an announcement carries, validated; a configuration that
+    does not validate is a ``WireError("bad_header")`` like any other bad header field, so a
+    hostile announcement is counted and ignored instead of killing the hub or device."""
+    try:
+        return FederationConfig.model_validate(header.config)
+    except ValidationError as err:
+        raise WireError("bad_header", f"announced config: {str(err)[:200]}") from None
+
+
 def encode_json(model: BaseModel) -> bytes:
     return model.model_dump_json().encode()
 
@@ -248,6 +345,6 @@ def decode_json(cls: type[H], data: bytes, max_bytes: int = 65_536) -> H:
     if len(data) > max_bytes:
         raise WireError("too_large", f"{len(data)} bytes")
     try:
-        return cls.model_validate(json.loads(data))
-    except (ValueError, ValidationError) as err:
+        return cls.model_validate(loads_strict(data))
+    except (ValueError, RecursionError, ValidationError) as err:  # deep nesting: RecursionError
         raise WireError("bad_header", str(err)[:200]) from None

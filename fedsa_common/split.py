@@ -41,6 +41,12 @@ def _check(algorithm: str) -> None:
         raise ValueError(f"unknown algorithm {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
 
 
+def shared_roles(algorithm: str) -> frozenset[Role]:
+    """The roles ``algorithm`` shares (the default of layers a layer-wise split leaves)."""
+    _check(algorithm)
+    return _SHARED[algorithm]
+
+
 def shared_names(names: Iterable[str], algorithm: str) -> list[str]:
     """Parameters whose deltas leave the device and are aggregated."""
     _check(algorithm)

@@ -24,6 +24,11 @@ so there they only queue the packets and return.
 
 We speak MQTT 3.1.1, which both Mosquitto and the embedded amqtt broker support (amqtt has no
 MQTT 5).
+
+Authentication (``fedsa_common.broker_auth``): ``mqtts://`` URLs use TLS with certificate and
+host-name checks; a user name and password come from the URL or ``auth``. A broker that refuses
+the credentials on the first connect makes ``connect()`` fail at once instead of retrying until
+its timeout: that is a configuration error, not an outage.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-from fedsa_common.broker import parse_broker_url
+from fedsa_common.broker_auth import BrokerAuth, redact_url, resolve_endpoint, tls_context
 from fedsa_common.chunking import (
     FRAME_HEADER_BYTES,
     MIN_CHUNK_BYTES,
@@ -64,6 +69,9 @@ class _QuietPahoShutdown(logging.Filter):
 
 _paho_log = logging.getLogger(f"{__name__}.paho")
 _paho_log.addFilter(_QuietPahoShutdown())
+
+# CONNACK reasons (paho's names, same for MQTT 3.1.1 and 5) that no retry will change.
+_AUTH_REFUSALS = frozenset({"Bad user name or password", "Not authorized"})
 
 Handler = Callable[[str, bytes], None]
 RejectHandler = Callable[[str, WireError], None]
@@ -191,18 +199,20 @@ class MqttSession:
         on_connect: Callable[[], None] | None = None,
         on_reject: RejectHandler | None = None,
         max_message_bytes: int = 8_000_000,
+        auth: BrokerAuth | None = None,
     ) -> None:
         if payload_limit < FRAME_HEADER_BYTES + MIN_CHUNK_BYTES:
             raise ValueError(f"payload_limit must be >= {FRAME_HEADER_BYTES + MIN_CHUNK_BYTES}")
         if not 0 < reconnect_min_s <= reconnect_max_s:
             raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
-        self.broker_url = broker_url
+        endpoint = resolve_endpoint(broker_url, auth)
+        self.broker_url = redact_url(broker_url)  # used in messages only
         self.client_id = client_id
         self.payload_limit = payload_limit
         self.stats: dict[str, int] = dict.fromkeys(
             ("bytes_published", "bytes_received", "frames_rejected"), 0
         )
-        self._host, self._port = parse_broker_url(broker_url)
+        self._host, self._port, self._tls = endpoint.host, endpoint.port, endpoint.tls
         self._keepalive = keepalive
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
@@ -214,6 +224,7 @@ class MqttSession:
         self._retained_chunks: dict[str, int] = {}  # topic -> frames last published retained
         self._subacks = _AckWaiter()
         self._connected_once = threading.Event()
+        self._settled = threading.Event()  # connected, or refused for good (bad credentials)
         self._stopping = threading.Event()
         self._net_thread: int | None = None
         self._attempts = 0
@@ -228,6 +239,10 @@ class MqttSession:
             protocol=MQTTProtocolVersion.MQTTv311,
         )
         client.enable_logger(_paho_log)
+        if endpoint.username is not None:
+            client.username_pw_set(endpoint.username, endpoint.password)
+        if endpoint.tls:
+            client.tls_set_context(tls_context(auth))
         client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]
         if will is not None:
             _check_topic(will.topic)
@@ -246,8 +261,9 @@ class MqttSession:
         """Start the network thread and wait until the broker accepted the connection.
 
         Retries with exponential backoff and jitter; raises ``ConnectionError`` naming the URL
-        if not connected within ``timeout`` (the session is then closed). Once connected, paho
-        reconnects on its own after any drop. Call at most once per session.
+        if not connected within ``timeout``, or at once if the broker refused the credentials
+        (the session is then closed). Once connected, paho reconnects on its own after any
+        drop. Call at most once per session.
         """
         self._ensure_open()
         if self._started:
@@ -255,11 +271,13 @@ class MqttSession:
         self._started = True
         self._client.connect_async(self._host, self._port, self._keepalive)
         self._client.loop_start()
-        if not self._connected_once.wait(timeout):
+        refused = self._settled.wait(timeout) and not self._connected_once.is_set()
+        if not self._connected_once.is_set():
             self.close()
+            when = "" if refused else f" within {timeout:.1f}s"
             raise ConnectionError(
-                f"could not connect to MQTT broker {self.broker_url} as {self.client_id!r} "
-                f"within {timeout:.1f}s (last error: {self._last_error})"
+                f"could not connect to MQTT broker {self.broker_url} as {self.client_id!r}"
+                f"{when} (last error: {self._last_error})"
             )
 
     @property
@@ -455,6 +473,8 @@ class MqttSession:
             log.warning(
                 "%s: broker %s refused connection: %s", self.client_id, self.broker_url, reason_code
             )
+            if str(reason_code) in _AUTH_REFUSALS and not self._connected_once.is_set():
+                self._settled.set()  # retrying with the same credentials cannot help
             return
         self._attempts = 1  # the next connect is a reconnect and gets jitter
         log.info(
@@ -465,6 +485,7 @@ class MqttSession:
         )
         self._resubscribe()
         self._connected_once.set()
+        self._settled.set()
         if self._user_on_connect is not None:
             try:
                 self._user_on_connect()
@@ -484,7 +505,9 @@ class MqttSession:
             self._subacks.ignore(mid)
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._last_error = f"cannot reach {self._host}:{self._port}"
+        self._last_error = f"cannot reach {self._host}:{self._port}" + (
+            " or TLS handshake failed (check the CA and that the URL's host name is in the "
+            "broker certificate)" if self._tls else "")
         log.debug("%s: connection attempt to %s failed", self.client_id, self.broker_url)
 
     def _handle_disconnect(

@@ -1,4 +1,5 @@
-"""The cloud hub's durable state: global shared parameters plus round bookkeeping.
+"""The cloud hub's durable state: global shared parameters plus round bookkeeping (and,
+with an adaptive split, the global value of every LoRA tensor and the current split).
 
 Written atomically after every round (tensors first, then the JSON that names them), so a
 crash at any point leaves the previous complete checkpoint readable.
@@ -24,6 +25,9 @@ class CloudState:
     params: dict[str, torch.Tensor]
     config_hash: str
     history: list[dict[str, Any]] = field(default_factory=list)
+    # adaptive split only: the tensors the next round shares (``params`` then holds every
+    # LoRA tensor); None under a fixed split, where every held tensor is shared
+    shared: list[str] | None = None
 
 
 def save_checkpoint(state_dir: Path, state: CloudState) -> None:
@@ -37,6 +41,7 @@ def save_checkpoint(state_dir: Path, state: CloudState) -> None:
             "tensors": tensors_name,
             "config_hash": state.config_hash,
             "history": state.history,
+            **({"shared": sorted(state.shared)} if state.shared is not None else {}),
         },
     )
     for old in Path(state_dir).glob("global-v*.safetensors"):
@@ -55,4 +60,5 @@ def load_checkpoint(state_dir: Path) -> CloudState | None:
         params=read_tensors(Path(state_dir) / meta["tensors"]),
         config_hash=str(meta["config_hash"]),
         history=list(meta.get("history", [])),
+        shared=list(meta["shared"]) if meta.get("shared") is not None else None,
     )

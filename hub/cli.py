@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from fedsa_common import cli_auth
 from fedsa_common.config import ConfigError, load_federation_config
 
 app = typer.Typer(help="Regional and cloud hubs of a fedsa-edge federation.",
@@ -32,8 +33,13 @@ def serve(
     state_dir: Annotated[Path, typer.Option(help="Where checkpoints and state are written.")],
     region: Annotated[str | None, typer.Option(help="Region served (regional role).")] = None,
     broker: Annotated[str | None, typer.Option(
-        help="mqtt://HOST:PORT. Cloud role without it starts a broker (Mosquitto if installed, "
-             "else the embedded one) and prints its URL.")] = None,
+        help="mqtt://HOST:PORT or mqtts://HOST:PORT (TLS). Cloud role without it (and without "
+             "--credentials) starts a broker (Mosquitto if installed, else the embedded one) "
+             "and prints its URL.")] = None,
+    credentials: cli_auth.Credentials = None,
+    username: cli_auth.Username = None,
+    password_file: cli_auth.PasswordFile = None,
+    tls_ca: cli_auth.TlsCa = None,
     config: Annotated[Path | None, typer.Option(
         help="Federation YAML (cloud role): model, fedsa_lora, rounds, training, ...")] = None,
     payload_limit: Annotated[int, typer.Option(help="Largest MQTT payload sent (bytes).")]
@@ -54,8 +60,13 @@ def serve(
             raise typer.BadParameter("required for --role regional", param_hint="--region")
         from hub.regional import RegionalHub
 
-        hub = RegionalHub(broker or "mqtt://127.0.0.1:1883", federation, region, state_dir,
-                          payload_limit)
+        conn = cli_auth.connection_from_options(
+            broker, credentials, username, password_file, tls_ca,
+            default_url="mqtt://127.0.0.1:1883", federation=federation, role="regional",
+            region=region)
+        assert conn.url is not None
+        hub = RegionalHub(conn.url, federation, region, state_dir, payload_limit,
+                          auth=conn.auth)
         _start_metrics(hub, metrics_port, metrics_host)
         sys.exit(hub.run())
     try:
@@ -68,13 +79,17 @@ def serve(
     from fedsa_common.broker import start_broker
     from hub.cloud import CloudHub
 
+    conn = cli_auth.connection_from_options(
+        broker, credentials, username, password_file, tls_ca, default_url=None,
+        federation=federation, role="cloud")
+    broker = conn.url
     started = None
     if broker is None:
         started = start_broker()
         broker = started.url
         typer.echo(f"started {started.kind} broker at {broker}")
     try:
-        cloud = CloudHub(broker, cfg, state_dir)
+        cloud = CloudHub(broker, cfg, state_dir, auth=conn.auth)
         _start_metrics(cloud, metrics_port, metrics_host)
         sys.exit(cloud.run())
     finally:
@@ -96,8 +111,14 @@ def _start_metrics(hub: object, port: int, host: str) -> None:
 
 @app.command()
 def status(
-    broker: Annotated[str, typer.Option(help="mqtt://HOST:PORT of a broker the hubs use.")],
     federation: Annotated[str, typer.Option(help="Federation name.")],
+    broker: Annotated[str | None, typer.Option(
+        help="mqtt:// or mqtts:// URL of a broker the hubs use (required unless "
+             "--credentials gives one).")] = None,
+    credentials: cli_auth.Credentials = None,
+    username: cli_auth.Username = None,
+    password_file: cli_auth.PasswordFile = None,
+    tls_ca: cli_auth.TlsCa = None,
     timeout: Annotated[float, typer.Option(
         min=0.5, help="Seconds to wait for retained messages.")] = 5.0,
     json_out: Annotated[bool, typer.Option(
@@ -109,6 +130,7 @@ def status(
     broker cannot be reached."""
     import json
 
+    from fedsa_common.broker_auth import redact_url
     from fedsa_common.protocol import check_name
     from hub.status import collect, render
 
@@ -116,8 +138,14 @@ def status(
         check_name("federation", federation)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--federation") from None
+    conn = cli_auth.connection_from_options(
+        broker, credentials, username, password_file, tls_ca, default_url=None,
+        federation=federation, role="monitor")
+    if conn.url is None:
+        raise typer.BadParameter("give --broker or --credentials", param_hint="--broker")
+    broker = redact_url(conn.url)  # for messages
     try:
-        snap = collect(broker, federation, timeout_s=timeout)
+        snap = collect(conn.url, federation, timeout_s=timeout, auth=conn.auth)
     except (ConnectionError, ValueError) as err:
         typer.echo(f"cannot read status from {broker}: {err}", err=True)
         raise typer.Exit(2) from None
@@ -176,3 +204,60 @@ def config_template(
         typer.echo(f"unknown template {name!r}; available: {', '.join(TEMPLATES)}", err=True)
         raise typer.Exit(2)
     typer.echo(TEMPLATES[name][1], nl=False)
+
+
+@app.command()
+def provision(
+    federation: Annotated[str, typer.Option(help="Federation name (a topic level).")],
+    out: Annotated[Path, typer.Option(
+        help="Output directory (created; re-running on it keeps the CA and existing "
+             "passwords).")],
+    region: Annotated[list[str] | None, typer.Option(
+        help="REGION=DEV,DEV,... (repeatable); a region without '=' gets a hub and no "
+             "devices.")] = None,
+    devices: Annotated[Path | None, typer.Option(
+        help="CSV of client,region rows (header optional), added to --region.")] = None,
+    host: Annotated[list[str] | None, typer.Option(
+        help="Host name or IP devices and hubs use to reach the broker (repeatable; all go "
+             "into the server certificate, the first into the credentials' broker URL). "
+             "Default: localhost and 127.0.0.1.")] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TLS listener port.")] = 8883,
+    bind: Annotated[str | None, typer.Option(
+        help="Address the listener binds (default: all interfaces).")] = None,
+    broker_user: Annotated[str | None, typer.Option(
+        help="Account a root-started Mosquitto switches to (its `user` option); the files it "
+             "reads are handed to it. Use 'mosquitto' for the Debian package's service.")]
+    = None,
+    max_packet_bytes: Annotated[int, typer.Option(
+        min=1024, help="Broker packet size cap (keep above the federation's payload_limit).")]
+    = 4_000_000,
+    rotate: Annotated[bool, typer.Option(
+        help="Issue new passwords to every account (the CA is kept).")] = False,
+) -> None:
+    """Write a TLS + password + ACL configuration for Mosquitto and one credentials file per
+    device, regional hub, cloud hub and monitor.
+
+    Each device may publish only its own updates, presence and metrics and read only the
+    round announcement and its own acknowledgements; see docs/security.md for the full table.
+    Start the broker with `mosquitto -c OUT/mosquitto.conf`."""
+    from hub.provision import (
+        ProvisionSpec,
+        merge_regions,
+        parse_region_options,
+        read_devices_csv,
+        summary_text,
+    )
+    from hub.provision import provision as write_provision
+
+    try:
+        regions = parse_region_options(region or [])
+        if devices is not None:
+            regions = merge_regions(regions, read_devices_csv(devices))
+        spec = ProvisionSpec(federation=federation, regions=regions,
+                             hosts=host or ["localhost", "127.0.0.1"], port=port, bind=bind,
+                             broker_user=broker_user, max_packet_bytes=max_packet_bytes)
+        result = write_provision(spec, out, rotate=rotate)
+    except (ValueError, OSError) as err:
+        typer.echo(f"hub provision: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(summary_text(spec, result))

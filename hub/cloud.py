@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 
+from fedsa_common.adaptive_split import ImportanceStats
 from fedsa_common.atomic import read_json, read_tensors, write_bytes, write_json, write_tensors
+from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.config import FederationConfig
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import (
@@ -39,10 +41,11 @@ from fedsa_common.protocol import (
     encode_json,
     encode_message,
 )
-from fedsa_common.split import shared_names
 from hub.aggregation import RunningSum, apply_server_update
 from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
+from hub.privacy import CloudPrivacy
 from hub.process import Event, HubProcess
+from hub.split_policy import SplitPolicy, check_held, describe
 from quant.adapters import adapter_shapes, init_adapter_values
 
 log = logging.getLogger("fedsa.hub.cloud")
@@ -57,8 +60,14 @@ def initial_global(config: FederationConfig) -> dict[str, torch.Tensor]:
     if config.model.num_labels is None:
         raise ValueError("model.num_labels must be set in the cloud hub's configuration")
     shapes = adapter_shapes(config.model, config.model.num_labels)
-    names = shared_names(shapes, config.fedsa_lora.algorithm)
+    names = SplitPolicy(config, list(shapes)).held()  # with an adaptive split: all of A, B
     return init_adapter_values({n: shapes[n] for n in names}, config.federation.seed)
+
+
+def shared_now(state: CloudState) -> list[str]:
+    """The tensors the next announcement shares: the checkpoint's current split, or every
+    tensor the cloud holds under a fixed split."""
+    return sorted(state.params if state.shared is None else state.shared)
 
 
 def select_clients(online: dict[str, str], k: int | None, seed: int, rnd: int
@@ -94,6 +103,7 @@ class Inflight:
     duplicates: int = 0
     finals: set[str] = field(default_factory=set)
     bytes_in: int = 0
+    importance: ImportanceStats = field(default_factory=ImportanceStats)  # importance_based
 
     def save(self, state_dir: Path) -> None:
         write_bytes(state_dir / INFLIGHT_ANNOUNCE, self.announce_payload)
@@ -104,6 +114,7 @@ class Inflight:
             "seen": sorted(self.seen), "applied": self.applied, "dropped": self.dropped,
             "rejected": dict(self.rejected), "duplicates": self.duplicates,
             "finals": sorted(self.finals), "bytes_in": self.bytes_in,
+            **({"importance": self.importance.to_json()} if self.importance.reports else {}),
         })
 
     @classmethod
@@ -121,6 +132,7 @@ class Inflight:
             seen=set(m["seen"]), applied=list(m["applied"]), dropped=dict(m["dropped"]),
             rejected=Counter(m["rejected"]), duplicates=int(m["duplicates"]),
             finals=set(m["finals"]), bytes_in=int(m["bytes_in"]),
+            importance=ImportanceStats.from_json(m.get("importance", {})),
         )
 
     @staticmethod
@@ -132,30 +144,47 @@ class Inflight:
 class CloudHub(HubProcess):
     role = "cloud"
 
-    def __init__(self, broker_url: str, config: FederationConfig, state_dir: Path) -> None:
+    def __init__(self, broker_url: str, config: FederationConfig, state_dir: Path, *,
+                 auth: BrokerAuth | None = None) -> None:
         super().__init__(broker_url, config.federation.name, "cloud", state_dir,
-                         config.transport.payload_limit, config.transport.max_message_bytes)
+                         config.transport.payload_limit, config.transport.max_message_bytes,
+                         auth=auth)
         self.config = config
         self.policy = config.round_policy
         self.online: dict[str, str] = {}  # client -> region
         self.inflight: Inflight | None = None
         self.pending_acks: list[tuple[str, Ack]] = []
         self.dirty = False
+        self.privacy = CloudPrivacy(None)  # differential privacy; set up in run()
+
+    @property
+    def privacy_epsilon_spent(self) -> float:
+        return self.privacy.epsilon
 
     def load_state(self) -> CloudState:
         state = load_checkpoint(self.state_dir)
         if state is None:
-            return CloudState(0, 0, initial_global(self.config), self.config.digest())
-        if state.config_hash != self.config.digest():
+            state = CloudState(0, 0, initial_global(self.config), self.config.digest())
+        elif state.config_hash != self.config.digest():
             raise ValueError(
                 f"checkpoint in {self.state_dir} was made with another configuration "
                 f"({state.config_hash} != {self.config.digest()}); use a fresh --state-dir"
             )
-        log.info("resuming from checkpoint: round %d, version %d", state.round, state.version)
+        else:
+            log.info("resuming from checkpoint: round %d, version %d", state.round,
+                     state.version)
+        split = SplitPolicy(self.config, list(state.params))
+        if split.adaptive:  # the checkpoint keeps the current split; a fresh start computes it
+            if state.shared is None:
+                state.shared = split.first()
+            check_held(state.params, state.shared)
+            log.info("adaptive split (%s): round %d shares %s", split.section.strategy,
+                     state.round + 1, describe(state.shared))
         return state
 
     def run(self) -> int:
         state = self.load_state()
+        self.privacy = CloudPrivacy.for_config(self.config, state.history)
         inflight = Inflight.load(self.state_dir)
         if inflight is not None and inflight.round == state.round + 1:
             self.inflight = inflight
@@ -225,13 +254,14 @@ class CloudHub(HubProcess):
             config_hash=self.config.digest(),
             deadline_s=self.policy.deadline_s,
             issued_at=time.time(),
-            shared=sorted(state.params),
+            shared=shared_now(state),
         )
-        payload = encode_message(header, state.params)
+        shared = {n: state.params[n] for n in header.shared}
+        payload = encode_message(header, shared)
         if status == "running":  # persisted first, so a restart re-announces the same round
             self.inflight = Inflight(header.round, payload, selected, header.issued_at,
                                      RunningSum.zeros({n: tuple(t.shape)
-                                                       for n, t in state.params.items()}))
+                                                       for n, t in shared.items()}))
             self.inflight.save(self.state_dir)
         nbytes = self.session.publish(self.topics.announce, payload, retain=True)
         self.counters["bytes.announced"] += nbytes
@@ -265,6 +295,8 @@ class CloudHub(HubProcess):
         rnd = state.round + 1
         if self.inflight is None or self.inflight.round != rnd:
             selected = self.sample(rnd)
+            self.privacy.note_sampling(rnd, sum(len(v) for v in selected.values()),
+                                       len(self.online))
             self.announce(state, "running", selected)
             log.info("round %d/%d announced to %d devices", rnd, self.config.rounds,
                      sum(len(v) for v in selected.values()))
@@ -292,33 +324,64 @@ class CloudHub(HubProcess):
 
     def finish_round(self, state: CloudState, fl: Inflight) -> None:
         applied = fl.total.count >= self.policy.min_quorum and fl.total.weight > 0
-        if applied:
-            state.params = apply_server_update(state.params, fl.total.mean(),
-                                               self.config.server_lr)
+        if applied:  # the round's shared tensors; the others keep their global value
+            mean = self.privacy.mean(fl.total)
+            state.params = {**state.params, **apply_server_update(
+                {n: state.params[n] for n in mean}, mean, self.config.server_lr)}
             state.version += 1
         else:
             for uid in fl.applied:
                 fl.dropped[uid] = "below_quorum"
         state.round = fl.round
+        selected = sum(len(v) for v in fl.selected.values())
+        dp_fields = self.privacy.close_round(fl.round, selected, len(self.online), applied)
+        split_fields = self.next_split(state, fl, applied)
         summary = RoundSummary(
             federation=self.federation, round=fl.round, version=state.version,
-            mode=self.policy.mode, selected=sum(len(v) for v in fl.selected.values()),
+            mode=self.policy.mode, selected=selected,
             applied=fl.applied if applied else [], dropped=fl.dropped,
             rejected=dict(fl.rejected), duplicates=fl.duplicates,
             regions_reported=sorted(fl.finals), applied_step=applied, bytes_in=fl.bytes_in,
-            started_at=fl.started, duration_s=time.time() - fl.started,
+            started_at=fl.started, duration_s=time.time() - fl.started, **dp_fields,
+            **split_fields,
         )
         record: dict[str, Any] = summary.model_dump(mode="json")
         state.history.append(record)
         save_checkpoint(self.state_dir, state)
         Inflight.clear(self.state_dir)
         self.inflight = None
-        self.session.publish_raw(self.topics.summary, encode_json(summary))
+        self.session.publish_raw(self.topics.summary, self.summary_payload(summary))
         self.round_done(fl.round, accepted=fl.total.count)
         self.publish_status(round=fl.round, version=state.version, accepted=fl.total.count)
         log.info("round %d done: %d updates from %d regions in %.1fs%s", fl.round,
                  fl.total.count, len(fl.finals), summary.duration_s,
                  "" if applied else " (below quorum, not applied)")
+
+    def next_split(self, state: CloudState, fl: Inflight, applied: bool) -> dict[str, Any]:
+        """Decide the next round's shared tensors (adaptive split only) and return the
+        summary's ``shared``/``next_shared`` fields ({} under a fixed split)."""
+        split = SplitPolicy(self.config, list(state.params))
+        if not split.adaptive:
+            return {}
+        current = sorted(fl.total.sums)
+        nxt = split.next(fl.round, fl.importance, current, applied)
+        if nxt != current:
+            log.info("round %d: next round shares %s (was %s; %d importance reports)",
+                     fl.round, describe(nxt), describe(current), fl.importance.reports)
+        state.shared = nxt
+        return {"shared": current, "next_shared": nxt}
+
+    def summary_payload(self, summary: RoundSummary) -> bytes:
+        """The summary as one raw message.  Update id lists grow with the round (and forged
+        partials can inflate them); past the payload limit they are left out of the
+        published copy, never the checkpoint, so a large round cannot stop the cloud."""
+        payload = encode_json(summary)
+        if len(payload) <= self.session.payload_limit:
+            return payload
+        log.warning("round %d summary is %d bytes > payload limit; publishing it without "
+                    "the %d applied and %d dropped ids (they are in the checkpoint)",
+                    summary.round, len(payload), len(summary.applied), len(summary.dropped))
+        return encode_json(summary.model_copy(update={"applied": [], "dropped": {}}))
 
     # ------------------------------------------------------------------ partials
     def on_partial(self, event: Event, state: CloudState) -> None:
@@ -340,11 +403,22 @@ class CloudHub(HubProcess):
             raise WireError("future", f"round {header.round}")
         if header.count != len(header.accepted):
             raise WireError("bad_header", "count does not match accepted list")
+        # no regional hub weighs an update above max_samples_per_update; a larger (finite)
+        # weight could only overflow the round's total to inf and zero the mean
+        if header.weight > header.count * self.policy.max_samples_per_update:
+            raise WireError("bad_header", f"weight {header.weight:.3g} > {header.count} "
+                                          "updates x max_samples_per_update")
         staleness = state.version - header.base_version
         if staleness < 0:
             raise WireError("wrong_base_version", str(header.base_version))
-        shapes = {n: tuple(t.shape) for n, t in state.params.items()}
-        if {n: tuple(t.shape) for n, t in env.tensors.items()} != shapes:
+        if header.importance is not None and header.importance.reports > header.count:
+            raise WireError("bad_header", "more importance reports than updates")
+        shapes = {n: tuple(t.shape) for n, t in fl.total.sums.items()}  # the round's shared
+        # a partial of an earlier round may carry that round's shared set (importance_based
+        # changes it); it is dropped as late below, whatever its shapes
+        moved = (self.config.fedsa_lora.adaptive_split.importance_based
+                 and header.round < fl.round)
+        if {n: tuple(t.shape) for n, t in env.tensors.items()} != shapes and not moved:
             raise WireError("shape_mismatch", header.region)
         sums = {n: t.to(torch.float32) for n, t in env.tensors.items()}
         if not all(bool(torch.isfinite(t).all()) for t in sums.values()):
@@ -372,5 +446,7 @@ class CloudHub(HubProcess):
             w = staleness_weight(staleness)
             fl.total.merge({n: s * w for n, s in sums.items()}, header.weight * w, header.count)
             fl.applied.extend(header.accepted)
+            if header.importance is not None:
+                fl.importance.merge(ImportanceStats.from_json(header.importance.model_dump()))
         self.pending_acks.append((header.region, Ack(kind="partial", id=pid, accepted=True,
                                                      reason=reason)))

@@ -19,11 +19,16 @@ from typing import Any
 
 import torch
 
+from fedsa_common.adaptive_split import ImportanceStats
 from fedsa_common.config import RoundPolicySection
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import AnnounceHeader, PartialHeader, UpdateHeader
 from hub.aggregation import RunningSum, l2_norm
 from hub.codec_check import announced_codec, check_declared, codec_for
+from hub.kept import KeptUpdates
+from hub.privacy import IntakeDp, fold
+from hub.robust import clip_to_norm
+from hub.similarity import SimilarityWeighting
 
 KEEP_ROUNDS = 64  # rounds of selection history kept for judging late updates
 
@@ -47,6 +52,12 @@ class RegionIntake:
     rounds: dict[int, RoundInfo] = field(default_factory=dict)
     groups: dict[int, RunningSum] = field(default_factory=dict)  # base version -> sum
     group_ids: dict[int, list[str]] = field(default_factory=dict)
+    kept: KeptUpdates = field(default_factory=KeptUpdates)  # robust rules only
+    dp: IntakeDp | None = None  # differential privacy: unit weights, central re-clipping
+    similarity: SimilarityWeighting | None = None  # weighting: similarity
+    # adaptive split (importance_based): devices' importance reports, per base version
+    collect_importance: bool = False
+    importance: dict[int, ImportanceStats] = field(default_factory=dict)
     accepted_ids: set[str] = field(default_factory=set)
     offline: set[str] = field(default_factory=set)  # devices whose last will we saw
     final_sent: bool = False
@@ -125,6 +136,8 @@ class RegionIntake:
         on_time = header.round == self.round
         if not on_time and self.policy.mode == "sync" and self.policy.late == "drop":
             raise WireError("late", uid)
+        if self.policy.aggregation.robust and self.final_sent:  # its cohort has been judged
+            raise WireError("late", f"{uid} after the region's robust partial")
         if staleness > self.policy.max_staleness:
             raise WireError("stale", f"{uid} is {staleness} versions old")
         params = check_declared(header, info.codec, info.codec_params)
@@ -137,8 +150,19 @@ class RegionIntake:
             raise WireError("non_finite", uid)
         if self.policy.max_update_norm is not None and norm > self.policy.max_update_norm:
             raise WireError("norm_bound", f"{norm:.3g} > {self.policy.max_update_norm}")
+        if self.policy.aggregation.clip_norm is not None:
+            delta = clip_to_norm(delta, self.policy.aggregation.clip_norm)
         group = self.groups.setdefault(header.base_version, RunningSum.zeros(self.shapes))
-        group.add(delta, float(header.num_samples))
+        samples = float(header.num_samples)
+        if self.similarity is not None:  # agreement with the last global change
+            samples *= self.similarity.factor(delta)
+        delta, weight = fold(self.dp, delta, samples)
+        group.add(delta, weight)
+        if self.collect_importance and header.importance:
+            self.importance.setdefault(header.base_version, ImportanceStats()).add_report(
+                header.importance)
+        if self.policy.aggregation.robust:
+            self.kept.keep(header.base_version, delta)
         self.group_ids.setdefault(header.base_version, []).append(uid)
         self.accepted_ids.add(uid)
         self.bytes_in += nbytes
@@ -155,6 +179,7 @@ class RegionIntake:
         for i, bv in enumerate(versions):
             total = self.groups.pop(bv, None) or RunningSum.zeros(self.shapes)
             ids = self.group_ids.pop(bv, [])
+            stats = self.importance.pop(bv, None)
             last = i == len(versions) - 1
             header = PartialHeader(
                 federation=self.federation, round=self.round, region=self.region,
@@ -163,9 +188,11 @@ class RegionIntake:
                 rejected=dict(self.rejected) if last else {},
                 duplicates=self.duplicates if last else 0,
                 bytes_in=self.bytes_in if last else 0,
+                importance=stats.to_json() if stats is not None and stats.reports else None,
             )
             self.seq += 1
-            out.append((header, total.as_float32()))
+            robust = self.kept.pop_sums(bv, total.weight, self.policy.aggregation)
+            out.append((header, total.as_float32() if robust is None else robust))
         if out:
             self.rejected.clear()
             self.duplicates = 0
@@ -190,6 +217,15 @@ class RegionIntake:
         }
         tensors = {f"group/{bv}/{n}": t for bv, g in self.groups.items()
                    for n, t in g.sums.items()}
+        meta["kept"], kept_tensors = self.kept.to_state()
+        if self.dp is not None:
+            meta["dp"] = self.dp.to_json()
+        tensors.update(kept_tensors)
+        if self.similarity is not None:
+            meta["similarity"], similarity_tensors = self.similarity.to_state()
+            tensors.update(similarity_tensors)
+        if self.collect_importance:
+            meta["importance"] = {str(bv): s.to_json() for bv, s in self.importance.items()}
         return meta, tensors
 
     @classmethod
@@ -206,6 +242,13 @@ class RegionIntake:
             sums = {n: tensors[f"group/{bv}/{n}"].to(torch.float64) for n in intake.shapes}
             intake.groups[bv] = RunningSum(sums, float(weight), int(count))
             intake.group_ids[bv] = list(ids)
+        intake.kept = KeptUpdates.from_state(meta.get("kept", {}), tensors, list(intake.shapes))
+        intake.dp = IntakeDp.from_json(meta.get("dp"))
+        intake.similarity = SimilarityWeighting.from_state(meta.get("similarity"), tensors)
+        if "importance" in meta:
+            intake.collect_importance = True
+            intake.importance = {int(bv): ImportanceStats.from_json(raw)
+                                 for bv, raw in meta["importance"].items()}
         intake.accepted_ids = set(meta["accepted_ids"])
         intake.offline = set(meta.get("offline", []))
         intake.final_sent = bool(meta["final_sent"])

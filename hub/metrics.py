@@ -128,7 +128,7 @@ class HubCollector(Collector):
             yield gauge("devices_online", "Devices whose retained presence says online.",
                         len(online))
         yield gauge("privacy_epsilon_spent", "Differential-privacy budget spent (epsilon); "
-                    "0 until differential privacy exists.",
+                    "0 without differential privacy.",
                     float(getattr(hub, "privacy_epsilon_spent", 0.0)))
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.config import TransportSection
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import Topics
@@ -43,6 +44,8 @@ class HubProcess:
         state_dir: Path,
         payload_limit: int = 1_000_000,
         max_message_bytes: int = TransportSection().max_message_bytes,
+        *,
+        auth: BrokerAuth | None = None,
     ) -> None:
         self.topics = Topics(federation)
         self.federation = federation
@@ -64,6 +67,7 @@ class HubProcess:
             will=Will(status_topic, json.dumps({"online": False}).encode()),
             on_reject=self._on_frame_reject,
             on_connect=lambda: self.events.put(Event("connected", "", b"", time.time())),
+            auth=auth,
         )
         self._status_topic = status_topic
 

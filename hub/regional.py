@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from fedsa_common.atomic import read_json, read_tensors, write_json, write_tensors
-from fedsa_common.config import FederationConfig, TransportSection
+from fedsa_common.broker_auth import BrokerAuth
+from fedsa_common.config import TransportSection
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import (
     Ack,
@@ -26,6 +27,7 @@ from fedsa_common.protocol import (
     PartialHeader,
     Presence,
     UpdateHeader,
+    announced_config,
     check_name,
     decode_json,
     decode_message,
@@ -33,7 +35,10 @@ from fedsa_common.protocol import (
     encode_message,
 )
 from hub.intake import RegionIntake
+from hub.privacy import intake_dp
 from hub.process import Event, HubProcess
+from hub.secagg_region import RegionSecAgg
+from hub.similarity import similarity_for
 
 log = logging.getLogger("fedsa.hub.regional")
 
@@ -46,9 +51,9 @@ class RegionalHub(HubProcess):
     role = "regional"
 
     def __init__(self, broker_url: str, federation: str, region: str, state_dir: Path,
-                 payload_limit: int = 1_000_000) -> None:
+                 payload_limit: int = 1_000_000, *, auth: BrokerAuth | None = None) -> None:
         super().__init__(broker_url, federation, check_name("region", region), state_dir,
-                         payload_limit)
+                         payload_limit, auth=auth)
         self.region = region
         self.intake = RegionIntake(region, federation)
         self.outbox: dict[str, tuple[PartialHeader, dict[str, torch.Tensor]]] = {}
@@ -60,6 +65,7 @@ class RegionalHub(HubProcess):
         self.acks: list[tuple[str, Ack]] = []  # sent once the state is persisted
         self.dirty = False
         self.next_resend = 0.0
+        self.secagg = RegionSecAgg(self)  # secure aggregation rounds (inert without them)
 
     # ------------------------------------------------------------------ persistence
     def load(self) -> None:
@@ -95,6 +101,7 @@ class RegionalHub(HubProcess):
         self.listen("announce", self.topics.announce)
         self.listen("update", self.topics.update_filter(self.region))
         self.listen("partial_ack", self.topics.partial_ack(self.region), raw=True)
+        self.listen("secagg", self.topics.secagg_up_filter(self.region))
         self.session.connect(timeout=300)
         self.publish_status(round=self.intake.round or None)
         log.info("regional hub %s serving federation %s", self.region, self.federation)
@@ -103,6 +110,7 @@ class RegionalHub(HubProcess):
             while event is not None:  # drain, then persist once and acknowledge the batch
                 self.handle(event)
                 event = self.next_event(0.0) if not self.events.empty() else None
+            self.secagg.tick()  # close secure-aggregation stages that are done or due
             self.after_batch()
             if (self.intake.round and not self.intake.final_sent
                     and time.time() >= self.deadline):
@@ -130,6 +138,8 @@ class RegionalHub(HubProcess):
                 self.on_update(event)
             elif event.kind == "presence":
                 self.on_presence(event)
+            elif event.kind == "secagg":
+                self.secagg.on_message(event)
             elif event.kind == "partial_ack":
                 self.on_partial_ack(event)
         except WireError as err:
@@ -163,13 +173,24 @@ class RegionalHub(HubProcess):
             return
         if header.round <= self.intake.round:
             return  # a retained re-delivery of a round we already serve
+        config = announced_config(header)  # before anything closes: a bad one changes nothing
         if self.intake.round and not self.intake.final_sent:
             self.forward(final=True)
-        config = FederationConfig.model_validate(header.config)
         self.max_bytes = config.transport.max_message_bytes
         shapes = {n: tuple(t.shape) for n, t in env.tensors.items()}
         self.intake.announce(header, shapes, config.round_policy,
                              config.fedsa_lora.compression.codec)
+        self.intake.dp = intake_dp(config)
+        self.intake.collect_importance = config.fedsa_lora.adaptive_split.importance_based
+        agg = config.round_policy.aggregation
+        sim = self.intake.similarity = similarity_for(self.intake.similarity, agg.weighting,
+                                                      agg.similarity_floor)
+        if sim is not None:
+            sim.announce(header.version, env.tensors)
+            if sim.reference is None:
+                log.info("round %d: no reference direction yet (first round, new shared set "
+                         "or restart): similarity factors are 1", header.round)
+        self.secagg.announce(header, config, shapes, event.received)
         self.dirty = True
         self.deadline = event.received + header.deadline_s
         self.round_started(header.round, event.received)
@@ -192,7 +213,8 @@ class RegionalHub(HubProcess):
             raise WireError("future", f"round {header.round}")
         ack_topic = self.topics.ack(self.region, header.client)
         try:
-            uid = self.intake.offer(header, env.tensors, len(event.payload))
+            uid = (self.secagg.offer(header, env.tensors) if self.secagg.handles(header)
+                   else self.intake.offer(header, env.tensors, len(event.payload)))
         except WireError as err:
             self.acks.append((ack_topic, Ack(kind="update", id=header.update_id,
                                              accepted=err.reason == "duplicate",
@@ -218,8 +240,9 @@ class RegionalHub(HubProcess):
         for header, sums in self.intake.flush(final):
             pid = f"{self.region}:{header.round}:{header.seq}"
             self.outbox[pid] = (header, sums)
-            log.info("round %d: partial %s of %d updates (base version %d)%s", header.round,
-                     pid, header.count, header.base_version, " final" if header.final else "")
+            log.info("round %d: partial %s of %d updates (base version %d, rule %s)%s",
+                     header.round, pid, header.count, header.base_version,
+                     self.intake.policy.aggregation.rule, " final" if header.final else "")
         if final:
             self.deadline = float("inf")
             self.round_done(self.intake.round)

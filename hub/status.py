@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import AnnounceHeader, Topics, decode_message
 from fedsa_common.transport import MqttSession
@@ -37,7 +38,7 @@ class Snapshot:
 
 
 def collect(broker_url: str, federation: str, timeout_s: float = 5.0,
-            settle_s: float = 1.0) -> Snapshot:
+            settle_s: float = 1.0, *, auth: BrokerAuth | None = None) -> Snapshot:
     """Subscribe, gather retained messages, and return once they stop arriving.
 
     Retained messages come right after the subscription; waiting ``settle_s`` after the
@@ -87,7 +88,7 @@ def collect(broker_url: str, federation: str, timeout_s: float = 5.0,
 
     session = MqttSession(broker_url, client_id=f"status-{federation}-{time.time_ns()}",
                           clean_session=True, max_message_bytes=256_000_000,
-                          reconnect_max_s=2.0)
+                          reconnect_max_s=2.0, auth=auth)
     session.subscribe_raw(topics.status_filter, on_status)
     session.subscribe_raw(topics.presence_filter, on_presence)
     session.subscribe(topics.announce, on_announce)

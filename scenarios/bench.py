@@ -14,7 +14,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,11 @@ from fedsa_common.config import ConfigError, validate_model
 from fedsa_common.split import ALGORITHMS
 from scenarios.bench_metrics import accuracy_curve, mean_curve, run_metrics, summarize
 from scenarios.bench_sweep import CompressionChoice, reference_label, sweep_pairs
+from scenarios.bench_variants import BASE as BASE_VARIANT
+from scenarios.bench_variants import Variant
+from scenarios.bench_variants import describe as describe_variant
 from scenarios.config import ScenarioConfig
+from scenarios.overrides import apply_overrides
 from scenarios.report_html import write_report_html
 from scenarios.runner import count_labels, run_scenario
 
@@ -35,16 +39,20 @@ RUN_MARKER = "bench-run.json"
 @dataclass(frozen=True)
 class BenchRun:
     """One (algorithm, seed) of the bench, with its overridden configuration; in a
-    compression sweep also the swept codec setting (``compression``, its label)."""
+    compression sweep also the swept codec setting (``compression``, its label); in a
+    variant comparison the variant's name (``variant``; ``base`` runs as without one)."""
 
     algorithm: str
     seed: int
     config: ScenarioConfig
     out: Path
     compression: str | None = None
+    variant: str | None = None
 
     @property
     def key(self) -> str:
+        if self.variant not in (None, BASE_VARIANT):
+            return f"{self.algorithm}-{self.variant}-s{self.seed}"
         if self.compression is None:
             return f"{self.algorithm}-s{self.seed}"
         return f"{self.algorithm}-{self.compression.replace(':', '-')}-s{self.seed}"
@@ -52,6 +60,8 @@ class BenchRun:
     @property
     def label(self) -> str:
         """What bench.md, bench.json's summary and the plots call this run's group."""
+        if self.variant not in (None, BASE_VARIANT):
+            return f"{self.algorithm} {self.variant}"
         return self.algorithm if self.compression is None else \
             f"{self.algorithm} {self.compression}"
 
@@ -93,29 +103,51 @@ def parse_seeds(text: str) -> list[int]:
 
 def run_config(base: ScenarioConfig, algorithm: str, seed: int,
                rounds: int | None = None,
-               compression: CompressionChoice | None = None) -> ScenarioConfig:
+               compression: CompressionChoice | None = None,
+               variant: Variant | None = None) -> ScenarioConfig:
     """``base`` with the algorithm, both seeds, the federation name and optionally the
-    number of rounds and the compression overridden; validated like a scenario file
-    (errors name the field)."""
+    number of rounds, the compression and a variant's overrides applied; validated like a
+    scenario file (errors name the field, prefixed by the variant)."""
     data = base.model_dump(mode="json")
     data["fedsa_lora"]["algorithm"] = algorithm
     data["federation"]["seed"] = seed
     middle = algorithm if compression is None else f"{algorithm}-{compression.slug}"
+    if variant is not None and not variant.plain:
+        middle = f"{algorithm}-{variant.name}"
     data["federation"]["name"] = f"{base.federation.name}-{middle}-s{seed}"
     if compression is not None:
         data["fedsa_lora"]["compression"] = dict(compression.settings)
     data["scenario"]["data"] = {**data["scenario"]["data"], "seed": seed}
     if rounds is not None:
         data["rounds"] = rounds
+    if variant is not None and not variant.plain:
+        data = apply_overrides(data, list(variant.overrides))
+        try:
+            return validate_model(ScenarioConfig, data)
+        except ConfigError as err:
+            raise ConfigError(f"--variant {variant.name}: {err}") from None
     return validate_model(ScenarioConfig, data)
 
 
 def plan_runs(base: ScenarioConfig, algorithms: Sequence[str], seeds: Sequence[int],
               out: Path, rounds: int | None = None,
-              compressions: Sequence[CompressionChoice] | None = None) -> list[BenchRun]:
+              compressions: Sequence[CompressionChoice] | None = None,
+              variants: Sequence[Variant] | None = None) -> list[BenchRun]:
     """Every run of the bench, algorithm-major, configurations validated up front so that
     a bad override fails before anything starts.  With ``compressions`` every algorithm
-    runs with every codec setting, plus the FedIT dense fp32 reference."""
+    runs with every codec setting, plus the FedIT dense fp32 reference; with ``variants``
+    every algorithm runs with every variant."""
+    if variants is not None:
+        if compressions is not None:
+            raise ValueError("--variant and --compression cannot be combined")
+        planned = []
+        for alg in algorithms:
+            for v in variants:
+                for seed in seeds:
+                    run = BenchRun(alg, seed, run_config(base, alg, seed, rounds, variant=v),
+                                   out, variant=v.name)
+                    planned.append(replace(run, out=out / "runs" / run.key))
+        return planned
     if compressions is None:
         return [BenchRun(alg, seed, run_config(base, alg, seed, rounds),
                          out / "runs" / f"{alg}-s{seed}")
@@ -173,6 +205,9 @@ def run_entry(run: BenchRun, report: dict[str, Any] | None, reused: bool,
     if run.compression is not None:
         entry["compression"] = run.compression
         entry["label"] = run.label
+    if run.variant is not None:
+        entry["variant"] = run.variant
+        entry["label"] = run.label
     if report is not None:
         entry["finished"] = bool(report.get("final", {}).get("finished"))
         entry["metrics"] = run_metrics(report)
@@ -190,6 +225,7 @@ def run_bench(base: ScenarioConfig, out: Path, algorithms: Sequence[str],
               seeds: Sequence[int], *, rounds: int | None = None,
               broker_url: str | None = None, scenario_file: str = "",
               compressions: Sequence[CompressionChoice] | None = None,
+              variants: Sequence[Variant] | None = None,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or reuse) every run, then write and return ``bench.json``'s content.
 
@@ -198,7 +234,7 @@ def run_bench(base: ScenarioConfig, out: Path, algorithms: Sequence[str],
     the summary, bench.md and plots group runs by label (``ALGORITHM CODEC``) and
     ``accuracy_vs_upload.png`` is drawn.
     """
-    runs = plan_runs(base, algorithms, seeds, out, rounds, compressions)
+    runs = plan_runs(base, algorithms, seeds, out, rounds, compressions, variants)
     out.mkdir(parents=True, exist_ok=True)
     broker_url = broker_for(base, broker_url)
     broker: BrokerProcess | None = None
@@ -233,7 +269,9 @@ def run_bench(base: ScenarioConfig, out: Path, algorithms: Sequence[str],
             write_json(run.out / RUN_MARKER, {"algorithm": run.algorithm, "seed": run.seed,
                                               "scenario_digest": scenario_digest(run.config),
                                               **({"compression": run.compression}
-                                                 if run.compression else {})})
+                                                 if run.compression else {}),
+                                              **({"variant": run.variant}
+                                                 if run.variant else {})})
             entry = run_entry(run, report, reused=False)
             m = entry["metrics"]
             echo(f"{tag}: done in {m['wall_s'] or 0:.0f}s, final accuracy "
@@ -257,6 +295,11 @@ def run_bench(base: ScenarioConfig, out: Path, algorithms: Sequence[str],
         bench.update(compressions=[c.label for c in compressions], labels=labels,
                      reference=reference_label(),
                      summary=summarize(entries, labels, key="label"))
+    if variants is not None:  # a comparison: runs are grouped by label as well
+        labels = list(dict.fromkeys(run.label for run in runs))
+        bench.update(variants=[{"name": v.name, "overrides": list(v.overrides)}
+                               for v in variants],
+                     labels=labels, summary=summarize(entries, labels, key="label"))
     write_outputs(bench, out)
     return bench
 
@@ -321,7 +364,12 @@ def render_markdown(bench: dict[str, Any]) -> str:
         "global LoRA with each device's own head, measured before local training (only "
         "fedit and ffa have one).",
     ]
-    if sweep:
+    if "variants" in bench:
+        lines += ["", "Runs are ALGORITHM VARIANT (ALGORITHM alone: the scenario as it is); "
+                  "variants: " + "; ".join(describe_variant(Variant(v["name"],
+                                                                      tuple(v["overrides"])))
+                                           for v in bench["variants"]) + "."]
+    if "reference" in bench:  # a compression sweep
         lines += ["", f"Runs are ALGORITHM CODEC (see `scenarios bench --help`); "
                   f"{bench['reference']} (A and B shared, uncompressed) is the reference "
                   "point of accuracy_vs_upload.png."]
@@ -352,7 +400,7 @@ def write_outputs(bench: dict[str, Any], out: Path) -> None:
     title = f"{bench['scenario']}: mean over seeds {bench['seeds']}"
     plot_accuracy_per_round(curves, out / "accuracy_per_round.png", title)
     plot_accuracy_vs_bytes(curves, out / "accuracy_vs_bytes.png", title)
-    if "labels" in bench:
+    if "reference" in bench:  # a compression sweep
         points = {g: (bench["summary"][g]["bytes_up_per_device_round"],
                       bench["summary"][g]["final_accuracy"]) for g in groups}
         plot_accuracy_vs_upload(points, bench["reference"], out / "accuracy_vs_upload.png",

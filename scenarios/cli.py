@@ -22,6 +22,9 @@ def run(
     out: Annotated[Path, typer.Option(help="Directory for report.json, logs and state.")],
     broker: Annotated[str | None, typer.Option(
         help="Use this broker (mqtt://HOST:PORT) instead of starting one.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a value of FILE: KEY=VALUE with a dotted KEY, e.g. "
+                      "round_policy.aggregation.rule=median (repeatable).")] = None,
     log_level: Annotated[str, typer.Option()] = "WARNING",
 ) -> None:
     """Run FILE once and write OUT/report.json."""
@@ -33,7 +36,7 @@ def run(
 
     setup_logging(log_level)
     try:
-        config = load_scenario(file)
+        config = load_scenario(file, set_)
         config.scenario.device_data(0)  # partition=column: owners vs topology
     except (ConfigError, DataError) as err:
         typer.echo(f"{file}: {err}", err=True)
@@ -75,16 +78,25 @@ def bench(
              "'topk:0.1:int8,topk:0.01:int4,randk:0.05:int8,dense:fp32'; every algorithm "
              "runs with each, plus fedit dense:fp32 as the reference, and "
              "OUT/accuracy_vs_upload.png is drawn.")] = None,
+    variant: Annotated[list[str] | None, typer.Option(
+        help="Compare configuration variants (repeatable): NAME:KEY=VALUE[,KEY=VALUE] or a "
+             "preset: base (the scenario as it is), prox:MU, ft:N, sim[:FLOOR], "
+             "importance[:THRESHOLD], layer_wise[:LAST]; every algorithm runs with each, "
+             "as runs/ALG-NAME-sSEED.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a value of FILE for every run: KEY=VALUE with a dotted KEY, "
+                      "e.g. scenario.data.alpha=0.1 (repeatable).")] = None,
     log_level: Annotated[str, typer.Option()] = "WARNING",
 ) -> None:
-    """Run FILE once per algorithm and seed (and codec, with --compression), each as its own
-    federation on one broker, and write OUT/bench.json, OUT/bench.md and plots. Finished
-    runs are reused on a rerun."""
+    """Run FILE once per algorithm and seed (and codec, with --compression, or variant,
+    with --variant), each as its own federation on one broker, and write OUT/bench.json,
+    OUT/bench.md and plots. Finished runs are reused on a rerun."""
     from edge_client.data import DataError
     from fedsa_common.config import ConfigError
     from fedsa_common.logs import setup_logging
     from scenarios.bench import parse_algorithms, parse_seeds, plan_runs, run_bench
     from scenarios.bench_sweep import parse_compressions
+    from scenarios.bench_variants import parse_variants
     from scenarios.config import load_scenario
 
     setup_logging(log_level)
@@ -92,18 +104,22 @@ def bench(
         algs = parse_algorithms(algorithms)
         seed_list = parse_seeds(seeds)
         sweep = None if compression is None else parse_compressions(compression)
+        variants = None if variant is None else parse_variants(variant)
+        if sweep is not None and variants is not None:
+            raise ValueError("--variant and --compression cannot be combined")
     except ValueError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
     try:
-        config = load_scenario(file)
-        for run_ in plan_runs(config, algs, seed_list, out, rounds, sweep):
+        config = load_scenario(file, set_)
+        for run_ in plan_runs(config, algs, seed_list, out, rounds, sweep, variants):
             run_.config.scenario.device_data(0)  # partition=column: owners vs topology
     except (ConfigError, DataError) as err:
         typer.echo(f"{file}: {err}", err=True)
         raise typer.Exit(2) from None
     result = run_bench(config, out, algs, seed_list, rounds=rounds, broker_url=broker,
-                       scenario_file=str(file), compressions=sweep, echo=typer.echo)
+                       scenario_file=str(file), compressions=sweep, variants=variants,
+                       echo=typer.echo)
     failed = [r for r in result["runs"] if "error" in r]
     frontier = f", {out / 'accuracy_vs_upload.png'}" if sweep else ""
     typer.echo(f"bench: {len(result['runs']) - len(failed)}/{len(result['runs'])} runs; "

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from edge_client.data import DataSpec, load_pool
 from fedsa_common.config import (
@@ -16,7 +22,9 @@ from fedsa_common.config import (
     validate_model,
 )
 from fedsa_common.protocol import check_name
+from scenarios.adversaries import AdversarySection, choose_adversaries
 from scenarios.grammar import AvailabilitySection, ExpectSection, Fault, StragglerSection
+from scenarios.overrides import apply_overrides
 from scenarios.tune_space import TuneSection
 
 
@@ -55,6 +63,21 @@ class ScenarioSection(Strict):
     stragglers: StragglerSection = StragglerSection()
     faults: list[Fault] = Field(default_factory=list)
     expect: ExpectSection = ExpectSection()
+    adversaries: AdversarySection = AdversarySection()
+
+    @model_validator(mode="after")
+    def _adversaries_exist(self) -> ScenarioSection:
+        choose_adversaries([c for _, c in self.topology.devices()], self.adversaries, self.seed)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_adversaries(self, handler: SerializerFunctionWrapHandler
+                                 ) -> dict[str, Any]:
+        """No ``adversaries`` key unless set, so existing scenario digests do not change."""
+        data = handler(self)
+        if data.get("adversaries") == {}:
+            del data["adversaries"]
+        return data
 
     @field_validator("broker")
     @classmethod
@@ -114,5 +137,6 @@ class ScenarioConfig(FederationConfig):
         return FederationConfig.model_validate(data)
 
 
-def load_scenario(path: Path) -> ScenarioConfig:
-    return validate_model(ScenarioConfig, read_yaml(path))
+def load_scenario(path: Path, overrides: list[str] | None = None) -> ScenarioConfig:
+    """The scenario file, with ``--set KEY=VALUE`` overrides (see scenarios/overrides.py)."""
+    return validate_model(ScenarioConfig, apply_overrides(read_yaml(path), overrides or []))

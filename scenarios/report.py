@@ -37,7 +37,7 @@ def round_row(obs: Observations, rnd: int, applied: set[str] | None = None) -> d
     latest: dict[str, float] = {}
     for r in sorted(k for k in obs.metrics if k <= rnd):
         latest.update({c: m.accuracy for c, m in obs.metrics[r].items()})
-    return {
+    row: dict[str, Any] = {
         "round": rnd,
         "participants": sum(len(v) for v in ann.selected.values()),
         "accepted": (len(summary.applied) if summary is not None
@@ -57,6 +57,12 @@ def round_row(obs: Observations, rnd: int, applied: set[str] | None = None) -> d
         "reported": len(metrics),
         "duration_s": (nxt.issued_at - ann.issued_at) if nxt else None,
     }
+    if summary is not None and summary.dp_epsilon is not None:  # differential privacy on
+        row["dp_epsilon"] = summary.dp_epsilon
+    if summary is not None and summary.shared is not None:  # adaptive split on
+        row["shared"] = summary.shared
+        row["next_shared"] = summary.next_shared
+    return row
 
 
 def completed_rounds(obs: Observations) -> list[int]:
@@ -139,6 +145,9 @@ def build_report(obs: Observations, *, scenario: str, algorithm: str, wall_s: fl
         "updates": update_accounting(obs),
         "online_timeline": online_timeline(obs, t0),
     }
+    spent = [r["dp_epsilon"] for r in rows if "dp_epsilon" in r]
+    if spent:
+        report["final"]["dp_epsilon"] = spent[-1]
     if extra:
         report.update(extra)
     return report

@@ -23,6 +23,7 @@ from edge_client.data import load_pool
 from edge_client.device import conditions_to_json
 from fedsa_common.atomic import write_json
 from fedsa_common.broker import BrokerProcess, start_broker
+from scenarios.adversaries import choose_adversaries, honest_accuracy
 from scenarios.config import ScenarioConfig
 from scenarios.expect import check_expectations
 from scenarios.grammar import Fault, device_conditions
@@ -183,6 +184,7 @@ def write_worker_specs(config: ScenarioConfig, broker_url: str, out: Path, t0: f
     devices = sc.topology.devices()
     conditions = device_conditions(devices, sc.availability, sc.stragglers, t0, sc.timeout_s,
                                    sc.seed)
+    attacks = choose_adversaries([c for _, c in devices], sc.adversaries, sc.seed)
     paths = []
     for w, start in enumerate(range(0, len(devices), sc.devices_per_worker)):
         chunk = devices[start : start + sc.devices_per_worker]
@@ -199,6 +201,7 @@ def write_worker_specs(config: ScenarioConfig, broker_url: str, out: Path, t0: f
                     "state_dir": str(out / "state" / "devices" / client),
                     "conditions": conditions_to_json(conditions[client]),
                     "memory_mb": sc.memory_mb,
+                    **({"attack": attacks[client].to_json()} if client in attacks else {}),
                 }
                 for i, (region, client) in enumerate(chunk)
             ],
@@ -217,8 +220,9 @@ def print_progress(monitor: Monitor, total: int, echo: Callable[[str], None]
             row = round_row(monitor.obs, rnd)
         value = row["accuracy"] if row["accuracy"] is not None else row["accuracy_latest"]
         acc = "n/a" if value is None else f"{value:.3f}"
+        eps = f", epsilon {row['dp_epsilon']:.3g}" if "dp_epsilon" in row else ""
         echo(f"round {rnd}/{total}: accuracy {acc}, {row['accepted']}/{row['participants']} "
-             f"updates, {row['bytes_up']:,} bytes up, {row['duration_s'] or 0:.1f}s")
+             f"updates, {row['bytes_up']:,} bytes up, {row['duration_s'] or 0:.1f}s{eps}")
 
     return done
 
@@ -313,6 +317,11 @@ def run_scenario(config: ScenarioConfig, out: Path, broker_url: str | None = Non
                                      "config_hash": fed_config.digest()})
     if faults is not None:
         report["faults"] = faults.log
+    if sc.adversaries.used:
+        attacks = choose_adversaries([c for _, c in sc.topology.devices()], sc.adversaries,
+                                     sc.seed)
+        report["adversaries"] = {c: a.to_json() for c, a in attacks.items()}
+        report["final"]["honest_accuracy"] = honest_accuracy(report, set(attacks))
     failed = [p.name for p in cluster.failed()]
     if failed:
         report["final"]["failed_processes"] = failed

@@ -7,8 +7,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedsa_common.adaptive_split import (
+    ImportanceStats,
     consistency,
+    decide_shared,
     importance_based_shared,
+    initial_split,
     layer_of,
     layer_wise_shared,
     normalize_importance,
@@ -80,3 +83,48 @@ def test_head_is_never_a_candidate() -> None:
     reports = [{n: 1.0 for n in NAMES}, {n: 1.0 for n in NAMES}]
     shared = importance_based_shared(reports, NAMES, 0.0, current=[])
     assert "classifier.weight" not in shared and len(shared) == len(NAMES) - 1
+
+
+# summed reports (what regions forward and the cloud decides on) -------------------------
+report_values = st.dictionaries(st.sampled_from(NAMES[:-1]), st.floats(0, 1e3), min_size=1)
+
+
+@given(st.lists(report_values, min_size=1, max_size=8), st.integers(0, 8))
+def test_summed_reports_give_the_same_consistency(reports, cut) -> None:
+    """Two regions' sums merged equal one sum of all reports, and its consistency equals
+    consistency(reports) on the raw reports."""
+    north, south = ImportanceStats(), ImportanceStats()
+    for i, r in enumerate(reports):
+        (north if i < cut else south).add_report(r)
+    north.merge(ImportanceStats.from_json(south.to_json()))
+    assert north.reports == len(reports)
+    expected = consistency(reports)
+    got = north.consistency()
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, abs=1e-6)
+
+
+def test_decision_from_sums_follows_agreement_and_keeps_a_split() -> None:
+    a0, a1, b0 = NAMES[0], NAMES[2], NAMES[1]
+    stats = ImportanceStats()
+    for r in ({a0: 1.0, a1: 0.0, b0: 1.0}, {a0: 0.0, a1: 1.0, b0: 2.0}):
+        stats.add_report(r)
+    # A tensors disagree (each device puts all A importance on a different one); B agrees
+    assert decide_shared(stats, [a0, a1, b0], 0.5, current=[a0, a1]) == [b0]
+    # nothing consistent enough: keep the current split rather than share nothing
+    assert decide_shared(stats, [a0, a1], 0.5, current=[a0, a1]) == [a0, a1]
+    one = ImportanceStats()
+    one.add_report({a0: 1.0, a1: 1.0})
+    assert decide_shared(one, [a0, a1], 0.0, current=[a1]) == [a1]
+
+
+def test_initial_split_is_the_algorithms_or_the_layer_rules() -> None:
+    assert initial_split(NAMES, "fedsa") == sorted(n for n in NAMES if ".lora_A." in n)
+    rules = [(0, 1, frozenset({"lora_A", "lora_B"}))]
+    fedsa = initial_split(NAMES, "fedsa", rules)
+    assert fedsa == sorted(n for n in NAMES if layer_of(n) is not None
+                           and (layer_of(n) <= 1 or ".lora_A." in n))
+    # layers no rule covers keep the algorithm's roles: fedit's A and B
+    assert initial_split(NAMES, "fedit", [(0, 1, frozenset())]) == sorted(
+        n for n in NAMES if layer_of(n) is not None and layer_of(n) >= 2)

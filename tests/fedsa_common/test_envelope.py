@@ -206,3 +206,25 @@ def test_mutated_messages_never_crash(data: st.DataObject) -> None:
     except WireError:
         return
     assert isinstance(env, Envelope)
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        (b'{"w":1e400}', "overflows"),  # a disguised Infinity
+        (b'{"w":-1e999}', "overflows"),
+        (b'{"id":"\\ud800"}', "surrogates"),  # a lone surrogate escape: not UTF-8 text
+        (b'{"ids":["ok",{"\\udfff":1}]}', "surrogates"),
+    ],
+)
+def test_header_json_must_be_finite_utf8_text(header: bytes, why: str) -> None:
+    """Values that parse in Python but that later encodes (logs, state files, summaries)
+    would choke on are refused at the door."""
+    with pytest.raises(WireError, match=why) as info:
+        unpack(_raw(header, st_save({})))
+    assert info.value.reason == "bad_header"
+
+
+def test_surrogate_pairs_and_large_finite_numbers_still_parse() -> None:
+    env = unpack(_raw(b'{"e":"\\ud83d\\ude00","w":1e308}', st_save({})))
+    assert env.header == {"e": "\N{GRINNING FACE}", "w": 1e308}

@@ -88,16 +88,11 @@ def test_scenario_errors_name_scenario_and_data_fields(tmp_path):
     assert "scenario.broker: must be auto, mosquitto, embedded" in result.stderr
 
 
-@pytest.mark.parametrize(("section", "field"), [
-    ({"adaptive_split": {"enable": True, "strategy": "layer_wise"}},
-     "fedsa_lora.adaptive_split.enable"),
-    ({"privacy": {"differential_privacy": {"enable": True, "epsilon": 1.0}}},
-     "fedsa_lora.privacy.differential_privacy.enable"),
-])
-def test_enabling_a_placeholder_is_not_implemented_yet(tmp_path, section, field):
+def test_layer_wise_split_without_rules_names_the_field(tmp_path):
+    section = {"adaptive_split": {"enable": True, "strategy": "layer_wise"}}
     result = validate(write(tmp_path, {"model": {"num_labels": 4}, "fedsa_lora": section}))
     assert result.exit_code == 2
-    assert f"{field}: not implemented yet" in result.stderr
+    assert "fedsa_lora.adaptive_split: layers: strategy layer_wise needs" in result.stderr
 
 
 def test_disabled_placeholders_validate_and_leave_the_digest_alone(tmp_path):

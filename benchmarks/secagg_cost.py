@@ -1,0 +1,91 @@
+"""Bytes per device per round and CPU time of secure aggregation, in memory (no broker).
+
+Drives the protocol library (fedsa_common.secagg) and its wire encoders for one region and
+one round with a third of the roster dropping after sharing, as docs/security.md reports:
+
+    python -m benchmarks.secagg_cost
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from fedsa_common.protocol import UpdateHeader, encode_message
+from fedsa_common.secagg import RoundContext, SecAggClient, SecAggParams, SecAggServer, wire
+
+
+def run(n: int, length: int, drop: int) -> tuple[dict[str, int], dict[str, float]]:
+    ctx = RoundContext("fed", 1, "r1", length, SecAggParams())
+    names = [f"dev{i:03d}" for i in range(n)]
+    clients = {c: SecAggClient(ctx, c) for c in names}
+    server = SecAggServer(ctx)
+    first = names[0]
+
+    def size(stage: str, msg: object) -> int:
+        return len(wire.encode("fed", 1, "r1", first, stage, msg))
+
+    sizes: dict[str, int] = {}
+    for c in clients.values():
+        adv = c.advertise()
+        server.add_keys(adv)
+    sizes["advertise (up)"] = size("advertise", adv)
+    roster = server.close_keys()
+    sizes["roster (down)"] = size("roster", roster)
+    t0 = time.perf_counter()
+    shares = {c: clients[c].share_keys(roster) for c in names}
+    t_share = (time.perf_counter() - t0) / n
+    for m in shares.values():
+        server.add_shares(m)
+    sizes["share_keys (up)"] = size("share_keys", shares[first])
+    delivery = server.close_shares()
+    sizes["share_delivery (down)"] = size("share_delivery", delivery[first])
+    t0 = time.perf_counter()
+    for c, d in delivery.items():
+        clients[c].receive_shares(d)
+    t_recv = (time.perf_counter() - t0) / n
+    dropped = set(random.Random(0).sample(names, drop))
+    t_mask = 0.0
+    masked = None
+    for c in names:
+        if c in dropped:
+            continue
+        x = torch.randn(length) * 0.01
+        t0 = time.perf_counter()
+        masked = clients[c].masked_input(x, 160)
+        t_mask += time.perf_counter() - t0
+        server.add_input(masked)
+    t_mask /= n - drop
+    header = UpdateHeader(federation="fed", round=1, client=first, region="r1", base_version=0,
+                          codec="secagg", num_samples=1)
+    sizes["masked update (up)"] = len(encode_message(header, wire.masked_tensors(masked)))
+    request = server.close_inputs()
+    sizes["unmask_request (down)"] = size("unmask_request", request)
+    for c in request.survivors:
+        response = clients[c].unmask(request)
+        server.add_unmask(response)
+    sizes["unmask_response (up)"] = size("unmask_response", response)
+    t0 = time.perf_counter()
+    server.finish()
+    t_finish = time.perf_counter() - t0
+    return sizes, {"share_keys": t_share, "receive_shares": t_recv, "masked_input": t_mask,
+                   "server_finish": t_finish}
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    for n, length in ((5, 3687), (12, 3687), (30, 3687), (12, 36864)):
+        drop = n // 3
+        sizes, times = run(n, length, drop)
+        protocol = sum(v for k, v in sizes.items() if "masked" not in k)
+        print(f"n={n} L={length} drop={drop}: "
+              + ", ".join(f"{k}={v}" for k, v in sizes.items()))
+        print(f"   protocol bytes/device excl. update={protocol}, "
+              f"masked update={sizes['masked update (up)']}")
+        print("   times ms: " + ", ".join(f"{k}={1e3 * v:.1f}" for k, v in times.items()))
+
+
+if __name__ == "__main__":
+    main()

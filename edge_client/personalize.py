@@ -1,0 +1,47 @@
+"""Personalization of local training (``fedsa_lora.personalization``).
+
+* Proximal term (FedProx): ``mu * (w - global)`` is added to the gradient of every shared
+  tensor, anchored at the round's announced global values, so a device on skewed data
+  drifts less from the federation.  Local tensors (B under FedSA-LoRA, the head) are free.
+* Local fine-tuning: after the round's update has been computed (the shared delta is
+  already fixed and is not affected), ``finetune_steps`` more steps train only the
+  device's *local* trainable tensors on its own data, before it evaluates.  This adapts B
+  and the head to the freshly aggregated shared parameters the device will hold next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from edge_client.microbatch import MicroBatchPlanner
+from edge_client.training import Proximal, TokenizedSplit, TrainResult, train_steps
+from fedsa_common.config import FederationConfig
+from quant.adapters import AdapterModel
+
+
+def proximal_for(config: FederationConfig, anchors: Mapping[str, torch.Tensor]
+                 ) -> Proximal | None:
+    """The proximal term of this round (None when mu is 0 or nothing is shared)."""
+    mu = config.fedsa_lora.personalization.proximal_mu
+    if mu <= 0 or not anchors:
+        return None
+    return Proximal(mu, {n: t.detach().to(torch.float32) for n, t in anchors.items()})
+
+
+def finetune_local(adapter: AdapterModel, data: TokenizedSplit, config: FederationConfig,
+                   local: Sequence[str], trainable: Sequence[str], *, seed: int,
+                   planner: MicroBatchPlanner | None = None) -> TrainResult | None:
+    """Train only the local trainable tensors for ``finetune_steps`` steps (None when there
+    are no steps or no such tensors).  Leaves only those tensors trainable; the caller
+    re-enables the rest."""
+    steps = config.fedsa_lora.personalization.finetune_steps
+    names = sorted(set(local) & set(trainable))
+    if steps <= 0 or not names:
+        return None
+    tr = config.training
+    adapter.set_trainable(names)
+    return train_steps(adapter, data, steps=steps, batch_size=tr.batch_size, lr=tr.lr,
+                       head_lr=tr.head_lr, weight_decay=tr.weight_decay, seed=seed,
+                       planner=planner, autocast=tr.autocast)

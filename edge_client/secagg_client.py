@@ -1,0 +1,205 @@
+"""A device's side of secure aggregation over MQTT (the protocol is in fedsa_common.secagg).
+
+With ``fedsa_lora.privacy.secure_aggregation`` enabled, a selected device, before it
+trains: advertises fresh keys, waits for the hub's roster, sends its encrypted shares and
+waits for the shares the others sent it (``begin``).  After training it masks its flat
+update vector (dense or the round's random-k values, in fixed point, weighted by its
+sample count) and that masked vector replaces the codec's output in the ordinary update
+message (``masked_update``), which is persisted, sent and resent like any update.  Hub
+messages that arrive later (an unmasking request, resends) are answered from the run loop
+(``poll``).
+
+If any step fails (timeout, too few devices, a share that does not authenticate, a
+request the protocol refuses) the device sits the round out; the region's sum then goes
+on without it.  The round's secrets live only in memory: a device that restarts during a
+round cannot help unmask, which the threshold tolerates.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedsa_common.config import FederationConfig
+from fedsa_common.dp import clip_update
+from fedsa_common.envelope import Envelope
+from fedsa_common.errors import WireError
+from fedsa_common.protocol import AnnounceHeader, Topics, UpdateHeader
+from fedsa_common.secagg import wire
+from fedsa_common.secagg.config_check import enabled, secagg_params
+from fedsa_common.secagg.errors import SecAggError
+from fedsa_common.secagg.messages import Roster, ShareDelivery, UnmaskRequest
+from fedsa_common.secagg.params import STAGE_FRACTIONS, RoundContext
+from fedsa_common.secagg.protocol import SecAggClient
+from fedsa_common.secagg.vector import gather, residual, vector_length
+from fedsa_common.transport import MqttSession
+from quant.codecs.common import EncodedDelta, accumulate
+
+log = logging.getLogger("fedsa.device.secagg")
+
+KEEP_ROUNDS = 4  # rounds whose secrets are kept to answer a late unmasking request
+WAIT_SLACK = 0.1  # of the deadline: how much longer than the hub's stage a device waits
+MAX_MESSAGE_BYTES = 16_000_000
+
+
+@dataclass
+class DeviceRound:
+    ctx: RoundContext
+    client: SecAggClient
+    version: int
+    shapes: dict[str, tuple[int, ...]]
+    codec: str
+    codec_params: dict[str, Any]
+    started: float
+    deadline_s: float
+    weight_one: bool  # differential privacy: unit weights
+    clip_norm: float | None  # central differential privacy: clip what is masked
+
+    def stage_deadline(self, stage: str) -> float:
+        return self.started + (STAGE_FRACTIONS[stage] + WAIT_SLACK) * self.deadline_s
+
+
+class DeviceSecAgg:
+    """One per device session; subscribes to the device's ``secagg/down`` topic."""
+
+    def __init__(self, session: MqttSession, topics: Topics, client: str, region: str,
+                 federation: str, gone: threading.Event) -> None:
+        self.session = session
+        self.topics = topics
+        self.client = client
+        self.region = region
+        self.federation = federation
+        self.gone = gone
+        self.inbox: queue.Queue[bytes] = queue.Queue()
+        self.rounds: dict[int, DeviceRound] = {}
+        self.current: DeviceRound | None = None
+        session.subscribe(topics.secagg_down(region, client), self._on_message)
+
+    def _on_message(self, _topic: str, payload: bytes) -> None:  # network thread
+        if payload:
+            self.inbox.put(payload)
+
+    # ------------------------------------------------------------------ before training
+    def begin(self, header: AnnounceHeader, config: FederationConfig, env: Envelope) -> bool:
+        """True when the round may go ahead (at once without secure aggregation); False
+        when this device must sit it out."""
+        self.current = None
+        if not enabled(config):
+            return True
+        comp = config.fedsa_lora.compression
+        params = comp.round_codec_params(config.federation.seed, header.round)
+        shapes = {n: tuple(t.shape) for n, t in env.tensors.items()}
+        ctx = RoundContext(self.federation, header.round, self.region,
+                           vector_length(shapes, comp.codec, params), secagg_params(config))
+        dp = config.fedsa_lora.privacy.differential_privacy
+        r = DeviceRound(ctx, SecAggClient(ctx, self.client), header.version, shapes,
+                        comp.codec, params, time.time(), header.deadline_s, dp.enable,
+                        dp.clip_norm if dp.enable and dp.mode == "central" else None)
+        self.rounds[header.round] = r
+        for old in sorted(self.rounds)[:-KEEP_ROUNDS]:
+            del self.rounds[old]
+        try:
+            self._send(r, "advertise", r.client.advertise())
+            roster = self._wait(r, "roster", "keys")
+            if roster is None:
+                return False
+            self._send(r, "share_keys", r.client.share_keys(roster))
+            delivery = self._wait(r, "share_delivery", "shares")
+            if delivery is None:
+                return False
+            r.client.receive_shares(delivery)
+        except (SecAggError, TimeoutError, ConnectionError) as err:
+            log.warning("%s: round %d without secure aggregation: %s", self.client,
+                        header.round, err)
+            return False
+        log.info("%s: round %d keys and shares exchanged (%d members)", self.client,
+                 header.round, len(r.client.members))
+        self.current = r
+        return True
+
+    # ------------------------------------------------------------------ after training
+    def masked_update(self, update: UpdateHeader, encoded: EncodedDelta,
+                      delta: Mapping[str, torch.Tensor],
+                      prior: Mapping[str, torch.Tensor] | None
+                      ) -> tuple[UpdateHeader, EncodedDelta]:
+        """Replace the codec's update by the masked vector when this round is secure."""
+        r = self.current
+        if r is None or r.ctx.round != update.round:
+            return update, encoded
+        acc = accumulate(delta, prior)
+        masked = acc if r.clip_norm is None else clip_update(acc, r.clip_norm)[0]
+        values = gather(masked, r.shapes, r.codec, r.codec_params)
+        weight = 1 if r.weight_one else update.num_samples
+        msg = r.client.masked_input(values, weight)
+        assert r.client.sent_values is not None
+        new_residual = residual(acc, r.client.sent_values, r.shapes, r.codec, r.codec_params)
+        header = update.model_copy(update={
+            "codec": wire.SECAGG_CODEC, "codec_params": {}, "codec_meta": {},
+            "num_samples": 1, "train_loss": None, "train_s": None})
+        return header, EncodedDelta(wire.masked_tensors(msg), {}, new_residual)
+
+    # ------------------------------------------------------------------ later messages
+    def poll(self) -> None:
+        """Answer whatever the hub sent meanwhile (unmasking requests, resends)."""
+        while True:
+            try:
+                payload = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            self._handle(payload, want=None)
+
+    # ------------------------------------------------------------------ internals
+    def _send(self, r: DeviceRound, stage: str, msg: Any) -> None:
+        payload = wire.encode(self.federation, r.ctx.round, self.region, self.client, stage,
+                              msg)
+        self.session.publish(self.topics.secagg_up(self.region, self.client), payload,
+                             timeout=10)
+
+    def _wait(self, r: DeviceRound, stage: str, hub_stage: str) -> Any:
+        """The hub's ``stage`` message for round ``r``, answering others meanwhile; None
+        once the hub's stage deadline (plus slack) passed or the device went away."""
+        until = r.stage_deadline(hub_stage)
+        while not self.gone.is_set():
+            left = until - time.time()
+            if left <= 0:
+                log.warning("%s: no %s for round %d in time", self.client, stage, r.ctx.round)
+                return None
+            try:
+                payload = self.inbox.get(timeout=min(0.5, left))
+            except queue.Empty:
+                continue
+            got = self._handle(payload, want=(r.ctx.round, stage))
+            if got is not None:
+                return got
+        return None
+
+    def _handle(self, payload: bytes, want: tuple[int, str] | None) -> Any:
+        """Decode one hub message; return it if it is ``want``, else answer it here."""
+        try:
+            header, msg = wire.decode(payload, MAX_MESSAGE_BYTES)
+            if (header.federation, header.region, header.client) != (
+                    self.federation, self.region, self.client):
+                raise WireError("wrong_client", f"{header.region}/{header.client}")
+            if want == (header.round, header.stage):
+                return msg
+            r = self.rounds.get(header.round)
+            if r is None:
+                return None
+            if isinstance(msg, Roster) and r.client.roster is not None:
+                self._send(r, "share_keys", r.client.share_keys(msg))  # our answer was lost
+            elif isinstance(msg, ShareDelivery) and r.client.members:
+                r.client.receive_shares(msg)  # a resend: checked, nothing new
+            elif isinstance(msg, UnmaskRequest):
+                self._send(r, "unmask_response", r.client.unmask(msg))
+                log.info("%s: answered the unmasking request of round %d", self.client,
+                         header.round)
+        except (WireError, TimeoutError, ConnectionError) as err:
+            log.warning("%s: secagg message not handled: %s", self.client, err)
+        return None

@@ -1,0 +1,65 @@
+"""Which configurations the adaptive split, personalization and similarity weighting can run
+with (hooked into ``FederationConfig`` like the DP and secure-aggregation checks).
+
+* An adaptive split (``layer_wise``, ``importance_based``) moves A and B tensors between
+  the shared and the local set, so both must be trained by every device: only the
+  algorithms that train A and B (``fedsa``, ``fedit``; the algorithm then only sets the
+  starting split and the default of uncovered layers).  ``ffa`` freezes A and ``local``
+  shares nothing by definition.
+* ``importance_based`` changes the shared set between rounds, so an update must be folded
+  into the round it was made for: synchronous rounds with late updates dropped.  Its
+  per-device importance reports travel in the clear, outside any privacy accounting and
+  past the regional hub's masking, so not with differential privacy or secure aggregation.
+* ``similarity`` weighting needs the hub to see each update and weigh it by its sample
+  count: not with differential privacy (unit weights, clipped sensitivity) nor secure
+  aggregation (the hub sees only the masked sum).
+* ``proximal_mu`` pulls shared tensors towards the global ones: ``local`` has none.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedsa_common.config import FederationConfig
+
+SPLIT = "fedsa_lora.adaptive_split"
+ADAPTIVE_ALGORITHMS = ("fedsa", "fedit")
+
+
+def adaptive_conflicts(config: FederationConfig) -> list[str]:
+    """Why these options cannot run with the rest of ``config`` (empty when they can or are
+    off); each reason names the fields involved."""
+    out: list[str] = []
+    split = config.fedsa_lora.adaptive_split
+    algorithm = config.fedsa_lora.algorithm
+    policy = config.round_policy
+    privacy = config.fedsa_lora.privacy
+    dp = privacy.differential_privacy.enable
+    secagg = privacy.secure_aggregation.enable
+    if split.adaptive and algorithm not in ADAPTIVE_ALGORITHMS:
+        out.append(f"{SPLIT}: strategy {split.strategy} needs fedsa_lora.algorithm fedsa or "
+                   f"fedit (which train A and B), not {algorithm}")
+    if split.importance_based:
+        for key, value, ok in (("mode", policy.mode, "sync"), ("late", policy.late, "drop")):
+            if value != ok:
+                out.append(f"{SPLIT}: importance_based changes the shared set between rounds "
+                           f"and needs round_policy.{key} {ok}, not {value}")
+        if dp:
+            out.append(f"{SPLIT}: importance_based reports are not covered by "
+                       "fedsa_lora.privacy.differential_privacy; use fixed or layer_wise")
+        if secagg:
+            out.append(f"{SPLIT}: importance_based reports would bypass "
+                       "fedsa_lora.privacy.secure_aggregation; use fixed or layer_wise")
+    if policy.aggregation.weighting == "similarity":
+        where = "round_policy.aggregation.weighting: similarity"
+        if dp:
+            out.append(f"{where} cannot run with fedsa_lora.privacy.differential_privacy "
+                       "(unit weights)")
+        if secagg:
+            out.append(f"{where} cannot run with fedsa_lora.privacy.secure_aggregation (the "
+                       "hub sees only the masked sum)")
+    if config.fedsa_lora.personalization.proximal_mu > 0 and algorithm == "local":
+        out.append("fedsa_lora.personalization.proximal_mu: algorithm local shares nothing "
+                   "to stay near")
+    return out

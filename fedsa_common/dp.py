@@ -1,0 +1,298 @@
+"""Differential privacy of the shared-parameter updates: clipping, Gaussian noise, and
+(epsilon, delta) accounting (pure; no I/O).
+
+The unit of privacy is a **device** (all of its data), not an example: each device's delta
+of the shared parameters is clipped to L2 norm ``C`` (``clip_norm``), which bounds how far
+one device can move a round's sum.  Gaussian noise is then added either
+
+* once at the cloud to the sum of the round's clipped updates (``central``, DP-FedAvg,
+  McMahan et al. 2018): std ``z * C``, neighbouring federations differ by adding or removing
+  one device, so the L2 sensitivity of the sum is ``C``; or
+* on each device to its own clipped update (``local``): std ``z * C``; a device's report
+  must hide *any* change of its data, so two reports can differ by the diameter of the
+  clipping ball, ``2 C``, and the accountant sees the noise multiplier ``z / 2``.
+
+The epsilon spent is tracked with opacus's RDP accountant for the Poisson-subsampled
+Gaussian mechanism (Mironov 2017; Mironov, Talwar, Zhang 2019), one step per round that
+released something, and converted to (epsilon, delta) with Balle et al. 2020.  By default
+every device counts as taking part in every round (q = 1, exact for full participation).
+Amplification by sampling (q < 1, central mode, opted into with ``population``) is an
+approximation: the cloud draws a fixed number of devices without replacement, while the
+analysis assumes each device is included independently with probability ``q``; and it only
+holds against parties that do not read the round announcements, which name the selected
+devices.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from fedsa_common.config import FederationConfig
+
+Tensors = Mapping[str, torch.Tensor]
+Mode = Literal["central", "local"]
+
+# L2 sensitivity of one device's clipped update, in units of the clip norm: adding or
+# removing a device moves the central sum by at most C; a locally privatized report must
+# hide any two inputs of the device, which lie up to 2C apart.
+SENSITIVITY: dict[str, float] = {"central": 1.0, "local": 2.0}
+
+
+# ------------------------------------------------------------------ tensors
+def l2_norm(tensors: Tensors) -> float:
+    """The L2 norm of all tensors together, as one flat vector (accumulated in float64)."""
+    return math.sqrt(sum(float(t.to(torch.float64).pow(2).sum()) for t in tensors.values()))
+
+
+def clip_update(tensors: Tensors, clip_norm: float) -> tuple[dict[str, torch.Tensor], float]:
+    """Scale the whole update (all tensors jointly) down to L2 norm ``clip_norm`` if it is
+    longer; returns the clipped copy and the original norm.
+
+    Joint (flat) clipping keeps the update's direction, which per-tensor clipping would
+    not, and is what bounds the sensitivity of the round's sum.  A non-finite norm is an
+    error: scaling NaN or inf cannot produce a bounded update.
+    """
+    if not clip_norm > 0:
+        raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+    norm = l2_norm(tensors)
+    if not math.isfinite(norm):
+        raise ValueError("cannot clip an update with non-finite values")
+    scale = clip_norm / norm if norm > clip_norm else 1.0
+    clipped = {n: (t.to(torch.float64) * scale).to(t.dtype) for n, t in tensors.items()}
+    return clipped, norm
+
+
+def secure_generator() -> torch.Generator:
+    """A CPU generator seeded from ``os.urandom``: noise must not be reproducible from
+    anything a party could know (the federation seed, the round)."""
+    gen = torch.Generator()
+    gen.manual_seed(int.from_bytes(os.urandom(8), "little") & (2**63 - 1))
+    return gen
+
+
+def gaussian_noise_like(tensors: Tensors, std: float, generator: torch.Generator
+                        ) -> dict[str, torch.Tensor]:
+    """Independent N(0, std^2) noise of each tensor's shape (float32)."""
+    if std < 0 or not math.isfinite(std):
+        raise ValueError(f"std must be finite and non-negative, got {std}")
+    return {n: torch.randn(tuple(t.shape), generator=generator, dtype=torch.float32) * std
+            for n, t in tensors.items()}
+
+
+def add_noise(tensors: Tensors, std: float, generator: torch.Generator
+              ) -> dict[str, torch.Tensor]:
+    noise = gaussian_noise_like(tensors, std, generator)
+    return {n: (t.to(torch.float32) + noise[n]) for n, t in tensors.items()}
+
+
+def noisy_mean(sums: Tensors, count: int, std: float, generator: torch.Generator
+               ) -> dict[str, torch.Tensor]:
+    """DP-FedAvg's server step: N(0, std^2) added once to the sum of ``count`` clipped
+    unit-weight updates, then divided by ``count``."""
+    if count <= 0:
+        raise ValueError(f"count must be positive, got {count}")
+    noise = gaussian_noise_like(sums, std, generator)
+    return {n: ((s.to(torch.float64) + noise[n].to(torch.float64)) / count).to(torch.float32)
+            for n, s in sums.items()}
+
+
+# ------------------------------------------------------------------ accounting
+def epsilon_spent(steps: Sequence[tuple[float, float]], delta: float) -> float:
+    """Epsilon after the given steps, each (noise_multiplier, sample_rate), at ``delta``.
+
+    ``noise_multiplier`` is the noise std divided by the L2 sensitivity.  No steps: 0.
+    """
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    for noise_multiplier, sample_rate in steps:
+        accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+    return float(accountant.get_epsilon(delta=delta)) if steps else 0.0
+
+
+@lru_cache(maxsize=64)
+def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float,
+                               steps: int) -> float:
+    """The smallest noise multiplier (to opacus's search tolerance, 0.01 in epsilon) whose
+    ``steps`` subsampled Gaussian steps at ``sample_rate`` spend at most ``target_epsilon``.
+
+    Deterministic, so the cloud and every device derive the same value from the same
+    configuration without it travelling separately.
+    """
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                      sample_rate=sample_rate, steps=steps))
+
+
+@dataclass
+class PrivacyLedger:
+    """Per-round accounting steps and the epsilon they add up to.
+
+    A step is (noise_multiplier, sample_rate) as configured (std / clip_norm); the ledger
+    divides by the mode's sensitivity before accounting.  Each round's summary records its
+    step, so a restarted cloud rebuilds the ledger from its checkpoint history and keeps
+    counting where it stopped.
+    """
+
+    delta: float
+    sensitivity: float = 1.0
+    steps: list[tuple[float, float]] = field(default_factory=list)
+
+    def record(self, noise_multiplier: float, sample_rate: float) -> float:
+        if not noise_multiplier > 0 or not 0 < sample_rate <= 1:
+            raise ValueError(f"bad step: noise_multiplier {noise_multiplier}, "
+                             f"sample_rate {sample_rate}")
+        self.steps.append((float(noise_multiplier), float(sample_rate)))
+        return self.epsilon
+
+    @property
+    def epsilon(self) -> float:
+        return epsilon_spent([(z / self.sensitivity, q) for z, q in self.steps], self.delta)
+
+    @classmethod
+    def from_history(cls, history: Iterable[Mapping[str, Any]], delta: float,
+                     sensitivity: float = 1.0) -> PrivacyLedger:
+        """Rebuild from round summaries (``RoundSummary`` dumps): every record that carries
+        ``dp_noise_multiplier`` and ``dp_sample_rate`` was one step."""
+        ledger = cls(delta, sensitivity)
+        for rec in history:
+            z, q = rec.get("dp_noise_multiplier"), rec.get("dp_sample_rate")
+            if z is not None and q is not None:
+                ledger.steps.append((float(z), float(q)))
+        return ledger
+
+
+# ------------------------------------------------------------------ the configured plan
+@dataclass(frozen=True)
+class DpPlan:
+    """What the configuration asks for, with the noise multiplier resolved.
+
+    ``noise_multiplier`` is the noise std in units of ``clip_norm`` (on the sum at the
+    cloud, or on each update on the device); ``sample_rate`` is the planned per-round
+    inclusion probability used for calibration.
+    """
+
+    mode: Mode
+    clip_norm: float
+    noise_multiplier: float
+    sample_rate: float
+    epsilon: float
+    delta: float
+    rounds: int
+    calibrated: bool
+    subsampled: bool = False  # central mode with a population: account for sampling
+
+    @property
+    def sensitivity(self) -> float:
+        return SENSITIVITY[self.mode]
+
+    @property
+    def noise_std(self) -> float:
+        return self.noise_multiplier * self.clip_norm
+
+    def ledger(self, history: Iterable[Mapping[str, Any]] = ()) -> PrivacyLedger:
+        return PrivacyLedger.from_history(history, self.delta, self.sensitivity)
+
+
+DP_FIELD = "fedsa_lora.privacy.differential_privacy"
+
+
+def config_conflicts(config: FederationConfig) -> list[str]:
+    """Why differential privacy cannot be enabled together with the rest of ``config``
+    (empty when it can, or when it is off).  Each reason names the fields involved.
+
+    The accounting assumes each released aggregate holds at most one clipped, unit-weight
+    update per device: asynchronous steps and stale-weighted late updates can put two
+    updates of one device into a step, and median/trimmed-mean outputs have no sensitivity
+    bounded by the clip norm.
+    """
+    dp = config.fedsa_lora.privacy.differential_privacy
+    if not dp.enable:
+        return []
+    out = []
+    if config.fedsa_lora.algorithm == "local":
+        out.append(f"{DP_FIELD}: fedsa_lora.algorithm local shares nothing to protect; "
+                   "disable differential privacy or choose fedsa, fedit or ffa")
+    policy = config.round_policy
+    if policy.mode != "sync":
+        out.append(f"{DP_FIELD}: needs round_policy.mode sync, not {policy.mode}")
+    if policy.late != "drop":
+        out.append(f"{DP_FIELD}: needs round_policy.late drop, not {policy.late}")
+    aggregation = getattr(policy, "aggregation", None)
+    rule = getattr(aggregation, "rule", "mean")
+    if rule != "mean":
+        out.append(f"{DP_FIELD}: needs round_policy.aggregation.rule mean, not {rule}")
+    secagg = getattr(config.fedsa_lora.privacy, "secure_aggregation", None)
+    if getattr(secagg, "enable", False):
+        out.append(f"{DP_FIELD}: not yet with fedsa_lora.privacy.secure_aggregation: a "
+                   "regional hub cannot clip or unit-weight updates it only sees masked")
+    k = config.sampling.clients_per_round
+    if dp.population is not None and k is not None and k > dp.population:
+        out.append(f"{DP_FIELD}.population: {dp.population} is smaller than "
+                   f"sampling.clients_per_round {k}")
+    return out
+
+
+def planned_sample_rate(config: FederationConfig) -> float:
+    """Per-round inclusion probability assumed for calibration.
+
+    Local mode: 1 (a device's reports are seen by its hub whenever it takes part, and the
+    worst case is a device selected every round).  Central mode: the devices selected per
+    round (``clients_per_round`` times ``over_select``) over ``population`` when both are
+    given, else 1 (all devices every round; the conservative choice).  ``population`` is
+    opt-in because amplification by sampling only holds against whoever does not learn who
+    was selected, and every round announcement names its selected devices.
+    """
+    dp = config.fedsa_lora.privacy.differential_privacy
+    k = config.sampling.clients_per_round
+    if dp.mode == "local" or k is None or dp.population is None:
+        return 1.0
+    selected = math.ceil(k * config.round_policy.over_select)
+    return min(1.0, selected / dp.population)
+
+
+def dp_plan(config: FederationConfig) -> DpPlan | None:
+    """The resolved plan, or None when differential privacy is off."""
+    dp = config.fedsa_lora.privacy.differential_privacy
+    if not dp.enable:
+        return None
+    q = planned_sample_rate(config)
+    sensitivity = SENSITIVITY[dp.mode]
+    if dp.noise_multiplier is not None:
+        z, calibrated = dp.noise_multiplier, False
+    else:
+        z = sensitivity * calibrate_noise_multiplier(dp.epsilon, dp.delta, q, config.rounds)
+        calibrated = True
+    return DpPlan(mode=dp.mode, clip_norm=dp.clip_norm, noise_multiplier=z, sample_rate=q,
+                  epsilon=dp.epsilon, delta=dp.delta, rounds=config.rounds,
+                  calibrated=calibrated,
+                  subsampled=dp.mode == "central" and dp.population is not None)
+
+
+def privatize_update(delta: Tensors, plan: DpPlan | None,
+                     generator: torch.Generator | None = None
+                     ) -> tuple[dict[str, torch.Tensor], float | None]:
+    """What a device hands its codec under DP: the delta clipped to ``clip_norm`` and, in
+    local mode, with N(0, (z C)^2) noise added; also the norm before clipping (for the
+    device's log, to tune ``clip_norm``).  Without a plan, the delta unchanged and None.
+
+    Error feedback then keeps the residual of *this* value, so nothing unclipped (and, in
+    local mode, nothing un-noised) is ever carried into a later message.
+    """
+    if plan is None:
+        return dict(delta), None
+    clipped, norm = clip_update(delta, plan.clip_norm)
+    if plan.mode == "local":
+        return add_noise(clipped, plan.noise_std, generator or secure_generator()), norm
+    return clipped, norm

@@ -1,0 +1,425 @@
+"""Client and hub state machines of practical secure aggregation (Bonawitz et al., CCS 2017).
+
+Semi-honest hub: it follows the protocol but would like to learn individual updates.  It
+learns only ``sum_u w_u x_u`` and ``sum_u w_u`` over the clients that sent a masked
+vector (at least ``t`` of them), plus who took part.  Stages (one round, one region)::
+
+  0 AdvertiseKeys  client: fresh X25519 keys (c: encrypts shares, s: pairwise masks)
+  1 ShareKeys      hub -> roster U1 + threshold t; client Shamir-shares s_sk and its
+                   self-mask seed b to every member, each encrypted to that member
+  2 MaskedInput    hub -> each member of U2 (who sent shares) its ciphertexts; client:
+                   y = enc(x, w) + PRG(b) + sum_{v in U2} sign(u,v) PRG(s_uv)   mod 2^32
+  3 Unmasking      hub -> survivors U3 (who sent y) and dropped D = U2 \\ U3; each survivor
+                   returns its shares of b_v (v in U3) and of s_sk_v (v in D)
+    finish         hub reconstructs b_v and s_sk_v from >= t answers, removes PRG(b_v)
+                   and the dropped clients' pairwise masks: sum_{U3} enc(x, w) mod 2^32
+
+A client never reveals both kinds of share of the same client and never answers two
+different unmasking requests, so the hub cannot strip both masks of anyone who sent y.
+Any stage with fewer than ``t`` participants fails the round with ``secagg_too_few``.
+
+Everything is pure (no I/O); messages are those of ``messages``.  Every message a party
+sends is cached, so a transport may resend it, and asking a party to send a *different*
+message for a stage it already answered is refused: two masked vectors under the same
+masks would reveal the difference of the inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fedsa_common.secagg import share_crypto
+from fedsa_common.secagg.errors import SecAggError
+from fedsa_common.secagg.fixed_point import add_mod, sub_mod
+from fedsa_common.secagg.masks import pair_key, prg_words, self_key, signed_pair_mask
+from fedsa_common.secagg.messages import (
+    AdvertiseKeys,
+    MaskedInput,
+    Roster,
+    ShareDelivery,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from fedsa_common.secagg.params import RoundContext
+from fedsa_common.secagg.shamir import SECRET_BYTES, SHARE_BYTES, combine_shares, split_secret
+
+RandBytes = Callable[[int], bytes]
+
+
+def _stage(current: str, allowed: tuple[str, ...], what: str) -> None:
+    if current not in allowed:
+        raise SecAggError("secagg_state", f"{what} in stage {current!r}")
+
+
+def _too_few(what: str, have: int, need: int) -> SecAggError:
+    return SecAggError("secagg_too_few", f"{have} {what} < threshold {need}")
+
+
+# ============================================================================== client
+class SecAggClient:
+    """One device's side of one round.
+
+    ``randbytes`` supplies all of the client's randomness (keys, self-mask seed, nonces);
+    it is ``os.urandom`` except in tests.  Secrets live only in this object.
+    """
+
+    def __init__(self, ctx: RoundContext, client: str, randbytes: RandBytes = os.urandom):
+        self.ctx = ctx
+        self.client = client
+        self._rand = randbytes
+        self._c_sk = share_crypto.new_private_key(randbytes)
+        self._s_sk = share_crypto.new_private_key(randbytes)
+        self._seed = randbytes(SECRET_BYTES)  # b_u
+        self.stage = "keys"
+        self.roster: Roster | None = None
+        self.members: tuple[str, ...] = ()  # U2
+        self._held: dict[str, tuple[bytes, bytes]] = {}  # sender -> (s share, b share)
+        self._own_share: bytes = b""
+        self._sent: dict[str, object] = {}  # stage -> the message sent (resends)
+        self._request: UnmaskRequest | None = None
+        self._input_digest = b""
+        self.weight = 0
+        self.sent_values: Tensor | None = None  # what the sum holds for us / weight
+
+    # -- stage 0 ------------------------------------------------------------------
+    def advertise(self) -> AdvertiseKeys:
+        return AdvertiseKeys(self.client, share_crypto.public_bytes(self._c_sk),
+                             share_crypto.public_bytes(self._s_sk))
+
+    # -- stage 1 ------------------------------------------------------------------
+    def share_keys(self, roster: Roster) -> ShareKeys:
+        """Check the roster, then share s_sk and b with every member."""
+        if self.roster is not None:
+            if roster != self.roster:
+                raise SecAggError("secagg_conflict", "a second, different roster")
+            return self._sent["share_keys"]  # type: ignore[return-value]
+        _stage(self.stage, ("keys",), "share_keys")
+        self._check_roster(roster)
+        members = roster.members
+        n, t = len(members), roster.threshold
+        s_shares = split_secret(share_crypto.private_bytes(self._s_sk), t, n)
+        b_shares = split_secret(self._seed, t, n)
+        cts = {}
+        for i, v in enumerate(members):
+            plaintext = s_shares[i] + b_shares[i]
+            if v == self.client:
+                self._own_share = plaintext
+            cts[v] = share_crypto.encrypt_shares(self.ctx, self._c_sk, roster.keys[v][0],
+                                                 self.client, v, plaintext, self._rand)
+        self.roster = roster
+        self.stage = "shares"
+        msg = ShareKeys(self.client, cts)
+        self._sent["share_keys"] = msg
+        return msg
+
+    def _check_roster(self, roster: Roster) -> None:
+        own = (share_crypto.public_bytes(self._c_sk), share_crypto.public_bytes(self._s_sk))
+        if roster.keys.get(self.client) != own:
+            raise SecAggError("secagg_refused", "roster lacks our keys or altered them")
+        n = len(roster.keys)
+        params = self.ctx.params
+        if n < params.min_clients:
+            raise _too_few("roster members", n, params.min_clients)
+        if roster.threshold != params.threshold(n):
+            raise SecAggError("secagg_refused", f"threshold {roster.threshold} != "
+                              f"{params.threshold(n)} for a roster of {n}")
+        for i in (0, 1):
+            if len({pk[i] for pk in roster.keys.values()}) != n:
+                raise SecAggError("secagg_refused", "two roster members share a public key")
+
+    # -- stage 2 (first half: before training) ------------------------------------
+    def receive_shares(self, delivery: ShareDelivery) -> None:
+        """Decrypt and keep the shares the other members sent us; any that does not
+        authenticate makes us sit the round out (we could not help unmask)."""
+        if self.stage in ("ready", "sent", "unmasked"):
+            if delivery.members != self.members:
+                raise SecAggError("secagg_conflict", "a second, different share delivery")
+            return
+        _stage(self.stage, ("shares",), "receive_shares")
+        assert self.roster is not None
+        members = delivery.members
+        if delivery.recipient != self.client:
+            raise SecAggError("secagg_refused", f"delivery for {delivery.recipient}")
+        if not set(members) <= set(self.roster.keys) or self.client not in members:
+            raise SecAggError("secagg_refused", "members are not a roster subset with us in it")
+        if len(members) < self.roster.threshold:
+            raise _too_few("members with shares", len(members), self.roster.threshold)
+        if set(delivery.ciphertexts) != set(members):
+            raise SecAggError("secagg_refused", "ciphertexts do not match the members")
+        held = {}
+        for u in members:
+            pt = share_crypto.decrypt_shares(self.ctx, self._c_sk, self.roster.keys[u][0], u,
+                                             self.client, delivery.ciphertexts[u])
+            held[u] = (pt[:SHARE_BYTES], pt[SHARE_BYTES:])
+        if held[self.client][0] + held[self.client][1] != self._own_share:
+            raise SecAggError("secagg_bad_share", "our own share came back altered")
+        self._held = held
+        self.members = members
+        self.stage = "ready"
+
+    # -- stage 2 (second half: after training) ------------------------------------
+    def masked_input(self, values: Tensor, num_samples: int) -> MaskedInput:
+        """Mask ``values`` (the round's flat vector, ``ctx.length`` floats) weighted by
+        ``num_samples`` (capped at ``max_weight``).  Afterwards ``sent_values`` holds what
+        the sum contains for us, divided by our weight (for error feedback)."""
+        if self.stage in ("sent", "unmasked"):
+            return self._resend_input(values, num_samples)
+        _stage(self.stage, ("ready",), "masked_input")
+        assert self.roster is not None
+        if values.numel() != self.ctx.length:
+            raise ValueError(f"{values.numel()} values, the round masks {self.ctx.length}")
+        fp = self.ctx.params.fixed_point(len(self.roster.keys))
+        self.weight = self.ctx.params.weight(num_samples)
+        y = fp.encode(values, self.weight)
+        n_words = self.ctx.words
+        y = add_mod(y, prg_words(self_key(self._seed, self.ctx.federation, self.ctx.round,
+                                          self.ctx.region, self.client), n_words))
+        for v in self.members:
+            if v == self.client:
+                continue
+            secret = share_crypto.agree(self._s_sk, self.roster.keys[v][1], v)
+            key = pair_key(secret, self.ctx.federation, self.ctx.round, self.ctx.region,
+                           self.client, v)
+            y = add_mod(y, signed_pair_mask(self.client, v, key, n_words))
+        self.sent_values = fp.sent(values, self.weight)
+        self._input_digest = _digest(values, self.weight)
+        msg = MaskedInput(self.client, y)
+        self._sent["masked_input"] = msg
+        self.stage = "sent"
+        return msg
+
+    def _resend_input(self, values: Tensor, num_samples: int) -> MaskedInput:
+        weight = self.ctx.params.weight(num_samples)
+        if _digest(values, weight) != self._input_digest:
+            raise SecAggError("secagg_refused", "a second, different input under the same masks")
+        return self._sent["masked_input"]  # type: ignore[return-value]
+
+    # -- stage 3 ------------------------------------------------------------------
+    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        """Our shares of b_v for survivors and of s_sk_v for dropped clients; refuses any
+        request that would let the hub remove both masks of one client."""
+        if self._request is not None:
+            if request != self._request:
+                raise SecAggError("secagg_refused", "a second, different unmasking request")
+            return self._sent["unmask"]  # type: ignore[return-value]
+        _stage(self.stage, ("sent",), "unmask")
+        assert self.roster is not None
+        survivors, dropped = set(request.survivors), set(request.dropped)
+        both = survivors & dropped
+        if both:
+            raise SecAggError("secagg_refused",
+                              f"asked for both shares of {sorted(both)[:3]}")
+        if survivors | dropped != set(self.members):
+            raise SecAggError("secagg_refused", "survivors and dropped do not partition U2")
+        if self.client not in survivors:
+            raise SecAggError("secagg_refused", "we sent our input but are listed as dropped")
+        if len(survivors) < self.roster.threshold:
+            raise _too_few("survivors", len(survivors), self.roster.threshold)
+        msg = UnmaskResponse(
+            self.client,
+            b_shares={v: self._held[v][1] for v in sorted(survivors)},
+            s_shares={v: self._held[v][0] for v in sorted(dropped)},
+        )
+        self._request = request
+        self._sent["unmask"] = msg
+        self.stage = "unmasked"
+        return msg
+
+
+def _digest(values: Tensor, weight: int) -> bytes:
+    raw = values.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()
+    return hashlib.sha256(raw + weight.to_bytes(8, "big")).digest()
+
+
+# ============================================================================== hub
+@dataclass(frozen=True)
+class AggregateResult:
+    """What the hub learns: the weighted sum of the survivors' values and their total
+    weight; ``words`` is the unmasked sum mod 2^32 (the sum of their encodings)."""
+
+    sums: Tensor  # float64 [length]: sum_u w_u x_u
+    weight: int  # sum_u w_u
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]  # sent shares, then no masked vector
+    words: Tensor  # int64 [length + 1]
+
+    @property
+    def count(self) -> int:
+        return len(self.survivors)
+
+
+class SecAggServer:
+    """The hub's side of one round: collects each stage, closes it (at quorum or at the
+    stage's deadline, the transport decides), and produces the unmasked sum.
+
+    Memory: one running sum of masked vectors, not one vector per client.
+    """
+
+    def __init__(self, ctx: RoundContext) -> None:
+        self.ctx = ctx
+        self.stage = "keys"
+        self.keys: dict[str, AdvertiseKeys] = {}
+        self.roster: Roster | None = None
+        self.shares: dict[str, ShareKeys] = {}
+        self.members: tuple[str, ...] = ()  # U2
+        self.inputs: dict[str, bytes] = {}  # U3: client -> digest of y (duplicates)
+        self.total = torch.zeros(ctx.words, dtype=torch.int64)
+        self.request: UnmaskRequest | None = None
+        self.answers: dict[str, UnmaskResponse] = {}
+
+    @property
+    def threshold(self) -> int:
+        return self.roster.threshold if self.roster is not None else 0
+
+    def fail(self) -> None:
+        """Abandon the round (a transport deadline with too few participants)."""
+        self.stage = "failed"
+
+    # -- stage 0 ------------------------------------------------------------------
+    def add_keys(self, msg: AdvertiseKeys) -> bool:
+        """Record a client's keys; False for an identical resend (at any stage)."""
+        old = self.keys.get(msg.client)
+        if old is not None:
+            if old != msg:
+                raise SecAggError("secagg_conflict", f"{msg.client} sent other keys")
+            return False
+        _stage(self.stage, ("keys",), f"keys from {msg.client}")
+        for other in self.keys.values():
+            if {msg.c_pk, msg.s_pk} & {other.c_pk, other.s_pk}:
+                raise SecAggError("secagg_conflict", f"{msg.client} reuses a public key")
+        self.keys[msg.client] = msg
+        return True
+
+    def close_keys(self) -> Roster:
+        _stage(self.stage, ("keys",), "close_keys")
+        n = len(self.keys)
+        if n < self.ctx.params.min_clients:
+            self.fail()
+            raise _too_few("clients with keys", n, self.ctx.params.min_clients)
+        self.roster = Roster(self.ctx.params.threshold(n),
+                             {c: (m.c_pk, m.s_pk) for c, m in sorted(self.keys.items())})
+        self.stage = "shares"
+        return self.roster
+
+    # -- stage 1 ------------------------------------------------------------------
+    def add_shares(self, msg: ShareKeys) -> bool:
+        if self.shares.get(msg.client) == msg:
+            return False
+        _stage(self.stage, ("shares",), f"shares from {msg.client}")
+        assert self.roster is not None
+        if msg.client not in self.roster.keys:
+            raise SecAggError("secagg_refused", f"{msg.client} is not in the roster")
+        if set(msg.ciphertexts) != set(self.roster.keys):
+            raise SecAggError("secagg_bad_message", f"{msg.client}: ciphertexts do not "
+                              "address exactly the roster")
+        old = self.shares.get(msg.client)
+        if old is not None:
+            if old != msg:
+                raise SecAggError("secagg_conflict", f"{msg.client} sent other shares")
+            return False
+        self.shares[msg.client] = msg
+        return True
+
+    def close_shares(self) -> dict[str, ShareDelivery]:
+        """U2 = who sent shares; one delivery per member of U2."""
+        _stage(self.stage, ("shares",), "close_shares")
+        members = tuple(sorted(self.shares))
+        if len(members) < self.threshold:
+            self.fail()
+            raise _too_few("clients with shares", len(members), self.threshold)
+        self.members = members
+        self.stage = "inputs"
+        return {v: ShareDelivery(v, members, {u: self.shares[u].ciphertexts[v] for u in members})
+                for v in members}
+
+    # -- stage 2 ------------------------------------------------------------------
+    def add_input(self, msg: MaskedInput) -> bool:
+        if tuple(msg.y.shape) != (self.ctx.words,) or msg.y.dtype != torch.int64:
+            raise SecAggError("secagg_bad_message", f"{msg.client}: y of wrong shape or dtype")
+        digest = hashlib.sha256(msg.y.contiguous().numpy().tobytes()).digest()
+        old = self.inputs.get(msg.client)
+        if old is not None:
+            if old != digest:
+                raise SecAggError("secagg_conflict", f"{msg.client} sent another input")
+            return False
+        _stage(self.stage, ("inputs",), f"masked input from {msg.client}")
+        if msg.client not in self.members:
+            raise SecAggError("secagg_refused", f"{msg.client} sent no shares")
+        self.total = add_mod(self.total, msg.y)
+        self.inputs[msg.client] = digest
+        return True
+
+    def close_inputs(self) -> UnmaskRequest:
+        _stage(self.stage, ("inputs",), "close_inputs")
+        survivors = tuple(sorted(self.inputs))
+        if len(survivors) < self.threshold:
+            self.fail()
+            raise _too_few("masked inputs", len(survivors), self.threshold)
+        dropped = tuple(v for v in self.members if v not in self.inputs)
+        self.request = UnmaskRequest(survivors, dropped)
+        self.stage = "unmask"
+        return self.request
+
+    # -- stage 3 ------------------------------------------------------------------
+    def add_unmask(self, msg: UnmaskResponse) -> bool:
+        if self.answers.get(msg.client) == msg:
+            return False
+        _stage(self.stage, ("unmask",), f"unmask answer from {msg.client}")
+        assert self.request is not None
+        if msg.client not in self.request.survivors:
+            raise SecAggError("secagg_refused", f"{msg.client} is not a survivor")
+        if (set(msg.b_shares) != set(self.request.survivors)
+                or set(msg.s_shares) != set(self.request.dropped)):
+            raise SecAggError("secagg_bad_message", f"{msg.client}: shares for the wrong ids")
+        old = self.answers.get(msg.client)
+        if old is not None:
+            if old != msg:
+                raise SecAggError("secagg_conflict", f"{msg.client} sent other shares")
+            return False
+        self.answers[msg.client] = msg
+        return True
+
+    @property
+    def can_finish(self) -> bool:
+        return self.stage == "unmask" and len(self.answers) >= self.threshold
+
+    def finish(self) -> AggregateResult:
+        """Reconstruct, remove the masks, decode.  ``secagg_too_few`` with fewer than ``t``
+        answers; ``secagg_reconstruct`` if the secrets do not fit what was advertised."""
+        _stage(self.stage, ("unmask",), "finish")
+        assert self.roster is not None and self.request is not None
+        t = self.threshold
+        if len(self.answers) < t:
+            self.fail()
+            raise _too_few("unmasking answers", len(self.answers), t)
+        ctx, n_words = self.ctx, self.ctx.words
+        xs = {c: self.roster.index(c) for c in self.answers}
+        z = self.total.clone()
+        for v in self.request.survivors:
+            seed = combine_shares({xs[c]: a.b_shares[v] for c, a in self.answers.items()}, t)
+            z = sub_mod(z, prg_words(self_key(seed, ctx.federation, ctx.round, ctx.region, v),
+                                     n_words))
+        for v in self.request.dropped:
+            s_sk = combine_shares({xs[c]: a.s_shares[v] for c, a in self.answers.items()}, t)
+            if share_crypto.public_of(s_sk) != self.roster.keys[v][1]:
+                self.fail()
+                raise SecAggError("secagg_reconstruct", f"s_sk of {v} does not match s_pk")
+            for u in self.request.survivors:
+                secret = share_crypto.agree(s_sk, self.roster.keys[u][1], u)
+                key = pair_key(secret, ctx.federation, ctx.round, ctx.region, u, v)
+                z = sub_mod(z, signed_pair_mask(u, v, key, n_words))
+        fp = ctx.params.fixed_point(len(self.roster.keys))
+        try:
+            sums, weight = fp.decode_sum(z, len(self.request.survivors))
+        except ValueError as err:
+            self.fail()
+            raise SecAggError("secagg_reconstruct", str(err)) from None
+        self.stage = "done"
+        return AggregateResult(sums, weight, self.request.survivors, self.request.dropped, z)

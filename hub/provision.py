@@ -1,0 +1,362 @@
+"""``hub provision``: everything a Mosquitto broker needs to serve one federation securely.
+
+Writes, into one output directory::
+
+    mosquitto.conf         TLS listener, no anonymous access, password file, ACL
+    ca.crt                 the private CA devices and hubs trust (public)
+    ca.key        (0600)   keep offline; only needed to re-run provision
+    server.crt, server.key (0600)   the broker's certificate for the given host names/IPs
+    passwd        (0600)   Mosquitto password file (PBKDF2-SHA512, as mosquitto_passwd writes)
+    acl                    one user block per account (hub.provision_acl)
+    credentials/  (0700)   one <user>.json (0600) per account: user, password, broker URL, CA
+    data/                  Mosquitto persistence (retained announcement, device sessions)
+    provision.json         what was provisioned (no secrets), to check re-runs
+
+Re-running on the same directory keeps the CA and every existing account's password, so
+adding a device does not invalidate the others; accounts no longer listed lose their
+credentials file and their broker access. ``rotate=True`` issues new passwords to everyone.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import getpass
+import hashlib
+import json
+import os
+import pwd
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedsa_common.broker_auth import CREDENTIALS_FORMAT, Credentials, load_credentials
+from fedsa_common.protocol import check_name
+from hub.provision_acl import Account, federation_accounts, render_acl
+from hub.provision_tls import CertKey, check_ca_pair, issue_server_cert, new_ca
+
+# mosquitto_passwd's defaults: 12-byte salt, 101 PBKDF2 iterations. The passwords we issue are
+# 192 random bits, so offline guessing is hopeless whatever the iteration count.
+PBKDF2_ITERATIONS = 101
+SALT_BYTES = 12
+MANIFEST = "provision.json"
+
+
+@dataclass(frozen=True)
+class ProvisionSpec:
+    """What to provision. ``regions`` maps each region to its device ids (may be empty)."""
+
+    federation: str
+    regions: dict[str, list[str]]
+    hosts: list[str] = field(default_factory=lambda: ["localhost", "127.0.0.1"])
+    port: int = 8883
+    bind: str | None = None  # listen address; None: all interfaces
+    broker_user: str | None = None  # Mosquitto's `user` (the account it drops root to)
+    max_packet_bytes: int = 4_000_000
+
+    def __post_init__(self) -> None:
+        check_name("federation", self.federation)
+        if not self.regions:
+            raise ValueError("no regions: give at least one --region or --devices file")
+        if not self.hosts:
+            raise ValueError("no host names: give at least one --host")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+        if self.max_packet_bytes < 1024:
+            raise ValueError("max_packet_bytes must be at least 1024")
+
+    @property
+    def broker_url(self) -> str:
+        host = self.hosts[0]
+        return f"mqtts://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+
+@dataclass
+class ProvisionResult:
+    out: Path
+    accounts: list[Account]
+    added: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def credentials_path(self, username: str) -> Path:
+        return credentials_path(self.out, username)
+
+
+# ------------------------------------------------------------------------ input parsing
+
+
+def parse_region_options(values: list[str]) -> dict[str, list[str]]:
+    """``["north=dev-0,dev-1", "south"]`` -> ``{"north": ["dev-0", "dev-1"], "south": []}``."""
+    regions: dict[str, list[str]] = {}
+    for value in values:
+        region, _, clients = value.partition("=")
+        region = region.strip()
+        if not region:
+            raise ValueError(f"--region {value!r}: expected REGION=DEV,DEV,...")
+        names = [c.strip() for c in clients.split(",") if c.strip()]
+        regions.setdefault(region, []).extend(names)
+    return regions
+
+
+def read_devices_csv(path: Path) -> dict[str, list[str]]:
+    """Rows of ``client,region`` (an optional header row with those names; blank lines and
+    ``#`` comments skipped); ``ValueError`` naming the line of a malformed row."""
+    regions: dict[str, list[str]] = {}
+    with open(path, newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            cells = [c.strip() for c in row]
+            if not any(cells) or cells[0].startswith("#"):
+                continue
+            if [c.lower() for c in cells] == ["client", "region"]:
+                continue
+            if len(cells) != 2 or not all(cells):
+                raise ValueError(f"{path}:{lineno}: expected 'client,region', got {row!r}")
+            regions.setdefault(cells[1], []).append(cells[0])
+    return regions
+
+
+def merge_regions(*maps: dict[str, list[str]]) -> dict[str, list[str]]:
+    merged: dict[str, list[str]] = {}
+    for m in maps:
+        for region, clients in m.items():
+            merged.setdefault(region, []).extend(clients)
+    return merged
+
+
+# ------------------------------------------------------------------- file contents (pure)
+
+
+def mosquitto_password_line(username: str, password: str, *, salt: bytes | None = None,
+                            iterations: int = PBKDF2_ITERATIONS) -> str:
+    """One line of a Mosquitto 2 password file: ``user:$7$iterations$salt$hash`` with
+    PBKDF2-HMAC-SHA512 over the raw salt, both base64 (what ``mosquitto_passwd`` writes)."""
+    if ":" in username or "\n" in username or "\n" in password:
+        raise ValueError(f"user name {username!r} or its password cannot go in a password file")
+    salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    b64 = base64.b64encode
+    return f"{username}:$7${iterations}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def render_mosquitto_conf(spec: ProvisionSpec, out: Path) -> str:
+    """``mosquitto.conf`` for the directory ``out`` (absolute paths: Mosquitto resolves
+    relative ones against its working directory)."""
+    out = out.resolve()
+    listener = f"listener {spec.port}" + (f" {spec.bind}" if spec.bind else "")
+    lines = [
+        f"# Mosquitto for fedsa-edge federation {spec.federation!r}, written by `hub provision`.",
+        "# Regenerate rather than edit: re-running provision rewrites this file.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {out / 'passwd'}",
+        f"acl_file {out / 'acl'}",
+        "persistence true",
+        f"persistence_location {out / 'data'}/",
+        f"max_packet_size {spec.max_packet_bytes}",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_type information",
+        "connection_messages true",
+    ]
+    if spec.broker_user:
+        lines.append(f"user {spec.broker_user}")
+    lines += [
+        "",
+        listener,
+        "protocol mqtt",
+        f"cafile {out / 'ca.crt'}",
+        f"certfile {out / 'server.crt'}",
+        f"keyfile {out / 'server.key'}",
+        "tls_version tlsv1.2",
+        "require_certificate false",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def credentials_path(out: Path, username: str) -> Path:
+    return out / "credentials" / f"{username}.json"
+
+
+# ------------------------------------------------------------------------------- writing
+
+
+def provision(spec: ProvisionSpec, out: Path, *, rotate: bool = False) -> ProvisionResult:
+    """Write (or refresh) the broker files and per-account credentials in ``out``."""
+    out = Path(out)
+    accounts = federation_accounts(spec.regions)
+    owner = _broker_owner(spec.broker_user)
+    previous = _previous_manifest(out, spec.federation)
+    out.mkdir(parents=True, exist_ok=True)
+    result = ProvisionResult(out, accounts)
+    if previous is not None:
+        if previous.get("broker") != spec.broker_url:
+            result.notes.append(f"the broker URL changed from {previous.get('broker')} to "
+                                f"{spec.broker_url}: every account needs its new file")
+        result.notes.append("a running Mosquitto reloads passwd and acl on SIGHUP; restart it "
+                            "to serve the new server certificate")
+
+    ca = _load_or_create_ca(out, spec.federation, result)
+    server = issue_server_cert(ca, spec.hosts)
+    ca_pem = ca.cert_pem.decode()
+
+    passwords = {a.username: _password_for(out, a, spec.federation, rotate, result)
+                 for a in accounts}
+    (out / "credentials").mkdir(mode=0o700, exist_ok=True)
+    os.chmod(out / "credentials", 0o700)
+    for account in accounts:
+        creds = Credentials(format=CREDENTIALS_FORMAT, federation=spec.federation,
+                            role=account.role, username=account.username,
+                            password=passwords[account.username], broker=spec.broker_url,
+                            ca_pem=ca_pem, region=account.region, client=account.client)
+        _write(credentials_path(out, account.username),
+               (creds.model_dump_json(indent=2) + "\n").encode(), 0o600)
+    wanted = {credentials_path(out, a.username).name for a in accounts}
+    for stale in sorted((out / "credentials").glob("*.json")):
+        if stale.name not in wanted:
+            stale.unlink()
+            result.removed.append(stale.stem)
+
+    passwd = "".join(mosquitto_password_line(a.username, passwords[a.username]) + "\n"
+                     for a in accounts)
+    _write(out / "ca.crt", ca.cert_pem, 0o644)
+    _write(out / "server.crt", server.cert_pem, 0o644)
+    _write(out / "server.key", server.key_pem, 0o600)
+    _write(out / "passwd", passwd.encode(), 0o600)
+    _write(out / "acl", render_acl(spec.federation, accounts).encode(), 0o644)
+    _write(out / "mosquitto.conf", render_mosquitto_conf(spec, out).encode(), 0o644)
+    (out / "data").mkdir(mode=0o700, exist_ok=True)
+    _write(out / MANIFEST, (json.dumps(_manifest(spec, accounts), indent=2) + "\n").encode(),
+           0o644)
+    _hand_to_broker_user(spec.broker_user, owner, [out / "server.key", out / "passwd",
+                                                   out / "data"], result)
+    return result
+
+
+def _previous_manifest(out: Path, federation: str) -> dict | None:
+    """The manifest of an earlier run into ``out``, after checking it is the same federation."""
+    path = out / MANIFEST
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous.get("federation") != federation:
+            raise ValueError(f"{out} holds federation {previous.get('federation')!r}, not "
+                             f"{federation!r}; use another --out directory")
+        return previous
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty and was not written by `hub provision`")
+    return None
+
+
+def _load_or_create_ca(out: Path, federation: str, result: ProvisionResult) -> CertKey:
+    cert, key = out / "ca.crt", out / "ca.key"
+    if cert.exists() and key.exists():
+        ca = CertKey(cert.read_bytes(), key.read_bytes())
+        check_ca_pair(ca)
+        result.notes.append("kept the existing CA (devices keep trusting the broker)")
+        return ca
+    if cert.exists() or key.exists():
+        raise ValueError(f"{out} has only one of ca.crt and ca.key; restore the other or "
+                         "remove both to create a new CA (every account then needs new files)")
+    ca = new_ca(federation)
+    _write(key, ca.key_pem, 0o600)
+    return ca
+
+
+def _password_for(out: Path, account: Account, federation: str, rotate: bool,
+                  result: ProvisionResult) -> str:
+    path = credentials_path(out, account.username)
+    if path.exists() and not rotate:
+        old = load_credentials(path)
+        same = (old.federation, old.role, old.region, old.client) == (
+            federation, account.role, account.region, account.client)
+        if same:
+            result.kept.append(account.username)
+            return old.password
+    result.added.append(account.username)
+    return secrets.token_urlsafe(24)
+
+
+def _manifest(spec: ProvisionSpec, accounts: list[Account]) -> dict:
+    return {
+        "federation": spec.federation,
+        "broker": spec.broker_url,
+        "hosts": spec.hosts,
+        "regions": spec.regions,
+        "accounts": [{"username": a.username, "role": a.role, "region": a.region,
+                      "client": a.client} for a in accounts],
+    }
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Atomic write with exactly ``mode``: the secret never exists with looser permissions."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have removed bits we want (0644 files)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _broker_owner(user: str | None) -> tuple[int, int] | None:
+    if user is None:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"--broker-user {user!r}: no such user on this machine") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _hand_to_broker_user(user: str | None, owner: tuple[int, int] | None, paths: list[Path],
+                         result: ProvisionResult) -> None:
+    """Mosquitto started as root drops to its ``user`` before reading the password file, so
+    the secrets it reads must belong to that user (they stay unreadable to everyone else)."""
+    if user is None or owner is None:
+        if os.geteuid() == 0:
+            result.notes.append(
+                "running as root without --broker-user: a root-started Mosquitto drops to user "
+                "'mosquitto' and cannot read passwd/server.key; pass --broker-user")
+        return
+    if os.geteuid() == 0:
+        for path in paths:
+            os.chown(path, *owner)
+    elif getpass.getuser() != user:
+        result.notes.append(f"chown {user}: " + " ".join(str(p) for p in paths)
+                            + " (as root), so the broker can read them")
+
+
+def summary_text(spec: ProvisionSpec, result: ProvisionResult) -> str:
+    """What ``hub provision`` prints: what changed, anything to do by hand, next commands."""
+    out = result.out
+    counts = {role: sum(a.role == role for a in result.accounts)
+              for role in ("device", "regional", "cloud", "monitor")}
+    lines = [
+        f"provisioned federation {spec.federation!r} in {out} for {spec.broker_url}: "
+        f"{counts['device']} devices, {counts['regional']} regional hubs, cloud, monitor",
+    ]
+    for label, names in (("new credentials", result.added), ("kept", result.kept),
+                         ("removed", result.removed)):
+        if names:
+            lines.append(f"  {label}: {', '.join(names)}")
+    lines += [f"  note: {note}" for note in result.notes]
+    creds = out / "credentials"
+    lines += [
+        "next:",
+        f"  mosquitto -c {out.resolve() / 'mosquitto.conf'}",
+        f"  hub serve --role cloud --federation {spec.federation} --config FED.yaml "
+        f"--state-dir STATE --credentials {creds / 'hub-cloud.json'}",
+        f"  hub serve --role regional --region REGION --federation {spec.federation} "
+        f"--state-dir STATE --credentials {creds}/hub-regional-REGION.json",
+        f"  edge-client join --federation {spec.federation} --region REGION --client-id DEV "
+        f"--data DATA --state-dir STATE --credentials DEV.json   (copy {creds}/DEV.json to "
+        "the device; it holds the CA)",
+        f"  hub status --federation {spec.federation} --credentials {creds / 'monitor.json'}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""Broker accounts of one federation and what each may read and write (pure: no I/O).
+
+Derived from ``fedsa_common.protocol.Topics`` and ``fedsa_common.transport.chunk_filter``
+so the ACL cannot drift from the topics the processes really use. Chunked messages travel on
+``T/{frame}`` subtopics, so their rules end in ``/+``; raw JSON messages use the topic itself.
+
+Who may do what (``docs/security.md`` has the same table):
+
+* device C of region R: write its own update frames, presence, metrics and secure-aggregation
+  messages to its hub; read the round announcement (federation-wide: global shared parameters
+  and the selection, nothing private), its own acknowledgements and its hub's
+  secure-aggregation messages to it. Nothing of other devices, no partials.
+* regional hub R: read the announcement, its region's updates, presence and secure-aggregation
+  messages, the cloud's acks of its partials; write acks and secure-aggregation messages to
+  its region's devices, its partials and its status.
+* cloud: write announcements, summaries, partial acks and its status; read partials,
+  presence, metrics and hub status.
+* monitor (``hub status``, scenario monitor): read-only, exactly the topics those tools
+  subscribe to; individual device updates are not among them.
+
+Mosquitto's ACL file cannot express "the region of this user" with ``pattern`` lines
+(``%c``/``%u`` substitute whole identifiers only), so every account gets its own ``user`` block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from fedsa_common.broker_auth import Role
+from fedsa_common.protocol import Topics, check_name
+from fedsa_common.transport import chunk_filter
+
+Access = Literal["read", "write"]
+
+CLOUD_USER = "hub-cloud"
+MONITOR_USER = "monitor"
+CLOUD_HUB_NAME = "cloud"  # the name the cloud hub publishes its status under
+# The partial-ack topic is ack/cloud/R, so a region called "cloud" would make device acks
+# (ack/R/C) and partial acks the same topics, and its hub could acknowledge others' partials.
+RESERVED_REGIONS = frozenset({"cloud"})
+
+
+def regional_user(region: str) -> str:
+    return f"hub-regional-{region}"
+
+
+@dataclass(frozen=True)
+class Account:
+    """One broker login. ``region``/``client`` say which identity it is bound to."""
+
+    username: str
+    role: Role
+    region: str | None = None
+    client: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    access: Access
+    topic: str  # an MQTT topic filter, as Mosquitto's ACL file takes it
+
+
+def federation_accounts(regions: dict[str, list[str]]) -> list[Account]:
+    """Cloud, monitor, one regional hub per region and one account per device.
+
+    Device user names are their client ids; ``ValueError`` if one collides with a hub or
+    monitor user name, if a device is listed twice, or if a region name is reserved.
+    """
+    accounts = [Account(CLOUD_USER, "cloud"), Account(MONITOR_USER, "monitor")]
+    for region in regions:
+        check_name("region", region)
+        if region in RESERVED_REGIONS:
+            raise ValueError(f"region name {region!r} is reserved (it is a topic level of the "
+                             "cloud's acknowledgements)")
+        accounts.append(Account(regional_user(region), "regional", region=region))
+    taken = {a.username: a for a in accounts}
+    for region, clients in regions.items():
+        for client in clients:
+            check_name("client id", client)
+            if client in taken:
+                other = taken[client]
+                where = f"device of region {other.region}" if other.role == "device" else \
+                    f"{other.role} account"
+                raise ValueError(f"device {client!r} of region {region!r}: the name is already "
+                                 f"used by a {where}")
+            taken[client] = Account(client, "device", region=region, client=client)
+            accounts.append(taken[client])
+    return accounts
+
+
+def rules_for(account: Account, topics: Topics) -> list[Rule]:
+    """The topics ``account`` may read and write; see the module doc for the why."""
+    announce = chunk_filter(topics.announce)
+    if account.role == "device":
+        region, client = _bound(account)
+        return [
+            Rule("write", chunk_filter(topics.update(region, client))),
+            Rule("write", topics.presence(region, client)),
+            Rule("write", topics.metrics(region, client)),
+            Rule("write", chunk_filter(topics.secagg_up(region, client))),
+            Rule("read", announce),
+            Rule("read", topics.ack(region, client)),
+            Rule("read", chunk_filter(topics.secagg_down(region, client))),
+        ]
+    if account.role == "regional":
+        region = _region(account)
+        return [
+            Rule("read", announce),
+            Rule("read", chunk_filter(topics.update_filter(region))),
+            Rule("read", topics.presence(region, "+")),
+            Rule("read", topics.partial_ack(region)),
+            Rule("read", chunk_filter(topics.secagg_up_filter(region))),
+            Rule("write", topics.ack(region, "+")),
+            Rule("write", chunk_filter(topics.secagg_down(region, "+"))),
+            Rule("write", chunk_filter(topics.partial(region))),
+            Rule("write", topics.status("regional", region)),
+        ]
+    if account.role == "cloud":
+        return [
+            Rule("write", announce),
+            Rule("write", topics.summary),
+            Rule("write", topics.partial_ack("+")),
+            Rule("write", topics.status("cloud", CLOUD_HUB_NAME)),
+            Rule("read", chunk_filter(topics.partial_filter)),
+            Rule("read", topics.presence_filter),
+            Rule("read", topics.metrics_filter),
+            Rule("read", topics.status_filter),
+        ]
+    return [  # monitor: what hub.status and scenarios.monitor subscribe to
+        Rule("read", announce),
+        Rule("read", chunk_filter(topics.partial_filter)),
+        Rule("read", topics.metrics_filter),
+        Rule("read", topics.summary),
+        Rule("read", f"{topics.base}/ack/+/+"),
+        Rule("read", topics.presence_filter),
+        Rule("read", topics.status_filter),
+    ]
+
+
+def render_acl(federation: str, accounts: Iterable[Account]) -> str:
+    """Mosquitto ``acl_file`` text: one ``user`` block per account, nothing for anonymous."""
+    topics = Topics(federation)
+    lines = [
+        f"# Mosquitto ACL for fedsa-edge federation {federation!r}, written by `hub provision`.",
+        "# Regenerate rather than edit. Anything not listed here is denied.",
+    ]
+    for account in accounts:
+        lines += ["", f"user {account.username}"]
+        lines += [f"topic {rule.access} {rule.topic}" for rule in rules_for(account, topics)]
+    return "\n".join(lines) + "\n"
+
+
+def _bound(account: Account) -> tuple[str, str]:
+    if account.region is None or account.client is None:
+        raise ValueError(f"device account {account.username!r} needs a region and a client")
+    return account.region, account.client
+
+
+def _region(account: Account) -> str:
+    if account.region is None:
+        raise ValueError(f"regional account {account.username!r} needs a region")
+    return account.region

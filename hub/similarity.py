@@ -1,0 +1,80 @@
+"""A regional hub's similarity weighting (``round_policy.aggregation.weighting: similarity``).
+
+The factor math is in ``hub/weighting.py``; this keeps what it needs across rounds: the
+previous announcement's global tensors and the last global change they imply (the
+reference direction).  A round whose announcement did not change the version (its
+predecessor was not applied) keeps the previous reference; a change of the shared set, a
+first round, or a hub restarted without this state has none, and every factor is then 1
+(plain sample weights) until the next announcement.  Pure: the intake persists it with
+``to_state``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hub.weighting import agreement_factor, reference_direction
+
+Tensors = Mapping[str, torch.Tensor]
+
+
+@dataclass
+class SimilarityWeighting:
+    floor: float
+    version: int | None = None  # of the last announcement seen
+    previous: dict[str, torch.Tensor] | None = None  # its global tensors
+    reference: dict[str, torch.Tensor] | None = None  # the last global change
+
+    def announce(self, version: int, global_tensors: Tensors) -> None:
+        """Take a round's announced global tensors."""
+        current = {n: t.to(torch.float32).clone() for n, t in global_tensors.items()}
+        if self.version is None or version != self.version:
+            self.reference = reference_direction(self.previous, current)
+        elif self.reference is not None and set(self.reference) != set(current):
+            self.reference = None
+        self.version, self.previous = version, current
+
+    def factor(self, delta: Tensors) -> float:
+        """The update's weight multiplier in [floor, 1] (1 without a reference)."""
+        return agreement_factor(delta, self.reference, self.floor)
+
+    # ------------------------------------------------------------------ persistence
+    def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        meta = {"floor": self.floor, "version": self.version,
+                "previous": self.previous is not None, "reference": self.reference is not None}
+        tensors = {f"similarity/previous/{n}": t for n, t in (self.previous or {}).items()}
+        tensors.update({f"similarity/reference/{n}": t
+                        for n, t in (self.reference or {}).items()})
+        return meta, tensors
+
+    @classmethod
+    def from_state(cls, meta: Mapping[str, Any] | None, tensors: Tensors
+                   ) -> SimilarityWeighting | None:
+        if meta is None:
+            return None
+
+        def part(kind: str) -> dict[str, torch.Tensor] | None:
+            if not meta.get(kind):
+                return None
+            prefix = f"similarity/{kind}/"
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        version = meta.get("version")
+        return cls(float(meta["floor"]), None if version is None else int(version),
+                   part("previous"), part("reference"))
+
+
+def similarity_for(previous: SimilarityWeighting | None, weighting: str, floor: float
+                   ) -> SimilarityWeighting | None:
+    """The weighting state for a newly announced round's policy: kept across rounds while
+    the policy stays ``similarity`` with the same floor, dropped otherwise."""
+    if weighting != "similarity":
+        return None
+    if previous is not None and previous.floor == floor:
+        return previous
+    return SimilarityWeighting(floor)
+

@@ -1,0 +1,116 @@
+"""``scenarios bench --variant``: named configuration variants a bench compares (pure).
+
+A variant is either ``NAME:KEY=VALUE[,KEY=VALUE...]`` (``--set`` overrides, see
+scenarios/overrides.py, applied to every run of the variant) or a preset:
+
+* ``base``: the scenario as it is (its runs are the plain ``ALG-sSEED`` runs, so a bench
+  that already ran them reuses them);
+* ``prox:MU``: ``fedsa_lora.personalization.proximal_mu=MU``;
+* ``ft:N``: ``fedsa_lora.personalization.finetune_steps=N``;
+* ``sim[:FLOOR]``: ``round_policy.aggregation.weighting=similarity`` (and its floor);
+* ``importance[:THRESHOLD]``: ``fedsa_lora.adaptive_split`` importance_based;
+* ``layer_wise[:LAST]``: layer-wise split, layers 0..LAST (default 2) share A and B, the
+  others keep the algorithm's split.
+
+Each variant becomes one run label (``ALGORITHM NAME``; ``base`` is just ``ALGORITHM``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from fedsa_common.config import ConfigError
+from scenarios.overrides import parse_override
+
+BASE = "base"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,24}$")
+# a comma that starts the next KEY=VALUE (values such as [lora_A, lora_B] keep theirs)
+_NEXT_PAIR = re.compile(r",\s*(?=[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*\s*=)")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def plain(self) -> bool:
+        """No overrides: the runs are the scenario's own (run keys as without variants)."""
+        return not self.overrides
+
+
+def _number(item: str, text: str, kind: type) -> str:
+    try:
+        kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"--variant {item!r}: {text!r} is not {what}") from None
+    return text
+
+
+def _preset(item: str) -> Variant:
+    head, _, arg = item.partition(":")
+    if head == BASE and not arg:
+        return Variant(BASE)
+    if head == "prox" and arg:
+        mu = _number(item, arg, float)
+        return Variant(f"prox-{mu}", (f"fedsa_lora.personalization.proximal_mu={mu}",))
+    if head == "ft" and arg:
+        steps = _number(item, arg, int)
+        return Variant(f"ft-{steps}", (f"fedsa_lora.personalization.finetune_steps={steps}",))
+    if head == "sim":
+        out = ["round_policy.aggregation.weighting=similarity"]
+        if arg:
+            out.append(f"round_policy.aggregation.similarity_floor={_number(item, arg, float)}")
+        return Variant(f"sim-{arg}" if arg else "sim", tuple(out))
+    if head == "importance":
+        section = "{enable: true, strategy: importance_based"
+        section += f", threshold: {_number(item, arg, float)}}}" if arg else "}"
+        return Variant(f"importance-{arg}" if arg else "importance",
+                       (f"fedsa_lora.adaptive_split={section}",))
+    if head == "layer_wise":
+        last = _number(item, arg, int) if arg else "2"
+        rules = f"[{{layers: '0-{last}', share: [lora_A, lora_B]}}]"
+        return Variant(f"layer_wise-{last}", (
+            f"fedsa_lora.adaptive_split={{enable: true, strategy: layer_wise, "
+            f"layers: {rules}}}",))
+    raise ValueError(f"--variant {item!r}: not NAME:KEY=VALUE[,KEY=VALUE] nor a preset "
+                     "(base, prox:MU, ft:N, sim[:FLOOR], importance[:THRESHOLD], "
+                     "layer_wise[:LAST])")
+
+
+def parse_variant(item: str) -> Variant:
+    """One ``--variant`` -> Variant; a ValueError names the item and what is wrong."""
+    item = item.strip()
+    name, sep, rest = item.partition(":")
+    if not (sep and "=" in rest):
+        return _preset(item)
+    if not _NAME.match(name) or name == BASE:
+        raise ValueError(f"--variant {item!r}: NAME must match {_NAME.pattern} and not be "
+                         f"{BASE!r}")
+    pairs = tuple(p.strip() for p in _NEXT_PAIR.split(rest) if p.strip())
+    for pair in pairs:
+        try:
+            parse_override(pair)
+        except ConfigError as err:
+            raise ValueError(f"--variant {item!r}: {err}") from None
+    return Variant(name, pairs)
+
+
+def parse_variants(items: list[str]) -> list[Variant]:
+    """Every ``--variant``; an empty list or a repeated name is a ValueError."""
+    variants = [parse_variant(i) for i in items if i.strip()]
+    if not variants:
+        raise ValueError("--variant: no variant given")
+    names = [v.name for v in variants]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"--variant: {', '.join(dupes)} given more than once")
+    return variants
+
+
+def describe(variant: Variant) -> str:
+    """``name = override; override`` for bench.md."""
+    return f"{variant.name}: " + ("the scenario as it is" if variant.plain
+                                  else "; ".join(f"`{o}`" for o in variant.overrides))

@@ -1,0 +1,317 @@
+"""The secure-aggregation state machines end to end, in memory: the unmasked sum is the
+plain weighted sum (and exactly the sum of the fixed-point encodings) with up to a third of
+the roster dropping out, the round fails below the threshold, clients refuse requests that
+would unmask someone, and tampered share ciphertexts are rejected."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from fedsa_common.secagg import (
+    RoundContext,
+    SecAggClient,
+    SecAggError,
+    SecAggParams,
+    SecAggServer,
+)
+from fedsa_common.secagg.fixed_point import MOD, add_mod
+from fedsa_common.secagg.messages import (
+    AdvertiseKeys,
+    MaskedInput,
+    Roster,
+    ShareDelivery,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from hub.aggregation import RunningSum
+
+LENGTH = 40
+
+
+@dataclass
+class Round:
+    """A region's round played in memory; ``inputs`` are (values, num_samples)."""
+
+    n: int
+    seed: int = 0
+    params: SecAggParams = field(default_factory=SecAggParams)
+    ctx: RoundContext = field(init=False)
+    clients: dict[str, SecAggClient] = field(init=False)
+    server: SecAggServer = field(init=False)
+    inputs: dict[str, tuple[torch.Tensor, int]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        rng = random.Random(self.seed)
+        self.ctx = RoundContext("fed", 7, "r1", LENGTH, self.params)
+        names = [f"dev{i:02d}" for i in range(self.n)]
+        self.clients = {c: SecAggClient(self.ctx, c, rng.randbytes) for c in names}
+        self.server = SecAggServer(self.ctx)
+        g = torch.Generator().manual_seed(self.seed)
+        self.inputs = {c: (torch.rand(LENGTH, generator=g) * 2.4 - 1.2, rng.randint(1, 500))
+                       for c in names}
+
+    def keys(self, absent: set[str] = frozenset()) -> Roster:
+        for c, client in self.clients.items():
+            if c not in absent:
+                self.server.add_keys(client.advertise())
+        return self.server.close_keys()
+
+    def shares(self, roster: Roster, absent: set[str] = frozenset()) -> None:
+        for c in roster.members:
+            if c not in absent:
+                self.server.add_shares(self.clients[c].share_keys(roster))
+        for v, delivery in self.server.close_shares().items():
+            self.clients[v].receive_shares(delivery)
+
+    def masked(self, absent: set[str] = frozenset()) -> UnmaskRequest:
+        for c in self.server.members:
+            if c not in absent:
+                values, samples = self.inputs[c]
+                self.server.add_input(self.clients[c].masked_input(values, samples))
+        return self.server.close_inputs()
+
+    def unmask(self, request: UnmaskRequest, absent: set[str] = frozenset()):
+        for c in request.survivors:
+            if c not in absent:
+                self.server.add_unmask(self.clients[c].unmask(request))
+        return self.server.finish()
+
+    def play(self, before_shares=frozenset(), after_shares=frozenset(), no_unmask=frozenset()):
+        roster = self.keys()
+        self.shares(roster, before_shares)
+        return self.unmask(self.masked(after_shares), no_unmask)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_unmasked_sum_equals_plain_sum_with_a_third_dropping(seed):
+    rng = random.Random(1000 + seed)
+    n = rng.randint(3, 12)
+    r = Round(n, seed)
+    names = sorted(r.clients)
+    dropouts = rng.sample(names, n // 3)
+    split = rng.randint(0, len(dropouts))
+    before, after = set(dropouts[:split]), set(dropouts[split:])
+    result = r.play(before_shares=before, after_shares=after)
+
+    survivors = [c for c in names if c not in before | after]
+    assert list(result.survivors) == survivors
+    assert set(result.dropped) == after
+    fp = r.params.fixed_point(n)
+    expected_words = torch.zeros(LENGTH + 1, dtype=torch.int64)
+    plain = RunningSum.zeros({"x": (LENGTH,)})
+    for c in survivors:
+        values, samples = r.inputs[c]
+        expected_words = add_mod(expected_words, fp.encode(values, samples))
+        plain.add({"x": values.clamp(-1, 1)}, float(samples))
+    assert torch.equal(result.words, expected_words)  # exactly the sum of the encodings
+    assert result.weight == plain.weight
+    bound = len(survivors) / 2 ** (fp.frac_bits + 1)
+    assert float((result.sums - plain.sums["x"]).abs().max()) <= bound + 1e-9
+    # and the survivors' own view of what they sent adds up to the same sum
+    sent = sum(r.clients[c].sent_values * r.clients[c].weight for c in survivors)
+    assert torch.allclose(result.sums, sent, atol=1e-9)
+
+
+def test_survivors_that_miss_unmasking_are_not_needed():
+    r = Round(9, seed=3)
+    names = sorted(r.clients)
+    result = r.play(after_shares={names[0]}, no_unmask={names[1], names[2]})  # t = 6 of 8
+    assert result.count == 8
+    assert names[1] in result.survivors  # its input counts; its answer was not needed
+
+
+def test_wrong_input_is_not_the_unmasked_sum():
+    """Control: a survivor whose input changes between rounds changes the sum, so the
+    equality above is not vacuous."""
+    r1, r2 = Round(4, seed=9), Round(4, seed=9)
+    r2.inputs["dev00"] = (r2.inputs["dev00"][0] + 0.01, r2.inputs["dev00"][1])
+    assert not torch.equal(r1.play().words, r2.play().words)
+
+
+# ------------------------------------------------------------------ too few
+
+
+def test_fewer_than_threshold_masked_inputs_fails_the_round():
+    r = Round(6, seed=1)  # t = 4
+    roster = r.keys()
+    r.shares(roster)
+    with pytest.raises(SecAggError) as err:
+        r.masked(absent={"dev00", "dev01", "dev02"})
+    assert err.value.reason == "secagg_too_few"
+    assert r.server.stage == "failed"
+    with pytest.raises(SecAggError, match="secagg_state"):
+        r.server.finish()
+
+
+def test_fewer_than_threshold_unmask_answers_fails():
+    r = Round(6, seed=2)
+    r.shares(r.keys())
+    request = r.masked()
+    with pytest.raises(SecAggError, match="secagg_too_few"):
+        r.unmask(request, absent={"dev00", "dev01", "dev02"})
+
+
+def test_too_small_roster_or_too_few_shares_fails():
+    r = Round(4, seed=4)
+    with pytest.raises(SecAggError, match="secagg_too_few"):
+        r.keys(absent={"dev00", "dev01"})  # 2 < min_clients 3
+    r = Round(4, seed=4)  # t = 3
+    with pytest.raises(SecAggError, match="secagg_too_few"):
+        r.shares(r.keys(), absent={"dev00", "dev01"})
+
+
+# ------------------------------------------------------------------ refusals
+
+
+def _ready_round(n: int = 6, seed: int = 5) -> tuple[Round, UnmaskRequest]:
+    r = Round(n, seed)
+    r.shares(r.keys())
+    return r, r.masked(absent={"dev05"})
+
+
+def test_client_refuses_both_shares_of_the_same_client():
+    r, request = _ready_round()
+    client = r.clients["dev00"]
+    greedy = UnmaskRequest(request.survivors, tuple(sorted({"dev05", "dev01"})))
+    with pytest.raises(SecAggError) as err:
+        client.unmask(greedy)  # dev01 is a survivor and listed as dropped
+    assert err.value.reason == "secagg_refused"
+    answer = client.unmask(request)
+    assert set(answer.b_shares) == set(request.survivors)
+    assert set(answer.s_shares) == {"dev05"}
+    assert client.unmask(request) == answer  # a resend of the same request
+    later = UnmaskRequest(tuple(s for s in request.survivors if s != "dev01"),
+                          ("dev01", "dev05"))
+    with pytest.raises(SecAggError, match="secagg_refused"):
+        client.unmask(later)  # would reveal dev01's s_sk after its b was revealed
+
+
+def test_client_refuses_being_listed_dropped_or_a_partial_partition():
+    r, request = _ready_round()
+    listed_dropped = UnmaskRequest(tuple(s for s in request.survivors if s != "dev00"),
+                                   ("dev00", "dev05"))
+    with pytest.raises(SecAggError, match="secagg_refused"):
+        r.clients["dev00"].unmask(listed_dropped)
+    missing = UnmaskRequest(request.survivors, ())
+    with pytest.raises(SecAggError, match="secagg_refused"):
+        r.clients["dev00"].unmask(missing)
+
+
+def test_client_never_masks_two_different_inputs():
+    r = Round(3, seed=6)
+    r.shares(r.keys())
+    client = r.clients["dev00"]
+    values, samples = r.inputs["dev00"]
+    first = client.masked_input(values, samples)
+    assert client.masked_input(values.clone(), samples) == first  # resend
+    with pytest.raises(SecAggError, match="secagg_refused"):
+        client.masked_input(values + 1e-3, samples)
+
+
+def test_client_checks_the_roster():
+    r = Round(4, seed=7)
+    roster = r.keys()
+    forged = Roster(roster.threshold - 1, roster.keys)  # a lower threshold helps the hub
+    with pytest.raises(SecAggError, match="secagg_refused"):
+        r.clients["dev00"].share_keys(forged)
+    swapped = dict(roster.keys)
+    swapped["dev00"] = roster.keys["dev01"]
+    with pytest.raises(SecAggError, match="secagg_refused"):
+        r.clients["dev00"].share_keys(Roster(roster.threshold, swapped))
+
+
+# ------------------------------------------------------------------ tampered shares
+
+
+def _deliveries(n: int = 4, seed: int = 8) -> tuple[Round, dict[str, ShareDelivery]]:
+    r = Round(n, seed)
+    roster = r.keys()
+    for c in roster.members:
+        r.server.add_shares(r.clients[c].share_keys(roster))
+    return r, r.server.close_shares()
+
+
+@pytest.mark.parametrize("how", ["flip", "garbage", "swap", "short"])
+def test_tampered_share_ciphertexts_are_rejected(how):
+    r, deliveries = _deliveries()
+    d = deliveries["dev02"]
+    cts = dict(d.ciphertexts)
+    if how == "flip":
+        ct = bytearray(cts["dev00"])
+        ct[30] ^= 0x01
+        cts["dev00"] = bytes(ct)
+    elif how == "garbage":
+        cts["dev00"] = random.Random(1).randbytes(len(cts["dev00"]))
+    elif how == "swap":  # dev01's ciphertext presented as dev00's (AAD names the sender)
+        cts["dev00"], cts["dev01"] = cts["dev01"], cts["dev00"]
+    else:
+        cts["dev00"] = cts["dev00"][:-1]
+    with pytest.raises(SecAggError) as err:
+        r.clients["dev02"].receive_shares(ShareDelivery("dev02", d.members, cts))
+    assert err.value.reason == "secagg_bad_share"
+    # the untouched delivery still works
+    r.clients["dev02"].receive_shares(d)
+
+
+def test_share_for_another_recipient_is_rejected():
+    r, deliveries = _deliveries()
+    other = deliveries["dev03"]  # dev03's ciphertexts handed to dev02
+    with pytest.raises(SecAggError, match="secagg_bad_share"):
+        r.clients["dev02"].receive_shares(ShareDelivery("dev02", other.members,
+                                                        other.ciphertexts))
+
+
+def test_wrong_share_at_unmasking_is_detected():
+    r, request = _ready_round()
+    for c in request.survivors:
+        answer = r.clients[c].unmask(request)
+        if c == "dev00":
+            bad = {v: bytes(32) for v in answer.s_shares}
+            answer = UnmaskResponse(c, answer.b_shares, bad)
+        r.server.add_unmask(answer)
+    with pytest.raises(SecAggError, match="secagg_reconstruct"):
+        r.server.finish()
+
+
+# ------------------------------------------------------------------ messages
+
+
+def test_messages_round_trip_and_refuse_garbage():
+    r, deliveries = _deliveries()
+    client = r.clients["dev00"]
+    msgs = [client.advertise(), r.server.roster, r.server.shares["dev00"], deliveries["dev00"],
+            UnmaskRequest(("dev00", "dev01"), ("dev02",))]
+    for msg in msgs:
+        assert type(msg).from_dict(msg.to_dict()) == msg
+    y = torch.randint(0, MOD, (LENGTH + 1,), dtype=torch.int64)
+    assert torch.equal(MaskedInput.from_dict({"client": "a", "y": y}, LENGTH + 1).y, y)
+    bad = [
+        (AdvertiseKeys.from_dict, {"client": "a", "c_pk": b"x", "s_pk": bytes(32)}),
+        (AdvertiseKeys.from_dict, {"client": "a/b", "c_pk": bytes(32), "s_pk": bytes(32)}),
+        (AdvertiseKeys.from_dict, {"client": "a", "c_pk": bytes(32), "s_pk": bytes(32), "x": 1}),
+        (Roster.from_dict, {"threshold": True, "keys": {}}),
+        (ShareKeys.from_dict, {"client": "a", "ciphertexts": {"b": b"short"}}),
+        (UnmaskRequest.from_dict, {"survivors": ["b", "a"], "dropped": []}),
+        (UnmaskResponse.from_dict, {"client": "a", "b_shares": [], "s_shares": {}}),
+        (lambda d: MaskedInput.from_dict(d, LENGTH + 1), {"client": "a", "y": y.float()}),
+        (lambda d: MaskedInput.from_dict(d, LENGTH + 1), {"client": "a", "y": y + MOD}),
+        (AdvertiseKeys.from_dict, ["not", "a", "dict"]),
+    ]
+    for parse, raw in bad:
+        with pytest.raises(SecAggError, match="secagg_bad_message"):
+            parse(raw)
+
+
+def test_server_refuses_conflicting_resends():
+    r = Round(3, seed=10)
+    client = r.clients["dev00"]
+    assert r.server.add_keys(client.advertise())
+    assert not r.server.add_keys(client.advertise())  # identical resend is harmless
+    impostor = SecAggClient(r.ctx, "dev00", random.Random(99).randbytes)
+    with pytest.raises(SecAggError, match="secagg_conflict"):
+        r.server.add_keys(impostor.advertise())

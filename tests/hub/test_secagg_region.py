@@ -1,0 +1,199 @@
+"""The regional hub's secure-aggregation driver and the device driver over a real broker
+(Mosquitto if installed, else the embedded one), without a model: the real ``RegionalHub``
+runs in a thread, the test plays the cloud (announcements, reading partials), and scripted
+devices run the real ``DeviceSecAgg`` with synthetic deltas in their own MQTT sessions.
+
+Round 1 loses too many devices after the key exchange: the region's round fails, only an
+empty final partial is forwarded, and the hub keeps serving.  Round 2 completes and its
+partial is the plain weighted sum.  Plain updates are refused in secure rounds.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import pytest
+import torch
+
+from edge_client.secagg_client import DeviceSecAgg
+from fedsa_common.config import FederationConfig
+from fedsa_common.envelope import Envelope
+from fedsa_common.protocol import (
+    Ack,
+    AnnounceHeader,
+    PartialHeader,
+    Presence,
+    Topics,
+    UpdateHeader,
+    decode_json,
+    decode_message,
+    encode_json,
+    encode_message,
+)
+from fedsa_common.secagg.config_check import secagg_params
+from fedsa_common.secagg.vector import gather, scatter
+from fedsa_common.transport import MqttSession, Will
+from hub.regional import RegionalHub
+from quant.codecs.common import EncodedDelta
+
+pytestmark = pytest.mark.integration
+
+FED = "sa"
+REGION = "r1"
+SHAPES = {"m.0.lora_A.weight": (4, 24), "m.1.lora_A.weight": (4, 24)}
+CONFIG = FederationConfig.model_validate({
+    "federation": {"name": FED, "seed": 2},
+    "fedsa_lora": {"compression": {"method": "randk", "ratio": 0.25},
+                   "privacy": {"secure_aggregation": {"enable": True}}},
+    "round_policy": {"deadline_s": 60, "resend_s": 1.0},
+})
+
+
+class ScriptedDevice:
+    """A device without a model: real session, real secure-aggregation driver."""
+
+    def __init__(self, url: str, client: str) -> None:
+        topics = Topics(FED)
+        self.client, self.topics = client, topics
+        offline = Presence(client=client, region=REGION, online=False)
+        self.session = MqttSession(url, client_id=f"dev-{client}",
+                                   will=Will(topics.presence(REGION, client),
+                                             encode_json(offline)))
+        self.gone = threading.Event()
+        self.secagg = DeviceSecAgg(self.session, topics, client, REGION, FED, self.gone)
+        self.acks: queue.Queue[Ack] = queue.Queue()
+        self.session.subscribe_raw(topics.ack(REGION, client),
+                                   lambda _t, p: self.acks.put(decode_json(Ack, p)))
+        self.session.connect()
+        g = torch.Generator().manual_seed(sum(map(ord, client)))
+        self.delta = {n: torch.randn(s, generator=g) * 0.05 for n, s in SHAPES.items()}
+        self.samples = 10 + len(client)
+        self.began = False
+
+    def play(self, header: AnnounceHeader, env: Envelope, vanish: bool,
+             stop: threading.Event) -> None:
+        self.began = self.secagg.begin(header, CONFIG, env)
+        if vanish:
+            self.gone.set()
+            self.session.drop()  # the broker publishes the offline will
+            return
+        update = UpdateHeader(federation=FED, round=header.round, client=self.client,
+                              region=REGION, base_version=header.version, codec="randk",
+                              num_samples=self.samples)
+        update, enc = self.secagg.masked_update(update, EncodedDelta({}, {}, {}), self.delta,
+                                                None)
+        self.session.publish(self.topics.update(REGION, self.client),
+                             encode_message(update, enc.tensors))
+        while not stop.is_set():
+            self.secagg.poll()
+            time.sleep(0.1)
+
+
+def announce(session: MqttSession, rnd: int, selected: list[str], status: str = "running"
+             ) -> tuple[AnnounceHeader, Envelope]:
+    header = AnnounceHeader(federation=FED, round=rnd, version=rnd - 1, status=status,
+                            selected={REGION: selected}, config=CONFIG.model_dump(mode="json"),
+                            config_hash=CONFIG.digest(), deadline_s=60.0,
+                            issued_at=time.time(), shared=sorted(SHAPES))
+    tensors = {n: torch.zeros(s) for n, s in SHAPES.items()}
+    session.publish(Topics(FED).announce, encode_message(header, tensors), retain=True)
+    return header, Envelope(header.model_dump(mode="json"), tensors)
+
+
+def wait_partial(partials: queue.Queue, rnd: int, timeout: float = 60.0
+                 ) -> tuple[PartialHeader, dict[str, torch.Tensor]]:
+    until = time.time() + timeout
+    while time.time() < until:
+        try:
+            header, tensors = partials.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if header.round == rnd and header.final:
+            return header, tensors
+    raise AssertionError(f"no final partial for round {rnd}")
+
+
+def run_round(url: str, cloud: MqttSession, rnd: int, names: list[str], vanish: set[str],
+              selected: list[str] | None = None
+              ) -> tuple[list[ScriptedDevice], list[threading.Thread], threading.Event]:
+    devices = [ScriptedDevice(url, c) for c in names]
+    header, env = announce(cloud, rnd, selected or names)
+    stop = threading.Event()
+    threads = [threading.Thread(target=d.play, args=(header, env, d.client in vanish, stop))
+               for d in devices]
+    for t in threads:
+        t.start()
+    return devices, threads, stop
+
+
+def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker):
+    hub = RegionalHub(broker.url, FED, REGION, tmp_path / "hub")
+    hub_thread = threading.Thread(target=hub.run)
+    hub_thread.start()
+    cloud = MqttSession(broker.url, client_id="test-cloud")
+    partials: queue.Queue = queue.Queue()
+
+    def on_partial(_topic: str, payload: bytes) -> None:
+        header, env = decode_message(PartialHeader, payload, max_bytes=10_000_000)
+        partials.put((header, env.tensors))
+        ack = Ack(kind="partial", id=f"{REGION}:{header.round}:{header.seq}", accepted=True)
+        threading.Thread(target=cloud.publish_raw,
+                         args=(Topics(FED).partial_ack(REGION), encode_json(ack))).start()
+
+    cloud.subscribe(Topics(FED).partial(REGION), on_partial)
+    cloud.connect()
+    time.sleep(1.0)  # the hub subscribes before the first announcement
+    everyone = []
+    try:
+        # round 1: 4 selected (threshold 3), 2 vanish after sharing keys -> too few inputs
+        names = ["a1", "a2", "a3", "a4"]
+        devices, threads, stop = run_round(broker.url, cloud, 1, names, {"a3", "a4"})
+        everyone += devices
+        header, tensors = wait_partial(partials, 1)
+        assert header.count == 0 and header.accepted == [] and header.weight == 0
+        assert all(float(t.abs().sum()) == 0 for t in tensors.values())
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        assert all(d.began for d in devices)  # all four took part in stages 0 and 1
+
+        # round 2: b9 is selected but sends a plain update: refused, never folded in
+        spoiler = ScriptedDevice(broker.url, "b9")
+        everyone.append(spoiler)
+        devices, threads, stop = run_round(broker.url, cloud, 2, ["b1", "b2", "b3"], set(),
+                                           selected=["b1", "b2", "b3", "b9"])
+        everyone += devices
+        plain = UpdateHeader(federation=FED, round=2, client="b9", region=REGION,
+                             base_version=1, codec="dense", num_samples=5)
+        spoiler.session.publish(Topics(FED).update(REGION, "b9"),
+                                encode_message(plain, spoiler.delta))
+        ack = spoiler.acks.get(timeout=30)
+        assert not ack.accepted and ack.reason == "wrong_codec"
+        spoiler.session.drop()  # gone: the key stage does not wait for it
+        header, tensors = wait_partial(partials, 2)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        assert header.count == 3 and header.accepted == ["b1:2", "b2:2", "b3:2"]
+        comp = CONFIG.fedsa_lora.compression
+        params = comp.round_codec_params(CONFIG.federation.seed, 2)
+        expected = {n: torch.zeros(s, dtype=torch.float64) for n, s in SHAPES.items()}
+        for d in devices:
+            values = gather(d.delta, SHAPES, comp.codec, params)
+            for n, t in scatter(values, SHAPES, comp.codec, params).items():
+                expected[n] += d.samples * t
+        assert header.weight == sum(d.samples for d in devices)
+        fp = secagg_params(CONFIG).fixed_point(3)
+        tol = 3 / 2 ** (fp.frac_bits + 1) + 1e-6
+        for n in SHAPES:
+            assert torch.allclose(tensors[n].double(), expected[n], atol=tol)
+        assert hub.counters["secagg.failed"] == 1 and hub.counters["secagg.completed"] == 1
+    finally:
+        announce(cloud, 2, [], status="finished")
+        hub_thread.join(timeout=30)
+        for d in everyone:
+            d.session.close()  # a no-op for the ones that dropped
+        cloud.close()
+    assert not hub_thread.is_alive()

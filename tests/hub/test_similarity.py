@@ -1,0 +1,106 @@
+"""Similarity weighting at a regional hub's intake: the reference direction from two
+announcements, weights num_samples * factor, and persistence across a restart."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedsa_common.config import FederationConfig
+from fedsa_common.protocol import AnnounceHeader, UpdateHeader
+from hub.intake import RegionIntake
+from hub.similarity import SimilarityWeighting, similarity_for
+from quant.codec import get_codec
+
+SHAPES = {"x.lora_A.weight": (2, 4), "y.lora_A.weight": (3,)}
+FLOOR = 0.2
+CONFIG = FederationConfig.model_validate({
+    "fedsa_lora": {"compression": {"enable": False}},
+    "round_policy": {"aggregation": {"weighting": "similarity", "similarity_floor": FLOOR}}})
+
+
+def tensors(value: float) -> dict[str, torch.Tensor]:
+    return {n: torch.full(s, value) for n, s in SHAPES.items()}
+
+
+def announce(intake: RegionIntake, round_: int, version: int, global_value: float) -> None:
+    """What RegionalHub.on_announce does with a new round."""
+    header = AnnounceHeader(
+        federation="f", round=round_, version=version, status="running",
+        selected={"eu": ["d1", "d2"]}, config=CONFIG.model_dump(mode="json"),
+        config_hash="h", deadline_s=30, issued_at=0.0, shared=sorted(SHAPES))
+    intake.announce(header, SHAPES, CONFIG.round_policy, "dense")
+    agg = CONFIG.round_policy.aggregation
+    intake.similarity = similarity_for(intake.similarity, agg.weighting, agg.similarity_floor)
+    assert intake.similarity is not None
+    intake.similarity.announce(version, tensors(global_value))
+
+
+def offer(intake: RegionIntake, client: str, round_: int, version: int, delta_value: float,
+          samples: int = 10) -> None:
+    enc = get_codec("dense").encode(tensors(delta_value))
+    header = UpdateHeader(federation="f", round=round_, client=client, region="eu",
+                          base_version=version, codec="dense", codec_meta=enc.meta,
+                          num_samples=samples)
+    intake.offer(header, enc.tensors, 100)
+
+
+def test_reference_is_the_last_global_change() -> None:
+    sim = SimilarityWeighting(FLOOR)
+    sim.announce(0, tensors(1.0))
+    assert sim.reference is None
+    sim.announce(1, tensors(1.5))
+    assert torch.equal(sim.reference["x.lora_A.weight"], torch.full((2, 4), 0.5))
+    sim.announce(1, tensors(1.5))  # a round that applied nothing keeps the reference
+    assert sim.reference is not None
+    sim.announce(2, {"x.lora_A.weight": torch.ones(2, 4)})  # the shared set changed
+    assert sim.reference is None
+
+
+def test_weights_are_samples_times_agreement_bounded_by_the_floor() -> None:
+    intake = RegionIntake("eu", "f")
+    announce(intake, 1, 0, global_value=0.0)
+    offer(intake, "d1", 1, 0, delta_value=-1.0)  # no reference yet: plain sample weight
+    assert intake.groups[0].weight == pytest.approx(10.0)
+    intake.flush(final=True)
+
+    announce(intake, 2, 1, global_value=1.0)  # the federation moved by +1 everywhere
+    offer(intake, "d1", 2, 1, delta_value=2.0, samples=10)   # along it: factor 1
+    offer(intake, "d2", 2, 1, delta_value=-3.0, samples=30)  # against it: the floor
+    [(header, sums)] = intake.flush(final=True)
+    assert header.weight == pytest.approx(10.0 + 30.0 * FLOOR)
+    expected = 10.0 * 2.0 + 30.0 * FLOOR * -3.0
+    assert torch.allclose(sums["y.lora_A.weight"], torch.full((3,), expected))
+
+
+def test_reference_survives_a_restart_of_the_hub() -> None:
+    intake = RegionIntake("eu", "f")
+    announce(intake, 1, 0, global_value=0.0)
+    announce(intake, 2, 1, global_value=1.0)
+    meta, state = intake.to_state()
+    restored = RegionIntake.from_state("eu", "f", meta, state)
+    assert restored.similarity is not None and restored.similarity.floor == FLOOR
+    offer(restored, "d2", 2, 1, delta_value=-3.0, samples=30)
+    assert restored.groups[1].weight == pytest.approx(30.0 * FLOOR)
+
+
+def test_restart_without_the_state_weighs_by_samples() -> None:
+    """A hub state written without similarity (e.g. before it was enabled) has no
+    reference: factors are 1 until two announcements were seen."""
+    intake = RegionIntake("eu", "f")
+    announce(intake, 1, 0, global_value=0.0)
+    meta, state = intake.to_state()
+    del meta["similarity"]
+    restored = RegionIntake.from_state("eu", "f", meta, state)
+    assert restored.similarity is None
+    announce(restored, 2, 1, global_value=1.0)
+    offer(restored, "d2", 2, 1, delta_value=-3.0, samples=30)
+    assert restored.groups[1].weight == pytest.approx(30.0)
+
+
+def test_sample_weighting_persists_nothing_new() -> None:
+    intake = RegionIntake("eu", "f")
+    meta, tensors = intake.to_state()
+    assert "similarity" not in meta and "importance" not in meta
+    assert not any(k.startswith("similarity/") for k in tensors)
+    assert similarity_for(None, "samples", 0.1) is None

@@ -1,0 +1,114 @@
+"""Importance-based adaptive split end to end: the scenario runner starts a real broker
+(Mosquitto when installed, else embedded amqtt), 1 cloud hub, 2 regional hubs and 4 devices
+(tiny random BERT in 4-bit) as OS processes for 3 rounds, while a spy subscribed to ``#``
+keeps every payload.  Round 1 shares FedSA's A (warm-up); with threshold 0 every LoRA
+tensor the devices reported is consistent enough, so the cloud decides to share A and B
+from round 2 on, and announcements, updates and the report must follow that decision."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from fedsa_common.atomic import read_json
+from fedsa_common.chunking import Reassembler
+from fedsa_common.envelope import Envelope, unpack
+from fedsa_common.split import role
+from fedsa_common.transport import MqttSession
+from scenarios.config import load_scenario
+from scenarios.runner import run_scenario
+
+TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
+OVERRIDES = ["rounds=3", "fedsa_lora.adaptive_split={enable: true, "
+             "strategy: importance_based, threshold: 0.0}"]
+
+pytestmark = pytest.mark.integration
+
+
+class Spy:
+    """Keeps every chunked message on the federation's topics, decoded."""
+
+    def __init__(self, url: str) -> None:
+        self.frames: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.session = MqttSession(url, client_id="adaptive-spy", clean_session=True)
+        self.session.subscribe_raw("#", self._keep)
+
+    def _keep(self, topic: str, payload: bytes) -> None:
+        with self.lock:
+            self.frames.append((topic, payload))
+
+    def envelopes(self) -> list[Envelope]:
+        out, reasm = [], Reassembler(max_message_bytes=64_000_000)
+        raw_json = ("/presence/", "/metrics/", "/status/", "/ack/", "/summary")
+        for topic, payload in self.frames:
+            if payload and not any(part in topic for part in raw_json):
+                whole = reasm.add(topic.rsplit("/", 1)[0], payload, time.time())
+                if whole is not None:
+                    out.append(unpack(whole, max_bytes=64_000_000))
+        return out
+
+
+def parameter(wire: str) -> str:
+    """A codec part's parameter (``x.lora_B.weight.idx.varint`` -> ``x.lora_B.weight``)."""
+    return wire[: wire.index(".weight") + len(".weight")]
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    from fedsa_common.broker import start_broker
+
+    out = tmp_path_factory.mktemp("adaptive")
+    with start_broker("auto") as broker:
+        spy = Spy(broker.url)
+        spy.session.connect()
+        report = run_scenario(load_scenario(TINY, OVERRIDES), out, broker.url,
+                              echo=lambda _: None)
+        time.sleep(0.5)
+        spy.session.close()
+    return report, spy, out
+
+
+def test_run_completes_and_the_report_shows_each_decision(federation):
+    report, _, _ = federation
+    assert report["final"]["finished"] and report["final"]["rounds_completed"] == 3
+    rows = report["rounds"]
+    assert all(row["accepted"] == 4 for row in rows)
+    assert {role(n) for n in rows[0]["shared"]} == {"lora_A"}  # warm-up: FedSA's split
+    assert {role(n) for n in rows[0]["next_shared"]} == {"lora_A", "lora_B"}
+    for before, after in pairwise(rows):
+        assert after["shared"] == before["next_shared"]
+
+
+def test_announcements_and_updates_carry_the_decided_set(federation):
+    report, spy, _ = federation
+    decided = {row["round"]: sorted(row["shared"]) for row in report["rounds"]}
+    announced: dict[int, list[str]] = {}
+    updates: dict[int, list[set[str]]] = defaultdict(list)
+    lora = set(decided[1]) | {n.replace("lora_A", "lora_B") for n in decided[1]}
+    for env in spy.envelopes():
+        header = env.header
+        if header["kind"] == "announce" and header["status"] == "running":
+            announced[header["round"]] = sorted(header["shared"])
+            assert sorted(env.tensors) == sorted(header["shared"])  # only the shared values
+        elif header["kind"] == "update":
+            updates[header["round"]].append({parameter(t) for t in env.tensors})
+            assert set(header["importance"]) == lora  # every trained LoRA tensor
+    assert announced == decided
+    assert any(role(n) == "lora_B" for n in announced[2])
+    assert sorted(updates) == [1, 2, 3]
+    for rnd, sets in updates.items():  # updates carry the round's shared set, no more
+        assert all(names <= set(decided[rnd]) for names in sets)
+        assert set().union(*sets) == set(decided[rnd])
+
+
+def test_checkpoint_resumes_the_split_and_keeps_every_global(federation):
+    report, _, out = federation
+    meta = read_json(out / "state" / "cloud" / "checkpoint.json")
+    assert meta["shared"] == report["rounds"][-1]["next_shared"]
+    assert meta["history"][-1]["next_shared"] == meta["shared"]

@@ -1,0 +1,94 @@
+"""``scenarios bench --variant``: parsing and planning (pure), and one variant run end to end
+on the tiny scenario (real broker, hubs and devices started by the bench)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from scenarios.bench import plan_runs
+from scenarios.bench_variants import Variant, parse_variant, parse_variants
+from scenarios.cli import app
+from scenarios.config import load_scenario
+
+TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
+
+
+@pytest.mark.parametrize(("item", "name", "overrides"), [
+    ("base", "base", ()),
+    ("prox:0.01", "prox-0.01", ("fedsa_lora.personalization.proximal_mu=0.01",)),
+    ("ft:2", "ft-2", ("fedsa_lora.personalization.finetune_steps=2",)),
+    ("sim", "sim", ("round_policy.aggregation.weighting=similarity",)),
+    ("sim:0.3", "sim-0.3", ("round_policy.aggregation.weighting=similarity",
+                            "round_policy.aggregation.similarity_floor=0.3")),
+    ("mine:training.lr=0.01, fedsa_lora.adaptive_split={enable: true, strategy: layer_wise, "
+     "layers: [{layers: 0-1, share: [lora_A, lora_B]}]}", "mine",
+     ("training.lr=0.01", "fedsa_lora.adaptive_split={enable: true, strategy: layer_wise, "
+      "layers: [{layers: 0-1, share: [lora_A, lora_B]}]}")),
+])
+def test_variants_parse_to_named_overrides(item, name, overrides) -> None:
+    assert parse_variant(item) == Variant(name, overrides)
+
+
+@pytest.mark.parametrize("item", ["prox", "prox:x", "ft:1.5", "fedprox:0.1", "base:rounds=2",
+                                  "a b:rounds=2", "x:rounds"])
+def test_bad_variants_name_themselves(item) -> None:
+    with pytest.raises(ValueError, match="--variant"):
+        parse_variant(item)
+
+
+def test_repeated_variant_names_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"prox-0\.1 given more than once"):
+        parse_variants(["prox:0.1", "prox:0.1"])
+
+
+def test_plan_keeps_base_runs_and_names_variant_runs() -> None:
+    base = load_scenario(TINY, ["scenario.data.alpha=0.1"])
+    variants = parse_variants(["base", "importance:0.5", "layer_wise:0"])
+    runs = plan_runs(base, ["fedsa"], [1], Path("/x"), rounds=2, variants=variants)
+    assert [r.out.name for r in runs] == ["fedsa-s1", "fedsa-importance-0.5-s1",
+                                          "fedsa-layer_wise-0-s1"]
+    assert [r.label for r in runs] == ["fedsa", "fedsa importance-0.5", "fedsa layer_wise-0"]
+    plain = plan_runs(base, ["fedsa"], [1], Path("/x"), rounds=2)[0]
+    assert runs[0].config == plain.config  # so a finished plain run is reused
+    assert runs[1].config.federation.name == "tiny-fedsa-importance-0.5-s1"
+    assert runs[1].config.fedsa_lora.adaptive_split.threshold == 0.5
+    assert runs[2].config.fedsa_lora.adaptive_split.rules() == [
+        (0, 0, frozenset({"lora_A", "lora_B"}))]
+    assert all(r.config.scenario.data["alpha"] == 0.1 for r in runs)
+
+
+def test_a_variant_that_does_not_validate_fails_before_anything_starts(tmp_path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["bench", str(TINY), "--algorithms", "ffa", "--seeds",
+                                      "0", "--variant", "importance", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "--variant importance" in result.output and "not ffa" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.integration
+def test_one_variant_runs_end_to_end(tmp_path) -> None:
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(app, [
+        "bench", str(TINY), "--algorithms", "fedsa", "--seeds", "0", "--rounds", "2",
+        "--variant", "prox:0.01", "--set", "scenario.data.alpha=1.0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["labels"] == ["fedsa prox-0.01"]
+    assert bench["variants"] == [{"name": "prox-0.01",
+                                  "overrides": ["fedsa_lora.personalization.proximal_mu=0.01"]}]
+    (run,) = bench["runs"]
+    assert run["finished"] and run["variant"] == "prox-0.01"
+    for metric in ("final_accuracy", "worst10_accuracy", "bytes_up_per_device_round"):
+        assert math.isfinite(run["metrics"][metric]), metric
+    assert bench["summary"]["fedsa prox-0.01"]["final_accuracy"]["n"] == 1
+    report = json.loads((out / "runs" / "fedsa-prox-0.01-s0" / "report.json").read_text())
+    assert report["final"]["rounds_completed"] == 2
+    md = (out / "bench.md").read_text()
+    assert "| fedsa prox-0.01 |" in md
+    assert "`fedsa_lora.personalization.proximal_mu=0.01`" in md
