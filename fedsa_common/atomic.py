@@ -37,7 +37,9 @@ def read_json(path: Path) -> Any:
 
 
 def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
-    write_bytes(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
+    # cloned: tensors are often views of one flat vector, and safetensors refuses tensors
+    # that share storage
+    write_bytes(path, save({k: v.detach().cpu().clone() for k, v in tensors.items()}))
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -115,12 +115,15 @@ def start_broker(
     workdir: Path | None = None,
     log_path: Path | None = None,
     ready_timeout: float = 15.0,
+    max_queued_messages: int | None = None,
 ) -> BrokerProcess:
     """Start a broker on 127.0.0.1 and return once it answers an MQTT CONNECT.
 
     ``auto`` picks Mosquitto when installed, else the embedded amqtt broker. Config and log go
     to ``workdir`` (a temporary directory removed on ``stop()`` when not given). Raises
     ``BrokerStartError`` with the log tail if the broker is not ready within ``ready_timeout``.
+    ``max_queued_messages`` (Mosquitto only; its default is 1,000, 0 = no limit) caps the QoS 1
+    messages kept for an offline persistent session, such as a regional hub's while it restarts.
     """
     if max_packet_bytes < 1024:
         raise ValueError("max_packet_bytes must be at least 1024")
@@ -144,7 +147,7 @@ def start_broker(
     if kind == "mosquitto":
         assert binary is not None
         config = workdir / f"mosquitto-{port}.conf"
-        config.write_text(_mosquitto_config(port, max_packet_bytes))
+        config.write_text(_mosquitto_config(port, max_packet_bytes, max_queued_messages))
         cmd = [binary, "-c", str(config)]
     else:
         cmd = [
@@ -177,7 +180,8 @@ def start_broker(
     return broker
 
 
-def _mosquitto_config(port: int, max_packet_bytes: int) -> str:
+def _mosquitto_config(port: int, max_packet_bytes: int,
+                      max_queued_messages: int | None = None) -> str:
     # Log to stderr (unbuffered, unlike stdout), which we redirect into the log file: mosquitto
     # may drop root privileges after reading its config and then could not open our file.
     return "\n".join(
@@ -186,6 +190,8 @@ def _mosquitto_config(port: int, max_packet_bytes: int) -> str:
             "allow_anonymous true",
             "persistence false",
             f"max_packet_size {max_packet_bytes}",
+            *([f"max_queued_messages {max_queued_messages}"]
+              if max_queued_messages is not None else []),
             "log_dest stderr",
             "log_type error",
             "log_type warning",

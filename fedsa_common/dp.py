@@ -48,8 +48,14 @@ SENSITIVITY: dict[str, float] = {"central": 1.0, "local": 2.0}
 
 # ------------------------------------------------------------------ tensors
 def l2_norm(tensors: Tensors) -> float:
-    """The L2 norm of all tensors together, as one flat vector (accumulated in float64)."""
-    return math.sqrt(sum(float(t.to(torch.float64).pow(2).sum()) for t in tensors.values()))
+    """The L2 norm of all tensors together, as one flat vector (accumulated in float64).
+
+    One concatenation and one reduction, whatever the number of tensors: hubs take it of
+    every update."""
+    if not tensors:
+        return 0.0
+    flat = torch.cat([t.reshape(-1) for t in tensors.values()]).to(torch.float64)
+    return float(torch.linalg.vector_norm(flat))
 
 
 def clip_update(tensors: Tensors, clip_norm: float) -> tuple[dict[str, torch.Tensor], float]:

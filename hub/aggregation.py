@@ -14,16 +14,31 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fedsa_common.dp import l2_norm
+from quant.codecs.layout import Layout
+
+__all__ = ["RunningSum", "apply_server_update", "fedavg", "l2_norm"]
+
 Tensors = Mapping[str, torch.Tensor]
 
 
 @dataclass
 class RunningSum:
-    """``sum_i w_i * delta_i``, ``sum_i w_i`` and the number of updates folded in."""
+    """``sum_i w_i * delta_i``, ``sum_i w_i`` and the number of updates folded in.
+
+    The sums live in one flat float64 vector (``sums`` are views of it), so folding in an
+    update is one addition however many tensors it has: a regional hub does this for every
+    device of every round.
+    """
 
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     weight: float = 0.0
     count: int = 0
+
+    def __post_init__(self) -> None:
+        self._layout = Layout.of({n: tuple(t.shape) for n, t in self.sums.items()})
+        self._flat = self._layout.flatten(self.sums, torch.float64)
+        self.sums = self._layout.split(self._flat)
 
     @classmethod
     def zeros(cls, shapes: Mapping[str, tuple[int, ...]]) -> RunningSum:
@@ -34,8 +49,7 @@ class RunningSum:
             raise ValueError(f"weight must be positive and finite, got {weight}")
         if set(delta) != set(self.sums):
             raise ValueError("delta names differ from the running sum's names")
-        for name, value in delta.items():
-            self.sums[name].add_(value.to(torch.float64), alpha=weight)
+        self._flat.add_(self._layout.flatten(delta), alpha=weight)
         self.weight += weight
         self.count += 1
 
@@ -43,18 +57,17 @@ class RunningSum:
         """Fold in another running sum (a regional partial)."""
         if set(sums) != set(self.sums):
             raise ValueError("partial names differ from the running sum's names")
-        for name, value in sums.items():
-            self.sums[name].add_(value.to(torch.float64))
+        self._flat.add_(self._layout.flatten(sums, torch.float64))
         self.weight += weight
         self.count += count
 
     def mean(self) -> dict[str, torch.Tensor]:
         if self.weight <= 0:
-            return {n: torch.zeros_like(s, dtype=torch.float32) for n, s in self.sums.items()}
-        return {n: (s / self.weight).to(torch.float32) for n, s in self.sums.items()}
+            return self._layout.split(self._layout.zeros())
+        return self._layout.split((self._flat / self.weight).to(torch.float32))
 
     def as_float32(self) -> dict[str, torch.Tensor]:
-        return {n: s.to(torch.float32) for n, s in self.sums.items()}
+        return self._layout.split(self._flat.to(torch.float32))
 
 
 def fedavg(updates: Iterable[tuple[Tensors, float]]) -> dict[str, torch.Tensor]:
@@ -74,7 +87,3 @@ def apply_server_update(
     global_params: Tensors, mean_delta: Tensors, server_lr: float = 1.0
 ) -> dict[str, torch.Tensor]:
     return {n: global_params[n] + server_lr * mean_delta[n] for n in global_params}
-
-
-def l2_norm(tensors: Tensors) -> float:
-    return math.sqrt(sum(float(t.to(torch.float64).pow(2).sum()) for t in tensors.values()))

@@ -152,7 +152,9 @@ class RegionIntake:
             raise WireError("norm_bound", f"{norm:.3g} > {self.policy.max_update_norm}")
         if self.policy.aggregation.clip_norm is not None:
             delta = clip_to_norm(delta, self.policy.aggregation.clip_norm)
-        group = self.groups.setdefault(header.base_version, RunningSum.zeros(self.shapes))
+        group = self.groups.get(header.base_version)
+        if group is None:
+            group = self.groups[header.base_version] = RunningSum.zeros(self.shapes)
         samples = float(header.num_samples)
         if self.similarity is not None:  # agreement with the last global change
             samples *= self.similarity.factor(delta)

@@ -11,17 +11,24 @@ hub over untrusted tensors and raises only :class:`~fedsa_common.errors.WireErro
 ``encode`` runs on the device over our own tensors and raises plain ``ValueError``.
 
 Wire layout per codec (tensor names in the envelope body, ``meta`` in the header as
-``codec_meta``; ``N`` is a parameter name, k = ``topk_count(numel, ratio)``):
+``codec_meta``; ``N`` is a parameter name, k = ``topk_count(numel, ratio)`` per tensor):
 
 * ``dense``: ``{N: float32 tensor}``; meta ``{}``.  Lossless; always accepted.
 * ``topk_int8`` (original): ``N.idx`` (uint16, or int32 above 65,536 elements),
   ``N.val`` (int8 [k]), ``N.scale`` (float32 [1]); meta ``{"ratio": ratio}``.
 * ``topk`` / ``randk`` (params ``ratio``, ``values`` fp32|fp16|int8|int4, ``block_size``,
-  ``zstd``; randk also ``seed``): ``N.val`` (float32/float16/int8 [k], or uint8
-  [ceil(k/2)] for int4), ``N.scale`` (float32, one per tensor or per block; int8/int4
-  only), and for topk when k < numel ``N.idx.varint`` or ``N.idx.bitmap`` (uint8);
-  randk sends no index.  With ``zstd`` the whole body is one uint8 tensor ``zstd``.
-  meta ``{}``.
+  ``zstd``; randk also ``seed``): a *flat* layout, at most three tensors for the whole
+  update.  The parameters are laid end to end in sorted-name order (``codecs.layout``);
+  each tensor still sends its own k coordinates (its top-k, or its random-k from the seed)
+  and K is their sum.  ``val``: the K values in flat-position order (float32/float16/int8
+  [K], or uint8 [ceil(K/2)] for int4); ``scale`` (int8/int4 only): float32, one per tensor
+  or per block of ``block_size`` values within a tensor; for topk when K < total one
+  index over flat positions, ``idx.varint`` or ``idx.bitmap`` (uint8), whichever is
+  smaller; randk sends no index.  With ``zstd`` the whole body is one uint8 tensor
+  ``zstd``.  meta ``{}``.  Flat because a hub decodes every update of every device: per
+  tensor, the cost was a dozen small operations and a ~100-byte safetensors header entry
+  each; flat, a fixed number of operations per update, and the header entries are gone
+  from the bytes.
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ from quant.codecs.common import (
     accumulate,
     check_meta,
     check_names,
-    require_finite,
     require_shape,
     require_tensor,
 )
+from quant.codecs.layout import Layout
 
 _FLOAT_WIRE_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 
@@ -52,14 +52,18 @@ class DenseCodec:
         expected_shapes: Mapping[str, tuple[int, ...]],
     ) -> dict[str, Tensor]:
         check_meta(meta)
-        check_names(tensors, set(expected_shapes))
-        out: dict[str, Tensor] = {}
-        for name, shape in expected_shapes.items():
+        layout = Layout.of(expected_shapes)
+        check_names(tensors, set(layout.names))
+        parts: list[Tensor] = []
+        for name, shape in zip(layout.names, layout.shapes, strict=True):
             t = require_tensor(name, tensors[name])
             if t.dtype not in _FLOAT_WIRE_DTYPES:
                 raise WireError("bad_tensor", f"{name!r} has dtype {t.dtype}, expected float")
-            require_shape(name, t, tuple(shape))
-            value = t.detach().to("cpu", torch.float32).clone()
-            require_finite(name, value)
-            out[name] = value
-        return out
+            require_shape(name, t, shape)
+            parts.append(t.reshape(-1) if t.dtype == torch.float32 else
+                         t.reshape(-1).to(torch.float32))
+        flat = torch.cat(parts) if parts else layout.zeros()  # a copy: callers may mutate
+        if not bool(torch.isfinite(flat).all()):
+            bad = next(n for n, v in layout.split(flat).items() if not bool(v.isfinite().all()))
+            raise WireError("non_finite", f"{bad!r} contains NaN or inf")
+        return layout.split(flat)

@@ -1,23 +1,33 @@
-"""How top-k positions travel: delta-varint or bitmap, whichever is smaller per tensor.
+"""How top-k positions travel: delta-varint or bitmap over the whole update's flat vector.
 
-* ``varint``: the first position, then the gaps to each next position (>= 1), each as an
-  unsigned LEB128 varint (7 bits per byte, low bits first, high bit = more bytes follow).
-  About one byte per position when positions are dense enough that gaps stay below 128.
-* ``bitmap``: ``ceil(numel / 8)`` bytes, bit ``j`` of byte ``i`` (least significant first)
-  set when position ``8 i + j`` is sent; the bits past ``numel`` are zero.
+Positions are *flat*: the parameter tensors are laid end to end in sorted-name order
+(``quant.codecs.layout``) and a position is an offset into that vector, so one index tensor
+serves the whole update (one safetensors entry, a fixed number of operations to decode)
+instead of one per parameter.  The selection itself stays per tensor; the index only says
+where the picked coordinates lie.
 
-When every coordinate is sent no index travels at all.  Decoding validates everything a
-hostile sender controls: truncated, overlong or non-canonical varints, zero gaps (positions
-not strictly increasing), positions past the tensor, bitmap length, padding bits, and the
-count, which must equal the ``k`` the announced ratio implies.
+* ``idx.varint``: the first position, then the gaps to each next position (>= 1), each as
+  an unsigned LEB128 varint (7 bits per byte, low bits first, high bit = more bytes
+  follow).  About one byte per position when positions are dense enough that gaps stay
+  below 128.
+* ``idx.bitmap``: ``ceil(total / 8)`` bytes, bit ``j`` of byte ``i`` (least significant
+  first) set when position ``8 i + j`` is sent; the bits past ``total`` are zero.
 
-The byte work is done in NumPy: these are many small arrays, where NumPy's per-call cost is
-a few times lower than torch's (the hub decodes every index of every update).
+The smaller of the two travels (the bitmap on a tie); when every coordinate is sent no
+index travels at all.  Decoding validates everything a hostile sender controls: truncated,
+overlong or non-canonical varints, zero gaps (positions not strictly increasing),
+positions past the vector, bitmap length, padding bits, the total count, which must equal
+the ``K`` the announced ratio implies, and (``check_counts``) the count in each tensor's
+range, which must equal that tensor's ``k``: a position moved from one tensor into the
+next would otherwise pass every other check.
+
+The byte work is done in NumPy, whose per-call cost is a few times lower than torch's.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -26,7 +36,8 @@ from torch import Tensor
 from fedsa_common.errors import WireError
 
 INDEX_KINDS: tuple[str, ...] = ("varint", "bitmap")
-MAX_VARINT_BYTES = 5  # 35 bits: enough for any position of an int32-addressable tensor
+INDEX_TENSORS: dict[str, str] = {kind: f"idx.{kind}" for kind in INDEX_KINDS}
+MAX_VARINT_BYTES = 5  # 35 bits: enough for any position of an int32-addressable vector
 
 
 def varint_encode(values: Tensor) -> Tensor:
@@ -52,11 +63,16 @@ def varint_encode(values: Tensor) -> Tensor:
 
 def varint_decode(name: str, data: Tensor, count: int) -> Tensor:
     """uint8 LEB128 bytes -> exactly ``count`` int64 values, every byte consumed."""
-    b = data.numpy().astype(np.int64)
-    if b.size == 0:
+    raw = data.numpy()
+    if raw.size == 0:
         if count:
             raise WireError("bad_index", f"{name!r}: 0 varints, expected {count}")
         return torch.zeros(0, dtype=torch.int64)
+    if int(raw.max()) < 0x80:  # the common case: every value below 128, one byte each
+        if raw.size != count:
+            raise WireError("bad_index", f"{name!r}: {raw.size} varints, expected {count}")
+        return torch.from_numpy(raw.astype(np.int64))
+    b = raw.astype(np.int64)
     last = (b & 0x80) == 0
     if not last[-1]:
         raise WireError("bad_varint", f"{name!r}: truncated varint at the end")
@@ -81,8 +97,9 @@ def bitmap_len(numel: int) -> int:
 
 
 def encode_support(support: Tensor, numel: int) -> tuple[str, Tensor] | None:
-    """(kind, uint8 bytes) for sorted positions, the smaller of the two encodings (bitmap
-    on a tie: its size is fixed); None when every coordinate is sent."""
+    """(kind, uint8 bytes) for sorted positions in a vector of ``numel`` elements, the
+    smaller of the two encodings (bitmap on a tie: its size is fixed); None when every
+    coordinate is sent."""
     if support.numel() == numel:
         return None
     gaps = torch.diff(support, prepend=torch.zeros(1, dtype=torch.int64))
@@ -122,3 +139,17 @@ def decode_support(name: str, kind: str, data: Tensor, numel: int, k: int) -> Te
             raise WireError("bad_index", f"{name!r}: {positions.size} positions, expected {k}")
         return torch.from_numpy(positions.astype(np.int64))
     raise WireError("bad_index", f"{name!r}: unknown index kind {kind!r}")
+
+
+def check_counts(name: str, positions: Tensor, bounds: np.ndarray, counts: np.ndarray,
+                 segments: Sequence[str] | None = None) -> None:
+    """Refuse sorted ``positions`` unless exactly ``counts[i]`` lie in segment ``i``, which
+    spans ``[bounds[i], bounds[i + 1])`` (``bounds`` int64, ``len(counts) + 1`` entries;
+    ``segments`` names them in messages).  One search over the whole update, whatever the
+    number of segments."""
+    per_segment = np.diff(np.searchsorted(positions.numpy(), bounds))
+    if not np.array_equal(per_segment, counts):
+        bad = int(np.flatnonzero(per_segment != counts)[0])
+        which = repr(segments[bad]) if segments is not None else f"segment {bad}"
+        raise WireError("bad_index", f"{name!r}: {int(per_segment[bad])} positions in "
+                        f"{which}, expected {int(counts[bad])}")

@@ -1,14 +1,27 @@
 """``topk`` and ``randk``: a sparsifier, a value format, an index encoding, optional zstd.
 
-Per parameter ``N`` (k = ``topk_count(numel, ratio)``) the body holds:
+The selection is per parameter tensor, exactly as if each were sent on its own: tensor
+``i`` sends ``k_i = topk_count(numel_i, ratio)`` coordinates, its ``k_i`` largest
+magnitudes (topk) or ``k_i`` positions drawn from the round's seed and its name (randk).
+Only the wire layout is flat: the parameters are laid end to end in sorted-name order
+(``quant.codecs.layout``), ``K = sum k_i`` values are sent in all, and the body holds at
+most three tensors for the whole update:
 
-* ``N.val``: the k sent values in position order; float32 [k] (fp32), float16 [k]
-  (fp16), int8 [k] (int8) or uint8 [ceil(k/2)] (int4, two per byte); see ``values``.
-* ``N.scale``: float32 [blocks] for int8/int4 (one per tensor, or one per block of
-  ``block_size`` sent values).
-* topk only, and only when k < numel: ``N.idx.varint`` or ``N.idx.bitmap`` (uint8),
-  whichever is smaller for this tensor; see ``indices``.  randk sends no index: the
-  positions follow from the round's seed.
+* ``val``: the K sent values in flat-position order (tensor by tensor, positions
+  increasing within each); float32 [K] (fp32), float16 [K] (fp16), int8 [K] (int8) or
+  uint8 [ceil(K/2)] (int4, two per byte); see ``values``.
+* ``scale``: float32 for int8/int4, one per tensor (``block_size`` None) or one per block
+  of ``block_size`` sent values within each tensor (blocks never span two tensors).
+* topk only, and only when K < total: ``idx.varint`` or ``idx.bitmap`` (uint8) over flat
+  positions, whichever is smaller; see ``indices``.  randk sends no index: the positions
+  follow from the round's seed (memoised per layout, ratio and seed, since a hub decodes
+  every update of a round against the same support).
+
+Why flat: a regional hub decodes every update of every device, and per tensor the cost
+was a dozen small operations and a ~100-byte safetensors header entry, whatever the
+tensor's size (a third of a small update's bytes).  Flat, decoding validates, dequantizes
+and scatters a whole update in a fixed number of operations and returns views of one
+float32 vector (``Layout.split``), which the hub's running sum folds in with one addition.
 
 With ``zstd`` the whole body above becomes one uint8 tensor ``zstd``; see ``zbody``.
 ``codec_meta`` is ``{}``: everything the decoder needs is in the announced parameters.
@@ -18,11 +31,12 @@ stays in the device's residual and is added to the next round's delta.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,17 +50,22 @@ from quant.codecs.common import (
 )
 from quant.codecs.indices import (
     INDEX_KINDS,
+    INDEX_TENSORS,
     MAX_VARINT_BYTES,
     bitmap_len,
+    check_counts,
     decode_support,
     encode_support,
 )
+from quant.codecs.layout import Layout
 from quant.codecs.sparsify import SEED_LIMIT, randk_support, topk_count, topk_support
 from quant.codecs.values import (
+    SCALE_TENSOR,
+    VAL_TENSOR,
     VALUE_FORMATS,
+    block_index,
     dequantize,
     is_scaled,
-    num_blocks,
     quantize,
     value_bytes,
 )
@@ -54,6 +73,44 @@ from quant.codecs.zbody import compress_body, decompress_body
 
 _INT32_MAX = 2**31 - 1
 _ST_ENTRY_BYTES = 160  # safetensors header bytes per tensor, beyond its name (generous)
+MAX_BODY_TENSORS = 3  # val, scale, one index
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """What the announced ratio implies for one layout: ``counts[i]`` values from tensor
+    ``i``, ``k`` in all; ``bounds`` are the tensors' flat ranges (offsets, then total)."""
+
+    layout: Layout
+    counts: tuple[int, ...]
+    k: int
+    counts_np: np.ndarray
+    bounds: np.ndarray
+
+    @property
+    def sends_all(self) -> bool:
+        return self.k == self.layout.total
+
+
+@lru_cache(maxsize=64)
+def plan(layout: Layout, ratio: float) -> Plan:
+    """The per-tensor counts of ``layout`` at ``ratio`` (memoised: a hub asks every update)."""
+    counts = tuple(topk_count(n, ratio) for n in layout.numels)
+    bounds = np.array([*layout.offsets, layout.total], dtype=np.int64)
+    return Plan(layout, counts, sum(counts), np.array(counts, dtype=np.int64), bounds)
+
+
+@lru_cache(maxsize=64)
+def randk_flat_support(layout: Layout, ratio: float, seed: int) -> Tensor:
+    """Flat sorted int64 positions of the random-k support of every tensor of ``layout``.
+
+    Memoised, since every update of a round is decoded against it; the tensor is shared,
+    so callers only index with it.
+    """
+    p = plan(layout, ratio)
+    parts = [randk_support(numel, k, seed, name) + offset for name, numel, offset, k in
+             zip(layout.names, layout.numels, layout.offsets, p.counts, strict=True)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,38 +141,48 @@ class SparseCodec:
 
     # -- what subclasses decide ------------------------------------------------------
     def support(self, flat: Tensor | None, numel: int, k: int, name: str) -> Tensor:
-        """Sorted int64 positions to send; ``flat`` is None on the decoding side."""
+        """Sorted int64 positions to send of one tensor; ``flat`` is None when decoding."""
         raise NotImplementedError
+
+    def flat_support(self, flat: Tensor | None, p: Plan) -> Tensor:
+        """Sorted int64 flat positions of the whole update: each tensor's support, shifted
+        by its offset (``flat`` is the update's flat vector, None when decoding)."""
+        layout = p.layout
+        parts = []
+        for name, numel, offset, k in zip(layout.names, layout.numels, layout.offsets,
+                                          p.counts, strict=True):
+            part = None if flat is None else flat[offset:offset + numel]
+            local = torch.arange(numel) if k == numel else self.support(part, numel, k, name)
+            parts.append(local + offset)
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
 
     # -- encode (device) -------------------------------------------------------------
     def encode(
         self, delta: Mapping[str, Tensor], residual: Mapping[str, Tensor] | None = None
     ) -> EncodedDelta:
         acc = accumulate(delta, residual)
-        wire: dict[str, Tensor] = {}
-        new_residual: dict[str, Tensor] = {}
-        for name, value in acc.items():
-            flat = value.reshape(-1)
-            numel = flat.numel()
-            if numel > _INT32_MAX:
-                raise ValueError(f"{name!r} has {numel} elements; too many to address")
-            k = topk_count(numel, float(self.ratio))
-            positions = torch.arange(numel) if k == numel else self.support(flat, numel, k, name)
-            picked = flat[positions]
-            q = quantize(picked, self.values, self.block_size)
-            res = flat.clone()
-            res[positions] = picked - q.sent
-            wire[f"{name}.val"] = q.wire
-            if q.scale is not None:
-                wire[f"{name}.scale"] = q.scale
-            if self.sends_indices:
-                encoded = encode_support(positions, numel)
-                if encoded is not None:
-                    wire[f"{name}.idx.{encoded[0]}"] = encoded[1]
-            new_residual[name] = res.reshape(value.shape)
+        layout = Layout.of({n: tuple(t.shape) for n, t in acc.items()})
+        if layout.total > _INT32_MAX:
+            raise ValueError(f"{layout.total} elements in all; too many to address")
+        p = plan(layout, float(self.ratio))
+        flat = layout.flatten(acc)  # a fresh vector: becomes the new residual in place
+        positions = None if p.sends_all else self.flat_support(flat, p)
+        picked = flat if positions is None else flat[positions]
+        q = quantize(picked, self.values, self.block_size, p.counts)
+        if positions is None:
+            flat -= q.sent
+        else:
+            flat[positions] = picked - q.sent
+        wire: dict[str, Tensor] = {VAL_TENSOR: q.wire}
+        if q.scale is not None:
+            wire[SCALE_TENSOR] = q.scale
+        if self.sends_indices and positions is not None:
+            encoded = encode_support(positions, layout.total)
+            if encoded is not None:
+                wire[INDEX_TENSORS[encoded[0]]] = encoded[1]
         if self.zstd:
             wire = compress_body(wire)
-        return EncodedDelta(tensors=wire, meta={}, residual=new_residual)
+        return EncodedDelta(tensors=wire, meta={}, residual=layout.split(flat))
 
     # -- decode (hub, untrusted input) -----------------------------------------------
     def decode(
@@ -124,74 +191,76 @@ class SparseCodec:
         meta: Mapping[str, Any],
         expected_shapes: Mapping[str, tuple[int, ...]],
     ) -> dict[str, Tensor]:
+        """Validate the whole update, then dequantize and scatter it at once: a fixed
+        number of tensor operations, whatever the number of parameters."""
         check_meta(meta)
+        layout = Layout.of(expected_shapes)
+        if layout.total > _INT32_MAX:
+            raise WireError("too_large", f"{layout.total} elements in all; too many to address")
+        p = plan(layout, float(self.ratio))
         if self.zstd:
-            tensors = decompress_body(tensors, self.body_limit(expected_shapes),
-                                      max_tensors=3 * len(expected_shapes) + 1)
-        self._check_names(tensors, expected_shapes)
-        out: dict[str, Tensor] = {}
-        for name, shape in expected_shapes.items():
-            numel = math.prod(shape)
-            k = topk_count(numel, float(self.ratio))
-            positions = self._decode_support(name, tensors, numel, k)
-            sent = dequantize(name, tensors[f"{name}.val"], tensors.get(f"{name}.scale"),
-                              self.values, k, self.block_size)
-            flat = torch.zeros(numel, dtype=torch.float32)
-            flat[positions] = sent
-            out[name] = flat.reshape(shape)
-        return out
+            tensors = decompress_body(tensors, self._body_limit(p),
+                                      max_tensors=MAX_BODY_TENSORS)
+        index_key = self._check_names(tensors, p)
+        sent = dequantize(tensors[VAL_TENSOR], tensors.get(SCALE_TENSOR), self.values,
+                          p.counts, self.block_size)
+        out = layout.zeros()
+        if p.sends_all:
+            out.copy_(sent)
+        else:
+            out[self._decode_support(tensors, index_key, p)] = sent
+        return layout.split(out)
 
-    def _decode_support(self, name: str, tensors: Mapping[str, Tensor], numel: int,
-                        k: int) -> Tensor:
-        if k == numel:
-            return torch.arange(numel)
+    def _decode_support(self, tensors: Mapping[str, Tensor], index_key: str | None,
+                        p: Plan) -> Tensor:
         if not self.sends_indices:
-            return self.support(None, numel, k, name)
-        for kind in INDEX_KINDS:
-            key = f"{name}.idx.{kind}"
-            if key in tensors:
-                return decode_support(key, kind, require_tensor(key, tensors[key]), numel, k)
-        raise WireError("missing_tensor", f"{name}: no index")  # _check_names prevents it
+            return self.flat_support(None, p)
+        assert index_key is not None  # _check_names requires one
+        kind = index_key.removeprefix("idx.")
+        positions = decode_support(index_key, kind, require_tensor(index_key,
+                                                                   tensors[index_key]),
+                                   p.layout.total, p.k)
+        check_counts(index_key, positions, p.bounds, p.counts_np, p.layout.names)
+        return positions
 
-    def _check_names(self, tensors: Mapping[str, Any],
-                     expected_shapes: Mapping[str, tuple[int, ...]]) -> None:
-        """Exactly the parts each parameter needs; one index kind when an index is due."""
-        allowed: set[str] = set()
-        for name, shape in expected_shapes.items():
-            required = [f"{name}.val"] + ([f"{name}.scale"] if is_scaled(self.values) else [])
-            missing = [r for r in required if r not in tensors]
-            if missing:
-                raise WireError("missing_tensor", f"missing {missing}")
-            allowed.update(required)
-            numel = math.prod(shape)
-            if self.sends_indices and topk_count(numel, float(self.ratio)) < numel:
-                kinds = [f"{name}.idx.{kind}" for kind in INDEX_KINDS]
-                present = [key for key in kinds if key in tensors]
-                if not present:
-                    raise WireError("missing_tensor", f"missing index of {name!r}")
-                if len(present) > 1:
-                    raise WireError("unexpected_tensor", f"two indices for {name!r}")
-                allowed.update(present)
-        extra = set(tensors) - allowed
-        if extra:
+    def _check_names(self, tensors: Mapping[str, Any], p: Plan) -> str | None:
+        """Exactly ``val``, ``scale`` when scaled, and one index kind when an index is due;
+        returns the index's name."""
+        required = {VAL_TENSOR, SCALE_TENSOR} if is_scaled(self.values) else {VAL_TENSOR}
+        missing = required - set(tensors)
+        if missing:
+            raise WireError("missing_tensor", f"missing {sorted(missing)}")
+        index_key = None
+        if self.sends_indices and not p.sends_all:
+            present = [INDEX_TENSORS[kind] for kind in INDEX_KINDS
+                       if INDEX_TENSORS[kind] in tensors]
+            if not present:
+                raise WireError("missing_tensor", "missing the index")
+            if len(present) > 1:
+                raise WireError("unexpected_tensor", "two indices")
+            index_key = present[0]
+        if len(tensors) != len(required) + (index_key is not None):
+            extra = set(tensors) - required - {index_key}
             raise WireError("unexpected_tensor", f"unexpected {sorted(extra)[:5]}")
+        return index_key
 
     def body_limit(self, expected_shapes: Mapping[str, tuple[int, ...]]) -> int:
         """Largest body a well-formed update of these shapes can have (bounds zstd)."""
-        total = 1024
-        for name, shape in expected_shapes.items():
-            numel = math.prod(shape)
-            k = topk_count(numel, float(self.ratio))
-            total += value_bytes(k, self.values) + 4 * num_blocks(k, self.block_size)
-            if self.sends_indices:
-                total += max(MAX_VARINT_BYTES * k, bitmap_len(numel))
-            total += 3 * (len(name.encode()) + _ST_ENTRY_BYTES)
+        return self._body_limit(plan(Layout.of(expected_shapes), float(self.ratio)))
+
+    def _body_limit(self, p: Plan) -> int:
+        total = 1024 + value_bytes(p.k, self.values) + 3 * (16 + _ST_ENTRY_BYTES)
+        if is_scaled(self.values):
+            total += 4 * block_index(p.counts, self.block_size)[1]
+        if self.sends_indices and not p.sends_all:
+            total += max(MAX_VARINT_BYTES * p.k, bitmap_len(p.layout.total))
         return total
 
 
 @dataclass(frozen=True, kw_only=True)
 class TopKCodec(SparseCodec):
-    """The k largest magnitudes of ``delta + residual``; positions travel as indices."""
+    """The k largest magnitudes of each tensor of ``delta + residual``; positions travel
+    as one flat index."""
 
     name: str = field(default="topk", init=False)
 
@@ -203,8 +272,8 @@ class TopKCodec(SparseCodec):
 
 @dataclass(frozen=True, kw_only=True)
 class RandKCodec(SparseCodec):
-    """k coordinates drawn from the round's seed, the same on every device of the round;
-    no indices travel.  ``seed`` is the round's (``sparsify.round_seed``)."""
+    """k coordinates of each tensor drawn from the round's seed, the same on every device
+    of the round; no indices travel.  ``seed`` is the round's (``sparsify.round_seed``)."""
 
     seed: int
     name: str = field(default="randk", init=False)
@@ -218,3 +287,6 @@ class RandKCodec(SparseCodec):
 
     def support(self, flat: Tensor | None, numel: int, k: int, name: str) -> Tensor:
         return randk_support(numel, k, self.seed, name)
+
+    def flat_support(self, flat: Tensor | None, p: Plan) -> Tensor:
+        return randk_flat_support(p.layout, float(self.ratio), self.seed)

@@ -10,7 +10,6 @@ int32, strictly increasing flat indices), ``N.val`` (1-D int8, same length), ``N
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,14 +24,15 @@ from quant.codecs.common import (
     check_meta,
     check_names,
     check_ratio,
-    require_finite,
     require_tensor,
 )
+from quant.codecs.layout import Layout, segment_ids
 from quant.codecs.sparsify import topk_count, topk_support
 
 #: Largest tensor whose flat indices are sent as uint16 (indices 0..65535).
 UINT16_MAX_NUMEL = 65_536
 _INT32_MAX = 2**31 - 1
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def index_dtype(numel: int) -> torch.dtype:
@@ -90,18 +90,47 @@ class TopKInt8Codec:
         meta: Mapping[str, Any],
         expected_shapes: Mapping[str, tuple[int, ...]],
     ) -> dict[str, Tensor]:
+        """Validate every part, then dequantize and scatter the whole update at once (a
+        fixed number of tensor operations, not a dozen per parameter)."""
         check_meta(meta)
-        wire_names = {f"{n}.{part}" for n in expected_shapes for part in ("idx", "val", "scale")}
+        layout = Layout.of(expected_shapes)
+        wire_names = {f"{n}.{part}" for n in layout.names for part in ("idx", "val", "scale")}
         check_names(tensors, wire_names)
-        return {
-            name: self._decode_one(name, tuple(shape), tensors)
-            for name, shape in expected_shapes.items()
-        }
+        idxs, vals, scales = [], [], []
+        for name, numel in zip(layout.names, layout.numels, strict=True):
+            idx, val, scale = self._check_parts(name, numel, tensors)
+            idxs.append(idx)
+            vals.append(val)
+            scales.append(scale)
+        out = layout.zeros()
+        if not layout.names:
+            return layout.split(out)
+        counts = torch.tensor([v.numel() for v in vals], dtype=torch.int64)
+        scale = torch.cat(scales)
+        # one scale per tensor; a huge finite one times 127 could overflow a value
+        if not bool(torch.isfinite(scale).all()) or float(scale.max()) * 127.0 > _FLOAT32_MAX:
+            raise WireError("non_finite", "a scale is NaN, inf or too large")
+        if float(scale.min()) < 0.0:
+            raise WireError("bad_tensor", "a scale is negative")
+        seg = segment_ids(counts)
+        same = all(i.dtype == idxs[0].dtype for i in idxs)  # uint16 and int32 may mix
+        local = torch.cat(idxs if same else [i.to(torch.int64) for i in idxs]).to(torch.int64)
+        numels = torch.tensor(layout.numels, dtype=torch.int64)
+        if local.numel() and (int(local.min()) < 0 or bool((local >= numels[seg]).any())):
+            bad = layout.names[int(seg[(local < 0) | (local >= numels[seg])][0])]
+            raise WireError("bad_index", f"{bad}.idx out of range")
+        positions = local + torch.tensor(layout.offsets, dtype=torch.int64)[seg]
+        # in range per tensor, so increasing overall iff increasing within every tensor
+        if positions.numel() > 1 and not bool((positions[1:] > positions[:-1]).all()):
+            bad = layout.names[int(seg[1:][positions[1:] <= positions[:-1]][0])]
+            raise WireError("bad_index", f"{bad}.idx not strictly increasing")
+        out[positions] = torch.cat(vals).to(torch.float32) * scale[seg]
+        return layout.split(out)
 
     @staticmethod
-    def _decode_one(name: str, shape: tuple[int, ...], tensors: Mapping[str, Tensor]) -> Tensor:
-        """Validate one parameter's three wire tensors and scatter them into a dense one."""
-        numel = math.prod(shape)
+    def _check_parts(name: str, numel: int, tensors: Mapping[str, Tensor]
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+        """One parameter's three wire tensors, with their dtypes and shapes checked."""
         idx = require_tensor(f"{name}.idx", tensors[f"{name}.idx"])
         val = require_tensor(f"{name}.val", tensors[f"{name}.val"])
         scale = require_tensor(f"{name}.scale", tensors[f"{name}.scale"])
@@ -122,15 +151,4 @@ class TopKInt8Codec:
             raise WireError("shape_mismatch", f"{name}: {idx.numel()} indices > {numel} elements")
         if tuple(scale.shape) != (1,):
             raise WireError("shape_mismatch", f"{name}.scale shape {tuple(scale.shape)} != (1,)")
-        require_finite(f"{name}.scale", scale)
-        if float(scale[0]) < 0.0:
-            raise WireError("bad_tensor", f"{name}.scale is negative")
-        positions = idx.detach().to("cpu", torch.int64)
-        if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= numel):
-            raise WireError("bad_index", f"{name}.idx out of range [0, {numel})")
-        if positions.numel() > 1 and not bool((positions[1:] > positions[:-1]).all()):
-            raise WireError("bad_index", f"{name}.idx not strictly increasing")
-        out = torch.zeros(numel, dtype=torch.float32)
-        out[positions] = val.detach().to("cpu", torch.float32) * scale.detach().to("cpu")[0]
-        require_finite(name, out)  # a huge finite scale times 127 can overflow
-        return out.reshape(shape)
+        return idx, val, scale

@@ -11,6 +11,7 @@ the decompressed body gets every check a message body gets.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 
 import torch
@@ -24,6 +25,16 @@ from quant.codecs.common import check_names, require_dtype, require_tensor
 ZSTD_TENSOR = "zstd"
 ZSTD_LEVEL = 3
 MAX_WINDOW = 1 << 24  # refuse frames asking the decoder for a larger history buffer
+_LOCAL = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor: building one allocates its whole workspace, which costs
+    more than decompressing a small update; one object must not serve two threads at once."""
+    d = getattr(_LOCAL, "decompressor", None)
+    if d is None:
+        d = _LOCAL.decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+    return d
 
 
 def compress_body(tensors: Mapping[str, Tensor], level: int = ZSTD_LEVEL) -> dict[str, Tensor]:
@@ -56,7 +67,7 @@ def decompress_body(
     if frame.content_size > limit:
         raise WireError("zstd_bomb", f"declares {frame.content_size} bytes > limit {limit}")
     try:
-        raw = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).decompress(
+        raw = _decompressor().decompress(
             blob, max_output_size=limit, allow_extra_data=False
         )
     except zstandard.ZstdError as err:

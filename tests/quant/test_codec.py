@@ -375,3 +375,40 @@ def test_topk_random_decode_never_crashes(idx: list[int], val: list[int], scale:
     except WireError:
         return
     assert out["w"].shape == (4, 5) and bool(torch.isfinite(out["w"]).all())
+
+
+def test_topk_index_past_its_tensor_is_refused_even_inside_the_update() -> None:
+    """Decoding lays all tensors end to end; an index just past tensor ``a`` would land on
+    ``b``'s first element of the flat vector, and must still be refused."""
+    tensors = {
+        "a.idx": torch.tensor([0, 6]).to(torch.uint16),
+        "a.val": torch.ones(2, dtype=torch.int8),
+        "a.scale": torch.tensor([1.0]),
+        "b.idx": torch.tensor([1]).to(torch.uint16),
+        "b.val": torch.ones(1, dtype=torch.int8),
+        "b.scale": torch.tensor([1.0]),
+    }
+    shapes = {"a": (2, 3), "b": (4,)}
+    assert _reason(TopKInt8Codec(), tensors, shapes) == "bad_index"
+    tensors["a.idx"] = torch.tensor([0, 5]).to(torch.uint16)
+    out = TopKInt8Codec().decode(tensors, {}, shapes)
+    assert out["a"].flatten().tolist() == [1, 0, 0, 0, 0, 1]
+    assert out["b"].tolist() == [0, 1, 0, 0]
+
+
+def test_topk_int8_values_sends_the_same_update_as_topk_int8() -> None:
+    """``topk`` with int8 values and per-tensor scales chooses and rounds exactly as the
+    original ``topk_int8`` (only the index encoding and the layout differ), so a federation
+    learns the same with either and the benchmark of one stands for the other's accuracy."""
+    delta = _delta(4)
+    residual = {n: torch.randn(t.shape, generator=torch.Generator().manual_seed(5)) * 0.1
+                for n, t in delta.items()}
+    old, new = TopKInt8Codec(ratio=0.2), get_codec("topk", ratio=0.2, values="int8")
+    enc_old, enc_new = old.encode(delta, residual), new.encode(delta, residual)
+    shapes = _shapes(delta)
+    dec_old = old.decode(unpack(pack({}, enc_old.tensors)).tensors, enc_old.meta, shapes)
+    dec_new = new.decode(unpack(pack({}, enc_new.tensors)).tensors, enc_new.meta, shapes)
+    for name in delta:
+        assert torch.equal(dec_old[name], dec_new[name])
+        assert torch.equal(enc_old.residual[name], enc_new.residual[name])
+    assert len(pack({}, enc_new.tensors)) < len(pack({}, enc_old.tensors))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import zstandard
@@ -16,13 +17,22 @@ from fedsa_common.envelope import pack_tensors
 from fedsa_common.errors import WireError
 from quant.codecs.indices import (
     bitmap_len,
+    check_counts,
     decode_support,
     encode_support,
     varint_decode,
     varint_encode,
 )
 from quant.codecs.sparsify import randk_support, round_seed
-from quant.codecs.values import QMAX, dequantize, num_blocks, pack_int4, quantize, unpack_int4
+from quant.codecs.values import (
+    QMAX,
+    block_index,
+    dequantize,
+    num_blocks,
+    pack_int4,
+    quantize,
+    unpack_int4,
+)
 from quant.codecs.zbody import ZSTD_TENSOR, compress_body, decompress_body
 
 
@@ -40,7 +50,7 @@ _vectors = st.lists(_floats, min_size=0, max_size=40).map(torch.tensor)
 # ----------------------------------------------------------------------------- values
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(_vectors, st.sampled_from(["fp32", "fp16", "int8", "int4"]),
        st.sampled_from([None, 1, 3, 8]))
 def test_quantize_round_trip_within_bound(values: torch.Tensor, fmt: str,
@@ -49,7 +59,7 @@ def test_quantize_round_trip_within_bound(values: torch.Tensor, fmt: str,
         block_size = None
     k = values.numel()
     q = quantize(values, fmt, block_size)
-    out = dequantize("p", q.wire, q.scale, fmt, k, block_size)
+    out = dequantize(q.wire, q.scale, fmt, k, block_size)
     assert torch.equal(out, q.sent)  # the receiver reconstructs what the sender computed
     err = (out - values).abs()
     if fmt == "fp32":
@@ -66,17 +76,63 @@ def test_quantize_round_trip_within_bound(values: torch.Tensor, fmt: str,
             assert float(err[b * length:(b + 1) * length].max()) <= scale / 2 * (1 + 1e-5)
 
 
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(_vectors, min_size=0, max_size=5), st.sampled_from(["int8", "int4"]),
+       st.sampled_from([None, 1, 3, 8]))
+def test_blocks_stay_within_each_tensor(parts: list[torch.Tensor], fmt: str,
+                                        block_size: int | None) -> None:
+    """Values of several tensors laid end to end quantize (and dequantize, bit for bit)
+    exactly as each tensor would on its own: a tensor's blocks never take in values of
+    the next one."""
+    counts = [p.numel() for p in parts]
+    values = torch.cat(parts) if parts else torch.zeros(0)
+    q = quantize(values, fmt, block_size, counts)
+    assert q.scale is not None
+    assert q.scale.shape == (sum(num_blocks(c, block_size) for c in counts),)
+    assert torch.equal(dequantize(q.wire, q.scale, fmt, counts, block_size), q.sent)
+    alone = [quantize(p, fmt, block_size) for p in parts]
+    assert torch.equal(q.scale, torch.cat([a.scale for a in alone if a.scale is not None])
+                       if alone else torch.zeros(0))
+    assert torch.equal(q.sent, torch.cat([a.sent for a in alone]) if alone else torch.zeros(0))
+    assert q.wire.dtype == (torch.int8 if fmt == "int8" else torch.uint8)
+    assert q.wire.numel() == (values.numel() if fmt == "int8" else (values.numel() + 1) // 2)
+
+
+def test_block_index() -> None:
+    block, n = block_index((2, 0, 5, 1), 2)
+    assert n == 1 + 0 + 3 + 1
+    assert block.tolist() == [0, 0, 1, 1, 2, 2, 3, 4]
+    block, n = block_index((2, 0, 5, 1), None)
+    assert n == 3 and block.tolist() == [0, 0, 1, 1, 1, 1, 1, 2]
+    assert block_index((), 4)[1] == 0
+
+
+def test_zero_block_sends_zeros() -> None:
+    q = quantize(torch.tensor([0.0, 0.0, 3.0, -1.5]), "int8", None, [2, 2])
+    assert q.scale is not None and q.scale.tolist() == [0.0, pytest.approx(3.0 / 127)]
+    assert q.wire.tolist()[:2] == [0, 0] and q.sent.tolist()[:2] == [0.0, 0.0]
+
+
+def test_quantize_misuse_is_a_plain_value_error() -> None:
+    for args in ((torch.ones(3), "int3"), (torch.ones(3), "int8", None, [1, 1]),
+                 (torch.ones(3), "int8", None, [4, -1])):
+        with pytest.raises(ValueError) as info:
+            quantize(*args)
+        assert not isinstance(info.value, WireError)
+
+
 def test_int4_packs_two_values_per_byte() -> None:
     q = torch.tensor([-7, 7, 0, 1, -1], dtype=torch.int8)
     packed = pack_int4(q)
     assert packed.tolist() == [1 | (15 << 4), 8 | (9 << 4), 7]  # last high nibble is padding
-    assert torch.equal(unpack_int4("p", packed, 5), q)
+    assert torch.equal(unpack_int4(packed, 5), q)
 
 
 @pytest.mark.parametrize(
     ("packed", "k", "reason"),
     [
         ([0x11, 0x01], 4, "bad_value"),  # nibble 0 (-8) in a value position
+        ([0x10, 0x11], 4, "bad_value"),  # ... the first one
         ([0x11, 0x11], 3, "bad_value"),  # padding nibble not zero
         ([0x11], 3, "shape_mismatch"),  # too short
         ([0x11, 0x01, 0x11], 3, "shape_mismatch"),  # too long
@@ -84,22 +140,27 @@ def test_int4_packs_two_values_per_byte() -> None:
 )
 def test_int4_hostile(packed: list[int], k: int, reason: str) -> None:
     wire = torch.tensor(packed, dtype=torch.uint8)
-    scale = torch.ones(1)
-    assert _reason(dequantize, "p", wire, scale, "int4", k, None) == reason
+    scale = torch.ones(2)
+    assert _reason(dequantize, wire, scale, "int4", [k - 1, 1], None) == reason
 
 
 @pytest.mark.parametrize(
     ("fmt", "wire", "scale", "reason"),
     [
-        ("int8", torch.tensor([1, -128], dtype=torch.int8), torch.ones(1), "bad_value"),
-        ("int8", torch.tensor([1, 2], dtype=torch.int16), torch.ones(1), "bad_tensor"),
-        ("int8", torch.tensor([1, 2, 3], dtype=torch.int8), torch.ones(1), "shape_mismatch"),
-        ("int8", torch.tensor([1, 2], dtype=torch.int8), torch.ones(2), "shape_mismatch"),
-        ("int8", torch.tensor([1, 2], dtype=torch.int8), torch.tensor([-1.0]), "bad_value"),
-        ("int8", torch.tensor([1, 2], dtype=torch.int8), torch.tensor([math.nan]),
+        ("int8", torch.tensor([1, -128], dtype=torch.int8), torch.ones(2), "bad_value"),
+        ("int8", torch.tensor([1, 2], dtype=torch.int16), torch.ones(2), "bad_tensor"),
+        ("int8", torch.tensor([1, 2, 3], dtype=torch.int8), torch.ones(2), "shape_mismatch"),
+        ("int8", torch.tensor([1, 2], dtype=torch.int8), torch.ones(1), "shape_mismatch"),
+        ("int8", torch.tensor([1, 2], dtype=torch.int8), torch.ones(3), "shape_mismatch"),
+        ("int8", torch.tensor([1, 2], dtype=torch.int8), torch.tensor([1.0, -1.0]),
+         "bad_value"),
+        ("int8", torch.tensor([1, 2], dtype=torch.int8), torch.tensor([1.0, math.nan]),
          "non_finite"),
-        ("int8", torch.tensor([1, 127], dtype=torch.int8), torch.tensor([3e38]), "non_finite"),
-        ("int8", torch.tensor([1, 2], dtype=torch.int8), torch.ones(1, dtype=torch.float16),
+        ("int8", torch.tensor([1, 2], dtype=torch.int8), torch.tensor([-math.inf, 1.0]),
+         "non_finite"),
+        ("int8", torch.tensor([1, 127], dtype=torch.int8), torch.tensor([1.0, 3e38]),
+         "non_finite"),
+        ("int8", torch.tensor([1, 2], dtype=torch.int8), torch.ones(2, dtype=torch.float16),
          "bad_tensor"),
         ("int8", torch.tensor([1, 2], dtype=torch.int8), None, "bad_tensor"),
         ("fp16", torch.tensor([1.0, math.inf], dtype=torch.float16), None, "non_finite"),
@@ -110,7 +171,8 @@ def test_int4_hostile(packed: list[int], k: int, reason: str) -> None:
     ],
 )
 def test_values_hostile(fmt: str, wire: Any, scale: Any, reason: str) -> None:
-    assert _reason(dequantize, "p", wire, scale, fmt, 2, None) == reason
+    """Two tensors of one value each: two scales."""
+    assert _reason(dequantize, wire, scale, fmt, [1, 1], None) == reason
 
 
 def test_fp16_clamps_instead_of_overflowing() -> None:
@@ -180,6 +242,36 @@ def test_varint_hostile(data: list[int], numel: int, k: int, reason: str) -> Non
 )
 def test_bitmap_hostile(data: list[int], numel: int, k: int, reason: str) -> None:
     assert _reason(decode_support, "i", "bitmap", _u8(data), numel, k) == reason
+
+
+@pytest.mark.parametrize(
+    ("positions", "ok"),
+    [
+        ([0, 4, 5, 9], True),
+        ([0, 4, 9, 10], False),  # one of segment 1's positions moved into segment 2
+        ([0, 1, 4, 9], False),  # ... into segment 0
+        ([4, 5, 6, 9], False),
+    ],
+)
+def test_check_counts(positions: list[int], ok: bool) -> None:
+    """Segments [0, 4), [4, 9), [9, 12) send 1, 2 and 1 positions."""
+    bounds = np.array([0, 4, 9, 12], dtype=np.int64)
+    counts = np.array([1, 2, 1], dtype=np.int64)
+    pos = torch.tensor(sorted(positions), dtype=torch.int64)
+    if ok:
+        check_counts("i", pos, bounds, counts, ["a", "b", "c"])
+    else:
+        assert _reason(check_counts, "i", pos, bounds, counts, ["a", "b", "c"]) == "bad_index"
+
+
+def test_varint_one_byte_fast_path_agrees() -> None:
+    """Every value below 128 takes a shortcut; its result and checks match the general
+    path (one larger value forces it)."""
+    small = list(range(0, 128, 7))
+    assert varint_decode("i", varint_encode(torch.tensor(small)), len(small)).tolist() == small
+    assert _reason(varint_decode, "i", _u8(small), len(small) + 1) == "bad_index"
+    mixed = [*small, 300]
+    assert varint_decode("i", varint_encode(torch.tensor(mixed)), len(mixed)).tolist() == mixed
 
 
 def test_index_kind_and_dtype_checked() -> None:
@@ -268,6 +360,16 @@ def test_zstd_bomb_rejected_before_decompressing() -> None:
 )
 def test_zstd_bad_frames(blob: bytes) -> None:
     assert _reason(decompress_body, _blob(blob), 10_000, 4) == "bad_zstd"
+
+
+def test_zstd_decompressor_reused_after_errors() -> None:
+    """The per-thread decompressor is reused, and still works after bad frames."""
+    for blob in (b"garbage", zstandard.ZstdCompressor().compress(b"x" * 50)[:-3]):
+        assert _reason(decompress_body, _blob(blob), 10_000, 4) == "bad_zstd"
+        out = decompress_body(compress_body(_body()), limit=10_000, max_tensors=4)
+        assert torch.equal(out["a.val"], _body()["a.val"])
+    bomb = zstandard.ZstdCompressor(level=1).compress(b"\0" * 20_000)
+    assert _reason(decompress_body, _blob(bomb), 10_000, 4) == "zstd_bomb"
 
 
 def test_zstd_content_checked_like_a_body() -> None:
