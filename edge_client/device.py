@@ -5,6 +5,11 @@ the compressed delta of its shared parameters (QoS 1, identified by client and r
 redelivery is harmless) and resends it with backoff until its regional hub acknowledges it,
 evaluates its personalized model on its own test split, reports metrics, and persists its
 local parameters and the unacknowledged update so a restart resumes where it stopped.
+
+Under downlink deltas (edge_client/downlink.py) it follows every announcement, selected or
+not: it applies the announced change to the global it holds, or fetches the full global
+parameters retained on ``Topics.global_params`` when it cannot.  ``bytes_down`` in its
+metrics counts every announcement and fetch payload it received since its last report.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import random
 import threading
 import time
 import zlib
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,12 +30,20 @@ import torch
 from edge_client.attack import Attack, poison
 from edge_client.conditions import DeviceConditions, compute_delay, transfer_delay
 from edge_client.data import DataSpec, DeviceData, load_device_data
+from edge_client.downlink import HeldGlobal, check_fetched, from_announcement
 from edge_client.host import ModelHost
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.personalize import finetune_local, proximal_for
 from edge_client.progress import RoundProgress
 from edge_client.secagg_client import DeviceSecAgg
-from edge_client.snapshot import model_info, save_global, saved_global, saved_info
+from edge_client.snapshot import (
+    load_held,
+    model_info,
+    save_global,
+    save_held,
+    saved_global,
+    saved_info,
+)
 from edge_client.split_state import (
     carry_residual,
     final_global,
@@ -48,6 +62,7 @@ from fedsa_common.errors import WireError
 from fedsa_common.protocol import (
     Ack,
     AnnounceHeader,
+    GlobalHeader,
     Metrics,
     Presence,
     Topics,
@@ -85,6 +100,8 @@ class Abandoned(Exception):
 
 
 MAX_RESEND_S = 60.0
+MAX_ANNOUNCE_BYTES = 64_000_000
+FETCH_TIMEOUT_S = 30.0  # waiting for the retained full global of an announced version
 
 
 @dataclass
@@ -115,6 +132,9 @@ class Device:
         self.data: DeviceData | None = None
         self.tokens: Tokenized | None = None
         self.planner = MicroBatchPlanner.for_budget(spec.memory_mb)  # learns across rounds
+        self.held: HeldGlobal | None = load_held(self.store.path)  # downlink deltas
+        self.downlink = Counter[str]()  # how announced globals were obtained, and failures
+        self.down_unreported = 0  # payload bytes received since the last metrics report
         self.progress = RoundProgress(spec.client)
         presence = self.topics.presence(spec.region, spec.client)
         offline = Presence(client=spec.client, region=spec.region, online=False)
@@ -178,16 +198,26 @@ class Device:
                     payload, _ = self.inbox.get(timeout=0.5)
                 except queue.Empty:
                     continue
+                self.down_unreported += len(payload)
                 while not self.inbox.empty():  # only the newest announcement matters
                     payload, _ = self.inbox.get_nowait()
+                    self.down_unreported += len(payload)  # the others were downloaded too
                 try:
-                    header, env = decode_message(AnnounceHeader, payload, max_bytes=64_000_000)
+                    header, env = decode_message(AnnounceHeader, payload,
+                                                 max_bytes=MAX_ANNOUNCE_BYTES)
                     announced_config(header)  # a config that does not validate is bad input
                 except WireError as err:
                     log.warning("%s: ignored bad announcement: %s", self.spec.client, err)
                     continue
                 try:
-                    self.on_round(header, env, len(payload))
+                    tensors, fetched = self.sync_global(header, env)
+                    if tensors is None and header.status == "running":
+                        log.warning("%s: round %d: no global parameters of version %d; "
+                                    "waiting for the next announcement", self.spec.client,
+                                    header.round, header.version)
+                        continue
+                    self.on_round(header, Envelope(env.header, tensors or {}),
+                                  len(payload) + fetched)
                 except Abandoned:
                     log.info("%s: vanished during round %d; its work is lost", self.spec.client,
                              header.round)
@@ -206,8 +236,10 @@ class Device:
         if header.federation != self.spec.federation:
             return
         if header.status == "finished":
-            log.info("%s: federation finished at round %d", self.spec.client, header.round)
-            self.keep_final_global(header, env)
+            log.info("%s: federation finished at round %d%s", self.spec.client, header.round,
+                     f" (downlink: {dict(self.downlink)})" if self.downlink else "")
+            if env.tensors or not header.shared:  # under downlink deltas a fetch may fail
+                self.keep_final_global(header, env)
             self.done.set()
             return
         if header.round <= self.state.last_round:
@@ -221,7 +253,9 @@ class Device:
         if not self.secagg.begin(header, config, env):  # secure aggregation: keys, shares
             self.pause(0.0)
             return
-        payload, metrics = self.train_round(header, config, env, bytes_down)
+        # everything downloaded since the last report (run() counts it), or this round's
+        payload, metrics = self.train_round(header, config, env,
+                                            self.down_unreported or bytes_down)
         self.pause(transfer_delay(len(payload), cond.uplink_kbps, cond.latency_ms))
         bytes_up = self.session.publish(self.topics.update(self.spec.region, self.spec.client),
                                         payload)
@@ -231,9 +265,102 @@ class Device:
         metrics = metrics.model_copy(update={"bytes_up": bytes_up})
         self.session.publish_raw(self.topics.metrics(self.spec.region, self.spec.client),
                                  encode_json(metrics))
+        self.down_unreported = 0
         log.info("%s: round %d trained (loss %.3f), accuracy %.3f, sent %d bytes",
                  self.spec.client, header.round, metrics.train_loss or 0.0, metrics.accuracy,
                  bytes_up)
+
+    # downlink deltas --------------------------------------------------------------------
+    def sync_global(self, header: AnnounceHeader, env: Envelope
+                    ) -> tuple[dict[str, torch.Tensor] | None, int]:
+        """The announced version's global shared parameters and the payload bytes fetched
+        for them: the announcement's own body without downlink deltas; under them the held
+        copy, the held copy moved by the delta, or the retained full parameters (None when
+        none arrived in time).  A bad delta is logged, counted and replaced by a fetch."""
+        if header.federation != self.spec.federation or header.global_digest is None:
+            return dict(env.tensors), 0
+        try:
+            tensors = from_announcement(header, env.tensors, self.held)
+            if tensors is not None:
+                self.downlink["held" if self.held is not None and self.held.is_version(header)
+                              else "full" if not header.is_delta else "delta"] += 1
+        except WireError as err:
+            self.downlink["bad_delta"] += 1
+            log.warning("%s: announced global of version %d not usable (%s); fetching the "
+                        "full parameters", self.spec.client, header.version, err)
+            tensors = None
+        fetched = 0
+        if tensors is None:
+            held, fetched = self.fetch_global(header)
+            self.down_unreported += fetched
+            if held is None:
+                self.downlink["fetch_failed"] += 1
+                return None, fetched
+            self.hold(held)
+            self.downlink["fetched"] += 1
+            if held.version != header.version:  # a newer one: this announcement is stale
+                self.downlink["stale_announcement"] += 1
+                return None, fetched
+            tensors = dict(held.tensors)
+        elif self.held is None or not self.held.is_version(header):
+            assert header.global_digest is not None
+            self.hold(HeldGlobal(header.version, header.config_hash, header.global_digest,
+                                 tensors))
+        return {n: t.clone() for n, t in tensors.items()}, fetched  # the held stay intact
+
+    def hold(self, held: HeldGlobal) -> None:
+        self.held = held
+        save_held(self.store.path, held)
+
+    def fetch_global(self, header: AnnounceHeader) -> tuple[HeldGlobal | None, int]:
+        """Subscribe to the retained full global, wait (at most FETCH_TIMEOUT_S) for the
+        announced version, unsubscribe.  Returns what arrived (a newer version too: the
+        announcement was then stale) and the payload bytes received."""
+        got: queue.Queue[bytes] = queue.Queue()
+
+        def keep(_topic: str, payload: bytes) -> None:
+            if payload:
+                got.put(payload)
+
+        received = 0
+        found: HeldGlobal | None = None
+        log.info("%s: fetching the full global parameters of version %d", self.spec.client,
+                 header.version)
+        try:
+            self.session.subscribe(self.topics.global_params, keep)
+            deadline = time.time() + FETCH_TIMEOUT_S
+            while found is None or found.version < header.version:
+                left = deadline - time.time()
+                if left <= 0:
+                    break
+                self.pause(0.0)
+                try:
+                    payload = got.get(timeout=min(0.5, left))
+                except queue.Empty:
+                    continue
+                received += len(payload)
+                try:
+                    g, genv = decode_message(GlobalHeader, payload,
+                                             max_bytes=MAX_ANNOUNCE_BYTES)
+                    candidate = check_fetched(header, g, genv.tensors)
+                except WireError as err:
+                    log.warning("%s: ignored bad full global: %s", self.spec.client, err)
+                    continue
+                if found is None or candidate.version > found.version:
+                    found = candidate
+        except (TimeoutError, ConnectionError) as err:
+            log.warning("%s: full global not fetched: %s", self.spec.client, err)
+        finally:
+            try:
+                self.session.unsubscribe(self.topics.global_params, keep)
+            except (TimeoutError, ConnectionError, RuntimeError) as err:
+                log.info("%s: unsubscribe from the full global failed: %s", self.spec.client,
+                         err)
+        if found is not None and found.version < header.version:
+            log.warning("%s: only version %d of the full global arrived within %.0fs",
+                        self.spec.client, found.version, FETCH_TIMEOUT_S)
+            found = None
+        return found, received
 
     def handle_acks(self) -> None:
         while not self.acks.empty():

@@ -6,6 +6,13 @@ with each announcement, so the device also keeps the last global shared paramete
 received (``global.safetensors``) and the model description from the announcement's
 configuration (``model.json``: model section with ``num_labels``, algorithm, label names).
 Together they are everything ``edge-client export`` needs, without a broker.
+
+Under downlink deltas the device also keeps the global shared parameters of the last
+version it held, announced or not (``held-global.safetensors``, with ``held-global.json``
+naming version, configuration and digest; edge_client/downlink.py), so a rebooted device
+can apply the next delta instead of fetching everything.  They are kept apart from
+``global.safetensors``, which stays what the device last trained from (and, at the end, the
+final global), as export and the adaptive split read it.
 """
 
 from __future__ import annotations
@@ -17,12 +24,16 @@ from typing import Any
 
 import torch
 
+from edge_client.downlink import HeldGlobal
 from edge_client.state import LOCAL
 from fedsa_common.atomic import read_json, read_tensors, write_json, write_tensors
 from fedsa_common.config import FederationConfig, ModelSection
+from fedsa_common.protocol import params_digest
 
 GLOBAL = "global.safetensors"
 MODEL = "model.json"
+HELD = "held-global.safetensors"
+HELD_META = "held-global.json"
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,28 @@ def saved_global(state_dir: Path) -> dict[str, torch.Tensor]:
     """The last global shared parameters kept by ``save_global`` ({} before any)."""
     path = Path(state_dir) / GLOBAL
     return read_tensors(path) if path.exists() else {}
+
+
+def save_held(state_dir: Path, held: HeldGlobal) -> None:
+    """Keep the held global (tensors first, then the JSON that names their version)."""
+    write_tensors(Path(state_dir) / HELD, held.tensors)
+    write_json(Path(state_dir) / HELD_META, {"version": held.version,
+                                             "config_hash": held.config_hash,
+                                             "digest": held.digest})
+
+
+def load_held(state_dir: Path) -> HeldGlobal | None:
+    """The held global kept by ``save_held``; None before any, or when the tensors do not
+    match their digest (a crash between the two writes)."""
+    meta_path, path = Path(state_dir) / HELD_META, Path(state_dir) / HELD
+    if not (meta_path.exists() and path.exists()):
+        return None
+    meta = read_json(meta_path)
+    tensors = read_tensors(path)
+    if params_digest(tensors) != meta.get("digest"):
+        return None
+    return HeldGlobal(int(meta["version"]), str(meta["config_hash"]), str(meta["digest"]),
+                      tensors)
 
 
 def saved_info(state_dir: Path) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fedsa_common.errors import WireError
@@ -134,6 +135,14 @@ class Reassembler:
         # (key, msg_id) -> partial, least recently fed first
         self._partials: OrderedDict[tuple[str, bytes], _Partial] = OrderedDict()
         self._retired: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+
+    def forget(self, matches: Callable[[str], bool]) -> None:
+        """Drop what is held and remembered for the keys ``matches`` accepts, so a message
+        seen before on them is delivered again (a new subscription's retained replay)."""
+        for ident in [i for i in self._partials if matches(i[0])]:
+            del self._partials[ident]
+        for ident in [i for i in self._retired if matches(i[0])]:
+            del self._retired[ident]
 
     @property
     def pending(self) -> int:

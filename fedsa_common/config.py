@@ -57,15 +57,16 @@ _TUNABLE_CODECS = ("topk", "randk")
 _OPTION_DEFAULTS: dict[str, Any] = {"values": None, "block_size": None, "zstd": False}
 
 
-class CompressionSection(Strict):
-    """How devices compress their A-deltas; announced by the cloud, enforced by regional hubs.
+class CodecSection(Strict):
+    """A delta codec and its options: what ``CompressionSection`` (device uplink) and
+    ``DownlinkSection`` (cloud downlink) share, so both name codecs and options alike.
 
     ``method``: ``topk_int8`` (the original codec and the default), ``topk`` (largest
     magnitudes, indices as delta-varint or bitmap), ``randk`` (positions from a seed shared
     by the round, so no indices travel) or ``dense`` (lossless fp32).  ``values`` (fp32,
     fp16, int8, int4; default int8), ``block_size`` (one scale per block of that many sent
     values instead of one per tensor; int8/int4) and ``zstd`` (compress the whole body)
-    apply to ``topk`` and ``randk`` only.
+    apply to ``topk`` and ``randk`` only.  ``enable: false`` means dense fp32.
     """
 
     enable: bool = True
@@ -85,7 +86,7 @@ class CompressionSection(Strict):
         return v
 
     @model_validator(mode="after")
-    def _options_fit_method(self) -> CompressionSection:
+    def _options_fit_method(self) -> CodecSection:
         if self.method not in _TUNABLE_CODECS:
             given = [k for k, default in _OPTION_DEFAULTS.items() if getattr(self, k) != default]
             if given:
@@ -104,6 +105,10 @@ class CompressionSection(Strict):
         for key, default in _OPTION_DEFAULTS.items():
             if key in data and data[key] == default:
                 del data[key]
+        return self._trim_dump(data)
+
+    def _trim_dump(self, data: dict[str, Any]) -> dict[str, Any]:
+        """What a subclass leaves out of its dump beyond the unset options."""
         return data
 
     @property
@@ -130,6 +135,42 @@ class CompressionSection(Strict):
         from quant.codec import round_codec_params
 
         return round_codec_params(self.codec, self.codec_params, federation_seed, round_)
+
+
+class DownlinkSection(CodecSection):
+    """Downlink deltas (``fedsa_lora.compression.downlink``; hub/downlink.py): the cloud
+    sends, with the announcement of version v, the change v-1 -> v through this codec
+    (error feedback on the cloud) instead of the full global shared parameters, which it
+    publishes retained on ``Topics.global_params`` for devices that cannot apply the delta.
+
+    Off by default.  Enabled, the global *is* what devices can reconstruct:
+    ``old + decode(encode(server step))`` in float32.  ``enable`` switches the deltas on;
+    the codec options are the uplink's (``method`` etc., default ``topk_int8`` ratio 0.1;
+    ``dense`` sends the exact step).  Dumped only when enabled, so configurations without it
+    digest as before.
+    """
+
+    enable: bool = False
+
+    def _trim_dump(self, data: dict[str, Any]) -> dict[str, Any]:
+        return data if self.enable else {}
+
+    @property
+    def codec(self) -> str:
+        return self.method
+
+
+class CompressionSection(CodecSection):
+    """How devices compress their A-deltas; announced by the cloud, enforced by regional hubs
+    (codec options: ``CodecSection``).  ``downlink``: how the cloud sends the global change
+    to devices (``DownlinkSection``; off by default)."""
+
+    downlink: DownlinkSection = DownlinkSection()
+
+    def _trim_dump(self, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("downlink") == {}:
+            del data["downlink"]
+        return data
 
 
 def refuse_placeholder(field: str, enable: bool) -> bool:

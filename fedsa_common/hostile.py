@@ -60,6 +60,8 @@ WIRE_REASONS: frozenset[str] = frozenset({
     "wrong_federation", "wrong_region", "wrong_topic", "duplicate", "future", "stale", "late",
     "not_selected", "wrong_base_version", "unexpected_codec", "wrong_seed",
     "bad_codec_params", "too_many_samples", "norm_bound",
+    # downlink deltas (fedsa_common.downlink / edge_client.downlink)
+    "wrong_digest",
 })
 
 #: JSON values of the wrong type or an absurd size for any header field.

@@ -8,6 +8,8 @@ counts and logs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -61,6 +63,12 @@ class Topics:
     @property
     def announce(self) -> str:
         return f"{self.base}/round"
+
+    @property
+    def global_params(self) -> str:
+        """The full global shared parameters of the current version (chunked, retained), for
+        devices that cannot apply an announcement's downlink delta."""
+        return f"{self.base}/global"
 
     def update(self, region: str, client: str) -> str:
         return f"{self.base}/region/{region}/update/{client}"
@@ -138,8 +146,26 @@ class Header(BaseModel):
     round: int = Field(ge=0, le=MAX_WIRE_INT)
 
 
+#: Tensors an announcement may name shapes for (MiniLM's query/value LoRA has 24).
+MAX_SHARED = 4096
+Dim = Annotated[int, Field(ge=0, le=2**31)]
+Shape = Annotated[list[Dim], Field(max_length=8)]
+Digest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+_DELTA_FIELDS = ("delta_from", "delta_codec", "delta_params", "delta_meta", "shapes")
+
+
 class AnnounceHeader(Header):
-    """Round announcement, retained, so a late joiner learns the current round at once."""
+    """Round announcement, retained, so a late joiner learns the current round at once.
+
+    Its body holds the global shared parameters of ``version``, unless downlink deltas are
+    on (``fedsa_lora.compression.downlink``; hub/downlink.py) and ``delta_from`` is set:
+    then the body is the change ``delta_from`` -> ``version`` encoded with ``delta_codec``
+    (``delta_params``, ``delta_meta``), ``shapes`` gives the shared tensors' shapes (a
+    delta's tensors do not), and the full parameters are retained on
+    ``Topics.global_params``.  ``global_digest`` (``params_digest`` of the version's global
+    shared parameters) lets a device check what it reconstructed, bit for bit.  Every one
+    of these fields is absent without downlink deltas, so headers read as before them.
+    """
 
     kind: Literal["announce"] = "announce"
     version: int = Field(ge=0)
@@ -150,6 +176,78 @@ class AnnounceHeader(Header):
     deadline_s: float = Field(gt=0)
     issued_at: float
     shared: list[str]
+    global_digest: Digest | None = None
+    delta_from: int | None = Field(None, ge=0, le=MAX_WIRE_INT)
+    delta_codec: str | None = Field(None, max_length=32)
+    delta_params: dict[str, Any] | None = None
+    delta_meta: dict[str, Any] | None = None
+    shapes: dict[TensorName, Shape] | None = Field(None, max_length=MAX_SHARED)
+
+    @model_validator(mode="after")
+    def _delta_complete(self) -> AnnounceHeader:
+        if self.delta_from is None:
+            given = [k for k in _DELTA_FIELDS if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} without delta_from")
+            return self
+        missing = [k for k in ("delta_codec", "delta_params", "delta_meta", "shapes",
+                               "global_digest") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"delta_from without {', '.join(missing)}")
+        if self.delta_from >= self.version:
+            raise ValueError(f"delta_from {self.delta_from} is not before version "
+                             f"{self.version}")
+        if sorted(self.shapes or {}) != sorted(self.shared):
+            raise ValueError("shapes do not name exactly the shared tensors")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_delta(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without downlink deltas an announcement reads as before the fields."""
+        return _omit_none(handler(self), ("global_digest", *_DELTA_FIELDS))
+
+    @property
+    def is_delta(self) -> bool:
+        return self.delta_from is not None
+
+
+class GlobalHeader(Header):
+    """The full global shared parameters of ``version`` (retained on
+    ``Topics.global_params``, published before the announcement that needs them); ``round``
+    is that announcement's round."""
+
+    kind: Literal["global"] = "global"
+    version: int = Field(ge=0, le=MAX_WIRE_INT)
+    config_hash: str = Field(max_length=64)
+    shared: list[TensorName] = Field(max_length=MAX_SHARED)
+    global_digest: Digest
+
+
+def params_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A 128-bit digest of named float32 tensors (names, shapes and every bit of every
+    value): the cloud announces it with downlink deltas, and a device compares it with what
+    it reconstructed, so a wrong base or a decoding difference is caught, never trained on."""
+    h = hashlib.sha256(b"fedsa-global-v1")
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu", torch.float32).contiguous()
+        h.update(json.dumps([name, list(t.shape)]).encode() + b"\0")
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def announced_shapes(header: AnnounceHeader, tensors: Mapping[str, torch.Tensor],
+                     max_bytes: int) -> dict[str, tuple[int, ...]]:
+    """The shapes of the round's shared tensors: from the body of a full announcement, from
+    ``shapes`` for a delta.  Announced shapes must fit one full-parameter message of
+    ``max_bytes`` (float32), so a hostile header cannot make a receiver allocate more than a
+    message could carry."""
+    if header.shapes is None:
+        return {n: tuple(t.shape) for n, t in tensors.items()}
+    shapes = {n: tuple(s) for n, s in header.shapes.items()}
+    numel = sum(math.prod(s) for s in shapes.values())
+    if 4 * numel > max_bytes:
+        raise WireError("too_large", f"announced shapes hold {numel} values")
+    return shapes
 
 
 class UpdateHeader(Header):

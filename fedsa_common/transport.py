@@ -135,7 +135,7 @@ def _chunk_index(topic: str) -> tuple[str, int]:
 
 
 class _AckWaiter:
-    """Matches SUBACKs (by message id) to callers waiting for them.
+    """Matches SUBACKs and UNSUBACKs (by message id) to callers waiting for them.
 
     The ack can arrive on the network thread before the caller has registered its wait, so
     early results are kept until claimed; mids nobody will claim are registered as ignored.
@@ -221,6 +221,7 @@ class MqttSession:
         self._reassembler = Reassembler(max_message_bytes=max_message_bytes)
         self._lock = threading.Lock()
         self._subs: list[_Subscription] = []
+        self._forget: list[str] = []  # unsubscribed chunked filters; applied on the net thread
         self._retained_chunks: dict[str, int] = {}  # topic -> frames last published retained
         self._subacks = _AckWaiter()
         self._connected_once = threading.Event()
@@ -252,6 +253,7 @@ class MqttSession:
         client.on_connect_fail = self._handle_connect_fail
         client.on_disconnect = self._handle_disconnect
         client.on_subscribe = self._handle_suback
+        client.on_unsubscribe = self._handle_suback  # same mid space, same waiter
         client.on_message = self._handle_message
         self._client = client
 
@@ -352,6 +354,36 @@ class MqttSession:
         codes = self._subacks.wait(mid, timeout)
         if any(code.is_failure for code in codes):
             raise ConnectionError(f"broker refused subscription {sub.broker_filter!r}: {codes}")
+
+    def unsubscribe(
+        self, topic_filter: str, handler: Handler | None = None, *, timeout: float = 30.0
+    ) -> bool:
+        """Stop receiving on ``topic_filter`` (as given to ``subscribe``/``subscribe_raw``):
+        the subscriptions with that filter (and ``handler``, when given) are forgotten, so
+        they are not re-established on reconnect, and the broker is told once no other
+        subscription needs the same broker filter; when connected, waits for its UNSUBACK.
+        Returns whether anything was subscribed."""
+        self._ensure_open()
+        with self._lock:
+            gone = [s for s in self._subs if s.topic_filter == topic_filter
+                    and (handler is None or s.handler is handler)]
+            self._subs = [s for s in self._subs if s not in gone]
+            still = {s.broker_filter for s in self._subs}
+            # a later subscription must get the retained message again, even one whose
+            # frames this session already reassembled
+            self._forget += [s.topic_filter for s in gone if s.chunked
+                             and s.broker_filter not in still]
+        filters = sorted({s.broker_filter for s in gone} - still)
+        if not filters or not self.connected:
+            return bool(gone)  # a reconnect subscribes only what is left
+        rc, mid = self._client.unsubscribe(filters)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return bool(gone)  # connection dropped meanwhile; nothing to resubscribe
+        if self._on_network_thread():
+            self._subacks.ignore(mid)
+        else:
+            self._subacks.wait(mid, timeout)
+        return True
 
     # ----------------------------------------------------------------------------- publish
 
@@ -542,6 +574,9 @@ class MqttSession:
         self._count("bytes_received", len(payload))
         with self._lock:
             subs = list(self._subs)
+            forget, self._forget = self._forget, []
+        for gone in forget:  # the reassembler belongs to this thread
+            self._reassembler.forget(lambda key, f=gone: mqtt.topic_matches_sub(f, key))
         chunked = []
         for sub in subs:
             if not mqtt.topic_matches_sub(sub.broker_filter, topic):

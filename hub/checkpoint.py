@@ -1,5 +1,6 @@
 """The cloud hub's durable state: global shared parameters plus round bookkeeping (and,
-with an adaptive split, the global value of every LoRA tensor and the current split).
+with an adaptive split, the global value of every LoRA tensor and the current split; with
+downlink deltas, the cloud's downlink residual and last delta, hub/downlink.py).
 
 Written atomically after every round (tensors first, then the JSON that names them), so a
 crash at any point leaves the previous complete checkpoint readable.
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from fedsa_common.atomic import read_json, read_tensors, write_json, write_tensors
+from hub.downlink import DownlinkState
 
 CHECKPOINT_JSON = "checkpoint.json"
 
@@ -28,11 +30,19 @@ class CloudState:
     # adaptive split only: the tensors the next round shares (``params`` then holds every
     # LoRA tensor); None under a fixed split, where every held tensor is shared
     shared: list[str] | None = None
+    # downlink deltas only (None without them, and then nothing of it is written)
+    downlink: DownlinkState | None = None
 
 
 def save_checkpoint(state_dir: Path, state: CloudState) -> None:
     tensors_name = f"global-v{state.version}.safetensors"
     write_tensors(Path(state_dir) / tensors_name, state.params)
+    downlink: dict[str, Any] = {}
+    downlink_name = f"downlink-r{state.round}.safetensors"
+    if state.downlink is not None:
+        meta, tensors = state.downlink.to_state()
+        write_tensors(Path(state_dir) / downlink_name, tensors)
+        downlink = {"downlink": {**meta, "tensors": downlink_name}}
     write_json(
         Path(state_dir) / CHECKPOINT_JSON,
         {
@@ -42,10 +52,14 @@ def save_checkpoint(state_dir: Path, state: CloudState) -> None:
             "config_hash": state.config_hash,
             "history": state.history,
             **({"shared": sorted(state.shared)} if state.shared is not None else {}),
+            **downlink,
         },
     )
     for old in Path(state_dir).glob("global-v*.safetensors"):
         if old.name != tensors_name:
+            old.unlink(missing_ok=True)
+    for old in Path(state_dir).glob("downlink-r*.safetensors"):
+        if not downlink or old.name != downlink_name:
             old.unlink(missing_ok=True)
 
 
@@ -54,6 +68,10 @@ def load_checkpoint(state_dir: Path) -> CloudState | None:
     if not meta_path.exists():
         return None
     meta = read_json(meta_path)
+    downlink = None
+    if meta.get("downlink") is not None:
+        raw = meta["downlink"]
+        downlink = DownlinkState.from_state(raw, read_tensors(Path(state_dir) / raw["tensors"]))
     return CloudState(
         round=int(meta["round"]),
         version=int(meta["version"]),
@@ -61,4 +79,5 @@ def load_checkpoint(state_dir: Path) -> CloudState | None:
         config_hash=str(meta["config_hash"]),
         history=list(meta.get("history", [])),
         shared=list(meta["shared"]) if meta.get("shared") is not None else None,
+        downlink=downlink,
     )

@@ -10,6 +10,12 @@ allows them and dropped (and accounted for) otherwise.
 Durability: the round in flight (its announcement, the partial sums received, which update
 ids they carry) is persisted before partials are acknowledged, and the global parameters
 are checkpointed after every round, so a restarted cloud hub continues the same round.
+
+Downlink deltas (``fedsa_lora.compression.downlink``, hub/downlink.py): the server step goes
+through the downlink codec and the announcement carries the encoded change since the
+previous version; the full global shared parameters of the current version are published
+retained on ``Topics.global_params`` before every announcement, for devices that cannot
+apply the delta (a late joiner, a device that missed a version).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from fedsa_common.errors import WireError
 from fedsa_common.protocol import (
     Ack,
     AnnounceHeader,
+    GlobalHeader,
     PartialHeader,
     Presence,
     RoundSummary,
@@ -40,9 +47,11 @@ from fedsa_common.protocol import (
     decode_message,
     encode_json,
     encode_message,
+    params_digest,
 )
 from hub.aggregation import RunningSum, apply_server_update
 from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
+from hub.downlink import DownlinkState, downlink_step
 from hub.privacy import CloudPrivacy
 from hub.process import Event, HubProcess
 from hub.split_policy import SplitPolicy, check_held, describe
@@ -156,6 +165,8 @@ class CloudHub(HubProcess):
         self.pending_acks: list[tuple[str, Ack]] = []
         self.dirty = False
         self.privacy = CloudPrivacy(None)  # differential privacy; set up in run()
+        self.downlink = config.fedsa_lora.compression.downlink
+        self.global_payload: bytes | None = None  # downlink deltas: the retained full global
 
     @property
     def privacy_epsilon_spent(self) -> float:
@@ -180,6 +191,8 @@ class CloudHub(HubProcess):
             check_held(state.params, state.shared)
             log.info("adaptive split (%s): round %d shares %s", split.section.strategy,
                      state.round + 1, describe(state.shared))
+        if self.downlink.enable and state.downlink is None:
+            state.downlink = DownlinkState()
         return state
 
     def run(self) -> int:
@@ -190,6 +203,8 @@ class CloudHub(HubProcess):
             self.inflight = inflight
             log.info("continuing round %d in flight (%d updates received before the restart)",
                      inflight.round, inflight.total.count)
+            if self.downlink.enable:  # re-published with the announcement once connected
+                self.global_payload = self.global_message(state, inflight.round)[0]
         self.listen("presence", self.topics.presence_filter, raw=True)
         self.listen("partial", self.topics.partial_filter)
         self.session.connect(timeout=300)
@@ -224,6 +239,10 @@ class CloudHub(HubProcess):
                 self.on_partial(event, state)
             elif event.kind == "connected" and self.inflight is not None:
                 # after a broker restart the retained announcement may be gone: restore it
+                # (and first the full global it may refer devices to)
+                if self.global_payload is not None:
+                    self.session.publish(self.topics.global_params, self.global_payload,
+                                         retain=True, timeout=30)
                 self.session.publish(self.topics.announce, self.inflight.announce_payload,
                                      retain=True, timeout=30)
         except WireError as err:
@@ -243,10 +262,39 @@ class CloudHub(HubProcess):
             self.online.pop(p.client, None)
 
     # ------------------------------------------------------------------ rounds
+    def global_message(self, state: CloudState, rnd: int) -> tuple[bytes, str]:
+        """The retained full-global message of the current version (downlink deltas) and
+        the digest of its parameters."""
+        names = shared_now(state)
+        shared = {n: state.params[n] for n in names}
+        digest = params_digest(shared)
+        header = GlobalHeader(federation=self.federation, round=rnd, version=state.version,
+                              config_hash=self.config.digest(), shared=names,
+                              global_digest=digest)
+        return encode_message(header, shared), digest
+
     def announce(self, state: CloudState, status: str, selected: dict[str, list[str]]) -> bytes:
+        rnd = state.round + (1 if status == "running" else 0)
+        names = shared_now(state)
+        shared = {n: state.params[n] for n in names}
+        body: dict[str, torch.Tensor] = shared
+        downlink: dict[str, Any] = {}
+        if self.downlink.enable:
+            # the full parameters go first, so a device sent to fetch them finds this version
+            self.global_payload, digest = self.global_message(state, rnd)
+            nbytes = self.session.publish(self.topics.global_params, self.global_payload,
+                                          retain=True)
+            self.counters["bytes.global"] += nbytes
+            downlink["global_digest"] = digest
+            delta = (state.downlink or DownlinkState()).delta_for(state.version, names)
+            if delta is not None:
+                downlink.update(delta_from=delta.base_version, delta_codec=delta.codec,
+                                delta_params=delta.params, delta_meta=delta.meta,
+                                shapes={n: list(s) for n, s in delta.shapes.items()})
+                body = delta.tensors
         header = AnnounceHeader(
             federation=self.federation,
-            round=state.round + (1 if status == "running" else 0),
+            round=rnd,
             version=state.version,
             status=status,  # type: ignore[arg-type]
             selected=selected,
@@ -254,10 +302,10 @@ class CloudHub(HubProcess):
             config_hash=self.config.digest(),
             deadline_s=self.policy.deadline_s,
             issued_at=time.time(),
-            shared=shared_now(state),
+            shared=names,
+            **downlink,
         )
-        shared = {n: state.params[n] for n in header.shared}
-        payload = encode_message(header, shared)
+        payload = encode_message(header, body)
         if status == "running":  # persisted first, so a restart re-announces the same round
             self.inflight = Inflight(header.round, payload, selected, header.issued_at,
                                      RunningSum.zeros({n: tuple(t.shape)
@@ -326,8 +374,15 @@ class CloudHub(HubProcess):
         applied = fl.total.count >= self.policy.min_quorum and fl.total.weight > 0
         if applied:  # the round's shared tensors; the others keep their global value
             mean = self.privacy.mean(fl.total)
-            state.params = {**state.params, **apply_server_update(
-                {n: state.params[n] for n in mean}, mean, self.config.server_lr)}
+            old = {n: state.params[n] for n in mean}
+            if self.downlink.enable:  # the new global is what devices reconstruct
+                new, state.downlink = downlink_step(
+                    old, mean, self.config.server_lr, self.downlink,
+                    self.config.federation.seed, fl.round, state.version,
+                    state.downlink or DownlinkState())
+            else:
+                new = apply_server_update(old, mean, self.config.server_lr)
+            state.params = {**state.params, **new}
             state.version += 1
         else:
             for uid in fl.applied:

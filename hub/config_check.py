@@ -130,6 +130,10 @@ def describe_errors(root: type[BaseModel], err: ValidationError) -> list[FieldEr
 def _summary(kind: Kind, cfg: FederationConfig) -> str:
     comp = cfg.fedsa_lora.compression
     comp_text = f"{comp.method} ratio {comp.ratio:g}" if comp.enable else "no compression"
+    if comp.downlink.enable:
+        down = comp.downlink
+        comp_text += (f", downlink deltas {down.method}" +
+                      ("" if down.method == "dense" else f" ratio {down.ratio:g}"))
     head = (f"{cfg.fedsa_lora.algorithm} on {cfg.model.path} ({cfg.model.precision}, LoRA "
             f"r={cfg.model.lora.r}), {cfg.rounds} rounds, {comp_text}")
     if kind == "scenario":

@@ -8,12 +8,14 @@ Who may do what (``docs/security.md`` has the same table):
 
 * device C of region R: write its own update frames, presence, metrics and secure-aggregation
   messages to its hub; read the round announcement (federation-wide: global shared parameters
-  and the selection, nothing private), its own acknowledgements and its hub's
+  and the selection, nothing private), the retained full global parameters (downlink
+  deltas), its own acknowledgements and its hub's
   secure-aggregation messages to it. Nothing of other devices, no partials.
 * regional hub R: read the announcement, its region's updates, presence and secure-aggregation
   messages, the cloud's acks of its partials; write acks and secure-aggregation messages to
   its region's devices, its partials and its status.
-* cloud: write announcements, summaries, partial acks and its status; read partials,
+* cloud: write announcements, the full global parameters, summaries, partial acks and its
+  status; read partials,
   presence, metrics and hub status.
 * monitor (``hub status``, scenario monitor): read-only, exactly the topics those tools
   subscribe to; individual device updates are not among them.
@@ -93,6 +95,7 @@ def federation_accounts(regions: dict[str, list[str]]) -> list[Account]:
 def rules_for(account: Account, topics: Topics) -> list[Rule]:
     """The topics ``account`` may read and write; see the module doc for the why."""
     announce = chunk_filter(topics.announce)
+    full_global = chunk_filter(topics.global_params)  # downlink deltas' full parameters
     if account.role == "device":
         region, client = _bound(account)
         return [
@@ -101,6 +104,7 @@ def rules_for(account: Account, topics: Topics) -> list[Rule]:
             Rule("write", topics.metrics(region, client)),
             Rule("write", chunk_filter(topics.secagg_up(region, client))),
             Rule("read", announce),
+            Rule("read", full_global),
             Rule("read", topics.ack(region, client)),
             Rule("read", chunk_filter(topics.secagg_down(region, client))),
         ]
@@ -120,6 +124,7 @@ def rules_for(account: Account, topics: Topics) -> list[Rule]:
     if account.role == "cloud":
         return [
             Rule("write", announce),
+            Rule("write", full_global),
             Rule("write", topics.summary),
             Rule("write", topics.partial_ack("+")),
             Rule("write", topics.status("cloud", CLOUD_HUB_NAME)),

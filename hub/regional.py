@@ -21,6 +21,7 @@ import torch
 from fedsa_common.atomic import read_json, read_tensors, write_json, write_tensors
 from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.config import TransportSection
+from fedsa_common.downlink import announced_delta
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import (
     Ack,
@@ -29,6 +30,7 @@ from fedsa_common.protocol import (
     Presence,
     UpdateHeader,
     announced_config,
+    announced_shapes,
     check_name,
     decode_json,
     decode_message,
@@ -193,10 +195,11 @@ class RegionalHub(HubProcess):
         if header.round <= self.intake.round:
             return  # a retained re-delivery of a round we already serve
         config = announced_config(header)  # before anything closes: a bad one changes nothing
+        # from the body, or from the header for a downlink delta
+        shapes = announced_shapes(header, env.tensors, config.transport.max_message_bytes)
         if self.intake.round and not self.intake.final_sent:
             self.forward(final=True)
         self.max_bytes = config.transport.max_message_bytes
-        shapes = {n: tuple(t.shape) for n, t in env.tensors.items()}
         self.intake.announce(header, shapes, config.round_policy,
                              config.fedsa_lora.compression.codec)
         self.intake.dp = intake_dp(config)
@@ -204,11 +207,14 @@ class RegionalHub(HubProcess):
         agg = config.round_policy.aggregation
         sim = self.intake.similarity = similarity_for(self.intake.similarity, agg.weighting,
                                                       agg.similarity_floor)
-        if sim is not None:
+        if sim is not None and header.is_delta:  # downlink deltas: the change itself
+            sim.announce_delta(header.version, header.delta_from or 0,
+                               self.decoded_delta(header, env.tensors))
+        elif sim is not None:
             sim.announce(header.version, env.tensors)
-            if sim.reference is None:
-                log.info("round %d: no reference direction yet (first round, new shared set "
-                         "or restart): similarity factors are 1", header.round)
+        if sim is not None and sim.reference is None:
+            log.info("round %d: no reference direction yet (first round, new shared set "
+                     "or restart): similarity factors are 1", header.round)
         self.secagg.announce(header, config, shapes, event.received)
         self.dirty = True
         self.deadline = event.received + header.deadline_s
@@ -219,6 +225,17 @@ class RegionalHub(HubProcess):
         for ev in early:
             self.handle(ev)
         self.maybe_forward()
+
+    def decoded_delta(self, header: AnnounceHeader, tensors: dict[str, torch.Tensor]
+                      ) -> dict[str, torch.Tensor] | None:
+        """An announcement's downlink delta, decoded (None, counted, when it does not)."""
+        try:
+            return announced_delta(header, tensors)
+        except WireError as err:
+            self.counters["downlink.bad_delta"] += 1
+            log.warning("round %d: announced delta not decoded (%s): no reference direction",
+                        header.round, err)
+            return None
 
     def on_update(self, event: Event) -> None:
         self.counters["updates.received"] += 1

@@ -5,8 +5,9 @@ previous announcement's global tensors and the last global change they imply (th
 reference direction).  A round whose announcement did not change the version (its
 predecessor was not applied) keeps the previous reference; a change of the shared set, a
 first round, or a hub restarted without this state has none, and every factor is then 1
-(plain sample weights) until the next announcement.  Pure: the intake persists it with
-``to_state``.
+(plain sample weights) until the next announcement.  Under downlink deltas an
+announcement carries the change itself (``announce_delta``): it is the reference direction,
+even right after a restart.  Pure: the intake persists it with ``to_state``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,23 @@ class SimilarityWeighting:
         elif self.reference is not None and set(self.reference) != set(current):
             self.reference = None
         self.version, self.previous = version, current
+
+    def announce_delta(self, version: int, base_version: int, delta: Tensors | None) -> None:
+        """Take a round's announced change ``base_version`` -> ``version`` (downlink deltas;
+        None when it did not decode): the new reference direction.  The previous global is
+        followed while it is known at ``base_version``."""
+        if self.version is not None and version == self.version:  # re-announced, unchanged
+            if self.reference is not None and set(self.reference) != set(delta or {}):
+                self.reference = None
+            return
+        step = None if delta is None else {n: t.to(torch.float32).clone()
+                                           for n, t in delta.items()}
+        if (step is not None and self.previous is not None and self.version == base_version
+                and set(self.previous) == set(step)):
+            self.previous = {n: self.previous[n] + step[n] for n in step}
+        else:
+            self.previous = None
+        self.version, self.reference = version, step
 
     def factor(self, delta: Tensors) -> float:
         """The update's weight multiplier in [floor, 1] (1 without a reference)."""

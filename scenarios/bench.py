@@ -115,8 +115,10 @@ def run_config(base: ScenarioConfig, algorithm: str, seed: int,
     if variant is not None and not variant.plain:
         middle = f"{algorithm}-{variant.name}"
     data["federation"]["name"] = f"{base.federation.name}-{middle}-s{seed}"
-    if compression is not None:
-        data["fedsa_lora"]["compression"] = dict(compression.settings)
+    if compression is not None:  # the swept uplink codec; the scenario's downlink stays
+        downlink = data["fedsa_lora"]["compression"].get("downlink")
+        data["fedsa_lora"]["compression"] = {
+            **compression.settings, **({"downlink": downlink} if downlink else {})}
     data["scenario"]["data"] = {**data["scenario"]["data"], "seed": seed}
     if rounds is not None:
         data["rounds"] = rounds

@@ -90,7 +90,7 @@ def bytes_png(report: Report) -> bytes:
         ax.bar([v - 0.2 for v in x], [r.get("bytes_up", 0) for r in rows], width=0.4,
                label="up (devices to hubs)")
         ax.bar([v + 0.2 for v in x], [r.get("bytes_down", 0) for r in rows], width=0.4,
-               label="down (announcements)")
+               label="down (announcements, fetches)")
         ax.set_xlabel("round")
         ax.set_ylabel("bytes")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

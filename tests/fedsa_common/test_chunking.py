@@ -91,6 +91,19 @@ def test_duplicate_frames_are_harmless_and_do_not_redeliver() -> None:
     assert r.pending == 0
 
 
+def test_forget_lets_a_key_deliver_a_seen_message_again() -> None:
+    """After an unsubscribe (MqttSession.unsubscribe) a new subscription's retained replay
+    is delivered again; other keys keep their memory."""
+    payload = os.urandom(2 * CHUNK)
+    frames = split_payload(payload, LIMIT)
+    r = Reassembler()
+    assert feed(r, "a/global", frames) == [payload] and feed(r, "b", frames) == [payload]
+    feed(r, "a/global", [split_payload(os.urandom(2 * CHUNK), LIMIT)[0]])  # a partial
+    r.forget(lambda key: key.startswith("a/"))
+    assert r.pending == 0
+    assert feed(r, "a/global", frames) == [payload] and feed(r, "b", frames) == []
+
+
 def test_interleaved_messages_on_different_keys() -> None:
     a, b = os.urandom(4 * CHUNK), os.urandom(3 * CHUNK + 5)
     fa, fb = split_payload(a, LIMIT), split_payload(b, LIMIT)

@@ -186,6 +186,36 @@ def test_retained_chunked_message_reaches_late_subscribers_and_is_replaced(
     assert later_inbox.drain(0.5) == [] and later_frames.drain(0.1) == []
 
 
+def test_unsubscribe_stops_delivery_and_a_new_subscription_gets_the_retained_again(
+    make_session: MakeSession, topic: str
+) -> None:
+    """What a device does to fetch the retained full global once (edge_client/device.py)."""
+    pub, sub = make_session("pub", payload_limit=100_000), make_session("sub")
+    pub.connect(timeout=10)
+    sub.connect(timeout=10)
+    stay, fetch, other = Inbox(), Inbox(), Inbox()
+    sub.subscribe(f"{topic}/round", stay)
+    sub.subscribe(f"{topic}/global", fetch)
+    sub.subscribe(f"{topic}/global", other)  # same filter, another handler
+    big = os.urandom(250_000)  # 3 frames
+    pub.publish(f"{topic}/global", big, retain=True)
+    assert fetch.get() == (f"{topic}/global", big) and other.get()[1] == big
+    assert sub.unsubscribe(f"{topic}/global", fetch)  # the other still needs the filter
+    pub.publish(f"{topic}/global", b"second", retain=True)
+    assert other.get() == (f"{topic}/global", b"second") and fetch.drain(0.3) == []
+    assert sub.unsubscribe(f"{topic}/global")  # now the broker is told
+    assert not sub.unsubscribe(f"{topic}/global")  # nothing left to remove
+    pub.publish(f"{topic}/global", b"third", retain=True)
+    pub.publish(f"{topic}/round", b"announce")
+    assert stay.get() == (f"{topic}/round", b"announce")  # the rest is untouched
+    assert other.drain(0.5) == [] and fetch.drain(0.1) == []
+
+    for _ in range(2):  # subscribing again: the retained one at once, every time
+        sub.subscribe(f"{topic}/global", fetch)
+        assert fetch.get() == (f"{topic}/global", b"third")
+        assert sub.unsubscribe(f"{topic}/global", fetch)
+
+
 CHILD = """
 import sys, time
 from fedsa_common.transport import MqttSession, Will

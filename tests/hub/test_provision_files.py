@@ -51,6 +51,7 @@ def frame(topic: str) -> str:
 # topic -> (who may publish it, who may receive it); chunked topics are checked on a frame
 ACCESS = {
     "announce": (frame(T.announce), {"hub-cloud"}, DEVICES | HUBS | {"monitor"}),
+    "global_params": (frame(T.global_params), {"hub-cloud"}, DEVICES),
     "update": (frame(T.update("north", "dev-0")), {"dev-0"}, {"hub-regional-north"}),
     "partial": (frame(T.partial("north")), {"hub-regional-north"}, {"hub-cloud", "monitor"}),
     "presence": (T.presence("north", "dev-0"), {"dev-0"},
@@ -99,6 +100,7 @@ def test_rendered_acl_blocks():
         "topic write fedsa/fed/metrics/north/dev-0",
         "topic write fedsa/fed/region/north/secagg/up/dev-0/+",
         "topic read fedsa/fed/round/+",
+        "topic read fedsa/fed/global/+",
         "topic read fedsa/fed/ack/north/dev-0",
         "topic read fedsa/fed/region/north/secagg/down/dev-0/+",
     ]

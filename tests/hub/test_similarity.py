@@ -104,3 +104,24 @@ def test_sample_weighting_persists_nothing_new() -> None:
     assert "similarity" not in meta and "importance" not in meta
     assert not any(k.startswith("similarity/") for k in tensors)
     assert similarity_for(None, "samples", 0.1) is None
+
+
+def test_a_downlink_delta_is_the_reference_at_once() -> None:
+    """Under downlink deltas the announcement carries the change itself: it is the
+    reference, even for a hub that saw no earlier announcement (e.g. just restarted)."""
+    sim = SimilarityWeighting(FLOOR)
+    sim.announce_delta(3, 2, tensors(0.25))
+    assert torch.equal(sim.reference["y.lora_A.weight"], torch.full((3,), 0.25))
+    assert sim.previous is None  # the global itself is unknown from a delta
+    sim.announce_delta(3, 2, tensors(0.25))  # re-announced, nothing applied: kept
+    assert sim.reference is not None and sim.version == 3
+    sim.announce_delta(4, 3, None)  # a delta that did not decode: no reference
+    assert sim.reference is None
+    # a known global is followed through deltas
+    sim = SimilarityWeighting(FLOOR)
+    sim.announce(0, tensors(1.0))
+    sim.announce_delta(1, 0, tensors(0.5))
+    assert torch.equal(sim.previous["x.lora_A.weight"], torch.full((2, 4), 1.5))
+    sim.announce(2, tensors(2.5))  # a full announcement after it: the change since
+    assert torch.equal(sim.reference["x.lora_A.weight"], torch.ones(2, 4))
+    assert sim.factor(tensors(-1.0)) == FLOOR and sim.factor(tensors(1.0)) == 1.0
