@@ -148,8 +148,8 @@ class RegionalHub(HubProcess):
         if self.dirty:
             self.persist()
         acks, self.acks = self.acks, []
-        for topic, ack in acks:
-            self.session.publish_raw(topic, encode_json(ack))
+        if acks:
+            self.session.publish_raw_many([(topic, encode_json(ack)) for topic, ack in acks])
 
     def handle(self, event: Event) -> None:
         try:

@@ -117,6 +117,23 @@ def test_publish_subscribe_round_trip(make_session: MakeSession, topic: str) -> 
         pub.publish_raw(f"{topic}/status", b"x" * (pub.payload_limit + 1))
 
 
+def test_publish_raw_many_sends_a_batch_in_order_and_refuses_oversize_before_sending(
+        make_session: MakeSession, topic: str) -> None:
+    """Real broker: a batch arrives whole and in order; one oversized payload refuses the
+    whole batch before any of it is published."""
+    sub, pub, inbox = make_session("sub"), make_session("pub"), Inbox()
+    sub.subscribe_raw(f"{topic}/ack/+", inbox)
+    sub.connect(timeout=10)
+    pub.connect(timeout=10)
+    batch = [(f"{topic}/ack/d{i}", f"ok {i}".encode()) for i in range(25)]
+    assert pub.publish_raw_many(batch) == sum(len(p) for _, p in batch)
+    assert [inbox.get() for _ in batch] == batch
+    with pytest.raises(ValueError, match="payload_limit"):
+        pub.publish_raw_many([(f"{topic}/ack/x", b"fine"),
+                              (f"{topic}/ack/y", b"x" * (pub.payload_limit + 1))])
+    assert inbox.drain(0.3) == []
+
+
 def test_handlers_may_publish_without_deadlocking(make_session: MakeSession, topic: str) -> None:
     echo, client, inbox = make_session("echo"), make_session("client"), Inbox()
 
