@@ -7,14 +7,10 @@ a fresh Device object on the same state directory.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from edge_client.data import DataSpec
 from edge_client.device import Device, DeviceSpec
@@ -34,12 +30,8 @@ class StopsAfterFirstRound(Device):
             self.done.set()  # leaves like a device that is switched off
 
 
-def spawn(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT)
 
-
-def test_restarted_device_keeps_its_local_b(tmp_path, broker):
+def test_restarted_device_keeps_its_local_b(tmp_path, broker, start_hubs):
     config = FederationConfig.model_validate({
         "federation": {"name": "resume", "seed": 3},
         "model": {"path": "tiny-bert", "precision": "nf4", "max_length": 32, "num_labels": 3},
@@ -48,16 +40,7 @@ def test_restarted_device_keeps_its_local_b(tmp_path, broker):
         "sampling": {"min_clients": 2},
         "round_policy": {"deadline_s": 30},
     })
-    cfg_path = tmp_path / "fed.yaml"
-    cfg_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    procs = [
-        spawn(["hub", "serve", "--role", "cloud", "--broker", broker.url, "--federation",
-               "resume", "--state-dir", str(tmp_path / "cloud"), "--config", str(cfg_path)],
-              tmp_path / "cloud.log"),
-        spawn(["hub", "serve", "--role", "regional", "--region", "r1", "--broker", broker.url,
-               "--federation", "resume", "--state-dir", str(tmp_path / "regional")],
-              tmp_path / "regional.log"),
-    ]
+    procs = start_hubs(broker.url, config)
     host = ModelHost()
 
     def spec(i: int) -> DeviceSpec:
@@ -66,31 +49,26 @@ def test_restarted_device_keeps_its_local_b(tmp_path, broker):
         return DeviceSpec(client=f"d{i}", region="r1", federation="resume", data=data,
                           state_dir=tmp_path / f"d{i}")
 
-    try:
-        steady = Device(spec(0), broker.url, host)
-        steady_thread = threading.Thread(target=steady.run)
-        steady_thread.start()
-        first = StopsAfterFirstRound(spec(1), broker.url, host)
-        first.run()
-        assert first.state.last_round == 1
-        saved = read_tensors(tmp_path / "d1" / "local.safetensors")
-        b_names = [n for n in saved if role(n) == "lora_B"]
-        assert b_names and any(float(saved[n].abs().sum()) > 0 for n in b_names)
+    steady = Device(spec(0), broker.url, host)
+    steady_thread = threading.Thread(target=steady.run)
+    steady_thread.start()
+    first = StopsAfterFirstRound(spec(1), broker.url, host)
+    first.run()
+    assert first.state.last_round == 1
+    saved = read_tensors(tmp_path / "d1" / "local.safetensors")
+    b_names = [n for n in saved if role(n) == "lora_B"]
+    assert b_names and any(float(saved[n].abs().sum()) > 0 for n in b_names)
 
-        again = Device(spec(1), broker.url, host)
-        for n in saved:  # loaded from disk, not re-initialised
-            assert torch.equal(again.state.local[n], saved[n])
-        assert again.state.last_round == 1
-        again.run()
-        steady_thread.join(timeout=120)
-        assert not steady_thread.is_alive()
-        assert again.state.last_round == 3
-        for p in procs:
-            assert p.wait(timeout=60) == 0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    again = Device(spec(1), broker.url, host)
+    for n in saved:  # loaded from disk, not re-initialised
+        assert torch.equal(again.state.local[n], saved[n])
+    assert again.state.last_round == 1
+    again.run()
+    steady_thread.join(timeout=120)
+    assert not steady_thread.is_alive()
+    assert again.state.last_round == 3
+    for p in procs:
+        assert p.wait(timeout=60) == 0
     final = read_tensors(tmp_path / "d1" / "local.safetensors")
     assert any(not torch.equal(final[n], saved[n]) for n in b_names)  # kept training from it
 

@@ -10,14 +10,10 @@ records announcements and the devices' metrics as they cross the broker.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from edge_client.conditions import DeviceConditions
 from edge_client.data import DataSpec
@@ -42,10 +38,6 @@ class LeavesAfterFirstRound(Device):
             self.done.set()  # switched off; it misses the next versions
 
 
-def spawn(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT)
-
 
 def wait_for(monitor: Monitor, what, timeout: float = 90.0) -> None:
     until = time.time() + timeout
@@ -61,7 +53,7 @@ def latest_version(obs) -> int:
     return max((h.version for h in obs.announces.values()), default=-1)
 
 
-def test_deltas_cut_bytes_down_and_late_devices_fetch_the_same_global(tmp_path, broker):
+def test_deltas_cut_bytes_down_and_late_devices_fetch_the_same_global(tmp_path, broker, start_hubs):
     config = FederationConfig.model_validate({
         "federation": {"name": FED, "seed": 2},
         "model": {"path": "tiny-bert", "precision": "nf4", "max_length": 32, "num_labels": 3},
@@ -72,18 +64,9 @@ def test_deltas_cut_bytes_down_and_late_devices_fetch_the_same_global(tmp_path, 
         "sampling": {"min_clients": 2},
         "round_policy": {"deadline_s": 30},
     })
-    cfg_path = tmp_path / "fed.yaml"
-    cfg_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     monitor = Monitor(broker.url, FED)
     monitor.start()
-    procs = [
-        spawn(["hub", "serve", "--role", "cloud", "--broker", broker.url, "--federation", FED,
-               "--state-dir", str(tmp_path / "cloud"), "--config", str(cfg_path)],
-              tmp_path / "cloud.log"),
-        spawn(["hub", "serve", "--role", "regional", "--region", "r1", "--broker", broker.url,
-               "--federation", FED, "--state-dir", str(tmp_path / "regional")],
-              tmp_path / "regional.log"),
-    ]
+    procs = start_hubs(broker.url, config)
     host = ModelHost()
 
     def spec(i: int) -> DeviceSpec:
@@ -118,9 +101,6 @@ def test_deltas_cut_bytes_down_and_late_devices_fetch_the_same_global(tmp_path, 
             assert p.wait(timeout=60) == 0
     finally:
         monitor.stop()
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
 
     # every device holds the cloud's final global, bit for bit
     meta = read_json(tmp_path / "cloud" / "checkpoint.json")

@@ -7,15 +7,11 @@ spy subscribed to '#' sees no update on the wire that equals (or encodes) a plai
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from edge_client.data import DataSpec
 from edge_client.device import Device, DeviceSpec
@@ -101,12 +97,8 @@ class VanishesAfterShares(Device):
         self.secagg.begin = begin_then_vanish
 
 
-def spawn(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT)
 
-
-def test_region_sum_survives_a_dropout_and_no_plain_update_travels(tmp_path, broker):
+def test_region_sum_survives_a_dropout_and_no_plain_update_travels(tmp_path, broker, start_hubs):
     config = FederationConfig.model_validate({
         "federation": {"name": FED, "seed": 5},
         "model": {"path": "tiny-bert", "precision": "nf4", "max_length": 32, "num_labels": 3},
@@ -117,18 +109,9 @@ def test_region_sum_survives_a_dropout_and_no_plain_update_travels(tmp_path, bro
         "sampling": {"min_clients": N_DEVICES, "wait_for_clients_s": 120},
         "round_policy": {"deadline_s": 90},
     })
-    cfg_path = tmp_path / "fed.yaml"
-    cfg_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     spy = Spy(broker.url)
     spy.session.connect()
-    procs = [
-        spawn(["hub", "serve", "--role", "cloud", "--broker", broker.url, "--federation", FED,
-               "--state-dir", str(tmp_path / "cloud"), "--config", str(cfg_path)],
-              tmp_path / "cloud.log"),
-        spawn(["hub", "serve", "--role", "regional", "--region", "r1", "--broker", broker.url,
-               "--federation", FED, "--state-dir", str(tmp_path / "regional")],
-              tmp_path / "regional.log"),
-    ]
+    procs = start_hubs(broker.url, config)
     host = ModelHost()
 
     def spec(i: int) -> DeviceSpec:
@@ -152,9 +135,6 @@ def test_region_sum_survives_a_dropout_and_no_plain_update_travels(tmp_path, bro
     finally:
         for d in [*devices, vanisher]:
             d.done.set()
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
         time.sleep(0.5)
         spy.session.close()
 
