@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,9 @@ class RegionIntake:
     collect_importance: bool = False
     importance: dict[int, ImportanceStats] = field(default_factory=dict)
     accepted_ids: set[str] = field(default_factory=set)
+    # selected devices of the current round not accepted yet: derived from the two above,
+    # kept so that checking for quorum costs the devices still missing, not the region
+    waiting: set[str] = field(default_factory=set)
     offline: set[str] = field(default_factory=set)  # devices whose last will we saw
     final_sent: bool = False
     seq: int = 0
@@ -85,7 +88,22 @@ class RegionIntake:
                              if int(i.rsplit(":", 1)[1]) >= header.round - KEEP_ROUNDS}
         self.final_sent = False
         self.seq = 0
+        self.waiting = self._waiting()
         return True
+
+    def _waiting(self) -> set[str]:
+        info = self.rounds.get(self.round)
+        if info is None:
+            return set()
+        return {c for c in info.selected if f"{c}:{self.round}" not in self.accepted_ids}
+
+    def mark_accepted(self, uids: Iterable[str]) -> None:
+        """Record accepted update ids (every path that accepts one comes through here)."""
+        for uid in uids:
+            self.accepted_ids.add(uid)
+            client, _, rnd = uid.rpartition(":")
+            if rnd == str(self.round):
+                self.waiting.discard(client)
 
     @property
     def expected(self) -> list[str]:
@@ -102,8 +120,8 @@ class RegionIntake:
 
     @property
     def complete(self) -> bool:
-        ids = {f"{c}:{self.round}" for c in self.expected}
-        return ids <= self.accepted_ids
+        """Every selected device of the round was accepted or was seen leaving."""
+        return all(c in self.offline for c in self.waiting)
 
     # ------------------------------------------------------------------ updates
     def offer(self, header: UpdateHeader, tensors: Mapping[str, torch.Tensor], nbytes: int
@@ -166,7 +184,7 @@ class RegionIntake:
         if self.policy.aggregation.robust:
             self.kept.keep(header.base_version, delta)
         self.group_ids.setdefault(header.base_version, []).append(uid)
-        self.accepted_ids.add(uid)
+        self.mark_accepted([uid])
         self.bytes_in += nbytes
         return uid
 
@@ -252,6 +270,7 @@ class RegionIntake:
             intake.importance = {int(bv): ImportanceStats.from_json(raw)
                                  for bv, raw in meta["importance"].items()}
         intake.accepted_ids = set(meta["accepted_ids"])
+        intake.waiting = intake._waiting()
         intake.offline = set(meta.get("offline", []))
         intake.final_sent = bool(meta["final_sent"])
         intake.seq = int(meta["seq"])

@@ -252,7 +252,7 @@ class RegionSecAgg:
         ids = [f"{c}:{r.round}" for c in result.survivors]
         intake.groups[r.version] = RunningSum(sums, float(result.weight), result.count)
         intake.group_ids[r.version] = ids
-        intake.accepted_ids.update(ids)
+        intake.mark_accepted(ids)
         hub.counters["secagg.completed"] += 1
         hub.counters["secagg.dropped"] += len(result.dropped)
         log.info("round %d: unmasked the sum of %d updates (weight %d); %d dropped", r.round,

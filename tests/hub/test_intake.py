@@ -164,3 +164,19 @@ def test_persisted_state_round_trips():
     assert back.complete
     with pytest.raises(WireError, match="duplicate"):
         back.offer(h, t, 10)
+
+
+def test_quorum_counts_only_the_current_rounds_updates():
+    """An update of the previous round (accepted under stale_weight) does not stand in for the
+    same device's update of the current round."""
+    it = intake(late="stale_weight")
+    h, t, _ = update("d1")
+    it.offer(h, t, 10)
+    it.announce(announce(round_=4, version=3), SHAPES, it.policy, "topk_int8")
+    late, t, _ = update("d2", round_=3, base_version=2)
+    it.offer(late, t, 10)
+    assert it.waiting == {"d1", "d2"} and not it.complete
+    for client in ("d1", "d2"):
+        h, t, _ = update(client, round_=4, base_version=3)
+        it.offer(h, t, 10)
+    assert it.waiting == set() and it.complete
