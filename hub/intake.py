@@ -30,7 +30,10 @@ from hub.privacy import IntakeDp, fold
 from hub.robust import clip_to_norm
 from hub.similarity import SimilarityWeighting
 
-KEEP_ROUNDS = 64  # rounds of selection history kept for judging late updates
+# Rounds of history (selection, accepted ids) kept beyond max_staleness for judging late
+# updates and resends.  The intake is persisted before every acknowledgement, so its size
+# is paid per batch of updates: 64 rounds of a 1,000-device region were ~1.5 MB of JSON.
+KEEP_EXTRA_ROUNDS = 4
 
 
 @dataclass
@@ -82,10 +85,13 @@ class RegionIntake:
         self.rounds[header.round] = RoundInfo(
             header.version, list(header.selected.get(self.region, [])), codec,
             params if announced == codec else {})
-        for old in [r for r in self.rounds if r < header.round - KEEP_ROUNDS]:
+        # forgotten rounds refuse their updates and resends as stale; when every round was
+        # applied (a version per round) they are stale by version anyway
+        oldest = header.round - policy.max_staleness - KEEP_EXTRA_ROUNDS
+        for old in [r for r in self.rounds if r < oldest]:
             del self.rounds[old]
         self.accepted_ids = {i for i in self.accepted_ids
-                             if int(i.rsplit(":", 1)[1]) >= header.round - KEEP_ROUNDS}
+                             if int(i.rsplit(":", 1)[1]) >= oldest}
         self.final_sent = False
         self.seq = 0
         self.waiting = self._waiting()

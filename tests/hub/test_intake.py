@@ -180,3 +180,20 @@ def test_quorum_counts_only_the_current_rounds_updates():
         h, t, _ = update(client, round_=4, base_version=3)
         it.offer(h, t, 10)
     assert it.waiting == set() and it.complete
+
+
+def test_history_is_bounded_by_max_staleness():
+    """The intake is persisted before every acknowledgement, so what it remembers must not
+    grow with the federation: rounds beyond max_staleness (plus a few) are forgotten, and an
+    update for one is refused as stale."""
+    from hub.intake import KEEP_EXTRA_ROUNDS
+
+    it = intake(max_staleness=2)
+    h, t, _ = update("d1")
+    it.offer(h, t, 10)
+    for r in range(4, 20):
+        it.announce(announce(round_=r, version=r - 1), SHAPES, it.policy, "topk_int8")
+    assert len(it.rounds) == 2 + KEEP_EXTRA_ROUNDS + 1
+    assert it.accepted_ids == set()
+    with pytest.raises(WireError, match="stale"):
+        it.offer(h, t, 10)
