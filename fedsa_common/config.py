@@ -61,17 +61,20 @@ class CodecSection(Strict):
     """A delta codec and its options: what ``CompressionSection`` (device uplink) and
     ``DownlinkSection`` (cloud downlink) share, so both name codecs and options alike.
 
-    ``method``: ``topk_int8`` (the original codec and the default), ``topk`` (largest
-    magnitudes, indices as delta-varint or bitmap), ``randk`` (positions from a seed shared
-    by the round, so no indices travel) or ``dense`` (lossless fp32).  ``values`` (fp32,
-    fp16, int8, int4; default int8), ``block_size`` (one scale per block of that many sent
-    values instead of one per tensor; int8/int4) and ``zstd`` (compress the whole body)
-    apply to ``topk`` and ``randk`` only.  ``enable: false`` means dense fp32.
+    ``method``: ``topk`` (largest magnitudes per tensor, one flat index as delta-varint or
+    bitmap; the default, with ratio 0.05 and int8 values: the point of the measured
+    bytes/accuracy frontier that stays within a point of uncompressed updates, see
+    docs/benchmarks.md), ``topk_int8`` (the original codec, default until 2026-12),
+    ``randk`` (positions from a seed shared by the round, so no indices travel) or
+    ``dense`` (lossless fp32).  ``values`` (fp32, fp16, int8, int4; default int8),
+    ``block_size`` (one scale per block of that many sent values instead of one per tensor;
+    int8/int4) and ``zstd`` (compress the whole body) apply to ``topk`` and ``randk`` only.
+    ``enable: false`` means dense fp32.
     """
 
     enable: bool = True
-    method: str = "topk_int8"
-    ratio: float = Field(0.1, gt=0.0, le=1.0)
+    method: str = "topk"
+    ratio: float = Field(0.05, gt=0.0, le=1.0)
     values: Literal["fp32", "fp16", "int8", "int4"] | None = None
     block_size: int | None = Field(None, ge=1, le=1_048_576)
     zstd: bool = False
@@ -145,7 +148,7 @@ class DownlinkSection(CodecSection):
 
     Off by default.  Enabled, the global *is* what devices can reconstruct:
     ``old + decode(encode(server step))`` in float32.  ``enable`` switches the deltas on;
-    the codec options are the uplink's (``method`` etc., default ``topk_int8`` ratio 0.1;
+    the codec options are the uplink's (``method`` etc., default ``topk`` ratio 0.05 int8;
     ``dense`` sends the exact step).  Dumped only when enabled, so configurations without it
     digest as before.
     """

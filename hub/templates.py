@@ -40,7 +40,7 @@ model:
   lora: {r: 8, alpha: 16, dropout: 0.05, target_modules: [query, value]}
 fedsa_lora:
   algorithm: fedsa
-  compression: {enable: true, method: topk_int8, ratio: 0.05}   # ~5% of A entries per round
+  compression: {enable: true, method: topk, ratio: 0.05}   # 5% of each A tensor per round, int8
 rounds: 20
 training: {local_steps: 10, batch_size: 16, lr: 0.0005}
 sampling:
@@ -67,7 +67,7 @@ model:
   lora: {r: 8, alpha: 16, dropout: 0.05, target_modules: [query, value]}
 fedsa_lora:
   algorithm: fedit
-  compression: {enable: true, method: topk_int8, ratio: 0.05}
+  compression: {enable: true, method: topk, ratio: 0.05}
 rounds: 20
 training: {local_steps: 10, batch_size: 16, lr: 0.0005}
 sampling: {clients_per_round: 50, min_clients: 10, wait_for_clients_s: 600}

@@ -7,7 +7,7 @@ import pytest
 
 from fedsa_common.config import ConfigError, FederationConfig, validate_model
 
-DEFAULT_DIGEST = "ebb1c4f6300e10f6"
+DEFAULT_DIGEST = "5eceb76c0f2e16a4"
 LAYER_WISE = {"enable": True, "strategy": "layer_wise",
               "layers": [{"layers": "0-2", "share": ["lora_A", "lora_B"]},
                          {"layers": 3, "share": []}]}

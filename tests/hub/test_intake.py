@@ -15,7 +15,8 @@ SHAPES = {"x.lora_A.weight": (2, 8)}
 SELECTED = {"eu": ["d1", "d2"], "us": ["d3"]}
 # Updates go out as topk_int8 with ratio 1.0 (every coordinate, so sums stay checkable); the
 # hub accepts only the announced codec parameters, so the round announces exactly that.
-ANNOUNCED = FederationConfig.model_validate({"fedsa_lora": {"compression": {"ratio": 1.0}}})
+ANNOUNCED = FederationConfig.model_validate(
+    {"fedsa_lora": {"compression": {"method": "topk_int8", "ratio": 1.0}}})
 
 
 def announce(round_=3, version=2, selected=None) -> AnnounceHeader:

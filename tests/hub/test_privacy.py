@@ -27,7 +27,7 @@ SHAPES = {"x.lora_A.weight": (4, 8)}
 
 def config(**dp) -> FederationConfig:
     return FederationConfig.model_validate({
-        "rounds": 5, "fedsa_lora": {"compression": {"ratio": 1.0},
+        "rounds": 5, "fedsa_lora": {"compression": {"method": "topk_int8", "ratio": 1.0},
                                     "privacy": {"differential_privacy": {"enable": True,
                                                                          **dp}}}})
 
@@ -73,7 +73,8 @@ def test_local_intake_weighs_once_but_leaves_noised_updates_unclipped():
 
 
 def test_intake_without_dp_keeps_sample_weights():
-    plain = FederationConfig.model_validate({"fedsa_lora": {"compression": {"ratio": 1.0}}})
+    plain = FederationConfig.model_validate(
+        {"fedsa_lora": {"compression": {"method": "topk_int8", "ratio": 1.0}}})
     it = region_intake(plain)
     assert it.dp is None
     offer(it, "d1", 1.0, samples=10)

@@ -20,6 +20,7 @@ from fedsa_common.chunking import Reassembler
 from fedsa_common.envelope import Envelope, unpack
 from fedsa_common.split import role
 from fedsa_common.transport import MqttSession
+from quant.codec import get_codec
 from scenarios.config import load_scenario
 from scenarios.runner import run_scenario
 
@@ -54,11 +55,6 @@ class Spy:
         return out
 
 
-def parameter(wire: str) -> str:
-    """A codec part's parameter (``x.lora_B.weight.idx.varint`` -> ``x.lora_B.weight``)."""
-    return wire[: wire.index(".weight") + len(".weight")]
-
-
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     from fedsa_common.broker import start_broker
@@ -88,23 +84,26 @@ def test_run_completes_and_the_report_shows_each_decision(federation):
 def test_announcements_and_updates_carry_the_decided_set(federation):
     report, spy, _ = federation
     decided = {row["round"]: sorted(row["shared"]) for row in report["rounds"]}
-    announced: dict[int, list[str]] = {}
-    updates: dict[int, list[set[str]]] = defaultdict(list)
+    announced: dict[int, dict[str, tuple[int, ...]]] = {}
+    updates: dict[int, list[Envelope]] = defaultdict(list)
     lora = set(decided[1]) | {n.replace("lora_A", "lora_B") for n in decided[1]}
     for env in spy.envelopes():
         header = env.header
         if header["kind"] == "announce" and header["status"] == "running":
-            announced[header["round"]] = sorted(header["shared"])
             assert sorted(env.tensors) == sorted(header["shared"])  # only the shared values
+            announced[header["round"]] = {n: tuple(t.shape) for n, t in env.tensors.items()}
         elif header["kind"] == "update":
-            updates[header["round"]].append({parameter(t) for t in env.tensors})
+            updates[header["round"]].append(env)
             assert set(header["importance"]) == lora  # every trained LoRA tensor
-    assert announced == decided
+    assert {r: sorted(s) for r, s in announced.items()} == decided
     assert any(role(n) == "lora_B" for n in announced[2])
     assert sorted(updates) == [1, 2, 3]
-    for rnd, sets in updates.items():  # updates carry the round's shared set, no more
-        assert all(names <= set(decided[rnd]) for names in sets)
-        assert set().union(*sets) == set(decided[rnd])
+    for rnd, envs in updates.items():  # updates carry the round's shared set, no more:
+        for env in envs:  # a flat body decodes only against exactly the shapes it was made of
+            h = env.header
+            codec = get_codec(h["codec"], **h["codec_params"])
+            assert set(codec.decode(env.tensors, h["codec_meta"], announced[rnd])) == \
+                set(decided[rnd])
 
 
 def test_checkpoint_resumes_the_split_and_keeps_every_global(federation):

@@ -18,6 +18,7 @@ from fedsa_common.envelope import unpack
 from fedsa_common.errors import WireError
 from fedsa_common.split import role
 from fedsa_common.transport import MqttSession
+from quant.codec import get_codec
 from scenarios.config import load_scenario
 from scenarios.runner import run_scenario
 
@@ -83,11 +84,22 @@ def test_rounds_complete_with_all_updates(federation):
 def test_no_b_or_head_tensor_ever_leaves_a_device(federation):
     _, spy, _ = federation
     envelopes = spy.envelopes()
+    shapes = {env.header["round"]: {n: tuple(t.shape) for n, t in env.tensors.items()}
+              for _, env in envelopes
+              if env.header["kind"] == "announce" and env.header["status"] == "running"}
+    assert all(role(n) == "lora_A" for s in shapes.values() for n in s)
     kinds = defaultdict(int)
     for topic, env in envelopes:
         kinds[env.header["kind"]] += 1
-        for name in env.tensors:
-            # codec parts (".idx", ".val", ".scale") keep the parameter's name as a prefix
+        names = list(env.tensors)
+        if env.header["kind"] == "update":
+            # a flat codec body names no parameter; it decodes against the round's announced
+            # (A-only) shapes only if it carries exactly their values: any B or head value
+            # would change its length and fail the decode
+            h = env.header
+            codec = get_codec(h["codec"], **h["codec_params"])
+            names = list(codec.decode(env.tensors, h["codec_meta"], shapes[h["round"]]))
+        for name in names:
             assert role(name) == "lora_A", f"{name} seen on {topic}"
     # 3 announcements (2 rounds + finished), 8 device updates, 4 regional partials
     assert kinds["announce"] >= 3 and kinds["update"] == 8 and kinds["partial"] == 4
