@@ -4,8 +4,9 @@ Started by ``fedsa_common.broker.start_broker(kind="embedded")`` as
 ``python -m fedsa_common.embedded_broker --host 127.0.0.1 --port PORT``. It is set up to look
 like our Mosquitto setup to MQTT 3.1.1 clients: one TCP listener, anonymous access with
 persistent sessions that get QoS 1 messages queued while offline, no ``$SYS`` chatter, a
-packet size cap, and no will after a clean DISCONNECT (``OpenAuthPlugin`` and
-``install_packet_hooks`` close the gaps between amqtt 0.12 and Mosquitto). It exits on
+packet size cap, no will after a clean DISCONNECT, and no QoS 1 message lost when a persistent
+client leaves while it is being delivered (``OpenAuthPlugin`` and ``install_packet_hooks`` close
+the gaps between amqtt 0.12 and Mosquitto). It exits on
 SIGTERM/SIGINT, and when its parent process goes away, so a crashed test run leaves no broker.
 """
 
@@ -21,7 +22,8 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from amqtt.broker import Broker
+from amqtt.broker import Broker, RetainedApplicationMessage
+from amqtt.mqtt.constants import QOS_0
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.packet import DISCONNECT, MQTTFixedHeader
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
@@ -37,10 +39,15 @@ class PacketTooLargeError(Exception):
 
 
 _CLEAN_DISCONNECT = "_fedsa_clean_disconnect"
+_STOPPING = "_fedsa_stopping"
+# The running broker, so that a delivery that failed on a closing connection can find the
+# session's newer connection, if the client came back meanwhile.
+_broker: Broker | None = None
+_resends: set[asyncio.Task[Any]] = set()  # held so that the loop does not drop them mid-flight
 
 
 def install_packet_hooks(max_packet_bytes: int) -> None:
-    """Patch two gaps between amqtt 0.12 and Mosquitto, seen from a 3.1.1 client.
+    """Patch three gaps between amqtt 0.12 and Mosquitto, seen from a 3.1.1 client.
 
     1. Packet size cap. amqtt reads every packet fully into memory and has no size option. We
        wrap the fixed-header decoder: an exception that is not an ``MQTTError`` ends amqtt's
@@ -52,6 +59,13 @@ def install_packet_hooks(max_packet_bytes: int) -> None:
        broker's per-client loop starts waiting for it (connect, then close at once, while the
        broker is still replaying retained messages). We note DISCONNECT on the connection's
        reader as soon as its header is read and report it when amqtt asks how the client left.
+    3. QoS 1 delivery to a persistent session that is leaving. amqtt keeps a session marked
+       connected until its connection has been torn down, hands messages published in that
+       window to the closing connection, and forgets them when their PUBACK wait is cancelled
+       or times out. Mosquitto keeps them for the session and sends them on reconnect; a
+       device that disconnects just as its region's announcement goes out would otherwise
+       miss it. We requeue such a message: onto the session's newer connection if the client
+       is back, else onto the session's offline queue (amqtt sends that on reconnect).
     """
     original_from_stream = MQTTFixedHeader.from_stream.__func__  # type: ignore[attr-defined]
 
@@ -75,8 +89,59 @@ def install_packet_hooks(max_packet_bytes: int) -> None:
             return DisconnectPacket()
         return result
 
+    original_stop = BrokerProtocolHandler.stop
+
+    async def stop(self: BrokerProtocolHandler) -> None:
+        setattr(self, _STOPPING, True)
+        await original_stop(self)
+
+    original_publish = BrokerProtocolHandler.mqtt_publish
+
+    async def mqtt_publish(
+        self: BrokerProtocolHandler,
+        topic: str,
+        data: bytes | bytearray,
+        qos: int | None,
+        retain: bool,
+        ack_timeout: int | None = None,
+    ) -> Any:
+        session = self.session
+        keep = qos not in (None, QOS_0) and session is not None and not session.clean_session
+        if keep and getattr(self, _STOPPING, False):
+            _requeue(session, topic, data, qos)
+            return None
+        try:
+            return await original_publish(self, topic, data, qos, retain, ack_timeout)
+        except (asyncio.CancelledError, Exception):
+            if not keep:
+                raise
+            _requeue(session, topic, data, qos)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the broker is shutting down, not just this connection
+            return None
+
     MQTTFixedHeader.from_stream = classmethod(from_stream)  # type: ignore[method-assign,assignment]
     BrokerProtocolHandler.wait_disconnect = wait_disconnect  # type: ignore[method-assign]
+    BrokerProtocolHandler.stop = stop  # type: ignore[method-assign]
+    BrokerProtocolHandler.mqtt_publish = mqtt_publish  # type: ignore[method-assign]
+
+
+def _requeue(session: Session, topic: str, data: bytes | bytearray, qos: int | None) -> None:
+    """Deliver an unacknowledged message again: now if the client is connected on a live
+    connection, else when it next connects."""
+    handler = _broker._get_handler(session) if _broker is not None else None
+    if (
+        handler is not None
+        and handler.session is session
+        and session.transitions.is_connected()
+        and not getattr(handler, _STOPPING, False)
+    ):
+        task = asyncio.ensure_future(handler.mqtt_publish(topic, data, qos, retain=False))
+        _resends.add(task)
+        task.add_done_callback(_resends.discard)
+        return
+    session.retained_messages.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
 
 
 class OpenAuthPlugin(BaseAuthPlugin):
@@ -109,7 +174,9 @@ def broker_config(host: str, port: int) -> dict[str, Any]:
 
 async def serve(host: str, port: int) -> None:
     """Run the broker until SIGTERM/SIGINT or until the parent process exits."""
+    global _broker
     broker = Broker(broker_config(host, port))
+    _broker = broker
     await broker.start()
     log.info("embedded broker listening on %s:%d", host, port)
     stop = asyncio.Event()

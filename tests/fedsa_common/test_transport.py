@@ -359,6 +359,43 @@ def test_persistent_session_gets_messages_sent_while_it_was_away(
         second.close()
 
 
+def test_persistent_session_loses_nothing_published_while_it_disconnects(
+    make_session: MakeSession, mqtt_broker: BrokerProcess, topic: str
+) -> None:
+    """A burst of QoS 1 messages is under way when the subscriber leaves: the ones the broker
+    was still delivering to the closing connection must reach it when it comes back (amqtt
+    dropped them until the embedded broker requeued them; Mosquitto keeps them)."""
+    client_id = f"dev-{uuid.uuid4().hex[:8]}"
+    count = 300
+    first_inbox = Inbox()
+    first = MqttSession(mqtt_broker.url, client_id, clean_session=False)
+    first.subscribe_raw(f"{topic}/burst", first_inbox)
+    first.connect(timeout=10)
+    pub = make_session("pub")
+    pub.connect(timeout=10)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        burst = pool.submit(
+            pub.publish_raw_many, [(f"{topic}/burst", b"%d" % i) for i in range(count)]
+        )
+        first_inbox.get()  # the burst is being delivered: leave in the middle of it
+        first.close()
+        burst.result(timeout=30)
+    received = {int(payload) for _, payload in first_inbox.drain(0.1)} | {0}
+
+    second_inbox = Inbox()
+    second = MqttSession(mqtt_broker.url, client_id, clean_session=False)
+    try:
+        second.subscribe_raw(f"{topic}/burst", second_inbox)
+        second.connect(timeout=10)
+        with contextlib.suppress(queue.Empty):
+            while len(received) < count:
+                received.add(int(second_inbox.get(timeout=10)[1]))
+    finally:
+        second.close()
+    assert sorted(set(range(count)) - received) == []
+
+
+
 def test_malformed_frames_are_rejected_and_session_keeps_working(
     make_session: MakeSession, topic: str
 ) -> None:
