@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,9 +14,54 @@ import pytest
 import yaml
 
 from fedsa_common.broker import BrokerProcess, start_broker
+from fedsa_common.chunking import Reassembler
 from fedsa_common.config import FederationConfig
+from fedsa_common.envelope import Envelope, unpack
+from fedsa_common.transport import MqttSession
 
 StartHubs = Callable[..., list[subprocess.Popen]]
+
+
+# Topics whose messages are plain JSON, not chunked envelopes.
+_RAW_JSON_TOPICS = ("/presence/", "/metrics/", "/status/", "/ack/", "/summary")
+
+
+class BrokerSpy:
+    """Subscribes to '#' and keeps every frame, so that a test can check what crossed the
+    broker (what a hub operator or an eavesdropper with broker access sees)."""
+
+    def __init__(self, url: str) -> None:
+        self.frames: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.session = MqttSession(url, client_id=f"spy-{uuid.uuid4().hex[:8]}",
+                                   clean_session=True)
+        self.session.subscribe_raw("#", self._keep)
+
+    def _keep(self, topic: str, payload: bytes) -> None:
+        with self.lock:
+            self.frames.append((topic, payload))
+
+    def envelopes(self) -> list[tuple[str, Envelope]]:
+        """(logical topic, envelope) for every chunked message seen so far."""
+        out = []
+        reasm = Reassembler(max_message_bytes=64_000_000)
+        with self.lock:
+            frames = list(self.frames)
+        for topic, payload in frames:
+            if not payload or any(part in topic for part in _RAW_JSON_TOPICS):
+                continue
+            logical = topic.rsplit("/", 1)[0]
+            whole = reasm.add(logical, payload, time.time())
+            if whole is not None:
+                out.append((logical, unpack(whole, max_bytes=64_000_000)))
+        return out
+
+
+@pytest.fixture(scope="session")
+def broker_spy() -> type[BrokerSpy]:
+    """``BrokerSpy``, for module-scoped fixtures that record a whole federation run:
+    ``spy = broker_spy(url); spy.session.connect()``."""
+    return BrokerSpy
 
 
 @pytest.fixture

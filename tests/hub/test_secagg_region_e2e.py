@@ -16,13 +16,10 @@ import torch
 from edge_client.data import DataSpec
 from edge_client.device import Device, DeviceSpec
 from edge_client.host import ModelHost
-from fedsa_common.chunking import Reassembler
 from fedsa_common.config import FederationConfig
-from fedsa_common.envelope import unpack
 from fedsa_common.secagg.config_check import secagg_params
 from fedsa_common.secagg.fixed_point import to_wire
 from fedsa_common.secagg.vector import gather, scatter
-from fedsa_common.transport import MqttSession
 from quant.codec import round_codec_params
 
 pytestmark = pytest.mark.integration
@@ -30,35 +27,6 @@ pytestmark = pytest.mark.integration
 FED = "secagg"
 N_DEVICES = 5
 VANISHER = "d4"
-
-
-class Spy:
-    """Keeps every frame on every topic; reassembles and decodes the chunked envelopes."""
-
-    def __init__(self, url: str) -> None:
-        self.frames: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-        self.session = MqttSession(url, client_id="spy", clean_session=True)
-        self.session.subscribe_raw("#", self._keep)
-
-    def _keep(self, topic: str, payload: bytes) -> None:
-        with self.lock:
-            self.frames.append((topic, payload))
-
-    def envelopes(self) -> list[tuple[str, object]]:
-        out = []
-        reasm = Reassembler(max_message_bytes=64_000_000)
-        raw_json = ("/presence/", "/metrics/", "/status/", "/ack/", "/summary")
-        with self.lock:
-            frames = list(self.frames)
-        for topic, payload in frames:
-            if not payload or any(part in topic for part in raw_json):
-                continue
-            logical = topic.rsplit("/", 1)[0]
-            whole = reasm.add(logical, payload, time.time())
-            if whole is not None:
-                out.append((logical, unpack(whole, max_bytes=64_000_000)))
-        return out
 
 
 class RecordingDevice(Device):
@@ -97,8 +65,8 @@ class VanishesAfterShares(Device):
         self.secagg.begin = begin_then_vanish
 
 
-
-def test_region_sum_survives_a_dropout_and_no_plain_update_travels(tmp_path, broker, start_hubs):
+def test_region_sum_survives_a_dropout_and_no_plain_update_travels(tmp_path, broker, start_hubs,
+                                                                   broker_spy):
     config = FederationConfig.model_validate({
         "federation": {"name": FED, "seed": 5},
         "model": {"path": "tiny-bert", "precision": "nf4", "max_length": 32, "num_labels": 3},
@@ -109,7 +77,7 @@ def test_region_sum_survives_a_dropout_and_no_plain_update_travels(tmp_path, bro
         "sampling": {"min_clients": N_DEVICES, "wait_for_clients_s": 120},
         "round_policy": {"deadline_s": 90},
     })
-    spy = Spy(broker.url)
+    spy = broker_spy(broker.url)
     spy.session.connect()
     procs = start_hubs(broker.url, config)
     host = ModelHost()

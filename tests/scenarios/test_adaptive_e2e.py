@@ -7,7 +7,6 @@ from round 2 on, and announcements, updates and the report must follow that deci
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 from itertools import pairwise
@@ -16,10 +15,8 @@ from pathlib import Path
 import pytest
 
 from fedsa_common.atomic import read_json
-from fedsa_common.chunking import Reassembler
-from fedsa_common.envelope import Envelope, unpack
+from fedsa_common.envelope import Envelope
 from fedsa_common.split import role
-from fedsa_common.transport import MqttSession
 from quant.codec import get_codec
 from scenarios.config import load_scenario
 from scenarios.runner import run_scenario
@@ -31,37 +28,13 @@ OVERRIDES = ["rounds=3", "fedsa_lora.adaptive_split={enable: true, "
 pytestmark = pytest.mark.integration
 
 
-class Spy:
-    """Keeps every chunked message on the federation's topics, decoded."""
-
-    def __init__(self, url: str) -> None:
-        self.frames: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-        self.session = MqttSession(url, client_id="adaptive-spy", clean_session=True)
-        self.session.subscribe_raw("#", self._keep)
-
-    def _keep(self, topic: str, payload: bytes) -> None:
-        with self.lock:
-            self.frames.append((topic, payload))
-
-    def envelopes(self) -> list[Envelope]:
-        out, reasm = [], Reassembler(max_message_bytes=64_000_000)
-        raw_json = ("/presence/", "/metrics/", "/status/", "/ack/", "/summary")
-        for topic, payload in self.frames:
-            if payload and not any(part in topic for part in raw_json):
-                whole = reasm.add(topic.rsplit("/", 1)[0], payload, time.time())
-                if whole is not None:
-                    out.append(unpack(whole, max_bytes=64_000_000))
-        return out
-
-
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory):
+def federation(tmp_path_factory, broker_spy):
     from fedsa_common.broker import start_broker
 
     out = tmp_path_factory.mktemp("adaptive")
     with start_broker("auto") as broker:
-        spy = Spy(broker.url)
+        spy = broker_spy(broker.url)
         spy.session.connect()
         report = run_scenario(load_scenario(TINY, OVERRIDES), out, broker.url,
                               echo=lambda _: None)
@@ -87,7 +60,7 @@ def test_announcements_and_updates_carry_the_decided_set(federation):
     announced: dict[int, dict[str, tuple[int, ...]]] = {}
     updates: dict[int, list[Envelope]] = defaultdict(list)
     lora = set(decided[1]) | {n.replace("lora_A", "lora_B") for n in decided[1]}
-    for env in spy.envelopes():
+    for _, env in spy.envelopes():
         header = env.header
         if header["kind"] == "announce" and header["status"] == "running":
             assert sorted(env.tensors) == sorted(header["shared"])  # only the shared values

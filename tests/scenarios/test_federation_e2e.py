@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from fedsa_common.atomic import read_tensors
-from fedsa_common.chunking import Reassembler
 from fedsa_common.envelope import unpack
 from fedsa_common.errors import WireError
 from fedsa_common.split import role
@@ -27,41 +26,13 @@ TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
 pytestmark = pytest.mark.integration
 
 
-class Spy:
-    """Keeps every raw frame on every topic, then reassembles and decodes the envelopes."""
-
-    def __init__(self, url: str) -> None:
-        self.frames: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-        self.session = MqttSession(url, client_id="spy", clean_session=True)
-        self.session.subscribe_raw("#", self._keep)
-
-    def _keep(self, topic: str, payload: bytes) -> None:
-        with self.lock:
-            self.frames.append((topic, payload))
-
-    def envelopes(self) -> list[tuple[str, dict]]:
-        """(logical topic, envelope) for every chunked message seen."""
-        out = []
-        reasm = Reassembler(max_message_bytes=64_000_000)
-        for topic, payload in self.frames:
-            raw_json = ("/presence/", "/metrics/", "/status/", "/ack/", "/summary")
-            if not payload or any(part in topic for part in raw_json):
-                continue
-            logical = topic.rsplit("/", 1)[0]
-            whole = reasm.add(logical, payload, time.time())
-            if whole is not None:
-                out.append((logical, unpack(whole, max_bytes=64_000_000)))
-        return out
-
-
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory):
+def federation(tmp_path_factory, broker_spy):
     from fedsa_common.broker import start_broker
 
     out = tmp_path_factory.mktemp("e2e")
     with start_broker("auto") as broker:
-        spy = Spy(broker.url)
+        spy = broker_spy(broker.url)
         spy.session.connect()
         report = run_scenario(load_scenario(TINY), out, broker.url, echo=lambda _: None)
         time.sleep(0.5)
