@@ -22,8 +22,20 @@ from fedsa_common.atomic import write_json
 from fedsa_common.broker import BrokerProcess, start_broker
 from fedsa_common.config import ConfigError, validate_model
 from fedsa_common.split import ALGORITHMS
-from scenarios.bench_metrics import accuracy_curve, mean_curve, run_metrics, summarize
-from scenarios.bench_sweep import CompressionChoice, reference_label, sweep_pairs
+from scenarios.bench_metrics import (
+    PAIRED_METRICS,
+    accuracy_curve,
+    mean_curve,
+    paired_differences,
+    run_metrics,
+    summarize,
+)
+from scenarios.bench_sweep import (
+    REFERENCE_COMPRESSION,
+    CompressionChoice,
+    reference_label,
+    sweep_pairs,
+)
 from scenarios.bench_variants import BASE as BASE_VARIANT
 from scenarios.bench_variants import Variant
 from scenarios.bench_variants import describe as describe_variant
@@ -158,6 +170,24 @@ def plan_runs(base: ScenarioConfig, algorithms: Sequence[str], seeds: Sequence[i
                      out / "runs" / f"{alg}-{choice.slug}-s{seed}", choice.label)
             for alg, choice in sweep_pairs(list(algorithms), list(compressions))
             for seed in seeds]
+
+
+def comparison_baselines(runs: Sequence[BenchRun]) -> dict[str, str]:
+    """Label -> the label its runs are paired against: in a variant comparison the same
+    algorithm's plain (``base``) runs, in a compression sweep the same algorithm's
+    ``dense:fp32`` runs (uncompressed); none for a label whose baseline is not in the bench."""
+    labels = {run.label for run in runs}
+    out: dict[str, str] = {}
+    for run in runs:
+        if run.variant is not None:
+            baseline = run.algorithm
+        elif run.compression is not None:
+            baseline = f"{run.algorithm} {REFERENCE_COMPRESSION}"
+        else:
+            continue
+        if run.label != baseline and baseline in labels:
+            out[run.label] = baseline
+    return out
 
 
 def scenario_digest(config: ScenarioConfig) -> str:
@@ -302,6 +332,9 @@ def run_bench(base: ScenarioConfig, out: Path, algorithms: Sequence[str],
         bench.update(variants=[{"name": v.name, "overrides": list(v.overrides)}
                                for v in variants],
                      labels=labels, summary=summarize(entries, labels, key="label"))
+    baselines = comparison_baselines(runs)
+    if baselines:
+        bench["paired"] = paired_differences(entries, baselines)
     write_outputs(bench, out)
     return bench
 
@@ -330,8 +363,23 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("worst10_accuracy", "worst-10% acc", "{:.3f}"),
     ("global_accuracy", "global acc", "{:.3f}"),
     ("bytes_up_per_device_round", "bytes up / device-round", "{:,.0f}"),
+    ("bytes_down_per_device_round", "bytes down / device-round", "{:,.0f}"),
     ("wall_s", "wall s", "{:.0f}"),
 )
+_PAIRED_TITLES = {"final_accuracy": "final − baseline", "worst10_accuracy": "worst-10% − baseline"}
+
+
+def _paired_cells(bench: dict[str, Any], label: str) -> list[str]:
+    """The paired-difference cells of one bench.md row, in accuracy points."""
+    entry = bench["paired"].get(label)
+    cells = []
+    for metric in PAIRED_METRICS:
+        stats = entry[metric] if entry else None
+        if stats is None or stats["mean"] is None:
+            cells.append("–")
+        else:
+            cells.append(f"{100 * stats['mean']:+.1f} ± {100 * stats['std']:.1f} pts")
+    return cells
 
 
 def render_markdown(bench: dict[str, Any]) -> str:
@@ -339,15 +387,18 @@ def render_markdown(bench: dict[str, Any]) -> str:
     ``mean ± std`` cells (pure)."""
     seeds = bench["seeds"]
     sweep = "labels" in bench
+    paired = "paired" in bench
+    titles = [title for _, title, _ in _COLUMNS]
+    if paired:
+        titles += [_PAIRED_TITLES[m] for m in PAIRED_METRICS]
     lines = [
         f"# Benchmark: {bench['scenario']}",
         "",
         f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}), {bench['rounds']} rounds; "
         f"cells are mean ± {bench['std']}.",
         "",
-        f"| {'run' if sweep else 'algorithm'} | "
-        + " | ".join(title for _, title, _ in _COLUMNS) + " |",
-        "|---|" + "---:|" * len(_COLUMNS),
+        f"| {'run' if sweep else 'algorithm'} | " + " | ".join(titles) + " |",
+        "|---|" + "---:|" * len(titles),
     ]
     for alg in bench["labels"] if sweep else bench["algorithms"]:
         cells = []
@@ -357,6 +408,8 @@ def render_markdown(bench: dict[str, Any]) -> str:
                 cells.append("n/a")
             else:
                 cells.append(f"{fmt.format(stats['mean'])} ± {fmt.format(stats['std'])}")
+        if paired:
+            cells += _paired_cells(bench, alg)
         lines.append(f"| {alg} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -366,6 +419,12 @@ def render_markdown(bench: dict[str, Any]) -> str:
         "global LoRA with each device's own head, measured before local training (only "
         "fedit and ffa have one).",
     ]
+    if paired:
+        baselines = sorted({e["baseline"] for e in bench["paired"].values()})
+        lines += ["", "− baseline: mean ± std over seeds of (the run's figure − its baseline's "
+                  "on the same seed), in accuracy points; the seed fixes the data partition "
+                  "and initialisation, so this is the comparison to read. Baselines: "
+                  + ", ".join(baselines) + "."]
     if "variants" in bench:
         lines += ["", "Runs are ALGORITHM VARIANT (ALGORITHM alone: the scenario as it is); "
                   "variants: " + "; ".join(describe_variant(Variant(v["name"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from statistics import fmean, stdev
-from typing import Any
+from typing import Any, Literal
 
 RUN_METRICS: tuple[str, ...] = (
     "final_accuracy",
@@ -19,8 +19,11 @@ RUN_METRICS: tuple[str, ...] = (
     "worst10_accuracy",
     "global_accuracy",
     "bytes_up_per_device_round",
+    "bytes_down_per_device_round",
     "wall_s",
 )
+# What a comparison reports as paired differences against its baseline run of the same seed.
+PAIRED_METRICS: tuple[str, ...] = ("final_accuracy", "worst10_accuracy")
 
 Report = Mapping[str, Any]
 
@@ -43,8 +46,10 @@ def worst_mean(values: Iterable[float], percent: int = 10) -> float | None:
     return fmean(ordered[:k])
 
 
-def bytes_per_device_round(report: Report) -> float | None:
-    """Uploaded bytes per device and round: all bytes up over all device-round reports.
+def bytes_per_device_round(report: Report, direction: Literal["up", "down"] = "up"
+                           ) -> float | None:
+    """Bytes per device and round, ``direction`` "up" (uploaded) or "down" (announcements
+    and fetches received): all bytes over all device-round reports.
 
     Dividing by reports rather than by ``devices x rounds`` keeps the figure honest when
     sampling or stragglers leave some devices out of some rounds.
@@ -53,7 +58,7 @@ def bytes_per_device_round(report: Report) -> float | None:
     reports = sum(r.get("reported", 0) for r in rows)
     if reports == 0:
         return None
-    return sum(r.get("bytes_up", 0) for r in rows) / reports
+    return sum(r.get(f"bytes_{direction}", 0) for r in rows) / reports
 
 
 def run_metrics(report: Report) -> dict[str, float | None]:
@@ -73,6 +78,7 @@ def run_metrics(report: Report) -> dict[str, float | None]:
         "worst10_accuracy": worst_mean(device_acc.values()),
         "global_accuracy": last.get("global_accuracy") if last else None,
         "bytes_up_per_device_round": bytes_per_device_round(report),
+        "bytes_down_per_device_round": bytes_per_device_round(report, "down"),
         "wall_s": report.get("final", {}).get("wall_s"),
     }
 
@@ -115,6 +121,34 @@ def summarize(runs: Sequence[Mapping[str, Any]], algorithms: Sequence[str],
         mine = [r["metrics"] for r in runs if r.get(key) == alg and r.get("metrics")]
         summary[alg] = {m: mean_std(run[m] for run in mine) for m in RUN_METRICS}
     return summary
+
+
+def paired_differences(runs: Sequence[Mapping[str, Any]], baselines: Mapping[str, str]
+                       ) -> dict[str, dict[str, Any]]:
+    """Per label, mean/std/n over seeds of (its metric − its baseline's metric on the same
+    seed) for ``PAIRED_METRICS``, with the baseline and the seeds both ran.
+
+    The seed fixes a run's data partition and initialisation, and seed-to-seed spread is
+    several times the effect of most options, so a comparison is only readable paired.
+    ``baselines`` maps a label to the label it is compared against; ``runs`` are bench
+    entries (grouped by ``label``, or by ``algorithm`` when they have none); failed runs
+    and seeds missing on either side do not count.
+    """
+    def by_seed(label: str) -> dict[int, Mapping[str, Any]]:
+        return {r["seed"]: r["metrics"] for r in runs
+                if r.get("label", r["algorithm"]) == label and r.get("metrics")}
+
+    out: dict[str, dict[str, Any]] = {}
+    for label, baseline in baselines.items():
+        mine, theirs = by_seed(label), by_seed(baseline)
+        seeds = sorted(mine.keys() & theirs.keys())
+        entry: dict[str, Any] = {"baseline": baseline, "seeds": seeds}
+        for metric in PAIRED_METRICS:
+            entry[metric] = mean_std(
+                mine[s][metric] - theirs[s][metric] for s in seeds
+                if mine[s][metric] is not None and theirs[s][metric] is not None)
+        out[label] = entry
+    return out
 
 
 def mean_curve(curves: Sequence[Sequence[tuple[int, float, float]]]

@@ -9,6 +9,7 @@ from scenarios.bench_metrics import (
     bytes_per_device_round,
     mean_curve,
     mean_std,
+    paired_differences,
     run_metrics,
     summarize,
     worst_mean,
@@ -135,3 +136,30 @@ def test_from_observed_metrics_to_bench_numbers():
     m = run_metrics(rep)
     assert m["worst10_accuracy"] == pytest.approx(0.4)
     assert m["bytes_up_per_device_round"] == pytest.approx(100.0)
+
+
+def test_paired_differences_subtract_the_baseline_of_the_same_seed():
+    def entry(label, seed, final, worst=0.5):
+        return {"algorithm": "fedsa", "label": label, "seed": seed,
+                "metrics": {"final_accuracy": final, "worst10_accuracy": worst}}
+
+    runs = [entry("fedsa", 0, 0.70), entry("fedsa", 1, 0.80), entry("fedsa", 2, 0.60),
+            entry("fedsa ft", 0, 0.72, 0.6), entry("fedsa ft", 1, 0.86, 0.5),
+            {"algorithm": "fedsa", "label": "fedsa ft", "seed": 2, "error": "boom"},
+            entry("fedsa ft", 3, 0.99)]  # a seed the baseline did not run
+    (got,) = paired_differences(runs, {"fedsa ft": "fedsa"}).values()
+    assert got["baseline"] == "fedsa" and got["seeds"] == [0, 1]
+    assert got["final_accuracy"]["mean"] == pytest.approx(0.04)
+    assert got["final_accuracy"]["std"] == pytest.approx(math.sqrt(2) * 0.02)
+    assert got["worst10_accuracy"]["mean"] == pytest.approx(0.05)
+    assert got["final_accuracy"]["n"] == 2
+
+
+def test_paired_differences_group_plain_runs_by_algorithm():
+    runs = [{"algorithm": "fedsa", "seed": 0, "metrics": {"final_accuracy": 0.5,
+                                                         "worst10_accuracy": None}},
+            {"algorithm": "fedsa", "label": "fedsa x", "seed": 0,
+             "metrics": {"final_accuracy": 0.4, "worst10_accuracy": 0.3}}]
+    got = paired_differences(runs, {"fedsa x": "fedsa"})["fedsa x"]
+    assert got["final_accuracy"]["mean"] == pytest.approx(-0.1)
+    assert got["worst10_accuracy"] == {"mean": None, "std": None, "n": 0}

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from scenarios.bench import plan_runs
+from scenarios.bench import comparison_baselines, plan_runs, render_markdown
+from scenarios.bench_sweep import parse_compressions
 from scenarios.bench_variants import Variant, parse_variant, parse_variants
 from scenarios.cli import app
 from scenarios.config import load_scenario
@@ -92,3 +93,41 @@ def test_one_variant_runs_end_to_end(tmp_path) -> None:
     md = (out / "bench.md").read_text()
     assert "| fedsa prox-0.01 |" in md
     assert "`fedsa_lora.personalization.proximal_mu=0.01`" in md
+
+
+def test_variants_pair_with_base_and_sweeps_with_dense_of_the_same_algorithm() -> None:
+    base = load_scenario(TINY)
+    with_base = plan_runs(base, ["fedsa", "fedit"], [0], Path("/x"), rounds=2,
+                          variants=parse_variants(["base", "ft:2"]))
+    assert comparison_baselines(with_base) == {"fedsa ft-2": "fedsa", "fedit ft-2": "fedit"}
+    without = plan_runs(base, ["fedsa"], [0], Path("/x"), rounds=2,
+                        variants=parse_variants(["ft:2"]))
+    assert comparison_baselines(without) == {}
+    sweep = plan_runs(base, ["fedsa"], [0], Path("/x"), 2,
+                      parse_compressions("dense:fp32,topk:0.05:int8"))
+    # the fedit reference has no fedit dense run of its own to pair with but itself
+    assert comparison_baselines(sweep) == {"fedsa topk:0.05:int8": "fedsa dense:fp32"}
+    assert comparison_baselines(plan_runs(base, ["fedsa"], [0], Path("/x"))) == {}
+
+
+def test_markdown_shows_paired_columns_in_points() -> None:
+    from scenarios.bench_metrics import RUN_METRICS
+
+    labels = ["fedsa", "fedsa ft-2"]
+    summary = {lb: {m: {"mean": 0.7, "std": 0.01, "n": 2} for m in RUN_METRICS}
+               for lb in labels}
+    bench = {"scenario": "t", "seeds": [0, 1], "rounds": 2, "std": "std", "runs": [],
+             "algorithms": ["fedsa"], "labels": labels, "summary": summary,
+             "variants": [{"name": "base", "overrides": []},
+                          {"name": "ft-2", "overrides": ["x=1"]}],
+             "paired": {"fedsa ft-2": {
+                 "baseline": "fedsa", "seeds": [0, 1],
+                 "final_accuracy": {"mean": 0.0734, "std": 0.0123, "n": 2},
+                 "worst10_accuracy": {"mean": -0.02, "std": 0.0, "n": 2}}}}
+    md = render_markdown(bench)
+    assert "| final − baseline | worst-10% − baseline |" in md
+    assert md.count("|---|") == 1 and "---:|" * 9 in md
+    assert "| +7.3 ± 1.2 pts | -2.0 ± 0.0 pts |" in md
+    assert next(line for line in md.splitlines() if line.startswith("| fedsa |")).endswith(
+        "| – | – |")
+    assert "Baselines: fedsa." in md
