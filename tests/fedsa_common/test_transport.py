@@ -395,7 +395,6 @@ def test_persistent_session_loses_nothing_published_while_it_disconnects(
     assert sorted(set(range(count)) - received) == []
 
 
-
 def test_malformed_frames_are_rejected_and_session_keeps_working(
     make_session: MakeSession, topic: str
 ) -> None:
