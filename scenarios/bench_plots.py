@@ -73,7 +73,7 @@ def plot_accuracy_vs_upload(points: Mapping[str, tuple[Stats, Stats]], reference
     (±std over seeds) against uploaded bytes per device-round (log x), one point per run
     label, the ``reference`` (FedIT, dense fp32) drawn as a star with guide lines so every
     codec reads as "this much accuracy for this fraction of the reference's upload"."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     ref = points.get(reference)
     ref_bytes = ref[0]["mean"] if ref else None
     for label, (up, acc) in points.items():
@@ -81,12 +81,13 @@ def plot_accuracy_vs_upload(points: Mapping[str, tuple[Stats, Stats]], reference
             continue
         x, y = float(up["mean"]), float(acc["mean"])
         is_ref = label == reference
-        ax.errorbar([x], [y], yerr=[float(acc["std"] or 0.0)], capsize=3,
-                    marker="*" if is_ref else "o", markersize=14 if is_ref else 7,
-                    color="black" if is_ref else None, linestyle="none")
         note = label + (" (reference)" if is_ref else
                         f"  1/{float(ref_bytes) / x:.1f}" if ref_bytes else "")
-        ax.annotate(note, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7)
+        # named in the legend, not next to the point: codecs of equal size sit on top of
+        # each other, and their annotations did too
+        ax.errorbar([x], [y], yerr=[float(acc["std"] or 0.0)], capsize=3,
+                    marker="*" if is_ref else "o", markersize=14 if is_ref else 7,
+                    color="black" if is_ref else None, linestyle="none", label=note)
     if ref and ref_bytes and ref[1]["mean"] is not None:
         ax.axhline(float(ref[1]["mean"]), color="gray", linestyle="--", linewidth=0.8)
         ax.axvline(float(ref_bytes), color="gray", linestyle="--", linewidth=0.8)
@@ -95,6 +96,8 @@ def plot_accuracy_vs_upload(points: Mapping[str, tuple[Stats, Stats]], reference
     ax.set_ylabel("final mean personalized accuracy")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
