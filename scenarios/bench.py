@@ -25,6 +25,7 @@ from fedsa_common.split import ALGORITHMS
 from scenarios.bench_metrics import (
     PAIRED_METRICS,
     accuracy_curve,
+    entry_label,
     mean_curve,
     paired_differences,
     run_metrics,
@@ -456,7 +457,7 @@ def write_outputs(bench: dict[str, Any], out: Path) -> None:
     (out / "bench.md").write_text(render_markdown(bench))
     groups = bench.get("labels", bench["algorithms"])
     curves = {g: mean_curve([r["curve"] for r in bench["runs"]
-                             if r.get("label", r["algorithm"]) == g and r.get("curve")])
+                             if entry_label(r) == g and r.get("curve")])
               for g in groups}
     title = f"{bench['scenario']}: mean over seeds {bench['seeds']}"
     plot_accuracy_per_round(curves, out / "accuracy_per_round.png", title)

@@ -123,6 +123,12 @@ def summarize(runs: Sequence[Mapping[str, Any]], algorithms: Sequence[str],
     return summary
 
 
+def entry_label(entry: Mapping[str, Any]) -> str:
+    """The group a bench entry counts in: its label in a sweep or variant comparison (plain
+    runs there are labelled with the algorithm), its algorithm otherwise."""
+    return entry.get("label", entry["algorithm"])
+
+
 def paired_differences(runs: Sequence[Mapping[str, Any]], baselines: Mapping[str, str]
                        ) -> dict[str, dict[str, Any]]:
     """Per label, mean/std/n over seeds of (its metric − its baseline's metric on the same
@@ -136,7 +142,7 @@ def paired_differences(runs: Sequence[Mapping[str, Any]], baselines: Mapping[str
     """
     def by_seed(label: str) -> dict[int, Mapping[str, Any]]:
         return {r["seed"]: r["metrics"] for r in runs
-                if r.get("label", r["algorithm"]) == label and r.get("metrics")}
+                if entry_label(r) == label and r.get("metrics")}
 
     out: dict[str, dict[str, Any]] = {}
     for label, baseline in baselines.items():
