@@ -224,8 +224,12 @@ class MqttSession:
         self._forget: list[str] = []  # unsubscribed chunked filters; applied on the net thread
         self._retained_chunks: dict[str, int] = {}  # topic -> frames last published retained
         self._subacks = _AckWaiter()
+        # set once a connection is up *and* the broker acknowledged the subscriptions made
+        # before it, so a persistent session never misses what is published right after
+        # connect() returns
         self._connected_once = threading.Event()
         self._settled = threading.Event()  # connected, or refused for good (bad credentials)
+        self._resubscribe_mid: int | None = None  # the SUBACK that completes the first connect
         self._stopping = threading.Event()
         self._net_thread: int | None = None
         self._attempts = 0
@@ -260,7 +264,8 @@ class MqttSession:
     # ----------------------------------------------------------------- connection lifecycle
 
     def connect(self, timeout: float = 30.0) -> None:
-        """Start the network thread and wait until the broker accepted the connection.
+        """Start the network thread and wait until the broker accepted the connection and
+        acknowledged the subscriptions made before it.
 
         Retries with exponential backoff and jitter; raises ``ConnectionError`` naming the URL
         if not connected within ``timeout``, or at once if the broker refused the credentials
@@ -275,6 +280,8 @@ class MqttSession:
         self._client.loop_start()
         refused = self._settled.wait(timeout) and not self._connected_once.is_set()
         if not self._connected_once.is_set():
+            if self._resubscribe_mid is not None and self.connected:
+                self._last_error = "connected, but the broker did not acknowledge the subscriptions"
             self.close()
             when = "" if refused else f" within {timeout:.1f}s"
             raise ConnectionError(
@@ -534,26 +541,36 @@ class MqttSession:
             self.broker_url,
             flags.session_present,
         )
-        self._resubscribe()
-        self._connected_once.set()
-        self._settled.set()
+        mid = self._resubscribe()
+        if self._connected_once.is_set() or mid is None:
+            self._resubscribe_mid = None
+            self._connected_once.set()
+            self._settled.set()
+        else:
+            self._resubscribe_mid = mid  # _handle_suback completes the first connect
         if self._user_on_connect is not None:
             try:
                 self._user_on_connect()
             except Exception:
                 log.exception("%s: on_connect callback failed", self.client_id)
 
-    def _resubscribe(self) -> None:
-        """Subscribe every known filter again: brokers may have lost the session (restart)."""
+    def _resubscribe(self) -> int | None:
+        """Subscribe every known filter again: brokers may have lost the session (restart).
+        Returns the SUBACK's message id when this is the first connect (``connect()`` waits
+        for it); later ones are not waited for."""
         with self._lock:
             wanted: dict[str, int] = {}
             for sub in self._subs:
                 wanted[sub.broker_filter] = max(sub.qos, wanted.get(sub.broker_filter, 0))
         if not wanted:
-            return
+            return None
         rc, mid = self._client.subscribe(list(wanted.items()))
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return None
+        if self._connected_once.is_set():
             self._subacks.ignore(mid)
+            return None
+        return int(mid)
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._last_error = f"cannot reach {self._host}:{self._port}" + (
@@ -581,6 +598,15 @@ class MqttSession:
     def _handle_suback(
         self, client: mqtt.Client, userdata: Any, mid: int, codes: list[Any], properties: Any
     ) -> None:
+        if mid == self._resubscribe_mid:  # same thread as _handle_connect: no race
+            self._resubscribe_mid = None
+            refused = [c for c in codes if c.is_failure]
+            if refused:
+                log.warning("%s: broker %s refused subscriptions: %s",
+                            self.client_id, self.broker_url, refused)
+            self._connected_once.set()
+            self._settled.set()
+            return
         self._subacks.acked(mid, codes)
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

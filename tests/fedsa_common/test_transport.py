@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -357,6 +358,63 @@ def test_persistent_session_gets_messages_sent_while_it_was_away(
         assert inbox.drain(0.5) == []
     finally:
         second.close()
+
+
+class HoldingProxy:
+    """A TCP relay in front of a broker that passes the broker's first ``pass_bytes`` bytes
+    (the CONNACK) to the client and holds the rest until ``release()``: it stands for a broker
+    that has accepted the connection but not yet handled the subscriptions."""
+
+    def __init__(self, broker_url: str, pass_bytes: int = 4) -> None:
+        self._upstream = parse_broker_url(broker_url)
+        self._pass = pass_bytes
+        self._released = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"mqtt://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _accept(self) -> None:
+        client, _ = self._listener.accept()
+        broker = socket.create_connection(self._upstream)
+        threading.Thread(target=self._pipe, args=(client, broker, None), daemon=True).start()
+        self._pipe(broker, client, self._pass)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, hold_after: int | None) -> None:
+        sent = 0
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if hold_after is not None and sent + len(data) > hold_after:
+                    dst.sendall(data[: max(0, hold_after - sent)])
+                    self._released.wait()
+                    data, hold_after = data[max(0, hold_after - sent):], None
+                dst.sendall(data)
+                sent += len(data)
+
+
+def test_connect_waits_until_the_subscriptions_made_before_it_are_acknowledged(
+    mqtt_broker: BrokerProcess, topic: str
+) -> None:
+    """amqtt handles a DISCONNECT that arrives with a SUBSCRIBE first and drops the
+    subscription, so a persistent session that subscribes, connects and leaves at once lost
+    what was published to it while away: connect() now returns only after the SUBACK."""
+    proxy = HoldingProxy(mqtt_broker.url)
+    session = MqttSession(proxy.url, f"dev-{uuid.uuid4().hex[:8]}")
+    session.subscribe(f"{topic}/inbox", Inbox())
+    connecting = threading.Thread(target=session.connect, kwargs={"timeout": 10})
+    try:
+        connecting.start()
+        connecting.join(2.0)
+        assert connecting.is_alive()  # CONNACK came through, the SUBACK is held
+        proxy.release()
+        connecting.join(10.0)
+        assert not connecting.is_alive() and session.connected
+    finally:
+        proxy.release()
+        connecting.join(10.0)
+        session.close()
 
 
 def test_persistent_session_loses_nothing_published_while_it_disconnects(
