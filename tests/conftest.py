@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -18,6 +19,7 @@ from fedsa_common.chunking import Reassembler
 from fedsa_common.config import FederationConfig
 from fedsa_common.envelope import Envelope, unpack
 from fedsa_common.transport import MqttSession
+from quant.codec import get_codec
 
 StartHubs = Callable[..., list[subprocess.Popen]]
 
@@ -55,6 +57,16 @@ class BrokerSpy:
             if whole is not None:
                 out.append((logical, unpack(whole, max_bytes=64_000_000)))
         return out
+
+    @staticmethod
+    def decode_update(env: Envelope, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+        """An update envelope's tensors, decoded by the codec its header names against
+        ``shapes`` (the round's announced shared set): a flat codec body names no parameter
+        and decodes only against exactly the shapes it was made of, so a B or head value in
+        it would change its length and fail here."""
+        h = env.header
+        codec = get_codec(h["codec"], **h["codec_params"])
+        return dict(codec.decode(env.tensors, h["codec_meta"], shapes))
 
 
 @pytest.fixture(scope="session")

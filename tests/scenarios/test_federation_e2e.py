@@ -17,7 +17,6 @@ from fedsa_common.envelope import unpack
 from fedsa_common.errors import WireError
 from fedsa_common.split import role
 from fedsa_common.transport import MqttSession
-from quant.codec import get_codec
 from scenarios.config import load_scenario
 from scenarios.runner import run_scenario
 
@@ -63,13 +62,8 @@ def test_no_b_or_head_tensor_ever_leaves_a_device(federation):
     for topic, env in envelopes:
         kinds[env.header["kind"]] += 1
         names = list(env.tensors)
-        if env.header["kind"] == "update":
-            # a flat codec body names no parameter; it decodes against the round's announced
-            # (A-only) shapes only if it carries exactly their values: any B or head value
-            # would change its length and fail the decode
-            h = env.header
-            codec = get_codec(h["codec"], **h["codec_params"])
-            names = list(codec.decode(env.tensors, h["codec_meta"], shapes[h["round"]]))
+        if env.header["kind"] == "update":  # decodes against the A-only announced shapes
+            names = list(spy.decode_update(env, shapes[env.header["round"]]))
         for name in names:
             assert role(name) == "lora_A", f"{name} seen on {topic}"
     # 3 announcements (2 rounds + finished), 8 device updates, 4 regional partials
