@@ -58,6 +58,7 @@ class RegionIntake:
     kept: KeptUpdates = field(default_factory=KeptUpdates)  # robust rules only
     dp: IntakeDp | None = None  # differential privacy: unit weights, central re-clipping
     similarity: SimilarityWeighting | None = None  # weighting: similarity
+    last_factor: float = 1.0  # the last accepted update's similarity factor, for the log
     # adaptive split (importance_based): devices' importance reports, per base version
     collect_importance: bool = False
     importance: dict[int, ImportanceStats] = field(default_factory=dict)
@@ -181,7 +182,8 @@ class RegionIntake:
             group = self.groups[header.base_version] = RunningSum.zeros(self.shapes)
         samples = float(header.num_samples)
         if self.similarity is not None:  # agreement with the last global change
-            samples *= self.similarity.factor(delta)
+            self.last_factor = self.similarity.factor(delta)
+            samples *= self.last_factor
         delta, weight = fold(self.dp, delta, samples)
         group.add(delta, weight)
         if self.collect_importance and header.importance:

@@ -259,7 +259,10 @@ class RegionalHub(HubProcess):
         self.dirty = True
         self.acks.append((ack_topic, Ack(kind="update", id=uid, accepted=True)))
         self.counters["updates.accepted"] += 1
-        log.info("accepted %s", uid)
+        if self.intake.similarity is not None and not self.secagg.handles(header):
+            log.info("accepted %s (similarity factor %.3f)", uid, self.intake.last_factor)
+        else:
+            log.info("accepted %s", uid)
         self.maybe_forward()
 
     def maybe_forward(self) -> None:

@@ -66,7 +66,9 @@ def test_weights_are_samples_times_agreement_bounded_by_the_floor() -> None:
 
     announce(intake, 2, 1, global_value=1.0)  # the federation moved by +1 everywhere
     offer(intake, "d1", 2, 1, delta_value=2.0, samples=10)   # along it: factor 1
+    assert intake.last_factor == pytest.approx(1.0)  # what the hub logs with the accept
     offer(intake, "d2", 2, 1, delta_value=-3.0, samples=30)  # against it: the floor
+    assert intake.last_factor == pytest.approx(FLOOR)
     [(header, sums)] = intake.flush(final=True)
     assert header.weight == pytest.approx(10.0 + 30.0 * FLOOR)
     expected = 10.0 * 2.0 + 30.0 * FLOOR * -3.0
