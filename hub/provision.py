@@ -140,6 +140,24 @@ def mosquitto_password_line(username: str, password: str, *, salt: bytes | None 
     return f"{username}:$7${iterations}${b64(salt).decode()}${b64(digest).decode()}"
 
 
+# QoS 1 messages Mosquitto queues for one offline persistent session, per device of the
+# largest region: a regional hub that restarts mid-round gets each device's update frames
+# (one for a compressed update, a few for a dense one) from its session's queue; 8 leaves room
+# for resends and a round of async updates. Mosquitto's default (1,000) drops the rest, which
+# devices then resend, one backoff later.
+QUEUED_PER_DEVICE = 8
+MIN_QUEUED_MESSAGES = 1000
+# Seconds between Mosquitto writes of its persistence file (default 1800): what was queued
+# since the last write is lost if the broker machine crashes.
+AUTOSAVE_INTERVAL_S = 60
+
+
+def queued_messages_for(spec: ProvisionSpec) -> int:
+    """``max_queued_messages`` for the federation: sized by its largest region."""
+    largest = max(len(devices) for devices in spec.regions.values())
+    return max(MIN_QUEUED_MESSAGES, QUEUED_PER_DEVICE * largest)
+
+
 def render_mosquitto_conf(spec: ProvisionSpec, out: Path) -> str:
     """``mosquitto.conf`` for the directory ``out`` (absolute paths: Mosquitto resolves
     relative ones against its working directory)."""
@@ -154,6 +172,8 @@ def render_mosquitto_conf(spec: ProvisionSpec, out: Path) -> str:
         f"acl_file {out / 'acl'}",
         "persistence true",
         f"persistence_location {out / 'data'}/",
+        f"autosave_interval {AUTOSAVE_INTERVAL_S}",
+        f"max_queued_messages {queued_messages_for(spec)}",
         f"max_packet_size {spec.max_packet_bytes}",
         "log_dest stderr",
         "log_type error",

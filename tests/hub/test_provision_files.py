@@ -228,6 +228,9 @@ def test_conf_and_spec_validation(tmp_path):
     assert spec.broker_url == "mqtts://[::1]:8883"
     conf = render_mosquitto_conf(spec, tmp_path).splitlines()
     assert "listener 8883 127.0.0.1" in conf and "user mosquitto" in conf
+    assert "max_queued_messages 1000" in conf  # small regions: Mosquitto's default
+    big = ProvisionSpec("fed", {"a": [f"d{i}" for i in range(300)], "b": ["x"]})
+    assert "max_queued_messages 2400" in render_mosquitto_conf(big, tmp_path).splitlines()
     with pytest.raises(ValueError, match="no regions"):
         ProvisionSpec("fed", {})
     with pytest.raises(ValueError, match="federation"):
