@@ -8,18 +8,18 @@ codecs choose positions per device and cannot be summed while masked: they are r
 
 Values travel as fixed-point words (``fixed_point``), so a codec's int8/int4/fp16 value
 format and zstd do not apply; only the support (which positions) comes from the codec.
-Parameters are laid out in sorted name order.
+Parameters are laid out as the codecs lay them out (``quant.codecs.layout``: sorted names).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from quant.codecs.layout import Layout
 from quant.codecs.sparsify import randk_support, topk_count
 
 SUPPORTED_CODECS: tuple[str, ...] = ("dense", "randk")
@@ -30,66 +30,69 @@ def _check_codec(codec: str) -> None:
         raise ValueError(f"secure aggregation requires codec randk or dense, not {codec!r}")
 
 
-def _positions(name: str, numel: int, codec: str, params: Mapping[str, Any]) -> Tensor:
-    """Sorted int64 positions of ``name`` that travel (all of them for dense)."""
-    if codec == "dense":
-        return torch.arange(numel)
-    k = topk_count(numel, float(params["ratio"]))
-    return randk_support(numel, k, int(params["seed"]), name)
-
-
-def layout(shapes: Mapping[str, tuple[int, ...]], codec: str, params: Mapping[str, Any]
-           ) -> list[tuple[str, tuple[int, ...], Tensor]]:
-    """(name, shape, positions) in vector order."""
+def travelling(shapes: Mapping[str, tuple[int, ...]], codec: str, params: Mapping[str, Any]
+               ) -> tuple[Layout, Tensor | None]:
+    """The parameters' flat layout (the codecs' own, ``quant.codecs.layout``) and the sorted
+    int64 positions in it that travel: None for dense (all of them), the round's random-k
+    support of each tensor, shifted to its place in the flat vector, for randk."""
     _check_codec(codec)
-    return [(n, tuple(shapes[n]), _positions(n, math.prod(shapes[n]), codec, params))
-            for n in sorted(shapes)]
+    lay = Layout.of(shapes)
+    if codec == "dense":
+        return lay, None
+    ratio, seed = float(params["ratio"]), int(params["seed"])
+    parts = [offset + randk_support(numel, topk_count(numel, ratio), seed, name)
+             for name, numel, offset in zip(lay.names, lay.numels, lay.offsets, strict=True)]
+    return lay, torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
 
 
 def vector_length(shapes: Mapping[str, tuple[int, ...]], codec: str,
                   params: Mapping[str, Any]) -> int:
-    return sum(int(p.numel()) for _, _, p in layout(shapes, codec, params))
+    lay, positions = travelling(shapes, codec, params)
+    return lay.total if positions is None else int(positions.numel())
+
+
+def _flat(delta: Mapping[str, Tensor], lay: Layout) -> Tensor:
+    """float64 flat copy of ``delta``, whose names and shapes must be the layout's."""
+    if set(delta) != set(lay.names):
+        raise ValueError(f"delta names {sorted(delta)} differ from {sorted(lay.names)}")
+    for name, shape in zip(lay.names, lay.shapes, strict=True):
+        if tuple(delta[name].shape) != shape:
+            raise ValueError(f"{name!r} shape {tuple(delta[name].shape)} != {shape}")
+    return lay.flatten({n: t.detach().to("cpu") for n, t in delta.items()}, torch.float64)
 
 
 def gather(delta: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]], codec: str,
            params: Mapping[str, Any]) -> Tensor:
     """float64 flat vector of the travelling coordinates of ``delta`` (device side)."""
-    if set(delta) != set(shapes):
-        raise ValueError(f"delta names {sorted(delta)} differ from {sorted(shapes)}")
-    parts = []
-    for name, shape, pos in layout(shapes, codec, params):
-        t = delta[name]
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name!r} shape {tuple(t.shape)} != {shape}")
-        parts.append(t.detach().to("cpu", torch.float64).reshape(-1)[pos])
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+    lay, positions = travelling(shapes, codec, params)
+    flat = _flat(delta, lay)
+    return flat if positions is None else flat[positions]
+
+
+def _expand(flat: Tensor, lay: Layout, positions: Tensor | None) -> Tensor:
+    """The full float64 flat vector with ``flat`` at ``positions`` and zero elsewhere."""
+    expected = lay.total if positions is None else int(positions.numel())
+    if flat.numel() != expected:
+        raise ValueError(f"vector of {flat.numel()} values, layout needs {expected}")
+    if positions is None:
+        return flat.to(torch.float64).clone()
+    dense = lay.zeros(torch.float64)
+    dense[positions] = flat.to(torch.float64)
+    return dense
 
 
 def scatter(flat: Tensor, shapes: Mapping[str, tuple[int, ...]], codec: str,
             params: Mapping[str, Any]) -> dict[str, Tensor]:
     """Inverse of :func:`gather`: float64 tensors of ``shapes``, zero where nothing travels
     (the hub expands the unmasked sum exactly as the randk decoder expands one update)."""
-    out: dict[str, Tensor] = {}
-    offset = 0
-    for name, shape, pos in layout(shapes, codec, params):
-        k = int(pos.numel())
-        dense = torch.zeros(math.prod(shape), dtype=torch.float64)
-        dense[pos] = flat[offset:offset + k].to(torch.float64)
-        out[name] = dense.reshape(shape)
-        offset += k
-    if offset != flat.numel():
-        raise ValueError(f"vector of {flat.numel()} values, layout needs {offset}")
-    return out
+    lay, positions = travelling(shapes, codec, params)
+    return lay.split(_expand(flat, lay, positions))
 
 
 def residual(delta: Mapping[str, Tensor], sent: Tensor, shapes: Mapping[str, tuple[int, ...]],
              codec: str, params: Mapping[str, Any]) -> dict[str, Tensor]:
     """float32 error feedback: ``delta`` minus what was effectively sent (``sent`` is the
     flat vector of sent values, e.g. ``FixedPoint.sent``), per parameter."""
-    sent_dense = scatter(sent, shapes, codec, params)
-    out: dict[str, Tensor] = {}
-    for name, shape, pos in layout(shapes, codec, params):
-        res = delta[name].detach().to("cpu", torch.float64).reshape(-1).clone()
-        res[pos] -= sent_dense[name].reshape(-1)[pos]
-        out[name] = res.reshape(shape).to(torch.float32)
-    return out
+    lay, positions = travelling(shapes, codec, params)
+    res = _flat(delta, lay) - _expand(sent, lay, positions)
+    return lay.split(res.to(torch.float32))
