@@ -541,13 +541,11 @@ class MqttSession:
             self.broker_url,
             flags.session_present,
         )
-        mid = self._resubscribe()
-        if self._connected_once.is_set() or mid is None:
-            self._resubscribe_mid = None
+        # None on a reconnect or without subscriptions; else _handle_suback completes connect
+        self._resubscribe_mid = self._resubscribe()
+        if self._resubscribe_mid is None:
             self._connected_once.set()
             self._settled.set()
-        else:
-            self._resubscribe_mid = mid  # _handle_suback completes the first connect
         if self._user_on_connect is not None:
             try:
                 self._user_on_connect()
