@@ -9,9 +9,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from fedsa_common.broker import BrokerProcess, start_broker
@@ -59,7 +59,8 @@ class BrokerSpy:
         return out
 
     @staticmethod
-    def decode_update(env: Envelope, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    def decode_update(env: Envelope, shapes: dict[str, tuple[int, ...]]
+                      ) -> dict[str, torch.Tensor]:
         """An update envelope's tensors, decoded by the codec its header names against
         ``shapes`` (the round's announced shared set): a flat codec body names no parameter
         and decodes only against exactly the shapes it was made of, so a B or head value in

@@ -378,6 +378,7 @@ class HoldingProxy:
 
     def _accept(self) -> None:
         client, _ = self._listener.accept()
+        self._listener.close()  # one client per relay
         broker = socket.create_connection(self._upstream)
         threading.Thread(target=self._pipe, args=(client, broker, None), daemon=True).start()
         self._pipe(broker, client, self._pass)
