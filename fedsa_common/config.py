@@ -469,6 +469,64 @@ class RoundPolicySection(Strict):
         return data
 
 
+ServerOptimizerName = Literal["sgd", "avgm", "adam", "yogi", "adagrad"]
+# the options each server optimizer reads; setting another one is an error (a typo'd or
+# misplaced option would otherwise silently do nothing), and dumps carry only these
+_SERVER_OPTIMIZER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "sgd": (), "avgm": ("momentum",),
+    "adam": ("beta1", "beta2", "tau", "bias_correction"),
+    "yogi": ("beta1", "beta2", "tau", "bias_correction"),
+    "adagrad": ("beta1", "tau", "bias_correction"),
+}
+
+
+class ServerOptimizerSection(Strict):
+    """How the cloud turns a round's mean delta of the shared tensors into the new global
+    (hub/server_optimizer.py; Reddi et al., "Adaptive Federated Optimization", ICLR 2021).
+
+    The round's (DP-noised) mean delta is the pseudo-gradient; the step size is the
+    top-level ``server_lr``.  ``sgd`` (default): ``x += server_lr * delta``, the plain
+    FedAvg step.  ``avgm`` (FedAvgM): ``m = momentum * m + delta; x += server_lr * m``.
+    ``adam`` / ``yogi`` / ``adagrad``: ``m = beta1 * m + (1 - beta1) * delta``, ``v`` per
+    rule (``v`` starts at ``tau**2``), ``x += server_lr * m / (sqrt(v) + tau)``;
+    ``bias_correction`` divides m (and Adam/Yogi's v) by ``1 - beta**t`` (off, as in the
+    paper).  Typical ``server_lr``: 1.0 for sgd/avgm (avgm with momentum 0.9 moves up to
+    ~10x a round's delta), 1e-2..1e-1 for the adaptive rules, whose steps are about
+    ``server_lr`` per coordinate while LoRA A entries are ~0.05.  Only the options the
+    chosen rule reads may be set; dumped (and digested) only when not sgd, so
+    configurations without it digest as before.
+    """
+
+    name: ServerOptimizerName = "sgd"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.99, ge=0.0, lt=1.0)
+    tau: float = Field(1e-3, gt=0.0, le=1.0)
+    bias_correction: bool = False
+
+    @model_validator(mode="after")
+    def _options_fit_name(self) -> ServerOptimizerSection:
+        used = _SERVER_OPTIMIZER_OPTIONS[self.name]
+        stray = sorted(k for k in self.model_fields_set - {"name"} if k not in used)
+        if stray:
+            raise ValueError(f"{', '.join(stray)}: not used by server optimizer {self.name}"
+                             f" (it reads {', '.join(used) or 'only server_lr'})")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump_only_used(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if self.name == "sgd":
+            return {}
+        return {k: v for k, v in data.items()
+                if k == "name" or k in _SERVER_OPTIMIZER_OPTIONS[self.name]}
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the rule keeps a second moment (adam, yogi, adagrad)."""
+        return self.name in ("adam", "yogi", "adagrad")
+
+
 class TransportSection(Strict):
     payload_limit: int = Field(1_000_000, ge=4096)
     max_message_bytes: int = Field(16_000_000, ge=4096)
@@ -482,8 +540,19 @@ class FederationConfig(Strict):
     training: TrainingSection = TrainingSection()
     sampling: SamplingSection = SamplingSection()
     round_policy: RoundPolicySection = RoundPolicySection()
-    server_lr: float = Field(1.0, gt=0)
+    # the server step size, for every server optimizer (see ServerOptimizerSection)
+    server_lr: float = Field(1.0, gt=0, allow_inf_nan=False)
+    server_optimizer: ServerOptimizerSection = ServerOptimizerSection()
     transport: TransportSection = TransportSection()
+
+    @model_serializer(mode="wrap")
+    def _omit_default_server_optimizer(self, handler: SerializerFunctionWrapHandler
+                                       ) -> dict[str, Any]:
+        """Leave ``server_optimizer`` out at sgd so digests stay as they were."""
+        data = handler(self)
+        if data.get("server_optimizer") == {}:
+            del data["server_optimizer"]
+        return data
 
     @model_validator(mode="after")
     def _privacy_fits(self) -> FederationConfig:

@@ -1,6 +1,7 @@
 """The cloud hub's durable state: global shared parameters plus round bookkeeping (and,
 with an adaptive split, the global value of every LoRA tensor and the current split; with
-downlink deltas, the cloud's downlink residual and last delta, hub/downlink.py).
+downlink deltas, the cloud's downlink residual and last delta, hub/downlink.py; with a
+server optimizer other than sgd, its moments, hub/server_optimizer.py).
 
 Written atomically after every round (tensors first, then the JSON that names them), so a
 crash at any point leaves the previous complete checkpoint readable.
@@ -16,6 +17,7 @@ import torch
 
 from fedsa_common.atomic import read_json, read_tensors, write_json, write_tensors
 from hub.downlink import DownlinkState
+from hub.server_optimizer import ServerOptimizerState
 
 CHECKPOINT_JSON = "checkpoint.json"
 
@@ -32,6 +34,8 @@ class CloudState:
     shared: list[str] | None = None
     # downlink deltas only (None without them, and then nothing of it is written)
     downlink: DownlinkState | None = None
+    # a server optimizer other than sgd only (None with sgd, and then nothing is written)
+    optimizer: ServerOptimizerState | None = None
 
 
 def save_checkpoint(state_dir: Path, state: CloudState) -> None:
@@ -43,6 +47,12 @@ def save_checkpoint(state_dir: Path, state: CloudState) -> None:
         meta, tensors = state.downlink.to_state()
         write_tensors(Path(state_dir) / downlink_name, tensors)
         downlink = {"downlink": {**meta, "tensors": downlink_name}}
+    optimizer: dict[str, Any] = {}
+    optimizer_name = f"optimizer-r{state.round}.safetensors"
+    if state.optimizer is not None:
+        meta, tensors = state.optimizer.to_state()
+        write_tensors(Path(state_dir) / optimizer_name, tensors)
+        optimizer = {"optimizer": {**meta, "tensors": optimizer_name}}
     write_json(
         Path(state_dir) / CHECKPOINT_JSON,
         {
@@ -53,6 +63,7 @@ def save_checkpoint(state_dir: Path, state: CloudState) -> None:
             "history": state.history,
             **({"shared": sorted(state.shared)} if state.shared is not None else {}),
             **downlink,
+            **optimizer,
         },
     )
     for old in Path(state_dir).glob("global-v*.safetensors"):
@@ -60,6 +71,9 @@ def save_checkpoint(state_dir: Path, state: CloudState) -> None:
             old.unlink(missing_ok=True)
     for old in Path(state_dir).glob("downlink-r*.safetensors"):
         if not downlink or old.name != downlink_name:
+            old.unlink(missing_ok=True)
+    for old in Path(state_dir).glob("optimizer-r*.safetensors"):
+        if not optimizer or old.name != optimizer_name:
             old.unlink(missing_ok=True)
 
 
@@ -72,6 +86,11 @@ def load_checkpoint(state_dir: Path) -> CloudState | None:
     if meta.get("downlink") is not None:
         raw = meta["downlink"]
         downlink = DownlinkState.from_state(raw, read_tensors(Path(state_dir) / raw["tensors"]))
+    optimizer = None
+    if meta.get("optimizer") is not None:
+        raw = meta["optimizer"]
+        optimizer = ServerOptimizerState.from_state(
+            raw, read_tensors(Path(state_dir) / raw["tensors"]))
     return CloudState(
         round=int(meta["round"]),
         version=int(meta["version"]),
@@ -80,4 +99,5 @@ def load_checkpoint(state_dir: Path) -> CloudState | None:
         history=list(meta.get("history", [])),
         shared=list(meta["shared"]) if meta.get("shared") is not None else None,
         downlink=downlink,
+        optimizer=optimizer,
     )

@@ -11,6 +11,11 @@ Durability: the round in flight (its announcement, the partial sums received, wh
 ids they carry) is persisted before partials are acknowledged, and the global parameters
 are checkpointed after every round, so a restarted cloud hub continues the same round.
 
+Server step: the round's weighted mean delta (after any central DP noise) goes through the
+server optimizer (``server_optimizer``, hub/server_optimizer.py: sgd by default, or
+FedAvgM / FedAdam / FedYogi / FedAdagrad), whose change is added to the global; the same
+holds for a FedBuff step.  Its moments are checkpointed with the global.
+
 Downlink deltas (``fedsa_lora.compression.downlink``, hub/downlink.py): the server step goes
 through the downlink codec and the announcement carries the encoded change since the
 previous version; the full global shared parameters of the current version are published
@@ -54,6 +59,7 @@ from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
 from hub.downlink import DownlinkState, downlink_step
 from hub.privacy import CloudPrivacy
 from hub.process import Event, HubProcess
+from hub.server_optimizer import ServerOptimizerState, server_change
 from hub.split_policy import SplitPolicy, check_held, describe
 from quant.adapters import adapter_shapes, init_adapter_values
 
@@ -193,6 +199,13 @@ class CloudHub(HubProcess):
                      state.round + 1, describe(state.shared))
         if self.downlink.enable and state.downlink is None:
             state.downlink = DownlinkState()
+        optimizer = self.config.server_optimizer
+        if optimizer.name != "sgd" and state.optimizer is None:
+            state.optimizer = ServerOptimizerState(optimizer.name)
+        if optimizer.adaptive and self.config.server_lr > 0.5:
+            log.warning("server_optimizer %s with server_lr %g moves every shared coordinate "
+                        "by about server_lr per round; typical values are 1e-2..1e-1",
+                        optimizer.name, self.config.server_lr)
         return state
 
     def run(self) -> int:
@@ -373,15 +386,18 @@ class CloudHub(HubProcess):
     def finish_round(self, state: CloudState, fl: Inflight) -> None:
         applied = fl.total.count >= self.policy.min_quorum and fl.total.weight > 0
         if applied:  # the round's shared tensors; the others keep their global value
-            mean = self.privacy.mean(fl.total)
+            mean = self.privacy.mean(fl.total)  # noised first: the optimizer post-processes
             old = {n: state.params[n] for n in mean}
+            change, optimizer = server_change(mean, self.config.server_optimizer,
+                                              self.config.server_lr, state.optimizer)
+            if state.optimizer is not None:  # sgd keeps no state (nor checkpoint entry)
+                state.optimizer = optimizer
             if self.downlink.enable:  # the new global is what devices reconstruct
                 new, state.downlink = downlink_step(
-                    old, mean, self.config.server_lr, self.downlink,
-                    self.config.federation.seed, fl.round, state.version,
-                    state.downlink or DownlinkState())
+                    old, change, self.downlink, self.config.federation.seed, fl.round,
+                    state.version, state.downlink or DownlinkState())
             else:
-                new = apply_server_update(old, mean, self.config.server_lr)
+                new = apply_server_update(old, change)
             state.params = {**state.params, **new}
             state.version += 1
         else:

@@ -1,8 +1,9 @@
 """The cloud's downlink deltas (``fedsa_lora.compression.downlink``), pure tensor code.
 
 With downlink deltas on, the global shared parameters are *defined* as what a device can
-reconstruct from the announcements: after a round the cloud takes the server step
-``server_lr * mean`` (after any DP noise, as without them), encodes it with the downlink
+reconstruct from the announcements: after a round the cloud takes the server step (the
+server optimizer's change, hub/server_optimizer.py, from the mean after any DP noise, as
+without them; ``server_lr * mean`` for the default sgd), encodes it with the downlink
 codec and the cloud's own error-feedback residual, decodes that again exactly as a device
 will, and the new global is ``old + decoded`` in float32.  A device holding the previous
 version computes the same sum from the same tensors, so both ends agree bit for bit
@@ -112,13 +113,14 @@ def carried_residual(residual: Tensors, shapes: Mapping[str, tuple[int, ...]]
     return out
 
 
-def downlink_step(old: Tensors, mean: Tensors, server_lr: float, section: DownlinkSection,
+def downlink_step(old: Tensors, change: Tensors, section: DownlinkSection,
                   federation_seed: int, round_: int, version: int, state: DownlinkState
                   ) -> tuple[dict[str, torch.Tensor], DownlinkState]:
-    """The new global values of ``mean``'s tensors and the downlink state after the server
-    step of round ``round_``, which moves the global from ``version`` to ``version + 1``."""
-    shapes = {n: tuple(mean[n].shape) for n in sorted(mean)}
-    step = {n: (server_lr * mean[n]).to(torch.float32) for n in shapes}
+    """The new global values of ``change``'s tensors and the downlink state after the
+    server step of round ``round_`` (``change``: the server optimizer's ``new - old``,
+    hub/server_optimizer.py), which moves the global from ``version`` to ``version + 1``."""
+    shapes = {n: tuple(change[n].shape) for n in sorted(change)}
+    step = {n: change[n].to(torch.float32) for n in shapes}
     params = section.round_codec_params(federation_seed, round_)
     codec = get_codec(section.codec, **params)
     enc = codec.encode(step, carried_residual(state.residual, shapes))

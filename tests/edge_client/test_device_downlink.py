@@ -40,7 +40,7 @@ def chain(n: int) -> tuple[list[dict[str, torch.Tensor]], list]:
     globals_, deltas, state = [params(0)], [], DownlinkState()
     for v in range(n):
         mean = {k: t * 0.01 for k, t in params(10 + v).items()}
-        new, state = downlink_step(globals_[-1], mean, 1.0, CONFIG.fedsa_lora.compression
+        new, state = downlink_step(globals_[-1], mean, CONFIG.fedsa_lora.compression
                                    .downlink, 1, v + 1, v, state)
         globals_.append(new)
         deltas.append(state.last)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from edge_client.downlink import HeldGlobal, from_announcement
-from fedsa_common.config import DownlinkSection, FederationConfig
+from fedsa_common.config import DownlinkSection, FederationConfig, ServerOptimizerSection
 from fedsa_common.downlink import apply_delta
 from fedsa_common.protocol import (
     AnnounceHeader,
@@ -26,6 +26,7 @@ from hub.cloud import CloudHub
 from hub.downlink import DownlinkState, carried_residual, downlink_step
 from hub.process import Event
 from hub.regional import RegionalHub
+from hub.server_optimizer import server_change
 from quant.codec import round_seed
 
 SHAPES = {"l0.lora_A.weight": (4, 16), "l1.lora_A.weight": (4, 16)}
@@ -43,8 +44,8 @@ def section(**kw) -> DownlinkSection:
 
 def test_dense_downlink_is_the_plain_server_step_bit_for_bit() -> None:
     old, mean = values(0), values(1, 0.01)
-    new, state = downlink_step(old, mean, 0.7, section(method="dense"), 5, 1, 0,
-                               DownlinkState())
+    change, _ = server_change(mean, ServerOptimizerSection(), 0.7, None)  # the default sgd
+    new, state = downlink_step(old, change, section(method="dense"), 5, 1, 0, DownlinkState())
     plain = apply_server_update(old, mean, 0.7)
     assert all(torch.equal(new[n], plain[n]) for n in NAMES)
     assert state.last is not None and state.last.version == 1 and state.last.codec == "dense"
@@ -58,7 +59,7 @@ def test_lossy_downlink_defines_the_global_and_feeds_back_the_error() -> None:
     steps = {n: torch.zeros(s) for n, s in SHAPES.items()}
     for version in range(4):
         mean = values(10 + version, 0.01)
-        new, state = downlink_step(params, mean, 1.0, sec, 5, version + 1, version, state)
+        new, state = downlink_step(params, mean, sec, 5, version + 1, version, state)
         d = state.last
         assert d is not None and d.version == version + 1 and d.round == version + 1
         # the global is exactly what a device holding the old one reconstructs
@@ -76,7 +77,7 @@ def test_lossy_downlink_defines_the_global_and_feeds_back_the_error() -> None:
 
 
 def test_randk_downlink_uses_the_rounds_uplink_seed() -> None:
-    _, state = downlink_step(values(0), values(1), 1.0, section(method="randk", ratio=0.5),
+    _, state = downlink_step(values(0), values(1), section(method="randk", ratio=0.5),
                              federation_seed=9, round_=3, version=1, state=DownlinkState())
     assert state.last is not None and state.last.params["seed"] == round_seed(9, 3)
 
@@ -92,15 +93,15 @@ def test_residual_follows_a_changed_shared_set() -> None:
 def test_checkpoint_keeps_the_downlink_state_so_a_restart_continues_exactly(
         tmp_path: Path) -> None:
     sec = section(method="topk", ratio=0.2, values="int4", block_size=8)
-    p1, s1 = downlink_step(values(0), values(1, 0.01), 1.0, sec, 0, 1, 0, DownlinkState())
+    p1, s1 = downlink_step(values(0), values(1, 0.01), sec, 0, 1, 0, DownlinkState())
     save_checkpoint(tmp_path, CloudState(1, 1, p1, "h", downlink=s1))
     back = load_checkpoint(tmp_path)
     assert back is not None and back.downlink is not None and back.downlink.last is not None
     assert back.downlink.last.shapes == s1.last.shapes and back.downlink.last.meta == \
         s1.last.meta and back.downlink.last.params == s1.last.params
     mean = values(2, 0.01)
-    live = downlink_step(p1, mean, 1.0, sec, 0, 2, 1, s1)
-    resumed = downlink_step(back.params, mean, 1.0, sec, 0, 2, 1, back.downlink)
+    live = downlink_step(p1, mean, sec, 0, 2, 1, s1)
+    resumed = downlink_step(back.params, mean, sec, 0, 2, 1, back.downlink)
     for n in NAMES:
         assert torch.equal(live[0][n], resumed[0][n])
         assert torch.equal(live[1].residual[n], resumed[1].residual[n])
@@ -156,7 +157,7 @@ def test_announcements_carry_the_delta_once_there_is_one(tmp_path: Path) -> None
     # a round's step, as CloudHub.finish_round takes it
     mean = {n: torch.randn(t.shape) * 0.01 for n, t in genv.tensors.items()}
     new, state.downlink = downlink_step(
-        {n: state.params[n] for n in mean}, mean, 1.0, hub.downlink, 4, 1, 0, state.downlink)
+        {n: state.params[n] for n in mean}, mean, hub.downlink, 4, 1, 0, state.downlink)
     state.params, state.version, state.round = {**state.params, **new}, 1, 1
     for _ in range(2):  # a round that applies no step re-announces the same delta
         hub.announce(state, "running", {"r": ["d"]})
@@ -197,7 +198,7 @@ def test_every_codec_round_trips_through_an_announcement(tmp_path: Path, method:
     state = hub.load_state()
     held_tensors = {n: state.params[n].clone() for n in state.params}
     mean = {n: torch.randn(t.shape) * 0.01 for n, t in held_tensors.items()}
-    new, state.downlink = downlink_step(held_tensors, mean, 1.0, hub.downlink, 4, 1, 0,
+    new, state.downlink = downlink_step(held_tensors, mean, hub.downlink, 4, 1, 0,
                                         state.downlink)
     state.params, state.version, state.round = new, 1, 1
     hub.announce(state, "running", {})
@@ -216,7 +217,7 @@ def test_regional_hub_takes_shapes_and_the_reference_from_a_delta_announcement(
                       aggregation={"weighting": "similarity"})
     state = hub.load_state()
     mean = {n: torch.randn(t.shape) * 0.01 for n, t in state.params.items()}
-    new, state.downlink = downlink_step(state.params, mean, 1.0, hub.downlink, 4, 1, 0,
+    new, state.downlink = downlink_step(state.params, mean, hub.downlink, 4, 1, 0,
                                         state.downlink)
     state.params, state.version, state.round = new, 1, 1
     hub.announce(state, "running", {"r1": ["d"]})
