@@ -10,7 +10,9 @@ scenarios/overrides.py, applied to every run of the variant) or a preset:
 * ``sim[:FLOOR]``: ``round_policy.aggregation.weighting=similarity`` (and its floor);
 * ``importance[:THRESHOLD]``: ``fedsa_lora.adaptive_split`` importance_based;
 * ``layer_wise[:LAST]``: layer-wise split, layers 0..LAST (default 2) share A and B, the
-  others keep the algorithm's split.
+  others keep the algorithm's split;
+* ``adam:LR`` / ``yogi:LR`` / ``adagrad:LR`` / ``avgm[:LR]``: ``server_optimizer.name`` and
+  ``server_lr=LR`` (avgm: momentum 0.9, LR default 1.0).
 
 Each variant becomes one run label (``ALGORITHM NAME``; ``base`` is just ``ALGORITHM``).
 """
@@ -24,6 +26,7 @@ from fedsa_common.config import ConfigError
 from scenarios.overrides import parse_override
 
 BASE = "base"
+_SERVER_OPTIMIZERS = ("avgm", "adam", "yogi", "adagrad")  # avgm alone has a usable default LR
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,24}$")
 # a comma that starts the next KEY=VALUE (values such as [lora_A, lora_B] keep theirs)
 _NEXT_PAIR = re.compile(r",\s*(?=[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*\s*=)")
@@ -75,9 +78,12 @@ def _preset(item: str) -> Variant:
         return Variant(f"layer_wise-{last}", (
             f"fedsa_lora.adaptive_split={{enable: true, strategy: layer_wise, "
             f"layers: {rules}}}",))
+    if head in _SERVER_OPTIMIZERS and (arg or head == "avgm"):
+        lr = [f"server_lr={_number(item, arg, float)}"] if arg else []
+        return Variant(f"{head}-{arg}" if arg else head, (f"server_optimizer.name={head}", *lr))
     raise ValueError(f"--variant {item!r}: not NAME:KEY=VALUE[,KEY=VALUE] nor a preset "
                      "(base, prox:MU, ft:N, sim[:FLOOR], importance[:THRESHOLD], "
-                     "layer_wise[:LAST])")
+                     "layer_wise[:LAST], adam:LR, yogi:LR, adagrad:LR, avgm[:LR])")
 
 
 def parse_variant(item: str) -> Variant:

@@ -26,6 +26,10 @@ TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
     ("sim", "sim", ("round_policy.aggregation.weighting=similarity",)),
     ("sim:0.3", "sim-0.3", ("round_policy.aggregation.weighting=similarity",
                             "round_policy.aggregation.similarity_floor=0.3")),
+    ("adam:0.03", "adam-0.03", ("server_optimizer.name=adam", "server_lr=0.03")),
+    ("yogi:0.1", "yogi-0.1", ("server_optimizer.name=yogi", "server_lr=0.1")),
+    ("avgm", "avgm", ("server_optimizer.name=avgm",)),
+    ("avgm:0.5", "avgm-0.5", ("server_optimizer.name=avgm", "server_lr=0.5")),
     ("mine:training.lr=0.01, fedsa_lora.adaptive_split={enable: true, strategy: layer_wise, "
      "layers: [{layers: 0-1, share: [lora_A, lora_B]}]}", "mine",
      ("training.lr=0.01", "fedsa_lora.adaptive_split={enable: true, strategy: layer_wise, "
@@ -36,7 +40,7 @@ def test_variants_parse_to_named_overrides(item, name, overrides) -> None:
 
 
 @pytest.mark.parametrize("item", ["prox", "prox:x", "ft:1.5", "fedprox:0.1", "base:rounds=2",
-                                  "a b:rounds=2", "x:rounds"])
+                                  "a b:rounds=2", "x:rounds", "adam", "yogi:fast"])
 def test_bad_variants_name_themselves(item) -> None:
     with pytest.raises(ValueError, match="--variant"):
         parse_variant(item)
@@ -61,6 +65,9 @@ def test_plan_keeps_base_runs_and_names_variant_runs() -> None:
     assert runs[2].config.fedsa_lora.adaptive_split.rules() == [
         (0, 0, frozenset({"lora_A", "lora_B"}))]
     assert all(r.config.scenario.data["alpha"] == 0.1 for r in runs)
+    (adam,) = plan_runs(base, ["fedit"], [1], Path("/x"), rounds=2,
+                        variants=parse_variants(["adam:0.03"]))
+    assert adam.config.server_optimizer.name == "adam" and adam.config.server_lr == 0.03
 
 
 def test_a_variant_that_does_not_validate_fails_before_anything_starts(tmp_path) -> None:
