@@ -12,7 +12,11 @@ from scenarios.config import load_scenario
 ROOT = Path(__file__).parents[2] / "scenarios"
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "quickstart.yaml", "bench-20ng.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    ["tiny.yaml", "quickstart.yaml", "bench-20ng.yaml", "bench-sentiment.yaml",
+     "bench-scarce.yaml"],
+)
 def test_shipped_scenarios_validate(name):
     config = load_scenario(ROOT / name)
     fed = config.federation_config(num_labels=4)
