@@ -25,8 +25,8 @@ def join(
     region: Annotated[str, typer.Option(help="Region whose hub collects this device's updates.")],
     client_id: Annotated[str, typer.Option(help="Unique, stable device id.")],
     data: Annotated[str, typer.Option(
-        help="Local data: a CSV/JSONL path or 20newsgroups, with ?key=value options, e.g. "
-             "'20newsgroups?classes=4&partition=dirichlet&num_clients=6&shard=0'.")],
+        help="Local data: a CSV/JSONL path, 20newsgroups or sentiment, with ?key=value "
+             "options, e.g. '20newsgroups?classes=4&partition=dirichlet&num_clients=6&shard=0'.")],
     state_dir: Annotated[Path, typer.Option(help="Private state of this device (local B, head).")],
     broker: Annotated[str | None, typer.Option(
         help="mqtt://HOST:PORT or mqtts://HOST:PORT (TLS) of the region's broker. Default: "

