@@ -4,8 +4,11 @@ Every (algorithm, seed) is its own federation (its own name, so retained message
 never mix) played by ``scenarios.runner.run_scenario`` against one broker shared by the
 whole bench.  A finished run is reused when the bench is started again with the same
 configuration, so a 60-minute benchmark interrupted at minute 50 costs 10 more minutes,
-not 60.  The numbers are computed by ``scenarios.bench_metrics``; this module runs,
-reuses, and writes ``bench.json``, ``bench.md`` and the plots.
+not 60.  Beside the algorithms every seed gets the references of ``scenarios.references``
+(``majority``, and ``centralized`` trained in its own process and reused like a run), so the
+tables read majority -> local -> federated -> centralized.  The numbers are computed by
+``scenarios.bench_metrics``; this module runs, reuses, and writes ``bench.json``,
+``bench.md`` and the plots.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from scenarios.bench_metrics import (
     PAIRED_METRICS,
     accuracy_curve,
     entry_label,
+    headroom_captured,
     mean_curve,
     paired_differences,
+    reference_metrics,
     run_metrics,
     summarize,
 )
@@ -42,10 +47,19 @@ from scenarios.bench_variants import Variant
 from scenarios.bench_variants import describe as describe_variant
 from scenarios.config import ScenarioConfig
 from scenarios.overrides import apply_overrides
+from scenarios.references import (
+    REFERENCES,
+    RESULT,
+    majority_reference,
+    reusable_result,
+    run_centralized,
+)
 from scenarios.report_html import write_report_html
 from scenarios.runner import count_labels, run_scenario
 
 STD_KIND = "sample standard deviation over seeds (n-1 denominator; 0 when n=1)"
+SE_KIND = ("standard error of the final mean accuracy over devices (sample std of the "
+           "devices' final accuracies / sqrt(devices)) of each seed, averaged over seeds")
 RUN_MARKER = "bench-run.json"
 
 
@@ -254,21 +268,116 @@ def _fmt_acc(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def reference_config(base: ScenarioConfig, seed: int, rounds: int | None) -> ScenarioConfig:
+    """The configuration the references of ``seed`` are computed from: the scenario as it
+    is (its own algorithm, no variant or codec: references do not depend on them) with the
+    seed and rounds of the bench's runs, so the devices' data are the runs' own."""
+    return run_config(base, base.fedsa_lora.algorithm, seed, rounds)
+
+
+def reference_entry(kind: str, seed: int, out: Path, result: dict[str, Any] | None,
+                    reused: bool, error: str | None = None) -> dict[str, Any]:
+    """A reference's bench entry, shaped like a run's (``label``, ``metrics``, ``curve``
+    with zero bytes) so that summaries, tables and plots treat both alike."""
+    entry: dict[str, Any] = {"reference": kind, "label": kind, "seed": seed,
+                             "dir": str(out), "reused": reused}
+    if result is not None:
+        curve = [(int(r), float(acc)) for r, acc in result.get("curve", [])]
+        entry["finished"] = True
+        entry["metrics"] = reference_metrics(result["device_accuracy"], curve,
+                                             result.get("wall_s"))
+        entry["curve"] = [(r, acc, 0.0) for r, acc in curve]
+        entry["device_accuracy"] = result["device_accuracy"]
+        for key in ("samples", "target_samples", "steps", "pooled_train"):
+            if key in result:
+                entry[key] = result[key]
+    if error is not None:
+        entry["error"] = error
+    return entry
+
+
+def run_references(base: ScenarioConfig, out: Path, seeds: Sequence[int],
+                   references: Sequence[str], rounds: int | None = None,
+                   echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Compute (or reuse) every reference of every seed into ``out/refs/KIND-sSEED/``.
+
+    ``majority`` takes seconds and is recomputed; ``centralized`` trains a model in a child
+    process and is reused when its result was made from the same configuration.  A failed
+    reference is recorded with its error and the bench goes on."""
+    entries: list[dict[str, Any]] = []
+    for seed in seeds:
+        config = reference_config(base, seed, rounds)
+        for kind in references:
+            ref_dir = out / "refs" / f"{kind}-s{seed}"
+            tag = f"[reference] {kind} seed {seed}"
+            if kind == "majority":
+                try:
+                    result = majority_reference(config)
+                except (OSError, ValueError) as err:
+                    echo(f"{tag}: FAILED: {err}")
+                    entries.append(reference_entry(kind, seed, ref_dir, None, False, str(err)))
+                    continue
+                write_json(ref_dir / RESULT, result)
+                entries.append(reference_entry(kind, seed, ref_dir, result, reused=False))
+                echo(f"{tag}: accuracy {_fmt_acc(entries[-1]['metrics']['final_accuracy'])}")
+                continue
+            digest = scenario_digest(config)
+            result = reusable_result(ref_dir / RESULT, digest)
+            if result is not None:
+                entries.append(reference_entry(kind, seed, ref_dir, result, reused=True))
+                echo(f"{tag}: reused {ref_dir / RESULT} (final accuracy "
+                     f"{_fmt_acc(entries[-1]['metrics']['final_accuracy'])})")
+                continue
+            if ref_dir.exists():  # a half-finished or outdated one: start it clean
+                shutil.rmtree(ref_dir)
+            echo(f"{tag}: training on the devices' pooled data (log {ref_dir})")
+            try:
+                result = run_centralized(config, ref_dir, digest, echo=echo)
+            except (RuntimeError, TimeoutError, OSError, ValueError) as err:
+                echo(f"{tag}: FAILED: {err}")
+                entries.append(reference_entry(kind, seed, ref_dir, None, False, str(err)))
+                continue
+            entry = reference_entry(kind, seed, ref_dir, result, reused=False)
+            echo(f"{tag}: done in {result.get('wall_s') or 0:.0f}s, final accuracy "
+                 f"{_fmt_acc(entry['metrics']['final_accuracy'])} after "
+                 f"{result.get('samples')} samples")
+            entries.append(entry)
+    return entries
+
+
+def headroom_table(summary: dict[str, Any], labels: Sequence[str]) -> dict[str, float | None]:
+    """Per label, the share of the local -> centralized gap its mean final accuracy closes
+    (``bench_metrics.headroom_captured`` on means over seeds); empty without both a
+    ``local`` row and a ``centralized`` reference."""
+    if "local" not in summary or "centralized" not in summary:
+        return {}
+
+    def mean(label: str) -> float | None:
+        return summary[label]["final_accuracy"]["mean"]
+
+    return {label: headroom_captured(mean(label), mean("local"), mean("centralized"))
+            for label in labels if label != "local"}
+
+
 def run_bench(base: ScenarioConfig, out: Path, algorithms: Sequence[str],
               seeds: Sequence[int], *, rounds: int | None = None,
               broker_url: str | None = None, scenario_file: str = "",
               compressions: Sequence[CompressionChoice] | None = None,
               variants: Sequence[Variant] | None = None,
+              references: Sequence[str] = REFERENCES,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or reuse) every run, then write and return ``bench.json``'s content.
+    """Compute (or reuse) the references, run (or reuse) every run, then write and return
+    ``bench.json``'s content.
 
     A run that fails is recorded with its error and the bench goes on; the summary counts
     the runs that produced a report (``n`` per metric).  With ``compressions`` (a sweep)
     the summary, bench.md and plots group runs by label (``ALGORITHM CODEC``) and
-    ``accuracy_vs_upload.png`` is drawn.
+    ``accuracy_vs_upload.png`` is drawn.  References are summarized under their own names
+    beside the runs' groups.
     """
     runs = plan_runs(base, algorithms, seeds, out, rounds, compressions, variants)
     out.mkdir(parents=True, exist_ok=True)
+    ref_entries = run_references(base, out, seeds, references, rounds, echo)
     broker_url = broker_for(base, broker_url)
     broker: BrokerProcess | None = None
     entries: list[dict[str, Any]] = []
@@ -336,6 +445,13 @@ def run_bench(base: ScenarioConfig, out: Path, algorithms: Sequence[str],
     baselines = comparison_baselines(runs)
     if baselines:
         bench["paired"] = paired_differences(entries, baselines)
+    bench["se"] = SE_KIND
+    if references:
+        bench.update(references=list(references), reference_runs=ref_entries)
+        bench["summary"].update(summarize(ref_entries, references, key="label"))
+        headroom = headroom_table(bench["summary"], bench.get("labels", bench["algorithms"]))
+        if headroom:
+            bench["headroom"] = headroom
     write_outputs(bench, out)
     return bench
 
@@ -360,6 +476,7 @@ def broker_for(base: ScenarioConfig, cli_broker: str | None) -> str | None:
 # outputs --------------------------------------------------------------------------------
 _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("final_accuracy", "final acc", "{:.3f}"),
+    ("final_accuracy_se", "SE over devices", "{:.3f}"),
     ("best_accuracy", "best acc", "{:.3f}"),
     ("worst10_accuracy", "worst-10% acc", "{:.3f}"),
     ("global_accuracy", "global acc", "{:.3f}"),
@@ -367,6 +484,8 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("bytes_down_per_device_round", "bytes down / device-round", "{:,.0f}"),
     ("wall_s", "wall s", "{:.0f}"),
 )
+# shown as their mean over seeds alone: the spread of an error estimate is not worth a cell
+MEAN_ONLY = frozenset({"final_accuracy_se"})
 _PAIRED_TITLES = {"final_accuracy": "final − baseline", "worst10_accuracy": "worst-10% − baseline"}
 
 
@@ -383,13 +502,34 @@ def _paired_cells(bench: dict[str, Any], label: str) -> list[str]:
     return cells
 
 
+def format_cell(stats: dict[str, Any] | None, metric: str, fmt: str) -> str:
+    """``mean ± std`` over seeds (the mean alone for ``MEAN_ONLY`` metrics), n/a when no
+    seed has the figure."""
+    if not stats or stats.get("mean") is None:
+        return "n/a"
+    if metric in MEAN_ONLY:
+        return fmt.format(stats["mean"])
+    return f"{fmt.format(stats['mean'])} ± {fmt.format(stats['std'])}"
+
+
+def reference_row_name(kind: str) -> str:
+    return f"{kind} (reference)"
+
+
+def format_headroom(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
 def render_markdown(bench: dict[str, Any]) -> str:
-    """``bench.md``: one row per algorithm (per run label in a compression sweep),
-    ``mean ± std`` cells (pure)."""
+    """``bench.md``: one row per algorithm (per run label in a compression sweep), then one
+    per reference, ``mean ± std`` cells (pure)."""
     seeds = bench["seeds"]
     sweep = "labels" in bench
     paired = "paired" in bench
+    headroom = bench.get("headroom")
     titles = [title for _, title, _ in _COLUMNS]
+    if headroom:
+        titles.append("headroom captured")
     if paired:
         titles += [_PAIRED_TITLES[m] for m in PAIRED_METRICS]
     lines = [
@@ -401,17 +541,16 @@ def render_markdown(bench: dict[str, Any]) -> str:
         f"| {'run' if sweep else 'algorithm'} | " + " | ".join(titles) + " |",
         "|---|" + "---:|" * len(titles),
     ]
-    for alg in bench["labels"] if sweep else bench["algorithms"]:
-        cells = []
-        for metric, _, fmt in _COLUMNS:
-            stats = bench["summary"][alg][metric]
-            if stats["mean"] is None:
-                cells.append("n/a")
-            else:
-                cells.append(f"{fmt.format(stats['mean'])} ± {fmt.format(stats['std'])}")
+    references = bench.get("references") or []
+    for alg in [*(bench["labels"] if sweep else bench["algorithms"]), *references]:
+        cells = [format_cell(bench["summary"][alg].get(metric), metric, fmt)
+                 for metric, _, fmt in _COLUMNS]
+        if headroom:
+            cells.append(format_headroom(headroom.get(alg)))
         if paired:
             cells += _paired_cells(bench, alg)
-        lines.append(f"| {alg} | " + " | ".join(cells) + " |")
+        name = reference_row_name(alg) if alg in references else alg
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "final = last round, best = best round (the FedSA-LoRA paper reports the best round); "
@@ -419,7 +558,23 @@ def render_markdown(bench: dict[str, Any]) -> str:
         "the worst 10% of devices (at least one) in the last round; global = the shared "
         "global LoRA with each device's own head, measured before local training (only "
         "fedit and ffa have one).",
+        "",
+        f"SE over devices: {bench.get('se', SE_KIND)}; it is how much the mean would move "
+        "with other test texts on the same devices, the ± beside each mean is how much it "
+        "moves with the seed (partition and initialisation).",
     ]
+    if references:
+        lines += ["", "References (same devices, data and test splits as the runs of each "
+                  "seed): majority = each device predicts its own most frequent training "
+                  "label; centralized = one model (LoRA A, B and head trained, the devices' "
+                  "optimizer settings) trained on the union of all devices' training splits "
+                  "for as many samples as the whole federation processes, evaluated on each "
+                  "device's own test split; its best acc is the best round's worth."]
+    if headroom:
+        lines += ["", "headroom captured = (final acc − local's) / (centralized's − local's) "
+                  "on means over seeds: the share of what pooling the data adds over "
+                  "training alone that the row gets (– where centralized is no better than "
+                  "local)."]
     if paired:
         baselines = sorted({e["baseline"] for e in bench["paired"].values()})
         lines += ["", "− baseline: mean ± std over seeds of (the run's figure − its baseline's "
@@ -435,11 +590,10 @@ def render_markdown(bench: dict[str, Any]) -> str:
         lines += ["", f"Runs are ALGORITHM CODEC (see `scenarios bench --help`); "
                   f"{bench['reference']} (A and B shared, uncompressed) is the reference "
                   "point of accuracy_vs_upload.png."]
-    failed = [r for r in bench["runs"] if "error" in r]
+    failed = [r for r in [*bench["runs"], *bench.get("reference_runs", [])] if "error" in r]
     if failed:
         lines += ["", "Failed runs (not counted): "
-                  + ", ".join(f"{r.get('label', r['algorithm'])} seed {r['seed']}"
-                              for r in failed) + "."]
+                  + ", ".join(f"{entry_label(r)} seed {r['seed']}" for r in failed) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -459,8 +613,16 @@ def write_outputs(bench: dict[str, Any], out: Path) -> None:
     curves = {g: mean_curve([r["curve"] for r in bench["runs"]
                              if entry_label(r) == g and r.get("curve")])
               for g in groups}
+    # the centralized reference has a curve (per round's worth of samples), majority a level
+    references = bench.get("references") or []
+    ref_curves = {reference_row_name(k): mean_curve(
+        [r["curve"] for r in bench.get("reference_runs", [])
+         if r["reference"] == k and r.get("curve")]) for k in references if k != "majority"}
+    levels = {reference_row_name(k): bench["summary"][k]["final_accuracy"]["mean"]
+              for k in references if k == "majority"}
     title = f"{bench['scenario']}: mean over seeds {bench['seeds']}"
-    plot_accuracy_per_round(curves, out / "accuracy_per_round.png", title)
+    plot_accuracy_per_round({**curves, **ref_curves}, out / "accuracy_per_round.png", title,
+                            levels={k: v for k, v in levels.items() if v is not None})
     plot_accuracy_vs_bytes(curves, out / "accuracy_vs_bytes.png", title)
     if "reference" in bench:  # a compression sweep
         points = {g: (bench["summary"][g]["bytes_up_per_device_round"],

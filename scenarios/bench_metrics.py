@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 RUN_METRICS: tuple[str, ...] = (
     "final_accuracy",
+    "final_accuracy_se",
     "best_accuracy",
     "worst10_accuracy",
     "global_accuracy",
@@ -65,7 +66,8 @@ def run_metrics(report: Report) -> dict[str, float | None]:
     """The benchmark's numbers for one run (see ``RUN_METRICS``).
 
     ``final_accuracy`` is the mean personalized accuracy of the last round that reported
-    one, ``best_accuracy`` the best round mean, ``worst10_accuracy`` the mean over the worst
+    one, ``final_accuracy_se`` its standard error over devices (``device_standard_error``),
+    ``best_accuracy`` the best round mean, ``worst10_accuracy`` the mean over the worst
     10% of devices in that last round, ``global_accuracy`` the last round's global accuracy
     (None for algorithms without a global model).
     """
@@ -74,12 +76,65 @@ def run_metrics(report: Report) -> dict[str, float | None]:
     device_acc = (last or {}).get("device_accuracy") or {}
     return {
         "final_accuracy": last["accuracy"] if last else None,
+        "final_accuracy_se": device_standard_error(device_acc.values()),
         "best_accuracy": max(r["accuracy"] for r in rows) if rows else None,
         "worst10_accuracy": worst_mean(device_acc.values()),
         "global_accuracy": last.get("global_accuracy") if last else None,
         "bytes_up_per_device_round": bytes_per_device_round(report),
         "bytes_down_per_device_round": bytes_per_device_round(report, "down"),
         "wall_s": report.get("final", {}).get("wall_s"),
+    }
+
+
+def device_standard_error(values: Iterable[float]) -> float | None:
+    """Standard error of a mean over devices: sample std (n-1) / sqrt(n); None below two.
+
+    Test splits of tens of texts make one device's accuracy noisy, so a mean over ten
+    devices carries an error that is often as large as the differences between methods;
+    this is that error, next to the spread over seeds (which also moves the partition).
+    """
+    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if len(xs) < 2:
+        return None
+    return stdev(xs) / math.sqrt(len(xs))
+
+
+def headroom_captured(federated: float | None, local: float | None,
+                      centralized: float | None) -> float | None:
+    """(federated - local) / (centralized - local): the share of what pooling all devices'
+    data would add over training alone that the federation actually gets (1 = as good as
+    pooling, 0 = no better than alone, negative = worse than alone).
+
+    None when a figure is missing or pooling is no better than training alone (there is
+    then no headroom to capture and the ratio would be meaningless or explode).
+    """
+    if federated is None or local is None or centralized is None:
+        return None
+    gap = centralized - local
+    if not gap > 0:
+        return None
+    return (federated - local) / gap
+
+
+def reference_metrics(device_accuracy: Mapping[str, float],
+                      curve: Sequence[tuple[int, float]] = (),
+                      wall_s: float | None = None) -> dict[str, float | None]:
+    """The ``RUN_METRICS`` of a reference (centralized, majority) from its final per-device
+    accuracies and its curve of (round's worth, mean accuracy), so that references sit in
+    the same tables as federated runs: final and worst-10% as for a run's last round, best
+    over the curve; no global model and no bytes."""
+    accs = list(device_accuracy.values())
+    final = fmean(accs) if accs else None
+    points = [acc for _, acc in curve]
+    return {
+        "final_accuracy": final,
+        "final_accuracy_se": device_standard_error(accs),
+        "best_accuracy": max([*points, final]) if final is not None else None,
+        "worst10_accuracy": worst_mean(accs),
+        "global_accuracy": None,
+        "bytes_up_per_device_round": None,
+        "bytes_down_per_device_round": None,
+        "wall_s": wall_s,
     }
 
 

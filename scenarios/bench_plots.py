@@ -19,9 +19,14 @@ from matplotlib.ticker import MaxNLocator
 Curve = Sequence[tuple[int, float, float, float]]
 
 
-def plot_accuracy_per_round(curves: Mapping[str, Curve], path: Path, title: str) -> None:
-    """Mean personalized accuracy per round over seeds, one line per algorithm, ±std band."""
+def plot_accuracy_per_round(curves: Mapping[str, Curve], path: Path, title: str,
+                            levels: Mapping[str, float] | None = None) -> None:
+    """Mean personalized accuracy per round over seeds, one line per algorithm, ±std band;
+    ``levels`` (e.g. the majority reference, which has no rounds) as dashed horizontal
+    lines."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, value in (levels or {}).items():
+        ax.axhline(value, linestyle="--", linewidth=1.0, color="gray", label=name)
     for alg, curve in curves.items():
         if not curve:
             continue

@@ -86,11 +86,18 @@ def bench(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a value of FILE for every run: KEY=VALUE with a dotted KEY, "
                       "e.g. scenario.data.alpha=0.1 (repeatable).")] = None,
+    references: Annotated[str, typer.Option(
+        help="Reference rows computed per seed beside the algorithms: comma-separated "
+             "centralized (one model trained on the union of the devices' training splits "
+             "for as many samples as the federation; runs in its own process, reused on a "
+             "rerun) and majority (each device predicts its most frequent training label), "
+             "or none.")] = "centralized,majority",
     log_level: Annotated[str, typer.Option()] = "WARNING",
 ) -> None:
     """Run FILE once per algorithm and seed (and codec, with --compression, or variant,
-    with --variant), each as its own federation on one broker, and write OUT/bench.json,
-    OUT/bench.md and plots. Finished runs are reused on a rerun."""
+    with --variant), each as its own federation on one broker, plus the references of every
+    seed, and write OUT/bench.json, OUT/bench.md and plots. Finished runs and centralized
+    references are reused on a rerun."""
     from edge_client.data import DataError
     from fedsa_common.config import ConfigError
     from fedsa_common.logs import setup_logging
@@ -98,9 +105,11 @@ def bench(
     from scenarios.bench_sweep import parse_compressions
     from scenarios.bench_variants import parse_variants
     from scenarios.config import load_scenario
+    from scenarios.references import parse_references
 
     setup_logging(log_level)
     try:
+        refs = parse_references(references)
         algs = parse_algorithms(algorithms)
         seed_list = parse_seeds(seeds)
         sweep = None if compression is None else parse_compressions(compression)
@@ -119,14 +128,15 @@ def bench(
         raise typer.Exit(2) from None
     result = run_bench(config, out, algs, seed_list, rounds=rounds, broker_url=broker,
                        scenario_file=str(file), compressions=sweep, variants=variants,
-                       echo=typer.echo)
+                       references=refs, echo=typer.echo)
     failed = [r for r in result["runs"] if "error" in r]
+    failed_refs = [r for r in result.get("reference_runs", []) if "error" in r]
     frontier = f", {out / 'accuracy_vs_upload.png'}" if sweep else ""
     typer.echo(f"bench: {len(result['runs']) - len(failed)}/{len(result['runs'])} runs; "
                f"{out / 'bench.md'}, {out / 'bench.json'}, {out / 'report.html'}, "
                f"{out / 'accuracy_per_round.png'}, {out / 'accuracy_vs_bytes.png'}{frontier}")
     typer.echo((out / "bench.md").read_text())
-    if failed:
+    if failed or failed_refs:
         raise typer.Exit(1)
 
 

@@ -170,30 +170,53 @@ def _mean_std(stats: Mapping[str, Any] | None, fmt: str) -> str:
 def render_bench_html(bench: Mapping[str, Any], images: Mapping[str, bytes],
                       captions: Mapping[str, str] | None = None) -> str:
     """The page of a bench: per-algorithm summary, plots, one row per run (pure)."""
-    from scenarios.bench import _COLUMNS
+    from scenarios.bench import (
+        _COLUMNS,
+        MEAN_ONLY,
+        SE_KIND,
+        format_headroom,
+        reference_row_name,
+    )
 
-    headers = ["algorithm", *(title for _, title, _ in _COLUMNS)]
-    summary = [[alg, *(_mean_std(bench["summary"].get(alg, {}).get(metric), fmt)
-                       for metric, _, fmt in _COLUMNS)]
-               for alg in bench.get("labels") or bench.get("algorithms", [])]
+    references = list(bench.get("references") or [])
+    headroom = bench.get("headroom")
+    headers = ["algorithm", *(title for _, title, _ in _COLUMNS),
+               *(["headroom captured"] if headroom else [])]
+    summary = []
+    for alg in [*(bench.get("labels") or bench.get("algorithms", [])), *references]:
+        stats = bench["summary"].get(alg, {})
+        row = [reference_row_name(alg) if alg in references else alg]
+        for metric, _, fmt in _COLUMNS:
+            cell = stats.get(metric)
+            row.append(_num(cell.get("mean") if cell else None, fmt) if metric in MEAN_ONLY
+                       else _mean_std(cell, fmt))
+        if headroom:
+            row.append(format_headroom(headroom.get(alg)))
+        summary.append(row)
     runs = []
-    for r in bench.get("runs", []):
+    for r in [*bench.get("runs", []), *bench.get("reference_runs", [])]:
         m = r.get("metrics") or {}
-        report_link = f"runs/{Path(str(r.get('dir', '?'))).name}/report.html"
-        runs.append([r.get("label", r.get("algorithm", "?")), str(r.get("seed", "?")),
+        where = "refs" if "reference" in r else "runs"
+        page = "result.json" if "reference" in r else "report.html"
+        link = f"{where}/{Path(str(r.get('dir', '?'))).name}/{page}"
+        name = r.get("label", r.get("algorithm", "?"))
+        runs.append([reference_row_name(name) if "reference" in r else name,
+                     str(r.get("seed", "?")),
                      _num(m.get("final_accuracy"), "{:.3f}"),
+                     _num(m.get("final_accuracy_se"), "{:.3f}"),
                      _num(m.get("best_accuracy"), "{:.3f}"),
                      _num(m.get("wall_s"), "{:.0f}"),
-                     "error: " + str(r["error"]) if "error" in r else report_link])
+                     "error: " + str(r["error"]) if "error" in r else link])
     title = f"Benchmark: {bench.get('scenario', '?')}"
     body = (f"<h1>{_e(title)}</h1>"
             f"<p class=\"note\">{len(bench.get('seeds', []))} seed(s) "
             f"{_e(bench.get('seeds'))}, {_e(bench.get('rounds'))} rounds; cells are mean ± "
-            f"{_e(bench.get('std', 'std'))}.</p>"
+            f"{_e(bench.get('std', 'std'))}; SE over devices: "
+            f"{_e(bench.get('se', SE_KIND))}.</p>"
             "<h2>Summary</h2>" + _table(headers, summary)
             + "<h2>Plots</h2>" + _figures(images, captions or {})
-            + "<h2>Runs</h2>" + _table(("algorithm", "seed", "final acc", "best acc",
-                                         "wall s", "report"), runs))
+            + "<h2>Runs</h2>" + _table(("algorithm", "seed", "final acc", "SE over devices",
+                                         "best acc", "wall s", "report"), runs))
     return _page(title, body)
 
 
@@ -218,7 +241,9 @@ def write_report_html(report: Mapping[str, Any], out: Path) -> Path | None:
 
 
 BENCH_CAPTIONS = {
-    "accuracy_per_round.png": "Mean personalized accuracy per round over seeds (±std band)",
+    "accuracy_per_round.png": "Mean personalized accuracy per round over seeds (±std band; "
+                              "references: centralized per round's worth of samples, "
+                              "majority dashed)",
     "accuracy_vs_bytes.png": "Accuracy against cumulative bytes uploaded per device",
     "accuracy_vs_upload.png": "Compression sweep: final accuracy against uploaded bytes per "
                               "device-round (star: FedIT dense fp32)",

@@ -5,11 +5,15 @@ import math
 import pytest
 
 from scenarios.bench_metrics import (
+    RUN_METRICS,
     accuracy_curve,
     bytes_per_device_round,
+    device_standard_error,
+    headroom_captured,
     mean_curve,
     mean_std,
     paired_differences,
+    reference_metrics,
     run_metrics,
     summarize,
     worst_mean,
@@ -47,6 +51,7 @@ def test_best_is_max_round_final_is_last_round():
     m = run_metrics(report(rows))
     assert m["best_accuracy"] == pytest.approx(0.8)
     assert m["final_accuracy"] == pytest.approx(0.6)
+    assert m["final_accuracy_se"] == 0.0  # both devices at 0.6 in the last round
     assert m["worst10_accuracy"] == pytest.approx(0.6)
     assert m["global_accuracy"] is None
     assert m["wall_s"] == 12.5
@@ -163,3 +168,42 @@ def test_paired_differences_group_plain_runs_by_algorithm():
     got = paired_differences(runs, {"fedsa x": "fedsa"})["fedsa x"]
     assert got["final_accuracy"]["mean"] == pytest.approx(-0.1)
     assert got["worst10_accuracy"] == {"mean": None, "std": None, "n": 0}
+
+
+def test_standard_error_over_devices_uses_the_sample_std():
+    # values 0.5, 0.7, 0.9: sample std 0.2, three devices
+    assert device_standard_error([0.5, 0.7, 0.9]) == pytest.approx(0.2 / math.sqrt(3))
+    assert device_standard_error(TEN.values()) == pytest.approx(
+        mean_std(TEN.values())["std"] / math.sqrt(10))
+    assert device_standard_error([0.7]) is None and device_standard_error([]) is None
+    # 0.5 and 0.7: sample std sqrt(0.02), two devices (the NaN is no device)
+    assert device_standard_error([0.5, math.nan, 0.7]) == pytest.approx(0.1)
+
+
+def test_run_metrics_se_is_the_last_rounds():
+    rows = [row(1, {"a": 0.0, "b": 1.0}, 10), row(2, {"a": 0.4, "b": 0.6}, 10)]
+    assert run_metrics(report(rows))["final_accuracy_se"] == pytest.approx(
+        math.sqrt(0.02) / math.sqrt(2))
+
+
+def test_headroom_captured():
+    assert headroom_captured(0.70, 0.60, 0.80) == pytest.approx(0.5)
+    assert headroom_captured(0.80, 0.60, 0.80) == pytest.approx(1.0)
+    assert headroom_captured(0.55, 0.60, 0.80) == pytest.approx(-0.25)  # worse than alone
+    assert headroom_captured(0.90, 0.60, 0.80) == pytest.approx(1.5)  # beyond pooling
+    assert headroom_captured(0.70, 0.60, 0.60) is None  # no headroom to capture
+    assert headroom_captured(0.70, 0.60, 0.50) is None
+    assert headroom_captured(None, 0.60, 0.80) is None
+
+
+def test_reference_metrics_fill_the_run_columns():
+    m = reference_metrics({"a": 0.4, "b": 0.8}, [(1, 0.5), (2, 0.7), (3, 0.6)], wall_s=4.0)
+    assert set(m) == set(RUN_METRICS)
+    assert m["final_accuracy"] == pytest.approx(0.6)
+    assert m["best_accuracy"] == pytest.approx(0.7)
+    assert m["worst10_accuracy"] == pytest.approx(0.4)
+    assert m["final_accuracy_se"] == pytest.approx(device_standard_error([0.4, 0.8]))
+    assert m["global_accuracy"] is None and m["bytes_up_per_device_round"] is None
+    assert m["wall_s"] == 4.0
+    flat = reference_metrics({"a": 0.5})  # majority: no curve
+    assert flat["best_accuracy"] == flat["final_accuracy"] == 0.5

@@ -112,9 +112,11 @@ def test_sweep_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     result = CliRunner().invoke(app, ["bench", str(TINY), "--algorithms", "fedsa",
                                       "--compression", "randk:0.25:int4:zstd", "--seeds", "0",
-                                      "--rounds", "2", "--out", str(out)])
+                                      "--rounds", "2", "--references", "none",
+                                      "--out", str(out)])
     assert result.exit_code == 0, result.output
     bench = json.loads((out / "bench.json").read_text())
+    assert "references" not in bench and not (out / "refs").exists()
     assert bench["labels"] == ["fedsa randk:0.25:int4:zstd", "fedit dense:fp32"]
     for run in bench["runs"]:
         assert run["finished"] and "error" not in run

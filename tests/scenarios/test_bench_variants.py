@@ -84,7 +84,8 @@ def test_one_variant_runs_end_to_end(tmp_path) -> None:
     out = tmp_path / "bench"
     result = CliRunner().invoke(app, [
         "bench", str(TINY), "--algorithms", "fedsa", "--seeds", "0", "--rounds", "2",
-        "--variant", "prox:0.01", "--set", "scenario.data.alpha=1.0", "--out", str(out)])
+        "--variant", "prox:0.01", "--set", "scenario.data.alpha=1.0",
+        "--references", "majority", "--out", str(out)])
     assert result.exit_code == 0, result.output
     bench = json.loads((out / "bench.json").read_text())
     assert bench["labels"] == ["fedsa prox-0.01"]
@@ -99,6 +100,11 @@ def test_one_variant_runs_end_to_end(tmp_path) -> None:
     assert report["final"]["rounds_completed"] == 2
     md = (out / "bench.md").read_text()
     assert "| fedsa prox-0.01 |" in md
+    # the majority reference of the scenario's own data (alpha 1.0 as set), beside the runs
+    assert bench["references"] == ["majority"]
+    (ref,) = bench["reference_runs"]
+    assert ref["seed"] == 0 and 0 < ref["metrics"]["final_accuracy"] <= 1
+    assert "| majority (reference) |" in md and "headroom" not in md
     assert "`fedsa_lora.personalization.proximal_mu=0.01`" in md
 
 
