@@ -10,7 +10,10 @@ scenarios/overrides.py, applied to every run of the variant) or a preset:
 * ``sim[:FLOOR]``: ``round_policy.aggregation.weighting=similarity`` (and its floor);
 * ``importance[:THRESHOLD]``: ``fedsa_lora.adaptive_split`` importance_based;
 * ``layer_wise[:LAST]``: layer-wise split, layers 0..LAST (default 2) share A and B, the
-  others keep the algorithm's split.
+  others keep the algorithm's split;
+* ``headshare:K``: ``fedsa_lora.personalization.share_head_rounds=K``;
+* ``epochs:E``: ``training.local_epochs=E`` (local work in passes over the device's data);
+* ``cosine:WARMUP``: ``training.lr_schedule=cosine`` after ``warmup_steps=WARMUP``.
 
 Each variant becomes one run label (``ALGORITHM NAME``; ``base`` is just ``ALGORITHM``).
 """
@@ -25,6 +28,12 @@ from scenarios.overrides import parse_override
 
 BASE = "base"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,24}$")
+# presets of one number: name -> (overrides, "{}" standing for it; its type; its meaning)
+_LEVERS: dict[str, tuple[tuple[str, ...], type, str]] = {
+    "headshare": (("fedsa_lora.personalization.share_head_rounds={}",), int, "K"),
+    "epochs": (("training.local_epochs={}",), float, "E"),
+    "cosine": (("training.lr_schedule=cosine", "training.warmup_steps={}"), int, "WARMUP"),
+}
 # a comma that starts the next KEY=VALUE (values such as [lora_A, lora_B] keep theirs)
 _NEXT_PAIR = re.compile(r",\s*(?=[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*\s*=)")
 
@@ -75,9 +84,14 @@ def _preset(item: str) -> Variant:
         return Variant(f"layer_wise-{last}", (
             f"fedsa_lora.adaptive_split={{enable: true, strategy: layer_wise, "
             f"layers: {rules}}}",))
+    if head in _LEVERS and arg:
+        keys, kind, _ = _LEVERS[head]
+        value = _number(item, arg, kind)
+        return Variant(f"{head}-{value}", tuple(k.format(value) for k in keys))
+    levers = ", ".join(f"{k}:{v[2]}" for k, v in _LEVERS.items())
     raise ValueError(f"--variant {item!r}: not NAME:KEY=VALUE[,KEY=VALUE] nor a preset "
                      "(base, prox:MU, ft:N, sim[:FLOOR], importance[:THRESHOLD], "
-                     "layer_wise[:LAST])")
+                     f"layer_wise[:LAST], {levers})")
 
 
 def parse_variant(item: str) -> Variant:
