@@ -377,7 +377,6 @@ class TrainingSection(Strict):
     """
 
     local_steps: int = Field(10, ge=1)
-    local_epochs: float | None = Field(None, gt=0, le=1000, allow_inf_nan=False)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(5e-4, gt=0)
     head_lr: float | None = Field(None, gt=0)
@@ -386,6 +385,7 @@ class TrainingSection(Strict):
     # Forward-pass compute precision on devices: fp32, or bf16 autocast where the CPU has
     # bf16 instructions (elsewhere devices warn and stay in fp32).
     autocast: Literal["none", "bf16"] = "none"
+    local_epochs: float | None = Field(None, gt=0, le=1000, allow_inf_nan=False)
     warmup_steps: int = Field(0, ge=0, le=100_000)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     round_lr_decay: float = Field(1.0, gt=0.0, le=1.0)

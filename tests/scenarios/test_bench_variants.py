@@ -26,6 +26,9 @@ TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
     ("sim", "sim", ("round_policy.aggregation.weighting=similarity",)),
     ("sim:0.3", "sim-0.3", ("round_policy.aggregation.weighting=similarity",
                             "round_policy.aggregation.similarity_floor=0.3")),
+    ("headshare:3", "headshare-3", ("fedsa_lora.personalization.share_head_rounds=3",)),
+    ("epochs:0.5", "epochs-0.5", ("training.local_epochs=0.5",)),
+    ("cosine:2", "cosine-2", ("training.lr_schedule=cosine", "training.warmup_steps=2")),
     ("mine:training.lr=0.01, fedsa_lora.adaptive_split={enable: true, strategy: layer_wise, "
      "layers: [{layers: 0-1, share: [lora_A, lora_B]}]}", "mine",
      ("training.lr=0.01", "fedsa_lora.adaptive_split={enable: true, strategy: layer_wise, "
@@ -36,7 +39,8 @@ def test_variants_parse_to_named_overrides(item, name, overrides) -> None:
 
 
 @pytest.mark.parametrize("item", ["prox", "prox:x", "ft:1.5", "fedprox:0.1", "base:rounds=2",
-                                  "a b:rounds=2", "x:rounds"])
+                                  "a b:rounds=2", "x:rounds", "headshare", "headshare:1.5",
+                                  "epochs:x", "cosine"])
 def test_bad_variants_name_themselves(item) -> None:
     with pytest.raises(ValueError, match="--variant"):
         parse_variant(item)
@@ -61,6 +65,16 @@ def test_plan_keeps_base_runs_and_names_variant_runs() -> None:
     assert runs[2].config.fedsa_lora.adaptive_split.rules() == [
         (0, 0, frozenset({"lora_A", "lora_B"}))]
     assert all(r.config.scenario.data["alpha"] == 0.1 for r in runs)
+
+
+def test_lever_presets_plan_valid_configs() -> None:
+    base = load_scenario(TINY)
+    variants = parse_variants(["headshare:1", "epochs:2", "cosine:1"])
+    head, epochs, cosine = (r.config for r in plan_runs(base, ["fedsa"], [0], Path("/x"),
+                                                          rounds=2, variants=variants))
+    assert head.fedsa_lora.personalization.share_head_rounds == 1
+    assert epochs.training.local_epochs == 2.0
+    assert (cosine.training.lr_schedule, cosine.training.warmup_steps) == ("cosine", 1)
 
 
 def test_a_variant_that_does_not_validate_fails_before_anything_starts(tmp_path) -> None:
