@@ -35,6 +35,7 @@ from edge_client.host import ModelHost
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.personalize import finetune_local, proximal_for
 from edge_client.progress import RoundProgress
+from edge_client.schedule import local_steps_for, round_lr_scale
 from edge_client.secagg_client import DeviceSecAgg
 from edge_client.snapshot import (
     load_held,
@@ -404,7 +405,8 @@ class Device:
             names = adapter.names
             shapes = adapter.shapes()
             # the announced split (adaptive or fixed), validated: see edge_client/split_state
-            shared, local = round_split(names, header.shared, env.tensors, shapes, config)
+            shared, local = round_split(names, header.shared, env.tensors, shapes, config,
+                                        header.round)
             if self.state.config_hash not in (None, header.config_hash):
                 log.warning("%s: configuration changed; resetting local state", self.spec.client)
                 self.state.local, self.state.residual = {}, {}
@@ -428,13 +430,17 @@ class Device:
             round_seed = (seed * 1_000_003 + zlib.crc32(self.spec.client.encode()) * 31
                           + header.round) % 2**31
             self.progress.start(header.round)
-            result = train_steps(adapter, self.tokens.train, steps=tr.local_steps,
-                                 batch_size=tr.batch_size, lr=tr.lr, head_lr=tr.head_lr,
+            scale = round_lr_scale(tr.round_lr_decay, header.round)
+            result = train_steps(adapter, self.tokens.train,
+                                 steps=local_steps_for(tr, len(self.tokens.train)),
+                                 batch_size=tr.batch_size, lr=tr.lr * scale,
+                                 head_lr=tr.head_lr * scale if tr.head_lr else None,
                                  weight_decay=tr.weight_decay, seed=round_seed,
                                  planner=self.planner, autocast=tr.autocast,
                                  on_step=self.progress.step,
                                  proximal=proximal_for(config, global_shared),
-                                 importance=config.fedsa_lora.adaptive_split.importance_based)
+                                 importance=config.fedsa_lora.adaptive_split.importance_based,
+                                 warmup_steps=tr.warmup_steps, lr_schedule=tr.lr_schedule)
             self.progress.finish(result)
             new_shared = adapter.get(shared)  # the update is fixed before any fine-tuning
             tuned = finetune_local(adapter, self.tokens.train, config, local, trainable,

@@ -5,8 +5,11 @@
   drifts less from the federation.  Local tensors (B under FedSA-LoRA, the head) are free.
 * Local fine-tuning: after the round's update has been computed (the shared delta is
   already fixed and is not affected), ``finetune_steps`` more steps train only the
-  device's *local* trainable tensors on its own data, before it evaluates.  This adapts B
-  and the head to the freshly aggregated shared parameters the device will hold next.
+  device's *local* trainable tensors and its head on its own data, before it evaluates.
+  This adapts B and the head to the freshly aggregated shared parameters the device will
+  hold next.  While the head is shared (``share_head_rounds``) the fine-tuned head is only
+  evaluated, not kept: the next round starts from the global head again (a shared head
+  plus local fine-tuning, as FedBABU evaluates).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.training import Proximal, TokenizedSplit, TrainResult, train_steps
+from fedsa_common.adaptive_split import head_names
 from fedsa_common.config import FederationConfig
 from quant.adapters import AdapterModel
 
@@ -33,11 +37,11 @@ def proximal_for(config: FederationConfig, anchors: Mapping[str, torch.Tensor]
 def finetune_local(adapter: AdapterModel, data: TokenizedSplit, config: FederationConfig,
                    local: Sequence[str], trainable: Sequence[str], *, seed: int,
                    planner: MicroBatchPlanner | None = None) -> TrainResult | None:
-    """Train only the local trainable tensors for ``finetune_steps`` steps (None when there
-    are no steps or no such tensors).  Leaves only those tensors trainable; the caller
-    re-enables the rest."""
+    """Train only the local trainable tensors and the head for ``finetune_steps`` steps
+    (None when there are no steps or no such tensors).  Leaves only those tensors
+    trainable; the caller re-enables the rest."""
     steps = config.fedsa_lora.personalization.finetune_steps
-    names = sorted(set(local) & set(trainable))
+    names = sorted((set(local) | set(head_names(trainable))) & set(trainable))
     if steps <= 0 or not names:
         return None
     tr = config.training

@@ -3,7 +3,8 @@
 The cloud announces the round's shared set (``AnnounceHeader.shared``) with their global
 values.  Under a fixed or layer-wise split the device can compute that set itself and
 checks it; under ``importance_based`` it changes between rounds and the announcement is the
-authority, limited to LoRA tensors of the device's model.
+authority, limited to LoRA tensors of the device's model.  The head is accepted only in
+the rounds the configuration shares it (``personalization.share_head_rounds``).
 
 When a tensor moves between the shared and the local set (adaptive split):
 
@@ -25,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from fedsa_common.adaptive_split import initial_split
+from fedsa_common.adaptive_split import round_shared, shares_head
 from fedsa_common.config import FederationConfig
 from fedsa_common.errors import WireError
 from fedsa_common.split import role
@@ -35,27 +36,28 @@ LORA = ("lora_A", "lora_B")
 
 
 def round_split(names: Sequence[str], announced: Sequence[str], tensors: Tensors,
-                shapes: Mapping[str, tuple[int, ...]], config: FederationConfig
+                shapes: Mapping[str, tuple[int, ...]], config: FederationConfig, round_: int
                 ) -> tuple[list[str], list[str]]:
-    """(shared, local) names of this round; ``WireError("bad_header")`` when the announced
-    set is not LoRA tensors of this model with values of the right shapes, or differs from
-    the split the configuration fixes."""
+    """(shared, local) names of round ``round_``; ``WireError("bad_header")`` when the
+    announced set is not LoRA tensors of this model (and its head, in a round that shares
+    it) with values of the right shapes, or differs from the split the configuration
+    fixes."""
     shared = sorted(announced)
     if len(set(shared)) != len(shared):
         raise WireError("bad_header", "announced shared set repeats a name")
     known = set(names)
+    head = shares_head(config, round_)
     for name in shared:
-        if name not in known or role(name) not in LORA:
-            raise WireError("bad_header", f"announced shared {name[:80]!r} is not a LoRA "
-                                          "tensor of this model")
+        if name not in known or not (role(name) in LORA or (head and role(name) == "head")):
+            what = "a LoRA tensor or the head" if head else "a LoRA tensor"
+            raise WireError("bad_header", f"announced shared {name[:80]!r} is not {what} of "
+                                          f"this model in round {round_}")
         value = tensors.get(name)
         if value is None or tuple(value.shape) != tuple(shapes[name]):
             raise WireError("bad_header", f"announced value of {name[:80]!r} missing or of "
                                           "the wrong shape")
-    section = config.fedsa_lora.adaptive_split
-    if not section.importance_based:
-        rules = section.rules() if section.adaptive else None
-        expected = initial_split(names, config.fedsa_lora.algorithm, rules)
+    if not config.fedsa_lora.adaptive_split.importance_based:
+        expected = round_shared(names, config, round_)
         if shared != expected:
             raise WireError("bad_header", "announced shared set differs from the configured "
                                           "split")

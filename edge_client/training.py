@@ -27,6 +27,7 @@ import torch
 
 from edge_client.memory import PeakMeter, is_out_of_memory
 from edge_client.microbatch import MicroBatchPlanner
+from edge_client.schedule import Schedule, lr_multiplier
 from fedsa_common.split import role
 from quant.adapters import AdapterModel
 
@@ -198,6 +199,8 @@ def train_steps(
     on_step: Callable[[StepInfo], None] | None = None,
     proximal: Proximal | None = None,
     importance: bool = False,
+    warmup_steps: int = 0,
+    lr_schedule: Schedule = "constant",
 ) -> TrainResult:
     """Run ``steps`` optimizer steps on the currently trainable adapter parameters.
 
@@ -205,6 +208,8 @@ def train_steps(
     budget; without one, ``micro_batch`` fixes their largest size (None: the whole batch).
     ``proximal`` pulls the named parameters towards their anchors (FedProx);
     ``importance`` also returns each trainable tensor's mean squared gradient.
+    ``warmup_steps``/``lr_schedule`` scale both learning rates step by step
+    (``schedule.lr_multiplier``; the defaults keep them constant).
     """
     if len(data) == 0:
         raise ValueError("no training data on this device")
@@ -219,6 +224,8 @@ def train_steps(
     optimizer = torch.optim.AdamW(
         [g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay
     )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: lr_multiplier(i, steps, warmup_steps, lr_schedule))
     pad_id = adapter.tokenizer.pad_token_id or 0
     batches = sample_batches(len(data), batch_size, torch.Generator().manual_seed(seed))
     adapter.model.train()
@@ -245,6 +252,7 @@ def train_steps(
             if proximal is not None:
                 proximal.add_to_grad(trainable)
             optimizer.step()
+            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if meter is not None:
                 meter.read()

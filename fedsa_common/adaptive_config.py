@@ -14,6 +14,11 @@ with (hooked into ``FederationConfig`` like the DP and secure-aggregation checks
   count: not with differential privacy (unit weights, clipped sensitivity) nor secure
   aggregation (the hub sees only the masked sum).
 * ``proximal_mu`` pulls shared tensors towards the global ones: ``local`` has none.
+* ``share_head_rounds`` K adds the head to the shared set of rounds 1..K: not with
+  ``importance_based`` (whose decisions cover LoRA tensors only), and for K < ``rounds``
+  (the set changes at K+1) an update must again be folded into its own round: synchronous
+  rounds with late updates dropped.  Downlink deltas announce the full parameters when
+  the set changes, secure aggregation and DP work on whatever the round shares.
 """
 
 from __future__ import annotations
@@ -62,4 +67,23 @@ def adaptive_conflicts(config: FederationConfig) -> list[str]:
     if config.fedsa_lora.personalization.proximal_mu > 0 and algorithm == "local":
         out.append("fedsa_lora.personalization.proximal_mu: algorithm local shares nothing "
                    "to stay near")
+    out.extend(_head_sharing_conflicts(config))
+    return out
+
+
+def _head_sharing_conflicts(config: FederationConfig) -> list[str]:
+    k = config.fedsa_lora.personalization.share_head_rounds
+    if k == 0:
+        return []
+    where = "fedsa_lora.personalization.share_head_rounds"
+    out = []
+    if config.fedsa_lora.adaptive_split.importance_based:
+        out.append(f"{where}: cannot run with {SPLIT} importance_based (its decisions cover "
+                   "LoRA tensors only); use fixed or layer_wise")
+    if k < config.rounds:
+        policy = config.round_policy
+        for key, value, ok in (("mode", policy.mode, "sync"), ("late", policy.late, "drop")):
+            if value != ok:
+                out.append(f"{where}: {k} < rounds changes the shared set after round {k} "
+                           f"and needs round_policy.{key} {ok}, not {value}")
     return out

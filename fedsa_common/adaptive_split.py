@@ -15,6 +15,10 @@ A and B gradients live on different scales (B starts at zero, so A's first gradi
 zero) and a device that trained on more data has larger gradients everywhere: only the
 share of a device's attention that a tensor gets is compared across devices.
 
+Head sharing (``fedsa_lora.personalization.share_head_rounds`` K) is orthogonal: rounds
+1..K also share the classification head (``round_shared``), so even a fixed split changes
+once, between rounds K and K+1 (``split_changes``).
+
 Pure functions; the cloud calls them between rounds and announces the result.
 """
 
@@ -24,9 +28,12 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsa_common.split import role, shared_names, shared_roles
+
+if TYPE_CHECKING:
+    from fedsa_common.config import FederationConfig
 
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
 
@@ -114,6 +121,36 @@ def initial_split(names: Iterable[str], algorithm: str,
     if rules is None:
         return shared_names(names, algorithm)
     return layer_wise_shared(names, rules, frozenset(shared_roles(algorithm)))
+
+
+def head_names(names: Iterable[str]) -> list[str]:
+    return sorted(n for n in names if role(n) == "head")
+
+
+def shares_head(config: FederationConfig, round_: int) -> bool:
+    """Whether round ``round_`` shares the head: rounds 1..K, and every round (also the
+    final announcement, numbered ``rounds + 1`` by the cloud) when K >= ``rounds``."""
+    k = config.fedsa_lora.personalization.share_head_rounds
+    return k > 0 and (round_ <= k or k >= config.rounds)
+
+
+def round_shared(names: Iterable[str], config: FederationConfig, round_: int) -> list[str]:
+    """The shared tensors of round ``round_`` under a split that does not depend on the
+    devices' reports (fixed or layer-wise), with the head while ``shares_head``."""
+    names = list(names)
+    section = config.fedsa_lora.adaptive_split
+    rules = section.rules() if section.adaptive and section.strategy == "layer_wise" else None
+    shared = initial_split(names, config.fedsa_lora.algorithm, rules)
+    if shares_head(config, round_):
+        shared = sorted({*shared, *head_names(names)})
+    return shared
+
+
+def split_changes(config: FederationConfig) -> bool:
+    """Whether the shared set can differ between rounds (an update then belongs to the round
+    it was made for)."""
+    k = config.fedsa_lora.personalization.share_head_rounds
+    return config.fedsa_lora.adaptive_split.importance_based or 0 < k < config.rounds
 
 
 def decide_shared(stats: ImportanceStats, candidates: Iterable[str], threshold: float,

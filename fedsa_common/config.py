@@ -264,11 +264,17 @@ class PersonalizationSection(Strict):
     ``proximal_mu``: FedProx's pull ``mu * (w - global)`` on the shared tensors' gradients,
     keeping a device near the round's global values.  ``finetune_steps``: after the round's
     update is computed, that many more steps on the device's local tensors only, before it
-    evaluates.  Left out of dumps at the defaults (0, 0), so digests stay as before.
+    evaluates; it adapts the head too while the head is shared.  ``share_head_rounds``
+    (K): rounds 1..K share the classification head like the algorithm's shared tensors
+    (a common warm start, FedBABU/FedRep style, for devices with too little data to learn
+    a head alone); from round K+1 on it is local again, starting from the global head the
+    device last loaded.  K >= ``rounds`` shares it in every round.  Left out of dumps at
+    the defaults (0), so digests stay as before.
     """
 
     proximal_mu: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False)
     finetune_steps: int = Field(0, ge=0, le=10_000)
+    share_head_rounds: int = Field(0, ge=0, le=1_000_000)
 
     @model_serializer(mode="wrap")
     def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -353,7 +359,23 @@ class FedsaLoraSection(Strict):
         return data
 
 
+_SCHEDULE_DEFAULTS: dict[str, Any] = {"local_epochs": None, "warmup_steps": 0,
+                                       "lr_schedule": "constant", "round_lr_decay": 1.0}
+
+
 class TrainingSection(Strict):
+    """A device's local training in one round (edge_client/training.py, schedule.py).
+
+    ``local_steps`` optimizer steps of ``batch_size`` samples, unless ``local_epochs`` is
+    set: then ``max(1, ceil(local_epochs * n_train / batch_size))`` steps, so a device with
+    more data does more work (``local_steps`` is then ignored).  The learning rate of both
+    parameter groups (``lr`` for LoRA, ``head_lr`` for the head) rises linearly over
+    ``warmup_steps`` steps, then stays (``lr_schedule: constant``) or decays to 0 by the
+    round's last step (``linear``, ``cosine``); round r starts from ``round_lr_decay**(r-1)``
+    times the configured rates.  The schedule keys are left out of dumps at their defaults,
+    so configurations without them digest as before.
+    """
+
     local_steps: int = Field(10, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(5e-4, gt=0)
@@ -363,6 +385,17 @@ class TrainingSection(Strict):
     # Forward-pass compute precision on devices: fp32, or bf16 autocast where the CPU has
     # bf16 instructions (elsewhere devices warn and stay in fp32).
     autocast: Literal["none", "bf16"] = "none"
+    local_epochs: float | None = Field(None, gt=0, le=1000, allow_inf_nan=False)
+    warmup_steps: int = Field(0, ge=0, le=100_000)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    round_lr_decay: float = Field(1.0, gt=0.0, le=1.0)
+
+    @model_serializer(mode="wrap")
+    def _omit_default_schedule(self, handler: SerializerFunctionWrapHandler
+                               ) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items()
+                if k not in _SCHEDULE_DEFAULTS or v != _SCHEDULE_DEFAULTS[k]}
 
 
 class SamplingSection(Strict):

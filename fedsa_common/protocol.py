@@ -359,8 +359,8 @@ class RoundSummary(BaseModel):
     dp_delta: float | None = Field(None, gt=0, lt=1)
     dp_noise_multiplier: float | None = Field(None, gt=0)
     dp_sample_rate: float | None = Field(None, gt=0, le=1)
-    # adaptive split (absent without it): the tensors this round shared, and the cloud's
-    # decision for the next round
+    # adaptive split or head sharing (absent without them): the tensors this round shared,
+    # and the cloud's decision for the next round
     shared: list[str] | None = None
     next_shared: list[str] | None = None
 

@@ -4,7 +4,9 @@ FedSA-LoRA's finding is that LoRA's A matrices learn what all clients share whil
 matrices capture client-specific knowledge; so ``fedsa`` aggregates A and keeps B local.
 The baselines are other points of the same split: ``fedit`` shares A and B (plain FedAvg of
 LoRA), ``ffa`` freezes A at its common initialisation and shares B (FFA-LoRA), ``local``
-shares nothing.  The classification head is local in every algorithm.
+shares nothing.  The classification head is local in every algorithm (unless
+``fedsa_lora.personalization.share_head_rounds`` shares it in the first rounds; see
+``adaptive_split.round_shared``, which decides a round's set from these functions).
 
 Names here are *wire names* (see ``quant.model.wire_name``), e.g.
 ``bert.encoder.layer.0.attention.self.query.lora_A.weight`` or ``classifier.weight``.

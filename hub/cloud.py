@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from fedsa_common.adaptive_split import ImportanceStats
+from fedsa_common.adaptive_split import ImportanceStats, split_changes
 from fedsa_common.atomic import read_json, read_tensors, write_bytes, write_json, write_tensors
 from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.config import FederationConfig
@@ -75,13 +75,14 @@ def initial_global(config: FederationConfig) -> dict[str, torch.Tensor]:
     if config.model.num_labels is None:
         raise ValueError("model.num_labels must be set in the cloud hub's configuration")
     shapes = adapter_shapes(config.model, config.model.num_labels)
-    names = SplitPolicy(config, list(shapes)).held()  # with an adaptive split: all of A, B
+    # with an adaptive split: all of A and B; with head sharing: the head as well
+    names = SplitPolicy(config, list(shapes)).held()
     return init_adapter_values({n: shapes[n] for n in names}, config.federation.seed)
 
 
 def shared_now(state: CloudState) -> list[str]:
-    """The tensors the next announcement shares: the checkpoint's current split, or every
-    tensor the cloud holds under a fixed split."""
+    """The tensors the next announcement shares: the current split (adaptive split, head
+    sharing), or every tensor the cloud holds under a fixed split."""
     return sorted(state.params if state.shared is None else state.shared)
 
 
@@ -191,12 +192,12 @@ class CloudHub(HubProcess):
             log.info("resuming from checkpoint: round %d, version %d", state.round,
                      state.version)
         split = SplitPolicy(self.config, list(state.params))
-        if split.adaptive:  # the checkpoint keeps the current split; a fresh start computes it
-            if state.shared is None:
-                state.shared = split.first()
+        if split.per_round:  # the round's split: from the round, or importance_based's decision
+            state.shared = split.resume(state.round, state.shared)
             check_held(state.params, state.shared)
-            log.info("adaptive split (%s): round %d shares %s", split.section.strategy,
-                     state.round + 1, describe(state.shared))
+            log.info("%s: round %d shares %s",
+                     f"adaptive split ({split.section.strategy})" if split.adaptive
+                     else "head sharing", state.round + 1, describe(state.shared))
         if self.downlink.enable and state.downlink is None:
             state.downlink = DownlinkState()
         optimizer = self.config.server_optimizer
@@ -429,10 +430,10 @@ class CloudHub(HubProcess):
                  "" if applied else " (below quorum, not applied)")
 
     def next_split(self, state: CloudState, fl: Inflight, applied: bool) -> dict[str, Any]:
-        """Decide the next round's shared tensors (adaptive split only) and return the
-        summary's ``shared``/``next_shared`` fields ({} under a fixed split)."""
+        """Decide the next round's shared tensors (adaptive split, head sharing) and return
+        the summary's ``shared``/``next_shared`` fields ({} under a fixed split)."""
         split = SplitPolicy(self.config, list(state.params))
-        if not split.adaptive:
+        if not split.per_round:
             return {}
         current = sorted(fl.total.sums)
         nxt = split.next(fl.round, fl.importance, current, applied)
@@ -486,9 +487,8 @@ class CloudHub(HubProcess):
             raise WireError("bad_header", "more importance reports than updates")
         shapes = {n: tuple(t.shape) for n, t in fl.total.sums.items()}  # the round's shared
         # a partial of an earlier round may carry that round's shared set (importance_based
-        # changes it); it is dropped as late below, whatever its shapes
-        moved = (self.config.fedsa_lora.adaptive_split.importance_based
-                 and header.round < fl.round)
+        # and head sharing change it); it is dropped as late below, whatever its shapes
+        moved = split_changes(self.config) and header.round < fl.round
         if {n: tuple(t.shape) for n, t in env.tensors.items()} != shapes and not moved:
             raise WireError("shape_mismatch", header.region)
         sums = {n: t.to(torch.float32) for n, t in env.tensors.items()}

@@ -12,51 +12,84 @@ on, when a round closes, the cloud shares for the next round the tensors whose i
 that round's devices agreed on (``adaptive_split.decide_shared``).  A round that was not
 applied (below quorum), had fewer than two reports, or found no tensor consistent enough
 keeps the split.  ``CloudState.shared`` (checkpointed) holds the decision.
+
+Head sharing (``fedsa_lora.personalization.share_head_rounds`` K > 0): the cloud also holds
+the head (initialised like the devices', from the seed) and shares it in rounds 1..K
+(``adaptive_split.round_shared``); the round number decides, so a restarted cloud
+recomputes the set of the round it resumes.  This class is the one place that decides each
+round's shared set; ``CloudState.shared`` is kept whenever that set is per round
+(``per_round``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from fedsa_common.adaptive_split import ImportanceStats, decide_shared, initial_split, lora_names
+from fedsa_common.adaptive_split import (
+    ImportanceStats,
+    decide_shared,
+    head_names,
+    lora_names,
+    round_shared,
+)
 from fedsa_common.config import FederationConfig
 from fedsa_common.split import role, shared_names
 
 
 class SplitPolicy:
     def __init__(self, config: FederationConfig, names: Sequence[str]) -> None:
+        self.config = config
         self.section = config.fedsa_lora.adaptive_split
         self.algorithm = config.fedsa_lora.algorithm
+        self.share_head = config.fedsa_lora.personalization.share_head_rounds > 0
         self.names = sorted(names)
 
     @property
     def adaptive(self) -> bool:
         return self.section.adaptive
 
+    @property
+    def per_round(self) -> bool:
+        """Whether the shared set is decided round by round (else every held tensor is
+        shared in every round, as under a plain fixed split)."""
+        return self.adaptive or self.share_head
+
     def held(self) -> list[str]:
         """Tensors the cloud keeps a global value for."""
-        return lora_names(self.names) if self.adaptive else shared_names(self.names,
+        lora = lora_names(self.names) if self.adaptive else shared_names(self.names,
                                                                          self.algorithm)
+        return sorted({*lora, *head_names(self.names)}) if self.share_head else lora
 
-    def first(self) -> list[str]:
-        """The first round's shared tensors; ValueError when a configured split shares none."""
-        rules = self.section.rules() if self.section.strategy == "layer_wise" else None
-        shared = initial_split(self.names, self.algorithm, rules if self.adaptive else None)
-        if self.adaptive and not shared:
+    def for_round(self, round_: int) -> list[str]:
+        """The shared tensors of round ``round_`` (importance_based: of its warm-up);
+        ValueError when a configured split shares none."""
+        shared = round_shared(self.names, self.config, round_)
+        if self.adaptive and not lora_names(shared):
             raise ValueError("fedsa_lora.adaptive_split: the split shares no tensor of this "
                              "model; share at least one role in some layer")
         return shared
+
+    def first(self) -> list[str]:
+        """The first round's shared tensors."""
+        return self.for_round(1)
+
+    def resume(self, finished_round: int, checkpointed: Sequence[str] | None) -> list[str]:
+        """The shared tensors of round ``finished_round + 1`` for a (re)starting cloud: the
+        checkpoint's decision under importance_based, else computed from the round."""
+        if self.section.importance_based and checkpointed is not None:
+            return sorted(checkpointed)
+        return self.for_round(finished_round + 1)
 
     def next(self, finished_round: int, stats: ImportanceStats, current: Sequence[str],
              applied: bool) -> list[str]:
         """The shared tensors of round ``finished_round + 1``."""
         if not self.section.importance_based:
-            return sorted(current)
+            return self.for_round(finished_round + 1)
         if finished_round < self.section.warmup_rounds:
             return self.first()
         if not applied:
             return sorted(current)
-        return decide_shared(stats, self.held(), self.section.threshold, current)
+        return decide_shared(stats, lora_names(self.held()), self.section.threshold, current)
 
 
 def describe(shared: Sequence[str]) -> str:

@@ -12,7 +12,10 @@ scenarios/overrides.py, applied to every run of the variant) or a preset:
 * ``layer_wise[:LAST]``: layer-wise split, layers 0..LAST (default 2) share A and B, the
   others keep the algorithm's split;
 * ``adam:LR`` / ``yogi:LR`` / ``adagrad:LR`` / ``avgm[:LR]``: ``server_optimizer.name`` and
-  ``server_lr=LR`` (avgm: momentum 0.9, LR default 1.0).
+  ``server_lr=LR`` (avgm: momentum 0.9, LR default 1.0);
+* ``headshare:K``: ``fedsa_lora.personalization.share_head_rounds=K``;
+* ``epochs:E``: ``training.local_epochs=E`` (local work in passes over the device's data);
+* ``cosine:WARMUP``: ``training.lr_schedule=cosine`` after ``warmup_steps=WARMUP``.
 
 Each variant becomes one run label (``ALGORITHM NAME``; ``base`` is just ``ALGORITHM``).
 """
@@ -28,6 +31,12 @@ from scenarios.overrides import parse_override
 BASE = "base"
 _SERVER_OPTIMIZERS = ("avgm", "adam", "yogi", "adagrad")  # avgm alone has a usable default LR
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,24}$")
+# presets of one number: name -> (overrides, "{}" standing for it; its type; its meaning)
+_LEVERS: dict[str, tuple[tuple[str, ...], type, str]] = {
+    "headshare": (("fedsa_lora.personalization.share_head_rounds={}",), int, "K"),
+    "epochs": (("training.local_epochs={}",), float, "E"),
+    "cosine": (("training.lr_schedule=cosine", "training.warmup_steps={}"), int, "WARMUP"),
+}
 # a comma that starts the next KEY=VALUE (values such as [lora_A, lora_B] keep theirs)
 _NEXT_PAIR = re.compile(r",\s*(?=[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*\s*=)")
 
@@ -81,9 +90,14 @@ def _preset(item: str) -> Variant:
     if head in _SERVER_OPTIMIZERS and (arg or head == "avgm"):
         lr = [f"server_lr={_number(item, arg, float)}"] if arg else []
         return Variant(f"{head}-{arg}" if arg else head, (f"server_optimizer.name={head}", *lr))
+    if head in _LEVERS and arg:
+        keys, kind, _ = _LEVERS[head]
+        value = _number(item, arg, kind)
+        return Variant(f"{head}-{value}", tuple(k.format(value) for k in keys))
+    levers = ", ".join(f"{k}:{v[2]}" for k, v in _LEVERS.items())
     raise ValueError(f"--variant {item!r}: not NAME:KEY=VALUE[,KEY=VALUE] nor a preset "
                      "(base, prox:MU, ft:N, sim[:FLOOR], importance[:THRESHOLD], "
-                     "layer_wise[:LAST], adam:LR, yogi:LR, adagrad:LR, avgm[:LR])")
+                     f"layer_wise[:LAST], adam:LR, yogi:LR, adagrad:LR, avgm[:LR], {levers})")
 
 
 def parse_variant(item: str) -> Variant:

@@ -33,20 +33,20 @@ def values(names, v: float = 0.0) -> dict[str, torch.Tensor]:
 
 
 def test_fixed_split_must_be_announced_as_configured() -> None:
-    assert round_split(NAMES, [A0, A1], values([A0, A1]), SHAPES, FEDSA) == (
+    assert round_split(NAMES, [A0, A1], values([A0, A1]), SHAPES, FEDSA, 1) == (
         [A0, A1], [B0, B1, HEAD])
     with pytest.raises(WireError, match="differs from the configured split"):
-        round_split(NAMES, [A0, B0], values([A0, B0]), SHAPES, FEDSA)
+        round_split(NAMES, [A0, B0], values([A0, B0]), SHAPES, FEDSA, 1)
 
 
 def test_layer_wise_split_is_checked_against_the_rules() -> None:
-    assert round_split(NAMES, [A0, B1], values([A0, B1]), SHAPES, LAYER_WISE)[0] == [A0, B1]
+    assert round_split(NAMES, [A0, B1], values([A0, B1]), SHAPES, LAYER_WISE, 1)[0] == [A0, B1]
     with pytest.raises(WireError):
-        round_split(NAMES, [A0, A1], values([A0, A1]), SHAPES, LAYER_WISE)
+        round_split(NAMES, [A0, A1], values([A0, A1]), SHAPES, LAYER_WISE, 1)
 
 
 def test_importance_based_takes_any_lora_subset_the_cloud_announces() -> None:
-    shared, local = round_split(NAMES, [B1, A0], values([A0, B1]), SHAPES, IMPORTANCE)
+    shared, local = round_split(NAMES, [B1, A0], values([A0, B1]), SHAPES, IMPORTANCE, 1)
     assert shared == [A0, B1] and local == [B0, A1, HEAD]
 
 
@@ -59,7 +59,7 @@ def test_importance_based_takes_any_lora_subset_the_cloud_announces() -> None:
 ])
 def test_announced_sets_outside_the_model_are_bad_headers(announced, tensors) -> None:
     with pytest.raises(WireError) as err:
-        round_split(NAMES, announced, tensors, SHAPES, IMPORTANCE)
+        round_split(NAMES, announced, tensors, SHAPES, IMPORTANCE, 1)
     assert err.value.reason == "bad_header"
 
 
@@ -116,3 +116,38 @@ def test_final_global_updates_only_what_the_device_last_trained_as_shared() -> N
     first = final_global({}, [A0], values([A0], 2.0))
     assert first is not None and torch.equal(first[A0], torch.full((2, 2), 2.0))
     assert final_global(saved, [A0, B0], values([A0])) is None
+
+
+# head sharing (personalization.share_head_rounds) -------------------------------------
+HEAD_2 = FederationConfig.model_validate(
+    {"rounds": 4, "fedsa_lora": {"personalization": {"share_head_rounds": 2}}})
+
+
+def test_head_is_accepted_only_in_the_rounds_that_share_it() -> None:
+    announced = [A0, A1, HEAD]
+    for rnd in (1, 2):
+        assert round_split(NAMES, announced, values(announced), SHAPES, HEAD_2, rnd) == (
+            [A0, A1, HEAD], [B0, B1])
+    with pytest.raises(WireError, match="not a LoRA tensor of this model in round 3") as err:
+        round_split(NAMES, announced, values(announced), SHAPES, HEAD_2, 3)
+    assert err.value.reason == "bad_header"
+    assert round_split(NAMES, [A0, A1], values([A0, A1]), SHAPES, HEAD_2, 3) == (
+        [A0, A1], [B0, B1, HEAD])
+
+
+def test_a_round_that_shares_the_head_must_announce_it() -> None:
+    with pytest.raises(WireError, match="differs from the configured split"):
+        round_split(NAMES, [A0, A1], values([A0, A1]), SHAPES, HEAD_2, 1)
+    with pytest.raises(WireError, match="wrong shape"):
+        round_split(NAMES, [A0, A1, HEAD], {**values([A0, A1]), HEAD: torch.zeros(3, 2)},
+                    SHAPES, HEAD_2, 1)
+
+
+def test_a_head_that_becomes_local_starts_from_the_last_global_head() -> None:
+    """Round K+1: the head was shared in round K, so the device has no own value; it takes
+    the global head it loaded in round K (its B stays its own)."""
+    own_local = values([B0, B1], 5.0)
+    last_global = values([A0, A1, HEAD], 2.0)
+    start = local_start([B0, B1, HEAD], own_local, last_global, values(NAMES, -1.0))
+    assert torch.equal(start[HEAD], last_global[HEAD])
+    assert torch.equal(start[B0], own_local[B0])

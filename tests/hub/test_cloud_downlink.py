@@ -119,13 +119,16 @@ def test_checkpoint_without_downlink_reads_as_before(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ CloudHub.announce
-def cloud(tmp_path: Path, downlink: dict | None, **policy
-           ) -> tuple[CloudHub, list[tuple[str, bytes]]]:
-    raw = {"federation": {"name": "f", "seed": 4},
-           "model": {"path": "tiny-bert", "num_labels": 3},
-           "round_policy": {"deadline_s": 30, **policy}}
+def cloud(tmp_path: Path, downlink: dict | None, share_head_rounds: int = 0, **policy
+          ) -> tuple[CloudHub, list[tuple[str, bytes]]]:
+    raw: dict = {"federation": {"name": "f", "seed": 4},
+                 "model": {"path": "tiny-bert", "num_labels": 3},
+                 "round_policy": {"deadline_s": 30, **policy}, "fedsa_lora": {}}
     if downlink is not None:
-        raw["fedsa_lora"] = {"compression": {"downlink": downlink}}
+        raw["fedsa_lora"]["compression"] = {"downlink": downlink}
+    if share_head_rounds:
+        raw["rounds"] = 2
+        raw["fedsa_lora"]["personalization"] = {"share_head_rounds": share_head_rounds}
     hub = CloudHub("mqtt://127.0.0.1:1", FederationConfig.model_validate(raw), tmp_path)
     sent: list[tuple[str, bytes]] = []
 
@@ -180,6 +183,29 @@ def test_announcements_carry_the_delta_once_there_is_one(tmp_path: Path) -> None
     hub.announce(state, "running", {"r": ["d"]})
     _, _, a3, aenv3, _, _ = announced(sent, hub)
     assert not a3.is_delta and sorted(aenv3.tensors) == state.shared
+
+
+def test_head_sharing_ends_with_a_full_announcement_of_the_smaller_set(tmp_path: Path
+                                                                        ) -> None:
+    """share_head_rounds 1: round 1 announces A and the head; after its step the set
+    shrinks, so round 2's announcement carries full parameters (A only), not the delta."""
+    hub, sent = cloud(tmp_path, {"enable": True, "method": "topk", "ratio": 0.1},
+                      share_head_rounds=1)
+    state = hub.load_state()
+    hub.announce(state, "running", {"r": ["d"]})
+    _, genv, a, _, _, _ = announced(sent, hub)
+    assert any(n.startswith("classifier.") for n in a.shared) and not a.is_delta
+    mean = {n: torch.randn(t.shape) * 0.01 for n, t in genv.tensors.items()}
+    new, state.downlink = downlink_step(
+        {n: state.params[n] for n in mean}, mean, 1.0, hub.downlink, 4, 1, 0, state.downlink)
+    state.params, state.version, state.round = {**state.params, **new}, 1, 1
+    assert hub.inflight is not None
+    hub.next_split(state, hub.inflight, applied=True)
+    hub.announce(state, "running", {"r": ["d"]})
+    _, _, a2, aenv2, _, _ = announced(sent, hub)
+    assert not a2.is_delta and a2.shared == sorted(aenv2.tensors)
+    assert a2.shared and not any(n.startswith("classifier.") for n in a2.shared)
+    assert from_announcement(a2, aenv2.tensors, None) is not None
 
 
 def test_without_downlink_nothing_new_is_published(tmp_path: Path) -> None:

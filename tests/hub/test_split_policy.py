@@ -178,3 +178,89 @@ def test_checkpoint_keeps_the_split_and_every_global_value(tmp_path) -> None:
     meta = json.loads((tmp_path / "fixed" / "checkpoint.json").read_text())
     assert "shared" not in meta  # a fixed split's checkpoint reads as before
     assert load_checkpoint(tmp_path / "fixed").shared is None
+
+
+# head sharing (personalization.share_head_rounds) -----------------------------------------
+HEAD = ["classifier.bias", "classifier.weight"]
+
+
+def head_config(k: int = 1, rounds: int = 3) -> FederationConfig:
+    return FederationConfig.model_validate(
+        {"federation": {"name": "f"}, "rounds": rounds,
+         "fedsa_lora": {"compression": {"enable": False},
+                        "personalization": {"share_head_rounds": k}}})
+
+
+def test_head_sharing_holds_the_head_and_shares_it_until_round_k() -> None:
+    split = SplitPolicy(head_config(k=2), ALL)
+    assert split.per_round and not split.adaptive
+    assert split.held() == sorted([*A, *HEAD])
+    assert split.first() == sorted([*A, *HEAD])
+    assert split.next(1, ImportanceStats(), split.first(), applied=True) == sorted([*A, *HEAD])
+    assert split.next(2, ImportanceStats(), split.first(), applied=True) == A
+    assert split.next(2, ImportanceStats(), split.first(), applied=False) == A  # by round
+    assert not SplitPolicy(config(), ALL).per_round
+
+
+def test_the_cloud_starts_every_device_from_the_same_seeded_head() -> None:
+    from hub.cloud import initial_global
+    from quant.adapters import init_adapter_values
+
+    cfg = FederationConfig.model_validate({
+        "model": {"path": "tiny-bert", "num_labels": 3}, "federation": {"seed": 5},
+        "fedsa_lora": {"personalization": {"share_head_rounds": 1}}})
+    params = initial_global(cfg)
+    head = [n for n in params if ".lora_" not in n]
+    assert head and {n.split(".")[0] for n in head} == {"classifier"}
+    again = init_adapter_values({n: tuple(params[n].shape) for n in head}, 5)
+    assert all(torch.equal(params[n], again[n]) for n in head)
+
+
+@pytest.mark.parametrize(("finished", "shares_head"), [(0, True), (1, True), (2, False),
+                                                       (3, False)])
+def test_a_restarted_cloud_announces_the_set_of_the_round_it_resumes(
+        tmp_path, finished, shares_head) -> None:
+    cfg = head_config(k=2, rounds=3)
+    params = {n: torch.zeros(SHAPE) for n in [*A, *HEAD]}
+    # whatever the checkpoint says, the round decides (a split that does not depend on
+    # the devices' reports)
+    save_checkpoint(tmp_path, CloudState(finished, finished, params, cfg.digest(),
+                                         shared=list(A) if shares_head else [*A, *HEAD]))
+    state = CloudHub("mqtt://127.0.0.1:1", cfg, tmp_path).load_state()
+    assert shared_now(state) == (sorted([*A, *HEAD]) if shares_head else A)
+
+
+def test_the_summary_names_the_rounds_set_and_the_next(tmp_path) -> None:
+    cfg = head_config(k=1, rounds=3)
+    cloud = CloudHub("mqtt://127.0.0.1:1", cfg, tmp_path)
+    state = CloudState(1, 1, {n: torch.zeros(SHAPE) for n in [*A, *HEAD]}, cfg.digest(),
+                       shared=sorted([*A, *HEAD]))
+    fl = Inflight(1, b"", {"north": ["d1"]}, 0.0,
+                  RunningSum.zeros({n: SHAPE for n in shared_now(state)}))
+    assert cloud.next_split(state, fl, applied=True) == {"shared": sorted([*A, *HEAD]),
+                                                          "next_shared": A}
+    assert shared_now(state) == A
+
+
+def test_regional_intake_checks_head_tensors_like_lora_ones() -> None:
+    cfg = head_config(k=1)
+    names = sorted([*A, *HEAD])
+    intake = RegionIntake("north", "f")
+    header = AnnounceHeader(federation="f", round=1, version=0, status="running",
+                            selected={"north": ["d1", "d2", "d3"]},
+                            config=cfg.model_dump(mode="json"), config_hash=cfg.digest(),
+                            deadline_s=30, issued_at=0.0, shared=names)
+    intake.announce(header, {n: SHAPE for n in names}, cfg.round_policy, "dense")
+
+    def offer(client: str, tensors: dict[str, torch.Tensor]) -> str:
+        enc = get_codec("dense").encode(tensors)
+        return intake.offer(UpdateHeader(federation="f", round=1, client=client,
+                                         region="north", base_version=0, codec="dense",
+                                         codec_meta=enc.meta, num_samples=5), enc.tensors, 10)
+
+    assert offer("d1", {n: torch.ones(SHAPE) for n in names}) == "d1:1"
+    with pytest.raises(WireError):  # the head is missing
+        offer("d2", {n: torch.ones(SHAPE) for n in A})
+    with pytest.raises(WireError):  # a head tensor of the wrong shape
+        offer("d3", {**{n: torch.ones(SHAPE) for n in A},
+                     **{n: torch.ones(3, 3) for n in HEAD}})

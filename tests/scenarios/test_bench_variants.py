@@ -30,6 +30,9 @@ TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
     ("yogi:0.1", "yogi-0.1", ("server_optimizer.name=yogi", "server_lr=0.1")),
     ("avgm", "avgm", ("server_optimizer.name=avgm",)),
     ("avgm:0.5", "avgm-0.5", ("server_optimizer.name=avgm", "server_lr=0.5")),
+    ("headshare:3", "headshare-3", ("fedsa_lora.personalization.share_head_rounds=3",)),
+    ("epochs:0.5", "epochs-0.5", ("training.local_epochs=0.5",)),
+    ("cosine:2", "cosine-2", ("training.lr_schedule=cosine", "training.warmup_steps=2")),
     ("mine:training.lr=0.01, fedsa_lora.adaptive_split={enable: true, strategy: layer_wise, "
      "layers: [{layers: 0-1, share: [lora_A, lora_B]}]}", "mine",
      ("training.lr=0.01", "fedsa_lora.adaptive_split={enable: true, strategy: layer_wise, "
@@ -40,7 +43,8 @@ def test_variants_parse_to_named_overrides(item, name, overrides) -> None:
 
 
 @pytest.mark.parametrize("item", ["prox", "prox:x", "ft:1.5", "fedprox:0.1", "base:rounds=2",
-                                  "a b:rounds=2", "x:rounds", "adam", "yogi:fast"])
+                                  "a b:rounds=2", "x:rounds", "adam", "yogi:fast", "headshare",
+                                  "headshare:1.5", "epochs:x", "cosine"])
 def test_bad_variants_name_themselves(item) -> None:
     with pytest.raises(ValueError, match="--variant"):
         parse_variant(item)
@@ -68,6 +72,16 @@ def test_plan_keeps_base_runs_and_names_variant_runs() -> None:
     (adam,) = plan_runs(base, ["fedit"], [1], Path("/x"), rounds=2,
                         variants=parse_variants(["adam:0.03"]))
     assert adam.config.server_optimizer.name == "adam" and adam.config.server_lr == 0.03
+
+
+def test_lever_presets_plan_valid_configs() -> None:
+    base = load_scenario(TINY)
+    variants = parse_variants(["headshare:1", "epochs:2", "cosine:1"])
+    head, epochs, cosine = (r.config for r in plan_runs(base, ["fedsa"], [0], Path("/x"),
+                                                          rounds=2, variants=variants))
+    assert head.fedsa_lora.personalization.share_head_rounds == 1
+    assert epochs.training.local_epochs == 2.0
+    assert (cosine.training.lr_schedule, cosine.training.warmup_steps) == ("cosine", 1)
 
 
 def test_a_variant_that_does_not_validate_fails_before_anything_starts(tmp_path) -> None:

@@ -1,0 +1,88 @@
+"""Head sharing (``personalization.share_head_rounds``): the per-round shared set every party
+computes, and the configurations it refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedsa_common.adaptive_split import round_shared, shares_head, split_changes
+from fedsa_common.config import ConfigError, FederationConfig, validate_model
+
+NAMES = sorted([*(f"bert.encoder.layer.{i}.attention.self.query.lora_{ab}.weight"
+                  for i in range(2) for ab in "AB"), "classifier.weight", "classifier.bias"])
+A0, B0, A1, B1 = (n for n in NAMES if "lora" in n)
+HEAD = ["classifier.bias", "classifier.weight"]
+
+
+def config(k: int, rounds: int = 4, **fedsa) -> FederationConfig:
+    return FederationConfig.model_validate({
+        "rounds": rounds,
+        "fedsa_lora": {**fedsa, "personalization": {"share_head_rounds": k}}})
+
+
+def test_head_is_shared_in_rounds_one_to_k_only() -> None:
+    cfg = config(2)
+    assert [shares_head(cfg, r) for r in range(1, 6)] == [True, True, False, False, False]
+    assert round_shared(NAMES, cfg, 1) == sorted([A0, A1, *HEAD])
+    assert round_shared(NAMES, cfg, 3) == [A0, A1]
+    assert split_changes(cfg)
+
+
+def test_k_zero_is_the_algorithms_split_in_every_round() -> None:
+    cfg = config(0)
+    assert not any(shares_head(cfg, r) for r in range(1, 6))
+    assert round_shared(NAMES, cfg, 1) == [A0, A1] == round_shared(NAMES, FederationConfig(), 9)
+    assert not split_changes(cfg)
+
+
+def test_k_of_at_least_rounds_shares_the_head_also_in_the_final_announcement() -> None:
+    cfg = config(4, rounds=4)
+    assert shares_head(cfg, 5)  # the cloud's finished announcement after round 4
+    assert not split_changes(cfg)
+    assert not shares_head(config(3, rounds=4), 5)
+
+
+@pytest.mark.parametrize(("algorithm", "lora"), [("fedit", [A0, A1, B0, B1]), ("ffa", [B0, B1]),
+                                                 ("local", [])])
+def test_head_joins_every_algorithms_split(algorithm, lora) -> None:
+    cfg = config(1, algorithm=algorithm)
+    assert round_shared(NAMES, cfg, 1) == sorted([*lora, *HEAD])
+    assert round_shared(NAMES, cfg, 2) == sorted(lora)
+
+
+def test_head_joins_a_layer_wise_split() -> None:
+    cfg = config(1, adaptive_split={"enable": True, "strategy": "layer_wise",
+                                    "layers": [{"layers": 1, "share": ["lora_B"]}]})
+    assert round_shared(NAMES, cfg, 1) == sorted([A0, B1, *HEAD])
+    assert round_shared(NAMES, cfg, 2) == sorted([A0, B1])
+
+
+def refusal(data: dict) -> str:
+    with pytest.raises(ConfigError) as err:
+        validate_model(FederationConfig, data)
+    return str(err.value)
+
+
+def test_importance_based_with_head_sharing_is_refused() -> None:
+    msg = refusal({"fedsa_lora": {
+        "adaptive_split": {"enable": True, "strategy": "importance_based"},
+        "personalization": {"share_head_rounds": 1}}})
+    assert "share_head_rounds" in msg and "importance_based" in msg
+
+
+@pytest.mark.parametrize(("policy", "field"), [({"mode": "async"}, "round_policy.mode"),
+                                               ({"late": "stale_weight"}, "round_policy.late")])
+def test_a_set_that_changes_needs_whole_synchronous_rounds(policy, field) -> None:
+    msg = refusal({"rounds": 4, "round_policy": policy,
+                   "fedsa_lora": {"personalization": {"share_head_rounds": 2}}})
+    assert "share_head_rounds" in msg and field in msg
+    # shared in every round, the set never changes: allowed
+    FederationConfig.model_validate({"rounds": 4, "round_policy": policy, "fedsa_lora": {
+        "personalization": {"share_head_rounds": 4}}})
+
+
+def test_negative_k_is_refused_and_zero_stays_out_of_dumps() -> None:
+    assert "share_head_rounds" in refusal(
+        {"fedsa_lora": {"personalization": {"share_head_rounds": -1}}})
+    assert "personalization" not in config(0).model_dump()["fedsa_lora"]
+    assert config(2).model_dump()["fedsa_lora"]["personalization"] == {"share_head_rounds": 2}
