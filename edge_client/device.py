@@ -465,7 +465,7 @@ class Device:
             federation=self.spec.federation, round=header.round, client=self.spec.client,
             region=self.spec.region, base_version=header.version, codec=comp.codec,
             codec_params=codec_params, codec_meta=encoded.meta,
-            num_samples=result.samples, train_loss=result.loss, train_s=result.seconds,
+            num_samples=result.samples, **header_train_stats(config, result.loss, result.seconds),
             importance=importance_report(result.importance),
         )
         update, encoded = self.secagg.masked_update(update, encoded, delta, residual)
@@ -505,6 +505,17 @@ class Device:
             return {n: self.state.local[n] for n in local}
         return local_start(local, self.state.local, saved_global(self.store.path),
                            init_adapter_values(missing, seed))
+
+
+def header_train_stats(config: FederationConfig, loss: float, seconds: float
+                       ) -> dict[str, float | None]:
+    """``train_loss`` and ``train_s`` for the update header: none under local DP, whose
+    report must reveal nothing but the noised update (both depend on the device's data and
+    would reach the broker and the hubs in the clear next to it)."""
+    dp = config.fedsa_lora.privacy.differential_privacy
+    if dp.enable and dp.mode == "local":
+        return {"train_loss": None, "train_s": None}
+    return {"train_loss": loss, "train_s": seconds}
 
 
 def has_global_model(local: list[str], trainable: list[str]) -> bool:
