@@ -128,7 +128,7 @@ class Device:
         self.pending_round = self.state.last_round
         self.resend_s = 5.0
         self.backoff = self.resend_s
-        self.next_resend = time.time() + self.resend_s
+        self.next_resend = time.monotonic() + self.resend_s
         self.data: DeviceData | None = None
         self.tokens: Tokenized | None = None
         self.planner = MicroBatchPlanner.for_budget(spec.memory_mb)  # learns across rounds
@@ -261,7 +261,7 @@ class Device:
                                         payload)
         self.pending, self.pending_round = payload, header.round
         self.backoff = self.resend_s
-        self.next_resend = time.time() + self.backoff
+        self.next_resend = time.monotonic() + self.backoff
         metrics = metrics.model_copy(update={"bytes_up": bytes_up})
         self.session.publish_raw(self.topics.metrics(self.spec.region, self.spec.client),
                                  encode_json(metrics))
@@ -375,7 +375,7 @@ class Device:
     def resend_pending(self) -> None:
         """Resend the unacknowledged update with jittered exponential backoff; the hub counts
         an update id once, so resending is always safe."""
-        if self.pending is None or time.time() < self.next_resend:
+        if self.pending is None or time.monotonic() < self.next_resend:
             return
         try:
             self.session.publish(self.topics.update(self.spec.region, self.spec.client),
@@ -384,7 +384,7 @@ class Device:
         except (TimeoutError, ConnectionError) as err:
             log.info("%s: resend failed: %s", self.spec.client, err)
         self.backoff = min(MAX_RESEND_S, self.backoff * 2)
-        self.next_resend = time.time() + self.backoff * random.uniform(0.75, 1.25)
+        self.next_resend = time.monotonic() + self.backoff * random.uniform(0.75, 1.25)
 
     def load_data(self, num_labels: int) -> DeviceData:
         if self.data is None:
