@@ -129,7 +129,7 @@ class Device:
         self.pending_round = self.state.last_round
         self.resend_s = 5.0
         self.backoff = self.resend_s
-        self.next_resend = time.time() + self.resend_s
+        self.next_resend = time.monotonic() + self.resend_s
         self.data: DeviceData | None = None
         self.tokens: Tokenized | None = None
         self.planner = MicroBatchPlanner.for_budget(spec.memory_mb)  # learns across rounds
@@ -262,7 +262,7 @@ class Device:
                                         payload)
         self.pending, self.pending_round = payload, header.round
         self.backoff = self.resend_s
-        self.next_resend = time.time() + self.backoff
+        self.next_resend = time.monotonic() + self.backoff
         metrics = metrics.model_copy(update={"bytes_up": bytes_up})
         self.session.publish_raw(self.topics.metrics(self.spec.region, self.spec.client),
                                  encode_json(metrics))
@@ -376,7 +376,7 @@ class Device:
     def resend_pending(self) -> None:
         """Resend the unacknowledged update with jittered exponential backoff; the hub counts
         an update id once, so resending is always safe."""
-        if self.pending is None or time.time() < self.next_resend:
+        if self.pending is None or time.monotonic() < self.next_resend:
             return
         try:
             self.session.publish(self.topics.update(self.spec.region, self.spec.client),
@@ -385,7 +385,7 @@ class Device:
         except (TimeoutError, ConnectionError) as err:
             log.info("%s: resend failed: %s", self.spec.client, err)
         self.backoff = min(MAX_RESEND_S, self.backoff * 2)
-        self.next_resend = time.time() + self.backoff * random.uniform(0.75, 1.25)
+        self.next_resend = time.monotonic() + self.backoff * random.uniform(0.75, 1.25)
 
     def load_data(self, num_labels: int) -> DeviceData:
         if self.data is None:
@@ -471,7 +471,7 @@ class Device:
             federation=self.spec.federation, round=header.round, client=self.spec.client,
             region=self.spec.region, base_version=header.version, codec=comp.codec,
             codec_params=codec_params, codec_meta=encoded.meta,
-            num_samples=result.samples, train_loss=result.loss, train_s=result.seconds,
+            num_samples=result.samples, **header_train_stats(config, result.loss, result.seconds),
             importance=importance_report(result.importance),
         )
         update, encoded = self.secagg.masked_update(update, encoded, delta, residual)
@@ -511,6 +511,17 @@ class Device:
             return {n: self.state.local[n] for n in local}
         return local_start(local, self.state.local, saved_global(self.store.path),
                            init_adapter_values(missing, seed))
+
+
+def header_train_stats(config: FederationConfig, loss: float, seconds: float
+                       ) -> dict[str, float | None]:
+    """``train_loss`` and ``train_s`` for the update header: none under local DP, whose
+    report must reveal nothing but the noised update (both depend on the device's data and
+    would reach the broker and the hubs in the clear next to it)."""
+    dp = config.fedsa_lora.privacy.differential_privacy
+    if dp.enable and dp.mode == "local":
+        return {"train_loss": None, "train_s": None}
+    return {"train_loss": loss, "train_s": seconds}
 
 
 def has_global_model(local: list[str], trainable: list[str]) -> bool:

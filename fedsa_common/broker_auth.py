@@ -125,6 +125,16 @@ def resolve_endpoint(url: str, auth: BrokerAuth | None) -> Endpoint:
     return Endpoint(endpoint.host, endpoint.port, endpoint.tls, username, password)
 
 
+def warn_plain_password(endpoint: Endpoint, url: str) -> None:
+    """Log a warning when a password is about to travel over plain ``mqtt://``: the broker
+    (and anyone on the path) reads it, and with it the account's publishing rights.  A
+    warning, not an error, because a local test broker on 127.0.0.1 is a legitimate use."""
+    if endpoint.password is not None and not endpoint.tls:
+        log.warning("the password for %r goes to %s in clear text (plain mqtt://); use "
+                    "mqtts:// with a CA (hub provision writes both)", endpoint.username,
+                    redact_url(url))
+
+
 def _agree(what: str, from_url: str | None, given: str | None, url: str) -> str | None:
     if from_url is not None and given is not None and from_url != given:
         raise ValueError(f"the {what} in {redact_url(url)!r} differs from the one given "

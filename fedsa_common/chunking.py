@@ -41,6 +41,9 @@ _RETIRED_IDS = 4096
 #: Incomplete messages kept per key; two lets a new message finish while stale frames of the
 #: previous one (e.g. a half-replaced retained message) are still arriving.
 _PARTIALS_PER_KEY = 2
+#: Default bound on the data bytes of all incomplete messages together (at least two
+#: largest messages).  Without it 64 partials of 16 MB could hold 1 GiB.
+DEFAULT_BUFFERED_BYTES = 256 * 2**20
 
 
 def split_payload(payload: bytes, limit: int, msg_id: bytes | None = None) -> list[bytes]:
@@ -106,14 +109,23 @@ class _Partial:
     chunks: dict[int, bytes] = field(default_factory=dict)
     chunk_len: int | None = None  # data size of every non-final frame, once one was seen
     nbytes: int = 0
+    started: int = 0  # order in which the reassembler first saw this message
 
 
 class Reassembler:
     """Collects frames per logical topic (``key``) until a message is whole.
 
-    Memory is bounded: at most ``max_pending`` incomplete messages (the least recently fed is
-    evicted first), each at most ``max_message_bytes``, and partials idle for longer than
-    ``ttl_s`` are dropped. One logical message per key at a time: when a message completes,
+    Memory is bounded per key (at most two incomplete messages, each at most
+    ``max_message_bytes``) and overall (at most ``max_pending`` incomplete messages holding
+    at most ``max_buffered_bytes`` data bytes), and partials idle for longer than ``ttl_s``
+    are dropped.  A key is one sender: under the provisioned broker ACL only one account may
+    publish on a topic.  When an overall bound is exceeded, the key that holds the most
+    bytes (then the most messages) loses its least recently fed message, so a sender that
+    floods evicts its own messages before an honest sender's one in progress; evicting the
+    least recently fed message overall would evict the honest, slower one first.  (Without
+    the ACL one party can publish on many topics; many small holdings can then still
+    displace a larger honest one.)
+    One logical message per key at a time: when a message completes,
     every other incomplete message on that key is dropped (it is older, or would arrive out of
     order), and a third message id on a key evicts the least recently fed of the two partials
     kept there. Two rather than one, so that a new message still completes while stale frames
@@ -125,16 +137,23 @@ class Reassembler:
     """
 
     def __init__(
-        self, *, max_message_bytes: int = 8_000_000, max_pending: int = 64, ttl_s: float = 120.0
+        self, *, max_message_bytes: int = 8_000_000, max_pending: int = 64, ttl_s: float = 120.0,
+        max_buffered_bytes: int | None = None,
     ) -> None:
         if max_message_bytes < 0 or max_pending < 1 or ttl_s <= 0:
             raise ValueError("max_message_bytes >= 0, max_pending >= 1 and ttl_s > 0 required")
+        if max_buffered_bytes is None:
+            max_buffered_bytes = max(DEFAULT_BUFFERED_BYTES, 2 * max_message_bytes)
+        if max_buffered_bytes < max_message_bytes:
+            raise ValueError("max_buffered_bytes must be >= max_message_bytes")
         self.max_message_bytes = max_message_bytes
         self.max_pending = max_pending
+        self.max_buffered_bytes = max_buffered_bytes
         self.ttl_s = ttl_s
         # (key, msg_id) -> partial, least recently fed first
         self._partials: OrderedDict[tuple[str, bytes], _Partial] = OrderedDict()
         self._retired: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._started = 0
 
     def forget(self, matches: Callable[[str], bool]) -> None:
         """Drop what is held and remembered for the keys ``matches`` accepts, so a message
@@ -184,6 +203,7 @@ class Reassembler:
         partial.last_seen = now
         self._partials.move_to_end(ident)
         if len(partial.chunks) < partial.total:
+            self._enforce_bounds()
             return None
         del self._partials[ident]
         self._retire(ident)
@@ -221,9 +241,29 @@ class Reassembler:
         same_key = [ident for ident in self._partials if ident[0] == key]
         while len(same_key) >= _PARTIALS_PER_KEY:
             self._drop(same_key.pop(0))  # least recently fed on this key
-        while len(self._partials) >= self.max_pending:
-            self._drop(next(iter(self._partials)))
-        return _Partial(total=total, last_seen=now)
+        self._started += 1
+        return _Partial(total=total, last_seen=now, started=self._started)
+
+    def _enforce_bounds(self) -> None:
+        """Evict until the overall bounds hold again, from the largest holder first.
+
+        The victim key holds the most bytes, then the most messages; among equals, the one
+        that started a message most recently (a flood keeps starting new ones, an honest
+        message in progress started before them).  It loses its least recently fed message.
+        The partial just fed may be the victim: then its sender holds the most and its
+        frame is dropped."""
+        buffered = self.buffered_bytes
+        while len(self._partials) > self.max_pending or buffered > self.max_buffered_bytes:
+            held: dict[str, list[int]] = {}  # key -> [bytes, messages, newest start]
+            for (key, _), partial in self._partials.items():
+                entry = held.setdefault(key, [0, 0, 0])
+                entry[0] += partial.nbytes
+                entry[1] += 1
+                entry[2] = max(entry[2], partial.started)
+            victim = max(held, key=lambda k: tuple(held[k]))
+            ident = next(i for i in self._partials if i[0] == victim)  # least recently fed
+            buffered -= self._partials[ident].nbytes
+            self._drop(ident)
 
     def _store(self, partial: _Partial, header: FrameHeader, data: bytes) -> None:
         if header.total != partial.total:

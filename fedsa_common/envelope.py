@@ -32,6 +32,12 @@ MAGIC = b"FSA"
 _LEN = struct.Struct(">I")
 _PREFIX_LEN = len(MAGIC) + 1 + _LEN.size
 _ST_LEN = struct.Struct("<Q")
+#: Bytes of safetensors JSON header allowed per tensor, plus a fixed allowance: an entry is
+#: ``"name":{"dtype":"F32","shape":[..],"data_offsets":[a,b]}``, under 200 bytes for the
+#: longest PEFT names.  Parsing JSON costs time and memory in proportion to its length (a
+#: 16 MB header: 1.4 s and 137 MiB), so its length is checked before any parsing.
+ST_HEADER_BYTES_PER_TENSOR = 512
+ST_HEADER_BASE_BYTES = 4096
 
 #: safetensors dtype code -> torch dtype; anything else (float64, bool, fp8, ...) is
 #: refused so peers never have to cope with dtypes the protocol does not use.
@@ -100,6 +106,11 @@ def pack_tensors(tensors: Mapping[str, torch.Tensor]) -> bytes:
 def unpack_tensors(body: bytes, *, max_tensors: int = 4096) -> dict[str, torch.Tensor]:
     """Parse an untrusted safetensors body as ``unpack`` does; raises only WireError."""
     return _parse_body(bytes(body), max_tensors=max_tensors)
+
+
+def max_tensor_header_bytes(max_tensors: int) -> int:
+    """The longest safetensors JSON header a body of ``max_tensors`` tensors may have."""
+    return ST_HEADER_BASE_BYTES + ST_HEADER_BYTES_PER_TENSOR * max_tensors
 
 
 def unpack(
@@ -208,13 +219,17 @@ def _parse_body(body: bytes, *, max_tensors: int) -> dict[str, torch.Tensor]:
     """Pre-check the safetensors header ourselves, then let safetensors do the rest.
 
     The pre-check gives precise reasons (truncated / too_large / bad_tensor) and rejects
-    too many tensors or forbidden dtypes before any tensor memory is allocated.
+    an oversized JSON header before parsing it, and too many tensors or forbidden dtypes
+    before any tensor memory is allocated.
     """
     if len(body) < _ST_LEN.size:
         raise WireError("truncated", "body shorter than the safetensors length prefix")
     (st_header_len,) = _ST_LEN.unpack_from(body, 0)
     if st_header_len > len(body) - _ST_LEN.size:
         raise WireError("truncated", "safetensors header runs past the end of the message")
+    if st_header_len > max_tensor_header_bytes(max_tensors):
+        raise WireError("too_large", f"safetensors header of {st_header_len} bytes > limit "
+                        f"{max_tensor_header_bytes(max_tensors)} for {max_tensors} tensors")
     try:
         st_header = loads_strict(body[_ST_LEN.size : _ST_LEN.size + st_header_len])
     except (ValueError, RecursionError) as exc:

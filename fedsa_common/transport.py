@@ -46,7 +46,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-from fedsa_common.broker_auth import BrokerAuth, redact_url, resolve_endpoint, tls_context
+from fedsa_common.broker_auth import (
+    BrokerAuth,
+    redact_url,
+    resolve_endpoint,
+    tls_context,
+    warn_plain_password,
+)
 from fedsa_common.chunking import (
     FRAME_HEADER_BYTES,
     MIN_CHUNK_BYTES,
@@ -206,6 +212,7 @@ class MqttSession:
         if not 0 < reconnect_min_s <= reconnect_max_s:
             raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
         endpoint = resolve_endpoint(broker_url, auth)
+        warn_plain_password(endpoint, broker_url)
         self.broker_url = redact_url(broker_url)  # used in messages only
         self.client_id = client_id
         self.payload_limit = payload_limit

@@ -386,8 +386,10 @@ class CloudHub(HubProcess):
 
     def finish_round(self, state: CloudState, fl: Inflight) -> None:
         applied = fl.total.count >= self.policy.min_quorum and fl.total.weight > 0
+        selected = sum(len(v) for v in fl.selected.values())
         if applied:  # the round's shared tensors; the others keep their global value
-            mean = self.privacy.mean(fl.total)  # noised first: the optimizer post-processes
+            # noised first (over the announced count): the optimizer post-processes
+            mean = self.privacy.mean(fl.total, selected)
             old = {n: state.params[n] for n in mean}
             change, optimizer = server_change(mean, self.config.server_optimizer,
                                               self.config.server_lr, state.optimizer)
@@ -405,7 +407,6 @@ class CloudHub(HubProcess):
             for uid in fl.applied:
                 fl.dropped[uid] = "below_quorum"
         state.round = fl.round
-        selected = sum(len(v) for v in fl.selected.values())
         dp_fields = self.privacy.close_round(fl.round, selected, len(self.online), applied)
         split_fields = self.next_split(state, fl, applied)
         summary = RoundSummary(

@@ -4,8 +4,10 @@ Regional hubs fold every update with weight 1 (a device's ``num_samples`` would 
 scale its influence, and the sensitivity, without bound) and, in central mode, clip it
 again to ``clip_norm`` after decoding: the bound on one device's contribution then holds
 whatever a device sends, including codec rounding and the error-feedback residual.  The
-cloud adds the noise once to the round's sum (central mode), keeps the privacy ledger, and
-states the epsilon spent in every round summary and its log.
+cloud adds the noise once to the round's sum (central mode) and divides by the number of
+updates the round was announced to wait for, never by the number that arrived (why:
+fedsa_common/dp.py), keeps the privacy ledger, and states the epsilon spent in every round
+summary and its log.
 """
 
 from __future__ import annotations
@@ -99,13 +101,16 @@ class CloudPrivacy:
         if self.plan is not None:
             self.rates[rnd] = sample_rate(selected, online)
 
-    def mean(self, total: RunningSum) -> dict[str, torch.Tensor]:
-        """The round's mean update; central mode adds N(0, (z C)^2) to the sum first."""
+    def mean(self, total: RunningSum, selected: int) -> dict[str, torch.Tensor]:
+        """The round's mean update.  Central mode adds N(0, (z C)^2) to the sum and divides
+        by the round's fixed denominator (from the ``selected`` count it announced), so
+        neither the noise scale nor the step reveals how many updates arrived."""
         if self.plan is None or self.plan.mode == "local" or total.count == 0:
             return total.mean()
         if self._generator is None:
             self._generator = _secure_generator()
-        return noisy_mean(total.sums, total.count, self.plan.noise_std, self._generator)
+        return noisy_mean(total.sums, self.plan.denominator(selected), self.plan.noise_std,
+                          self._generator)
 
     def close_round(self, rnd: int, selected: int, online: int, applied: bool
                     ) -> dict[str, float]:
@@ -126,7 +131,8 @@ class CloudPrivacy:
             fields.update(dp_noise_multiplier=plan.noise_multiplier, dp_sample_rate=rate)
         eps = self.ledger.epsilon
         fields["dp_epsilon"] = eps
-        log.info("round %d: epsilon spent %.4g (delta %g)", rnd, eps, plan.delta)
+        log.info("round %d: epsilon spent %.4g (delta %g; %.4g for two datasets of a device "
+                 "known to take part)", rnd, eps, plan.delta, self.ledger.replace_one_epsilon)
         if eps > plan.epsilon:
             log.warning("round %d: epsilon spent %.4g exceeds the configured epsilon %g", rnd,
                         eps, plan.epsilon)

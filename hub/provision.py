@@ -30,6 +30,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedsa_common.atomic import write_bytes
 from fedsa_common.broker_auth import CREDENTIALS_FORMAT, Credentials, load_credentials
 from fedsa_common.protocol import check_name
 from hub.provision_acl import Account, federation_accounts, render_acl
@@ -312,16 +313,9 @@ def _manifest(spec: ProvisionSpec, accounts: list[Account]) -> dict:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    """Atomic write with exactly ``mode``: the secret never exists with looser permissions."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may have removed bits we want (0644 files)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Atomic write with exactly ``mode`` through an exclusive, unpredictable temp file: the
+    secret never exists with looser permissions, nor in a file someone else opened first."""
+    write_bytes(path, data, mode)
 
 
 def _broker_owner(user: str | None) -> tuple[int, int] | None:

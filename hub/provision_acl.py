@@ -17,8 +17,10 @@ Who may do what (``docs/security.md`` has the same table):
 * cloud: write announcements, the full global parameters, summaries, partial acks and its
   status; read partials,
   presence, metrics and hub status.
-* monitor (``hub status``, scenario monitor): read-only, exactly the topics those tools
-  subscribe to; individual device updates are not among them.
+* monitor (``hub status``, scenario monitor): read-only; no device updates and no regional
+  partials either, since a partial can be one device's update (one participant, async
+  mode, over-selection) and is never noised.  The scenario monitor's report then takes its
+  counts from the round summaries.
 
 Mosquitto's ACL file cannot express "the region of this user" with ``pattern`` lines
 (``%c``/``%u`` substitute whole identifiers only), so every account gets its own ``user`` block.
@@ -133,9 +135,8 @@ def rules_for(account: Account, topics: Topics) -> list[Rule]:
             Rule("read", topics.metrics_filter),
             Rule("read", topics.status_filter),
         ]
-    return [  # monitor: what hub.status and scenarios.monitor subscribe to
+    return [  # monitor: what hub.status and scenarios.monitor need, minus partials
         Rule("read", announce),
-        Rule("read", chunk_filter(topics.partial_filter)),
         Rule("read", topics.metrics_filter),
         Rule("read", topics.summary),
         Rule("read", f"{topics.base}/ack/+/+"),

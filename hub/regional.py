@@ -123,7 +123,7 @@ class RegionalHub(HubProcess):
                          len(self.intake.expected))
                 self.forward(final=True)
                 self.after_batch()
-            if time.time() >= self.next_resend:
+            if time.monotonic() >= self.next_resend:
                 self.resend()
         self.session.close()
         return 0
@@ -290,8 +290,9 @@ class RegionalHub(HubProcess):
         self.resend(force=True)
 
     def resend(self, force: bool = False) -> None:
-        """(Re)send every partial the cloud has not acknowledged yet."""
-        now = time.time()
+        """(Re)send every partial the cloud has not acknowledged yet (an interval: on the
+        monotonic clock, which a wall-clock step cannot move)."""
+        now = time.monotonic()
         if not force and now < self.next_resend:
             return
         for header, sums in list(self.outbox.values()):

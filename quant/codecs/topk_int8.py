@@ -106,6 +106,11 @@ class TopKInt8Codec:
         if not layout.names:
             return layout.split(out)
         counts = torch.tensor([v.numel() for v in vals], dtype=torch.int64)
+        val = torch.cat(vals)
+        # the encoder clamps to [-127, 127]; -128 times a scale near FLOAT32_MAX / 127
+        # would overflow to -inf, past the scale check below
+        if val.numel() and int(val.min()) < -127:
+            raise WireError("bad_value", "int8 value -128 outside [-127, 127]")
         scale = torch.cat(scales)
         # one scale per tensor; a huge finite one times 127 could overflow a value
         if not bool(torch.isfinite(scale).all()) or float(scale.max()) * 127.0 > _FLOAT32_MAX:
@@ -124,7 +129,7 @@ class TopKInt8Codec:
         if positions.numel() > 1 and not bool((positions[1:] > positions[:-1]).all()):
             bad = layout.names[int(seg[1:][positions[1:] <= positions[:-1]][0])]
             raise WireError("bad_index", f"{bad}.idx not strictly increasing")
-        out[positions] = torch.cat(vals).to(torch.float32) * scale[seg]
+        out[positions] = val.to(torch.float32) * scale[seg]
         return layout.split(out)
 
     @staticmethod

@@ -71,6 +71,21 @@ def test_passwords_never_reach_messages():
     session.close()
 
 
+@pytest.mark.parametrize(("url", "auth", "warned"), [
+    ("mqtt://dev-0:hunter2@h:1883", None, True),
+    ("mqtt://h:1883", BrokerAuth("dev-0", "hunter2"), True),
+    ("mqtts://dev-0:hunter2@h:8883", None, False),
+    ("mqtt://dev-0@h:1883", None, False),  # a user name alone reveals no secret
+])
+def test_a_password_over_plain_mqtt_is_warned_about(caplog, url, auth, warned):
+    with caplog.at_level("WARNING", logger="fedsa_common.broker_auth"):
+        session = MqttSession(url, "plain-test", auth=auth)
+        session.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "fedsa_common.broker_auth"]
+    assert any("clear text" in line for line in lines) == warned
+    assert not any("hunter2" in line for line in lines)
+
+
 def test_resolve_endpoint_merges_and_refuses_conflicts():
     ep = resolve_endpoint("mqtts://dev-0@h", BrokerAuth(password="pw"))
     assert (ep.username, ep.password, ep.tls) == ("dev-0", "pw", True)

@@ -235,17 +235,20 @@ def test_invalid_constructor_arguments() -> None:
 # ------------------------------------------------------------------------------- memory bound
 
 
-def test_max_pending_evicts_least_recently_fed() -> None:
+def test_max_pending_evicts_from_the_largest_holder_then_the_newest_message() -> None:
     r = Reassembler(max_pending=3)
-    msgs = {k: split_payload(os.urandom(2 * CHUNK), LIMIT) for k in "abcd"}
+    msgs = {k: split_payload(os.urandom(3 * CHUNK), LIMIT) for k in "abcde"}
     for k in "abc":
         r.add(k, msgs[k][0], 0.0)
-    r.add("a", msgs["a"][0], 1.0)  # duplicate, but refreshes "a"
-    r.add("d", msgs["d"][0], 2.0)  # evicts "b", the least recently fed
+    r.add("b", msgs["b"][1], 1.0)  # "b" holds the most
+    r.add("d", msgs["d"][0], 2.0)  # evicts "b"'s message, not "a", the least recently fed
     assert r.pending == 3
-    assert r.add("b", msgs["b"][1], 3.0) is None  # b's message was dropped for good
+    assert r.add("b", msgs["b"][2], 3.0) is None  # b's message was dropped for good
     assert r.pending == 3
-    assert r.add("a", msgs["a"][1], 3.0) is not None
+    r.add("e", msgs["e"][0], 4.0)  # all hold one frame: the newest message loses
+    assert r.add("e", msgs["e"][1], 4.0) is None and r.pending == 3
+    assert r.add("a", msgs["a"][1], 5.0) is None
+    assert r.add("a", msgs["a"][2], 5.0) is not None
 
 
 def test_ttl_expiry_frees_partials() -> None:
@@ -306,3 +309,43 @@ def test_random_well_formed_headers_raise_only_wire_error(
             continue
         assert out is None or len(out) <= 20_000
         assert r.pending <= 4
+
+
+# ------------------------------------------------------------------------------ flooding
+
+
+def test_a_flooding_sender_is_evicted_before_an_honest_message_in_progress() -> None:
+    """Four other senders each hold more of an unfinished message than the honest one;
+    when the table is full the largest holder loses, not the least recently fed (which
+    was the honest message, and evicting it retired its id for good)."""
+    r = Reassembler(max_pending=4)
+    honest = split_payload(os.urandom(3 * CHUNK), LIMIT, msg_id=mid(1))
+    assert r.add("honest", honest[0], 0.0) is None
+    for n in range(4):  # flooding: two frames of each of four 3-frame messages
+        flood = split_payload(os.urandom(3 * CHUNK), LIMIT, msg_id=mid(100 + n))
+        feed(r, f"flood-{n}", flood[:2], 1.0)
+        assert r.pending <= 4
+    assert r.add("honest", honest[1], 2.0) is None
+    assert r.add("honest", honest[2], 2.0) == b"".join(f[FRAME_HEADER_BYTES:] for f in honest)
+
+
+def test_buffered_bytes_are_bounded_and_an_honest_message_completes_during_a_flood() -> None:
+    """Flooding senders (three topics, one account each under the ACL) keep starting
+    4-frame messages they never finish; the buffered bytes stay under the cap and the
+    honest 3-frame message, whose frames arrive far apart, still completes."""
+    cap = 8 * CHUNK
+    r = Reassembler(max_message_bytes=4 * CHUNK, max_buffered_bytes=cap)
+    payload = os.urandom(3 * CHUNK)
+    honest = split_payload(payload, LIMIT, msg_id=mid(1))
+    got = []
+    rng = random.Random(0)
+    for n in range(200):
+        flood = split_payload(os.urandom(4 * CHUNK), LIMIT, msg_id=mid(1000 + n))
+        feed(r, f"flood-{n % 3}", flood[: rng.randint(2, 3)], float(n))
+        if n in (10, 100, 190):
+            got += feed(r, "honest", [honest[(10, 100, 190).index(n)]], float(n))
+        assert r.buffered_bytes <= cap
+    assert got == [payload]
+    with pytest.raises(ValueError):
+        Reassembler(max_message_bytes=1000, max_buffered_bytes=999)
+    assert Reassembler(max_message_bytes=16_000_000).max_buffered_bytes == 256 * 2**20

@@ -19,6 +19,7 @@ from fedsa_common.dp import (
     clip_update,
     dp_plan,
     epsilon_spent,
+    expected_updates,
     gaussian_noise_like,
     l2_norm,
     noisy_mean,
@@ -220,3 +221,67 @@ def test_planned_sample_rate_from_population_and_clients_per_round():
                                                              "population": 30}}},
         "sampling": {"clients_per_round": 3}, "round_policy": {"over_select": 1.5}})
     assert planned_sample_rate(over) == pytest.approx(5 / 30)  # ceil(3 * 1.5) asked
+
+
+# ------------------------------------------------------------------ central adjacency
+def opacus_epsilon(noise_multiplier: float, sample_rate: float, steps: int,
+                   delta: float) -> float:
+    """opacus's RDP accountant called directly: the independent check of the ledger."""
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    for _ in range(steps):
+        accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+    return float(accountant.get_epsilon(delta=delta))
+
+
+def test_expected_updates_is_the_announced_count():
+    assert expected_updates(6, None, 1.0) == 6
+    assert expected_updates(6, 3, 1.0) == 6  # everyone selected is expected
+    assert expected_updates(5, 3, 1.5) == 3  # over-selection closes at clients_per_round
+    assert expected_updates(2, 3, 1.5) == 2  # fewer online than asked for
+    assert expected_updates(9, None, 1.5) == 6  # all online selected; closes at 9 / 1.5
+    with pytest.raises(ValueError):
+        expected_updates(0, None, 1.0)
+
+
+@pytest.mark.parametrize(("sampling", "population"), [({}, None),
+                                                     ({"clients_per_round": 3}, 6)])
+def test_quickstart_epsilon_matches_opacus_for_both_adjacencies(sampling, population):
+    """Quickstart size (8 rounds, epsilon 8): the central ledger accounts the configured z
+    (add/remove, fixed denominator) and its replace-one figure the accountant at z / 2,
+    each equal to opacus called directly with that effective noise multiplier."""
+    plan = dp_plan(dp_config(sampling, epsilon=8.0, population=population))
+    assert plan is not None and plan.mode == "central"
+    q = plan.sample_rate
+    assert q == (1.0 if population is None else 0.5)
+    ledger = plan.ledger([{"dp_noise_multiplier": plan.noise_multiplier,
+                           "dp_sample_rate": q}] * 8)
+    assert ledger.epsilon == pytest.approx(opacus_epsilon(plan.noise_multiplier, q, 8, 1e-5))
+    assert ledger.epsilon <= 8.0
+    assert ledger.replace_one_epsilon == pytest.approx(
+        opacus_epsilon(plan.noise_multiplier / 2, q, 8, 1e-5))
+    if population is None:  # the figures the issue reproduced: z 1.80, replace-one 18.8
+        assert plan.noise_multiplier == pytest.approx(1.804, abs=1e-3)
+        assert ledger.replace_one_epsilon == pytest.approx(18.84, abs=0.01)
+
+
+def test_local_ledger_is_already_replace_one():
+    plan = dp_plan(dp_config(mode="local", epsilon=8.0))
+    assert plan is not None
+    ledger = plan.ledger([{"dp_noise_multiplier": plan.noise_multiplier,
+                           "dp_sample_rate": 1.0}] * 8)
+    assert ledger.epsilon == pytest.approx(opacus_epsilon(plan.noise_multiplier / 2, 1.0, 8,
+                                                          1e-5))
+    assert ledger.replace_one_epsilon == pytest.approx(ledger.epsilon)
+
+
+def test_plan_denominator_follows_the_round_policy():
+    over = FederationConfig.model_validate({
+        "fedsa_lora": {"privacy": {"differential_privacy": {"enable": True,
+                                                             "noise_multiplier": 1.0}}},
+        "sampling": {"clients_per_round": 4}, "round_policy": {"over_select": 1.5}})
+    plan = dp_plan(over)
+    assert plan is not None and plan.denominator(6) == 4
+    plain = dp_plan(dp_config(noise_multiplier=1.0))
+    assert plain is not None and plain.denominator(6) == 6

@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
-from fedsa_common.envelope import MAGIC, PROTOCOL_VERSION, Envelope, pack, unpack
+from fedsa_common.envelope import (
+    MAGIC,
+    PROTOCOL_VERSION,
+    Envelope,
+    max_tensor_header_bytes,
+    pack,
+    unpack,
+    unpack_tensors,
+)
 from fedsa_common.errors import WireError
 
 ALL_DTYPES = [
@@ -228,3 +236,27 @@ def test_header_json_must_be_finite_utf8_text(header: bytes, why: str) -> None:
 def test_surrogate_pairs_and_large_finite_numbers_still_parse() -> None:
     env = unpack(_raw(b'{"e":"\\ud83d\\ude00","w":1e308}', st_save({})))
     assert env.header == {"e": "\N{GRINNING FACE}", "w": 1e308}
+
+
+def _body_with_st_header(st_header: bytes) -> bytes:
+    """A safetensors body whose JSON header is exactly ``st_header`` and holds no data."""
+    return struct.pack("<Q", len(st_header)) + st_header
+
+
+def test_oversized_safetensors_header_is_refused_before_parsing() -> None:
+    """JSON parsing costs in proportion to the header (16 MB: 1.4 s, +137 MiB), so a long
+    header is refused by its declared length alone."""
+    limit = max_tensor_header_bytes(4096)
+    pad = b'{"__metadata__":{"x":"' + b"a" * limit + b'"}}'
+    pad += b" " * (-len(pad) % 8)
+    assert _reason(_raw(b"{}", _body_with_st_header(pad)), max_bytes=10 * limit) == "too_large"
+    with pytest.raises(WireError) as err:
+        unpack_tensors(_body_with_st_header(pad[: 8 * 1024] + b"}"), max_tensors=3)
+    assert err.value.reason == "too_large"  # the limit follows max_tensors
+
+
+def test_many_tensors_with_long_names_fit_the_header_limit() -> None:
+    name = "base_model.model.bert.encoder.layer.{}.attention.self.query.lora_A.weight_" + "x" * 60
+    tensors = {name.format(i): torch.zeros(2) for i in range(4096)}
+    data = pack({}, tensors)
+    assert len(unpack(data, max_bytes=len(data)).tensors) == 4096

@@ -112,7 +112,7 @@ def summary(rnd: int, **dp) -> RoundSummary:
 def test_cloud_without_dp_changes_nothing():
     privacy = CloudPrivacy.for_config(FederationConfig())
     total = running_sum(0.5, 4)
-    torch.testing.assert_close(privacy.mean(total), total.mean())
+    torch.testing.assert_close(privacy.mean(total, 8), total.mean())
     privacy.note_sampling(1, 4, 8)
     assert privacy.close_round(1, 4, 8, applied=True) == {}
     assert privacy.epsilon == 0.0
@@ -123,7 +123,7 @@ def test_cloud_without_dp_changes_nothing():
 def test_central_cloud_noises_the_sum_once_and_accounts_each_released_round():
     cfg = config(clip_norm=0.5, noise_multiplier=2.0, population=8)
     privacy = CloudPrivacy.for_config(cfg)
-    mean = privacy.mean(running_sum(0.25, 4))["a"]
+    mean = privacy.mean(running_sum(0.25, 4), 4)["a"]
     assert float(mean.mean()) == pytest.approx(0.25, abs=0.01)
     assert float(mean.std()) == pytest.approx(2.0 * 0.5 / 4, rel=0.03)  # z*C on the sum
 
@@ -147,6 +147,24 @@ def test_central_cloud_noises_the_sum_once_and_accounts_each_released_round():
     assert restarted.epsilon == pytest.approx(third["dp_epsilon"])
 
 
+def test_central_step_divides_by_the_announced_count_not_the_arrivals():
+    """(S + N) / n with n the updates that arrived makes the noise scale reveal n, so
+    add/remove accounting would not hold: the denominator is fixed at announcement."""
+    privacy = CloudPrivacy.for_config(config(clip_norm=0.5, noise_multiplier=2.0))
+    for arrived in (3, 6):
+        mean = privacy.mean(running_sum(0.25, arrived), 6)["a"]
+        assert float(mean.mean()) == pytest.approx(0.25 * arrived / 6, abs=0.01)
+        assert float(mean.std()) == pytest.approx(2.0 * 0.5 / 6, rel=0.03)  # not / arrived
+    over = FederationConfig.model_validate({
+        "rounds": 5, "sampling": {"clients_per_round": 4},
+        "round_policy": {"over_select": 1.5},
+        "fedsa_lora": {"compression": {"method": "topk_int8", "ratio": 1.0},
+                       "privacy": {"differential_privacy": {"enable": True,
+                                                            "noise_multiplier": 2.0}}}})
+    mean = CloudPrivacy.for_config(over).mean(running_sum(0.25, 4), 6)["a"]  # closes at 4
+    assert float(mean.std()) == pytest.approx(2.0 * 1.0 / 4, rel=0.03)
+
+
 def test_without_population_every_round_counts_as_full_participation():
     privacy = CloudPrivacy.for_config(config(noise_multiplier=2.0))
     privacy.note_sampling(1, 2, 8)
@@ -157,7 +175,7 @@ def test_local_cloud_adds_no_noise_and_charges_every_round():
     cfg = config(mode="local", clip_norm=0.5, noise_multiplier=2.0)
     privacy = CloudPrivacy.for_config(cfg)
     total = running_sum(0.25, 4)
-    torch.testing.assert_close(privacy.mean(total), total.mean())
+    torch.testing.assert_close(privacy.mean(total, 8), total.mean())
     first = privacy.close_round(1, 2, 8, applied=False)
     assert first["dp_sample_rate"] == 1.0
     # sensitivity 2C: the accountant sees noise multiplier 1

@@ -165,7 +165,9 @@ FORBIDDEN = {
 }
 
 
-OBSERVERS = ("monitor", "hub-regional-north", "hub-regional-south", "dev-0", "dev-2")
+# the cloud observes partials, which no other account may read
+OBSERVERS = ("monitor", "hub-regional-north", "hub-regional-south", "dev-0", "dev-2",
+             "hub-cloud")
 
 
 def readable_by_an_observer(topic: str) -> bool:
@@ -254,6 +256,19 @@ def test_devices_receive_only_the_announcement_and_their_own_acks(connect):
     south.wait_for(f"{T.update('south', 'dev-2')}/0")
     # ... but dev-0 got only what is addressed to it or to everyone
     assert sorted(set(seen.topics())) == sorted([f"{T.announce}/0", T.ack("north", "dev-0")])
+
+
+def test_the_monitor_does_not_receive_partials(connect):
+    """A regional partial can be one device's un-noised update; the monitor reads the
+    cloud's summaries and hub status instead."""
+    monitor = observe(connect("monitor"))
+    cloud = observe(connect("hub-cloud"))
+    hub_north = connect("hub-regional-north")
+    hub_north.publish(T.partial("north"), b"one device's update")
+    hub_north.publish_raw(T.status("regional", "north"), b"ok")
+    cloud.wait_for(f"{T.partial('north')}/0")  # it was delivered to whoever may read it
+    monitor.wait_for(T.status("regional", "north"))  # published after the partial
+    assert f"{T.partial('north')}/0" not in monitor.topics()
 
 
 def test_cli_uses_credentials_and_checks_their_identity(broker, connect):

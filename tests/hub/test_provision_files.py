@@ -53,7 +53,8 @@ ACCESS = {
     "announce": (frame(T.announce), {"hub-cloud"}, DEVICES | HUBS | {"monitor"}),
     "global_params": (frame(T.global_params), {"hub-cloud"}, DEVICES),
     "update": (frame(T.update("north", "dev-0")), {"dev-0"}, {"hub-regional-north"}),
-    "partial": (frame(T.partial("north")), {"hub-regional-north"}, {"hub-cloud", "monitor"}),
+    # not the monitor: a partial can be a single, un-noised device update
+    "partial": (frame(T.partial("north")), {"hub-regional-north"}, {"hub-cloud"}),
     "presence": (T.presence("north", "dev-0"), {"dev-0"},
                  {"hub-regional-north", "hub-cloud", "monitor"}),
     "metrics": (T.metrics("north", "dev-0"), {"dev-0"}, {"hub-cloud", "monitor"}),

@@ -377,6 +377,21 @@ def test_topk_random_decode_never_crashes(idx: list[int], val: list[int], scale:
     assert out["w"].shape == (4, 5) and bool(torch.isfinite(out["w"]).all())
 
 
+def test_topk_int8_minus_128_with_a_huge_scale_is_refused_not_minus_inf() -> None:
+    """-128 is never sent (the encoder clamps to +-127), and with the largest scale the
+    scale check allows (FLOAT32_MAX / 127) it would decode to -inf."""
+    huge = float(torch.finfo(torch.float32).max) / 127.5  # 127 x: finite; 128 x: inf
+    tensors = {
+        "w.idx": torch.tensor([0, 3]).to(torch.uint16),
+        "w.val": torch.tensor([127, -128], dtype=torch.int8),
+        "w.scale": torch.tensor([huge], dtype=torch.float32),
+    }
+    assert _reason(TopKInt8Codec(), tensors, {"w": (4, 5)}) == "bad_value"
+    tensors["w.val"] = torch.tensor([127, -127], dtype=torch.int8)
+    out = TopKInt8Codec().decode(tensors, {}, {"w": (4, 5)})
+    assert bool(torch.isfinite(out["w"]).all())
+
+
 def test_topk_index_past_its_tensor_is_refused_even_inside_the_update() -> None:
     """Decoding lays all tensors end to end; an index just past tensor ``a`` would land on
     ``b``'s first element of the flat vector, and must still be refused."""
