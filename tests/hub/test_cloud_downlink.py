@@ -197,7 +197,7 @@ def test_head_sharing_ends_with_a_full_announcement_of_the_smaller_set(tmp_path:
     assert any(n.startswith("classifier.") for n in a.shared) and not a.is_delta
     mean = {n: torch.randn(t.shape) * 0.01 for n, t in genv.tensors.items()}
     new, state.downlink = downlink_step(
-        {n: state.params[n] for n in mean}, mean, 1.0, hub.downlink, 4, 1, 0, state.downlink)
+        {n: state.params[n] for n in mean}, mean, hub.downlink, 4, 1, 0, state.downlink)
     state.params, state.version, state.round = {**state.params, **new}, 1, 1
     assert hub.inflight is not None
     hub.next_split(state, hub.inflight, applied=True)
