@@ -46,6 +46,7 @@ import torch
 from benchmarks.codec_throughput import FEDERATION, REGION, ROUND, SETS, Setting, deltas, setting
 from benchmarks.common import machine, today
 from fedsa_common.broker import BrokerProcess, start_broker
+from fedsa_common.codec import get_codec
 from fedsa_common.config import RoundPolicySection
 from fedsa_common.protocol import (
     AnnounceHeader,
@@ -57,7 +58,6 @@ from fedsa_common.protocol import (
 from fedsa_common.transport import MqttSession
 from hub.intake import RegionIntake
 from quant.adapters import init_adapter_values
-from quant.codec import get_codec
 
 CODECS = ["dense:fp32", "topk_int8:0.1", "topk:0.1:int8", "topk:0.01:int4:zstd",
           "randk:0.05:int8"]

@@ -56,6 +56,7 @@ from edge_client.split_state import (
 from edge_client.state import DeviceState, StateDir
 from edge_client.training import TokenizedSplit, evaluate, tokenize, train_steps
 from fedsa_common.broker_auth import BrokerAuth, credentials_auth
+from fedsa_common.codec import get_codec
 from fedsa_common.config import FederationConfig
 from fedsa_common.dp import dp_plan, privatize_update
 from fedsa_common.envelope import Envelope
@@ -78,7 +79,6 @@ from fedsa_common.protocol import (
 from fedsa_common.split import role, trainable_names
 from fedsa_common.transport import MqttSession, Will
 from quant.adapters import init_adapter_values
-from quant.codec import get_codec
 
 log = logging.getLogger("fedsa.device")
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from fedsa_common.codecs.common import EncodedDelta, accumulate
 from fedsa_common.config import FederationConfig
 from fedsa_common.dp import clip_update
 from fedsa_common.envelope import Envelope
@@ -40,7 +41,6 @@ from fedsa_common.secagg.params import STAGE_FRACTIONS, RoundContext
 from fedsa_common.secagg.protocol import SecAggClient
 from fedsa_common.secagg.vector import gather, residual, vector_length
 from fedsa_common.transport import MqttSession
-from quant.codecs.common import EncodedDelta, accumulate
 
 log = logging.getLogger("fedsa.device.secagg")
 

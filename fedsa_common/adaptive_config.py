@@ -23,16 +23,13 @@ with (hooked into ``FederationConfig`` like the DP and secure-aggregation checks
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from fedsa_common.config import FederationConfig
+from fedsa_common.config_sections import FederationSections
 
 SPLIT = "fedsa_lora.adaptive_split"
 ADAPTIVE_ALGORITHMS = ("fedsa", "fedit")
 
 
-def adaptive_conflicts(config: FederationConfig) -> list[str]:
+def adaptive_conflicts(config: FederationSections) -> list[str]:
     """Why these options cannot run with the rest of ``config`` (empty when they can or are
     off); each reason names the fields involved."""
     out: list[str] = []
@@ -71,7 +68,7 @@ def adaptive_conflicts(config: FederationConfig) -> list[str]:
     return out
 
 
-def _head_sharing_conflicts(config: FederationConfig) -> list[str]:
+def _head_sharing_conflicts(config: FederationSections) -> list[str]:
     k = config.fedsa_lora.personalization.share_head_rounds
     if k == 0:
         return []

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from fedsa_common.codec import get_codec
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import AnnounceHeader
 
@@ -26,8 +27,6 @@ def decode_delta(codec: str, params: Mapping[str, Any], meta: Mapping[str, Any],
 
     Raises WireError when it does not decode or its parameters do not build the codec
     (``bad_codec_params``)."""
-    from quant.codec import get_codec
-
     try:
         decoder = get_codec(codec, **dict(params))
     except WireError:

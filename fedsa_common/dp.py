@@ -51,12 +51,11 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
-if TYPE_CHECKING:
-    from fedsa_common.config import FederationConfig
+from fedsa_common.config_sections import FederationSections
 
 Tensors = Mapping[str, torch.Tensor]
 Mode = Literal["central", "local"]
@@ -275,7 +274,7 @@ class DpPlan:
 DP_FIELD = "fedsa_lora.privacy.differential_privacy"
 
 
-def config_conflicts(config: FederationConfig) -> list[str]:
+def config_conflicts(config: FederationSections) -> list[str]:
     """Why differential privacy cannot be enabled together with the rest of ``config``
     (empty when it can, or when it is off).  Each reason names the fields involved.
 
@@ -311,7 +310,7 @@ def config_conflicts(config: FederationConfig) -> list[str]:
     return out
 
 
-def planned_sample_rate(config: FederationConfig) -> float:
+def planned_sample_rate(config: FederationSections) -> float:
     """Per-round inclusion probability assumed for calibration.
 
     Local mode: 1 (a device's reports are seen by its hub whenever it takes part, and the
@@ -329,7 +328,7 @@ def planned_sample_rate(config: FederationConfig) -> float:
     return min(1.0, selected / dp.population)
 
 
-def dp_plan(config: FederationConfig) -> DpPlan | None:
+def dp_plan(config: FederationSections) -> DpPlan | None:
     """The resolved plan, or None when differential privacy is off."""
     dp = config.fedsa_lora.privacy.differential_privacy
     if not dp.enable:

@@ -53,7 +53,7 @@ WIRE_REASONS: frozenset[str] = frozenset({
     "message_too_large",
     # envelope and headers (fedsa_common.envelope / protocol)
     "bad_type", "too_large", "bad_magic", "truncated", "version", "bad_header", "bad_tensor",
-    # codecs (quant.codecs)
+    # codecs (fedsa_common.codecs)
     "unknown_codec", "missing_tensor", "unexpected_tensor", "shape_mismatch", "non_finite",
     "bad_index", "bad_varint", "bad_value", "bad_zstd", "zstd_bomb",
     # intake and cloud rules (hub.intake / codec_check / regional / cloud)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fedsa_common.codecs.layout import Layout
 from fedsa_common.dp import l2_norm
-from quant.codecs.layout import Layout
 
 __all__ = ["RunningSum", "apply_server_update", "fedavg", "l2_norm"]
 

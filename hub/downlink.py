@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
+from fedsa_common.codec import get_codec
 from fedsa_common.config import DownlinkSection
 from fedsa_common.downlink import apply_delta
-from quant.codec import get_codec
 
 Tensors = Mapping[str, torch.Tensor]
 

@@ -16,10 +16,10 @@ import yaml
 
 from fedsa_common.broker import BrokerProcess, start_broker
 from fedsa_common.chunking import Reassembler
+from fedsa_common.codec import get_codec
 from fedsa_common.config import FederationConfig
 from fedsa_common.envelope import Envelope, unpack
 from fedsa_common.transport import MqttSession
-from quant.codec import get_codec
 
 StartHubs = Callable[..., list[subprocess.Popen]]
 

@@ -14,29 +14,25 @@ Masked updates can only be summed, coordinate by coordinate, once per region and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from fedsa_common.config_sections import FederationSections
 from fedsa_common.secagg.fixed_point import FixedPoint
 from fedsa_common.secagg.params import MAX_ROSTER, SecAggParams
 from fedsa_common.secagg.vector import SUPPORTED_CODECS
 
-if TYPE_CHECKING:
-    from fedsa_common.config import FederationConfig
-
 FIELD = "fedsa_lora.privacy.secure_aggregation"
 
 
-def enabled(config: FederationConfig) -> bool:
+def enabled(config: FederationSections) -> bool:
     return config.fedsa_lora.privacy.secure_aggregation.enable
 
 
-def secagg_params(config: FederationConfig) -> SecAggParams:
+def secagg_params(config: FederationSections) -> SecAggParams:
     s = config.fedsa_lora.privacy.secure_aggregation
     return SecAggParams(threshold_fraction=s.threshold_fraction, min_clients=s.min_clients,
                         clip=s.clip, max_weight=s.max_weight)
 
 
-def secagg_conflicts(config: FederationConfig) -> list[str]:
+def secagg_conflicts(config: FederationSections) -> list[str]:
     """Why secure aggregation cannot run with the rest of ``config`` (empty when it can or
     is off); each reason names the fields involved."""
     s = config.fedsa_lora.privacy.secure_aggregation

@@ -2,13 +2,13 @@
 
 Masked vectors are summed coordinate by coordinate, so every device of a round must put
 the same coordinate in the same slot.  ``dense`` sends every element; ``randk`` sends the
-values at positions drawn from the round's shared seed (``quant.codecs.sparsify``), the
+values at positions drawn from the round's shared seed (``fedsa_common.codecs.sparsify``), the
 same on every device, so the vector is just the concatenation of those values.  Top-k
 codecs choose positions per device and cannot be summed while masked: they are refused.
 
 Values travel as fixed-point words (``fixed_point``), so a codec's int8/int4/fp16 value
 format and zstd do not apply; only the support (which positions) comes from the codec.
-Parameters are laid out as the codecs lay them out (``quant.codecs.layout``: sorted names).
+Parameters are laid out as the codecs lay them out (``fedsa_common.codecs.layout``: sorted names).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from quant.codecs.layout import Layout
-from quant.codecs.sparsify import randk_support, topk_count
+from fedsa_common.codecs.layout import Layout
+from fedsa_common.codecs.sparsify import randk_support, topk_count
 
 SUPPORTED_CODECS: tuple[str, ...] = ("dense", "randk")
 
@@ -32,7 +32,7 @@ def _check_codec(codec: str) -> None:
 
 def travelling(shapes: Mapping[str, tuple[int, ...]], codec: str, params: Mapping[str, Any]
                ) -> tuple[Layout, Tensor | None]:
-    """The parameters' flat layout (the codecs' own, ``quant.codecs.layout``) and the sorted
+    """The parameters' flat layout (the codecs' own, ``fedsa_common.codecs.layout``) and the sorted
     int64 positions in it that travel: None for dense (all of them), the round's random-k
     support of each tensor, shifted to its place in the flat vector, for randk."""
     _check_codec(codec)

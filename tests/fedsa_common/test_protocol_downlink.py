@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedsa_common.codec import get_codec
 from fedsa_common.config import FederationConfig, validate_model
 from fedsa_common.downlink import apply_delta, decode_delta
 from fedsa_common.envelope import pack
@@ -22,7 +23,6 @@ from fedsa_common.protocol import (
     params_digest,
     parse_header,
 )
-from quant.codec import get_codec
 
 CONFIG = FederationConfig()
 BASE = {"proto": 1, "federation": "f", "round": 3, "kind": "announce", "version": 2,

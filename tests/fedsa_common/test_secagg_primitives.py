@@ -9,6 +9,7 @@ import random
 import pytest
 import torch
 
+from fedsa_common.codec import RandKCodec, round_seed
 from fedsa_common.secagg.errors import SecAggError
 from fedsa_common.secagg.fixed_point import (
     HALF,
@@ -23,7 +24,6 @@ from fedsa_common.secagg.masks import pair_key, prg_words, self_key, signed_pair
 from fedsa_common.secagg.params import RoundContext, SecAggParams, threshold_for
 from fedsa_common.secagg.shamir import combine_shares, split_secret
 from fedsa_common.secagg.vector import gather, residual, scatter, vector_length
-from quant.codec import RandKCodec, round_seed
 
 # ------------------------------------------------------------------ fixed point
 

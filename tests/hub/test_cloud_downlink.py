@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from edge_client.downlink import HeldGlobal, from_announcement
+from fedsa_common.codec import round_seed
 from fedsa_common.config import DownlinkSection, FederationConfig, ServerOptimizerSection
 from fedsa_common.downlink import apply_delta
 from fedsa_common.protocol import (
@@ -27,7 +28,6 @@ from hub.downlink import DownlinkState, carried_residual, downlink_step
 from hub.process import Event
 from hub.regional import RegionalHub
 from hub.server_optimizer import server_change
-from quant.codec import round_seed
 
 SHAPES = {"l0.lora_A.weight": (4, 16), "l1.lora_A.weight": (4, 16)}
 NAMES = sorted(SHAPES)

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedsa_common.chunking import split_payload
+from fedsa_common.codec import get_codec
 from fedsa_common.config import FederationConfig
 from fedsa_common.hostile import (
     WIRE_REASONS,
@@ -51,7 +52,6 @@ from fedsa_common.protocol import (
 from hub.intake import RoundInfo
 from hub.process import Event
 from hub.regional import RegionalHub
-from quant.codec import get_codec
 
 SHAPES = {"l0.lora_A.weight": (2, 8), "l1.lora_A.weight": (3, 5)}
 SELECTED = ["d1", "d2", "ghost"]  # ghost never reports, so the round never closes (no sends)

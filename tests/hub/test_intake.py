@@ -4,12 +4,12 @@ the round policy, and the whole intake survives a round trip through its persist
 import pytest
 import torch
 
+from fedsa_common.codec import get_codec
 from fedsa_common.config import FederationConfig, RoundPolicySection
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import AnnounceHeader, UpdateHeader
 from hub.aggregation import fedavg
 from hub.intake import RegionIntake
-from quant.codec import get_codec
 
 SHAPES = {"x.lora_A.weight": (2, 8)}
 SELECTED = {"eu": ["d1", "d2"], "us": ["d3"]}

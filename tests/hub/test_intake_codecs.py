@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import torch
 
+from fedsa_common.codec import get_codec, round_codec_params, round_seed
 from fedsa_common.config import FederationConfig, RoundPolicySection
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import AnnounceHeader, UpdateHeader
 from hub.codec_check import check_declared
 from hub.intake import RegionIntake
-from quant.codec import get_codec, round_codec_params, round_seed
 
 SHAPES = {"x.lora_A.weight": (4, 16), "y.lora_A.weight": (4, 16)}
 RANDK = {"method": "randk", "ratio": 0.25, "values": "int4", "block_size": 8, "zstd": True}

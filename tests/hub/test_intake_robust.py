@@ -6,13 +6,13 @@ norms by scaling for every rule, the mean included."""
 import pytest
 import torch
 
+from fedsa_common.codec import get_codec
 from fedsa_common.config import AggregationSection, FederationConfig, RoundPolicySection
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import AnnounceHeader, UpdateHeader
 from hub.aggregation import fedavg, l2_norm
 from hub.intake import RegionIntake
 from hub.robust import clip_to_norm, coordinate_median, trimmed_mean
-from quant.codec import get_codec
 
 SHAPES = {"x.lora_A.weight": (2, 8), "y.lora_A.weight": (3,)}
 CLIENTS = [f"d{i}" for i in range(5)]

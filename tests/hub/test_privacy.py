@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedsa_common.codec import get_codec
 from fedsa_common.config import FederationConfig, RoundPolicySection
 from fedsa_common.dp import epsilon_spent, l2_norm
 from fedsa_common.protocol import (
@@ -20,7 +21,6 @@ from fedsa_common.protocol import (
 from hub.aggregation import RunningSum
 from hub.intake import RegionIntake
 from hub.privacy import CloudPrivacy, IntakeDp, intake_dp, sample_rate
-from quant.codec import get_codec
 
 SHAPES = {"x.lora_A.weight": (4, 8)}
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from edge_client.secagg_client import DeviceSecAgg
+from fedsa_common.codecs.common import EncodedDelta
 from fedsa_common.config import FederationConfig
 from fedsa_common.envelope import Envelope
 from fedsa_common.protocol import (
@@ -36,7 +37,6 @@ from fedsa_common.secagg.config_check import secagg_params
 from fedsa_common.secagg.vector import gather, scatter
 from fedsa_common.transport import MqttSession, Will
 from hub.regional import RegionalHub
-from quant.codecs.common import EncodedDelta
 
 pytestmark = pytest.mark.integration
 

@@ -16,11 +16,11 @@ import torch
 from edge_client.data import DataSpec
 from edge_client.device import Device, DeviceSpec
 from edge_client.host import ModelHost
+from fedsa_common.codec import round_codec_params
 from fedsa_common.config import FederationConfig
 from fedsa_common.secagg.config_check import secagg_params
 from fedsa_common.secagg.fixed_point import to_wire
 from fedsa_common.secagg.vector import gather, scatter
-from quant.codec import round_codec_params
 
 pytestmark = pytest.mark.integration
 

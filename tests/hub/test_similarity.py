@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedsa_common.codec import get_codec
 from fedsa_common.config import FederationConfig
 from fedsa_common.protocol import AnnounceHeader, UpdateHeader
 from hub.intake import RegionIntake
 from hub.similarity import SimilarityWeighting, similarity_for
-from quant.codec import get_codec
 
 SHAPES = {"x.lora_A.weight": (2, 4), "y.lora_A.weight": (3,)}
 FLOOR = 0.2

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fedsa_common.adaptive_split import ImportanceStats
+from fedsa_common.codec import get_codec
 from fedsa_common.config import FederationConfig
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import (
@@ -24,7 +25,6 @@ from hub.cloud import CloudHub, Inflight, shared_now
 from hub.intake import RegionIntake
 from hub.process import Event
 from hub.split_policy import SplitPolicy
-from quant.codec import get_codec
 
 LAYERS = 2
 NAMES = sorted(f"bert.encoder.layer.{i}.attention.self.{m}.lora_{ab}.weight"

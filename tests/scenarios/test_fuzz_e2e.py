@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fedsa_common.broker import start_broker
 from fedsa_common.chunking import FRAME_MAGIC
+from fedsa_common.codec import get_codec
 from fedsa_common.config import FederationConfig
 from fedsa_common.errors import WireError
 from fedsa_common.hostile import (
@@ -56,7 +57,6 @@ from fedsa_common.protocol import (
 )
 from fedsa_common.transport import MqttSession
 from hub.cloud import initial_global
-from quant.codec import get_codec
 from scenarios.config import ScenarioConfig
 from scenarios.runner import count_labels, run_scenario
 

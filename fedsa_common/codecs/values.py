@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedsa_common.codecs.common import require_dtype, require_finite, require_shape, require_tensor
+from fedsa_common.codecs.layout import segment_ids, segment_starts
 from fedsa_common.errors import WireError
-from quant.codecs.common import require_dtype, require_finite, require_shape, require_tensor
-from quant.codecs.layout import segment_ids, segment_starts
 
 ValueFormat = Literal["fp32", "fp16", "int8", "int4"]
 VALUE_FORMATS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")

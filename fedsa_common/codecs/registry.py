@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fedsa_common.codecs.common import DeltaCodec
+from fedsa_common.codecs.dense import DenseCodec
+from fedsa_common.codecs.sparse import RandKCodec, TopKCodec
+from fedsa_common.codecs.sparsify import round_seed
+from fedsa_common.codecs.topk_int8 import TopKInt8Codec
 from fedsa_common.errors import WireError
-from quant.codecs.common import DeltaCodec
-from quant.codecs.dense import DenseCodec
-from quant.codecs.sparse import RandKCodec, TopKCodec
-from quant.codecs.sparsify import round_seed
-from quant.codecs.topk_int8 import TopKInt8Codec
 
 _FACTORIES: dict[str, Any] = {
     "dense": DenseCodec,

@@ -9,8 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedsa_common.errors import WireError
-from quant.codecs.common import (
+from fedsa_common.codecs.common import (
     EncodedDelta,
     accumulate,
     check_meta,
@@ -18,7 +17,8 @@ from quant.codecs.common import (
     require_shape,
     require_tensor,
 )
-from quant.codecs.layout import Layout
+from fedsa_common.codecs.layout import Layout
+from fedsa_common.errors import WireError
 
 _FLOAT_WIRE_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 

@@ -18,9 +18,9 @@ import torch
 import zstandard
 from torch import Tensor
 
+from fedsa_common.codecs.common import check_names, require_dtype, require_tensor
 from fedsa_common.envelope import pack_tensors, unpack_tensors
 from fedsa_common.errors import WireError
-from quant.codecs.common import check_names, require_dtype, require_tensor
 
 ZSTD_TENSOR = "zstd"
 ZSTD_LEVEL = 3

@@ -31,7 +31,7 @@ class EncodedDelta:
 
 
 class DeltaCodec(Protocol):
-    """A named encode/decode pair; see ``quant.codec`` for the wire layouts."""
+    """A named encode/decode pair; see ``fedsa_common.codec`` for the wire layouts."""
 
     name: str
 

@@ -5,7 +5,7 @@ from). Codecs trade accuracy for bytes; lossy ones keep an error-feedback *resid
 the device and add it to the next round's delta, so nothing is lost for good, only
 delayed (the sum of what was sent tracks the sum of true deltas).
 
-The implementation lives in ``quant.codecs`` (one module per concern); this module is the
+The implementation lives in ``fedsa_common.codecs`` (one module per concern); this module is the
 stable import point.  Everything is pure tensor code with no I/O. ``decode`` runs on the
 hub over untrusted tensors and raises only :class:`~fedsa_common.errors.WireError`;
 ``encode`` runs on the device over our own tensors and raises plain ``ValueError``.
@@ -33,13 +33,13 @@ Wire layout per codec (tensor names in the envelope body, ``meta`` in the header
 
 from __future__ import annotations
 
-from quant.codecs.common import DeltaCodec, EncodedDelta
-from quant.codecs.dense import DenseCodec
-from quant.codecs.registry import CODECS, SEEDED_CODECS, get_codec, round_codec_params
-from quant.codecs.sparse import RandKCodec, SparseCodec, TopKCodec
-from quant.codecs.sparsify import randk_support, round_seed, topk_count
-from quant.codecs.topk_int8 import UINT16_MAX_NUMEL, TopKInt8Codec, index_dtype
-from quant.codecs.values import VALUE_FORMATS
+from fedsa_common.codecs.common import DeltaCodec, EncodedDelta
+from fedsa_common.codecs.dense import DenseCodec
+from fedsa_common.codecs.registry import CODECS, SEEDED_CODECS, get_codec, round_codec_params
+from fedsa_common.codecs.sparse import RandKCodec, SparseCodec, TopKCodec
+from fedsa_common.codecs.sparsify import randk_support, round_seed, topk_count
+from fedsa_common.codecs.topk_int8 import UINT16_MAX_NUMEL, TopKInt8Codec, index_dtype
+from fedsa_common.codecs.values import VALUE_FORMATS
 
 __all__ = [
     "CODECS",

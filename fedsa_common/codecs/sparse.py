@@ -4,7 +4,7 @@ The selection is per parameter tensor, exactly as if each were sent on its own: 
 ``i`` sends ``k_i = topk_count(numel_i, ratio)`` coordinates, its ``k_i`` largest
 magnitudes (topk) or ``k_i`` positions drawn from the round's seed and its name (randk).
 Only the wire layout is flat: the parameters are laid end to end in sorted-name order
-(``quant.codecs.layout``), ``K = sum k_i`` values are sent in all, and the body holds at
+(``fedsa_common.codecs.layout``), ``K = sum k_i`` values are sent in all, and the body holds at
 most three tensors for the whole update:
 
 * ``val``: the K sent values in flat-position order (tensor by tensor, positions
@@ -40,15 +40,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedsa_common.errors import WireError
-from quant.codecs.common import (
+from fedsa_common.codecs.common import (
     EncodedDelta,
     accumulate,
     check_meta,
     check_ratio,
     require_tensor,
 )
-from quant.codecs.indices import (
+from fedsa_common.codecs.indices import (
     INDEX_KINDS,
     INDEX_TENSORS,
     MAX_VARINT_BYTES,
@@ -57,9 +56,9 @@ from quant.codecs.indices import (
     decode_support,
     encode_support,
 )
-from quant.codecs.layout import Layout
-from quant.codecs.sparsify import SEED_LIMIT, randk_support, topk_count, topk_support
-from quant.codecs.values import (
+from fedsa_common.codecs.layout import Layout
+from fedsa_common.codecs.sparsify import SEED_LIMIT, randk_support, topk_count, topk_support
+from fedsa_common.codecs.values import (
     SCALE_TENSOR,
     VAL_TENSOR,
     VALUE_FORMATS,
@@ -69,7 +68,8 @@ from quant.codecs.values import (
     quantize,
     value_bytes,
 )
-from quant.codecs.zbody import compress_body, decompress_body
+from fedsa_common.codecs.zbody import compress_body, decompress_body
+from fedsa_common.errors import WireError
 
 _INT32_MAX = 2**31 - 1
 _ST_ENTRY_BYTES = 160  # safetensors header bytes per tensor, beyond its name (generous)

@@ -13,9 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsa_common.envelope import pack, unpack
-from fedsa_common.errors import WireError
-from quant.codec import (
+from fedsa_common.codec import (
     RandKCodec,
     TopKCodec,
     get_codec,
@@ -24,11 +22,13 @@ from quant.codec import (
     round_seed,
     topk_count,
 )
-from quant.codecs.indices import bitmap_len, decode_support, varint_encode
-from quant.codecs.layout import Layout
-from quant.codecs.sparse import MAX_BODY_TENSORS, randk_flat_support
-from quant.codecs.values import QMAX, num_blocks
-from quant.codecs.zbody import ZSTD_TENSOR, compress_body, decompress_body
+from fedsa_common.codecs.indices import bitmap_len, decode_support, varint_encode
+from fedsa_common.codecs.layout import Layout
+from fedsa_common.codecs.sparse import MAX_BODY_TENSORS, randk_flat_support
+from fedsa_common.codecs.values import QMAX, num_blocks
+from fedsa_common.codecs.zbody import ZSTD_TENSOR, compress_body, decompress_body
+from fedsa_common.envelope import pack, unpack
+from fedsa_common.errors import WireError
 
 Shapes = dict[str, tuple[int, ...]]
 SEED = round_seed(0, 1)

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedsa_common.errors import WireError
-from quant.codecs.common import (
+from fedsa_common.codecs.common import (
     EncodedDelta,
     accumulate,
     check_meta,
@@ -26,8 +25,9 @@ from quant.codecs.common import (
     check_ratio,
     require_tensor,
 )
-from quant.codecs.layout import Layout, segment_ids
-from quant.codecs.sparsify import topk_count, topk_support
+from fedsa_common.codecs.layout import Layout, segment_ids
+from fedsa_common.codecs.sparsify import topk_count, topk_support
+from fedsa_common.errors import WireError
 
 #: Largest tensor whose flat indices are sent as uint16 (indices 0..65535).
 UINT16_MAX_NUMEL = 65_536

@@ -1,7 +1,7 @@
 """How top-k positions travel: delta-varint or bitmap over the whole update's flat vector.
 
 Positions are *flat*: the parameter tensors are laid end to end in sorted-name order
-(``quant.codecs.layout``) and a position is an offset into that vector, so one index tensor
+(``fedsa_common.codecs.layout``) and a position is an offset into that vector, so one index tensor
 serves the whole update (one safetensors entry, a fixed number of operations to decode)
 instead of one per parameter.  The selection itself stays per tensor; the index only says
 where the picked coordinates lie.
