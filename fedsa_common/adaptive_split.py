@@ -28,12 +28,10 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from fedsa_common.config import FederationConfig
 from fedsa_common.split import role, shared_names, shared_roles
-
-if TYPE_CHECKING:
-    from fedsa_common.config import FederationConfig
 
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
 

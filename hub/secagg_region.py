@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from fedsa_common.config import FederationConfig
 from fedsa_common.errors import WireError
-from fedsa_common.protocol import AnnounceHeader, UpdateHeader
+from fedsa_common.protocol import AnnounceHeader, Topics, UpdateHeader
 from fedsa_common.secagg import wire
 from fedsa_common.secagg.config_check import enabled, secagg_params
 from fedsa_common.secagg.errors import SecAggError
@@ -38,11 +39,10 @@ from fedsa_common.secagg.messages import AdvertiseKeys, ShareKeys, UnmaskRespons
 from fedsa_common.secagg.params import STAGE_FRACTIONS, RoundContext
 from fedsa_common.secagg.protocol import AggregateResult, SecAggServer
 from fedsa_common.secagg.vector import scatter, vector_length
+from fedsa_common.transport import MqttSession
 from hub.aggregation import RunningSum
-
-if TYPE_CHECKING:
-    from hub.process import Event
-    from hub.regional import RegionalHub
+from hub.intake import RegionIntake
+from hub.process import Event
 
 log = logging.getLogger("fedsa.hub.secagg")
 
@@ -89,10 +89,30 @@ class SecureRound:
         return [c for c in todo if c not in offline]
 
 
+class RegionHost(Protocol):
+    """What the driver uses of its regional hub (``hub.regional.RegionalHub``).
+
+    Declared here, structurally, so that the hub can import this module to build its driver
+    without this module importing the hub: the two would import each other."""
+
+    federation: str
+    region: str
+    topics: Topics
+    session: MqttSession
+    counters: Counter[str]
+    intake: RegionIntake
+    max_bytes: int
+    dirty: bool
+
+    def count_reject(self, err: WireError, what: str) -> None: ...
+
+    def forward(self, final: bool) -> None: ...
+
+
 class RegionSecAgg:
     """The hub's secure-aggregation driver; inert for rounds without secure aggregation."""
 
-    def __init__(self, hub: RegionalHub) -> None:
+    def __init__(self, hub: RegionHost) -> None:
         self.hub = hub
         self.active: SecureRound | None = None
         self.completed = 0  # last round unmasked here: its late answers are expected

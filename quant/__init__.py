@@ -1,1 +1,2 @@
-"""quant package."""
+"""Base-model loading (bitsandbytes) and LoRA adapters; the delta codecs are wire formats
+and live in ``fedsa_common.codec`` below this package."""

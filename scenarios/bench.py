@@ -36,11 +36,24 @@ from scenarios.bench_metrics import (
     run_metrics,
     summarize,
 )
+from scenarios.bench_plots import (
+    plot_accuracy_per_round,
+    plot_accuracy_vs_bytes,
+    plot_accuracy_vs_upload,
+)
 from scenarios.bench_sweep import (
     REFERENCE_COMPRESSION,
     CompressionChoice,
     reference_label,
     sweep_pairs,
+)
+from scenarios.bench_table import (
+    COLUMNS,
+    SE_KIND,
+    STD_KIND,
+    format_cell,
+    format_headroom,
+    reference_row_name,
 )
 from scenarios.bench_variants import BASE as BASE_VARIANT
 from scenarios.bench_variants import Variant
@@ -54,12 +67,9 @@ from scenarios.references import (
     reusable_result,
     run_centralized,
 )
-from scenarios.report_html import write_report_html
+from scenarios.report_html import write_bench_html, write_report_html
 from scenarios.runner import count_labels, run_scenario
 
-STD_KIND = "sample standard deviation over seeds (n-1 denominator; 0 when n=1)"
-SE_KIND = ("standard error of the final mean accuracy over devices (sample std of the "
-           "devices' final accuracies / sqrt(devices)) of each seed, averaged over seeds")
 RUN_MARKER = "bench-run.json"
 
 
@@ -474,18 +484,6 @@ def broker_for(base: ScenarioConfig, cli_broker: str | None) -> str | None:
 
 
 # outputs --------------------------------------------------------------------------------
-_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("final_accuracy", "final acc", "{:.3f}"),
-    ("final_accuracy_se", "SE over devices", "{:.3f}"),
-    ("best_accuracy", "best acc", "{:.3f}"),
-    ("worst10_accuracy", "worst-10% acc", "{:.3f}"),
-    ("global_accuracy", "global acc", "{:.3f}"),
-    ("bytes_up_per_device_round", "bytes up / device-round", "{:,.0f}"),
-    ("bytes_down_per_device_round", "bytes down / device-round", "{:,.0f}"),
-    ("wall_s", "wall s", "{:.0f}"),
-)
-# shown as their mean over seeds alone: the spread of an error estimate is not worth a cell
-MEAN_ONLY = frozenset({"final_accuracy_se"})
 _PAIRED_TITLES = {"final_accuracy": "final − baseline", "worst10_accuracy": "worst-10% − baseline"}
 
 
@@ -502,24 +500,6 @@ def _paired_cells(bench: dict[str, Any], label: str) -> list[str]:
     return cells
 
 
-def format_cell(stats: dict[str, Any] | None, metric: str, fmt: str) -> str:
-    """``mean ± std`` over seeds (the mean alone for ``MEAN_ONLY`` metrics), n/a when no
-    seed has the figure."""
-    if not stats or stats.get("mean") is None:
-        return "n/a"
-    if metric in MEAN_ONLY:
-        return fmt.format(stats["mean"])
-    return f"{fmt.format(stats['mean'])} ± {fmt.format(stats['std'])}"
-
-
-def reference_row_name(kind: str) -> str:
-    return f"{kind} (reference)"
-
-
-def format_headroom(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.0f}%"
-
-
 def render_markdown(bench: dict[str, Any]) -> str:
     """``bench.md``: one row per algorithm (per run label in a compression sweep), then one
     per reference, ``mean ± std`` cells (pure)."""
@@ -527,7 +507,7 @@ def render_markdown(bench: dict[str, Any]) -> str:
     sweep = "labels" in bench
     paired = "paired" in bench
     headroom = bench.get("headroom")
-    titles = [title for _, title, _ in _COLUMNS]
+    titles = [title for _, title, _ in COLUMNS]
     if headroom:
         titles.append("headroom captured")
     if paired:
@@ -544,7 +524,7 @@ def render_markdown(bench: dict[str, Any]) -> str:
     references = bench.get("references") or []
     for alg in [*(bench["labels"] if sweep else bench["algorithms"]), *references]:
         cells = [format_cell(bench["summary"][alg].get(metric), metric, fmt)
-                 for metric, _, fmt in _COLUMNS]
+                 for metric, _, fmt in COLUMNS]
         if headroom:
             cells.append(format_headroom(headroom.get(alg)))
         if paired:
@@ -600,13 +580,6 @@ def render_markdown(bench: dict[str, Any]) -> str:
 def write_outputs(bench: dict[str, Any], out: Path) -> None:
     """bench.json, bench.md, the two plots (three in a compression sweep) and report.html
     (the plots embedded)."""
-    from scenarios.bench_plots import (
-        plot_accuracy_per_round,
-        plot_accuracy_vs_bytes,
-        plot_accuracy_vs_upload,
-    )
-    from scenarios.report_html import write_bench_html
-
     write_json(out / "bench.json", bench)
     (out / "bench.md").write_text(render_markdown(bench))
     groups = bench.get("labels", bench["algorithms"])

@@ -25,7 +25,7 @@ from fedsa_common.protocol import check_name
 from scenarios.adversaries import AdversarySection, choose_adversaries
 from scenarios.grammar import AvailabilitySection, ExpectSection, Fault, StragglerSection
 from scenarios.overrides import apply_overrides
-from scenarios.tune_space import TuneSection
+from scenarios.tune_section import TuneSection
 
 
 class TopologySection(Strict):

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from scenarios.bench_metrics import run_metrics
+from scenarios.bench_table import COLUMNS, MEAN_ONLY, SE_KIND, format_headroom, reference_row_name
+from scenarios.report_plots import PLOTS, render_plots
 
 log = logging.getLogger("fedsa.scenarios.report")
 
@@ -142,8 +144,6 @@ def render_report_html(report: Mapping[str, Any], images: Mapping[str, bytes],
                        generated_at: float | None = None) -> str:
     """The page of one run: summary, plots, per-round table (pure)."""
     if captions is None:
-        from scenarios.report_plots import PLOTS
-
         captions = {name: caption for name, (caption, _) in PLOTS.items()}
     title = f"{report.get('scenario', 'scenario')}: {report.get('algorithm', '?')}"
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC",
@@ -170,23 +170,15 @@ def _mean_std(stats: Mapping[str, Any] | None, fmt: str) -> str:
 def render_bench_html(bench: Mapping[str, Any], images: Mapping[str, bytes],
                       captions: Mapping[str, str] | None = None) -> str:
     """The page of a bench: per-algorithm summary, plots, one row per run (pure)."""
-    from scenarios.bench import (
-        _COLUMNS,
-        MEAN_ONLY,
-        SE_KIND,
-        format_headroom,
-        reference_row_name,
-    )
-
     references = list(bench.get("references") or [])
     headroom = bench.get("headroom")
-    headers = ["algorithm", *(title for _, title, _ in _COLUMNS),
+    headers = ["algorithm", *(title for _, title, _ in COLUMNS),
                *(["headroom captured"] if headroom else [])]
     summary = []
     for alg in [*(bench.get("labels") or bench.get("algorithms", [])), *references]:
         stats = bench["summary"].get(alg, {})
         row = [reference_row_name(alg) if alg in references else alg]
-        for metric, _, fmt in _COLUMNS:
+        for metric, _, fmt in COLUMNS:
             cell = stats.get(metric)
             row.append(_num(cell.get("mean") if cell else None, fmt) if metric in MEAN_ONLY
                        else _mean_std(cell, fmt))
@@ -226,8 +218,6 @@ def write_report_html(report: Mapping[str, Any], out: Path) -> Path | None:
     A failure here must not cost the run its ``report.json`` (already written), so it is
     logged and None returned.
     """
-    from scenarios.report_plots import render_plots
-
     try:
         images = render_plots(report)
         for name, png in images.items():

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from hub.config_check import check_data
 from scenarios.cli import app
+from scenarios.config_check import check_data
 
 pytestmark = pytest.mark.integration
 

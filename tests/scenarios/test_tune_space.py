@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from fedsa_common.config import ConfigError, read_yaml
-from hub.config_check import check_data
 from scenarios.config import ScenarioConfig
+from scenarios.config_check import check_data
 from scenarios.tune import (
     best_yaml,
     counted,

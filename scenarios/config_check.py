@@ -5,6 +5,9 @@ Pydantic already knows every error; this module turns each into one line an oper
 act on: the dotted field path, what is wrong, what was given, and, where the schema fixes
 the choices (a literal, or the keys of a section), what is allowed.  A file is a scenario
 when it has a top-level ``scenario:`` key, otherwise a cloud hub's ``--config``.
+
+It lives with the scenarios, the top floor, because a scenario file is a ``ScenarioConfig``;
+the hub's CLI imports it when that command starts (the one import from ``hub`` upwards).
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from edge_client.data.spec import DataSpec
 from fedsa_common.config import ConfigError, FederationConfig, read_yaml
+from scenarios.config import ScenarioConfig
+from scenarios.tune_space import search_space
 
 Kind = Literal["federation", "scenario"]
 
@@ -56,8 +62,6 @@ def _unwrap(ann: Any) -> list[Any]:
 
 def _virtual_models() -> dict[tuple[str, ...], type[BaseModel]]:
     """Free-form dict fields that are validated against a model in a validator."""
-    from edge_client.data.spec import DataSpec
-
     return {("scenario", "data"): DataSpec}
 
 
@@ -146,8 +150,6 @@ def _summary(kind: Kind, cfg: FederationConfig) -> str:
 
 def check_data(data: Any) -> CheckResult:
     """Validate parsed YAML; never raises for a bad configuration."""
-    from scenarios.config import ScenarioConfig
-
     if not isinstance(data, dict):
         return CheckResult(None, (FieldError("", "top level must be a mapping"),))
     kind: Kind = "scenario" if "scenario" in data else "federation"
@@ -157,8 +159,6 @@ def check_data(data: Any) -> CheckResult:
     except ValidationError as err:
         return CheckResult(kind, tuple(describe_errors(cls, err)))
     if kind == "scenario":
-        from scenarios.tune_space import search_space
-
         try:
             search_space(cfg)  # type: ignore[arg-type]
         except ConfigError as err:
