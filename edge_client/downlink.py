@@ -18,7 +18,6 @@ none of this runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +25,7 @@ import torch
 from fedsa_common.downlink import apply_delta
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import AnnounceHeader, GlobalHeader, params_digest
-
-Tensors = Mapping[str, torch.Tensor]
+from fedsa_common.tensors import Tensors
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from fedsa_common.adaptive_split import round_shared, shares_head
 from fedsa_common.config import FederationConfig
 from fedsa_common.errors import WireError
 from fedsa_common.split import role
+from fedsa_common.tensors import Tensors
 
-Tensors = Mapping[str, torch.Tensor]
 LORA = ("lora_A", "lora_B")
 
 

@@ -5,14 +5,18 @@ under an unpredictable name (``tempfile.mkstemp``: ``O_EXCL``, mode 0600 until w
 final one), so another local user cannot pre-create or link that name and read or redirect
 what we write (a predictable ``.name.tmpPID`` allowed both).  The file is fsynced, renamed
 over the target and the directory fsynced, so the rename survives a crash too.
+``write_dir`` does the same for a whole directory (``tempfile.mkdtemp``).  Every atomic
+write of the project goes through this module.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +24,26 @@ import torch
 from safetensors.torch import load_file, save
 
 
-def _umask_mode() -> int:
-    """0666 less the process umask (what ``open`` would have created), read without
-    changing the umask (``os.umask`` would race with other threads creating files)."""
+def _umask_mode(full: int = 0o666) -> int:
+    """``full`` less the process umask (what ``open``, or ``mkdir`` for 0777, would have
+    created), read without changing the umask (``os.umask`` would race with other threads
+    creating files)."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
                 if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
+                    return full & ~int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    return 0o644
+    return full & ~0o022
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
@@ -50,11 +63,44 @@ def write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+@contextmanager
+def write_dir(path: Path) -> Iterator[Path]:
+    """Fill a new directory in private, then publish it as ``path`` in one rename.
+
+    Yields an empty directory beside ``path``, created under an unpredictable name; when the
+    block ends, its files are fsynced, it gets the mode ``mkdir`` would have given it and is
+    renamed to ``path``, and the parent is fsynced.  If ``path`` exists by then (another
+    process built it first), the new directory is discarded and theirs kept, so this is for
+    content that is the same whoever builds it (a cache).  When the block raises, the
+    temporary directory is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        yield tmp
+        for sub, _, files in os.walk(tmp):
+            for name in files:
+                fd = os.open(os.path.join(sub, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            _fsync_dir(Path(sub))
+        tmp.chmod(_umask_mode(0o777))
+        try:
+            tmp.rename(path)
+        except OSError:
+            if not path.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process won; theirs is the same
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -16,8 +16,7 @@ import torch
 from fedsa_common.codec import get_codec
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import AnnounceHeader
-
-Tensors = Mapping[str, torch.Tensor]
+from fedsa_common.tensors import Tensors
 
 
 def decode_delta(codec: str, params: Mapping[str, Any], meta: Mapping[str, Any],

@@ -56,8 +56,8 @@ from typing import Any, Literal
 import torch
 
 from fedsa_common.config_sections import FederationSections
+from fedsa_common.tensors import Tensors
 
-Tensors = Mapping[str, torch.Tensor]
 Mode = Literal["central", "local"]
 
 # L2 sensitivity of one device's clipped update, in units of the clip norm: adding or

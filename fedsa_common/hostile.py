@@ -40,8 +40,6 @@ import torch
 from fedsa_common.chunking import FRAME_HEADER_BYTES, FRAME_MAGIC, MSG_ID_BYTES
 from fedsa_common.envelope import ALLOWED_DTYPES, MAGIC, PROTOCOL_VERSION, pack_tensors
 
-Tensors = dict[str, torch.Tensor]
-
 #: Every reason a hub counts refusals under on the paths hostile peers can reach (frames,
 #: update and partial envelopes, codecs, intake rules, presence/ack JSON).  The fuzz tests
 #: require each refusal to carry one of these: a new reason is a deliberate addition here.
@@ -273,7 +271,7 @@ def _poison_int(t: torch.Tensor, rng: random.Random, bound: int) -> torch.Tensor
 
 
 def mutate_tensors(tensors: Mapping[str, torch.Tensor], rng: random.Random,
-                   max_ops: int = 3) -> Tensors:
+                   max_ops: int = 3) -> dict[str, torch.Tensor]:
     """1..max_ops edits of a tensor dict: dtype, length, shape, values, names."""
     out = {n: t.clone() for n, t in tensors.items()}
     for _ in range(rng.randint(1, max_ops)):

@@ -16,10 +16,10 @@ import torch
 
 from fedsa_common.codecs.layout import Layout
 from fedsa_common.dp import l2_norm
+from fedsa_common.tensors import Tensors
 
 __all__ = ["RunningSum", "apply_server_update", "fedavg", "l2_norm"]
 
-Tensors = Mapping[str, torch.Tensor]
 
 
 @dataclass

@@ -36,8 +36,7 @@ import torch
 from fedsa_common.codec import get_codec
 from fedsa_common.config import DownlinkSection
 from fedsa_common.downlink import apply_delta
-
-Tensors = Mapping[str, torch.Tensor]
+from fedsa_common.tensors import Tensors
 
 
 @dataclass

@@ -22,11 +22,11 @@ import torch
 from fedsa_common.config import FederationConfig
 from fedsa_common.dp import DpPlan, PrivacyLedger, clip_update, dp_plan, noisy_mean
 from fedsa_common.dp import secure_generator as _secure_generator
+from fedsa_common.tensors import Tensors
 from hub.aggregation import RunningSum
 
 log = logging.getLogger("fedsa.hub.privacy")
 
-Tensors = Mapping[str, torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,14 @@ the arithmetic runs in float64 so the result does not depend on the order of the
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
+from fedsa_common.tensors import Tensors
 from hub.aggregation import l2_norm
 
-Tensors = Mapping[str, torch.Tensor]
 RobustRule = Literal["median", "trimmed_mean"]
 
 

@@ -39,8 +39,7 @@ from typing import Any
 import torch
 
 from fedsa_common.config import ServerOptimizerSection
-
-Tensors = Mapping[str, torch.Tensor]
+from fedsa_common.tensors import Tensors
 
 
 @dataclass

@@ -18,9 +18,8 @@ from typing import Any
 
 import torch
 
+from fedsa_common.tensors import Tensors
 from hub.weighting import agreement_factor, reference_direction
-
-Tensors = Mapping[str, torch.Tensor]
 
 
 @dataclass

@@ -18,11 +18,10 @@ Pure functions over tensors.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import torch
 
-Tensors = Mapping[str, torch.Tensor]
+from fedsa_common.tensors import Tensors
 
 
 def cosine(a: Tensors, b: Tensors) -> float | None:

@@ -8,7 +8,6 @@ exercising the same code path.  Anything else must be a local model directory.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from fedsa_common.atomic import write_dir
 from fedsa_common.config import Precision
 
 HEAD_MODULES = ["classifier", "score"]
@@ -44,8 +44,6 @@ def tiny_bert_path() -> Path:
     out = cache_dir() / "models" / "tiny-bert-v1"
     if (out / "config.json").exists():
         return out
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -56,10 +54,9 @@ def tiny_bert_path() -> Path:
         max_position_embeddings=512,
     )
     torch.manual_seed(1234)
-    BertForSequenceClassification(config).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    with contextlib.suppress(OSError):  # another process won the race; theirs is identical
-        tmp.rename(out)
+    with write_dir(out) as tmp:  # a racing process writes the same files; one of them stays
+        BertForSequenceClassification(config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out
 
 

@@ -10,17 +10,12 @@ enough that the hub's own clear bind error is the right answer.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterable
 from pathlib import Path
 
+from fedsa_common.broker import free_port
+
 FILE_NAME = "metrics_ports.json"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def allocate(names: Iterable[str], out: Path | None = None) -> dict[str, int]:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 
+from fedsa_common.atomic import write_bytes
+
 from .dataset import DataError
 
 CACHE_ENV = "FEDSA_CACHE_DIR"
@@ -61,9 +63,10 @@ def fetch_pinned_files(
 
     ``cache_dir`` replaces the cache root (as ``$FEDSA_CACHE_DIR`` does). The artifact is
     downloaded only when a file is missing or has the wrong size (a truncated file is
-    fetched again rather than parsed); files are written via a temp file and
-    ``os.replace`` so concurrent devices never see half a file. A file whose content does
-    not match its pinned sha256 is refused and nothing of it is written.
+    fetched again rather than parsed); files are written atomically
+    (``fedsa_common.atomic.write_bytes``) so concurrent devices never see half a file. A
+    file whose content does not match its pinned sha256 is refused and nothing of it is
+    written.
     """
     target = (cache_dir if cache_dir is not None else cache_root()) / folder
     if all(_cached_ok(target / name, size) for name, (size, _) in files.items()):
@@ -79,7 +82,7 @@ def fetch_pinned_files(
             if hashlib.sha256(data).hexdigest() != sha:
                 raise DataError(f"{archive.name}: {name} does not match its pinned sha256")
         for name in files:
-            _write_atomic(target / name, contents[name])
+            write_bytes(target / name, contents[name], 0o644)  # the cache is shared data
     return target
 
 
@@ -120,15 +123,3 @@ def _cached_ok(path: Path, size: int) -> bool:
         return path.stat().st_size == size
     except FileNotFoundError:
         return False
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is plain shared data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.atomic import write_bytes
+from fedsa_common.atomic import write_bytes, write_dir
 from hub.provision import _write
 
 
@@ -52,3 +52,48 @@ def test_modes_and_no_leftovers(tmp_path):
     assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o644
     assert (tmp_path / "a").read_bytes() == b"3"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_write_dir_publishes_the_directory_once_built(tmp_path):
+    out = tmp_path / "cache" / "model"
+    old = os.umask(0o022)
+    try:
+        with write_dir(out) as tmp:
+            assert not out.exists() and tmp.parent == out.parent
+            (tmp / "config.json").write_text("{}")
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "w.bin").write_bytes(b"w")
+    finally:
+        os.umask(old)
+    assert (out / "config.json").read_text() == "{}"
+    assert (out / "sub" / "w.bin").read_bytes() == b"w"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # as mkdir would create
+    assert [p.name for p in out.parent.iterdir()] == ["model"]
+
+
+def test_write_dir_keeps_the_winner_of_a_race(tmp_path):
+    out = tmp_path / "model"
+    with write_dir(out) as tmp:
+        out.mkdir()  # another process finished first
+        (out / "config.json").write_text("theirs")
+        (tmp / "config.json").write_text("ours")
+    assert (out / "config.json").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_write_dir_leaves_nothing_when_the_build_fails(tmp_path):
+    out = tmp_path / "model"
+    with pytest.raises(RuntimeError), write_dir(out) as tmp:
+        (tmp / "half").write_bytes(b"x")
+        raise RuntimeError("build failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_dir_does_not_use_a_predictable_name(tmp_path):
+    out, elsewhere = tmp_path / "model", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out.with_name(f"{out.name}.tmp{os.getpid()}").symlink_to(elsewhere)  # the old name
+    with write_dir(out) as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert (out / "config.json").exists() and not out.is_symlink()
+    assert list(elsewhere.iterdir()) == []
