@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fedsa_common import cli_auth
+from fedsa_common import cli_auth, cli_common
 
 app = typer.Typer(help="The device side of a fedsa-edge federation.", no_args_is_help=True,
                   add_completion=False)
 
 
 @app.callback()
-def main() -> None:
+def main(version: cli_common.VersionOption = False) -> None:
     """The device side of a fedsa-edge federation."""
+    cli_common.quiet_known_noise()
 
 
 @app.command()
@@ -42,38 +44,57 @@ def join(
         min=1, help="Memory budget (peak RSS of this process, MiB): training reaches the "
                     "federation's batch size by accumulating micro-batches sized to fit.")]
     = None,
-    log_level: Annotated[str, typer.Option()] = "INFO",
+    log_level: cli_common.LogLevel = cli_common.Level.INFO,
 ) -> None:
-    """Join a federation and train whenever selected, until it finishes."""
-    import torch
+    """Join a federation and train whenever selected, until it finishes.
 
-    from edge_client.data import parse_data_spec
-    from edge_client.device import DeviceSpec, run_devices
-    from edge_client.host import ModelHost
+    The broker URL, the credentials and the data (file, columns, encoding, this device's
+    share) are checked first, before torch and the model load or the broker is contacted.
+    SIGTERM stops the device like Ctrl-C: it finishes its current step, says it is
+    offline and exits; a second signal exits at once."""
+    from edge_client.data import DataError, check_device_data
     from fedsa_common.logs import setup_logging
+    from fedsa_common.protocol import check_name
 
+    cli_common.stop_on_sigterm()
+    setup_logging(log_level)
+    for option, kind, value in (("--federation", "federation", federation),
+                                ("--region", "region", region),
+                                ("--client-id", "client id", client_id)):
+        try:
+            check_name(kind, value)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint=option) from None
     conn = cli_auth.connection_from_options(
         broker, credentials, username, password_file, tls_ca,
         default_url="mqtt://127.0.0.1:1883", federation=federation, role="device",
         region=region, client=client_id)
-    setup_logging(log_level)
-    if threads:
-        torch.set_num_threads(threads)
     if precision not in (None, "nf4", "fp4", "int8", "fp16", "bf16", "fp32"):
         raise typer.BadParameter(f"unknown precision {precision!r}", param_hint="--precision")
     try:
-        spec = DeviceSpec(client=client_id, region=region, federation=federation,
-                          data=parse_data_spec(data), state_dir=state_dir,
-                          memory_mb=memory_mb, auth=conn.auth)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--data") from None
+        data_spec, share = check_device_data(data)
+    except DataError as err:
+        raise cli_common.usage_error(str(err), "--data") from None
+    logging.getLogger("fedsa.device").info(
+        "%s: data %s: %d training and %d test rows, %d labels", client_id, data_spec.source,
+        len(share.train.texts), len(share.test.texts), share.num_labels)
+
+    import torch
+
+    from edge_client.device import DeviceSpec, run_devices
+    from edge_client.host import ModelHost
+
+    if threads:
+        torch.set_num_threads(threads)
+    spec = DeviceSpec(client=client_id, region=region, federation=federation, data=data_spec,
+                      state_dir=state_dir, memory_mb=memory_mb, auth=conn.auth)
     sys.exit(run_devices([spec], conn.url, ModelHost(precision)))  # type: ignore[arg-type]
 
 
 @app.command(hidden=True)
 def worker(
     spec: Annotated[Path, typer.Option(help="JSON file listing the virtual devices to host.")],
-    log_level: Annotated[str, typer.Option()] = "INFO",
+    log_level: cli_common.LogLevel = cli_common.Level.INFO,
 ) -> None:
     """Host several virtual devices over one shared base model (used by scenarios)."""
     import torch
@@ -95,7 +116,7 @@ def export(
     out: Annotated[Path, typer.Option(help="Where to write the .onnx file.")],
     int8: Annotated[bool, typer.Option(help="Dynamic int8 quantization (onnxruntime).")]
     = False,
-    log_level: Annotated[str, typer.Option()] = "INFO",
+    log_level: cli_common.LogLevel = cli_common.Level.INFO,
 ) -> None:
     """Export the device's model (global A, its own B and head, merged into an fp32 base) to
     ONNX, with OUT.tokenizer/ and OUT.json (labels) next to it."""

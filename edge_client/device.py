@@ -124,6 +124,7 @@ class Device:
         self.inbox: queue.Queue[tuple[bytes, float]] = queue.Queue()
         self.done = threading.Event()
         self.gone = threading.Event()  # vanished without saying goodbye (scenario churn)
+        self.stopping = threading.Event()  # asked to leave cleanly (Ctrl-C, SIGTERM)
         self.acks: queue.Queue[Ack] = queue.Queue()
         self.pending = self.store.load_pending()
         self.pending_round = self.state.last_round
@@ -180,6 +181,11 @@ class Device:
         """Leave abruptly: in-flight work is abandoned and the broker publishes the will."""
         self.gone.set()
 
+    def stop(self) -> None:
+        """Leave cleanly after the current step: a round in training still sends its update
+        (kept for resending if unacknowledged), then the device says it is offline."""
+        self.stopping.set()
+
     def pause(self, seconds: float) -> None:
         """Sleep for simulated compute or link time; raises Abandoned if the device vanishes."""
         if seconds > 0 and self.gone.wait(seconds):
@@ -191,7 +197,7 @@ class Device:
         """Serve rounds until the federation announces it has finished (or the device goes)."""
         self.session.connect(timeout=connect_timeout)
         try:
-            while not self.done.is_set() and not self.gone.is_set():
+            while not (self.done.is_set() or self.gone.is_set() or self.stopping.is_set()):
                 self.handle_acks()
                 self.resend_pending()
                 self.secagg.poll()  # e.g. answer a secure-aggregation unmasking request
@@ -546,14 +552,20 @@ def run_devices(specs: list[DeviceSpec], broker_url: str, host: ModelHost | None
     host = host or ModelHost()
     errors: list[BaseException] = []
     finished = threading.Event()
+    live: set[Device] = set()  # the running sessions, for an interrupt to stop
+    lock = threading.Lock()
 
-    def serve(spec: DeviceSpec) -> None:
+    def serve(spec: DeviceSpec, over: threading.Event) -> None:
         windows = spec.conditions.online or [(0.0, float("inf"))]
         try:
             for start, end in windows:
                 if finished.wait(max(0.0, start - time.time())):
                     return
                 device = Device(spec, broker_url, host, payload_limit)
+                with lock:
+                    if finished.is_set():  # interrupted while this session was being built
+                        return
+                    live.add(device)
                 timer = threading.Timer(max(0.0, end - time.time()), device.vanish)
                 if end != float("inf"):
                     timer.start()
@@ -561,18 +573,36 @@ def run_devices(specs: list[DeviceSpec], broker_url: str, host: ModelHost | None
                     device.run()
                 finally:
                     timer.cancel()
+                    with lock:
+                        live.discard(device)
                 if device.done.is_set():
                     finished.set()
                     return
         except BaseException as err:  # surfaced below; one device failing must be visible
             log.exception("%s failed", spec.client)
             errors.append(err)
+        finally:
+            over.set()
 
-    threads = [threading.Thread(target=serve, args=(s,), name=s.client) for s in specs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    # Waited for through events, not Thread.join: on Python 3.11 a join interrupted by
+    # Ctrl-C marks the thread as stopped, so a second join would return at once. Daemon
+    # threads, so that after a second interrupt the process exits without them.
+    ended = [threading.Event() for _ in specs]
+    for spec, done in zip(specs, ended, strict=True):
+        threading.Thread(target=serve, args=(spec, done), name=spec.client, daemon=True).start()
+    try:
+        for done in ended:
+            done.wait()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through cli_common.stop_on_sigterm
+        log.warning("stopping: devices leave after their current step (interrupt again to "
+                    "exit at once)")
+        with lock:
+            finished.set()
+            for device in live:
+                device.stop()
+        for done in ended:
+            done.wait()
+        raise
     return 1 if errors else 0
 
 

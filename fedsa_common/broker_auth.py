@@ -71,6 +71,9 @@ def parse_url(url: str) -> Endpoint:
     """
     shown = redact_url(url)
     parts = urlsplit(url)
+    if parts.scheme in ("ws", "wss"):
+        raise ValueError(f"MQTT over WebSockets is not supported; use the broker's MQTT "
+                         f"listener, mqtt://host:port or mqtts://host:port, got {shown!r}")
     if parts.scheme not in DEFAULT_PORTS:
         raise ValueError(f"broker URL must look like mqtt://host:port or mqtts://host:port, "
                          f"got {shown!r}")
@@ -245,6 +248,8 @@ def resolve_connection(
         ca_pem=None if tls_ca is not None else base.ca_pem,
     )
     if auth == BrokerAuth():
+        if url is not None:
+            parse_url(url)  # a malformed URL fails here, not in the network thread later
         return Connection(url, None, creds)
     if url is None:
         raise ValueError("--broker is required with --username/--password-file/--tls-ca")

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from fedsa_common import cli_auth
+from fedsa_common import cli_auth, cli_common
 from fedsa_common.config import ConfigError, load_federation_config
 
 SWITCH_INTERVAL_S = 0.0002  # see serve()
@@ -24,8 +24,9 @@ class Role(StrEnum):
 
 
 @app.callback()
-def main() -> None:
+def main(version: cli_common.VersionOption = False) -> None:
     """Regional and cloud hubs of a fedsa-edge federation."""
+    cli_common.quiet_known_noise()
 
 
 @app.command()
@@ -46,7 +47,7 @@ def serve(
         help="Federation YAML (cloud role): model, fedsa_lora, rounds, training, ...")] = None,
     payload_limit: Annotated[int, typer.Option(help="Largest MQTT payload sent (bytes).")]
     = 1_000_000,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
+    log_level: cli_common.LogLevel = cli_common.Level.INFO,
     metrics_port: Annotated[int, typer.Option(
         min=0, max=65535, help="Serve Prometheus metrics on this port (0: off).")] = 0,
     metrics_host: Annotated[str, typer.Option(
@@ -57,7 +58,11 @@ def serve(
                     "where thread hand-offs cost more than they gain (several times more on "
                     "a busy machine), so 1 unless updates are large.")] = 1,
 ) -> None:
-    """Serve one hub until the federation finishes."""
+    """Serve one hub until the federation finishes.
+
+    SIGTERM stops it like Ctrl-C: state is as after the last persisted step (the next start
+    resumes from it) and a broker the cloud hub started for itself is stopped with it."""
+    cli_common.stop_on_sigterm()
     import torch
 
     from fedsa_common.logs import setup_logging
@@ -101,12 +106,15 @@ def serve(
         started = start_broker()
         broker = started.url
         typer.echo(f"started {started.kind} broker at {broker}")
+    cloud = None
     try:
         cloud = CloudHub(broker, cfg, state_dir, auth=conn.auth)
         _start_metrics(cloud, metrics_port, metrics_host)
         sys.exit(cloud.run())
     finally:
         if started is not None:
+            if cloud is not None:  # disconnect first, or it logs the broker's end as a loss
+                cloud.session.close()
             started.stop()
 
 

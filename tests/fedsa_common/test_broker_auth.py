@@ -159,3 +159,20 @@ def test_identity_checks(tmp_path):
     with pytest.raises(ValueError, match="client"):
         credentials_auth(tmp_path / "c.json", federation="fed", role="device", region="north",
                          client="dev-9")
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("localhost:1883", "must look like mqtt://host:port"),
+    ("tcp://broker:1883", "must look like mqtt://host:port"),
+    ("wss://broker", "WebSockets is not supported"),
+    ("mqtt://broker:70000", "bad port"),
+    ("mqtt://:1883", "no host"),
+    ("mqtt://broker/path", "must be just mqtt://host:port"),
+])
+def test_resolve_connection_checks_a_plain_url_too(url: str, why: str) -> None:
+    """Without credentials the URL used to be parsed only by the network thread, late."""
+    with pytest.raises(ValueError, match=why):
+        resolve_connection(url)
+    with pytest.raises(ValueError, match=why):
+        resolve_connection(None, default_url=url)
+    assert resolve_connection("mqtt://broker").url == "mqtt://broker"

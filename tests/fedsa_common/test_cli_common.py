@@ -1,0 +1,122 @@
+"""What the three CLIs share (fedsa_common.cli_common): --version, --log-level, the filters
+for known third-party noise and SIGTERM as Ctrl-C; the CLI behaviour through the real apps."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import warnings
+from importlib.metadata import version
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from edge_client.cli import app as edge_app
+from fedsa_common import cli_common
+from hub.cli import app as hub_app
+from scenarios.cli import app as scenarios_app
+
+APPS = {"edge-client": edge_app, "hub": hub_app, "scenarios": scenarios_app}
+# the exact texts the libraries emit (bitsandbytes/backends/cpu/ops.py,
+# transformers/modeling_utils.py PreTrainedModel.is_gradient_checkpointing)
+BNB_TEXT = ("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure "
+            "you already `pip install kernels` and the kernels >= 0.11.1")
+HF_TEXT = ("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use "
+           "`is_activation_checkpointing` instead.")
+
+
+@pytest.mark.parametrize("name", list(APPS))
+def test_version_prints_the_distribution_version(name: str) -> None:
+    result = CliRunner().invoke(APPS[name], ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"fedsa-edge {version('fedsa-edge')}"
+
+
+def _commands(group: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(path, command) of every leaf command (typer may use its own click classes)."""
+    out = []
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            out += _commands(cmd, f"{prefix}{name} ")
+        else:
+            out.append((f"{prefix}{name}", cmd))
+    return out
+
+
+def test_every_log_level_option_has_help_and_a_closed_set_of_values() -> None:
+    found = []
+    for app_name, app in APPS.items():
+        for cmd_name, cmd in _commands(typer.main.get_command(app)):  # type: ignore[arg-type]
+            for param in cmd.params:
+                if param.name == "log_level":
+                    found.append(f"{app_name} {cmd_name}")
+                    assert "DEBUG" in (getattr(param, "help", None) or ""), cmd_name
+    assert {"edge-client join", "hub serve", "scenarios run"} <= set(found)
+    runner = CliRunner()
+    result = runner.invoke(hub_app, ["serve", "--role", "cloud", "--federation", "f",
+                                     "--state-dir", "x", "--log-level", "verbose"])
+    assert result.exit_code == 2
+    assert "--log-level" in result.output
+    help_text = runner.invoke(edge_app, ["join", "--help"]).output
+    assert "Least severe log level" in " ".join(help_text.split())
+
+
+@pytest.fixture
+def restore_noise_filters():
+    logger = logging.getLogger(cli_common.BNB_LOGGER)
+    saved = list(logger.filters)
+    with warnings.catch_warnings():
+        yield logger
+    logger.filters[:] = saved
+
+
+def test_known_noise_is_dropped_by_its_text_only(restore_noise_filters, caplog) -> None:
+    logger = restore_noise_filters
+    warnings.simplefilter("always")
+    # through a real command: the app callback installs the filters
+    assert CliRunner().invoke(hub_app, ["config", "template"]).exit_code == 0
+    cli_common.quiet_known_noise()  # idempotent: one filter however often it runs
+    assert sum(isinstance(f, cli_common.DropMessage) for f in logger.filters) == 1
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.warn(HF_TEXT, FutureWarning, stacklevel=1)
+        warnings.warn("`other_property` is deprecated", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["`other_property` is deprecated"]
+
+    caplog.set_level(logging.INFO)
+    logger.warning(BNB_TEXT, "no module named 'kernels'")
+    logger.warning("Failed to load the CPU library")
+    assert [r.getMessage() for r in caplog.records] == ["Failed to load the CPU library"]
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)  # --log-level DEBUG shows it again
+    logger.warning(BNB_TEXT, "no module named 'kernels'")
+    assert len(caplog.records) == 1 and "pip install kernels" in caplog.records[0].getMessage()
+
+
+def test_sigterm_raises_keyboard_interrupt_in_the_main_thread() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        cli_common.stop_on_sigterm()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before kill returns
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_usage_error_logs_the_traceback_at_debug_only(caplog) -> None:
+    caplog.set_level(logging.INFO)
+    try:
+        raise ValueError("inner")
+    except ValueError:
+        err = cli_common.usage_error("bad thing", "--data")
+    assert isinstance(err, typer.BadParameter) and err.param_hint == "--data"
+    assert not caplog.records
+    caplog.set_level(logging.DEBUG)
+    try:
+        raise ValueError("inner")
+    except ValueError:
+        cli_common.usage_error("bad thing", "--data")
+    assert caplog.records[0].exc_info is not None
