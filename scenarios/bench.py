@@ -58,6 +58,7 @@ from scenarios.bench_table import (
 from scenarios.bench_variants import BASE as BASE_VARIANT
 from scenarios.bench_variants import Variant
 from scenarios.bench_variants import describe as describe_variant
+from scenarios.cli_lists import parse_names
 from scenarios.config import ScenarioConfig
 from scenarios.overrides import apply_overrides
 from scenarios.references import (
@@ -105,17 +106,7 @@ class BenchRun:
 
 def parse_algorithms(text: str) -> list[str]:
     """``fedsa,fedit`` -> names; an unknown or repeated name is a ValueError naming it."""
-    names = [a.strip() for a in text.split(",") if a.strip()]
-    if not names:
-        raise ValueError("--algorithms: no algorithm given")
-    for name in names:
-        if name not in ALGORITHMS:
-            raise ValueError(f"--algorithms: unknown algorithm {name!r}; "
-                             f"allowed: {', '.join(ALGORITHMS)}")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"--algorithms: {', '.join(dupes)} given more than once")
-    return names
+    return parse_names(text, "--algorithms", ALGORITHMS, "algorithm")
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -28,6 +28,7 @@ from typing import Any
 from edge_client.data import DeviceData, load_device_data
 from fedsa_common.atomic import write_json
 from fedsa_common.config import FederationConfig, TrainingSection
+from scenarios.cli_lists import parse_names
 from scenarios.config import ScenarioConfig
 
 REFERENCES: tuple[str, ...] = ("centralized", "majority")
@@ -42,17 +43,7 @@ EVAL_SHARE = 0.5
 def parse_references(text: str) -> list[str]:
     """``centralized,majority`` -> names; ``none`` (or empty) -> none; an unknown or
     repeated name is a ValueError naming it."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if names in ([], ["none"]):
-        return []
-    for name in names:
-        if name not in REFERENCES:
-            raise ValueError(f"--references: unknown reference {name!r}; allowed: "
-                             f"{', '.join(REFERENCES)} or none")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"--references: {', '.join(dupes)} given more than once")
-    return names
+    return parse_names(text, "--references", REFERENCES, "reference", allow_none=True)
 
 
 # pure math ---------------------------------------------------------------------------------
