@@ -9,9 +9,10 @@ crash at any point leaves the previous complete checkpoint readable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -20,6 +21,7 @@ from hub.downlink import DownlinkState
 from hub.server_optimizer import ServerOptimizerState
 
 CHECKPOINT_JSON = "checkpoint.json"
+T = TypeVar("T")
 
 
 @dataclass
@@ -38,23 +40,38 @@ class CloudState:
     optimizer: ServerOptimizerState | None = None
 
 
+class _Part(Protocol):
+    """A checkpointed component with tensors of its own (downlink state, optimizer state)."""
+
+    def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]: ...
+
+
+def _save_part(state_dir: Path, key: str, part: _Part | None, round_: int) -> dict[str, Any]:
+    """Write ``part``'s tensors as ``KEY-rROUND.safetensors`` and drop older files of that
+    key (all of them when ``part`` is None); returns its entry for checkpoint.json."""
+    name = f"{key}-r{round_}.safetensors"
+    entry: dict[str, Any] = {}
+    if part is not None:
+        meta, tensors = part.to_state()
+        write_tensors(state_dir / name, tensors)
+        entry = {key: {**meta, "tensors": name}}
+    return entry
+
+
+def _prune(state_dir: Path, pattern: str, keep: str | None) -> None:
+    for old in state_dir.glob(pattern):
+        if old.name != keep:
+            old.unlink(missing_ok=True)
+
+
 def save_checkpoint(state_dir: Path, state: CloudState) -> None:
+    state_dir = Path(state_dir)
     tensors_name = f"global-v{state.version}.safetensors"
-    write_tensors(Path(state_dir) / tensors_name, state.params)
-    downlink: dict[str, Any] = {}
-    downlink_name = f"downlink-r{state.round}.safetensors"
-    if state.downlink is not None:
-        meta, tensors = state.downlink.to_state()
-        write_tensors(Path(state_dir) / downlink_name, tensors)
-        downlink = {"downlink": {**meta, "tensors": downlink_name}}
-    optimizer: dict[str, Any] = {}
-    optimizer_name = f"optimizer-r{state.round}.safetensors"
-    if state.optimizer is not None:
-        meta, tensors = state.optimizer.to_state()
-        write_tensors(Path(state_dir) / optimizer_name, tensors)
-        optimizer = {"optimizer": {**meta, "tensors": optimizer_name}}
+    write_tensors(state_dir / tensors_name, state.params)
+    parts = {key: _save_part(state_dir, key, part, state.round)
+             for key, part in (("downlink", state.downlink), ("optimizer", state.optimizer))}
     write_json(
-        Path(state_dir) / CHECKPOINT_JSON,
+        state_dir / CHECKPOINT_JSON,
         {
             "round": state.round,
             "version": state.version,
@@ -62,19 +79,19 @@ def save_checkpoint(state_dir: Path, state: CloudState) -> None:
             "config_hash": state.config_hash,
             "history": state.history,
             **({"shared": sorted(state.shared)} if state.shared is not None else {}),
-            **downlink,
-            **optimizer,
+            **parts["downlink"],
+            **parts["optimizer"],
         },
     )
-    for old in Path(state_dir).glob("global-v*.safetensors"):
-        if old.name != tensors_name:
-            old.unlink(missing_ok=True)
-    for old in Path(state_dir).glob("downlink-r*.safetensors"):
-        if not downlink or old.name != downlink_name:
-            old.unlink(missing_ok=True)
-    for old in Path(state_dir).glob("optimizer-r*.safetensors"):
-        if not optimizer or old.name != optimizer_name:
-            old.unlink(missing_ok=True)
+    # only after checkpoint.json names the new files: a crash in between keeps the old set
+    _prune(state_dir, "global-v*.safetensors", tensors_name)
+    for key, entry in parts.items():
+        _prune(state_dir, f"{key}-r*.safetensors", entry[key]["tensors"] if entry else None)
+
+
+def _load_part(state_dir: Path, raw: dict[str, Any] | None,
+               load: Callable[[dict[str, Any], dict[str, torch.Tensor]], T]) -> T | None:
+    return None if raw is None else load(raw, read_tensors(state_dir / raw["tensors"]))
 
 
 def load_checkpoint(state_dir: Path) -> CloudState | None:
@@ -82,19 +99,13 @@ def load_checkpoint(state_dir: Path) -> CloudState | None:
     if not meta_path.exists():
         return None
     meta = read_json(meta_path)
-    downlink = None
-    if meta.get("downlink") is not None:
-        raw = meta["downlink"]
-        downlink = DownlinkState.from_state(raw, read_tensors(Path(state_dir) / raw["tensors"]))
-    optimizer = None
-    if meta.get("optimizer") is not None:
-        raw = meta["optimizer"]
-        optimizer = ServerOptimizerState.from_state(
-            raw, read_tensors(Path(state_dir) / raw["tensors"]))
+    state_dir = Path(state_dir)
+    downlink = _load_part(state_dir, meta.get("downlink"), DownlinkState.from_state)
+    optimizer = _load_part(state_dir, meta.get("optimizer"), ServerOptimizerState.from_state)
     return CloudState(
         round=int(meta["round"]),
         version=int(meta["version"]),
-        params=read_tensors(Path(state_dir) / meta["tensors"]),
+        params=read_tensors(state_dir / meta["tensors"]),
         config_hash=str(meta["config_hash"]),
         history=list(meta.get("history", [])),
         shared=list(meta["shared"]) if meta.get("shared") is not None else None,
