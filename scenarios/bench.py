@@ -526,7 +526,8 @@ def render_markdown(bench: dict[str, Any]) -> str:
         "",
         "final = last round, best = best round (the FedSA-LoRA paper reports the best round); "
         "accuracies are mean personalized test accuracy over devices; worst-10% = mean over "
-        "the worst 10% of devices (at least one) in the last round; global = the shared "
+        "the worst 10% of devices (at least one) in the last round; rounds to 95% = the "
+        "first round whose mean reaches 95% of the last round's; global = the shared "
         "global LoRA with each device's own head, measured before local training (only "
         "fedit and ffa have one).",
         "",

@@ -18,6 +18,7 @@ RUN_METRICS: tuple[str, ...] = (
     "final_accuracy_se",
     "best_accuracy",
     "worst10_accuracy",
+    "rounds_to_95",
     "global_accuracy",
     "bytes_up_per_device_round",
     "bytes_down_per_device_round",
@@ -79,11 +80,24 @@ def run_metrics(report: Report) -> dict[str, float | None]:
         "final_accuracy_se": device_standard_error(device_acc.values()),
         "best_accuracy": max(r["accuracy"] for r in rows) if rows else None,
         "worst10_accuracy": worst_mean(device_acc.values()),
+        "rounds_to_95": rounds_to_fraction([(r["round"], r["accuracy"]) for r in rows]),
         "global_accuracy": last.get("global_accuracy") if last else None,
         "bytes_up_per_device_round": bytes_per_device_round(report),
         "bytes_down_per_device_round": bytes_per_device_round(report, "down"),
         "wall_s": report.get("final", {}).get("wall_s"),
     }
+
+
+def rounds_to_fraction(curve: Sequence[tuple[int, float]], fraction: float = 0.95
+                       ) -> int | None:
+    """The first round whose mean accuracy reaches ``fraction`` of the last round's: how
+    fast a run gets to (nearly) where it ends, the convergence figure of the seed plan (§7).
+    None for an empty curve.  Read it next to the final accuracy: a run that ends low
+    reaches 95 % of it early."""
+    if not curve:
+        return None
+    target = fraction * curve[-1][1]
+    return next(int(r) for r, acc in curve if acc >= target)
 
 
 def device_standard_error(values: Iterable[float]) -> float | None:
@@ -131,6 +145,7 @@ def reference_metrics(device_accuracy: Mapping[str, float],
         "final_accuracy_se": device_standard_error(accs),
         "best_accuracy": max([*points, final]) if final is not None else None,
         "worst10_accuracy": worst_mean(accs),
+        "rounds_to_95": None,
         "global_accuracy": None,
         "bytes_up_per_device_round": None,
         "bytes_down_per_device_round": None,

@@ -19,6 +19,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("final_accuracy_se", "SE over devices", "{:.3f}"),
     ("best_accuracy", "best acc", "{:.3f}"),
     ("worst10_accuracy", "worst-10% acc", "{:.3f}"),
+    ("rounds_to_95", "rounds to 95%", "{:.1f}"),
     ("global_accuracy", "global acc", "{:.3f}"),
     ("bytes_up_per_device_round", "bytes up / device-round", "{:,.0f}"),
     ("bytes_down_per_device_round", "bytes down / device-round", "{:,.0f}"),

@@ -207,3 +207,12 @@ def test_reference_metrics_fill_the_run_columns():
     assert m["wall_s"] == 4.0
     flat = reference_metrics({"a": 0.5})  # majority: no curve
     assert flat["best_accuracy"] == flat["final_accuracy"] == 0.5
+
+
+def test_rounds_to_fraction_is_the_first_round_near_the_final() -> None:
+    from scenarios.bench_metrics import rounds_to_fraction
+
+    assert rounds_to_fraction([(1, 0.5), (2, 0.7), (3, 0.66), (4, 0.72)]) == 2  # 0.684
+    assert rounds_to_fraction([(1, 0.5), (2, 0.6), (3, 0.8)]) == 3
+    assert rounds_to_fraction([(1, 0.9)]) == 1
+    assert rounds_to_fraction([]) is None
