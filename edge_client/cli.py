@@ -50,9 +50,12 @@ def join(
 
     The broker URL, the credentials and the data (file, columns, encoding, this device's
     share) are checked first, before torch and the model load or the broker is contacted.
+    The state directory is then locked for as long as the device runs: a second join on the
+    same directory (the same device started twice) exits at once with exit code 2.
     SIGTERM stops the device like Ctrl-C: it finishes its current step, says it is
     offline and exits; a second signal exits at once."""
     from edge_client.data import DataError, check_device_data
+    from edge_client.state_lock import StateDirError, StateDirLock, check_owner
     from fedsa_common.logs import setup_logging
     from fedsa_common.protocol import check_name
 
@@ -78,17 +81,28 @@ def join(
     logging.getLogger("fedsa.device").info(
         "%s: data %s: %d training and %d test rows, %d labels", client_id, data_spec.source,
         len(share.train.texts), len(share.test.texts), share.num_labels)
+    lock = StateDirLock(state_dir, client_id)
+    try:
+        lock.acquire()
+        check_owner(state_dir, client_id, region, federation)
+    except StateDirError as err:
+        lock.release()
+        raise cli_common.usage_error(str(err), "--state-dir") from None
 
-    import torch
+    try:  # held until the device ends; the kernel drops it after a crash too
+        import torch
 
-    from edge_client.device import DeviceSpec, run_devices
-    from edge_client.host import ModelHost
+        from edge_client.device import DeviceSpec, run_devices
+        from edge_client.host import ModelHost
 
-    if threads:
-        torch.set_num_threads(threads)
-    spec = DeviceSpec(client=client_id, region=region, federation=federation, data=data_spec,
-                      state_dir=state_dir, memory_mb=memory_mb, auth=conn.auth)
-    sys.exit(run_devices([spec], conn.url, ModelHost(precision)))  # type: ignore[arg-type]
+        if threads:
+            torch.set_num_threads(threads)
+        spec = DeviceSpec(client=client_id, region=region, federation=federation,
+                          data=data_spec, state_dir=state_dir, memory_mb=memory_mb,
+                          auth=conn.auth)
+        sys.exit(run_devices([spec], conn.url, ModelHost(precision)))  # type: ignore[arg-type]
+    finally:
+        lock.release()
 
 
 @app.command(hidden=True)

@@ -2,7 +2,8 @@
 error-feedback residual, round bookkeeping, and the last update until the broker acked it.
 
 One directory belongs to exactly one device: opening it under another client id is refused,
-so two devices can never end up sharing (and leaking) each other's local parameters.
+so two devices can never end up sharing (and leaking) each other's local parameters; while
+``edge-client join`` runs, ``state_lock`` keeps a second process out of it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import torch
 
+from edge_client.state_lock import META, check_owner
 from fedsa_common.atomic import read_json, read_tensors, write_bytes, write_json, write_tensors
 
-META = "device.json"
 LOCAL = "local.safetensors"
 RESIDUAL = "residual.safetensors"
 PENDING = "pending-update.bin"
@@ -37,15 +38,7 @@ class StateDir:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.identity = (client, region, federation)
-        meta = self.path / META
-        if meta.exists():
-            found = read_json(meta)
-            have = (found.get("client"), found.get("region"), found.get("federation"))
-            if have != self.identity:
-                raise ValueError(
-                    f"state directory {self.path} belongs to client={have[0]} region={have[1]} "
-                    f"federation={have[2]}; each device needs its own --state-dir"
-                )
+        check_owner(self.path, client, region, federation)
 
     def load(self) -> DeviceState:
         client, region, federation = self.identity
