@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fedsa_common import cli_auth, cli_common
+
+if TYPE_CHECKING:
+    from edge_client.predict import OnnxClassifier, Prediction
 
 app = typer.Typer(help="The device side of a fedsa-edge federation.", no_args_is_help=True,
                   add_completion=False)
@@ -148,16 +155,61 @@ def export(
 
 @app.command()
 def predict(
-    texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
     model: Annotated[Path, typer.Option(help="An .onnx file written by 'edge-client export'.")],
+    texts: Annotated[list[str] | None, typer.Argument(
+        metavar="TEXTS", help="Texts to classify (or --input).", show_default=False)] = None,
+    input_file: Annotated[str | None, typer.Option(
+        "--input", metavar="FILE",
+        help="Classify each line of FILE (UTF-8, one text per line, blank lines included); "
+             "- reads standard input.")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="One JSON object per text: label, probability, the probability of "
+                       "every label, text.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per onnxruntime call.")] = 32,
     threads: Annotated[int, typer.Option(help="onnxruntime threads (0: its default).")] = 0,
 ) -> None:
-    """Classify TEXTS with an exported model; prints label, probability and text per line."""
-    from edge_client.predict import OnnxClassifier
+    """Classify texts with an exported model: one output line per text, in input order.
 
+    Prints label, probability and text separated by tabs, or JSON lines with --json. Needs
+    only onnxruntime and the tokenizers library (no torch)."""
+    from edge_client.predict import BundleError, InputError, OnnxClassifier, text_lines
+
+    if texts and input_file is not None:
+        raise cli_common.usage_error("give texts or --input, not both", "--input")
+    if not texts and input_file is None:
+        raise cli_common.usage_error("nothing to classify: give texts or --input FILE "
+                                     "(- for standard input)", "--input")
     try:
         classifier = OnnxClassifier(model, threads=threads)
-    except FileNotFoundError as err:
-        raise typer.BadParameter(str(err), param_hint="--model") from None
-    for text, p in zip(texts, classifier.predict(texts), strict=True):
-        typer.echo(f"{p.label}\t{p.probability:.3f}\t{text}")
+    except (FileNotFoundError, BundleError) as err:
+        raise cli_common.usage_error(str(err), "--model") from None
+    with contextlib.ExitStack() as opened:
+        if input_file is None:
+            lines: Iterator[str] = iter(texts or [])
+        elif input_file == "-":
+            lines = text_lines(sys.stdin.buffer, "standard input")
+        else:
+            try:
+                stream = opened.enter_context(open(input_file, "rb"))
+            except OSError as exc:
+                raise cli_common.usage_error(f"{input_file}: {exc.strerror or exc}",
+                                             "--input") from None
+            lines = text_lines(stream, input_file)
+        try:
+            for text, p in classifier.predict_stream(lines, batch_size):
+                sys.stdout.write(_prediction_line(classifier, text, p, as_json) + "\n")
+            sys.stdout.flush()
+        except InputError as err:
+            raise cli_common.usage_error(str(err), "--input") from None
+        except BrokenPipeError:  # `| head`: the reader left, which is not an error here
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _prediction_line(classifier: OnnxClassifier, text: str, p: Prediction, as_json: bool
+                     ) -> str:
+    """``label<TAB>probability<TAB>text``, or a JSON object with every label's probability."""
+    if not as_json:
+        return f"{p.label}\t{p.probability:.3f}\t{text}"
+    probabilities = {classifier.label_name(k): round(q, 6) for k, q in enumerate(p.probabilities)}
+    return json.dumps({"label": p.label, "probability": round(p.probability, 6),
+                       "probabilities": probabilities, "text": text}, ensure_ascii=False)

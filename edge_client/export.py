@@ -9,8 +9,9 @@ weights with peft's ``merge_and_unload``, the head is the device's own, and the 
 applies onnxruntime's dynamic quantization (int8 weights, activations quantized on the
 fly), which shrinks the file about 4x and usually speeds CPU inference up.
 
-Next to ``model.onnx`` go ``model.tokenizer/`` (the tokenizer, saved with transformers)
-and ``model.json`` (label names, max length, provenance) for ``edge-client predict``.
+Next to ``model.onnx`` go ``model.tokenizer/`` (the tokenizer, saved with transformers;
+``edge-client predict`` reads its ``tokenizer.json`` with the ``tokenizers`` library alone)
+and ``model.json`` (label names, max length, provenance); see ``edge_client.bundle``.
 """
 
 from __future__ import annotations
@@ -26,15 +27,13 @@ import torch
 from peft import get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from edge_client.bundle import FORMAT, INPUTS, TOKENIZER_FILE, sidecar_path, tokenizer_dir
 from edge_client.snapshot import Snapshot, load_snapshot
 from fedsa_common.atomic import write_json
 from quant.adapters import AdapterModel, lora_config
 from quant.base_model import load_base_model
 
 log = logging.getLogger("fedsa.export")
-
-FORMAT = "fedsa-edge-onnx/1"
-INPUTS = ("input_ids", "attention_mask")
 
 
 @dataclass(frozen=True)
@@ -44,14 +43,6 @@ class ExportResult:
     sidecar: Path
     bytes: int
     int8: bool
-
-
-def sidecar_path(onnx_path: Path) -> Path:
-    return Path(onnx_path).with_suffix(".json")
-
-
-def tokenizer_dir(onnx_path: Path) -> Path:
-    return Path(onnx_path).with_suffix(".tokenizer")
 
 
 def rebuild_adapter(snapshot: Snapshot) -> AdapterModel:
@@ -119,6 +110,9 @@ def export_state(state_dir: Path, out: Path, *, int8: bool = False) -> ExportRes
     size = export_onnx(model, tokenizer, out, int8=int8)
     tok_dir = tokenizer_dir(out)
     tokenizer.save_pretrained(tok_dir)
+    if not (tok_dir / TOKENIZER_FILE).exists():
+        log.warning("%s: no %s (the model's tokenizer is not a fast one): edge-client "
+                    "predict cannot read it", tok_dir, TOKENIZER_FILE)
     meta: dict[str, Any] = {
         "format": FORMAT,
         "inputs": list(INPUTS),

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
 import random
 import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -113,3 +118,104 @@ def test_export_cli_and_missing_state(state_dir, tmp_path):
                                       "--out", str(tmp_path / "m.onnx"), "--int8"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m.onnx").exists() and (tmp_path / "m.json").exists()
+
+
+TRICKY = ["", "a", "Crème brûlée façade naïve ÉCOLE", "日本語のテキスト and 中文", "emoji 🚀🚗 ok",
+          "tabs\tand  spaces   here", " ".join(WORDS * 4), "x" * 300, "Don't STOP! (now?)"]
+
+
+def test_the_tokenizers_library_gives_the_ids_transformers_gave(exported):
+    """predict reads tokenizer.json with ``tokenizers`` alone; the model must see exactly the
+    ids the device trained and exported with (truncation, padding, special tokens)."""
+    from transformers import AutoTokenizer
+
+    fp32, _ = exported
+    reference = AutoTokenizer.from_pretrained(fp32.tokenizer_dir)
+    clf = OnnxClassifier(fp32.onnx)
+    for batch in (TRICKY, TRICKY[:1], TRICKY[6:7], texts(16, seed=3)):
+        want = reference(batch, padding=True, truncation=True, max_length=32,
+                         return_tensors="np")
+        got = clf.encode(batch)
+        assert got.keys() == {"input_ids", "attention_mask"}
+        for name in got:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name} {batch[:2]}")
+    assert clf.encode(TRICKY)["input_ids"].shape == (len(TRICKY), 32)  # truncated to 32
+
+
+def run_predict(*args: str, stdin: str | bytes | None = None,
+                importtime: bool = False) -> subprocess.CompletedProcess:
+    """``edge-client predict`` as a user runs it: a fresh interpreter, real stdin/stdout."""
+    flags = ["-X", "importtime"] if importtime else []
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    env = {**os.environ, "COLUMNS": "1000"}  # no wrapping inside a long path in the box
+    return subprocess.run([sys.executable, *flags, "-m", "edge_client", "predict", *args],
+                          input=data, capture_output=True, timeout=120, env=env)
+
+
+def test_predict_imports_neither_torch_nor_transformers(exported):
+    fp32, _ = exported
+    done = run_predict("--model", str(fp32.onnx), "--input", "-",
+                       stdin="rocket launch\ncar engine\n", importtime=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert len(done.stdout.decode().splitlines()) == 2
+    # -X importtime writes one line per module imported: "import time: self | total | name"
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0]
+                for line in done.stderr.decode().splitlines() if line.startswith("import time:")}
+    assert {"onnxruntime", "tokenizers", "edge_client"} <= imported
+    assert not imported & {"torch", "transformers", "peft", "bitsandbytes", "accelerate"}
+
+
+def test_predict_reads_a_file_or_stdin_and_answers_each_line(exported, tmp_path):
+    fp32, _ = exported
+    lines = ["rocket launch to the moon", "", "car engine wheel", "Crème brûlée 🚀"]
+    path = tmp_path / "in.txt"
+    path.write_bytes(codecs.BOM_UTF8 + ("\r\n".join(lines) + "\r\n").encode())
+    from_file = run_predict("--model", str(fp32.onnx), "--input", str(path), "--json",
+                            "--batch-size", "3")
+    assert from_file.returncode == 0, from_file.stderr.decode()
+    rows = [json.loads(line) for line in from_file.stdout.decode().splitlines()]
+    assert [r["text"] for r in rows] == lines  # blank line kept, line ends and BOM dropped
+    expected = OnnxClassifier(fp32.onnx).predict(lines)
+    for row, p in zip(rows, expected, strict=True):
+        assert row["label"] == p.label and list(row["probabilities"]) == LABELS
+        assert row["probability"] == pytest.approx(p.probability, abs=1e-6)
+        assert sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+        assert row["probabilities"][row["label"]] == row["probability"]
+    from_stdin = run_predict("--model", str(fp32.onnx), "--input", "-", "--json",
+                             stdin=path.read_bytes())
+    assert from_stdin.stdout == from_file.stdout
+    plain = run_predict("--model", str(fp32.onnx), "--input", str(path))
+    assert [line.split("\t") for line in plain.stdout.decode().splitlines()] == [
+        [p.label, f"{p.probability:.3f}", text] for p, text in zip(expected, lines, strict=True)]
+    empty = run_predict("--model", str(fp32.onnx), "--input", "-", stdin="")
+    assert empty.returncode == 0 and empty.stdout == b""
+
+
+def test_predict_mistakes_are_one_message_exit_2(exported, tmp_path):
+    fp32, _ = exported
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"fine\n" + "caf\xe9\n".encode("latin-1"))
+    no_tokenizer = tmp_path / "bare.onnx"
+    no_tokenizer.write_bytes(fp32.onnx.read_bytes())
+    (tmp_path / "bare.tokenizer").mkdir()
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    shutil.copytree(fp32.tokenizer_dir, tmp_path / "broken.tokenizer")
+    model = str(fp32.onnx)
+    for args, why in [
+        (["--model", str(tmp_path / "none.onnx"), "x"], "--model: no model at"),
+        (["--model", model], "--input: nothing to classify: give texts or --input FILE"),
+        (["--model", model, "x", "--input", "-"], "--input: give texts or --input, not both"),
+        (["--model", model, "--input", str(tmp_path / "nope.txt")],
+         f"--input: {tmp_path / 'nope.txt'}: No such file or directory"),
+        (["--model", model, "--input", str(latin)],
+         f"--input: {latin}: line 2: not valid UTF-8 text (byte 0xe9)"),
+        (["--model", str(no_tokenizer), "x"],
+         f"--model: {tmp_path / 'bare.tokenizer'}: no tokenizer.json"),
+        (["--model", str(broken), "x"], f"--model: {broken}: onnxruntime cannot load it"),
+    ]:
+        done = run_predict(*args)
+        out = " ".join(done.stderr.decode().replace("│", " ").split())
+        assert done.returncode == 2, (args, out)
+        assert f"Invalid value for {why}" in out, (args, out)
+        assert "Traceback" not in out
