@@ -64,7 +64,7 @@ def join(
     from edge_client.data import DataError, check_device_data
     from edge_client.state_lock import StateDirError, StateDirLock, check_owner
     from fedsa_common.logs import setup_logging
-    from fedsa_common.protocol import check_name
+    from fedsa_common.names import check_name
 
     cli_common.stop_on_sigterm()
     setup_logging(log_level)

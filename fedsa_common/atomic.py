@@ -18,10 +18,10 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save
+if TYPE_CHECKING:  # imported where tensors are written: the JSON and bytes writers serve
+    import torch  # light paths too (``edge-client join``'s data checks, the data cache)
 
 
 def _umask_mode(full: int = 0o666) -> int:
@@ -112,6 +112,8 @@ def read_json(path: Path) -> Any:
 
 
 def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    from safetensors.torch import save
+
     # cloned: tensors are often views of one flat vector, and safetensors refuses tensors
     # that share storage
     write_bytes(path, save({k: v.detach().cpu().clone() for k, v in tensors.items()}))
@@ -119,4 +121,6 @@ def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Our own files only; safetensors never executes code even so."""
+    from safetensors.torch import load_file
+
     return load_file(str(path))

@@ -23,11 +23,9 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-log = logging.getLogger(__name__)
+from fedsa_common.names import NAME_RE
 
-# The same pattern as fedsa_common.protocol.NAME_RE (a test checks); not imported from there
-# because protocol pulls in torch and the transport layer should stay light.
-NAME_RE = r"^[A-Za-z0-9_.-]{1,64}$"
+log = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 CREDENTIALS_FORMAT = "fedsa-broker-credentials/1"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -30,20 +29,12 @@ from pydantic import (
 from fedsa_common.config import FederationConfig
 from fedsa_common.envelope import PROTOCOL_VERSION, Envelope, loads_strict, pack, unpack
 from fedsa_common.errors import WireError
+from fedsa_common.names import NAME_RE, check_name
 
-NAME_RE = r"^[A-Za-z0-9_.-]{1,64}$"
 #: Largest round, version or sequence number a header may carry (2**53 - 1: exact in every
 #: JSON parser).  Unbounded integers would make ids such as "region:round:seq" longer than
 #: an Ack may carry, and a hub that builds the Ack would fail on it.
 MAX_WIRE_INT = 2**53 - 1
-_NAME = re.compile(NAME_RE)
-
-
-def check_name(kind: str, value: str) -> str:
-    """Names become topic levels, so they may not contain '/', '+', '#' or spaces."""
-    if not _NAME.match(value):
-        raise ValueError(f"{kind} {value!r} must match {NAME_RE}")
-    return value
 
 
 class Topics:
