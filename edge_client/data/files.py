@@ -37,8 +37,10 @@ def read_user_file(
         raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a data file")
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: no such file")
+    if not path.is_file():  # a FIFO or device would be read once, then block or differ
+        raise DataError(f"{path}: not a regular file")
     options = {text_column: "text_column", label_column: "label_column"}
     if client_column is not None:
         options[client_column] = "client_column"
