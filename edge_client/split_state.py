@@ -4,7 +4,8 @@ The cloud announces the round's shared set (``AnnounceHeader.shared``) with thei
 values.  Under a fixed or layer-wise split the device can compute that set itself and
 checks it; under ``importance_based`` it changes between rounds and the announcement is the
 authority, limited to LoRA tensors of the device's model.  The head is accepted only in
-the rounds the configuration shares it (``personalization.share_head_rounds``).
+the rounds the configuration shares it (``personalization.share_head_rounds``); B moves
+like an adaptive split's tensors under ``share_b_rounds``.
 
 When a tensor moves between the shared and the local set (adaptive split):
 

@@ -19,6 +19,8 @@ with (hooked into ``FederationConfig`` like the DP and secure-aggregation checks
   (the set changes at K+1) an update must again be folded into its own round: synchronous
   rounds with late updates dropped.  Downlink deltas announce the full parameters when
   the set changes, secure aggregation and DP work on whatever the round shares.
+* ``share_b_rounds`` K adds every LoRA B to rounds 1..K, with the same conditions, and
+  only under ``fedsa`` (the other algorithms share B already or share nothing).
 """
 
 from __future__ import annotations
@@ -64,15 +66,22 @@ def adaptive_conflicts(config: FederationSections) -> list[str]:
     if config.fedsa_lora.personalization.proximal_mu > 0 and algorithm == "local":
         out.append("fedsa_lora.personalization.proximal_mu: algorithm local shares nothing "
                    "to stay near")
-    out.extend(_head_sharing_conflicts(config))
+    personal = config.fedsa_lora.personalization
+    out.extend(_warm_sharing_conflicts(config, "share_head_rounds",
+                                       personal.share_head_rounds))
+    out.extend(_warm_sharing_conflicts(config, "share_b_rounds", personal.share_b_rounds))
+    if personal.share_b_rounds and algorithm != "fedsa":
+        out.append(f"fedsa_lora.personalization.share_b_rounds: only fedsa keeps B local "
+                   f"(algorithm {algorithm} "
+                   f"{'shares nothing' if algorithm == 'local' else 'already shares B'})")
     return out
 
 
-def _head_sharing_conflicts(config: FederationSections) -> list[str]:
-    k = config.fedsa_lora.personalization.share_head_rounds
+def _warm_sharing_conflicts(config: FederationSections, field: str, k: int) -> list[str]:
+    """Conflicts of sharing extra tensors (head, B) in rounds 1..K."""
     if k == 0:
         return []
-    where = "fedsa_lora.personalization.share_head_rounds"
+    where = f"fedsa_lora.personalization.{field}"
     out = []
     if config.fedsa_lora.adaptive_split.importance_based:
         out.append(f"{where}: cannot run with {SPLIT} importance_based (its decisions cover "

@@ -17,7 +17,8 @@ share of a device's attention that a tensor gets is compared across devices.
 
 Head sharing (``fedsa_lora.personalization.share_head_rounds`` K) is orthogonal: rounds
 1..K also share the classification head (``round_shared``), so even a fixed split changes
-once, between rounds K and K+1 (``split_changes``).
+once, between rounds K and K+1 (``split_changes``).  ``share_b_rounds`` does the same for
+FedSA's B matrices (a FedIT warm start before B personalizes).
 
 Pure functions; the cloud calls them between rounds and announces the result.
 """
@@ -125,11 +126,24 @@ def head_names(names: Iterable[str]) -> list[str]:
     return sorted(n for n in names if role(n) == "head")
 
 
-def shares_head(config: FederationConfig, round_: int) -> bool:
-    """Whether round ``round_`` shares the head: rounds 1..K, and every round (also the
-    final announcement, numbered ``rounds + 1`` by the cloud) when K >= ``rounds``."""
-    k = config.fedsa_lora.personalization.share_head_rounds
+def _warm(k: int, config: FederationConfig, round_: int) -> bool:
+    """Rounds 1..K, and every round (also the final announcement, numbered ``rounds + 1``
+    by the cloud) when K >= ``rounds``."""
     return k > 0 and (round_ <= k or k >= config.rounds)
+
+
+def shares_head(config: FederationConfig, round_: int) -> bool:
+    """Whether round ``round_`` shares the head (``share_head_rounds``)."""
+    return _warm(config.fedsa_lora.personalization.share_head_rounds, config, round_)
+
+
+def shares_b(config: FederationConfig, round_: int) -> bool:
+    """Whether round ``round_`` shares every LoRA B (``share_b_rounds``)."""
+    return _warm(config.fedsa_lora.personalization.share_b_rounds, config, round_)
+
+
+def b_names(names: Iterable[str]) -> list[str]:
+    return sorted(n for n in names if role(n) == "lora_B")
 
 
 def round_shared(names: Iterable[str], config: FederationConfig, round_: int) -> list[str]:
@@ -141,14 +155,17 @@ def round_shared(names: Iterable[str], config: FederationConfig, round_: int) ->
     shared = initial_split(names, config.fedsa_lora.algorithm, rules)
     if shares_head(config, round_):
         shared = sorted({*shared, *head_names(names)})
+    if shares_b(config, round_):
+        shared = sorted({*shared, *b_names(names)})
     return shared
 
 
 def split_changes(config: FederationConfig) -> bool:
     """Whether the shared set can differ between rounds (an update then belongs to the round
     it was made for)."""
-    k = config.fedsa_lora.personalization.share_head_rounds
-    return config.fedsa_lora.adaptive_split.importance_based or 0 < k < config.rounds
+    p = config.fedsa_lora.personalization
+    return (config.fedsa_lora.adaptive_split.importance_based
+            or any(0 < k < config.rounds for k in (p.share_head_rounds, p.share_b_rounds)))
 
 
 def decide_shared(stats: ImportanceStats, candidates: Iterable[str], threshold: float,

@@ -263,13 +263,18 @@ class PersonalizationSection(Strict):
     (K): rounds 1..K share the classification head like the algorithm's shared tensors
     (a common warm start, FedBABU/FedRep style, for devices with too little data to learn
     a head alone); from round K+1 on it is local again, starting from the global head the
-    device last loaded.  K >= ``rounds`` shares it in every round.  Left out of dumps at
-    the defaults (0), so digests stay as before.
+    device last loaded.  K >= ``rounds`` shares it in every round.  ``share_b_rounds``
+    (K, fedsa only) does the same for every LoRA B: rounds 1..K average B like FedIT (a
+    device with a few dozen texts cannot learn B alone, and FedSA's A is only as good as
+    the B it is paired with), then B is the device's own again, starting from the last
+    global B.  B then leaves the device in rounds 1..K.  Left out of dumps at the defaults
+    (0), so digests stay as before.
     """
 
     proximal_mu: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False)
     finetune_steps: int = Field(0, ge=0, le=10_000)
     share_head_rounds: int = Field(0, ge=0, le=1_000_000)
+    share_b_rounds: int = Field(0, ge=0, le=1_000_000)
 
     @model_serializer(mode="wrap")
     def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -16,7 +16,8 @@ keeps the split.  ``CloudState.shared`` (checkpointed) holds the decision.
 Head sharing (``fedsa_lora.personalization.share_head_rounds`` K > 0): the cloud also holds
 the head (initialised like the devices', from the seed) and shares it in rounds 1..K
 (``adaptive_split.round_shared``); the round number decides, so a restarted cloud
-recomputes the set of the round it resumes.  This class is the one place that decides each
+recomputes the set of the round it resumes.  ``share_b_rounds``: likewise for every LoRA
+B (held from the start, zero like the devices' own).  This class is the one place that decides each
 round's shared set; ``CloudState.shared`` is kept whenever that set is per round
 (``per_round``).
 """
@@ -42,6 +43,7 @@ class SplitPolicy:
         self.section = config.fedsa_lora.adaptive_split
         self.algorithm = config.fedsa_lora.algorithm
         self.share_head = config.fedsa_lora.personalization.share_head_rounds > 0
+        self.share_b = config.fedsa_lora.personalization.share_b_rounds > 0
         self.names = sorted(names)
 
     @property
@@ -52,12 +54,12 @@ class SplitPolicy:
     def per_round(self) -> bool:
         """Whether the shared set is decided round by round (else every held tensor is
         shared in every round, as under a plain fixed split)."""
-        return self.adaptive or self.share_head
+        return self.adaptive or self.share_head or self.share_b
 
     def held(self) -> list[str]:
         """Tensors the cloud keeps a global value for."""
-        lora = lora_names(self.names) if self.adaptive else shared_names(self.names,
-                                                                         self.algorithm)
+        lora = (lora_names(self.names) if self.adaptive or self.share_b
+                else shared_names(self.names, self.algorithm))
         return sorted({*lora, *head_names(self.names)}) if self.share_head else lora
 
     def for_round(self, round_: int) -> list[str]:

@@ -14,6 +14,8 @@ scenarios/overrides.py, applied to every run of the variant) or a preset:
 * ``adam:LR`` / ``yogi:LR`` / ``adagrad:LR`` / ``avgm[:LR]``: ``server_optimizer.name`` and
   ``server_lr=LR`` (avgm: momentum 0.9, LR default 1.0);
 * ``headshare:K``: ``fedsa_lora.personalization.share_head_rounds=K``;
+* ``bshare:K``: ``fedsa_lora.personalization.share_b_rounds=K`` (fedsa's B averaged in
+  rounds 1..K);
 * ``epochs:E``: ``training.local_epochs=E`` (local work in passes over the device's data);
 * ``cosine:WARMUP``: ``training.lr_schedule=cosine`` after ``warmup_steps=WARMUP``.
 
@@ -34,6 +36,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,24}$")
 # presets of one number: name -> (overrides, "{}" standing for it; its type; its meaning)
 _LEVERS: dict[str, tuple[tuple[str, ...], type, str]] = {
     "headshare": (("fedsa_lora.personalization.share_head_rounds={}",), int, "K"),
+    "bshare": (("fedsa_lora.personalization.share_b_rounds={}",), int, "K"),
     "epochs": (("training.local_epochs={}",), float, "E"),
     "cosine": (("training.lr_schedule=cosine", "training.warmup_steps={}"), int, "WARMUP"),
 }

@@ -86,3 +86,37 @@ def test_negative_k_is_refused_and_zero_stays_out_of_dumps() -> None:
         {"fedsa_lora": {"personalization": {"share_head_rounds": -1}}})
     assert "personalization" not in config(0).model_dump()["fedsa_lora"]
     assert config(2).model_dump()["fedsa_lora"]["personalization"] == {"share_head_rounds": 2}
+
+
+# B sharing (personalization.share_b_rounds): FedSA's B averaged in rounds 1..K ------------
+def b_config(k: int, rounds: int = 4, algorithm: str = "fedsa", head: int = 0) -> FederationConfig:
+    return FederationConfig.model_validate({
+        "rounds": rounds, "fedsa_lora": {"algorithm": algorithm, "personalization": {
+            "share_b_rounds": k, "share_head_rounds": head}}})
+
+
+def test_b_is_shared_in_rounds_one_to_k_only() -> None:
+    from fedsa_common.adaptive_split import shares_b
+
+    cfg = b_config(2)
+    assert [shares_b(cfg, r) for r in range(1, 5)] == [True, True, False, False]
+    assert round_shared(NAMES, cfg, 2) == sorted([A0, A1, B0, B1])
+    assert round_shared(NAMES, cfg, 3) == [A0, A1]
+    assert split_changes(cfg)
+    assert round_shared(NAMES, b_config(1, head=1), 1) == sorted([A0, A1, B0, B1, *HEAD])
+    assert not split_changes(b_config(4, rounds=4))
+
+
+@pytest.mark.parametrize(("algorithm", "why"), [("fedit", "already shares B"),
+                                                ("ffa", "already shares B"),
+                                                ("local", "shares nothing")])
+def test_b_sharing_is_for_fedsa_only(algorithm, why) -> None:
+    msg = refusal({"fedsa_lora": {"algorithm": algorithm,
+                                  "personalization": {"share_b_rounds": 2}}})
+    assert "share_b_rounds" in msg and why in msg
+
+
+def test_b_sharing_before_the_last_round_needs_sync_rounds() -> None:
+    msg = refusal({"rounds": 4, "round_policy": {"mode": "async"},
+                   "fedsa_lora": {"personalization": {"share_b_rounds": 2}}})
+    assert "share_b_rounds" in msg and "round_policy.mode" in msg
