@@ -20,6 +20,7 @@ from fedsa_common.protocol import (
     encode_message,
 )
 from hub.aggregation import RunningSum
+from hub.aggregator import ImportanceReports
 from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
 from hub.cloud import CloudHub, Inflight, shared_now
 from hub.intake import RegionIntake
@@ -93,12 +94,12 @@ def region_with_reports(collect: bool) -> list[PartialHeader]:
     header = AnnounceHeader(federation="f", round=1, version=0, status="running",
                             selected={"north": ["d1", "d2"]}, config=cfg.model_dump(mode="json"),
                             config_hash=cfg.digest(), deadline_s=30, issued_at=0.0, shared=A)
-    intake.announce(header, shapes, cfg.round_policy, "dense")
-    intake.collect_importance = collect
+    intake.announce(header, shapes, cfg.round_policy, "dense",
+                    steps=[ImportanceReports() if collect else None])
     for client, favourite in (("d1", A[0]), ("d2", A[1])):
         enc = get_codec("dense").encode({n: torch.ones(SHAPE) for n in A})
         report = {**{n: float(n == favourite) for n in A}, **{n: 1.0 for n in B}}
-        intake.offer(UpdateHeader(federation="f", round=1, client=client, region="north",
+        intake.accept(UpdateHeader(federation="f", round=1, client=client, region="north",
                                   base_version=0, codec="dense", codec_meta=enc.meta,
                                   num_samples=5, importance=report), enc.tensors, 10)
     meta, tensors = intake.to_state()  # reports are persisted before updates are acked
@@ -252,15 +253,15 @@ def test_regional_intake_checks_head_tensors_like_lora_ones() -> None:
                             deadline_s=30, issued_at=0.0, shared=names)
     intake.announce(header, {n: SHAPE for n in names}, cfg.round_policy, "dense")
 
-    def offer(client: str, tensors: dict[str, torch.Tensor]) -> str:
+    def accept(client: str, tensors: dict[str, torch.Tensor]) -> str:
         enc = get_codec("dense").encode(tensors)
-        return intake.offer(UpdateHeader(federation="f", round=1, client=client,
+        return intake.accept(UpdateHeader(federation="f", round=1, client=client,
                                          region="north", base_version=0, codec="dense",
                                          codec_meta=enc.meta, num_samples=5), enc.tensors, 10)
 
-    assert offer("d1", {n: torch.ones(SHAPE) for n in names}) == "d1:1"
+    assert accept("d1", {n: torch.ones(SHAPE) for n in names}) == "d1:1"
     with pytest.raises(WireError):  # the head is missing
-        offer("d2", {n: torch.ones(SHAPE) for n in A})
+        accept("d2", {n: torch.ones(SHAPE) for n in A})
     with pytest.raises(WireError):  # a head tensor of the wrong shape
-        offer("d3", {**{n: torch.ones(SHAPE) for n in A},
+        accept("d3", {**{n: torch.ones(SHAPE) for n in A},
                      **{n: torch.ones(3, 3) for n in HEAD}})
