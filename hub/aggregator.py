@@ -4,9 +4,10 @@ Why: a region's intake used to carry one optional field and one ``if`` per featu
 bound, clipping, similarity weighting, differential privacy, robust rules, importance
 reports, secure aggregation), in every method that takes, forwards or persists updates.
 Here, as in NVIDIA FLARE's ``Aggregator.accept``/``aggregate`` and Flower's one class per
-strategy (with DP as a wrapper around it), an update passes a list of *admission steps*
-and is then accepted by *one aggregator*; a feature is a step or an aggregator, and the
-intake runs whatever list it was given without knowing which features are on:
+strategy (where DP wraps a strategy; here it is a step), an update passes a list of
+*admission steps* and is then accepted by *one aggregator*; a feature is a step or an
+aggregator, and the intake runs whatever it was given without knowing which features
+are on:
 
 - ``AdmissionStep.admit(update) -> update``: refuses (``WireError``) or changes the delta,
   its weight or what else travels with it.  The round policy's own steps (``policy_steps``:
@@ -22,7 +23,8 @@ intake runs whatever list it was given without knowing which features are on:
   secure-aggregation driver around that round's protocol server.
 
 The aggregators' sums are ``sum_i w_i delta_i`` (or a robust rule's stand-in for it), so
-the cloud's weighted merge of regional partials is the same whichever rule a region used.
+the cloud's weighted merge of regional partials is the same whichever rule a region used:
+the cloud's intake (hub/cloud_intake.py) accepts them into one running sum.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from fedsa_common.protocol import (
 from hub.aggregation import RunningSum
 from hub.aggregator import ImportanceReports
 from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
-from hub.cloud import CloudHub, Inflight, shared_now
+from hub.cloud import CloudHub, shared_now
+from hub.cloud_intake import CloudIntake
 from hub.intake import RegionIntake
 from hub.process import Event
 from hub.split_policy import SplitPolicy
@@ -126,8 +127,8 @@ def cloud_in_round_1(tmp_path) -> tuple[CloudHub, CloudState]:
     cloud = CloudHub("mqtt://127.0.0.1:1", cfg, tmp_path)  # never connected
     params = {n: torch.zeros(SHAPE) for n in NAMES}
     state = CloudState(0, 0, params, cfg.digest(), shared=list(A))
-    cloud.inflight = Inflight(1, b"", {"north": ["d1", "d2"]}, 0.0,
-                              RunningSum.zeros({n: SHAPE for n in shared_now(state)}))
+    cloud.inflight = CloudIntake(1, b"", {"north": ["d1", "d2"]}, 0.0,
+                                 RunningSum.zeros({n: SHAPE for n in shared_now(state)}))
     return cloud, state
 
 
@@ -161,8 +162,8 @@ def test_more_reports_than_updates_is_refused(tmp_path) -> None:
 def test_a_late_partial_with_last_rounds_split_is_dropped_not_rejected(tmp_path) -> None:
     cloud, state = cloud_in_round_1(tmp_path)
     state.round, state.version, state.shared = 1, 1, list(B)
-    cloud.inflight = Inflight(2, b"", {"north": ["d1"]}, 0.0,
-                              RunningSum.zeros({n: SHAPE for n in B}))
+    cloud.inflight = CloudIntake(2, b"", {"north": ["d1"]}, 0.0,
+                                 RunningSum.zeros({n: SHAPE for n in B}))
     late = PartialHeader(federation="f", round=1, region="north", base_version=0, count=1,
                          weight=5.0, accepted=["d1:1"])
     cloud.on_partial(partial_event(late, A), state)
@@ -236,8 +237,8 @@ def test_the_summary_names_the_rounds_set_and_the_next(tmp_path) -> None:
     cloud = CloudHub("mqtt://127.0.0.1:1", cfg, tmp_path)
     state = CloudState(1, 1, {n: torch.zeros(SHAPE) for n in [*A, *HEAD]}, cfg.digest(),
                        shared=sorted([*A, *HEAD]))
-    fl = Inflight(1, b"", {"north": ["d1"]}, 0.0,
-                  RunningSum.zeros({n: SHAPE for n in shared_now(state)}))
+    fl = CloudIntake(1, b"", {"north": ["d1"]}, 0.0,
+                     RunningSum.zeros({n: SHAPE for n in shared_now(state)}))
     assert cloud.next_split(state, fl, applied=True) == {"shared": sorted([*A, *HEAD]),
                                                           "next_shared": A}
     assert shared_now(state) == A
