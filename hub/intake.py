@@ -133,9 +133,13 @@ class RegionIntake:
         return [*policy_steps(self.policy), *self.steps]
 
     @property
-    def rule(self) -> RuleAggregator:
-        """The aggregator class of the policy's rule (for new groups)."""
+    def group_class(self) -> RuleAggregator:
+        """The aggregator class of the policy's rule (``hub.aggregator.RULES``)."""
         return aggregator_class(self.policy.aggregation.rule)
+
+    def new_group(self) -> Aggregator:
+        """An empty aggregator of the policy's rule for a base version's updates."""
+        return self.group_class(self.shapes, self.policy.aggregation)
 
     def _waiting(self) -> set[str]:
         info = self.rounds.get(self.round)
@@ -199,7 +203,7 @@ class RegionIntake:
         on_time = header.round == self.round
         if not on_time and self.policy.mode == "sync" and self.policy.late == "drop":
             raise WireError("late", uid)
-        if self.final_sent and not self.rule.after_final:  # its cohort has been judged
+        if self.final_sent and not self.group_class.after_final:  # its cohort has been judged
             raise WireError("late", f"{uid} after the region's robust partial")
         if staleness > self.policy.max_staleness:
             raise WireError("stale", f"{uid} is {staleness} versions old")
@@ -215,8 +219,7 @@ class RegionIntake:
             update = step.admit(update)
         group = self.groups.get(header.base_version)
         if group is None:
-            group = self.groups[header.base_version] = self.rule(self.shapes,
-                                                                 self.policy.aggregation)
+            group = self.groups[header.base_version] = self.new_group()
         self.accept_into(group, update)
         self.last_factor = update.factor
         self.mark_accepted([uid])
@@ -248,7 +251,7 @@ class RegionIntake:
         if final and not versions:
             versions = [self.version]
         for i, bv in enumerate(versions):
-            group = self.groups.pop(bv, None) or self.rule(self.shapes, self.policy.aggregation)
+            group = self.groups.pop(bv, None) or self.new_group()
             result = group.result()
             last = i == len(versions) - 1
             header = PartialHeader(
@@ -306,8 +309,9 @@ class RegionIntake:
                          for r, row in meta["rounds"].items()}
         intake.steps = [kind.from_state(meta[key], tensors) for key, kind in STEPS.items()
                         if key in meta]
-        intake.groups = {int(tag): intake.rule.from_state(tag, meta, tensors, intake.shapes,
-                                                          intake.policy.aggregation)
+        restore = intake.group_class.from_state
+        intake.groups = {int(tag): restore(tag, meta, tensors, intake.shapes,
+                                           intake.policy.aggregation)
                          for tag in meta["groups"]}
         intake.accepted_ids = set(meta["accepted_ids"])
         intake.waiting = intake._waiting()
