@@ -256,7 +256,7 @@ def cpu_rate(s: Setting, payloads: list[bytes], clients: list[str]) -> float:
     t0 = time.process_time()
     for payload in payloads:
         header, env = decode_message(UpdateHeader, payload, max_bytes=16_000_000)
-        intake.offer(header, env.tensors, len(payload))
+        intake.accept(header, env.tensors, len(payload))
     return len(payloads) / (time.process_time() - t0)
 
 

@@ -7,6 +7,9 @@ when enough updates arrived (over-selection), or at the deadline.  Asynchronous 
 built on an older global version are weighted by 1/sqrt(1+staleness) when the policy
 allows them and dropped (and accounted for) otherwise.
 
+Partials go through the cloud's intake (``CloudIntake``, hub/cloud_intake.py: the pure rules
+for a partial); this hub decodes them, persists the intake and acknowledges.
+
 Durability: the round in flight (its announcement, the partial sums received, which update
 ids they carry) is persisted before partials are acknowledged, and the global parameters
 are checkpointed after every round, so a restarted cloud hub continues the same round.
@@ -29,14 +32,12 @@ import logging
 import math
 import random
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedsa_common.adaptive_split import ImportanceStats, split_changes
+from fedsa_common.adaptive_split import split_changes
 from fedsa_common.atomic import read_json, read_tensors, write_bytes, write_json, write_tensors
 from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.config import FederationConfig
@@ -56,6 +57,7 @@ from fedsa_common.protocol import (
 )
 from hub.aggregation import RunningSum, apply_server_update
 from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
+from hub.cloud_intake import DROPPED, CloudIntake
 from hub.downlink import DownlinkState, downlink_step
 from hub.privacy import CloudPrivacy
 from hub.process import Event, HubProcess
@@ -98,63 +100,25 @@ def select_clients(online: dict[str, str], k: int | None, seed: int, rnd: int
     return grouped
 
 
-def staleness_weight(staleness: int) -> float:
-    """FedBuff's discount for an update built on a global version ``staleness`` steps old."""
-    return 1.0 / math.sqrt(1.0 + staleness)
+def save_inflight(state_dir: Path, intake: CloudIntake) -> None:
+    """Persist the round in flight (announcement, then sums, then the JSON naming them)."""
+    meta, tensors = intake.to_state()
+    write_bytes(state_dir / INFLIGHT_ANNOUNCE, intake.announce_payload)
+    write_tensors(state_dir / INFLIGHT_TENSORS, tensors)
+    write_json(state_dir / INFLIGHT_JSON, meta)
 
 
-@dataclass
-class Inflight:
-    """Everything about the round in flight that must survive a restart of the cloud hub."""
+def load_inflight(state_dir: Path) -> CloudIntake | None:
+    path = state_dir / INFLIGHT_JSON
+    if not path.exists():
+        return None
+    return CloudIntake.from_state(read_json(path), read_tensors(state_dir / INFLIGHT_TENSORS),
+                                  (state_dir / INFLIGHT_ANNOUNCE).read_bytes())
 
-    round: int
-    announce_payload: bytes
-    selected: dict[str, list[str]]
-    started: float
-    total: RunningSum
-    seen: set[str] = field(default_factory=set)
-    applied: list[str] = field(default_factory=list)
-    dropped: dict[str, str] = field(default_factory=dict)
-    rejected: Counter[str] = field(default_factory=Counter)
-    duplicates: int = 0
-    finals: set[str] = field(default_factory=set)
-    bytes_in: int = 0
-    importance: ImportanceStats = field(default_factory=ImportanceStats)  # importance_based
 
-    def save(self, state_dir: Path) -> None:
-        write_bytes(state_dir / INFLIGHT_ANNOUNCE, self.announce_payload)
-        write_tensors(state_dir / INFLIGHT_TENSORS, self.total.sums)
-        write_json(state_dir / INFLIGHT_JSON, {
-            "round": self.round, "selected": self.selected, "started": self.started,
-            "weight": self.total.weight, "count": self.total.count,
-            "seen": sorted(self.seen), "applied": self.applied, "dropped": self.dropped,
-            "rejected": dict(self.rejected), "duplicates": self.duplicates,
-            "finals": sorted(self.finals), "bytes_in": self.bytes_in,
-            **({"importance": self.importance.to_json()} if self.importance.reports else {}),
-        })
-
-    @classmethod
-    def load(cls, state_dir: Path) -> Inflight | None:
-        path = state_dir / INFLIGHT_JSON
-        if not path.exists():
-            return None
-        m = read_json(path)
-        sums = {n: t.to(torch.float64) for n, t in read_tensors(
-            state_dir / INFLIGHT_TENSORS).items()}
-        return cls(
-            round=int(m["round"]), announce_payload=(state_dir / INFLIGHT_ANNOUNCE).read_bytes(),
-            selected=m["selected"], started=float(m["started"]),
-            total=RunningSum(sums, float(m["weight"]), int(m["count"])),
-            seen=set(m["seen"]), applied=list(m["applied"]), dropped=dict(m["dropped"]),
-            rejected=Counter(m["rejected"]), duplicates=int(m["duplicates"]),
-            finals=set(m["finals"]), bytes_in=int(m["bytes_in"]),
-            importance=ImportanceStats.from_json(m.get("importance", {})),
-        )
-
-    @staticmethod
-    def clear(state_dir: Path) -> None:
-        for name in (INFLIGHT_JSON, INFLIGHT_TENSORS, INFLIGHT_ANNOUNCE):
-            (state_dir / name).unlink(missing_ok=True)
+def clear_inflight(state_dir: Path) -> None:
+    for name in (INFLIGHT_JSON, INFLIGHT_TENSORS, INFLIGHT_ANNOUNCE):
+        (state_dir / name).unlink(missing_ok=True)
 
 
 class CloudHub(HubProcess):
@@ -168,7 +132,7 @@ class CloudHub(HubProcess):
         self.config = config
         self.policy = config.round_policy
         self.online: dict[str, str] = {}  # client -> region
-        self.inflight: Inflight | None = None
+        self.inflight: CloudIntake | None = None
         self.pending_acks: list[tuple[str, Ack]] = []
         self.dirty = False
         self.privacy = CloudPrivacy(None)  # differential privacy; set up in run()
@@ -212,7 +176,7 @@ class CloudHub(HubProcess):
     def run(self) -> int:
         state = self.load_state()
         self.privacy = CloudPrivacy.for_config(self.config, state.history)
-        inflight = Inflight.load(self.state_dir)
+        inflight = load_inflight(self.state_dir)
         if inflight is not None and inflight.round == state.round + 1:
             self.inflight = inflight
             log.info("continuing round %d in flight (%d updates received before the restart)",
@@ -321,10 +285,10 @@ class CloudHub(HubProcess):
         )
         payload = encode_message(header, body)
         if status == "running":  # persisted first, so a restart re-announces the same round
-            self.inflight = Inflight(header.round, payload, selected, header.issued_at,
-                                     RunningSum.zeros({n: tuple(t.shape)
-                                                       for n, t in shared.items()}))
-            self.inflight.save(self.state_dir)
+            self.inflight = CloudIntake(header.round, payload, selected, header.issued_at,
+                                        RunningSum.zeros({n: tuple(t.shape)
+                                                          for n, t in shared.items()}))
+            save_inflight(self.state_dir, self.inflight)
         nbytes = self.session.publish(self.topics.announce, payload, retain=True)
         self.counters["bytes.announced"] += nbytes
         return payload
@@ -378,13 +342,13 @@ class CloudHub(HubProcess):
 
     def flush_acks(self) -> None:
         if self.dirty and self.inflight is not None:
-            self.inflight.save(self.state_dir)
+            save_inflight(self.state_dir, self.inflight)
             self.dirty = False
         acks, self.pending_acks = self.pending_acks, []
         for region, ack in acks:
             self.session.publish_raw(self.topics.partial_ack(region), encode_json(ack))
 
-    def finish_round(self, state: CloudState, fl: Inflight) -> None:
+    def finish_round(self, state: CloudState, fl: CloudIntake) -> None:
         applied = fl.total.count >= self.policy.min_quorum and fl.total.weight > 0
         selected = sum(len(v) for v in fl.selected.values())
         if applied:  # the round's shared tensors; the others keep their global value
@@ -421,7 +385,7 @@ class CloudHub(HubProcess):
         record: dict[str, Any] = summary.model_dump(mode="json")
         state.history.append(record)
         save_checkpoint(self.state_dir, state)
-        Inflight.clear(self.state_dir)
+        clear_inflight(self.state_dir)
         self.inflight = None
         self.session.publish_raw(self.topics.summary, self.summary_payload(summary))
         self.round_done(fl.round, accepted=fl.total.count)
@@ -430,7 +394,8 @@ class CloudHub(HubProcess):
                  fl.total.count, len(fl.finals), summary.duration_s,
                  "" if applied else " (below quorum, not applied)")
 
-    def next_split(self, state: CloudState, fl: Inflight, applied: bool) -> dict[str, Any]:
+    def next_split(self, state: CloudState, fl: CloudIntake, applied: bool
+                   ) -> dict[str, Any]:
         """Decide the next round's shared tensors (adaptive split, head sharing) and return
         the summary's ``shared``/``next_shared`` fields ({} under a fixed split)."""
         split = SplitPolicy(self.config, list(state.params))
@@ -458,6 +423,7 @@ class CloudHub(HubProcess):
 
     # ------------------------------------------------------------------ partials
     def on_partial(self, event: Event, state: CloudState) -> None:
+        """Decode a regional partial, hand it to the round's intake, queue its ack."""
         fl = self.inflight
         assert fl is not None
         header, env = decode_message(PartialHeader, event.payload,
@@ -466,59 +432,11 @@ class CloudHub(HubProcess):
             raise WireError("wrong_federation", header.federation)
         if not event.topic.endswith(f"/partial/{header.region}"):
             raise WireError("wrong_topic", event.topic)
-        pid = f"{header.region}:{header.round}:{header.seq}"
-        if pid in fl.seen:
-            fl.duplicates += 1
-            self.pending_acks.append((header.region, Ack(kind="partial", id=pid, accepted=True,
-                                                         reason="duplicate")))
-            return
-        if header.round > fl.round:
-            raise WireError("future", f"round {header.round}")
-        if header.count != len(header.accepted):
-            raise WireError("bad_header", "count does not match accepted list")
-        # no regional hub weighs an update above max_samples_per_update; a larger (finite)
-        # weight could only overflow the round's total to inf and zero the mean
-        if header.weight > header.count * self.policy.max_samples_per_update:
-            raise WireError("bad_header", f"weight {header.weight:.3g} > {header.count} "
-                                          "updates x max_samples_per_update")
-        staleness = state.version - header.base_version
-        if staleness < 0:
-            raise WireError("wrong_base_version", str(header.base_version))
-        if header.importance is not None and header.importance.reports > header.count:
-            raise WireError("bad_header", "more importance reports than updates")
-        shapes = {n: tuple(t.shape) for n, t in fl.total.sums.items()}  # the round's shared
-        # a partial of an earlier round may carry that round's shared set (importance_based
-        # and head sharing change it); it is dropped as late below, whatever its shapes
-        moved = split_changes(self.config) and header.round < fl.round
-        if {n: tuple(t.shape) for n, t in env.tensors.items()} != shapes and not moved:
-            raise WireError("shape_mismatch", header.region)
-        sums = {n: t.to(torch.float32) for n, t in env.tensors.items()}
-        if not all(bool(torch.isfinite(t).all()) for t in sums.values()):
-            raise WireError("non_finite", header.region)
-        on_time = header.round == fl.round and staleness == 0
-        reason = None
-        if not on_time and self.policy.mode == "sync" and self.policy.late == "drop":
-            reason = "late"
-        elif staleness > self.policy.max_staleness:
-            reason = "stale"
-        fl.seen.add(pid)
-        self.dirty = True
-        if header.round == fl.round and header.final:
-            fl.finals.add(header.region)
-        for r, n in header.rejected.items():
-            fl.rejected[r] += n
-        fl.duplicates += header.duplicates
-        fl.bytes_in += header.bytes_in
-        if reason is not None:
-            for uid in header.accepted:
-                fl.dropped[uid] = reason
-            self.counters[f"dropped.{reason}"] += header.count
-            log.info("dropped %s (%d updates): %s", pid, header.count, reason)
-        elif header.count:
-            w = staleness_weight(staleness)
-            fl.total.merge({n: s * w for n, s in sums.items()}, header.weight * w, header.count)
-            fl.applied.extend(header.accepted)
-            if header.importance is not None:
-                fl.importance.merge(ImportanceStats.from_json(header.importance.model_dump()))
-        self.pending_acks.append((header.region, Ack(kind="partial", id=pid, accepted=True,
-                                                     reason=reason)))
+        ack = fl.accept(header, env.tensors, version=state.version, policy=self.policy,
+                        shared_set_changes=split_changes(self.config))
+        if ack.reason != "duplicate":  # a redelivery changes a count, saved with the next
+            self.dirty = True
+        if ack.reason in DROPPED:
+            self.counters[f"dropped.{ack.reason}"] += header.count
+            log.info("dropped %s (%d updates): %s", ack.id, header.count, ack.reason)
+        self.pending_acks.append((header.region, ack))

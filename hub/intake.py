@@ -1,9 +1,13 @@
 """A regional hub's intake of device updates across rounds (no I/O).
 
-Updates are validated, then folded into one running weighted sum per base version, so that
-late or asynchronous updates can travel to the cloud tagged with how stale they are.  The
-whole intake serialises to (JSON, tensors) so the hub can persist it *before* it
-acknowledges an update: an acknowledged update survives a crash of the hub.
+Updates are validated and decoded, pass the round's admission steps, and are accepted by
+one aggregator per base version (hub/aggregator.py), so that late or asynchronous updates
+can travel to the cloud tagged with how stale they are.  Which steps and which aggregator
+a round has (norm bound, clipping, similarity weighting, DP, importance reports; mean,
+robust rule, secure aggregation) is the round's configuration: the intake runs them
+without knowing which features are on.  The whole intake serialises to (JSON, tensors)
+so the hub can persist it *before* it acknowledges an update: an acknowledged update
+survives a crash of the hub.
 
 Every refusal has a named reason so the operator can tell stale devices from
 misconfigured or hostile ones.
@@ -13,27 +17,44 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from fedsa_common.adaptive_split import ImportanceStats
 from fedsa_common.config import RoundPolicySection
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import AnnounceHeader, PartialHeader, UpdateHeader
-from hub.aggregation import RunningSum, l2_norm
+from hub.aggregation import l2_norm
+from hub.aggregator import (
+    AdmissionStep,
+    Aggregator,
+    ImportanceReports,
+    RuleAggregator,
+    StatefulStep,
+    StepKind,
+    Update,
+    aggregator_class,
+    policy_steps,
+)
 from hub.codec_check import announced_codec, check_declared, codec_for
-from hub.kept import KeptUpdates
-from hub.privacy import IntakeDp, fold
-from hub.robust import clip_to_norm
+from hub.privacy import IntakeDp
 from hub.similarity import SimilarityWeighting
 
 # Rounds of history (selection, accepted ids) kept beyond max_staleness for judging late
 # updates and resends.  The intake is persisted before every acknowledgement, so its size
 # is paid per batch of updates: 64 rounds of a 1,000-device region were ~1.5 MB of JSON.
 KEEP_EXTRA_ROUNDS = 4
+
+# The configured admission steps, in the order they run (after the policy's own), by the key
+# each persists under: a restored intake rebuilds them in this order from the keys present.
+STEPS: dict[str, StepKind] = {
+    SimilarityWeighting.key: SimilarityWeighting,  # weights by samples x agreement
+    IntakeDp.key: IntakeDp,  # then DP's unit weight (and central clip) replaces the weight
+    ImportanceReports.key: ImportanceReports,
+}
+S = TypeVar("S")
 
 
 @dataclass
@@ -53,15 +74,9 @@ class RegionIntake:
     version: int = 0
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     rounds: dict[int, RoundInfo] = field(default_factory=dict)
-    groups: dict[int, RunningSum] = field(default_factory=dict)  # base version -> sum
-    group_ids: dict[int, list[str]] = field(default_factory=dict)
-    kept: KeptUpdates = field(default_factory=KeptUpdates)  # robust rules only
-    dp: IntakeDp | None = None  # differential privacy: unit weights, central re-clipping
-    similarity: SimilarityWeighting | None = None  # weighting: similarity
-    last_factor: float = 1.0  # the last accepted update's similarity factor, for the log
-    # adaptive split (importance_based): devices' importance reports, per base version
-    collect_importance: bool = False
-    importance: dict[int, ImportanceStats] = field(default_factory=dict)
+    steps: list[StatefulStep] = field(default_factory=list)  # configured, after the policy's
+    groups: dict[int, Aggregator] = field(default_factory=dict)  # base version -> aggregator
+    last_factor: float = 1.0  # the last accepted update's weighting factor, for the log
     accepted_ids: set[str] = field(default_factory=set)
     # selected devices of the current round not accepted yet: derived from the two above,
     # kept so that checking for quorum costs the devices still missing, not the region
@@ -75,8 +90,14 @@ class RegionIntake:
 
     # ------------------------------------------------------------------ rounds
     def announce(self, header: AnnounceHeader, shapes: Mapping[str, tuple[int, ...]],
-                 policy: RoundPolicySection, codec: str) -> bool:
-        """Take a new round; returns False for a re-delivery of a known round."""
+                 policy: RoundPolicySection, codec: str,
+                 steps: Sequence[StatefulStep | None] = (),
+                 aggregator: Aggregator | None = None) -> bool:
+        """Take a new round; returns False for a re-delivery of a known round.
+
+        ``steps``: the configured admission steps of the round (None for a feature that is
+        off), run after the policy's own; ``aggregator``: the round's aggregator when it is
+        not the policy's rule (secure aggregation's ``SecureSum``)."""
         if header.round <= self.round and self.rounds:
             return False
         announced, params = announced_codec(header)  # validated before any state changes
@@ -96,7 +117,29 @@ class RegionIntake:
         self.final_sent = False
         self.seq = 0
         self.waiting = self._waiting()
+        order = list(STEPS)
+        self.steps = sorted((s for s in steps if s is not None), key=lambda s: order.index(s.key))
+        if aggregator is not None:
+            self.groups[header.version] = aggregator
         return True
+
+    def step(self, kind: type[S]) -> S | None:
+        """The round's configured step of class ``kind`` (None when the round has none)."""
+        return next((s for s in self.steps if isinstance(s, kind)), None)
+
+    @property
+    def admission(self) -> list[AdmissionStep]:
+        """Every admission step, in the order they run: the policy's, then the configured."""
+        return [*policy_steps(self.policy), *self.steps]
+
+    @property
+    def group_class(self) -> RuleAggregator:
+        """The aggregator class of the policy's rule (``hub.aggregator.RULES``)."""
+        return aggregator_class(self.policy.aggregation.rule)
+
+    def new_group(self) -> Aggregator:
+        """An empty aggregator of the policy's rule for a base version's updates."""
+        return self.group_class(self.shapes, self.policy.aggregation)
 
     def _waiting(self) -> set[str]:
         info = self.rounds.get(self.round)
@@ -131,9 +174,10 @@ class RegionIntake:
         return all(c in self.offline for c in self.waiting)
 
     # ------------------------------------------------------------------ updates
-    def offer(self, header: UpdateHeader, tensors: Mapping[str, torch.Tensor], nbytes: int
-              ) -> str:
-        """Validate one update and fold it in; returns its id, raises WireError naming why.
+    def accept(self, header: UpdateHeader, tensors: Mapping[str, torch.Tensor], nbytes: int
+               ) -> str:
+        """Validate one update, admit it and accept it into its base version's aggregator;
+        returns its id, raises WireError naming why not.
 
         A redelivery of an already accepted (client, round) raises ``duplicate`` and is
         counted once, so QoS 1 redelivery and device resends are harmless.
@@ -143,9 +187,7 @@ class RegionIntake:
             raise WireError("wrong_federation", header.federation)
         if header.region != self.region:
             raise WireError("wrong_region", header.region)
-        if uid in self.accepted_ids:
-            self.duplicates += 1
-            raise WireError("duplicate", uid)
+        self.check_new(uid)
         if header.round > self.round:
             raise WireError("future", f"round {header.round} > {self.round}")
         info = self.rounds.get(header.round)
@@ -161,7 +203,7 @@ class RegionIntake:
         on_time = header.round == self.round
         if not on_time and self.policy.mode == "sync" and self.policy.late == "drop":
             raise WireError("late", uid)
-        if self.policy.aggregation.robust and self.final_sent:  # its cohort has been judged
+        if self.final_sent and not self.group_class.after_final:  # its cohort has been judged
             raise WireError("late", f"{uid} after the region's robust partial")
         if staleness > self.policy.max_staleness:
             raise WireError("stale", f"{uid} is {staleness} versions old")
@@ -170,31 +212,35 @@ class RegionIntake:
             raise WireError("too_many_samples", str(header.num_samples))
         codec = codec_for(header.codec, params)
         delta = codec.decode(tensors, header.codec_meta, self.shapes)
-        norm = l2_norm(delta)
-        if not math.isfinite(norm):
+        if not math.isfinite(l2_norm(delta)):
             raise WireError("non_finite", uid)
-        if self.policy.max_update_norm is not None and norm > self.policy.max_update_norm:
-            raise WireError("norm_bound", f"{norm:.3g} > {self.policy.max_update_norm}")
-        if self.policy.aggregation.clip_norm is not None:
-            delta = clip_to_norm(delta, self.policy.aggregation.clip_norm)
+        update = Update(header, delta, float(header.num_samples))
+        for step in self.admission:
+            update = step.admit(update)
         group = self.groups.get(header.base_version)
         if group is None:
-            group = self.groups[header.base_version] = RunningSum.zeros(self.shapes)
-        samples = float(header.num_samples)
-        if self.similarity is not None:  # agreement with the last global change
-            self.last_factor = self.similarity.factor(delta)
-            samples *= self.last_factor
-        delta, weight = fold(self.dp, delta, samples)
-        group.add(delta, weight)
-        if self.collect_importance and header.importance:
-            self.importance.setdefault(header.base_version, ImportanceStats()).add_report(
-                header.importance)
-        if self.policy.aggregation.robust:
-            self.kept.keep(header.base_version, delta)
-        self.group_ids.setdefault(header.base_version, []).append(uid)
+            group = self.groups[header.base_version] = self.new_group()
+        self.accept_into(group, update)
+        self.last_factor = update.factor
         self.mark_accepted([uid])
         self.bytes_in += nbytes
         return uid
+
+    def check_new(self, uid: str) -> None:
+        """Refuse (and count) a redelivery of an update this region already accepted."""
+        if uid in self.accepted_ids:
+            self.duplicates += 1
+            raise WireError("duplicate", uid)
+
+    def accept_into(self, group: Aggregator, update: Update) -> None:
+        """Accept an admitted update into ``group``, counting a duplicate it refuses (secure
+        aggregation reads and checks its masked updates itself, then comes through here)."""
+        try:
+            group.accept(update)
+        except WireError as err:
+            if err.reason == "duplicate":
+                self.duplicates += 1
+            raise
 
     # ------------------------------------------------------------------ partials
     def flush(self, final: bool) -> list[tuple[PartialHeader, dict[str, torch.Tensor]]]:
@@ -205,22 +251,19 @@ class RegionIntake:
         if final and not versions:
             versions = [self.version]
         for i, bv in enumerate(versions):
-            total = self.groups.pop(bv, None) or RunningSum.zeros(self.shapes)
-            ids = self.group_ids.pop(bv, [])
-            stats = self.importance.pop(bv, None)
+            group = self.groups.pop(bv, None) or self.new_group()
+            result = group.result()
             last = i == len(versions) - 1
             header = PartialHeader(
                 federation=self.federation, round=self.round, region=self.region,
-                base_version=bv, seq=self.seq, final=final and last, count=total.count,
-                weight=total.weight, accepted=sorted(ids),
+                base_version=bv, seq=self.seq, final=final and last, count=result.count,
+                weight=result.weight, accepted=sorted(result.ids),
                 rejected=dict(self.rejected) if last else {},
                 duplicates=self.duplicates if last else 0,
-                bytes_in=self.bytes_in if last else 0,
-                importance=stats.to_json() if stats is not None and stats.reports else None,
+                bytes_in=self.bytes_in if last else 0, importance=result.importance,
             )
             self.seq += 1
-            robust = self.kept.pop_sums(bv, total.weight, self.policy.aggregation)
-            out.append((header, total.as_float32() if robust is None else robust))
+            out.append((header, result.sums))
         if out:
             self.rejected.clear()
             self.duplicates = 0
@@ -231,29 +274,28 @@ class RegionIntake:
 
     # ------------------------------------------------------------------ persistence
     def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        meta = {
+        """(JSON, tensors).  Configured steps write under their keys; every group writes its
+        sections under its base version ("groups" and "kept" are always present: the
+        layout hubs wrote before the aggregator interface, which they can still read)."""
+        meta: dict[str, Any] = {
             "round": self.round, "version": self.version, "final_sent": self.final_sent,
             "seq": self.seq, "shapes": {n: list(s) for n, s in self.shapes.items()},
             "rounds": {str(r): [i.version, i.selected, i.codec, i.codec_params]
                        for r, i in self.rounds.items()},
-            "groups": {str(bv): [g.weight, g.count, self.group_ids.get(bv, [])]
-                       for bv, g in self.groups.items()},
             "accepted_ids": sorted(self.accepted_ids),
             "rejected": dict(self.rejected), "duplicates": self.duplicates,
             "bytes_in": self.bytes_in, "policy": self.policy.model_dump(mode="json"),
-            "offline": sorted(self.offline),
+            "offline": sorted(self.offline), "groups": {}, "kept": {},
         }
-        tensors = {f"group/{bv}/{n}": t for bv, g in self.groups.items()
-                   for n, t in g.sums.items()}
-        meta["kept"], kept_tensors = self.kept.to_state()
-        if self.dp is not None:
-            meta["dp"] = self.dp.to_json()
-        tensors.update(kept_tensors)
-        if self.similarity is not None:
-            meta["similarity"], similarity_tensors = self.similarity.to_state()
-            tensors.update(similarity_tensors)
-        if self.collect_importance:
-            meta["importance"] = {str(bv): s.to_json() for bv, s in self.importance.items()}
+        tensors: dict[str, torch.Tensor] = {}
+        for step in self.steps:
+            meta[step.key], step_tensors = step.to_state()
+            tensors.update(step_tensors)
+        for bv, group in self.groups.items():
+            sections, group_tensors = group.to_state(str(bv))
+            for section, value in sections.items():
+                meta.setdefault(section, {})[str(bv)] = value
+            tensors.update(group_tensors)
         return meta, tensors
 
     @classmethod
@@ -265,18 +307,12 @@ class RegionIntake:
         intake.rounds = {int(r): RoundInfo(int(row[0]), list(row[1]), str(row[2]),
                                            dict(row[3]) if len(row) > 3 else {})
                          for r, row in meta["rounds"].items()}
-        for bv_s, (weight, count, ids) in meta["groups"].items():
-            bv = int(bv_s)
-            sums = {n: tensors[f"group/{bv}/{n}"].to(torch.float64) for n in intake.shapes}
-            intake.groups[bv] = RunningSum(sums, float(weight), int(count))
-            intake.group_ids[bv] = list(ids)
-        intake.kept = KeptUpdates.from_state(meta.get("kept", {}), tensors, list(intake.shapes))
-        intake.dp = IntakeDp.from_json(meta.get("dp"))
-        intake.similarity = SimilarityWeighting.from_state(meta.get("similarity"), tensors)
-        if "importance" in meta:
-            intake.collect_importance = True
-            intake.importance = {int(bv): ImportanceStats.from_json(raw)
-                                 for bv, raw in meta["importance"].items()}
+        intake.steps = [kind.from_state(meta[key], tensors) for key, kind in STEPS.items()
+                        if key in meta]
+        restore = intake.group_class.from_state
+        intake.groups = {int(tag): restore(tag, meta, tensors, intake.shapes,
+                                           intake.policy.aggregation)
+                         for tag in meta["groups"]}
         intake.accepted_ids = set(meta["accepted_ids"])
         intake.waiting = intake._waiting()
         intake.offline = set(meta.get("offline", []))

@@ -1,29 +1,29 @@
 """The hubs' part of differential privacy (the math is in fedsa_common/dp.py).
 
-Regional hubs fold every update with weight 1 (a device's ``num_samples`` would otherwise
-scale its influence, and the sensitivity, without bound) and, in central mode, clip it
-again to ``clip_norm`` after decoding: the bound on one device's contribution then holds
-whatever a device sends, including codec rounding and the error-feedback residual.  The
-cloud adds the noise once to the round's sum (central mode) and divides by the number of
-updates the round was announced to wait for, never by the number that arrived (why:
-fedsa_common/dp.py), keeps the privacy ledger, and states the epsilon spent in every round
-summary and its log.
+Regional hubs admit every update (``IntakeDp``, an admission step, hub/aggregator.py)
+with weight 1 (a device's ``num_samples`` would otherwise scale its influence, and the
+sensitivity, without bound) and, in central mode, clip it again to ``clip_norm`` after
+decoding: the bound on one device's contribution then holds whatever a device sends,
+including codec rounding and the error-feedback residual.  The cloud adds the noise once
+to the round's sum (central mode) and divides by the number of updates the round was
+announced to wait for, never by the number that arrived (why: fedsa_common/dp.py), keeps
+the privacy ledger, and states the epsilon spent in every round summary and its log.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 
 from fedsa_common.config import FederationConfig
 from fedsa_common.dp import DpPlan, PrivacyLedger, clip_update, dp_plan, noisy_mean
 from fedsa_common.dp import secure_generator as _secure_generator
-from fedsa_common.tensors import Tensors
 from hub.aggregation import RunningSum
+from hub.aggregator import Update
 
 log = logging.getLogger("fedsa.hub.privacy")
 
@@ -31,37 +31,32 @@ log = logging.getLogger("fedsa.hub.privacy")
 
 @dataclass(frozen=True)
 class IntakeDp:
-    """How a regional hub folds updates under DP: unit weight, and the central clip norm."""
+    """A regional hub's DP admission step: unit weight, and the central clip norm."""
 
     clip_norm: float | None  # None in local mode: the update is already noised
+    key: ClassVar[str] = "dp"
 
-    def fold(self, delta: Tensors, num_samples: float) -> tuple[dict[str, torch.Tensor], float]:
-        """The delta to add to the running sum and its weight (``num_samples`` is ignored)."""
-        if self.clip_norm is None:
-            return dict(delta), 1.0
-        clipped, _ = clip_update(delta, self.clip_norm)
-        return clipped, 1.0
+    def admit(self, update: Update) -> Update:
+        """The update with weight 1 (its sample count is ignored), clipped in central mode."""
+        delta = (dict(update.delta) if self.clip_norm is None
+                 else clip_update(update.delta, self.clip_norm)[0])
+        return replace(update, delta=delta, weight=1.0)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"clip_norm": self.clip_norm}
+    def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return {"clip_norm": self.clip_norm}, {}
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any] | None) -> IntakeDp | None:
-        return None if raw is None else cls(raw.get("clip_norm"))
+    def from_state(cls, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+                   ) -> IntakeDp:
+        return cls(meta.get("clip_norm"))
 
 
 def intake_dp(config: FederationConfig) -> IntakeDp | None:
+    """The DP step of a round of ``config`` (None without DP)."""
     dp = config.fedsa_lora.privacy.differential_privacy
     if not dp.enable:
         return None
     return IntakeDp(dp.clip_norm if dp.mode == "central" else None)
-
-
-def fold(rule: IntakeDp | None, delta: Tensors, num_samples: float
-         ) -> tuple[Tensors, float]:
-    """An accepted update as the running sum takes it: as sent, weighted by its sample count
-    without DP; clipped and unit-weighted with it."""
-    return (delta, num_samples) if rule is None else rule.fold(delta, num_samples)
 
 
 class CloudPrivacy:

@@ -37,11 +37,12 @@ from fedsa_common.protocol import (
     encode_json,
     encode_message,
 )
+from hub.aggregator import ImportanceReports
 from hub.intake import RegionIntake
 from hub.privacy import intake_dp
 from hub.process import Event, HubProcess
 from hub.secagg_region import RegionSecAgg
-from hub.similarity import similarity_for
+from hub.similarity import SimilarityWeighting, similarity_for
 
 log = logging.getLogger("fedsa.hub.regional")
 
@@ -69,7 +70,8 @@ class RegionalHub(HubProcess):
         self.acks: list[tuple[str, Ack]] = []  # sent once the state is persisted
         self.dirty = False
         self.next_resend = 0.0
-        self.secagg = RegionSecAgg(self)  # secure aggregation rounds (inert without them)
+        # secure aggregation rounds (inert without them)
+        self.secagg = RegionSecAgg(self.session, self.topics, federation, region, self.counters)
 
     # ------------------------------------------------------------------ persistence
     def load(self) -> None:
@@ -115,7 +117,7 @@ class RegionalHub(HubProcess):
             while event is not None:  # drain, then persist once and acknowledge the batch
                 self.handle(event)
                 event = self.next_in_batch(batch_started)
-            self.secagg.tick()  # close secure-aggregation stages that are done or due
+            self.secure_tick()  # close secure-aggregation stages that are done or due
             self.after_batch()
             if (self.intake.round and not self.intake.final_sent
                     and time.time() >= self.deadline):
@@ -160,7 +162,8 @@ class RegionalHub(HubProcess):
             elif event.kind == "presence":
                 self.on_presence(event)
             elif event.kind == "secagg":
-                self.secagg.on_message(event)
+                self.secagg.on_message(event, self.max_bytes)
+                self.secure_tick()
             elif event.kind == "partial_ack":
                 self.on_partial_ack(event)
         except WireError as err:
@@ -200,13 +203,15 @@ class RegionalHub(HubProcess):
         if self.intake.round and not self.intake.final_sent:
             self.forward(final=True)
         self.max_bytes = config.transport.max_message_bytes
-        self.intake.announce(header, shapes, config.round_policy,
-                             config.fedsa_lora.compression.codec)
-        self.intake.dp = intake_dp(config)
-        self.intake.collect_importance = config.fedsa_lora.adaptive_split.importance_based
         agg = config.round_policy.aggregation
-        sim = self.intake.similarity = similarity_for(self.intake.similarity, agg.weighting,
-                                                      agg.similarity_floor)
+        sim = similarity_for(self.intake.step(SimilarityWeighting), agg.weighting,
+                             agg.similarity_floor)
+        reports = (ImportanceReports() if config.fedsa_lora.adaptive_split.importance_based
+                   else None)
+        secure = self.secagg.announce(header, config, shapes, event.received)
+        self.intake.announce(header, shapes, config.round_policy,
+                             config.fedsa_lora.compression.codec,
+                             steps=[sim, intake_dp(config), reports], aggregator=secure)
         if sim is not None and header.is_delta:  # downlink deltas: the change itself
             sim.announce_delta(header.version, header.delta_from or 0,
                                self.decoded_delta(header, env.tensors))
@@ -215,7 +220,6 @@ class RegionalHub(HubProcess):
         if sim is not None and sim.reference is None:
             log.info("round %d: no reference direction yet (first round, new shared set "
                      "or restart): similarity factors are 1", header.round)
-        self.secagg.announce(header, config, shapes, event.received)
         self.dirty = True
         self.deadline = event.received + header.deadline_s
         self.round_started(header.round, event.received)
@@ -248,9 +252,10 @@ class RegionalHub(HubProcess):
                 return
             raise WireError("future", f"round {header.round}")
         ack_topic = self.topics.ack(self.region, header.client)
+        secure = self.secagg.handles(header)
         try:
-            uid = (self.secagg.offer(header, env.tensors) if self.secagg.handles(header)
-                   else self.intake.offer(header, env.tensors, len(event.payload)))
+            uid = (self.secagg.accept(header, env.tensors, self.intake) if secure
+                   else self.intake.accept(header, env.tensors, len(event.payload)))
         except WireError as err:
             self.acks.append((ack_topic, Ack(kind="update", id=header.update_id,
                                              accepted=err.reason == "duplicate",
@@ -259,11 +264,22 @@ class RegionalHub(HubProcess):
         self.dirty = True
         self.acks.append((ack_topic, Ack(kind="update", id=uid, accepted=True)))
         self.counters["updates.accepted"] += 1
-        if self.intake.similarity is not None and not self.secagg.handles(header):
+        if self.intake.step(SimilarityWeighting) is not None and not secure:
             log.info("accepted %s (similarity factor %.3f)", uid, self.intake.last_factor)
         else:
             log.info("accepted %s", uid)
         self.maybe_forward()
+
+    def secure_tick(self) -> None:
+        """Let the secure round (if any) close its stages; when it ended, unmasked or
+        failed, forward the region's final partial (an empty one after a failure)."""
+        closed = self.secagg.tick(self.intake)
+        if closed is None:
+            return
+        if closed.error is not None:
+            self.count_reject(closed.error, closed.what)
+        self.dirty = True
+        self.forward(final=True)
 
     def maybe_forward(self) -> None:
         if not self.intake.round:

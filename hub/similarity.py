@@ -7,18 +7,20 @@ predecessor was not applied) keeps the previous reference; a change of the share
 first round, or a hub restarted without this state has none, and every factor is then 1
 (plain sample weights) until the next announcement.  Under downlink deltas an
 announcement carries the change itself (``announce_delta``): it is the reference direction,
-even right after a restart.  Pure: the intake persists it with ``to_state``.
+even right after a restart.  Pure: an admission step of the intake (hub/aggregator.py),
+which persists it under its ``key``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 
 from fedsa_common.tensors import Tensors
+from hub.aggregator import Update
 from hub.weighting import agreement_factor, reference_direction
 
 
@@ -28,6 +30,7 @@ class SimilarityWeighting:
     version: int | None = None  # of the last announcement seen
     previous: dict[str, torch.Tensor] | None = None  # its global tensors
     reference: dict[str, torch.Tensor] | None = None  # the last global change
+    key: ClassVar[str] = "similarity"
 
     def announce(self, version: int, global_tensors: Tensors) -> None:
         """Take a round's announced global tensors."""
@@ -59,6 +62,11 @@ class SimilarityWeighting:
         """The update's weight multiplier in [floor, 1] (1 without a reference)."""
         return agreement_factor(delta, self.reference, self.floor)
 
+    def admit(self, update: Update) -> Update:
+        """The update weighted by its sample count times its factor."""
+        factor = self.factor(update.delta)
+        return replace(update, weight=update.weight * factor, factor=factor)
+
     # ------------------------------------------------------------------ persistence
     def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         meta = {"floor": self.floor, "version": self.version,
@@ -69,11 +77,7 @@ class SimilarityWeighting:
         return meta, tensors
 
     @classmethod
-    def from_state(cls, meta: Mapping[str, Any] | None, tensors: Tensors
-                   ) -> SimilarityWeighting | None:
-        if meta is None:
-            return None
-
+    def from_state(cls, meta: Mapping[str, Any], tensors: Tensors) -> SimilarityWeighting:
         def part(kind: str) -> dict[str, torch.Tensor] | None:
             if not meta.get(kind):
                 return None

@@ -28,6 +28,7 @@ from hub.downlink import DownlinkState, carried_residual, downlink_step
 from hub.process import Event
 from hub.regional import RegionalHub
 from hub.server_optimizer import server_change
+from hub.similarity import SimilarityWeighting
 
 SHAPES = {"l0.lora_A.weight": (4, 16), "l1.lora_A.weight": (4, 16)}
 NAMES = sorted(SHAPES)
@@ -252,7 +253,7 @@ def test_regional_hub_takes_shapes_and_the_reference_from_a_delta_announcement(
     regional = RegionalHub("mqtt://127.0.0.1:1", "f", "r1", tmp_path / "regional")
     regional.on_announce(Event("announce", hub.topics.announce, sent[-1][1], 0.0))
     assert regional.intake.shapes == {n: tuple(t.shape) for n, t in new.items()}
-    sim = regional.intake.similarity
+    sim = regional.intake.step(SimilarityWeighting)
     assert sim is not None and sim.version == 1 and sim.reference is not None
     old = hub.load_state().params  # no checkpoint written: the initial global
     for n in new:  # the reference is the change itself, decoded from the announcement

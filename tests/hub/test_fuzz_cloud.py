@@ -42,7 +42,8 @@ from fedsa_common.hostile import (
 from fedsa_common.protocol import PartialHeader, Presence, Topics, decode_json, encode_message
 from hub.aggregation import RunningSum
 from hub.checkpoint import CloudState
-from hub.cloud import CloudHub, Inflight
+from hub.cloud import CloudHub
+from hub.cloud_intake import CloudIntake
 
 SHAPES = {"l0.lora_A.weight": (2, 8), "l1.lora_A.weight": (3, 5)}
 TOPICS = Topics("f")
@@ -57,8 +58,8 @@ def cloud_in_round_3(state_dir: Path, late: str) -> tuple[CloudHub, CloudState]:
     cloud.listen("presence", TOPICS.presence_filter, raw=True)  # as run() does
     cloud.listen("partial", TOPICS.partial_filter)
     state = CloudState(2, 2, {n: torch.zeros(s) for n, s in SHAPES.items()}, config.digest())
-    cloud.inflight = Inflight(3, b"", {"north": ["n1", "n2"], "south": ["s1"]}, 0.0,
-                              RunningSum.zeros(SHAPES))
+    cloud.inflight = CloudIntake(3, b"", {"north": ["n1", "n2"], "south": ["s1"]}, 0.0,
+                                 RunningSum.zeros(SHAPES))
     return cloud, state
 
 
@@ -92,8 +93,8 @@ def deliver(cloud: CloudHub, topic: str, payload: bytes, rng: random.Random) -> 
             cloud.session._dispatch(f"{topic}/{idx}", raw)
 
 
-def writable(fl: Inflight) -> None:
-    """What finish_round and Inflight.save write from the round's bookkeeping."""
+def writable(fl: CloudIntake) -> None:
+    """What finish_round and save_inflight write from the round's bookkeeping."""
     record: dict[str, Any] = {"applied": fl.applied, "dropped": fl.dropped,
                               "rejected": dict(fl.rejected), "seen": sorted(fl.seen),
                               "finals": sorted(fl.finals), "bytes_in": fl.bytes_in}

@@ -5,11 +5,14 @@ import pytest
 import torch
 
 from fedsa_common.codec import get_codec
-from fedsa_common.config import FederationConfig, RoundPolicySection
+from fedsa_common.config import AggregationSection, FederationConfig, RoundPolicySection
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import AnnounceHeader, UpdateHeader
 from hub.aggregation import fedavg
+from hub.aggregator import ImportanceReports
 from hub.intake import RegionIntake
+from hub.privacy import IntakeDp
+from hub.similarity import SimilarityWeighting
 
 SHAPES = {"x.lora_A.weight": (2, 8)}
 SELECTED = {"eu": ["d1", "d2"], "us": ["d3"]}
@@ -48,9 +51,9 @@ def test_accepts_selected_updates_and_forwards_weighted_sum():
     it = intake()
     h1, t1, d1 = update("d1", samples=10, scale=1.0)
     h2, t2, d2 = update("d2", samples=30, scale=3.0)
-    assert it.offer(h1, t1, 100) == "d1:3"
+    assert it.accept(h1, t1, 100) == "d1:3"
     assert not it.complete
-    it.offer(h2, t2, 100)
+    it.accept(h2, t2, 100)
     assert it.complete
     [(header, sums)] = it.flush(final=True)
     assert header.count == 2 and header.weight == 40 and header.final
@@ -75,7 +78,7 @@ def test_refusals_are_named(kwargs, reason):
     it = intake()
     h, tensors, _ = update(**kwargs)
     with pytest.raises(WireError) as err:
-        it.offer(h, tensors, 10)
+        it.accept(h, tensors, 10)
     assert err.value.reason == reason
     assert not it.groups
 
@@ -84,15 +87,15 @@ def test_non_finite_refused():
     it = intake()
     h, _, _ = update(codec="dense")
     with pytest.raises(WireError):
-        it.offer(h, {n: torch.full(s, float("inf")) for n, s in SHAPES.items()}, 10)
+        it.accept(h, {n: torch.full(s, float("inf")) for n, s in SHAPES.items()}, 10)
 
 
 def test_duplicate_counts_once():
     it = intake()
     h, t, _ = update("d1")
-    it.offer(h, t, 10)
+    it.accept(h, t, 10)
     with pytest.raises(WireError, match="duplicate"):
-        it.offer(h, t, 10)
+        it.accept(h, t, 10)
     assert it.groups[2].count == 1 and it.duplicates == 1
 
 
@@ -100,7 +103,7 @@ def test_norm_bound():
     it = intake(max_update_norm=1.0)
     h, t, _ = update(scale=5.0)
     with pytest.raises(WireError) as err:
-        it.offer(h, t, 10)
+        it.accept(h, t, 10)
     assert err.value.reason == "norm_bound"
 
 
@@ -109,7 +112,7 @@ def test_current_round_update_after_final_still_travels():
     it = intake()
     it.flush(final=True)
     h, t, _ = update("d1")
-    assert it.offer(h, t, 10) == "d1:3"
+    assert it.accept(h, t, 10) == "d1:3"
     [(header, _)] = it.flush(final=False)
     assert header.accepted == ["d1:3"] and not header.final
 
@@ -121,12 +124,12 @@ def test_late_update_dropped_or_weighted_by_policy():
                     "topk_int8")
         h, t, _ = update("d1", round_=3, base_version=2)
         if expect_ok:
-            it.offer(h, t, 10)
+            it.accept(h, t, 10)
             [(header, _)] = it.flush(final=False)
             assert header.base_version == 2 and header.round == 4
         else:
             with pytest.raises(WireError, match="late"):
-                it.offer(h, t, 10)
+                it.accept(h, t, 10)
 
 
 def test_async_staleness_bound():
@@ -135,16 +138,16 @@ def test_async_staleness_bound():
     for r in (3, 4, 5):
         it.announce(announce(round_=r, version=r - 1), SHAPES, policy, "topk_int8")
     ok, _, _ = update("d1", round_=4, base_version=3)
-    it.offer(ok, update()[1], 10)
+    it.accept(ok, update()[1], 10)
     too_old, t, _ = update("d2", round_=3, base_version=2)
     with pytest.raises(WireError, match="stale"):
-        it.offer(too_old, t, 10)
+        it.accept(too_old, t, 10)
 
 
 def test_offline_devices_are_not_waited_for():
     it = intake()
     h, t, _ = update("d1")
-    it.offer(h, t, 10)
+    it.accept(h, t, 10)
     assert not it.complete
     it.offline.add("d2")
     assert it.complete
@@ -153,7 +156,7 @@ def test_offline_devices_are_not_waited_for():
 def test_persisted_state_round_trips():
     it = intake()
     h, t, _ = update("d1")
-    it.offer(h, t, 10)
+    it.accept(h, t, 10)
     it.offline.add("d2")
     meta, tensors = it.to_state()
     back = RegionIntake.from_state("eu", "f", meta, tensors)
@@ -161,10 +164,10 @@ def test_persisted_state_round_trips():
     assert back.round == 3 and back.version == 2
     torch.testing.assert_close(back.groups[2].sums, it.groups[2].sums)
     h2, t2, _ = update("d2")
-    back.offer(h2, t2, 10)
+    back.accept(h2, t2, 10)
     assert back.complete
     with pytest.raises(WireError, match="duplicate"):
-        back.offer(h, t, 10)
+        back.accept(h, t, 10)
 
 
 def test_quorum_counts_only_the_current_rounds_updates():
@@ -172,14 +175,14 @@ def test_quorum_counts_only_the_current_rounds_updates():
     same device's update of the current round."""
     it = intake(late="stale_weight")
     h, t, _ = update("d1")
-    it.offer(h, t, 10)
+    it.accept(h, t, 10)
     it.announce(announce(round_=4, version=3), SHAPES, it.policy, "topk_int8")
     late, t, _ = update("d2", round_=3, base_version=2)
-    it.offer(late, t, 10)
+    it.accept(late, t, 10)
     assert it.waiting == {"d1", "d2"} and not it.complete
     for client in ("d1", "d2"):
         h, t, _ = update(client, round_=4, base_version=3)
-        it.offer(h, t, 10)
+        it.accept(h, t, 10)
     assert it.waiting == set() and it.complete
 
 
@@ -191,10 +194,55 @@ def test_history_is_bounded_by_max_staleness():
 
     it = intake(max_staleness=2)
     h, t, _ = update("d1")
-    it.offer(h, t, 10)
+    it.accept(h, t, 10)
     for r in range(4, 20):
         it.announce(announce(round_=r, version=r - 1), SHAPES, it.policy, "topk_int8")
     assert len(it.rounds) == 2 + KEEP_EXTRA_ROUNDS + 1
     assert it.accepted_ids == set()
     with pytest.raises(WireError, match="stale"):
-        it.offer(h, t, 10)
+        it.accept(h, t, 10)
+
+
+def legacy_state(**extra) -> tuple[dict, dict]:
+    """intake.json/.safetensors as hubs wrote them when DP, similarity weighting, robust
+    rules and importance reports were fields of the intake (the layout still written)."""
+    policy = extra.pop("policy", RoundPolicySection())
+    meta = {"round": 3, "version": 2, "final_sent": False, "seq": 0,
+            "shapes": {n: list(s) for n, s in SHAPES.items()},
+            "rounds": {"3": [2, ["d1", "d2"], "topk_int8", {"ratio": 1.0}]},
+            "groups": {"2": [10.0, 1, ["d1:3"]]}, "accepted_ids": ["d1:3"],
+            "rejected": {"stale": 1}, "duplicates": 0, "bytes_in": 100,
+            "policy": policy.model_dump(mode="json"), "offline": [], "kept": {}, **extra}
+    tensors = {"group/2/x.lora_A.weight": torch.full((2, 8), 10.0)}
+    return meta, tensors
+
+
+def test_a_state_of_the_earlier_layout_loads_and_is_written_back_alike():
+    report = {"reports": 1, "tensors": {"x.lora_A.weight": [1, 1.0, 1.0]}}
+    similarity = {"floor": 0.2, "version": 2, "previous": False, "reference": True}
+    meta, tensors = legacy_state(dp={"clip_norm": 0.5}, similarity=similarity,
+                                 importance={"2": report})
+    tensors["similarity/reference/x.lora_A.weight"] = torch.ones(2, 8)
+    it = RegionIntake.from_state("eu", "f", meta, tensors)
+    assert [type(s) for s in it.steps] == [SimilarityWeighting, IntakeDp, ImportanceReports]
+    assert it.step(IntakeDp) == IntakeDp(0.5) and it.step(SimilarityWeighting).floor == 0.2
+    again, again_tensors = it.to_state()
+    assert again == meta
+    assert again_tensors.keys() == tensors.keys()
+    assert all(torch.equal(again_tensors[k], tensors[k]) for k in tensors)
+    [(header, sums)] = it.flush(final=True)
+    assert header.count == 1 and header.weight == 10.0 and header.accepted == ["d1:3"]
+    assert header.importance is not None and header.importance.reports == 1
+    assert torch.equal(sums["x.lora_A.weight"], torch.full((2, 8), 10.0))
+
+
+def test_kept_updates_of_the_earlier_layout_load_under_a_robust_rule():
+    meta, tensors = legacy_state(policy=RoundPolicySection(
+        aggregation=AggregationSection(rule="median")), kept={"2": 1})
+    tensors["kept/2/0/x.lora_A.weight"] = torch.full((2, 8), 3.0)
+    it = RegionIntake.from_state("eu", "f", meta, tensors)
+    assert it.to_state()[0] == meta
+    [(header, sums)] = it.flush(final=True)
+    # the median of the one kept update (3), times the weight (10): not the running sum (10)
+    assert header.weight == 10.0
+    assert torch.equal(sums["x.lora_A.weight"], torch.full((2, 8), 30.0))

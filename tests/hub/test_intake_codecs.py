@@ -66,13 +66,13 @@ def test_device_params_are_accepted(compression: dict[str, Any]) -> None:
     it = intake(announce(compression))
     codec, params = device_params(compression)
     header, tensors, _ = update(codec, params)
-    assert it.offer(header, tensors, 100) == "d1:3"
+    assert it.accept(header, tensors, 100) == "d1:3"
 
 
 def test_dense_always_accepted() -> None:
     it = intake(announce(RANDK))
     header, tensors, delta = update("dense", {})
-    it.offer(header, tensors, 100)
+    it.accept(header, tensors, 100)
     (partial, sums), = it.flush(final=True)
     assert partial.count == 1
     for name, d in delta.items():
@@ -85,12 +85,12 @@ def test_randk_wrong_seed_refused() -> None:
     for seed in (round_seed(11, 2), round_seed(12, 3), params["seed"] + 1):
         header, tensors, _ = update("randk", {**params, "seed": seed})
         with pytest.raises(WireError) as err:
-            it.offer(header, tensors, 100)
+            it.accept(header, tensors, 100)
         assert err.value.reason == "wrong_seed"
     no_seed = {k: v for k, v in params.items() if k != "seed"}
     header, tensors, _ = update("topk", no_seed)
     with pytest.raises(WireError) as err:
-        it.offer(header, tensors, 100)
+        it.accept(header, tensors, 100)
     assert err.value.reason == "unexpected_codec"
     assert it.accepted_ids == set()
 
@@ -127,7 +127,7 @@ def test_hub_decodes_with_announced_params_not_declared() -> None:
     header, _, _ = update("topk", params)
     _, other_body, _ = update("topk", {**params, "values": "fp32"})
     with pytest.raises(WireError) as err:
-        it.offer(header, other_body, 100)
+        it.accept(header, other_body, 100)
     assert err.value.reason == "missing_tensor"  # fp32 values, no int8 scale
 
 
@@ -138,4 +138,4 @@ def test_codec_params_survive_persistence() -> None:
     assert restored.rounds[3].codec_params == it.rounds[3].codec_params
     _, params = device_params(RANDK)
     header, body, _ = update("randk", params)
-    assert restored.offer(header, body, 100) == "d1:3"
+    assert restored.accept(header, body, 100) == "d1:3"

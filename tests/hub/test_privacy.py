@@ -37,25 +37,25 @@ def region_intake(cfg: FederationConfig) -> RegionIntake:
     header = AnnounceHeader(federation="f", round=1, version=0, status="running",
                             selected={"eu": ["d1", "d2"]}, config=cfg.model_dump(mode="json"),
                             config_hash="h", deadline_s=30, issued_at=0.0, shared=list(SHAPES))
-    it.announce(header, SHAPES, cfg.round_policy, cfg.fedsa_lora.compression.codec)
-    it.dp = intake_dp(cfg)
+    it.announce(header, SHAPES, cfg.round_policy, cfg.fedsa_lora.compression.codec,
+                steps=[intake_dp(cfg)])
     return it
 
 
-def offer(it: RegionIntake, client: str, scale: float, samples: int) -> dict:
+def accept(it: RegionIntake, client: str, scale: float, samples: int) -> dict:
     delta = {n: torch.full(s, scale) for n, s in SHAPES.items()}
     enc = get_codec("topk_int8", ratio=1.0).encode(delta)
     header = UpdateHeader(federation="f", round=1, client=client, region="eu",
                           base_version=0, codec="topk_int8", codec_params={"ratio": 1.0},
                           codec_meta=enc.meta, num_samples=samples)
-    it.offer(header, enc.tensors, 100)
+    it.accept(header, enc.tensors, 100)
     return delta
 
 
 def test_central_intake_clips_again_and_weighs_every_update_once():
     it = region_intake(config(clip_norm=0.5, noise_multiplier=1.0))
-    offer(it, "d1", 1.0, samples=10)  # norm sqrt(32): clipped to 0.5
-    small = offer(it, "d2", 0.01, samples=1000)  # norm 0.057: kept
+    accept(it, "d1", 1.0, samples=10)  # norm sqrt(32): clipped to 0.5
+    small = accept(it, "d2", 0.01, samples=1000)  # norm 0.057: kept
     [(header, sums)] = it.flush(final=True)
     assert header.count == 2 and header.weight == 2.0  # not 1010
     expected = 0.5 / (32 ** 0.5) + small["x.lora_A.weight"][0, 0].item()
@@ -65,8 +65,8 @@ def test_central_intake_clips_again_and_weighs_every_update_once():
 
 def test_local_intake_weighs_once_but_leaves_noised_updates_unclipped():
     it = region_intake(config(mode="local", clip_norm=0.5, noise_multiplier=1.0))
-    offer(it, "d1", 1.0, samples=10)
-    offer(it, "d2", 1.0, samples=30)
+    accept(it, "d1", 1.0, samples=10)
+    accept(it, "d2", 1.0, samples=30)
     [(header, sums)] = it.flush(final=True)
     assert header.weight == 2.0
     assert l2_norm(sums) == pytest.approx(2 * 32 ** 0.5, rel=1e-2)
@@ -76,25 +76,25 @@ def test_intake_without_dp_keeps_sample_weights():
     plain = FederationConfig.model_validate(
         {"fedsa_lora": {"compression": {"method": "topk_int8", "ratio": 1.0}}})
     it = region_intake(plain)
-    assert it.dp is None
-    offer(it, "d1", 1.0, samples=10)
+    assert it.step(IntakeDp) is None
+    accept(it, "d1", 1.0, samples=10)
     [(header, _)] = it.flush(final=True)
     assert header.weight == 10.0
 
 
 def test_intake_dp_survives_persistence():
     it = region_intake(config(clip_norm=0.25))
-    offer(it, "d1", 1.0, samples=10)
+    accept(it, "d1", 1.0, samples=10)
     meta, tensors = it.to_state()
     back = RegionIntake.from_state("eu", "f", meta, tensors)
-    assert back.dp == IntakeDp(0.25)
-    offer(back, "d2", 1.0, samples=10)
+    assert back.step(IntakeDp) == IntakeDp(0.25)
+    accept(back, "d2", 1.0, samples=10)
     [(header, sums)] = back.flush(final=True)
     assert header.weight == 2.0 and l2_norm(sums) == pytest.approx(0.5, rel=1e-2)
     plain = RegionIntake("eu", "f", RoundPolicySection())
     meta, tensors = plain.to_state()
     assert "dp" not in meta
-    assert RegionIntake.from_state("eu", "f", meta, tensors).dp is None
+    assert RegionIntake.from_state("eu", "f", meta, tensors).step(IntakeDp) is None
 
 
 def running_sum(value: float, count: int) -> RunningSum:

@@ -40,7 +40,8 @@ from fedsa_common.protocol import (
 from fedsa_common.transport import MqttSession
 from hub.aggregation import RunningSum, apply_server_update
 from hub.checkpoint import CHECKPOINT_JSON, CloudState, load_checkpoint, save_checkpoint
-from hub.cloud import CloudHub, Inflight, initial_global
+from hub.cloud import CloudHub, initial_global
+from hub.cloud_intake import CloudIntake
 from hub.server_optimizer import ServerOptimizerState, server_change
 
 D1, D2 = 0.1, 0.005  # the two rounds' mean deltas of a one-coordinate tensor
@@ -257,7 +258,7 @@ def close_round(hub: CloudHub, state: CloudState, rnd: int, mean: dict[str, torc
     """The round's total as the cloud's partial path builds it, then the server step."""
     total = RunningSum.zeros({n: tuple(t.shape) for n, t in mean.items()})
     total.merge(mean, 1.0, 1)
-    hub.finish_round(state, Inflight(rnd, b"", {"r": ["d"]}, time.time(), total))
+    hub.finish_round(state, CloudIntake(rnd, b"", {"r": ["d"]}, time.time(), total))
 
 
 @pytest.mark.parametrize("downlink", [None, {"enable": True, "method": "dense"}])

@@ -29,20 +29,20 @@ def announce(intake: RegionIntake, round_: int, version: int, global_value: floa
         federation="f", round=round_, version=version, status="running",
         selected={"eu": ["d1", "d2"]}, config=CONFIG.model_dump(mode="json"),
         config_hash="h", deadline_s=30, issued_at=0.0, shared=sorted(SHAPES))
-    intake.announce(header, SHAPES, CONFIG.round_policy, "dense")
     agg = CONFIG.round_policy.aggregation
-    intake.similarity = similarity_for(intake.similarity, agg.weighting, agg.similarity_floor)
-    assert intake.similarity is not None
-    intake.similarity.announce(version, tensors(global_value))
+    sim = similarity_for(intake.step(SimilarityWeighting), agg.weighting, agg.similarity_floor)
+    intake.announce(header, SHAPES, CONFIG.round_policy, "dense", steps=[sim])
+    assert intake.step(SimilarityWeighting) is not None
+    intake.step(SimilarityWeighting).announce(version, tensors(global_value))
 
 
-def offer(intake: RegionIntake, client: str, round_: int, version: int, delta_value: float,
+def accept(intake: RegionIntake, client: str, round_: int, version: int, delta_value: float,
           samples: int = 10) -> None:
     enc = get_codec("dense").encode(tensors(delta_value))
     header = UpdateHeader(federation="f", round=round_, client=client, region="eu",
                           base_version=version, codec="dense", codec_meta=enc.meta,
                           num_samples=samples)
-    intake.offer(header, enc.tensors, 100)
+    intake.accept(header, enc.tensors, 100)
 
 
 def test_reference_is_the_last_global_change() -> None:
@@ -60,14 +60,14 @@ def test_reference_is_the_last_global_change() -> None:
 def test_weights_are_samples_times_agreement_bounded_by_the_floor() -> None:
     intake = RegionIntake("eu", "f")
     announce(intake, 1, 0, global_value=0.0)
-    offer(intake, "d1", 1, 0, delta_value=-1.0)  # no reference yet: plain sample weight
+    accept(intake, "d1", 1, 0, delta_value=-1.0)  # no reference yet: plain sample weight
     assert intake.groups[0].weight == pytest.approx(10.0)
     intake.flush(final=True)
 
     announce(intake, 2, 1, global_value=1.0)  # the federation moved by +1 everywhere
-    offer(intake, "d1", 2, 1, delta_value=2.0, samples=10)   # along it: factor 1
+    accept(intake, "d1", 2, 1, delta_value=2.0, samples=10)   # along it: factor 1
     assert intake.last_factor == pytest.approx(1.0)  # what the hub logs with the accept
-    offer(intake, "d2", 2, 1, delta_value=-3.0, samples=30)  # against it: the floor
+    accept(intake, "d2", 2, 1, delta_value=-3.0, samples=30)  # against it: the floor
     assert intake.last_factor == pytest.approx(FLOOR)
     [(header, sums)] = intake.flush(final=True)
     assert header.weight == pytest.approx(10.0 + 30.0 * FLOOR)
@@ -81,8 +81,9 @@ def test_reference_survives_a_restart_of_the_hub() -> None:
     announce(intake, 2, 1, global_value=1.0)
     meta, state = intake.to_state()
     restored = RegionIntake.from_state("eu", "f", meta, state)
-    assert restored.similarity is not None and restored.similarity.floor == FLOOR
-    offer(restored, "d2", 2, 1, delta_value=-3.0, samples=30)
+    sim = restored.step(SimilarityWeighting)
+    assert sim is not None and sim.floor == FLOOR
+    accept(restored, "d2", 2, 1, delta_value=-3.0, samples=30)
     assert restored.groups[1].weight == pytest.approx(30.0 * FLOOR)
 
 
@@ -94,9 +95,9 @@ def test_restart_without_the_state_weighs_by_samples() -> None:
     meta, state = intake.to_state()
     del meta["similarity"]
     restored = RegionIntake.from_state("eu", "f", meta, state)
-    assert restored.similarity is None
+    assert restored.step(SimilarityWeighting) is None
     announce(restored, 2, 1, global_value=1.0)
-    offer(restored, "d2", 2, 1, delta_value=-3.0, samples=30)
+    accept(restored, "d2", 2, 1, delta_value=-3.0, samples=30)
     assert restored.groups[1].weight == pytest.approx(30.0)
 
 

@@ -20,8 +20,10 @@ from fedsa_common.protocol import (
     encode_message,
 )
 from hub.aggregation import RunningSum
+from hub.aggregator import ImportanceReports
 from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
-from hub.cloud import CloudHub, Inflight, shared_now
+from hub.cloud import CloudHub, shared_now
+from hub.cloud_intake import CloudIntake
 from hub.intake import RegionIntake
 from hub.process import Event
 from hub.split_policy import SplitPolicy
@@ -93,12 +95,12 @@ def region_with_reports(collect: bool) -> list[PartialHeader]:
     header = AnnounceHeader(federation="f", round=1, version=0, status="running",
                             selected={"north": ["d1", "d2"]}, config=cfg.model_dump(mode="json"),
                             config_hash=cfg.digest(), deadline_s=30, issued_at=0.0, shared=A)
-    intake.announce(header, shapes, cfg.round_policy, "dense")
-    intake.collect_importance = collect
+    intake.announce(header, shapes, cfg.round_policy, "dense",
+                    steps=[ImportanceReports() if collect else None])
     for client, favourite in (("d1", A[0]), ("d2", A[1])):
         enc = get_codec("dense").encode({n: torch.ones(SHAPE) for n in A})
         report = {**{n: float(n == favourite) for n in A}, **{n: 1.0 for n in B}}
-        intake.offer(UpdateHeader(federation="f", round=1, client=client, region="north",
+        intake.accept(UpdateHeader(federation="f", round=1, client=client, region="north",
                                   base_version=0, codec="dense", codec_meta=enc.meta,
                                   num_samples=5, importance=report), enc.tensors, 10)
     meta, tensors = intake.to_state()  # reports are persisted before updates are acked
@@ -125,8 +127,8 @@ def cloud_in_round_1(tmp_path) -> tuple[CloudHub, CloudState]:
     cloud = CloudHub("mqtt://127.0.0.1:1", cfg, tmp_path)  # never connected
     params = {n: torch.zeros(SHAPE) for n in NAMES}
     state = CloudState(0, 0, params, cfg.digest(), shared=list(A))
-    cloud.inflight = Inflight(1, b"", {"north": ["d1", "d2"]}, 0.0,
-                              RunningSum.zeros({n: SHAPE for n in shared_now(state)}))
+    cloud.inflight = CloudIntake(1, b"", {"north": ["d1", "d2"]}, 0.0,
+                                 RunningSum.zeros({n: SHAPE for n in shared_now(state)}))
     return cloud, state
 
 
@@ -160,8 +162,8 @@ def test_more_reports_than_updates_is_refused(tmp_path) -> None:
 def test_a_late_partial_with_last_rounds_split_is_dropped_not_rejected(tmp_path) -> None:
     cloud, state = cloud_in_round_1(tmp_path)
     state.round, state.version, state.shared = 1, 1, list(B)
-    cloud.inflight = Inflight(2, b"", {"north": ["d1"]}, 0.0,
-                              RunningSum.zeros({n: SHAPE for n in B}))
+    cloud.inflight = CloudIntake(2, b"", {"north": ["d1"]}, 0.0,
+                                 RunningSum.zeros({n: SHAPE for n in B}))
     late = PartialHeader(federation="f", round=1, region="north", base_version=0, count=1,
                          weight=5.0, accepted=["d1:1"])
     cloud.on_partial(partial_event(late, A), state)
@@ -235,8 +237,8 @@ def test_the_summary_names_the_rounds_set_and_the_next(tmp_path) -> None:
     cloud = CloudHub("mqtt://127.0.0.1:1", cfg, tmp_path)
     state = CloudState(1, 1, {n: torch.zeros(SHAPE) for n in [*A, *HEAD]}, cfg.digest(),
                        shared=sorted([*A, *HEAD]))
-    fl = Inflight(1, b"", {"north": ["d1"]}, 0.0,
-                  RunningSum.zeros({n: SHAPE for n in shared_now(state)}))
+    fl = CloudIntake(1, b"", {"north": ["d1"]}, 0.0,
+                     RunningSum.zeros({n: SHAPE for n in shared_now(state)}))
     assert cloud.next_split(state, fl, applied=True) == {"shared": sorted([*A, *HEAD]),
                                                           "next_shared": A}
     assert shared_now(state) == A
@@ -252,15 +254,15 @@ def test_regional_intake_checks_head_tensors_like_lora_ones() -> None:
                             deadline_s=30, issued_at=0.0, shared=names)
     intake.announce(header, {n: SHAPE for n in names}, cfg.round_policy, "dense")
 
-    def offer(client: str, tensors: dict[str, torch.Tensor]) -> str:
+    def accept(client: str, tensors: dict[str, torch.Tensor]) -> str:
         enc = get_codec("dense").encode(tensors)
-        return intake.offer(UpdateHeader(federation="f", round=1, client=client,
+        return intake.accept(UpdateHeader(federation="f", round=1, client=client,
                                          region="north", base_version=0, codec="dense",
                                          codec_meta=enc.meta, num_samples=5), enc.tensors, 10)
 
-    assert offer("d1", {n: torch.ones(SHAPE) for n in names}) == "d1:1"
+    assert accept("d1", {n: torch.ones(SHAPE) for n in names}) == "d1:1"
     with pytest.raises(WireError):  # the head is missing
-        offer("d2", {n: torch.ones(SHAPE) for n in A})
+        accept("d2", {n: torch.ones(SHAPE) for n in A})
     with pytest.raises(WireError):  # a head tensor of the wrong shape
-        offer("d3", {**{n: torch.ones(SHAPE) for n in A},
+        accept("d3", {**{n: torch.ones(SHAPE) for n in A},
                      **{n: torch.ones(3, 3) for n in HEAD}})

@@ -1,0 +1,346 @@
+"""One streaming aggregation interface for the hubs (pure tensor code, no I/O).
+
+Why: a region's intake used to carry one optional field and one ``if`` per feature (norm
+bound, clipping, similarity weighting, differential privacy, robust rules, importance
+reports, secure aggregation), in every method that takes, forwards or persists updates.
+Here, as in NVIDIA FLARE's ``Aggregator.accept``/``aggregate`` and Flower's one class per
+strategy (where DP wraps a strategy; here it is a step), an update passes a list of
+*admission steps* and is then accepted by *one aggregator*; a feature is a step or an
+aggregator, and the intake runs whatever it was given without knowing which features
+are on:
+
+- ``AdmissionStep.admit(update) -> update``: refuses (``WireError``) or changes the delta,
+  its weight or what else travels with it.  The round policy's own steps (``policy_steps``:
+  ``NormBound``, ``ClipNorm``) are rebuilt from the persisted policy; the configured ones
+  (``ImportanceReports`` here, ``hub.similarity.SimilarityWeighting``,
+  ``hub.privacy.IntakeDp``) have a state ``key`` and persist themselves under it.
+- ``Aggregator``: ``accept(update)`` folds one admitted update in, ``result()`` is what the
+  region forwards (an ``Aggregate``: sums, weight, count, ids, importance), and
+  ``to_state(tag)``/``from_state`` save and restore it inside the intake's state (one per
+  base version, under ``tag``).  The rule registry (``aggregator_class``) maps
+  ``round_policy.aggregation.rule`` to ``RunningMean`` (mean) or ``KeptUpdates`` (median,
+  trimmed mean); ``SecureSum`` is a secure round's aggregator, built by the region's
+  secure-aggregation driver around that round's protocol server.
+
+The aggregators' sums are ``sum_i w_i delta_i`` (or a robust rule's stand-in for it), so
+the cloud's weighted merge of regional partials is the same whichever rule a region used:
+the cloud's intake (hub/cloud_intake.py) accepts them into one running sum.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from fedsa_common.adaptive_split import ImportanceStats
+from fedsa_common.config import AggregationSection, RoundPolicySection
+from fedsa_common.errors import WireError
+from fedsa_common.protocol import UpdateHeader
+from fedsa_common.secagg.messages import MaskedInput
+from fedsa_common.secagg.protocol import AggregateResult, SecAggServer
+from fedsa_common.secagg.vector import scatter
+from hub.aggregation import RunningSum, l2_norm
+from hub.robust import clip_to_norm, robust_aggregate
+
+Shapes = Mapping[str, tuple[int, ...]]
+
+
+# ---------------------------------------------------------------------------- updates
+@dataclass(frozen=True)
+class Update:
+    """One device's update on its way through admission to an aggregator."""
+
+    header: UpdateHeader  # the message it came in
+    delta: dict[str, torch.Tensor]  # decoded (a secure round: the masked words, ``y``)
+    weight: float  # its weight in the mean: the sample count until a step changes it
+    factor: float = 1.0  # what weighting steps multiplied the sample count by (for the log)
+    report: Mapping[str, float] | None = None  # importance report, once a step admitted it
+
+    @property
+    def id(self) -> str:
+        return self.header.update_id
+
+
+@dataclass
+class Aggregate:
+    """What an aggregator forwards: a region's partial before it gets its header."""
+
+    sums: dict[str, torch.Tensor]  # float32: sum_i w_i delta_i, or a rule's stand-in for it
+    weight: float
+    count: int
+    ids: list[str]  # the updates in it
+    importance: dict[str, Any] | None = None  # summed importance reports (wire form), if any
+
+
+# ---------------------------------------------------------------------------- admission
+class AdmissionStep(Protocol):
+    """One check or change of an update before it reaches the aggregator."""
+
+    def admit(self, update: Update) -> Update:
+        """The update as the next step sees it; raises ``WireError`` to refuse it."""
+        ...
+
+
+class StatefulStep(AdmissionStep, Protocol):
+    """A configured step that the intake persists under ``key``."""
+
+    key: ClassVar[str]
+
+    def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]: ...
+
+
+class StepKind(Protocol):
+    """A configured step's class, as the intake restores it from its state."""
+
+    def from_state(self, meta: Any, tensors: Mapping[str, torch.Tensor]) -> StatefulStep: ...
+
+
+@dataclass(frozen=True)
+class NormBound:
+    """``round_policy.max_update_norm``: refuses an update longer than the bound (the first
+    step, so the bound applies to what the device sent)."""
+
+    bound: float
+
+    def admit(self, update: Update) -> Update:
+        norm = l2_norm(update.delta)
+        if norm > self.bound:
+            raise WireError("norm_bound", f"{norm:.3g} > {self.bound}")
+        return update
+
+
+@dataclass(frozen=True)
+class ClipNorm:
+    """``round_policy.aggregation.clip_norm``: scales a longer update down to the bound
+    (``hub.robust.clip_to_norm``), for every rule."""
+
+    bound: float
+
+    def admit(self, update: Update) -> Update:
+        return replace(update, delta=clip_to_norm(update.delta, self.bound))
+
+
+@dataclass(frozen=True)
+class ImportanceReports:
+    """Admits the device's importance report (adaptive split, ``importance_based``).
+
+    Without this step reports are dropped, so a device cannot make its region forward
+    reports nobody asked for.  Its state is empty; in the intake's state its key also holds
+    the groups' summed reports (each group writes its own under its base version)."""
+
+    key: ClassVar[str] = "importance"
+
+    def admit(self, update: Update) -> Update:
+        return replace(update, report=update.header.importance)
+
+    def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return {}, {}
+
+    @classmethod
+    def from_state(cls, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+                   ) -> ImportanceReports:
+        return cls()
+
+
+def policy_steps(policy: RoundPolicySection) -> list[AdmissionStep]:
+    """The round policy's own steps, in the order they run: norm bound, then clipping."""
+    steps: list[AdmissionStep] = []
+    if policy.max_update_norm is not None:
+        steps.append(NormBound(policy.max_update_norm))
+    if policy.aggregation.clip_norm is not None:
+        steps.append(ClipNorm(policy.aggregation.clip_norm))
+    return steps
+
+
+# ---------------------------------------------------------------------------- aggregators
+class Aggregator(ABC):
+    """Accepts admitted updates one at a time and forwards their aggregate."""
+
+    name: ClassVar[str]
+    # False for a rule that judges the round's cohort as a whole: an update accepted after
+    # the region's final partial would travel alone and bypass it, so it is refused as late
+    after_final: ClassVar[bool] = True
+
+    @abstractmethod
+    def accept(self, update: Update) -> None:
+        """Fold one admitted update in (``WireError("duplicate")`` for one already in)."""
+
+    @abstractmethod
+    def result(self) -> Aggregate:
+        """The partial to forward (an empty aggregate before any update)."""
+
+    @abstractmethod
+    def to_state(self, tag: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """``({section: value}, tensors)``: the intake stores each value as
+        ``state[section][tag]``; tensor names carry ``tag`` themselves."""
+
+
+class RunningMean(Aggregator):
+    """The weighted running sum (FedAvg): one model in memory however many updates, and
+    exactly flat FedAvg once the cloud divides (``hub.aggregation``)."""
+
+    name = "mean"
+
+    def __init__(self, shapes: Shapes, aggregation: AggregationSection) -> None:
+        self.total = RunningSum.zeros(shapes)
+        self.ids: list[str] = []
+        self.reports = ImportanceStats()
+
+    @property
+    def sums(self) -> dict[str, torch.Tensor]:
+        return self.total.sums
+
+    @property
+    def weight(self) -> float:
+        return self.total.weight
+
+    @property
+    def count(self) -> int:
+        return self.total.count
+
+    def accept(self, update: Update) -> None:
+        self.total.add(update.delta, update.weight)
+        self.ids.append(update.id)
+        if update.report:
+            self.reports.add_report(update.report)
+
+    def result(self) -> Aggregate:
+        return Aggregate(self.total.as_float32(), self.total.weight, self.total.count,
+                         list(self.ids),
+                         self.reports.to_json() if self.reports.reports else None)
+
+    def to_state(self, tag: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        sections: dict[str, Any] = {"groups": [self.total.weight, self.total.count,
+                                               list(self.ids)]}
+        if self.reports.reports:
+            sections["importance"] = self.reports.to_json()
+        return sections, {f"group/{tag}/{n}": t for n, t in self.total.sums.items()}
+
+    @classmethod
+    def from_state(cls, tag: str, state: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                   shapes: Shapes, aggregation: AggregationSection) -> RunningMean:
+        """The group saved under ``tag`` in the intake's ``state``."""
+        group = cls(shapes, aggregation)
+        weight, count, ids = state["groups"][tag]
+        sums = {n: tensors[f"group/{tag}/{n}"].to(torch.float64) for n in shapes}
+        group.total = RunningSum(sums, float(weight), int(count))
+        group.ids = list(ids)
+        group.reports = ImportanceStats.from_json(state.get("importance", {}).get(tag, {}))
+        return group
+
+
+class KeptUpdates(RunningMean):
+    """Every accepted update, kept for a robust rule (median, trimmed mean; ``hub.robust``).
+
+    A running sum is enough for the mean, but a median or trimmed mean needs every update
+    of the round, so the region holds one decoded delta per accepted device (memory and
+    persisted state grow with the region's cohort: about ``n x`` the shared parameters,
+    e.g. 10 devices x 37k fp32 values for MiniLM's A matrices = 1.5 MB).  Its result's
+    sums are ``robust_estimate * weight`` (the weight and count are the running sum's), so
+    the cloud's weighted merge of regional partials is unchanged: it averages the regions'
+    robust estimates weighted by each region's total sample count.
+    """
+
+    name = "kept"
+    after_final = False
+
+    def __init__(self, shapes: Shapes, aggregation: AggregationSection) -> None:
+        super().__init__(shapes, aggregation)
+        self.rule = aggregation.rule
+        self.trim_fraction = aggregation.trim_fraction
+        self.deltas: list[dict[str, torch.Tensor]] = []
+
+    def accept(self, update: Update) -> None:
+        super().accept(update)
+        self.deltas.append({n: t.to(torch.float32) for n, t in update.delta.items()})
+
+    def result(self) -> Aggregate:
+        mean = super().result()
+        if not self.deltas:
+            return mean
+        estimate = robust_aggregate(self.deltas, self.rule, self.trim_fraction)
+        return replace(mean, sums={n: (t.to(torch.float64) * mean.weight).to(torch.float32)
+                                   for n, t in estimate.items()})
+
+    def to_state(self, tag: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        sections, tensors = super().to_state(tag)
+        sections["kept"] = len(self.deltas)
+        tensors.update({f"kept/{tag}/{i}/{n}": t for i, d in enumerate(self.deltas)
+                        for n, t in d.items()})
+        return sections, tensors
+
+    @classmethod
+    def from_state(cls, tag: str, state: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                   shapes: Shapes, aggregation: AggregationSection) -> KeptUpdates:
+        group = super().from_state(tag, state, tensors, shapes, aggregation)
+        assert isinstance(group, KeptUpdates)
+        count = int(state.get("kept", {}).get(tag, 0))
+        group.deltas = [{n: tensors[f"kept/{tag}/{i}/{n}"].to(torch.float32) for n in shapes}
+                        for i in range(count)]
+        return group
+
+
+class SecureSum(Aggregator):
+    """A secure round's aggregator: it accepts masked vectors (``Update.delta`` is
+    ``{"y": words}``) into the round's ``SecAggServer`` and never sees an update; once the
+    driver has run the protocol to its end (``finish``) its result is the unmasked sum of
+    the survivors, scattered back to the shared tensors like a plain running sum.  Before
+    that its result is empty, so a region whose secure round failed forwards nothing.
+
+    Nothing of it is persisted: a hub restarted during a secure round fails that round."""
+
+    name = "secure"
+
+    def __init__(self, server: SecAggServer, shapes: Shapes, codec: str,
+                 codec_params: Mapping[str, Any]) -> None:
+        self.server = server
+        self.shapes = dict(shapes)
+        self.codec = codec
+        self.codec_params = dict(codec_params)
+        self.unmasked: AggregateResult | None = None
+
+    def accept(self, update: Update) -> None:
+        if not self.server.add_input(MaskedInput(update.header.client, update.delta["y"])):
+            raise WireError("duplicate", update.id)
+
+    def finish(self) -> AggregateResult:
+        """Unmask the sum (the protocol's last step; ``SecAggError`` with too few answers)."""
+        self.unmasked = self.server.finish()
+        return self.unmasked
+
+    def result(self) -> Aggregate:
+        done = self.unmasked
+        if done is None:
+            total = RunningSum.zeros(self.shapes)
+            return Aggregate(total.as_float32(), 0.0, 0, [])
+        total = RunningSum(scatter(done.sums, self.shapes, self.codec, self.codec_params),
+                           float(done.weight), done.count)
+        ids = [f"{c}:{self.server.ctx.round}" for c in done.survivors]
+        return Aggregate(total.as_float32(), total.weight, total.count, ids)
+
+    def to_state(self, tag: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return {}, {}
+
+
+# ---------------------------------------------------------------------------- registry
+RuleAggregator = type[RunningMean]
+
+RULES: dict[str, RuleAggregator] = {
+    "mean": RunningMean,
+    "median": KeptUpdates,
+    "trimmed_mean": KeptUpdates,
+}
+
+
+def aggregator_class(rule: str) -> RuleAggregator:
+    """The aggregator of ``round_policy.aggregation.rule``."""
+    try:
+        return RULES[rule]
+    except KeyError:
+        raise ValueError(f"round_policy.aggregation.rule: unknown rule {rule!r}; known: "
+                         f"{', '.join(RULES)}") from None
+
