@@ -47,8 +47,9 @@ class _Part(Protocol):
 
 
 def _save_part(state_dir: Path, key: str, part: _Part | None, round_: int) -> dict[str, Any]:
-    """Write ``part``'s tensors as ``KEY-rROUND.safetensors`` and drop older files of that
-    key (all of them when ``part`` is None); returns its entry for checkpoint.json."""
+    """Write ``part``'s tensors as ``KEY-rROUND.safetensors`` and return its entry for
+    checkpoint.json ({} when ``part`` is None); older files of that key are pruned by the
+    caller once the JSON names the new one."""
     name = f"{key}-r{round_}.safetensors"
     entry: dict[str, Any] = {}
     if part is not None:

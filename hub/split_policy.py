@@ -17,9 +17,9 @@ Head sharing (``fedsa_lora.personalization.share_head_rounds`` K > 0): the cloud
 the head (initialised like the devices', from the seed) and shares it in rounds 1..K
 (``adaptive_split.round_shared``); the round number decides, so a restarted cloud
 recomputes the set of the round it resumes.  ``share_b_rounds``: likewise for every LoRA
-B (held from the start, zero like the devices' own).  This class is the one place that decides each
-round's shared set; ``CloudState.shared`` is kept whenever that set is per round
-(``per_round``).
+B (held from the start, zero like the devices' own).  This class is the one place that
+decides each round's shared set; ``CloudState.shared`` is kept whenever that set is per
+round (``per_round``).
 """
 
 from __future__ import annotations
