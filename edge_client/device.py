@@ -415,9 +415,12 @@ class Device:
                                         header.round)
             if self.state.config_hash not in (None, header.config_hash):
                 log.warning("%s: configuration changed; resetting local state", self.spec.client)
-                self.state.local, self.state.residual = {}, {}
-            if not self.state.local:
+                # fresh values: the saved global belongs to the old configuration
                 self.state.local = init_adapter_values({n: shapes[n] for n in local}, seed)
+                self.state.residual = {}
+            # an empty local state is not a fresh device: after rounds that shared every
+            # tensor (head and B sharing) the tensors that become local start from the last
+            # global, which ``local_start`` reads (a fresh device has none: initial values)
             data = self.load_data(config.model.num_labels or 0)
             if self.tokens is None:
                 self.tokens = Tokenized(tokenize(adapter, data.train.texts, data.train.labels),

@@ -100,3 +100,26 @@ def test_fine_tuning_changes_local_tensors_but_not_the_update(host, tmp_path):
     changed = [n for n in plain.state.local
                if not torch.allclose(plain.state.local[n], tuned.state.local[n])]
     assert B0 in changed and "classifier.weight" in changed
+
+
+def test_head_and_b_that_become_local_after_rounds_sharing_everything_keep_the_global(
+        host, tmp_path):
+    # round 1 shares A, B and the head (nothing is local), round 2 shares A only: the head
+    # and B must start from round 1's global, not from their initial values (a device whose
+    # local state was empty used to reset them: random head, zero B)
+    config = FederationConfig.model_validate(
+        {**BASE, "fedsa_lora": {"compression": {"enable": False},
+                                "personalization": {"share_head_rounds": 1,
+                                                    "share_b_rounds": 1}},
+         "rounds": 2})
+    dev = device(host, tmp_path / "dev")
+    round1 = {n: (INIT[n] if role(n) == "lora_A" else torch.full(SHAPES[n], 0.3))
+              for n in SHAPES}
+    _, delta = sent(dev.train_round(*announce(config, 1, round1))[0])
+    assert set(delta) == set(SHAPES) and dev.state.local == {}
+    round2 = {n: INIT[n] for n in LORA if role(n) == "lora_A"}
+    _, delta = sent(dev.train_round(*announce(config, 2, round2))[0])
+    assert set(delta) == set(round2)
+    assert set(dev.state.local) == set(SHAPES) - set(round2)
+    for name, value in dev.state.local.items():
+        assert torch.allclose(value, torch.full(SHAPES[name], 0.3), atol=MOVE), name
