@@ -444,6 +444,7 @@ class Device:
                                  steps=local_steps_for(tr, len(self.tokens.train)),
                                  batch_size=tr.batch_size, lr=tr.lr * scale,
                                  head_lr=tr.head_lr * scale if tr.head_lr else None,
+                                 b_lr_ratio=tr.b_lr_ratio,
                                  weight_decay=tr.weight_decay, seed=round_seed,
                                  planner=self.planner, autocast=tr.autocast,
                                  on_step=self.progress.step,

@@ -47,5 +47,6 @@ def finetune_local(adapter: AdapterModel, data: TokenizedSplit, config: Federati
     tr = config.training
     adapter.set_trainable(names)
     return train_steps(adapter, data, steps=steps, batch_size=tr.batch_size, lr=tr.lr,
-                       head_lr=tr.head_lr, weight_decay=tr.weight_decay, seed=seed,
+                       head_lr=tr.head_lr, b_lr_ratio=tr.b_lr_ratio,
+                       weight_decay=tr.weight_decay, seed=seed,
                        planner=planner, autocast=tr.autocast)

@@ -191,6 +191,7 @@ def train_steps(
     batch_size: int,
     lr: float,
     head_lr: float | None = None,
+    b_lr_ratio: float = 1.0,
     weight_decay: float = 0.0,
     seed: int = 0,
     planner: MicroBatchPlanner | None = None,
@@ -208,7 +209,8 @@ def train_steps(
     budget; without one, ``micro_batch`` fixes their largest size (None: the whole batch).
     ``proximal`` pulls the named parameters towards their anchors (FedProx);
     ``importance`` also returns each trainable tensor's mean squared gradient.
-    ``warmup_steps``/``lr_schedule`` scale both learning rates step by step
+    ``b_lr_ratio`` sets the LoRA B matrices' rate to that multiple of ``lr`` (LoRA+).
+    ``warmup_steps``/``lr_schedule`` scale every learning rate step by step
     (``schedule.lr_multiplier``; the defaults keep them constant).
     """
     if len(data) == 0:
@@ -217,13 +219,13 @@ def train_steps(
     amp = compute_context(autocast, adapter.model)
     start = time.perf_counter()
     trainable = adapter.trainable()
-    groups = [
-        {"params": [p for n, p in trainable.items() if role(n) != "head"], "lr": lr},
-        {"params": [p for n, p in trainable.items() if role(n) == "head"], "lr": head_lr or lr},
-    ]
+    rates = {"head": head_lr or lr, "lora_B": lr * b_lr_ratio}  # the rest (A): lr
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for n, p in trainable.items():
+        groups.setdefault(rates.get(role(n), lr), []).append(p)
     optimizer = torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay
-    )
+        [{"params": ps, "lr": rate} for rate, ps in groups.items()], lr=lr,
+        weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: lr_multiplier(i, steps, warmup_steps, lr_schedule))
     pad_id = adapter.tokenizer.pad_token_id or 0

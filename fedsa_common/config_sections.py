@@ -360,7 +360,8 @@ class FedsaLoraSection(Strict):
 
 
 _SCHEDULE_DEFAULTS: dict[str, Any] = {"local_epochs": None, "warmup_steps": 0,
-                                       "lr_schedule": "constant", "round_lr_decay": 1.0}
+                                       "lr_schedule": "constant", "round_lr_decay": 1.0,
+                                       "b_lr_ratio": 1.0}
 
 
 class TrainingSection(Strict):
@@ -372,7 +373,11 @@ class TrainingSection(Strict):
     parameter groups (``lr`` for LoRA, ``head_lr`` for the head) rises linearly over
     ``warmup_steps`` steps, then stays (``lr_schedule: constant``) or decays to 0 by the
     round's last step (``linear``, ``cosine``); round r starts from ``round_lr_decay**(r-1)``
-    times the configured rates.  The schedule keys are left out of dumps at their defaults,
+    times the configured rates.  ``b_lr_ratio`` (LoRA+, Hayou et al., ICML 2024): the LoRA
+    B matrices learn at ``b_lr_ratio * lr``.  B starts at zero and, under FedSA-LoRA, is
+    learned by each device alone from its own few steps; a larger rate for B than for A
+    is what LoRA+ shows makes low-rank adaptation learn efficiently (16 is its suggested
+    ratio).  The schedule keys and ``b_lr_ratio`` are left out of dumps at their defaults,
     so configurations without them digest as before.
     """
 
@@ -389,6 +394,7 @@ class TrainingSection(Strict):
     warmup_steps: int = Field(0, ge=0, le=100_000)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     round_lr_decay: float = Field(1.0, gt=0.0, le=1.0)
+    b_lr_ratio: float = Field(1.0, gt=0.0, le=1000.0, allow_inf_nan=False)
 
     @model_serializer(mode="wrap")
     def _omit_default_schedule(self, handler: SerializerFunctionWrapHandler

@@ -101,7 +101,8 @@ def train_centralized(config: ScenarioConfig, echo: Callable[[str], None] = prin
         echo(f"centralized: {len(pooled)} pooled training texts from {len(devices)} devices, "
              f"{steps} steps of {tr.batch_size} ({target} samples, the federation's)")
         result = train_steps(adapter, pooled, steps=steps, batch_size=tr.batch_size,
-                             lr=tr.lr, head_lr=tr.head_lr, weight_decay=tr.weight_decay,
+                             lr=tr.lr, head_lr=tr.head_lr, b_lr_ratio=tr.b_lr_ratio,
+                             weight_decay=tr.weight_decay,
                              seed=fed.federation.seed, autocast=tr.autocast, on_step=on_step)
     return {
         "reference": "centralized",

@@ -65,16 +65,17 @@ def test_schedule_keys_stay_out_of_dumps_at_their_defaults() -> None:
         "autocast"}
     tuned = FederationConfig.model_validate({"training": {
         "local_epochs": 1.5, "warmup_steps": 2, "lr_schedule": "cosine",
-        "round_lr_decay": 0.9}})
+        "round_lr_decay": 0.9, "b_lr_ratio": 16}})
     dumped = tuned.model_dump(mode="json")["training"]
     assert dumped["local_epochs"] == 1.5 and dumped["lr_schedule"] == "cosine"
+    assert dumped["b_lr_ratio"] == 16
     assert FederationConfig.model_validate(tuned.model_dump(mode="json")) == tuned
     assert tuned.digest() != plain.digest()
 
 
 @pytest.mark.parametrize("bad", [{"round_lr_decay": 1.5}, {"round_lr_decay": 0},
                                  {"lr_schedule": "step"}, {"warmup_steps": -1},
-                                 {"local_epochs": 0}])
+                                 {"local_epochs": 0}, {"b_lr_ratio": 0}])
 def test_bad_schedule_values_name_their_field(bad) -> None:
     with pytest.raises(ValidationError) as err:
         FederationConfig.model_validate({"training": bad})
@@ -115,3 +116,29 @@ def test_train_steps_applies_the_schedule_to_both_groups(tiny) -> None:
     assert [lora for lora, _ in seen] == pytest.approx([0.01 * m for m in expected])
     assert [head for _, head in seen] == pytest.approx([0.1 * m for m in expected])
     assert len({lora for lora, _ in seen}) == 5  # it really changed every step
+
+
+def test_b_lr_ratio_gives_every_lora_b_its_own_rate_and_nothing_else(tiny) -> None:
+    from edge_client.training import train_steps
+    from fedsa_common.split import role
+
+    adapter, tokens = tiny
+    rates: dict[str, float] = {}
+
+    def record(optimizer: torch.optim.Optimizer, _args, _kwargs) -> None:
+        names = {id(p): n for n, p in adapter.trainable().items()}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                rates[names[id(p)]] = group["lr"]
+
+    adapter.enable_all()
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        train_steps(adapter, tokens, steps=1, batch_size=4, lr=0.01, head_lr=0.1,
+                    b_lr_ratio=16, seed=1)
+    finally:
+        handle.remove()
+    expected = {"lora_A": 0.01, "lora_B": 0.16, "head": 0.1}
+    assert set(rates) == set(adapter.trainable())
+    assert {n: r for n, r in rates.items()} == pytest.approx(
+        {n: expected[role(n)] for n in rates})
