@@ -184,10 +184,7 @@ class CloudHub(HubProcess):
             log.info("resuming from checkpoint: round %d, version %d, %d rounds in all%s",
                      state.round, state.version, total,
                      f" (was {ran})" if total != ran else "")
-        state.config = self.config.model_dump(mode="json")
-        state.config_hash = self.config.digest()
         state.file_rounds = self.file_rounds
-        state.target = None  # now in state.config
         split = SplitPolicy(self.config, list(state.params))
         if split.per_round:  # the round's split: from the round, or importance_based's decision
             state.shared = split.resume(state.round, state.shared)
@@ -212,6 +209,14 @@ class CloudHub(HubProcess):
         self.config = with_rounds(self.config, total)
         self.rounds = total
 
+    def save_checkpoint(self, state: CloudState) -> None:
+        """Checkpoint ``state`` with the configuration this cloud runs now (its rounds: the
+        total, unless a stop before round 1 left none to run)."""
+        state.config = self.config.model_dump(mode="json")
+        state.config_hash = self.config.digest()
+        state.target = self.rounds if self.rounds != self.config.rounds else None
+        save_checkpoint(self.state_dir, state)
+
     def run(self) -> int:
         """Serve until the federation's last round is done (or it is stopped)."""
         self.lock.acquire()
@@ -224,7 +229,7 @@ class CloudHub(HubProcess):
         state = self.load_state()
         # records the configuration and total it runs with, for lifecycle commands and the
         # next start (a fresh cloud's round 0 too)
-        save_checkpoint(self.state_dir, state)
+        self.save_checkpoint(state)
         self.privacy = CloudPrivacy.for_config(self.config, state.history)
         inflight = load_inflight(self.state_dir)
         if inflight is not None and inflight.round == state.round + 1:
@@ -501,7 +506,7 @@ class CloudHub(HubProcess):
         )
         record: dict[str, Any] = summary.model_dump(mode="json")
         state.history.append(record)
-        save_checkpoint(self.state_dir, state)
+        self.save_checkpoint(state)
         clear_inflight(self.state_dir)
         self.inflight = None
         self.close_now = False

@@ -208,7 +208,8 @@ def extend_checkpoint(state_dir: Path, *, total: int | None = None, by: int | No
         meta = read_json(path)
         completed = int(meta["round"])
         saved = meta.get("config") or {}
-        before = int(meta.get("rounds") or saved.get("rounds") or completed)
+        before = next(int(v) for v in (meta.get("rounds"), saved.get("rounds"), completed)
+                      if v is not None)  # a stop before round 1 leaves a total of 0
         new = before + by if by is not None else total
         if new is None:
             raise ValueError("give total or by")
