@@ -413,7 +413,7 @@ class Device:
             # the announced split (adaptive or fixed), validated: see edge_client/split_state
             shared, local = round_split(names, header.shared, env.tensors, shapes, config,
                                         header.round)
-            if self.state.config_hash not in (None, header.config_hash):
+            if not self.same_state(header.config_hash, config):
                 log.warning("%s: configuration changed; resetting local state", self.spec.client)
                 # fresh values: the saved global belongs to the old configuration
                 self.state.local = init_adapter_values({n: shapes[n] for n in local}, seed)
@@ -491,6 +491,7 @@ class Device:
         self.state.last_round = header.round
         self.state.base_version = header.version
         self.state.config_hash = header.config_hash
+        self.state.state_hash = config.state_digest()
         self.store.save(self.state)
         save_global(self.store.path, global_shared,  # for 'edge-client export'
                     model_info(config, data.label_names, client=self.spec.client,
@@ -506,11 +507,20 @@ class Device:
     def keep_final_global(self, header: AnnounceHeader, env: Envelope) -> None:
         """The final announcement carries the final global shared parameters; keep them for
         export when this device trained under the same configuration."""
-        if self.state.config_hash != header.config_hash or saved_info(self.store.path) is None:
+        if (self.state.config_hash is None or saved_info(self.store.path) is None
+                or not self.same_state(header.config_hash, announced_config(header))):
             return
         kept = final_global(saved_global(self.store.path), header.shared, env.tensors)
         if kept is not None:
             save_global(self.store.path, kept)
+
+    def same_state(self, config_hash: str, config: FederationConfig) -> bool:
+        """Whether local state made under the saved configuration fits ``config``: the same
+        configuration, or one that differs only in ``rounds`` (an extended or stopped
+        federation: B, head and residual go on).  True before any state was saved."""
+        if self.state.config_hash in (None, config_hash):
+            return True
+        return self.state.state_hash == config.state_digest()
 
     def local_start(self, local: list[str], shapes: dict[str, tuple[int, ...]], seed: int
                     ) -> dict[str, torch.Tensor]:

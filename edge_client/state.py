@@ -27,6 +27,9 @@ class DeviceState:
     region: str
     federation: str
     config_hash: str | None = None
+    # FederationConfig.state_digest of that configuration: everything but `rounds`, so an
+    # extended federation (same digest) keeps the local parameters
+    state_hash: str | None = None
     last_round: int = 0
     base_version: int = 0
     local: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -51,6 +54,7 @@ class StateDir:
         return DeviceState(
             client, region, federation,
             config_hash=meta.get("config_hash"),
+            state_hash=meta.get("state_hash"),
             last_round=int(meta.get("last_round", 0)),
             base_version=int(meta.get("base_version", 0)),
             local=read_tensors(local) if local.exists() else {},
@@ -65,6 +69,7 @@ class StateDir:
             "region": state.region,
             "federation": state.federation,
             "config_hash": state.config_hash,
+            "state_hash": state.state_hash,
             "last_round": state.last_round,
             "base_version": state.base_version,
         })

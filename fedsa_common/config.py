@@ -80,6 +80,7 @@ __all__ = [
     "Strict",
     "TrainingSection",
     "TransportSection",
+    "digest_of",
     "format_validation_error",
     "load_federation_config",
     "read_yaml",
@@ -132,8 +133,18 @@ class FederationConfig(Strict):
 
     def digest(self) -> str:
         """Short stable hash, carried in announcements so every party can tell configs apart."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return digest_of(self.model_dump(mode="json"))
+
+    def state_digest(self) -> str:
+        """Hash of everything but ``rounds``: what the cloud's checkpoint and a device's local
+        state (B, head, residual) were made under.  Extending or stopping a federation
+        changes ``rounds`` and so ``digest()``, never this, so both are kept across it."""
+        return digest_of({k: v for k, v in self.model_dump(mode="json").items() if k != "rounds"})
+
+
+def digest_of(data: dict[str, Any]) -> str:
+    """The digest of a dumped configuration (``FederationConfig.model_dump(mode="json")``)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class ConfigError(ValueError):

@@ -111,6 +111,11 @@ class Topics:
     def summary(self) -> str:
         return f"{self.base}/summary"
 
+    @property
+    def control(self) -> str:
+        """Lifecycle commands for the running cloud hub (``hub federation stop|extend``)."""
+        return f"{self.base}/control"
+
     def status(self, role: str, name: str) -> str:
         return f"{self.base}/status/{role}/{name}"
 
@@ -384,6 +389,29 @@ class Metrics(BaseModel):
     bytes_up: int = Field(0, ge=0)
     bytes_down: int = Field(0, ge=0)
     global_accuracy: float | None = Field(None, ge=0, le=1)
+
+
+class Control(BaseModel):
+    """A lifecycle command to the running cloud hub (raw JSON on ``Topics.control``, QoS 1,
+    not retained, so it never reaches a later cloud by surprise).
+
+    ``extend`` sets the federation's total ``rounds`` (absolute, so a redelivered command
+    changes nothing twice); ``stop`` finishes it after the round in flight, or with ``now``
+    closes that round at once with the updates that arrived, as its deadline would."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["control"] = "control"
+    federation: str = Field(pattern=NAME_RE)
+    action: Literal["stop", "extend"]
+    rounds: int | None = Field(None, ge=1, le=MAX_WIRE_INT)
+    now: bool = False
+    issued_at: float = 0.0
+
+    @model_validator(mode="after")
+    def _rounds_for_extend(self) -> Control:
+        if (self.action == "extend") != (self.rounds is not None):
+            raise ValueError("extend needs rounds; stop takes none")
+        return self
 
 
 class Presence(BaseModel):

@@ -18,9 +18,9 @@ import torch
 
 from fedsa_common.atomic import read_json, read_tensors, write_json, write_tensors
 from hub.downlink import DownlinkState
+from hub.lifecycle import CHECKPOINT_JSON
 from hub.server_optimizer import ServerOptimizerState
 
-CHECKPOINT_JSON = "checkpoint.json"
 T = TypeVar("T")
 
 
@@ -38,6 +38,12 @@ class CloudState:
     downlink: DownlinkState | None = None
     # a server optimizer other than sgd only (None with sgd, and then nothing is written)
     optimizer: ServerOptimizerState | None = None
+    # lifecycle (hub/lifecycle.py; None in checkpoints written before it): the configuration
+    # the cloud ran with (its rounds = the total then), the configuration file's rounds at
+    # the last start, and the total a lifecycle command set since (``hub federation``)
+    config: dict[str, Any] | None = None
+    file_rounds: int | None = None
+    target: int | None = None
 
 
 class _Part(Protocol):
@@ -82,6 +88,9 @@ def save_checkpoint(state_dir: Path, state: CloudState) -> None:
             **({"shared": sorted(state.shared)} if state.shared is not None else {}),
             **parts["downlink"],
             **parts["optimizer"],
+            **({"config": state.config} if state.config is not None else {}),
+            **({"file_rounds": state.file_rounds} if state.file_rounds is not None else {}),
+            **({"rounds": state.target} if state.target is not None else {}),
         },
     )
     # only after checkpoint.json names the new files: a crash in between keeps the old set
@@ -112,4 +121,11 @@ def load_checkpoint(state_dir: Path) -> CloudState | None:
         shared=list(meta["shared"]) if meta.get("shared") is not None else None,
         downlink=downlink,
         optimizer=optimizer,
+        config=meta.get("config"),
+        file_rounds=_int_or_none(meta.get("file_rounds")),
+        target=_int_or_none(meta.get("rounds")),
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fedsa_common import cli_auth, cli_common
 from fedsa_common.config import ConfigError, load_federation_config
+
+if TYPE_CHECKING:
+    from fedsa_common.broker_auth import BrokerAuth
+    from fedsa_common.protocol import Control
+    from fedsa_common.transport import MqttSession
+    from hub.lifecycle import Retained
 
 SWITCH_INTERVAL_S = 0.0002  # see serve()
 
@@ -60,8 +68,11 @@ def serve(
 ) -> None:
     """Serve one hub until the federation finishes.
 
-    SIGTERM stops it like Ctrl-C: state is as after the last persisted step (the next start
-    resumes from it) and a broker the cloud hub started for itself is stopped with it."""
+    A cloud hub restarted with the same --state-dir resumes from its checkpoint; its
+    configuration may change only in `rounds` (more rounds extend the federation, see `hub
+    federation`). SIGTERM stops it like Ctrl-C: state is as after the last persisted step
+    (the next start resumes from it) and a broker the cloud hub started for itself is
+    stopped with it."""
     cli_common.stop_on_sigterm()
     import torch
 
@@ -107,10 +118,15 @@ def serve(
         broker = started.url
         typer.echo(f"started {started.kind} broker at {broker}")
     cloud = None
+    from hub.lifecycle import LifecycleError
+
     try:
         cloud = CloudHub(broker, cfg, state_dir, auth=conn.auth)
         _start_metrics(cloud, metrics_port, metrics_host)
         sys.exit(cloud.run())
+    except LifecycleError as err:  # a checkpoint or broker state this start does not fit
+        option = "--config" if err.option == "--rounds" else err.option
+        raise cli_common.usage_error(str(err), option) from None
     finally:
         if started is not None:
             if cloud is not None:  # disconnect first, or it logs the broker's end as a loss
@@ -282,3 +298,233 @@ def provision(
         typer.echo(f"hub provision: {err}", err=True)
         raise typer.Exit(2) from None
     typer.echo(summary_text(spec, result))
+
+
+federation_app = typer.Typer(
+    help="Extend, stop or reset a federation: its total rounds, its end, and what the broker "
+         "retains for its name.", no_args_is_help=True, add_completion=False)
+app.add_typer(federation_app, name="federation")
+
+Federation = Annotated[str | None, typer.Option(
+    help="Federation name (with --broker or --credentials: talk to the running cloud hub).")]
+Broker = Annotated[str | None, typer.Option(
+    help="mqtt:// or mqtts:// URL of the cloud's broker (default: the --credentials file's). "
+         "With a provisioned broker use the cloud's credentials: only the cloud account may "
+         "send lifecycle commands and clear the federation's retained messages.")]
+Timeout = Annotated[float, typer.Option(
+    min=0.5, help="Seconds to wait for the broker and the cloud hub's answer.")]
+
+
+def _connection_for(federation: str, broker: str | None, credentials: Path | None,
+                    username: str | None, password_file: Path | None, tls_ca: Path | None
+                    ) -> tuple[str, BrokerAuth | None]:
+    """Check the name and resolve the connection of a lifecycle command (usage errors)."""
+    from fedsa_common.protocol import check_name
+
+    try:
+        check_name("federation", federation)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--federation") from None
+    conn = cli_auth.connection_from_options(
+        broker, credentials, username, password_file, tls_ca, default_url=None,
+        federation=federation, role="cloud")
+    if conn.url is None:
+        raise typer.BadParameter("give --broker or --credentials", param_hint="--broker")
+    return conn.url, conn.auth
+
+
+@contextlib.contextmanager
+def _lifecycle_session(url: str, federation: str, auth: BrokerAuth | None, timeout: float,
+                       action: str) -> Iterator[MqttSession]:
+    """A short session for ``hub federation ACTION``; a broker that cannot be reached (or
+    stops answering) is one line and exit 2."""
+    from hub.lifecycle import connected
+
+    try:
+        with connected(url, federation, auth, timeout) as session:
+            yield session
+    except (ConnectionError, TimeoutError) as err:
+        typer.echo(f"hub federation {action}: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _serving_cloud(session: MqttSession, federation: str, timeout: float, action: str
+                   ) -> Retained:
+    """What is retained for ``federation``, after checking that its cloud hub serves; a
+    finished federation or no cloud is a usage error saying what to do instead."""
+    from fedsa_common.protocol import Topics
+    from hub.lifecycle import collect_retained
+
+    retained = collect_retained(session, Topics(federation), max_bytes=256_000_000,
+                                timeout_s=timeout)
+    ann = retained.announce
+    if ann is not None and ann.status == "finished":
+        hint = ("its cloud hub has exited: extend it with `hub federation extend --state-dir "
+                "CLOUD_STATE_DIR --by N`, then start the cloud again" if action == "extend"
+                else "nothing to stop")
+        raise cli_common.usage_error(
+            f"federation {federation!r} finished at round {ann.round} on "
+            f"{session.broker_url}; {hint}", "--federation")
+    if not retained.cloud_alive:
+        raise cli_common.usage_error(
+            f"no cloud hub of federation {federation!r} is serving on {session.broker_url} "
+            "(no retained cloud status that says online)" + (
+                "; a stopped cloud is extended with --state-dir" if action == "extend" else ""),
+            "--federation")
+    return retained
+
+
+def _obey(session: MqttSession, control: Control, timeout: float) -> dict[str, Any]:
+    """Send ``control`` to the running cloud and return its status answer (exit 1 without
+    one, exit 2 when it refused)."""
+    from fedsa_common.protocol import Topics
+    from hub.lifecycle import send_control
+
+    answer = send_control(session, Topics(control.federation), control, timeout)
+    if answer is None:
+        typer.echo(f"no answer from the cloud hub of {control.federation!r} within "
+                   f"{timeout:g}s; the command is not kept (a cloud ignores commands older "
+                   "than a minute): send it again once the cloud serves", err=True)
+        raise typer.Exit(1)
+    reply = answer.get("control") or {}
+    if not reply.get("accepted"):
+        raise cli_common.usage_error(f"the cloud hub refused: {reply.get('reason')}",
+                                     "--rounds" if control.action == "extend" else "--now")
+    return answer
+
+
+@federation_app.command("extend")
+def federation_extend(
+    by: Annotated[int | None, typer.Option(min=1, help="Rounds to add to the total.")] = None,
+    rounds: Annotated[int | None, typer.Option(
+        min=1, help="The new total number of rounds (instead of --by).")] = None,
+    state_dir: Annotated[Path | None, typer.Option(
+        help="The --state-dir of a cloud hub that is not running (finished or stopped): "
+             "raise its checkpoint's total, then start the cloud again.")] = None,
+    federation: Federation = None,
+    broker: Broker = None,
+    credentials: cli_auth.Credentials = None,
+    username: cli_auth.Username = None,
+    password_file: cli_auth.PasswordFile = None,
+    tls_ca: cli_auth.TlsCa = None,
+    timeout: Timeout = 10.0,
+) -> None:
+    """Add rounds to a federation from its last global version; devices keep their B and
+    head (they keep their local state whenever only `rounds` changed).
+
+    Finished or stopped cloud: `--state-dir DIR` raises the total kept in its checkpoint;
+    then start `hub serve` again with the same --state-dir and --config (it clears the
+    retained 'finished' announcement), then the regional hubs and devices, which exited when
+    the federation finished. Editing `rounds` in the --config file does the same.
+    Running cloud: `--federation` with `--broker`/`--credentials`; the cloud hub takes the
+    new total at once. Refused under differential privacy (its noise was calibrated for
+    the rounds it runs)."""
+    if (by is None) == (rounds is None):
+        raise cli_common.usage_error("give exactly one of --by N and --rounds TOTAL", "--by")
+    if (state_dir is None) == (federation is None):
+        raise cli_common.usage_error(
+            "give --state-dir (the cloud is not running) or --federation with --broker or "
+            "--credentials (it is running)", "--state-dir")
+    from hub.lifecycle import LifecycleError, extend_checkpoint
+
+    if state_dir is not None:
+        try:
+            done = extend_checkpoint(state_dir, total=rounds, by=by)
+        except LifecycleError as err:
+            raise cli_common.usage_error(str(err), err.option) from None
+        typer.echo(f"{state_dir}: {done.completed} rounds done, total {done.before} -> "
+                   f"{done.total}; start the cloud hub again with this --state-dir, then the "
+                   "regional hubs and devices")
+        return
+    import time
+
+    from fedsa_common.protocol import Control
+
+    assert federation is not None
+    url, auth = _connection_for(federation, broker, credentials, username, password_file,
+                                tls_ca)
+    with _lifecycle_session(url, federation, auth, timeout, "extend") as session:
+        retained = _serving_cloud(session, federation, timeout, "extend")
+        ann = retained.announce
+        before = (retained.cloud_status or {}).get("rounds") or (
+            ann.config.get("rounds") if ann is not None else None)
+        if by is not None and before is None:
+            raise cli_common.usage_error("the cloud hub has not said its total rounds yet; "
+                                         "give --rounds TOTAL", "--by")
+        total = rounds if rounds is not None else int(before) + (by or 0)
+        answer = _obey(session, Control(federation=federation, action="extend",
+                                        rounds=total, issued_at=time.time()), timeout)
+    typer.echo(f"federation {federation}: {answer.get('rounds')} rounds in all (was "
+               f"{before}); {answer.get('round')} done")
+
+
+@federation_app.command("stop")
+def federation_stop(
+    federation: Annotated[str, typer.Option(help="Federation name.")],
+    broker: Broker = None,
+    credentials: cli_auth.Credentials = None,
+    username: cli_auth.Username = None,
+    password_file: cli_auth.PasswordFile = None,
+    tls_ca: cli_auth.TlsCa = None,
+    now: Annotated[bool, typer.Option(
+        help="Close the round in flight at once with the updates that arrived (as its "
+             "deadline would) instead of letting it finish.")] = False,
+    timeout: Timeout = 10.0,
+) -> None:
+    """Finish a running federation early and cleanly: after the round in flight, the cloud
+    hub checkpoints, announces the end (retained) and exits 0, and regional hubs and devices
+    exit as after a last round. The stop is kept in the checkpoint; `hub federation extend`
+    undoes it."""
+    import time
+
+    from fedsa_common.protocol import Control
+
+    url, auth = _connection_for(federation, broker, credentials, username, password_file,
+                                tls_ca)
+    with _lifecycle_session(url, federation, auth, timeout, "stop") as session:
+        _serving_cloud(session, federation, timeout, "stop")
+        answer = _obey(session, Control(federation=federation, action="stop", now=now,
+                                        issued_at=time.time()), timeout)
+    typer.echo(f"federation {federation}: ends after round {answer.get('rounds')}"
+               + (", which closes now" if now else ""))
+
+
+@federation_app.command("reset")
+def federation_reset(
+    federation: Annotated[str, typer.Option(help="Federation name.")],
+    broker: Broker = None,
+    credentials: cli_auth.Credentials = None,
+    username: cli_auth.Username = None,
+    password_file: cli_auth.PasswordFile = None,
+    tls_ca: cli_auth.TlsCa = None,
+    force: Annotated[bool, typer.Option(
+        help="Clear even while the retained cloud status says a cloud hub serves.")] = False,
+    timeout: Timeout = 10.0,
+) -> None:
+    """Clear what the broker retains for a federation (round announcement, full global
+    parameters, cloud status), so that a new cloud hub (a fresh --state-dir) can run the name
+    again from round 1; without it, hubs and devices exit at once on the retained 'finished'
+    and a fresh cloud refuses to start.
+
+    Refused while a cloud hub of the name serves (stop it first, or --force). Device presence
+    and regional hub status stay (they say who is online). Start the new run's regional hubs
+    and devices with fresh --state-dir directories: one that ran the old run remembers its
+    rounds and would sit out the new run's first ones."""
+    from fedsa_common.protocol import Topics
+    from hub.lifecycle import collect_retained, reset_retained
+
+    url, auth = _connection_for(federation, broker, credentials, username, password_file,
+                                tls_ca)
+    with _lifecycle_session(url, federation, auth, timeout, "reset") as session:
+        retained = collect_retained(session, Topics(federation), max_bytes=256_000_000,
+                                    timeout_s=timeout)
+        if retained.cloud_alive and not force:
+            raise cli_common.usage_error(
+                f"a cloud hub of federation {federation!r} is serving on "
+                f"{session.broker_url} (its retained status says online): stop it first "
+                "(`hub federation stop`), or give --force", "--force")
+        cleared = reset_retained(session, retained, timeout)
+    ann = retained.announce
+    was = f" (its announcement: {ann.status}, round {ann.round})" if ann is not None else ""
+    typer.echo(f"federation {federation}: cleared {cleared} retained messages{was}; a new "
+               "cloud hub may start the name with a fresh --state-dir")

@@ -40,11 +40,13 @@ import torch
 from fedsa_common.adaptive_split import split_changes
 from fedsa_common.atomic import read_json, read_tensors, write_bytes, write_json, write_tensors
 from fedsa_common.broker_auth import BrokerAuth
+from fedsa_common.chunking import split_payload
 from fedsa_common.config import FederationConfig
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import (
     Ack,
     AnnounceHeader,
+    Control,
     GlobalHeader,
     PartialHeader,
     Presence,
@@ -59,6 +61,16 @@ from hub.aggregation import RunningSum, apply_server_update
 from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
 from hub.cloud_intake import DROPPED, CloudIntake
 from hub.downlink import DownlinkState, downlink_step
+from hub.lifecycle import (
+    CloudLock,
+    LifecycleError,
+    check_growth,
+    checkpoint_rounds,
+    read_retained_announce,
+    resolve_total,
+    set_target,
+    with_rounds,
+)
 from hub.privacy import CloudPrivacy
 from hub.process import Event, HubProcess
 from hub.server_optimizer import ServerOptimizerState, server_change
@@ -70,6 +82,7 @@ log = logging.getLogger("fedsa.hub.cloud")
 INFLIGHT_JSON = "inflight.json"
 INFLIGHT_TENSORS = "inflight.safetensors"
 INFLIGHT_ANNOUNCE = "inflight-announce.bin"
+CONTROL_MAX_AGE_S = 60.0  # older commands (queued for the cloud while it was down) are ignored
 
 
 def initial_global(config: FederationConfig) -> dict[str, torch.Tensor]:
@@ -138,23 +151,40 @@ class CloudHub(HubProcess):
         self.privacy = CloudPrivacy(None)  # differential privacy; set up in run()
         self.downlink = config.fedsa_lora.compression.downlink
         self.global_payload: bytes | None = None  # downlink deltas: the retained full global
+        # lifecycle (hub/lifecycle.py): the total rounds (a checkpoint or `hub federation
+        # extend|stop` may change it), the configuration file's, and the total the privacy
+        # plan was made for; a stop with --now closes the round in flight
+        self.rounds = config.rounds
+        self.file_rounds = config.rounds
+        self.calibrated_rounds = config.rounds
+        self.close_now = False
+        self.lock = CloudLock(self.state_dir)
 
     @property
     def privacy_epsilon_spent(self) -> float:
         return self.privacy.epsilon
 
     def load_state(self) -> CloudState:
+        """The checkpoint (or a fresh state), with the federation's total rounds resolved.
+
+        Only ``rounds`` may differ from the configuration the checkpoint was made with;
+        anything else is a ``LifecycleError`` naming the fields."""
         state = load_checkpoint(self.state_dir)
         if state is None:
             state = CloudState(0, 0, initial_global(self.config), self.config.digest())
-        elif state.config_hash != self.config.digest():
-            raise ValueError(
-                f"checkpoint in {self.state_dir} was made with another configuration "
-                f"({state.config_hash} != {self.config.digest()}); use a fresh --state-dir"
-            )
         else:
-            log.info("resuming from checkpoint: round %d, version %d", state.round,
-                     state.version)
+            ran = checkpoint_rounds(self.config, completed=state.round,
+                                    config_hash=state.config_hash, saved_config=state.config,
+                                    state_dir=self.state_dir)
+            total = resolve_total(self.config.rounds, saved_rounds=ran, target=state.target,
+                                  file_rounds_before=state.file_rounds)
+            check_growth(self.config, total, ran)
+            self.set_rounds(total)
+            self.calibrated_rounds = total if total < ran else ran
+            log.info("resuming from checkpoint: round %d, version %d, %d rounds in all%s",
+                     state.round, state.version, total,
+                     f" (was {ran})" if total != ran else "")
+        state.file_rounds = self.file_rounds
         split = SplitPolicy(self.config, list(state.params))
         if split.per_round:  # the round's split: from the round, or importance_based's decision
             state.shared = split.resume(state.round, state.shared)
@@ -173,8 +203,33 @@ class CloudHub(HubProcess):
                         optimizer.name, self.config.server_lr)
         return state
 
+    def set_rounds(self, total: int) -> None:
+        """Run ``total`` rounds in all: the announced configuration says so from the next
+        announcement on (devices keep their local state: ``state_digest`` ignores it)."""
+        self.config = with_rounds(self.config, total)
+        self.rounds = total
+
+    def save_checkpoint(self, state: CloudState) -> None:
+        """Checkpoint ``state`` with the configuration this cloud runs now (its rounds: the
+        total, unless a stop before round 1 left none to run)."""
+        state.config = self.config.model_dump(mode="json")
+        state.config_hash = self.config.digest()
+        state.target = self.rounds if self.rounds != self.config.rounds else None
+        save_checkpoint(self.state_dir, state)
+
     def run(self) -> int:
+        """Serve until the federation's last round is done (or it is stopped)."""
+        self.lock.acquire()
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> int:
         state = self.load_state()
+        # records the configuration and total it runs with, for lifecycle commands and the
+        # next start (a fresh cloud's round 0 too)
+        self.save_checkpoint(state)
         self.privacy = CloudPrivacy.for_config(self.config, state.history)
         inflight = load_inflight(self.state_dir)
         if inflight is not None and inflight.round == state.round + 1:
@@ -185,36 +240,101 @@ class CloudHub(HubProcess):
                 self.global_payload = self.global_message(state, inflight.round)[0]
         self.listen("presence", self.topics.presence_filter, raw=True)
         self.listen("partial", self.topics.partial_filter)
+        self.listen("control", self.topics.control, raw=True)
         self.session.connect(timeout=300)
+        self.publish_status(round=state.round, version=state.version, rounds=self.rounds)
         if self.inflight is None:
-            self.wait_for_clients()
-        while state.round < self.config.rounds:
+            self.check_retained(state)
+            self.wait_for_clients(state)
+        while state.round < self.rounds:
             self.run_round(state)
         self.announce(state, "finished", {})
-        self.publish_status(round=state.round, version=state.version, finished=True)
+        self.publish_status(round=state.round, version=state.version, rounds=self.rounds,
+                            finished=True)
         log.info("federation finished after %d rounds", state.round)
         self.session.close()
         return 0
 
+    # ------------------------------------------------------------------ lifecycle
+    def check_retained(self, state: CloudState) -> None:
+        """Act on a retained 'finished' announcement before waiting for devices, which exit
+        on it: clear it when this cloud goes on (an extension), refuse to start over it
+        from a fresh state (the name's earlier run: `hub federation reset` clears it)."""
+        payload = read_retained_announce(self.session, self.topics,
+                                         self.config.transport.max_message_bytes)
+        if payload is None:
+            return
+        header, raw = payload
+        if header.status != "finished" or state.round >= self.rounds:
+            return
+        if state.round == 0:
+            raise LifecycleError(
+                f"federation {self.federation!r} already finished (round {header.round}) on "
+                f"{self.session.broker_url}, whose retained announcement says so; a cloud "
+                "with a fresh --state-dir cannot continue it. Start the cloud with the "
+                "--state-dir it ran with (`hub federation extend` adds rounds), or clear the "
+                "name with `hub federation reset` to run it again from the start")
+        log.info("clearing the retained announcement that round %d finished the federation: "
+                 "it goes on to %d rounds", header.round, self.rounds)
+        frames = len(split_payload(raw, self.session.payload_limit))
+        for i in range(frames):
+            self.session.publish_raw(f"{self.topics.announce}/{i}", b"", retain=True)
+
+    def on_control(self, event: Event, state: CloudState) -> None:
+        """Obey ``hub federation stop|extend``; the answer goes out in the cloud status."""
+        control = decode_json(Control, event.payload)
+        if control.federation != self.federation:
+            raise WireError("wrong_federation", control.federation)
+        age = time.time() - control.issued_at
+        if age > CONTROL_MAX_AGE_S:
+            log.warning("ignored %s command issued %.0fs ago (queued while the cloud was "
+                        "down?)", control.action, age)
+            return
+        current = self.inflight.round if self.inflight is not None else state.round
+        try:
+            if control.action == "stop":
+                total = current
+                self.close_now = control.now and self.inflight is not None
+            else:
+                assert control.rounds is not None  # the model checks it
+                total = control.rounds
+                if total < current:
+                    raise LifecycleError(f"round {current} is under way; the total cannot be "
+                                         f"{total} (`hub federation stop` ends it after it)")
+                check_growth(self.config, total, self.calibrated_rounds)
+            self.set_rounds(total)
+            set_target(self.state_dir, total)
+            answer: dict[str, Any] = {"accepted": True}
+            log.info("%s: the federation now ends after round %d%s", control.action, total,
+                     " (the round in flight closes now)" if self.close_now else "")
+        except LifecycleError as err:
+            answer = {"accepted": False, "reason": str(err)}
+            log.warning("refused %s command: %s", control.action, err)
+        self.publish_status(round=state.round, version=state.version, rounds=self.rounds,
+                            control={"action": control.action, "issued_at": control.issued_at,
+                                     **answer})
+
     # ------------------------------------------------------------------ events
-    def wait_for_clients(self) -> None:
+    def wait_for_clients(self, state: CloudState) -> None:
         need = self.config.sampling.min_clients
         until = time.time() + self.config.sampling.wait_for_clients_s
-        while len(self.online) < need:
+        while len(self.online) < need and state.round < self.rounds:
             if time.time() > until and self.online:
                 log.warning("starting with %d of %d wanted devices", len(self.online), need)
                 return
             event = self.next_event(1.0)
             if event is not None:
-                self.handle_event(event, None)
+                self.handle_event(event, state)
         log.info("%d devices online", len(self.online))
 
-    def handle_event(self, event: Event, state: CloudState | None) -> None:
+    def handle_event(self, event: Event, state: CloudState) -> None:
         try:
             if event.kind == "presence":
                 self.on_presence(event)
-            elif event.kind == "partial" and state is not None:
+            elif event.kind == "partial" and self.inflight is not None:
                 self.on_partial(event, state)
+            elif event.kind == "control":
+                self.on_control(event, state)
             elif event.kind == "connected" and self.inflight is not None:
                 # after a broker restart the retained announcement may be gone: restore it
                 # (and first the full global it may refer devices to)
@@ -310,6 +430,8 @@ class CloudHub(HubProcess):
     def round_closed(self) -> bool:
         assert self.inflight is not None
         fl = self.inflight
+        if self.close_now:
+            return True
         if self.policy.mode == "async":
             return fl.total.count >= self.policy.buffer_size
         target = self.target_updates()
@@ -324,7 +446,7 @@ class CloudHub(HubProcess):
             self.privacy.note_sampling(rnd, sum(len(v) for v in selected.values()),
                                        len(self.online))
             self.announce(state, "running", selected)
-            log.info("round %d/%d announced to %d devices", rnd, self.config.rounds,
+            log.info("round %d/%d announced to %d devices", rnd, self.rounds,
                      sum(len(v) for v in selected.values()))
         fl = self.inflight
         assert fl is not None
@@ -384,12 +506,14 @@ class CloudHub(HubProcess):
         )
         record: dict[str, Any] = summary.model_dump(mode="json")
         state.history.append(record)
-        save_checkpoint(self.state_dir, state)
+        self.save_checkpoint(state)
         clear_inflight(self.state_dir)
         self.inflight = None
+        self.close_now = False
         self.session.publish_raw(self.topics.summary, self.summary_payload(summary))
         self.round_done(fl.round, accepted=fl.total.count)
-        self.publish_status(round=fl.round, version=state.version, accepted=fl.total.count)
+        self.publish_status(round=fl.round, version=state.version, accepted=fl.total.count,
+                            rounds=self.rounds)
         log.info("round %d done: %d updates from %d regions in %.1fs%s", fl.round,
                  fl.total.count, len(fl.finals), summary.duration_s,
                  "" if applied else " (below quorum, not applied)")

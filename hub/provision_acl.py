@@ -15,8 +15,10 @@ Who may do what (``docs/security.md`` has the same table):
   messages, the cloud's acks of its partials; write acks and secure-aggregation messages to
   its region's devices, its partials and its status.
 * cloud: write announcements, the full global parameters, summaries, partial acks and its
-  status; read partials,
-  presence, metrics and hub status.
+  status; read partials, presence, metrics and hub status.  Lifecycle commands (``hub
+  federation stop|extend|reset``) run with the cloud's credentials: it also reads and
+  writes the control topic and reads back its own announcement and full global (to find
+  a retained 'finished' announcement, and what ``reset`` must clear).
 * monitor (``hub status``, scenario monitor): read-only; no device updates and no regional
   partials either, since a partial can be one device's update (one participant, async
   mode, over-selection) and is never noised.  The scenario monitor's report then takes its
@@ -130,6 +132,10 @@ def rules_for(account: Account, topics: Topics) -> list[Rule]:
             Rule("write", topics.summary),
             Rule("write", topics.partial_ack("+")),
             Rule("write", topics.status("cloud", CLOUD_HUB_NAME)),
+            Rule("write", topics.control),
+            Rule("read", topics.control),
+            Rule("read", announce),
+            Rule("read", full_global),
             Rule("read", chunk_filter(topics.partial_filter)),
             Rule("read", topics.presence_filter),
             Rule("read", topics.metrics_filter),

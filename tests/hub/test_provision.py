@@ -152,6 +152,7 @@ FORBIDDEN = {
         (T.metrics("north", "dev-1"), False),
         (T.summary, False),
         (T.status("regional", "north"), False),
+        (T.control, False),  # only the cloud's account sends lifecycle commands
     ],
     "hub-regional-north": [
         (T.partial("south"), True),
@@ -161,6 +162,7 @@ FORBIDDEN = {
         (T.status("cloud", "cloud"), False),
         (T.presence("north", "dev-0"), False),
         (T.secagg_down("south", "dev-2"), True),
+        (T.control, False),
     ],
 }
 
