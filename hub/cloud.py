@@ -432,8 +432,19 @@ class CloudHub(HubProcess):
             raise WireError("wrong_federation", header.federation)
         if not event.topic.endswith(f"/partial/{header.region}"):
             raise WireError("wrong_topic", event.topic)
-        ack = fl.accept(header, env.tensors, version=state.version, policy=self.policy,
-                        shared_set_changes=split_changes(self.config))
+        try:
+            ack = fl.accept(header, env.tensors, version=state.version, policy=self.policy,
+                            shared_set_changes=split_changes(self.config))
+        except WireError as err:
+            # a negative acknowledgement, so the region stops resending what will never be
+            # taken (its hub logs and counts the updates lost); sent for a partial whose
+            # header names the region of the topic it came on, and counted by the caller
+            pid = f"{header.region}:{header.round}:{header.seq}"
+            log.warning("refused partial %s (%d updates): %s", pid, header.count, err)
+            self.counters["partials.refused"] += 1
+            self.pending_acks.append((header.region, Ack(kind="partial", id=pid,
+                                                         accepted=False, reason=err.reason)))
+            raise
         if ack.reason != "duplicate":  # a redelivery changes a count, saved with the next
             self.dirty = True
         if ack.reason in DROPPED:
