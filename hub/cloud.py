@@ -352,8 +352,15 @@ class CloudHub(HubProcess):
         applied = fl.total.count >= self.policy.min_quorum and fl.total.weight > 0
         selected = sum(len(v) for v in fl.selected.values())
         if applied:  # the round's shared tensors; the others keep their global value
+            # a robust rule's combination of the regions' estimates; or the weighted mean,
             # noised first (over the announced count): the optimizer post-processes
-            mean = self.privacy.mean(fl.total, selected)
+            mean = fl.mean(self.policy.aggregation)
+            if mean is None:
+                mean = self.privacy.mean(fl.total, selected)
+            else:
+                log.info("round %d: %d regional estimates combined by %s (weighted by their "
+                         "update counts)", fl.round, len(fl.estimates),
+                         self.policy.aggregation.rule)
             old = {n: state.params[n] for n in mean}
             change, optimizer = server_change(mean, self.config.server_optimizer,
                                               self.config.server_lr, state.optimizer)
