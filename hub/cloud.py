@@ -55,7 +55,7 @@ from fedsa_common.protocol import (
     encode_message,
     params_digest,
 )
-from hub.aggregation import RunningSum, apply_server_update
+from hub.aggregation import RunningSum, apply_server_update, l2_norm
 from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
 from hub.cloud_intake import DROPPED, CloudIntake
 from hub.downlink import DownlinkState, downlink_step
@@ -351,6 +351,7 @@ class CloudHub(HubProcess):
     def finish_round(self, state: CloudState, fl: CloudIntake) -> None:
         applied = fl.total.count >= self.policy.min_quorum and fl.total.weight > 0
         selected = sum(len(v) for v in fl.selected.values())
+        step_norm = None
         if applied:  # the round's shared tensors; the others keep their global value
             # a robust rule's combination of the regions' estimates; or the weighted mean,
             # noised first (over the announced count): the optimizer post-processes
@@ -361,6 +362,7 @@ class CloudHub(HubProcess):
                 log.info("round %d: %d regional estimates combined by %s (weighted by their "
                          "update counts)", fl.round, len(fl.estimates),
                          self.policy.aggregation.rule)
+            step_norm = l2_norm(mean)
             old = {n: state.params[n] for n in mean}
             change, optimizer = server_change(mean, self.config.server_optimizer,
                                               self.config.server_lr, state.optimizer)
@@ -387,7 +389,7 @@ class CloudHub(HubProcess):
             rejected=dict(fl.rejected), duplicates=fl.duplicates,
             regions_reported=sorted(fl.finals), applied_step=applied, bytes_in=fl.bytes_in,
             started_at=fl.started, duration_s=time.time() - fl.started, **dp_fields,
-            **split_fields,
+            **split_fields, step_norm=step_norm,
         )
         record: dict[str, Any] = summary.model_dump(mode="json")
         state.history.append(record)
