@@ -6,6 +6,10 @@ replaces only the delta it sends, before compression:
 
 - ``sign_flip``: ``-factor * delta``, pushing the global model against what was learned;
 - ``scale``: ``factor * delta``, an update amplified to dominate a plain average.
+
+With ``samples`` it also declares that many training samples instead of its own count:
+under the mean the declared count is the update's weight, so a huge one makes the attack
+carry the round; the robust rules weigh every update alike (``hub/robust.py``).
 """
 
 from __future__ import annotations
@@ -24,21 +28,31 @@ ATTACKS: tuple[str, ...] = ("sign_flip", "scale")
 class Attack:
     kind: AttackKind
     factor: float = 10.0
+    samples: int | None = None  # the sample count it declares (None: its own)
 
     def __post_init__(self) -> None:
         if self.kind not in ATTACKS:
             raise ValueError(f"unknown attack {self.kind!r}; allowed: {', '.join(ATTACKS)}")
         if not self.factor > 0:
             raise ValueError(f"attack factor must be positive, got {self.factor}")
+        if self.samples is not None and self.samples < 1:
+            raise ValueError(f"declared samples must be positive, got {self.samples}")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Without ``samples`` when it declares its own count (as before the option)."""
+        return {k: v for k, v in asdict(self).items() if k != "samples" or v is not None}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> Attack | None:
         if not raw:
             return None
-        return cls(kind=raw["kind"], factor=float(raw.get("factor", 10.0)))
+        samples = raw.get("samples")
+        return cls(kind=raw["kind"], factor=float(raw.get("factor", 10.0)),
+                   samples=None if samples is None else int(samples))
+
+    def declared(self, samples: int) -> int:
+        """The sample count the device sends in its update header."""
+        return samples if self.samples is None else self.samples
 
 
 def poison(delta: Mapping[str, torch.Tensor], attack: Attack) -> dict[str, torch.Tensor]:

@@ -467,10 +467,13 @@ class Device:
         if norm is not None:
             log.info("%s: update norm %.4g (clip norm %.4g)", self.spec.client, norm,
                      config.fedsa_lora.privacy.differential_privacy.clip_norm)
+        samples = result.samples
         if self.spec.attack is not None:
             delta = poison(delta, self.spec.attack)
-            log.info("%s: round %d update poisoned (%s x%g)", self.spec.client, header.round,
-                     self.spec.attack.kind, self.spec.attack.factor)
+            samples = self.spec.attack.declared(samples)
+            log.info("%s: round %d update poisoned (%s x%g), declaring %d samples",
+                     self.spec.client, header.round, self.spec.attack.kind,
+                     self.spec.attack.factor, samples)
         comp = config.fedsa_lora.compression
         # randk: the round's shared seed, derived here and by the hub from the same values
         codec_params = comp.round_codec_params(config.federation.seed, header.round)
@@ -481,7 +484,7 @@ class Device:
             federation=self.spec.federation, round=header.round, client=self.spec.client,
             region=self.spec.region, base_version=header.version, codec=comp.codec,
             codec_params=codec_params, codec_meta=encoded.meta,
-            num_samples=result.samples, **header_train_stats(config, result.loss, result.seconds),
+            num_samples=samples, **header_train_stats(config, result.loss, result.seconds),
             importance=importance_report(result.importance),
         )
         update, encoded = self.secagg.masked_update(update, encoded, delta, residual)

@@ -410,6 +410,10 @@ class SamplingSection(Strict):
     wait_for_clients_s: float = Field(600.0, gt=0)
 
 
+# round_policy.max_update_value's default: five orders of magnitude above an honest LoRA
+# delta's coordinates, and small enough that no sum of updates reaches float32's limit
+MAX_UPDATE_VALUE = 1e4
+
 _AGGREGATION_DEFAULTS: dict[str, Any] = {"rule": "mean", "trim_fraction": 0.2,
                                          "clip_norm": None, "weighting": "samples",
                                          "similarity_floor": 0.1}
@@ -471,6 +475,13 @@ class RoundPolicySection(Strict):
     an update ``tau`` versions old by 1/sqrt(1+tau) and discarding those older than
     ``max_staleness``.  ``late: stale_weight`` applies that same weighting to a synchronous
     round's late updates instead of dropping them.
+
+    ``max_update_value`` bounds every decoded value of an update (a regional hub refuses a
+    larger one, reason ``value_bound``).  On by default, unlike ``max_update_norm``, because
+    a value near float32's limit (3.4e38) is no honest LoRA delta (a coordinate moves by
+    about ``lr`` per local step) and, weighted by its sample count, would overflow the
+    region's float32 partial to inf, which the cloud refuses: one device would void its
+    region's round.  Dumped only when changed, so digests stay as they were.
     """
 
     mode: Literal["sync", "async"] = "sync"
@@ -483,6 +494,7 @@ class RoundPolicySection(Strict):
     resend_s: float = Field(5.0, gt=0)
     max_update_norm: float | None = Field(None, gt=0)
     max_samples_per_update: int = Field(1_000_000, ge=1)
+    max_update_value: float = Field(MAX_UPDATE_VALUE, gt=0, le=1e30)
     aggregation: AggregationSection = AggregationSection()
 
     @model_validator(mode="after")
@@ -501,10 +513,13 @@ class RoundPolicySection(Strict):
     @model_serializer(mode="wrap")
     def _omit_default_aggregation(self, handler: SerializerFunctionWrapHandler
                                   ) -> dict[str, Any]:
-        """Leave ``aggregation`` out at its defaults so digests stay as they were."""
+        """Leave ``aggregation`` and ``max_update_value`` out at their defaults so digests
+        stay as they were."""
         data = handler(self)
         if data.get("aggregation") == {}:
             del data["aggregation"]
+        if data.get("max_update_value") == MAX_UPDATE_VALUE:
+            del data["max_update_value"]
         return data
 
 

@@ -57,7 +57,7 @@ WIRE_REASONS: frozenset[str] = frozenset({
     # intake and cloud rules (hub.intake / codec_check / regional / cloud)
     "wrong_federation", "wrong_region", "wrong_topic", "duplicate", "future", "stale", "late",
     "not_selected", "wrong_base_version", "unexpected_codec", "wrong_seed",
-    "bad_codec_params", "too_many_samples", "norm_bound",
+    "bad_codec_params", "too_many_samples", "norm_bound", "value_bound", "overflow",
     # downlink deltas (fedsa_common.downlink / edge_client.downlink)
     "wrong_digest",
 })

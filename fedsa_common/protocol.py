@@ -359,13 +359,17 @@ class RoundSummary(BaseModel):
     # and the cloud's decision for the next round
     shared: list[str] | None = None
     next_shared: list[str] | None = None
+    # the L2 norm of the round's update (what the server optimizer was given: the weighted
+    # mean, DP noise included, or a robust rule's combination); absent when none was applied
+    step_norm: float | None = Field(None, ge=0, allow_inf_nan=False)
 
     @model_serializer(mode="wrap")
     def _omit_absent_dp(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Without DP or an adaptive split a summary (and the checkpoint history) reads as
-        before the fields."""
+        """Without DP, an adaptive split or an applied step a summary (and the checkpoint
+        history) reads as before the fields."""
+        optional = ("shared", "next_shared", "step_norm")
         return {k: v for k, v in handler(self).items()
-                if not ((k.startswith("dp_") or k in ("shared", "next_shared")) and v is None)}
+                if not ((k.startswith("dp_") or k in optional) and v is None)}
 
 
 class Metrics(BaseModel):

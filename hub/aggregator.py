@@ -11,8 +11,8 @@ are on:
 
 - ``AdmissionStep.admit(update) -> update``: refuses (``WireError``) or changes the delta,
   its weight or what else travels with it.  The round policy's own steps (``policy_steps``:
-  ``NormBound``, ``ClipNorm``) are rebuilt from the persisted policy; the configured ones
-  (``ImportanceReports`` here, ``hub.similarity.SimilarityWeighting``,
+  ``ValueBound``, ``NormBound``, ``ClipNorm``) are rebuilt from the persisted policy; the
+  configured ones (``ImportanceReports`` here, ``hub.similarity.SimilarityWeighting``,
   ``hub.privacy.IntakeDp``) have a state ``key`` and persist themselves under it.
 - ``Aggregator``: ``accept(update)`` folds one admitted update in, ``result()`` is what the
   region forwards (an ``Aggregate``: sums, weight, count, ids, importance), and
@@ -22,9 +22,13 @@ are on:
   trimmed mean); ``SecureSum`` is a secure round's aggregator, built by the region's
   secure-aggregation driver around that round's protocol server.
 
-The aggregators' sums are ``sum_i w_i delta_i`` (or a robust rule's stand-in for it), so
-the cloud's weighted merge of regional partials is the same whichever rule a region used:
-the cloud's intake (hub/cloud_intake.py) accepts them into one running sum.
+The aggregators' sums are ``sum_i w_i delta_i`` (or a robust rule's stand-in for it:
+``estimate x count``, each update weighing 1), so ``sums / weight`` is the region's
+estimate whichever rule it used; the cloud's intake (hub/cloud_intake.py) merges them into
+one running sum, and under a robust rule also keeps each region's estimate to combine them
+robustly.  No aggregator lets its float32 result overflow: an update that could make it
+non-finite is refused (``overflow``), so one device cannot make the cloud refuse its
+region's partial.
 """
 
 from __future__ import annotations
@@ -47,6 +51,16 @@ from hub.aggregation import RunningSum, l2_norm
 from hub.robust import clip_to_norm, robust_aggregate
 
 Shapes = Mapping[str, tuple[int, ...]]
+
+# what a forwarded partial's values must stay below: float32's largest finite value, with
+# a margin for the float64 -> float32 rounding of the sum
+FLOAT32_LIMIT = float(torch.finfo(torch.float32).max) / 2
+
+
+def max_abs(delta: Mapping[str, torch.Tensor]) -> float:
+    """The largest absolute value in ``delta`` (0 for no values; inf or nan propagate)."""
+    peaks = [float(t.abs().max()) for t in delta.values() if t.numel()]
+    return max(peaks, default=0.0)
 
 
 # ---------------------------------------------------------------------------- updates
@@ -100,6 +114,21 @@ class StepKind(Protocol):
 
 
 @dataclass(frozen=True)
+class ValueBound:
+    """``round_policy.max_update_value`` (always set): refuses an update with a value beyond
+    the bound.  The first step: a value like 3e38 is finite, passes a norm taken in float64,
+    and would overflow the region's float32 partial once weighted by its sample count."""
+
+    bound: float
+
+    def admit(self, update: Update) -> Update:
+        peak = max_abs(update.delta)
+        if not peak <= self.bound:
+            raise WireError("value_bound", f"{peak:.3g} > {self.bound:g}")
+        return update
+
+
+@dataclass(frozen=True)
 class NormBound:
     """``round_policy.max_update_norm``: refuses an update longer than the bound (the first
     step, so the bound applies to what the device sent)."""
@@ -147,8 +176,9 @@ class ImportanceReports:
 
 
 def policy_steps(policy: RoundPolicySection) -> list[AdmissionStep]:
-    """The round policy's own steps, in the order they run: norm bound, then clipping."""
-    steps: list[AdmissionStep] = []
+    """The round policy's own steps, in the order they run: value bound, norm bound, then
+    clipping."""
+    steps: list[AdmissionStep] = [ValueBound(policy.max_update_value)]
     if policy.max_update_norm is not None:
         steps.append(NormBound(policy.max_update_norm))
     if policy.aggregation.clip_norm is not None:
@@ -203,7 +233,19 @@ class RunningMean(Aggregator):
         return self.total.count
 
     def accept(self, update: Update) -> None:
-        self.total.add(update.delta, update.weight)
+        # |sum + w delta| <= max|sum| + w max|delta|: refused before anything changes
+        peak = self.peak() + update.weight * max_abs(update.delta)
+        if not peak < FLOAT32_LIMIT:
+            raise WireError("overflow", f"{update.id}: weighted values up to {peak:.3g}")
+        self.add(update, update.weight)
+
+    def peak(self) -> float:
+        """The largest absolute value of the running sum."""
+        return max_abs(self.total.sums)
+
+    def add(self, update: Update, weight: float) -> None:
+        """Fold ``update`` into the running sum with ``weight`` (checked by the caller)."""
+        self.total.add(update.delta, weight)
         self.ids.append(update.id)
         if update.report:
             self.reports.add_report(update.report)
@@ -239,10 +281,15 @@ class KeptUpdates(RunningMean):
     A running sum is enough for the mean, but a median or trimmed mean needs every update
     of the round, so the region holds one decoded delta per accepted device (memory and
     persisted state grow with the region's cohort: about ``n x`` the shared parameters,
-    e.g. 10 devices x 37k fp32 values for MiniLM's A matrices = 1.5 MB).  Its result's
-    sums are ``robust_estimate * weight`` (the weight and count are the running sum's), so
-    the cloud's weighted merge of regional partials is unchanged: it averages the regions'
-    robust estimates weighted by each region's total sample count.
+    e.g. 10 devices x 37k fp32 values for MiniLM's A matrices = 1.5 MB).
+
+    Every update weighs 1, whatever sample count it declares: the rules are unweighted, and
+    a region's partial weighted by declared counts would let two devices claiming 1e6
+    samples each carry their region's estimate over the whole federation at the cloud.  So
+    the running sum is the plain sum of the deltas, its weight is the update count, and the
+    result's sums are ``robust_estimate x count``: the cloud divides by the weight to get
+    the region's estimate back and combines the regions' estimates weighted by their update
+    counts (``hub.robust.combine_estimates``).
     """
 
     name = "kept"
@@ -253,18 +300,26 @@ class KeptUpdates(RunningMean):
         self.rule = aggregation.rule
         self.trim_fraction = aggregation.trim_fraction
         self.deltas: list[dict[str, torch.Tensor]] = []
+        self.kept_peak = 0.0  # the largest absolute value of any kept delta
 
     def accept(self, update: Update) -> None:
-        super().accept(update)
+        # |estimate| <= the largest kept value, so |estimate x count| stays below the limit
+        peak = max(self.kept_peak, max_abs(update.delta))
+        if not peak * (len(self.deltas) + 1) < FLOAT32_LIMIT:
+            raise WireError("overflow", f"{update.id}: values up to {peak:.3g}")
+        self.add(update, 1.0)
         self.deltas.append({n: t.to(torch.float32) for n, t in update.delta.items()})
+        self.kept_peak = peak
 
     def result(self) -> Aggregate:
         mean = super().result()
         if not self.deltas:
             return mean
         estimate = robust_aggregate(self.deltas, self.rule, self.trim_fraction)
-        return replace(mean, sums={n: (t.to(torch.float64) * mean.weight).to(torch.float32)
-                                   for n, t in estimate.items()})
+        count = len(self.deltas)  # the weight, also for a group persisted sample-weighted
+        return replace(mean, weight=float(count),
+                       sums={n: (t.to(torch.float64) * count).to(torch.float32)
+                             for n, t in estimate.items()})
 
     def to_state(self, tag: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         sections, tensors = super().to_state(tag)
@@ -281,6 +336,7 @@ class KeptUpdates(RunningMean):
         count = int(state.get("kept", {}).get(tag, 0))
         group.deltas = [{n: tensors[f"kept/{tag}/{i}/{n}"].to(torch.float32) for n in shapes}
                         for i in range(count)]
+        group.kept_peak = max((max_abs(d) for d in group.deltas), default=0.0)
         return group
 
 

@@ -57,7 +57,7 @@ from fedsa_common.protocol import (
     encode_message,
     params_digest,
 )
-from hub.aggregation import RunningSum, apply_server_update
+from hub.aggregation import RunningSum, apply_server_update, l2_norm
 from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
 from hub.cloud_intake import DROPPED, CloudIntake
 from hub.downlink import DownlinkState, downlink_step
@@ -473,9 +473,18 @@ class CloudHub(HubProcess):
     def finish_round(self, state: CloudState, fl: CloudIntake) -> None:
         applied = fl.total.count >= self.policy.min_quorum and fl.total.weight > 0
         selected = sum(len(v) for v in fl.selected.values())
+        step_norm = None
         if applied:  # the round's shared tensors; the others keep their global value
+            # a robust rule's combination of the regions' estimates; or the weighted mean,
             # noised first (over the announced count): the optimizer post-processes
-            mean = self.privacy.mean(fl.total, selected)
+            mean = fl.mean(self.policy.aggregation)
+            if mean is None:
+                mean = self.privacy.mean(fl.total, selected)
+            else:
+                log.info("round %d: %d regional estimates combined by %s (weighted by their "
+                         "update counts)", fl.round, len(fl.estimates),
+                         self.policy.aggregation.rule)
+            step_norm = l2_norm(mean)
             old = {n: state.params[n] for n in mean}
             change, optimizer = server_change(mean, self.config.server_optimizer,
                                               self.config.server_lr, state.optimizer)
@@ -502,7 +511,7 @@ class CloudHub(HubProcess):
             rejected=dict(fl.rejected), duplicates=fl.duplicates,
             regions_reported=sorted(fl.finals), applied_step=applied, bytes_in=fl.bytes_in,
             started_at=fl.started, duration_s=time.time() - fl.started, **dp_fields,
-            **split_fields,
+            **split_fields, step_norm=step_norm,
         )
         record: dict[str, Any] = summary.model_dump(mode="json")
         state.history.append(record)
@@ -556,8 +565,19 @@ class CloudHub(HubProcess):
             raise WireError("wrong_federation", header.federation)
         if not event.topic.endswith(f"/partial/{header.region}"):
             raise WireError("wrong_topic", event.topic)
-        ack = fl.accept(header, env.tensors, version=state.version, policy=self.policy,
-                        shared_set_changes=split_changes(self.config))
+        try:
+            ack = fl.accept(header, env.tensors, version=state.version, policy=self.policy,
+                            shared_set_changes=split_changes(self.config))
+        except WireError as err:
+            # a negative acknowledgement, so the region stops resending what will never be
+            # taken (its hub logs and counts the updates lost); sent for a partial whose
+            # header names the region of the topic it came on, and counted by the caller
+            pid = f"{header.region}:{header.round}:{header.seq}"
+            log.warning("refused partial %s (%d updates): %s", pid, header.count, err)
+            self.counters["partials.refused"] += 1
+            self.pending_acks.append((header.region, Ack(kind="partial", id=pid,
+                                                         accepted=False, reason=err.reason)))
+            raise
         if ack.reason != "duplicate":  # a redelivery changes a count, saved with the next
             self.dirty = True
         if ack.reason in DROPPED:

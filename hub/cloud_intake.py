@@ -7,9 +7,14 @@ are acknowledged but dropped by the round policy (late, stale); a partial built 
 older global version is weighted by FedBuff's ``1/sqrt(1+staleness)``.  Accepted
 partials are merged into one running sum (``hub.aggregation.RunningSum``: the regional
 aggregates, ``hub/aggregator.py``, are sums, so the merge is the cloud's aggregation).
-``CloudHub.on_partial`` only decodes, hands the partial to ``accept`` and queues the
-acknowledgement it returns; the hub persists the intake (``to_state``) before it sends
-that acknowledgement, so a restarted cloud continues the same round.
+Under a robust rule (median, trimmed mean) the intake also keeps each partial's estimate
+(``sums / weight``) with its update count, and the round's update is their robust
+combination (``mean``, ``hub.robust.combine_estimates``), not the weighted mean: a mean of
+regional estimates follows any region its attackers control, weighted by whatever that
+region forwards.  ``CloudHub.on_partial`` only decodes, hands the partial to ``accept`` and
+queues the acknowledgement it returns (a negative one when ``accept`` refuses); the hub
+persists the intake (``to_state``) before it sends that acknowledgement, so a restarted
+cloud continues the same round.
 """
 
 from __future__ import annotations
@@ -23,12 +28,23 @@ from typing import Any
 import torch
 
 from fedsa_common.adaptive_split import ImportanceStats
-from fedsa_common.config import RoundPolicySection
+from fedsa_common.config import AggregationSection, RoundPolicySection
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import Ack, PartialHeader
 from hub.aggregation import RunningSum
+from hub.robust import combine_estimates
 
 DROPPED = ("late", "stale")  # acknowledged, counted, not merged
+KEPT = "kept/"  # the prefix of the kept estimates' tensor names in the persisted state
+
+
+@dataclass
+class Estimate:
+    """One regional partial's estimate of the mean update, kept under a robust rule."""
+
+    pid: str
+    count: int  # the updates it stands for: its weight in the cloud's combination
+    values: dict[str, torch.Tensor]  # float32
 
 
 def staleness_weight(staleness: int) -> float:
@@ -54,6 +70,7 @@ class CloudIntake:
     finals: set[str] = field(default_factory=set)
     bytes_in: int = 0
     importance: ImportanceStats = field(default_factory=ImportanceStats)  # importance_based
+    estimates: list[Estimate] = field(default_factory=list)  # robust rules only
 
     def accept(self, header: PartialHeader, tensors: Mapping[str, torch.Tensor], *,
                version: int, policy: RoundPolicySection, shared_set_changes: bool) -> Ack:
@@ -95,6 +112,9 @@ class CloudIntake:
             reason = "late"
         elif staleness > policy.max_staleness:
             reason = "stale"
+        estimate = None
+        if reason is None and header.count and policy.aggregation.robust:
+            estimate = self.estimate_of(pid, header, sums)  # may refuse: before any change
         self.seen.add(pid)
         if header.round == self.round and header.final:
             self.finals.add(header.region)
@@ -110,9 +130,37 @@ class CloudIntake:
             self.total.merge({n: s * w for n, s in sums.items()}, header.weight * w,
                              header.count)
             self.applied.extend(header.accepted)
+            if estimate is not None:
+                self.estimates.append(estimate)
             if header.importance is not None:
                 self.importance.merge(ImportanceStats.from_json(header.importance.model_dump()))
         return Ack(kind="partial", id=pid, accepted=True, reason=reason)
+
+    @staticmethod
+    def estimate_of(pid: str, header: PartialHeader, sums: Mapping[str, torch.Tensor]
+                    ) -> Estimate:
+        """A partial's estimate of the mean update (``sums / weight``; refused when it has
+        updates but no weight, or its estimate is not finite)."""
+        if not header.weight > 0:
+            raise WireError("bad_header", f"{header.count} updates of weight 0")
+        values = {n: (t.to(torch.float64) / header.weight).to(torch.float32)
+                  for n, t in sums.items()}
+        if not all(bool(torch.isfinite(t).all()) for t in values.values()):
+            raise WireError("non_finite", f"{header.region}: estimate")
+        return Estimate(pid, header.count, values)
+
+    def mean(self, aggregation: AggregationSection) -> dict[str, torch.Tensor] | None:
+        """The round's update under a robust rule: the regional estimates combined by that
+        rule, each counted once per update (``combine_estimates``, which says what this
+        guarantees); None under the mean, whose update is the running sum's mean."""
+        if not aggregation.robust:
+            return None
+        if not self.estimates:
+            return {n: torch.zeros_like(t, dtype=torch.float32)
+                    for n, t in self.total.sums.items()}
+        return combine_estimates([e.values for e in self.estimates],
+                                 [e.count for e in self.estimates], aggregation.rule,
+                                 aggregation.trim_fraction)
 
     # ------------------------------------------------------------------ persistence
     def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -124,13 +172,21 @@ class CloudIntake:
             "rejected": dict(self.rejected), "duplicates": self.duplicates,
             "finals": sorted(self.finals), "bytes_in": self.bytes_in,
             **({"importance": self.importance.to_json()} if self.importance.reports else {}),
+            **({"estimates": [[e.pid, e.count] for e in self.estimates]}
+               if self.estimates else {}),
         }
-        return meta, self.total.sums
+        tensors = dict(self.total.sums)
+        for i, e in enumerate(self.estimates):
+            tensors.update({f"{KEPT}{i}/{n}": t for n, t in e.values.items()})
+        return meta, tensors
 
     @classmethod
     def from_state(cls, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
                    announce_payload: bytes) -> CloudIntake:
-        sums = {n: t.to(torch.float64) for n, t in tensors.items()}
+        sums = {n: t.to(torch.float64) for n, t in tensors.items() if not n.startswith(KEPT)}
+        estimates = [Estimate(str(pid), int(count),
+                              {n: tensors[f"{KEPT}{i}/{n}"].to(torch.float32) for n in sums})
+                     for i, (pid, count) in enumerate(meta.get("estimates", []))]
         return cls(
             round=int(meta["round"]), announce_payload=announce_payload,
             selected=meta["selected"], started=float(meta["started"]),
@@ -140,4 +196,5 @@ class CloudIntake:
             duplicates=int(meta["duplicates"]), finals=set(meta["finals"]),
             bytes_in=int(meta["bytes_in"]),
             importance=ImportanceStats.from_json(meta.get("importance", {})),
+            estimates=estimates,
         )

@@ -294,6 +294,8 @@ class RegionalHub(HubProcess):
     def forward(self, final: bool) -> None:
         for header, sums in self.intake.flush(final):
             pid = f"{self.region}:{header.round}:{header.seq}"
+            if not all(bool(torch.isfinite(t).all()) for t in sums.values()):
+                header, sums = self.emptied(pid, header, sums)
             self.outbox[pid] = (header, sums)
             log.info("round %d: partial %s of %d updates (base version %d, rule %s)%s",
                      header.round, pid, header.count, header.base_version,
@@ -304,6 +306,20 @@ class RegionalHub(HubProcess):
             self.publish_status(round=self.intake.round)
         self.persist()  # before anything leaves, so a crash cannot forget a sent partial
         self.resend(force=True)
+
+    def emptied(self, pid: str, header: PartialHeader, sums: dict[str, torch.Tensor]
+                ) -> tuple[PartialHeader, dict[str, torch.Tensor]]:
+        """A non-finite partial as an empty one, so the cloud still learns the region's
+        round closed (it refuses non-finite sums).  The aggregators refuse any update that
+        could overflow their float32 result, so this is a last check before sending: its
+        updates are lost, and logged and counted as such."""
+        log.error("round %d: partial %s is not finite; forwarding it empty, losing its %d "
+                  "updates: %s", header.round, pid, header.count, ", ".join(header.accepted))
+        self.counters["partials.non_finite"] += 1
+        self.counters["updates.lost"] += header.count
+        empty = header.model_copy(update={"count": 0, "weight": 0.0, "accepted": [],
+                                          "importance": None})
+        return empty, {n: torch.zeros_like(t) for n, t in sums.items()}
 
     def resend(self, force: bool = False) -> None:
         """(Re)send every partial the cloud has not acknowledged yet (an interval: on the
@@ -323,10 +339,20 @@ class RegionalHub(HubProcess):
         self.next_resend = now + self.intake.policy.resend_s
 
     def on_partial_ack(self, event: Event) -> None:
+        """The cloud persisted a partial, or refused it (``accepted`` false, with its
+        reason): either way it leaves the outbox and is not resent.  A refused partial's
+        updates were acknowledged to their devices but are lost for the round: logged with
+        their ids and counted (``partials.refused``, ``updates.lost``)."""
         if not event.payload:
             return
         ack = decode_json(Ack, event.payload)
-        if self.outbox.pop(ack.id, None) is not None:
+        sent = self.outbox.pop(ack.id, None)
+        if sent is not None:
             self.dirty = True
             if not ack.accepted:
-                log.warning("cloud refused partial %s: %s", ack.id, ack.reason)
+                header = sent[0]
+                self.counters["partials.refused"] += 1
+                self.counters["updates.lost"] += header.count
+                log.error("cloud refused partial %s (%s); not resending it; its %d updates "
+                          "are lost: %s", ack.id, ack.reason, header.count,
+                          ", ".join(header.accepted))

@@ -18,6 +18,12 @@ Both rules are *unweighted* over updates, as in their standard definitions (Yin 
 count, so weighting by it would let one attacker claiming many samples outvote the rest.
 They take lists of tensor dicts with equal names and shapes and return float32 tensors;
 the arithmetic runs in float64 so the result does not depend on the order of the updates.
+
+In the hierarchy the cloud combines the regions' estimates with the same rule,
+``combine_estimates``: each region's estimate counts once per update it stands for (its
+update count, never a declared sample count), i.e. the rule applied to the multiset in
+which every estimate is repeated ``count`` times.  A median of regional medians is not the
+median of all updates; what it guarantees is in ``combine_estimates``.
 """
 
 from __future__ import annotations
@@ -104,4 +110,77 @@ def robust_aggregate(deltas: Sequence[Tensors], rule: RobustRule, trim_fraction:
         return coordinate_median(deltas)
     if rule == "trimmed_mean":
         return trimmed_mean(deltas, trim_fraction)
+    raise ValueError(f"unknown robust rule {rule!r}")
+
+
+def _sorted_with_counts(estimates: Sequence[Tensors], counts: Sequence[int]
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+    """Per name, the estimates sorted along the first dimension, the cumulative counts in
+    that order (same shape), and the total count."""
+    if len(counts) != len(estimates):
+        raise ValueError(f"{len(estimates)} estimates but {len(counts)} counts")
+    if any(int(c) != c or c < 1 for c in counts):
+        raise ValueError(f"counts must be positive integers, got {list(counts)}")
+    weights = torch.tensor([float(c) for c in counts], dtype=torch.float64)
+    values, cumulative = {}, {}
+    for name, stack in _stacked(estimates).items():
+        order = torch.argsort(stack, dim=0, stable=True)
+        values[name] = torch.gather(stack, 0, order)
+        cumulative[name] = weights[order].cumsum(dim=0)
+    return values, cumulative, int(sum(counts))
+
+
+def weighted_median(estimates: Sequence[Tensors], counts: Sequence[int]
+                    ) -> dict[str, torch.Tensor]:
+    """Per coordinate, the median of the multiset holding each estimate ``count`` times
+    (the mean of its two middle values when the total is even): unit counts give
+    ``coordinate_median``."""
+    values, cumulative, total = _sorted_with_counts(estimates, counts)
+    out = {}
+    for name, s in values.items():
+        cum = cumulative[name]
+        # the (1-based) positions total/2 and total/2 + 1 of the multiset (one for odd totals)
+        low = (cum < (total + 1) // 2).sum(dim=0, keepdim=True)
+        high = (cum < total // 2 + 1).sum(dim=0, keepdim=True)
+        mid = (torch.gather(s, 0, low) + torch.gather(s, 0, high)) / 2
+        out[name] = mid.squeeze(0).to(torch.float32)
+    return out
+
+
+def weighted_trimmed_mean(estimates: Sequence[Tensors], counts: Sequence[int],
+                          trim_fraction: float) -> dict[str, torch.Tensor]:
+    """Per coordinate, the trimmed mean of the multiset holding each estimate ``count``
+    times: ``trim_count(total, trim_fraction)`` values dropped at each end (an estimate
+    can lose part of its count), the rest averaged.  Unit counts give ``trimmed_mean``."""
+    values, cumulative, total = _sorted_with_counts(estimates, counts)
+    k = trim_count(total, trim_fraction)
+    out = {}
+    for name, s in values.items():
+        cum = cumulative[name]
+        before = torch.cat([torch.zeros_like(cum[:1]), cum[:-1]])
+        kept = (torch.clamp(cum, max=total - k) - torch.clamp(before, min=k)).clamp(min=0)
+        out[name] = ((kept * s).sum(dim=0) / (total - 2 * k)).to(torch.float32)
+    return out
+
+
+def combine_estimates(estimates: Sequence[Tensors], counts: Sequence[int], rule: RobustRule,
+                      trim_fraction: float = 0.0) -> dict[str, torch.Tensor]:
+    """The cloud's combination of the regions' robust estimates under ``rule``, each
+    counted once per update it stands for.
+
+    What it guarantees, per coordinate.  Call a region *held* when its attackers are
+    within its own rule's tolerance (median: fewer than half of its updates; trimmed mean:
+    at most ``floor(trim_fraction x n)`` of its n), so its estimate lies within the range
+    of its honest updates' values.  If the regions that are not held hold together fewer
+    than half of the round's updates (median), or at most ``trim_count(N,
+    trim_fraction)`` of its N updates (trimmed mean), the result lies within the range of
+    the held regions' estimates, hence within the range of the honest updates' values,
+    whatever the attackers send or declare.  It is not the median (or trimmed mean) of all
+    updates: e.g. attackers holding a bare majority in regions with 40% of the updates
+    make those regions' estimates theirs, and then only the other 60% bound the result.
+    """
+    if rule == "median":
+        return weighted_median(estimates, counts)
+    if rule == "trimmed_mean":
+        return weighted_trimmed_mean(estimates, counts, trim_fraction)
     raise ValueError(f"unknown robust rule {rule!r}")

@@ -19,18 +19,20 @@ from edge_client.attack import Attack, AttackKind
 from fedsa_common.config import Strict
 
 DEFAULTS: dict[str, Any] = {"fraction": 0.0, "devices": [], "attack": "sign_flip",
-                            "factor": 10.0, "seed": None}
+                            "factor": 10.0, "samples": None, "seed": None}
 
 
 class AdversarySection(Strict):
     """``fraction`` of the devices (rounded half to even, like churn) plus any ``devices`` named
     here replace their update by ``-factor * delta`` (``sign_flip``) or ``factor * delta``
-    (``scale``) before sending it."""
+    (``scale``) before sending it, declaring ``samples`` training samples when set (instead
+    of their own count)."""
 
     fraction: float = Field(0.0, ge=0, le=1)
     devices: list[str] = Field(default_factory=list)
     attack: AttackKind = "sign_flip"
     factor: float = Field(10.0, gt=0)
+    samples: int | None = Field(None, ge=1)
     seed: int | None = None  # default: the scenario's seed
 
     @model_serializer(mode="wrap")
@@ -56,7 +58,7 @@ def choose_adversaries(clients: list[str], section: AdversarySection, scenario_s
         seed = scenario_seed if section.seed is None else section.seed
         rng = np.random.default_rng([seed, 3])
         chosen |= set(rng.choice(sorted(clients), size=k, replace=False).tolist())
-    attack = Attack(section.attack, section.factor)
+    attack = Attack(section.attack, section.factor, section.samples)
     return {c: attack for c in sorted(chosen)}
 
 

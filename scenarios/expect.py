@@ -29,6 +29,10 @@ def check_expectations(report: dict[str, Any], expect: ExpectSection) -> dict[st
         frac = sum(report["updates"]["dropped"].values()) / acked
         if frac > expect.max_dropped_fraction:
             failures.append(f"max_dropped_fraction: {frac:.2f} > {expect.max_dropped_fraction}")
+    if expect.max_step_norm is not None:
+        longest = final.get("max_step_norm")
+        if longest is None or longest > expect.max_step_norm:
+            failures.append(f"max_step_norm: {longest} > {expect.max_step_norm}")
     if not final.get("finished", False):
         failures.append("the federation did not finish")
     return {"ok": not failures, "failures": failures,

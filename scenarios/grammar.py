@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from edge_client.conditions import DeviceConditions
 from fedsa_common.config import Strict
@@ -111,6 +111,17 @@ class ExpectSection(Strict):
     max_wall_s: float | None = Field(None, gt=0)
     max_dropped_fraction: float | None = Field(None, ge=0, le=1)
     target_accuracy: float | None = Field(None, ge=0, le=1)  # reported as time to target
+    # no applied round's update (the summary's step_norm) longer than this
+    max_step_norm: float | None = Field(None, gt=0)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_step_bound(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No ``max_step_norm`` key unless set, so scenario digests (and reused bench runs)
+        stay as they were before it existed."""
+        data = handler(self)
+        if data.get("max_step_norm") is None:
+            data.pop("max_step_norm", None)
+        return data
 
 
 def online_windows(

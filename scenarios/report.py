@@ -62,6 +62,8 @@ def round_row(obs: Observations, rnd: int, applied: set[str] | None = None) -> d
     if summary is not None and summary.shared is not None:  # adaptive split on
         row["shared"] = summary.shared
         row["next_shared"] = summary.next_shared
+    if summary is not None and summary.step_norm is not None:  # a step was applied
+        row["step_norm"] = summary.step_norm
     return row
 
 
@@ -148,6 +150,9 @@ def build_report(obs: Observations, *, scenario: str, algorithm: str, wall_s: fl
     spent = [r["dp_epsilon"] for r in rows if "dp_epsilon" in r]
     if spent:
         report["final"]["dp_epsilon"] = spent[-1]
+    steps = [r["step_norm"] for r in rows if "step_norm" in r]
+    if steps:  # how far the global moved in one round at most (poisoning shows here)
+        report["final"]["max_step_norm"] = max(steps)
     if extra:
         report.update(extra)
     return report

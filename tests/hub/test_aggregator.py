@@ -5,6 +5,7 @@ aggregator forwards nothing until the protocol unmasked the sum, then exactly th
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -17,6 +18,7 @@ from fedsa_common.protocol import UpdateHeader
 from fedsa_common.secagg import RoundContext, SecAggClient, SecAggParams, SecAggServer
 from hub.aggregation import fedavg, l2_norm
 from hub.aggregator import (
+    FLOAT32_LIMIT,
     Aggregate,
     ClipNorm,
     ImportanceReports,
@@ -25,6 +27,7 @@ from hub.aggregator import (
     RunningMean,
     SecureSum,
     Update,
+    ValueBound,
     aggregator_class,
     policy_steps,
 )
@@ -72,11 +75,23 @@ def test_an_unknown_rule_names_the_field_and_the_known_rules() -> None:
 
 
 # ---------------------------------------------------------------------------- admission
-def test_policy_steps_bound_then_clip_and_nothing_by_default() -> None:
-    assert policy_steps(RoundPolicySection()) == []
-    policy = RoundPolicySection(max_update_norm=5.0,
+def test_policy_steps_bound_then_clip_and_only_the_value_bound_by_default() -> None:
+    assert policy_steps(RoundPolicySection()) == [ValueBound(1e4)]
+    policy = RoundPolicySection(max_update_norm=5.0, max_update_value=2.0,
                                 aggregation=AggregationSection(clip_norm=0.5))
-    assert policy_steps(policy) == [NormBound(5.0), ClipNorm(0.5)]
+    assert policy_steps(policy) == [ValueBound(2.0), NormBound(5.0), ClipNorm(0.5)]
+
+
+def test_value_bound_refuses_a_finite_value_that_a_float64_norm_lets_through() -> None:
+    """Issue 15, point 7: 3e38 is finite in float32 and its norm is finite in float64, so
+    the norm and finiteness checks accepted it."""
+    huge = update("d1", value=3e38)
+    assert math.isfinite(l2_norm(huge.delta))
+    with pytest.raises(WireError) as err:
+        ValueBound(1e4).admit(huge)
+    assert err.value.reason == "value_bound"
+    small = update("d2", value=-1e4)
+    assert ValueBound(1e4).admit(small) is small
 
 
 def test_norm_bound_refuses_and_clip_scales() -> None:
@@ -167,10 +182,40 @@ def test_kept_updates_forward_the_robust_estimate_times_the_weight(rule, referen
     for u in updates:
         agg.accept(u)
     out = agg.result()
-    assert out.weight == 15.0 and out.count == 5
+    assert out.weight == 5.0 and out.count == 5  # one per update: samples are not weights
     expected = reference([u.delta for u in updates])
     for n in SHAPES:
         torch.testing.assert_close(out.sums[n] / out.weight, expected[n])
+
+
+def test_kept_updates_weigh_every_update_one_whatever_it_declares() -> None:
+    """Issue 15, point 6: two devices declaring 1e6 samples made their region's partial
+    weigh 2e6 against the other regions' few hundred at the cloud."""
+    agg = KeptUpdates(SHAPES, AggregationSection(rule="median"))
+    for i, samples in enumerate([10, 1_000_000, 1_000_000]):
+        agg.accept(update(f"d{i}", value=float(i), samples=samples))
+    out = agg.result()
+    assert (out.weight, out.count) == (3.0, 3)
+    assert all(torch.equal(out.sums[n], torch.full(s, 3.0)) for n, s in SHAPES.items())
+
+
+def test_no_aggregator_lets_its_float32_result_overflow() -> None:
+    """An update whose weighted values could take the forwarded sums past float32's range
+    is refused (``overflow``) before anything changes, for the mean and the robust rules."""
+    mean = RunningMean(SHAPES, AggregationSection())
+    mean.accept(update("d0", value=1e4, samples=10**30))  # 1e34: fine
+    before = mean.result()
+    with pytest.raises(WireError) as err:
+        mean.accept(update("d1", value=1e4, samples=10**35))  # 1e39 > float32's 3.4e38
+    assert err.value.reason == "overflow"
+    same(mean.result(), before)
+    kept = KeptUpdates(SHAPES, AggregationSection(rule="median"))
+    kept.accept(update("d0", value=FLOAT32_LIMIT / 1.5))
+    with pytest.raises(WireError) as err:  # the estimate x 2 updates could reach 2.3e38
+        kept.accept(update("d1", value=1.0))
+    assert err.value.reason == "overflow" and kept.result().count == 1
+    out = kept.result()
+    assert all(bool(torch.isfinite(t).all()) for t in out.sums.values())
 
 
 # ---------------------------------------------------------------------------- secure sum

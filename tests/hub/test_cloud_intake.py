@@ -96,3 +96,31 @@ def test_state_round_trips() -> None:
         20.0, 2)
     assert torch.equal(back.total.sums["a.lora_A.weight"], it.total.sums["a.lora_A.weight"])
     assert back.dropped == {"s0:6": "late", "s1:6": "late"}
+
+
+def test_a_robust_rule_keeps_each_partials_estimate_through_a_restart() -> None:
+    """Under a robust rule the round's update is the count-weighted median of the regions'
+    estimates (sums / weight), not their weighted mean, and the kept estimates are part of
+    the persisted state."""
+    policy = {"aggregation": {"rule": "median"}}
+    it = intake()
+    accept(it, *partial(count=2, weight=2.0, value=0.2), **policy)  # estimate 0.1
+    accept(it, *partial(region="south", count=1, weight=1.0, value=9.0), **policy)
+    meta, tensors = it.to_state()
+    back = CloudIntake.from_state(meta, tensors, it.announce_payload)
+    assert set(back.total.sums) == set(SHAPES)
+    assert [(e.pid, e.count) for e in back.estimates] == [("north:6:0", 2), ("south:6:0", 1)]
+    accept(back, *partial(region="west", count=2, weight=2.0, value=0.4), **policy)
+    mean = back.mean(RoundPolicySection(**policy).aggregation)
+    assert mean is not None
+    # the multiset 0.1, 0.1, 9.0, 0.2, 0.2: its median is 0.2; the weighted mean is 1.92
+    torch.testing.assert_close(mean["a.lora_A.weight"], torch.full((2, 3), 0.2))
+    assert float(back.total.mean()["a.lora_A.weight"][0, 0]) == pytest.approx(9.6 / 5)
+    assert it.mean(RoundPolicySection().aggregation) is None  # the mean rule: running sum
+
+
+def test_a_robust_partial_with_updates_but_no_weight_is_refused() -> None:
+    it = intake()
+    with pytest.raises(WireError) as err:
+        accept(it, *partial(count=1, weight=0.0), aggregation={"rule": "median"})
+    assert err.value.reason == "bad_header" and it.seen == set() and not it.estimates

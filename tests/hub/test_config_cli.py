@@ -52,7 +52,7 @@ def test_unknown_template_exits_2_listing_the_names():
 @pytest.mark.parametrize(
     "name",
     ["tiny.yaml", "quickstart.yaml", "bench-20ng.yaml", "bench-sentiment.yaml",
-     "bench-scarce.yaml"],
+     "bench-scarce.yaml", "weight-attack.yaml"],
 )
 def test_shipped_scenarios_validate(name):
     result = validate(ROOT / "scenarios" / name)

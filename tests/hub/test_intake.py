@@ -90,6 +90,23 @@ def test_non_finite_refused():
         it.accept(h, {n: torch.full(s, float("inf")) for n, s in SHAPES.items()}, 10)
 
 
+@pytest.mark.parametrize("rule", ["mean", "median"])
+def test_one_huge_update_cannot_void_the_regions_partial(rule):
+    """Issue 15, point 7: a dense update of 3e38 (finite, with a finite float64 norm) was
+    accepted, and 1e6 samples x 3e38 overflowed the region's float32 partial to inf, which
+    the cloud refuses: the whole region's round was lost."""
+    it = intake(aggregation=AggregationSection(rule=rule))
+    h1, t1, _ = update("d1", codec="dense", samples=10, scale=0.01)
+    it.accept(h1, t1, 10)
+    h2, t2, _ = update("d2", codec="dense", samples=1_000_000, scale=3e38)
+    with pytest.raises(WireError) as err:
+        it.accept(h2, t2, 10)
+    assert err.value.reason == "value_bound"
+    [(header, sums)] = it.flush(final=True)
+    assert header.accepted == ["d1:3"]
+    assert all(bool(torch.isfinite(t).all()) for t in sums.values())
+
+
 def test_duplicate_counts_once():
     it = intake()
     h, t, _ = update("d1")
@@ -243,6 +260,7 @@ def test_kept_updates_of_the_earlier_layout_load_under_a_robust_rule():
     it = RegionIntake.from_state("eu", "f", meta, tensors)
     assert it.to_state()[0] == meta
     [(header, sums)] = it.flush(final=True)
-    # the median of the one kept update (3), times the weight (10): not the running sum (10)
-    assert header.weight == 10.0
-    assert torch.equal(sums["x.lora_A.weight"], torch.full((2, 8), 30.0))
+    # the median of the one kept update (3) times its count (1): not the running sum, and
+    # not the sample weight (10) it was persisted with (every kept update weighs one)
+    assert header.weight == 1.0
+    assert torch.equal(sums["x.lora_A.weight"], torch.full((2, 8), 3.0))

@@ -68,7 +68,7 @@ def test_flush_forwards_the_robust_estimate_times_the_weight(rule, reference):
     accept_all(it, updates)
     assert it.complete
     [(header, sums)] = it.flush(final=True)
-    assert header.count == 5 and header.weight == 1000.0 and header.final
+    assert header.count == 5 and header.weight == 5.0 and header.final  # not 1000 samples
     expected = reference([d for _, d, _ in updates])
     for name in SHAPES:
         torch.testing.assert_close(sums[name] / header.weight, expected[name])
@@ -100,7 +100,7 @@ def test_kept_updates_survive_a_restart():
     [(_, sums)] = restored.flush(final=True)
     expected = coordinate_median([d for _, d, _ in updates])
     for name in SHAPES:
-        torch.testing.assert_close(sums[name] / 1000.0, expected[name])
+        torch.testing.assert_close(sums[name] / 5.0, expected[name])
 
 
 def test_state_of_a_mean_intake_has_no_kept_tensors():

@@ -12,10 +12,13 @@ from hypothesis import strategies as st
 from hub.aggregation import fedavg, l2_norm
 from hub.robust import (
     clip_to_norm,
+    combine_estimates,
     coordinate_median,
     robust_aggregate,
     trim_count,
     trimmed_mean,
+    weighted_median,
+    weighted_trimmed_mean,
 )
 
 SHAPES = {"a": (3, 4), "b": (5,)}
@@ -137,3 +140,69 @@ def test_clip_scales_down_to_the_bound_and_keeps_direction(seed, scale, bound):
 def test_clip_refuses_a_bad_bound():
     with pytest.raises(ValueError):
         clip_to_norm(deltas(0, 1)[0], 0.0)
+
+
+# ---------------------------------------------------------------- the cloud's combination
+def close(a, b):
+    for name in SHAPES:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 7), trim=st.floats(0.0, 0.49), seed=st.integers(0, 2**31 - 1))
+def test_unit_counts_are_the_unweighted_rules(n, trim, seed):
+    ds = deltas(seed, n)
+    close(weighted_median(ds, [1] * n), coordinate_median(ds))
+    close(weighted_trimmed_mean(ds, [1] * n, trim), trimmed_mean(ds, trim))
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.integers(1, 6), min_size=1, max_size=5), trim=st.floats(0.0, 0.49),
+       seed=st.integers(0, 2**31 - 1))
+def test_counts_mean_each_estimate_stands_for_that_many_updates(counts, trim, seed):
+    ds = deltas(seed, len(counts))
+    repeated = [d for d, c in zip(ds, counts, strict=True) for _ in range(c)]
+    close(combine_estimates(ds, counts, "median"), coordinate_median(repeated))
+    close(combine_estimates(ds, counts, "trimmed_mean", trim), trimmed_mean(repeated, trim))
+
+
+@settings(max_examples=60, deadline=None)
+@given(held=st.lists(st.integers(1, 9), min_size=1, max_size=5), data=st.data(),
+       trim=st.floats(0.0, 0.49), seed=st.integers(0, 2**31 - 1))
+def test_regions_attackers_hold_are_outvoted_within_the_documented_bound(held, data, trim,
+                                                                         seed):
+    """combine_estimates' guarantee: the regions not held (their estimates arbitrary) hold
+    fewer than half of the updates (median) or at most trim_count of them (trimmed mean),
+    so every coordinate stays within the held regions' estimates."""
+    total_held = sum(held)
+    honest = deltas(seed, len(held))
+    for rule in ("median", "trimmed_mean"):
+        # the most updates lost regions may hold: N - held < N/2, or N - held <= trim_count(N)
+        lost = [data.draw(st.integers(1, 9)) for _ in range(data.draw(st.integers(0, 3)))]
+        while lost and not (sum(lost) < total_held if rule == "median"
+                            else sum(lost) <= trim_count(total_held + sum(lost), trim)):
+            lost.pop()
+        estimates = honest + outliers(seed, len(lost))
+        out = combine_estimates(estimates, [*held, *lost], rule, trim)  # type: ignore[arg-type]
+        assert_within_honest_range(out, honest)
+
+
+def test_the_issues_two_attackers_in_a_three_device_region_are_outvoted():
+    """Issue 15, point 6, at the cloud: 12 updates in regions of 5, 4 and 3; the 3-device
+    region's median is the attackers' 5.0; combined by update count it is outvoted."""
+    north, south, east = ({"a": torch.full((3, 4), v), "b": torch.full((5,), v)}
+                          for v in (0.01, -0.02, 5.0))
+    out = combine_estimates([north, south, east], [5, 4, 3], "median")
+    assert float(out["a"].max()) <= 0.01 and float(out["a"].min()) >= -0.02
+    # the weighted mean of the same estimates still follows the attackers a quarter of the way
+    mean = fedavg([(north, 5.0), (south, 4.0), (east, 3.0)])
+    assert float(mean["a"][0, 0]) > 1.0
+
+
+def test_combination_refuses_bad_counts():
+    with pytest.raises(ValueError, match="counts"):
+        combine_estimates(deltas(0, 2), [1], "median")
+    with pytest.raises(ValueError, match="counts"):
+        combine_estimates(deltas(0, 2), [1, 0], "median")
+    with pytest.raises(ValueError, match="rule"):
+        combine_estimates(deltas(0, 2), [1, 1], "mean")  # type: ignore[arg-type]

@@ -102,3 +102,28 @@ def test_honest_accuracy_leaves_attackers_out():
                          {"device_accuracy": {"a": 0.9, "b": 0.5, "c": 0.7}}]}
     assert honest_accuracy(report, {"b"}) == pytest.approx(0.8)
     assert honest_accuracy({"rounds": []}, set()) is None
+
+
+def test_attackers_can_declare_a_sample_count():
+    attack = Attack("sign_flip", 100.0, samples=1_000_000)
+    assert attack.declared(48) == 1_000_000 and Attack("scale").declared(48) == 48
+    assert Attack.from_json(attack.to_json()) == attack
+    assert "samples" not in Attack("scale").to_json()  # worker specs as before the option
+    with pytest.raises(ValueError, match="samples"):
+        Attack("scale", samples=0)
+    assert "samples" not in AdversarySection(fraction=0.1).model_dump()
+
+
+def test_weight_attack_scenario_names_its_attackers_and_bounds_the_step(tmp_path):
+    """The shipped scenario of issue 15, point 6 (run end to end in
+    test_weight_attack_e2e.py, marked slow)."""
+    config = load_scenario(ROOT / "weight-attack.yaml")
+    assert config.round_policy.aggregation.rule == "median"
+    assert config.scenario.expect.max_step_norm == 0.5
+    specs = write_worker_specs(config, "mqtt://127.0.0.1:1", tmp_path, 0.0)
+    devices = [d for p in specs for d in json.loads(p.read_text())["devices"]]
+    flagged = {d["client"]: Attack.from_json(d["attack"]) for d in devices if "attack" in d}
+    assert flagged == {c: Attack("sign_flip", 100.0, 1_000_000) for c in ("east-0", "east-1")}
+    # the attackers hold east (2 of 3) but east holds 3 of the 12 updates: fewer than half
+    sizes = dict(config.scenario.topology.regions)
+    assert sizes["east"] * 2 < sum(sizes.values())

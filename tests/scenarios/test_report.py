@@ -33,3 +33,24 @@ def test_report_rows():
     assert report["final"]["rounds_completed"] == 2
     assert abs(report["final"]["accuracy"] - 0.85) < 1e-9
     assert report["final"]["bytes_up_total"] == 400
+
+
+def test_step_norms_reach_the_report_and_bound_the_expectation():
+    from fedsa_common.protocol import RoundSummary
+    from scenarios.expect import check_expectations
+    from scenarios.grammar import ExpectSection
+
+    obs = Observations()
+    obs.announces = {1: ann(1, 100.0), 2: ann(2, 110.0)}
+    obs.finished = ann(2, 125.0, "finished")
+    for rnd, norm in ((1, 0.04), (2, None)):  # round 2: no step applied
+        obs.summaries[rnd] = RoundSummary(federation="f", round=rnd, version=1, mode="sync",
+                                          selected=3, applied=[], applied_step=norm is not None,
+                                          started_at=0.0, duration_s=1.0, step_norm=norm)
+    assert "step_norm" not in obs.summaries[2].model_dump()  # summaries read as before
+    report = build_report(obs, scenario="s", algorithm="fedsa", wall_s=30.0)
+    assert report["rounds"][0]["step_norm"] == 0.04 and "step_norm" not in report["rounds"][1]
+    assert report["final"]["max_step_norm"] == 0.04
+    assert check_expectations(report, ExpectSection(max_step_norm=0.05))["ok"]
+    failed = check_expectations(report, ExpectSection(max_step_norm=0.01))
+    assert failed["failures"] == ["max_step_norm: 0.04 > 0.01"]
