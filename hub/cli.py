@@ -16,6 +16,7 @@ from fedsa_common.config import ConfigError, load_federation_config
 
 if TYPE_CHECKING:
     from fedsa_common.broker_auth import BrokerAuth
+    from fedsa_common.broker_auth import Role as Account
     from fedsa_common.protocol import Control
     from fedsa_common.transport import MqttSession
     from hub.lifecycle import Retained
@@ -168,21 +169,13 @@ def status(
     import json
 
     from fedsa_common.broker_auth import redact_url
-    from fedsa_common.protocol import check_name
     from hub.status import collect, render
 
+    url, auth = _connection_for(federation, broker, credentials, username, password_file,
+                                tls_ca, role="monitor")
+    broker = redact_url(url)  # for messages
     try:
-        check_name("federation", federation)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--federation") from None
-    conn = cli_auth.connection_from_options(
-        broker, credentials, username, password_file, tls_ca, default_url=None,
-        federation=federation, role="monitor")
-    if conn.url is None:
-        raise typer.BadParameter("give --broker or --credentials", param_hint="--broker")
-    broker = redact_url(conn.url)  # for messages
-    try:
-        snap = collect(conn.url, federation, timeout_s=timeout, auth=conn.auth)
+        snap = collect(url, federation, timeout_s=timeout, auth=auth)
     except (ConnectionError, ValueError) as err:
         typer.echo(f"cannot read status from {broker}: {err}", err=True)
         raise typer.Exit(2) from None
@@ -316,9 +309,10 @@ Timeout = Annotated[float, typer.Option(
 
 
 def _connection_for(federation: str, broker: str | None, credentials: Path | None,
-                    username: str | None, password_file: Path | None, tls_ca: Path | None
-                    ) -> tuple[str, BrokerAuth | None]:
-    """Check the name and resolve the connection of a lifecycle command (usage errors)."""
+                    username: str | None, password_file: Path | None, tls_ca: Path | None,
+                    role: Account = "cloud") -> tuple[str, BrokerAuth | None]:
+    """Check the name and resolve the connection of ``hub status`` (as ``monitor``) or a
+    lifecycle command (as the cloud); bad options are usage errors."""
     from fedsa_common.protocol import check_name
 
     try:
@@ -327,7 +321,7 @@ def _connection_for(federation: str, broker: str | None, credentials: Path | Non
         raise typer.BadParameter(str(err), param_hint="--federation") from None
     conn = cli_auth.connection_from_options(
         broker, credentials, username, password_file, tls_ca, default_url=None,
-        federation=federation, role="cloud")
+        federation=federation, role=role)
     if conn.url is None:
         raise typer.BadParameter("give --broker or --credentials", param_hint="--broker")
     return conn.url, conn.auth
