@@ -50,8 +50,13 @@ def frame(topic: str) -> str:
 
 # topic -> (who may publish it, who may receive it); chunked topics are checked on a frame
 ACCESS = {
-    "announce": (frame(T.announce), {"hub-cloud"}, DEVICES | HUBS | {"monitor"}),
-    "global_params": (frame(T.global_params), {"hub-cloud"}, DEVICES),
+    # the cloud reads back its own retained announcement and global (hub federation:
+    # a restarted cloud clears a retained "finished", a fresh one refuses to start over it)
+    "announce": (frame(T.announce), {"hub-cloud"},
+                 DEVICES | HUBS | {"monitor", "hub-cloud"}),
+    "global_params": (frame(T.global_params), {"hub-cloud"}, DEVICES | {"hub-cloud"}),
+    # lifecycle commands (hub federation extend/stop) run with the cloud's credentials
+    "control": (T.control, {"hub-cloud"}, {"hub-cloud"}),
     "update": (frame(T.update("north", "dev-0")), {"dev-0"}, {"hub-regional-north"}),
     # not the monitor: a partial can be a single, un-noised device update
     "partial": (frame(T.partial("north")), {"hub-regional-north"}, {"hub-cloud"}),
