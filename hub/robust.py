@@ -81,26 +81,15 @@ def trim_count(n: int, trim_fraction: float) -> int:
 
 
 def coordinate_median(deltas: Sequence[Tensors]) -> dict[str, torch.Tensor]:
-    """Coordinate-wise median of the updates (unweighted)."""
-    out = {}
-    for name, stack in _stacked(deltas).items():
-        s = torch.sort(stack, dim=0).values
-        n = s.shape[0]
-        mid = s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
-        out[name] = mid.to(torch.float32)
-    return out
+    """Coordinate-wise median of the updates (unweighted): ``weighted_median`` with unit
+    counts."""
+    return weighted_median(deltas, [1] * len(deltas))
 
 
 def trimmed_mean(deltas: Sequence[Tensors], trim_fraction: float) -> dict[str, torch.Tensor]:
-    """Coordinate-wise trimmed mean of the updates (unweighted); see ``trim_count``."""
-    stacks = _stacked(deltas)
-    k = trim_count(len(deltas), trim_fraction)
-    out = {}
-    for name, stack in stacks.items():
-        s = torch.sort(stack, dim=0).values if k else stack
-        kept = s[k : s.shape[0] - k]
-        out[name] = kept.mean(dim=0).to(torch.float32)
-    return out
+    """Coordinate-wise trimmed mean of the updates (unweighted; see ``trim_count``):
+    ``weighted_trimmed_mean`` with unit counts."""
+    return weighted_trimmed_mean(deltas, [1] * len(deltas), trim_fraction)
 
 
 def robust_aggregate(deltas: Sequence[Tensors], rule: RobustRule, trim_fraction: float = 0.0
