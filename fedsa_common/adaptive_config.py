@@ -25,6 +25,8 @@ with (hooked into ``FederationConfig`` like the DP and secure-aggregation checks
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fedsa_common.config_sections import FederationSections
 
 SPLIT = "fedsa_lora.adaptive_split"
@@ -67,18 +69,20 @@ def adaptive_conflicts(config: FederationSections) -> list[str]:
         out.append("fedsa_lora.personalization.proximal_mu: algorithm local shares nothing "
                    "to stay near")
     personal = config.fedsa_lora.personalization
-    out.extend(_warm_sharing_conflicts(config, "share_head_rounds",
-                                       personal.share_head_rounds))
-    out.extend(_warm_sharing_conflicts(config, "share_b_rounds", personal.share_b_rounds))
-    if personal.share_b_rounds and algorithm != "fedsa":
+    out.extend(_warm_sharing_conflicts(config, "share_head_rounds"))
+    out.extend(_warm_sharing_conflicts(config, "share_b_rounds"))
+    if personal.share_b_rounds != 0 and algorithm != "fedsa":
         out.append(f"fedsa_lora.personalization.share_b_rounds: only fedsa keeps B local "
                    f"(algorithm {algorithm} "
                    f"{'shares nothing' if algorithm == 'local' else 'already shares B'})")
     return out
 
 
-def _warm_sharing_conflicts(config: FederationSections, field: str, k: int) -> list[str]:
+def _warm_sharing_conflicts(config: FederationSections,
+                            field: Literal["share_head_rounds", "share_b_rounds"]
+                            ) -> list[str]:
     """Conflicts of sharing extra tensors (head, B) in rounds 1..K."""
+    k = config.fedsa_lora.personalization.warm_rounds(field, config.rounds)
     if k == 0:
         return []
     where = f"fedsa_lora.personalization.{field}"

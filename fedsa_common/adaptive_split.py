@@ -29,7 +29,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from fedsa_common.config import FederationConfig
 from fedsa_common.split import role, shared_names, shared_roles
@@ -126,20 +126,29 @@ def head_names(names: Iterable[str]) -> list[str]:
     return sorted(n for n in names if role(n) == "head")
 
 
-def _warm(k: int, config: FederationConfig, round_: int) -> bool:
+WarmField = Literal["share_head_rounds", "share_b_rounds"]
+
+
+def warm_rounds(config: FederationConfig, field: WarmField) -> int:
+    """K of ``fedsa_lora.personalization.FIELD`` in rounds (``all``: ``rounds``)."""
+    return config.fedsa_lora.personalization.warm_rounds(field, config.rounds)
+
+
+def _warm(field: WarmField, config: FederationConfig, round_: int) -> bool:
     """Rounds 1..K, and every round (also the final announcement, numbered ``rounds + 1``
     by the cloud) when K >= ``rounds``."""
+    k = warm_rounds(config, field)
     return k > 0 and (round_ <= k or k >= config.rounds)
 
 
 def shares_head(config: FederationConfig, round_: int) -> bool:
     """Whether round ``round_`` shares the head (``share_head_rounds``)."""
-    return _warm(config.fedsa_lora.personalization.share_head_rounds, config, round_)
+    return _warm("share_head_rounds", config, round_)
 
 
 def shares_b(config: FederationConfig, round_: int) -> bool:
     """Whether round ``round_`` shares every LoRA B (``share_b_rounds``)."""
-    return _warm(config.fedsa_lora.personalization.share_b_rounds, config, round_)
+    return _warm("share_b_rounds", config, round_)
 
 
 def b_names(names: Iterable[str]) -> list[str]:
@@ -163,9 +172,9 @@ def round_shared(names: Iterable[str], config: FederationConfig, round_: int) ->
 def split_changes(config: FederationConfig) -> bool:
     """Whether the shared set can differ between rounds (an update then belongs to the round
     it was made for)."""
-    p = config.fedsa_lora.personalization
     return (config.fedsa_lora.adaptive_split.importance_based
-            or any(0 < k < config.rounds for k in (p.share_head_rounds, p.share_b_rounds)))
+            or any(0 < warm_rounds(config, f) < config.rounds
+                   for f in ("share_head_rounds", "share_b_rounds")))
 
 
 def decide_shared(stats: ImportanceStats, candidates: Iterable[str], threshold: float,

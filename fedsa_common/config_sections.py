@@ -10,7 +10,7 @@ import each other.  They see the whole configuration as :class:`FederationSectio
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     BaseModel,
@@ -253,6 +253,10 @@ class AdaptiveSplitSection(Strict):
         return [(*r.bounds, frozenset(r.share)) for r in self.layers]
 
 
+# rounds 1..K of a warm-start sharing, or every round whatever ``rounds`` becomes
+WarmRounds = Annotated[int, Field(ge=0, le=1_000_000)] | Literal["all"]
+
+
 class PersonalizationSection(Strict):
     """Optional personalization of local training (edge_client/personalize.py).
 
@@ -263,7 +267,8 @@ class PersonalizationSection(Strict):
     (K): rounds 1..K share the classification head like the algorithm's shared tensors
     (a common warm start, FedBABU/FedRep style, for devices with too little data to learn
     a head alone); from round K+1 on it is local again, starting from the global head the
-    device last loaded.  K >= ``rounds`` shares it in every round.  ``share_b_rounds``
+    device last loaded.  K >= ``rounds``, or ``all`` (which follows ``rounds`` when a
+    federation is extended), shares it in every round.  ``share_b_rounds``
     (K, fedsa only) does the same for every LoRA B: rounds 1..K average B like FedIT (a
     device with a few dozen texts cannot learn B alone, and FedSA's A is only as good as
     the B it is paired with), then B is the device's own again, starting from the last
@@ -273,8 +278,14 @@ class PersonalizationSection(Strict):
 
     proximal_mu: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False)
     finetune_steps: int = Field(0, ge=0, le=10_000)
-    share_head_rounds: int = Field(0, ge=0, le=1_000_000)
-    share_b_rounds: int = Field(0, ge=0, le=1_000_000)
+    share_head_rounds: WarmRounds = 0
+    share_b_rounds: WarmRounds = 0
+
+    def warm_rounds(self, field: Literal["share_head_rounds", "share_b_rounds"],
+                    rounds: int) -> int:
+        """K of ``field`` as a number of rounds (``all``: every one of ``rounds``)."""
+        value = getattr(self, field)
+        return rounds if value == "all" else value
 
     @model_serializer(mode="wrap")
     def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

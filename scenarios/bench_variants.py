@@ -13,7 +13,8 @@ scenarios/overrides.py, applied to every run of the variant) or a preset:
   others keep the algorithm's split;
 * ``adam:LR`` / ``yogi:LR`` / ``adagrad:LR`` / ``avgm[:LR]``: ``server_optimizer.name`` and
   ``server_lr=LR`` (avgm: momentum 0.9, LR default 1.0);
-* ``headshare:K``: ``fedsa_lora.personalization.share_head_rounds=K``;
+* ``headshare:K``: ``fedsa_lora.personalization.share_head_rounds=K`` (K a number or
+  ``all``);
 * ``bshare:K``: ``fedsa_lora.personalization.share_b_rounds=K`` (fedsa's B averaged in
   rounds 1..K);
 * ``epochs:E``: ``training.local_epochs=E`` (local work in passes over the device's data);
@@ -31,12 +32,19 @@ from fedsa_common.config import ConfigError
 from scenarios.overrides import parse_override
 
 BASE = "base"
+
+
+def _rounds(text: str) -> str:
+    """A number of rounds, or ``all`` (every round)."""
+    return text if text == "all" else str(int(text))
+
+
 _SERVER_OPTIMIZERS = ("avgm", "adam", "yogi", "adagrad")  # avgm alone has a usable default LR
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,24}$")
 # presets of one number: name -> (overrides, "{}" standing for it; its type; its meaning)
 _LEVERS: dict[str, tuple[tuple[str, ...], type, str]] = {
-    "headshare": (("fedsa_lora.personalization.share_head_rounds={}",), int, "K"),
-    "bshare": (("fedsa_lora.personalization.share_b_rounds={}",), int, "K"),
+    "headshare": (("fedsa_lora.personalization.share_head_rounds={}",), _rounds, "K"),
+    "bshare": (("fedsa_lora.personalization.share_b_rounds={}",), _rounds, "K"),
     "epochs": (("training.local_epochs={}",), float, "E"),
     "cosine": (("training.lr_schedule=cosine", "training.warmup_steps={}"), int, "WARMUP"),
 }
@@ -59,7 +67,7 @@ def _number(item: str, text: str, kind: type) -> str:
     try:
         kind(text)
     except ValueError:
-        what = "an integer" if kind is int else "a number"
+        what = {int: "an integer", _rounds: "an integer or all"}.get(kind, "a number")
         raise ValueError(f"--variant {item!r}: {text!r} is not {what}") from None
     return text
 

@@ -14,7 +14,7 @@ A0, B0, A1, B1 = (n for n in NAMES if "lora" in n)
 HEAD = ["classifier.bias", "classifier.weight"]
 
 
-def config(k: int, rounds: int = 4, **fedsa) -> FederationConfig:
+def config(k: int | str, rounds: int = 4, **fedsa) -> FederationConfig:
     return FederationConfig.model_validate({
         "rounds": rounds,
         "fedsa_lora": {**fedsa, "personalization": {"share_head_rounds": k}}})
@@ -120,3 +120,31 @@ def test_b_sharing_before_the_last_round_needs_sync_rounds() -> None:
     msg = refusal({"rounds": 4, "round_policy": {"mode": "async"},
                    "fedsa_lora": {"personalization": {"share_b_rounds": 2}}})
     assert "share_b_rounds" in msg and "round_policy.mode" in msg
+
+
+# K = all: every round, whatever ``rounds`` becomes ---------------------------------------
+def test_all_shares_in_every_round_and_follows_rounds_when_extended() -> None:
+    cfg = config("all", rounds=4)
+    assert all(shares_head(cfg, r) for r in range(1, 6))
+    assert not split_changes(cfg)
+    extended = cfg.model_copy(update={"rounds": 9})
+    assert all(shares_head(extended, r) for r in range(1, 11))
+    assert not split_changes(extended)
+    # a number fixed for 4 rounds would hand the head back after round 4 of 9
+    assert split_changes(config(4, rounds=9)) and not shares_head(config(4, rounds=9), 5)
+
+
+def test_all_never_changes_the_set_so_async_rounds_may_use_it() -> None:
+    FederationConfig.model_validate({"rounds": 4, "round_policy": {"mode": "async"},
+                                     "fedsa_lora": {"personalization": {
+                                         "share_head_rounds": "all", "share_b_rounds": "all"}}})
+    assert config("all").model_dump()["fedsa_lora"]["personalization"] == {
+        "share_head_rounds": "all"}
+
+
+def test_a_word_other_than_all_is_refused_naming_the_field() -> None:
+    msg = refusal({"fedsa_lora": {"personalization": {"share_b_rounds": "every"}}})
+    assert "share_b_rounds" in msg
+    msg = refusal({"fedsa_lora": {"algorithm": "fedit",
+                                  "personalization": {"share_b_rounds": "all"}}})
+    assert "already shares B" in msg
