@@ -2,8 +2,10 @@
 
 For each budget (``none`` or MiB), one subprocess loads the model as a device does, trains
 ``--steps`` steps of the federation's batch with the device's micro-batch planner under
-that budget, and reports the micro-batch it settled on, the peak RSS while training (the
-planner's own measurement, the kernel's high-water mark per micro-batch) and samples/s.
+that budget, and reports the micro-batch it settled on, whether activation checkpointing
+was on at the end (``--gradient-checkpointing auto``, the default, lets the planner switch
+it on), the peak RSS while training (the planner's own measurement, the kernel's high-water
+mark per micro-batch) and samples/s.
 
     python -m benchmarks.memory_budget --budgets none,1000,800,650 --out runs/memory_budget.json
 """
@@ -19,6 +21,7 @@ from typing import Any
 from benchmarks.common import machine, markdown_table, run_child, today
 
 MiB = 2**20
+CHECKPOINTING: dict[str, bool | str] = {"auto": "auto", "true": True, "false": False}
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -42,13 +45,15 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     with PeakMeter() as meter:  # without a budget the planner measures nothing
         t, cpu = time.perf_counter(), time.process_time()
         result = train_steps(adapter, data, steps=args.steps, batch_size=args.batch, lr=1e-4,
-                             planner=planner)
+                             planner=planner, gradient_checkpointing=CHECKPOINTING[
+                                 args.gradient_checkpointing])
         seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
         meter.read()
     return {
         "rss_before_mb": round(floor / MiB),
         "peak_mb": round((result.peak_rss or meter.overall) / MiB),
         "micro_batch": result.micro_batch,
+        "checkpointing": "on" if result.checkpointing else "off",
         "samples_per_s": round(result.samples / seconds, 2),
         "cpu_s_per_sample": round(cpu / result.samples, 3),
         "loss": round(result.loss, 4),
@@ -62,6 +67,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="none,1000,800,650")
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--precision", default="nf4")
+    ap.add_argument("--gradient-checkpointing", choices=list(CHECKPOINTING), default="auto")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=128)
@@ -72,7 +78,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args)), flush=True)
         return
-    common = ["--model", args.model, "--precision", args.precision, "--steps", str(args.steps),
+    common = ["--model", args.model, "--precision", args.precision,
+              "--gradient-checkpointing", args.gradient_checkpointing, "--steps", str(args.steps),
               "--batch", str(args.batch), "--max-length", str(args.max_length), "--threads",
               str(args.threads)]
     rows = []
@@ -88,6 +95,7 @@ def main() -> None:
     print(markdown_table(rows, [
         ("budget_mb", "--memory-mb"), ("rss_before_mb", "RSS before training MiB"),
         ("peak_mb", "peak training MiB"), ("micro_batch", "largest micro-batch"),
+        ("checkpointing", "checkpointing"),
         ("samples_per_s", "samples/s"), ("cpu_s_per_sample", "CPU s/sample"),
         ("load1", "load avg"), ("error", "error")]))
 

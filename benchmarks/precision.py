@@ -1,11 +1,11 @@
 """Training throughput and memory per base precision and compute precision.
 
-For each model, base precision (nf4, fp4, int8, fp16, bf16, fp32) and autocast (none,
-bf16), one subprocess loads the model with LoRA exactly as a device does, trains one warm-up
-step and then ``--steps`` timed steps on 20 Newsgroups texts, and reports samples/s (wall
-clock), CPU seconds per sample (all threads; far less sensitive than wall time to other
-work sharing the CPU), the RSS with the model loaded, and the peak RSS of loading and of
-training.  Each combination
+For each model, base precision (nf4, fp4, int8, fp16, bf16, fp32), autocast (none, bf16)
+and activation checkpointing (``--checkpointing off,on``), one subprocess loads the model
+with LoRA exactly as a device does, trains one warm-up step and then ``--steps`` timed
+steps on 20 Newsgroups texts, and reports samples/s (wall clock), CPU seconds per sample
+(all threads; far less sensitive than wall time to other work sharing the CPU), the RSS
+with the model loaded, and the peak RSS of loading and of training.  Each combination
 runs in its own process so that its RSS is its own.
 
 Models: ``minilm`` (the real all-MiniLM-L6-v2, 22M parameters) and ``bert-base``, a
@@ -29,6 +29,7 @@ from benchmarks.common import machine, markdown_table, run_child, today
 
 PRECISIONS = ("nf4", "fp4", "int8", "fp16", "bf16", "fp32")
 AUTOCASTS = ("none", "bf16")
+CHECKPOINTING = {"off": False, "on": True}
 MiB = 2**20
 
 
@@ -71,7 +72,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     tensors = [*adapter.model.parameters(), *adapter.model.buffers()]
     weights = sum(t.numel() * t.element_size() for t in tensors)
     data = tokenize(adapter, *texts(max(64, args.batch * (args.steps + 1))))
-    kw = {"batch_size": args.batch, "lr": 1e-4, "autocast": args.autocast}
+    kw = {"batch_size": args.batch, "lr": 1e-4, "autocast": args.autocast,
+          "gradient_checkpointing": CHECKPOINTING[args.checkpoint]}
     with PeakMeter() as meter:  # resets the high-water mark: training's peak alone
         train_steps(adapter, data, steps=1, seed=1, **kw)  # warm-up: kernels, allocator
         t, cpu = time.perf_counter(), time.process_time()
@@ -99,6 +101,9 @@ def main() -> None:
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
     ap.add_argument("--autocast", default="none", help=argparse.SUPPRESS)
     ap.add_argument("--autocasts", default=",".join(AUTOCASTS))
+    ap.add_argument("--checkpoint", default="off", help=argparse.SUPPRESS)
+    ap.add_argument("--checkpointing", default="off",
+                    help="activation checkpointing settings to run: off, on or off,on")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=128)
@@ -118,28 +123,31 @@ def main() -> None:
             path = str(write_bert_base(tmp / "bert-base")) if name == "bert-base" else name
             for precision in args.precisions.split(","):
                 for autocast in args.autocasts.split(","):
-                    if precision == "fp16" and autocast == "bf16":  # see compute_context
-                        rows.append({"model": name, "precision": precision,
-                                     "autocast": autocast,
-                                     "error": "n/a: not applied over an fp16 base"})
-                        continue
-                    got = run_child("benchmarks.precision",
-                                    ["--model", path, "--precision", precision,
-                                     "--autocast", autocast, *common], args.timeout)
-                    row = {"model": name, "precision": precision, "autocast": autocast, **got}
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+                    for checkpoint in args.checkpointing.split(","):
+                        key = {"model": name, "precision": precision, "autocast": autocast,
+                               "checkpointing": checkpoint}
+                        if precision == "fp16" and autocast == "bf16":  # see compute_context
+                            rows.append({**key, "error": "n/a: not applied over an fp16 base"})
+                            continue
+                        got = run_child("benchmarks.precision",
+                                        ["--model", path, "--precision", precision,
+                                         "--autocast", autocast, "--checkpoint", checkpoint,
+                                         *common], args.timeout)
+                        row = {**key, **got}
+                        print(json.dumps(row), flush=True)
+                        rows.append(row)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report = {"command": "python -m benchmarks.precision " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                  if k in ("models", "precisions", "autocasts", "steps", "batch", "max_length",
-                           "threads")),
+                  if k in ("models", "precisions", "autocasts", "checkpointing", "steps",
+                           "batch", "max_length", "threads")),
               "machine": machine(), "date": today(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(markdown_table(rows, [
         ("model", "model"), ("precision", "base"), ("autocast", "autocast"),
+        ("checkpointing", "checkpointing"),
         ("cpu_s_per_sample", "CPU s/sample"), ("samples_per_s", "train samples/s"),
         ("weights_mb", "weights MiB"), ("rss_loaded_mb", "RSS loaded MiB"),
         ("load_peak_mb", "peak load MiB"), ("train_peak_mb", "peak train MiB"),

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,6 +18,11 @@ from fedsa_common import cli_auth, cli_common
 
 if TYPE_CHECKING:
     from edge_client.predict import OnnxClassifier, Prediction
+
+class ExportFormat(StrEnum):
+    onnx = "onnx"
+    peft = "peft"
+
 
 app = typer.Typer(help="The device side of a fedsa-edge federation.", no_args_is_help=True,
                   add_completion=False)
@@ -134,18 +140,39 @@ def worker(
 @app.command()
 def export(
     state_dir: Annotated[Path, typer.Option(help="The device's --state-dir.")],
-    out: Annotated[Path, typer.Option(help="Where to write the .onnx file.")],
-    int8: Annotated[bool, typer.Option(help="Dynamic int8 quantization (onnxruntime).")]
+    out: Annotated[Path, typer.Option(
+        help="Where to write: the .onnx file (onnx), or a directory (peft).")],
+    export_format: Annotated[ExportFormat, typer.Option(
+        "--format", help="onnx: merged model for 'edge-client predict' and onnxruntime; "
+                         "peft: adapter_config.json + adapter_model.safetensors for "
+                         "peft.PeftModel.from_pretrained(base, OUT).")] = ExportFormat.onnx,
+    int8: Annotated[bool, typer.Option(help="Dynamic int8 quantization (onnx only).")]
     = False,
+    base_name: Annotated[str | None, typer.Option(
+        help="peft only: the base model name to record in adapter_config.json (e.g. the "
+             "Hub id of the same weights; default: the local model path).")] = None,
     log_level: cli_common.LogLevel = cli_common.Level.INFO,
 ) -> None:
-    """Export the device's model (global A, its own B and head, merged into an fp32 base) to
-    ONNX, with OUT.tokenizer/ and OUT.json (labels) next to it."""
-    from edge_client.export import export_state
+    """Export the device's model (global shared parameters, its own local ones and head).
+
+    onnx (default): merged into an fp32 base, with OUT.tokenizer/ and OUT.json (labels)
+    next to it.  peft: the unmerged adapter with the head (modules_to_save), the tokenizer
+    and fedsa.json (labels, the precision the device trained with) in the directory OUT."""
+    from edge_client.export import export_peft, export_state
     from fedsa_common.logs import setup_logging
 
+    if export_format is ExportFormat.peft and int8:
+        raise cli_common.usage_error("--int8 applies to the onnx format only", "--int8")
+    if export_format is ExportFormat.onnx and base_name is not None:
+        raise cli_common.usage_error("--base-name applies to the peft format only",
+                                     "--base-name")
     setup_logging(log_level)
     try:
+        if export_format is ExportFormat.peft:
+            peft = export_peft(state_dir, out, base_name=base_name)
+            typer.echo(f"{peft.directory}: {peft.config.name}, {peft.weights.name} "
+                       f"({peft.tensors} tensors), tokenizer and {peft.sidecar.name}")
+            return
         result = export_state(state_dir, out, int8=int8)
     except (FileNotFoundError, ValueError) as err:
         raise typer.BadParameter(str(err), param_hint="--state-dir") from None

@@ -450,7 +450,8 @@ class Device:
                                  on_step=self.progress.step,
                                  proximal=proximal_for(config, global_shared),
                                  importance=config.fedsa_lora.adaptive_split.importance_based,
-                                 warmup_steps=tr.warmup_steps, lr_schedule=tr.lr_schedule)
+                                 warmup_steps=tr.warmup_steps, lr_schedule=tr.lr_schedule,
+                                 gradient_checkpointing=tr.gradient_checkpointing)
             self.progress.finish(result)
             new_shared = adapter.get(shared)  # the update is fixed before any fine-tuning
             tuned = finetune_local(adapter, self.tokens.train, config, local, trainable,

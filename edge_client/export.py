@@ -1,4 +1,5 @@
-"""Exporting a device's personalized model to ONNX for inference without torch.
+"""Exporting a device's personalized model: to ONNX for inference without torch, or as a
+peft adapter for the Hugging Face ecosystem (``export_peft``; quant.peft_export).
 
 The model is rebuilt from the state directory (``edge_client.snapshot``) on a full-precision
 base: a 4-bit bitsandbytes base cannot be merged into or exported, and the adapters were
@@ -12,6 +13,9 @@ fly), which shrinks the file about 4x and usually speeds CPU inference up.
 Next to ``model.onnx`` go ``model.tokenizer/`` (the tokenizer, saved with transformers;
 ``edge-client predict`` reads its ``tokenizer.json`` with the ``tokenizers`` library alone)
 and ``model.json`` (label names, max length, provenance); see ``edge_client.bundle``.
+
+The peft export is not merged: ``adapter_config.json`` and ``adapter_model.safetensors``
+hold LoRA and the head, for ``peft.PeftModel.from_pretrained`` on the same base.
 """
 
 from __future__ import annotations
@@ -24,14 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from edge_client.bundle import FORMAT, INPUTS, TOKENIZER_FILE, sidecar_path, tokenizer_dir
 from edge_client.snapshot import Snapshot, load_snapshot
 from fedsa_common.atomic import write_json
-from quant.adapters import AdapterModel, lora_config
-from quant.base_model import load_base_model
+from quant.adapters import AdapterModel
+from quant.peft_export import PeftExport, bnb_settings, fp32_adapter, save_peft_adapter
 
 log = logging.getLogger("fedsa.export")
 
@@ -47,18 +50,8 @@ class ExportResult:
 
 def rebuild_adapter(snapshot: Snapshot) -> AdapterModel:
     """The device's personalized model, unmerged, on an fp32 base (for export and tests)."""
-    spec = snapshot.model.model_copy(update={"precision": "fp32"})
-    base, tokenizer = load_base_model(spec.path, snapshot.num_labels, "fp32")
-    adapter = AdapterModel(get_peft_model(base, lora_config(spec)), tokenizer, spec.max_length)
-    values = {**snapshot.local, **snapshot.global_shared}
-    missing = sorted(set(adapter.names) - set(values))
-    unknown = sorted(set(values) - set(adapter.names))
-    if missing or unknown:
-        raise ValueError(f"saved parameters do not fit the model {spec.path!r}: missing "
-                         f"{missing[:3]}, unknown {unknown[:3]}")
-    adapter.set(values)
-    adapter.model.eval()
-    return adapter
+    return fp32_adapter(snapshot.model, snapshot.num_labels,
+                        {**snapshot.local, **snapshot.global_shared})
 
 
 def merged_model(snapshot: Snapshot) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, int]:
@@ -128,3 +121,21 @@ def export_state(state_dir: Path, out: Path, *, int8: bool = False) -> ExportRes
     log.info("exported %s (%d bytes%s)", out, size, ", int8" if int8 else "")
     return ExportResult(onnx=Path(out), tokenizer_dir=tok_dir, sidecar=sidecar_path(out),
                         bytes=size, int8=int8)
+
+
+def export_peft(state_dir: Path, out: Path, *, base_name: str | None = None) -> PeftExport:
+    """Write the device's personalized adapter (the last global shared parameters, its own
+    local ones and its head) to the directory ``out`` in peft's format (quant.peft_export),
+    which ``peft.PeftModel.from_pretrained(base, out)`` loads onto the same base."""
+    snapshot = load_snapshot(state_dir)
+    adapter = rebuild_adapter(snapshot)
+    precision = snapshot.model.precision
+    result = save_peft_adapter(adapter, out, base_name=base_name, meta={
+        "label_names": snapshot.label_names,
+        "trained_precision": precision,
+        "bitsandbytes": bnb_settings(precision),
+        "source": {k: snapshot.info.get(k) for k in
+                   ("client", "round", "algorithm", "config_hash")},
+    })
+    log.info("exported the peft adapter to %s (%d tensors)", out, result.tensors)
+    return result

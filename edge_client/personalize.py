@@ -49,4 +49,5 @@ def finetune_local(adapter: AdapterModel, data: TokenizedSplit, config: Federati
     return train_steps(adapter, data, steps=steps, batch_size=tr.batch_size, lr=tr.lr,
                        head_lr=tr.head_lr, b_lr_ratio=tr.b_lr_ratio,
                        weight_decay=tr.weight_decay, seed=seed,
-                       planner=planner, autocast=tr.autocast)
+                       planner=planner, autocast=tr.autocast,
+                       gradient_checkpointing=tr.gradient_checkpointing)

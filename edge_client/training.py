@@ -9,6 +9,10 @@ micro-batches with gradients accumulated: the device's ``MicroBatchPlanner`` pic
 size to stay under its memory budget, and an out-of-memory error halves the size and
 retries the step instead of failing the round.  Each micro-batch's mean loss is weighted by
 its share of the batch, so the accumulated gradient is the full batch's.
+
+Activation checkpointing (``training.gradient_checkpointing``) is on or off for the whole
+run, or, under ``auto``, switched on by the planner when a memory budget needs it; it
+changes memory and time, never the gradient.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from edge_client.memory import PeakMeter, is_out_of_memory
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.schedule import Schedule, lr_multiplier
 from fedsa_common.split import role
-from quant.adapters import AdapterModel
+from quant.adapters import AdapterModel, set_gradient_checkpointing
 
 log = logging.getLogger("fedsa.device")
 
 Autocast = Literal["none", "bf16"]
+Checkpointing = bool | Literal["auto"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class TrainResult:
     seconds: float
     micro_batch: int = 0  # the largest micro-batch that ran
     peak_rss: int | None = None  # measured under a memory budget only
+    checkpointing: bool = False  # whether activation checkpointing was on at the end
     # mean squared batch gradient per trainable tensor (a diagonal-Fisher proxy), only when
     # train_steps was asked for it: the adaptive split's per-module importance
     importance: dict[str, float] | None = None
@@ -137,6 +143,15 @@ def compute_context(autocast: Autocast, model: torch.nn.Module | None = None
     return contextlib.nullcontext
 
 
+def _next_size(adapter: AdapterModel, planner: MicroBatchPlanner, remaining: int, width: int
+               ) -> int:
+    """The planner's next micro-batch size, after switching checkpointing on if it asks."""
+    if planner.wants_checkpointing(width):
+        planner.start_checkpointing()
+        set_gradient_checkpointing(adapter.model, True)
+    return planner.size(remaining, width)
+
+
 def accumulate(
     adapter: AdapterModel,
     rows: Sequence[list[int]],
@@ -154,13 +169,13 @@ def accumulate(
     """
     n = len(rows)
     order = list(range(n))
-    size = planner.size(n, max(len(r) for r in rows))
+    size = _next_size(adapter, planner, n, max(len(r) for r in rows))
     if size < n:
         order.sort(key=lambda i: -len(rows[i]))
     total, start, largest = 0.0, 0, 0
     while start < n:
         if start:
-            size = planner.size(n - start, len(rows[order[start]]))
+            size = _next_size(adapter, planner, n - start, len(rows[order[start]]))
         part = order[start : start + size]
         ids, mask = collate([rows[i] for i in part], pad_id)
         y = torch.tensor([labels[i] for i in part], dtype=torch.long)
@@ -202,6 +217,7 @@ def train_steps(
     importance: bool = False,
     warmup_steps: int = 0,
     lr_schedule: Schedule = "constant",
+    gradient_checkpointing: Checkpointing = "auto",
 ) -> TrainResult:
     """Run ``steps`` optimizer steps on the currently trainable adapter parameters.
 
@@ -212,10 +228,15 @@ def train_steps(
     ``b_lr_ratio`` sets the LoRA B matrices' rate to that multiple of ``lr`` (LoRA+).
     ``warmup_steps``/``lr_schedule`` scale every learning rate step by step
     (``schedule.lr_multiplier``; the defaults keep them constant).
+    ``gradient_checkpointing``: on, off, or ``auto`` (the planner's choice under a budget).
     """
     if len(data) == 0:
         raise ValueError("no training data on this device")
     planner = planner or MicroBatchPlanner(ceiling=micro_batch)
+    auto = gradient_checkpointing == "auto"
+    planner.auto_checkpointing = auto
+    set_gradient_checkpointing(adapter.model, planner.checkpointing if auto
+                               else bool(gradient_checkpointing))
     amp = compute_context(autocast, adapter.model)
     start = time.perf_counter()
     trainable = adapter.trainable()
@@ -248,6 +269,8 @@ def train_steps(
                     optimizer.zero_grad(set_to_none=True)
                     if not planner.out_of_memory(oom.size):
                         raise oom.error from None
+                    if planner.checkpointing:  # auto: switched on for lack of memory
+                        set_gradient_checkpointing(adapter.model, True)
                 gc.collect()  # outside the handler: the failed step's tensors are gone now
             if fisher is not None:
                 accumulate_importance(fisher, trainable)
@@ -269,6 +292,7 @@ def train_steps(
     adapter.model.eval()
     return TrainResult(loss=total / samples, samples=samples, seconds=time.perf_counter() - start,
                        micro_batch=largest, peak_rss=meter.overall if meter is not None else None,
+                       checkpointing=adapter.model.get_base_model().is_activation_checkpointing,
                        importance=({n: v / steps for n, v in fisher.items()}
                                    if fisher is not None else None))
 

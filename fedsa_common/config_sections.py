@@ -372,7 +372,7 @@ class FedsaLoraSection(Strict):
 
 _SCHEDULE_DEFAULTS: dict[str, Any] = {"local_epochs": None, "warmup_steps": 0,
                                        "lr_schedule": "constant", "round_lr_decay": 1.0,
-                                       "b_lr_ratio": 1.0}
+                                       "b_lr_ratio": 1.0, "gradient_checkpointing": "auto"}
 
 
 class TrainingSection(Strict):
@@ -388,7 +388,8 @@ class TrainingSection(Strict):
     B matrices learn at ``b_lr_ratio * lr``.  B starts at zero and, under FedSA-LoRA, is
     learned by each device alone from its own few steps; a larger rate for B than for A
     is what LoRA+ shows makes low-rank adaptation learn efficiently (16 is its suggested
-    ratio).  The schedule keys and ``b_lr_ratio`` are left out of dumps at their defaults,
+    ratio).  ``gradient_checkpointing``: see its comment.  The schedule keys,
+    ``b_lr_ratio`` and ``gradient_checkpointing`` are left out of dumps at their defaults,
     so configurations without them digest as before.
     """
 
@@ -406,6 +407,10 @@ class TrainingSection(Strict):
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     round_lr_decay: float = Field(1.0, gt=0.0, le=1.0)
     b_lr_ratio: float = Field(1.0, gt=0.0, le=1000.0, allow_inf_nan=False)
+    # Activation checkpointing (edge_client/training.py): true keeps only each layer's input
+    # for backward and recomputes the rest, false never; auto lets a device with a memory
+    # budget switch it on when one sample does not fit without it (edge_client/microbatch.py)
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
 
     @model_serializer(mode="wrap")
     def _omit_default_schedule(self, handler: SerializerFunctionWrapHandler

@@ -194,6 +194,37 @@ def status(
     raise typer.Exit(0 if healthy else 1)
 
 
+@app.command()
+def export(
+    state_dir: Annotated[Path, typer.Option(help="The cloud hub's --state-dir.")],
+    out: Annotated[Path, typer.Option(help="Directory to write the peft adapter to.")],
+    config: Annotated[Path | None, typer.Option(
+        help="The cloud's --config; needed only for a checkpoint that does not record "
+             "its configuration.")] = None,
+    base_name: Annotated[str | None, typer.Option(
+        help="The base model name to record in adapter_config.json (e.g. the Hub id of "
+             "the same weights; default: the local model path).")] = None,
+    log_level: cli_common.LogLevel = cli_common.Level.INFO,
+) -> None:
+    """Export the global shared parameters of the cloud's last checkpoint as a peft adapter
+    (adapter_config.json + adapter_model.safetensors, for peft.PeftModel.from_pretrained);
+    tensors the federation does not share are at their common initial values."""
+    from fedsa_common.logs import setup_logging
+    from hub.export import export_global_peft
+
+    setup_logging(log_level)
+    try:
+        cfg = None if config is None else load_federation_config(config)
+    except ConfigError as err:
+        raise cli_common.usage_error(str(err), "--config") from None
+    try:
+        result = export_global_peft(state_dir, out, config=cfg, base_name=base_name)
+    except (FileNotFoundError, ValueError) as err:
+        raise cli_common.usage_error(str(err), "--state-dir") from None
+    typer.echo(f"{result.directory}: {result.config.name}, {result.weights.name} "
+               f"({result.tensors} tensors), tokenizer and {result.sidecar.name}")
+
+
 config_app = typer.Typer(help="Validate configuration files and print templates.",
                          no_args_is_help=True, add_completion=False)
 app.add_typer(config_app, name="config")

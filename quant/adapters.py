@@ -143,7 +143,29 @@ def keep_head_fp32(model: torch.nn.Module) -> None:
                 head.register_forward_pre_hook(_floating_inputs_to_fp32)
 
 
+def set_gradient_checkpointing(model: PeftModel, on: bool) -> None:
+    """Switch activation checkpointing of the base's layers on or off (training only).
+
+    On, each transformer layer keeps only its input for backward and recomputes its
+    activations there: the training peak drops from all layers' activations to one layer's
+    plus the layer inputs, for one more forward pass of compute.  Non-reentrant checkpointing
+    (torch's recommended kind) replays dropout with the same random state, so gradients are
+    those without it, and needs no input that requires grad.  Evaluation is unaffected
+    (transformers checkpoints in training mode only)."""
+    base = model.get_base_model()
+    if on == base.is_activation_checkpointing:
+        return
+    if on:
+        base.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.activation_checkpointing_disable()
+        base.disable_input_require_grads()  # enable's hook (needed by reentrant checkpoints)
+
+
 def build_adapter_model(spec: ModelSection, num_labels: int, seed: int) -> AdapterModel:
+    """The device's model; activation checkpointing is off here and chosen per training run
+    (``set_gradient_checkpointing``, from ``training.gradient_checkpointing``)."""
     base, tokenizer = load_base_model(spec.path, num_labels, spec.precision)
     keep_4bit_layout_trainable(base)
     if spec.precision in ("nf4", "fp4", "int8"):

@@ -20,13 +20,9 @@ from typer.testing import CliRunner
 from edge_client.cli import app
 from edge_client.export import export_state, rebuild_adapter
 from edge_client.predict import OnnxClassifier
-from edge_client.snapshot import load_snapshot, model_info, save_global
-from edge_client.state import DeviceState, StateDir
-from fedsa_common.config import FederationConfig
-from fedsa_common.split import local_names, shared_names
-from quant.adapters import build_adapter_model
+from edge_client.snapshot import load_snapshot
 
-LABELS = ["comp.graphics", "rec.autos", "sci.space"]
+LABELS = ["comp.graphics", "rec.autos", "sci.space"]  # trained_state_dir's (conftest)
 WORDS = ["space", "orbit", "rocket", "car", "engine", "wheel", "image", "pixel", "render",
          "nasa", "launch", "drive", "road", "color", "screen", "moon", "planet", "speed"]
 
@@ -37,25 +33,8 @@ def texts(n: int, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def state_dir(tmp_path_factory):
-    """A device state directory as Device.train_round leaves it, with non-trivial adapters."""
-    config = FederationConfig.model_validate({
-        "federation": {"name": "exp", "seed": 4},
-        "model": {"path": "tiny-bert", "precision": "nf4", "max_length": 32, "num_labels": 3},
-    })
-    adapter = build_adapter_model(config.model.model_copy(update={"precision": "fp32"}), 3, 4)
-    g = torch.Generator().manual_seed(0)
-    values = {n: torch.randn(s, generator=g) * (1.0 if n.startswith("classifier") else 0.2)
-              for n, s in adapter.shapes().items()}
-    names = adapter.names
-    path = tmp_path_factory.mktemp("device")
-    store = StateDir(path, "dev-1", "north", "exp")
-    store.save(DeviceState("dev-1", "north", "exp", config_hash=config.digest(), last_round=3,
-                           local={n: values[n] for n in local_names(names, "fedsa")}))
-    save_global(path, {n: values[n] for n in shared_names(names, "fedsa")},
-                model_info(config, LABELS, client="dev-1", round_=3,
-                           config_hash=config.digest()))
-    return path
+def state_dir(trained_state_dir):
+    return trained_state_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,41 @@
+"""Load an exported adapter the way a Hugging Face user would, and print its logits as JSON.
+
+Run as a script in a fresh interpreter by the export tests: it imports transformers, peft
+and torch only, never this project (checked at the end), so it proves that
+``peft.PeftModel.from_pretrained`` alone restores the adapter and the head.  Arguments:
+adapter directory, base model directory, a JSON list of texts, and ``--bnb`` to load the
+base with the bitsandbytes settings recorded in the directory's fedsa.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
+
+
+def main() -> None:
+    adapter_dir, base_dir, texts = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+    meta = json.loads((adapter_dir / "fedsa.json").read_text())
+    quant = BitsAndBytesConfig(**meta["bitsandbytes"]) if "--bnb" in sys.argv[4:] else None
+    base = AutoModelForSequenceClassification.from_pretrained(
+        base_dir, num_labels=meta["num_labels"], quantization_config=quant,
+        ignore_mismatched_sizes=True)  # the base's own head has another size
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=meta["max_length"],
+                    return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits
+    ours = sorted({m.split(".")[0] for m in sys.modules} & {"edge_client", "hub", "quant",
+                                                             "fedsa_common", "scenarios"})
+    print(json.dumps({"logits": logits.tolist(), "project_modules": ours,
+                      "type": type(model).__name__}))
+
+
+if __name__ == "__main__":
+    main()
