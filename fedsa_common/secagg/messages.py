@@ -25,7 +25,7 @@ from fedsa_common.secagg.fixed_point import MOD
 from fedsa_common.secagg.identity import PUBLIC_BYTES, SIGNATURE_BYTES
 from fedsa_common.secagg.params import MAX_ROSTER, NAME_RE
 from fedsa_common.secagg.shamir import SHARE_BYTES
-from fedsa_common.secagg.share_crypto import CIPHERTEXT_BYTES, KEY_BYTES
+from fedsa_common.secagg.share_crypto import CIPHERTEXT_BYTES, COMMIT_BYTES, KEY_BYTES
 
 
 def _bad(detail: str) -> SecAggError:
@@ -175,19 +175,23 @@ class Roster:
 
 @dataclass(frozen=True)
 class ShareKeys:
-    """Stage 1, client -> hub: one ciphertext of shares per roster member (itself too)."""
+    """Stage 1, client -> hub: one ciphertext of shares per roster member (itself too),
+    and the commitments to each member's shares (``share_crypto.commit_shares``)."""
 
     client: str
     ciphertexts: dict[str, bytes]  # recipient -> ciphertext
+    commitments: dict[str, bytes] = field(default_factory=dict)  # recipient -> commitments
 
     def to_dict(self) -> dict[str, Any]:
-        return {"client": self.client, "ciphertexts": dict(sorted(self.ciphertexts.items()))}
+        return {"client": self.client, "ciphertexts": dict(sorted(self.ciphertexts.items())),
+                "commitments": dict(sorted(self.commitments.items()))}
 
     @classmethod
     def from_dict(cls, raw: Any) -> ShareKeys:
-        d = _fields(raw, "share_keys", {"client", "ciphertexts"})
+        d = _fields(raw, "share_keys", {"client", "ciphertexts", "commitments"})
         return cls(_name(d["client"], "client"),
-                   _by_name(d["ciphertexts"], "ciphertexts", CIPHERTEXT_BYTES))
+                   _by_name(d["ciphertexts"], "ciphertexts", CIPHERTEXT_BYTES),
+                   _by_name(d["commitments"], "commitments", COMMIT_BYTES))
 
 
 @dataclass(frozen=True)
@@ -197,16 +201,20 @@ class ShareDelivery:
     recipient: str
     members: tuple[str, ...]  # U2, sorted
     ciphertexts: dict[str, bytes]  # sender -> ciphertext
+    commitments: dict[str, bytes] = field(default_factory=dict)  # sender -> its commitments
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipient": self.recipient, "members": list(self.members),
-                "ciphertexts": dict(sorted(self.ciphertexts.items()))}
+                "ciphertexts": dict(sorted(self.ciphertexts.items())),
+                "commitments": dict(sorted(self.commitments.items()))}
 
     @classmethod
     def from_dict(cls, raw: Any) -> ShareDelivery:
-        d = _fields(raw, "share_delivery", {"recipient", "members", "ciphertexts"})
+        d = _fields(raw, "share_delivery", {"recipient", "members", "ciphertexts",
+                                            "commitments"})
         return cls(_name(d["recipient"], "recipient"), _names(d["members"], "members"),
-                   _by_name(d["ciphertexts"], "ciphertexts", CIPHERTEXT_BYTES))
+                   _by_name(d["ciphertexts"], "ciphertexts", CIPHERTEXT_BYTES),
+                   _by_name(d["commitments"], "commitments", COMMIT_BYTES))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ region)::
                    signed with its provisioned key and sent with its certificate
   1 ShareKeys      hub -> roster U1 + threshold t; client checks every entry's
                    certificate and signature, then Shamir-shares s_sk and its
-                   self-mask seed b to every member, each encrypted to that member
+                   self-mask seed b to every member, each encrypted to that member,
+                   with SHA-256 commitments to each member's shares (the member and
+                   later the hub check shares against them)
   2 MaskedInput    hub -> each member of U2 (who sent shares) its ciphertexts; client:
                    y = enc(x, w) + PRG(b) + sum_{v in U2} sign(u,v) PRG(s_uv)   mod 2^32
   3 Consistency    hub -> survivors U3 (who sent y) and dropped D = U2 \\ U3; each
@@ -143,16 +145,17 @@ class SecAggClient:
         n, t = len(members), roster.threshold
         s_shares = split_secret(share_crypto.private_bytes(self._s_sk), t, n)
         b_shares = split_secret(self._seed, t, n)
-        cts = {}
+        cts, commitments = {}, {}
         for i, v in enumerate(members):
             plaintext = s_shares[i] + b_shares[i]
             if v == self.client:
                 self._own_share = plaintext
             cts[v] = share_crypto.encrypt_shares(self.ctx, self._c_sk, roster.keys[v][0],
                                                  self.client, v, plaintext, self._rand)
+            commitments[v] = share_crypto.commit_shares(self.ctx, self.client, v, plaintext)
         self.roster = roster
         self.stage = "shares"
-        msg = ShareKeys(self.client, cts)
+        msg = ShareKeys(self.client, cts, commitments)
         self._sent["share_keys"] = msg
         return msg
 
@@ -209,6 +212,10 @@ class SecAggClient:
         for u in members:
             pt = share_crypto.decrypt_shares(self.ctx, self._c_sk, self.roster.keys[u][0], u,
                                              self.client, delivery.ciphertexts[u])
+            commitment = delivery.commitments.get(u, b"")
+            if commitment != share_crypto.commit_shares(self.ctx, u, self.client, pt):
+                raise SecAggError("secagg_bad_share", f"shares from {u} do not match its "
+                                  "commitments (we could be blamed for them at unmasking)")
             held[u] = (pt[:SHARE_BYTES], pt[SHARE_BYTES:])
         if held[self.client][0] + held[self.client][1] != self._own_share:
             raise SecAggError("secagg_bad_share", "our own share came back altered")
@@ -409,9 +416,10 @@ class SecAggServer:
         assert self.roster is not None
         if msg.client not in self.roster.keys:
             raise SecAggError("secagg_refused", f"{msg.client} is not in the roster")
-        if set(msg.ciphertexts) != set(self.roster.keys):
-            raise SecAggError("secagg_bad_message", f"{msg.client}: ciphertexts do not "
-                              "address exactly the roster")
+        if set(msg.ciphertexts) != set(self.roster.keys) or set(msg.commitments) != set(
+                self.roster.keys):
+            raise SecAggError("secagg_bad_message", f"{msg.client}: ciphertexts or "
+                              "commitments do not address exactly the roster")
         old = self.shares.get(msg.client)
         if old is not None:
             if old != msg:
@@ -429,7 +437,8 @@ class SecAggServer:
             raise _too_few("clients with shares", len(members), self.threshold)
         self.members = members
         self.stage = "inputs"
-        return {v: ShareDelivery(v, members, {u: self.shares[u].ciphertexts[v] for u in members})
+        return {v: ShareDelivery(v, members, {u: self.shares[u].ciphertexts[v] for u in members},
+                                 {u: self.shares[u].commitments[v] for u in members})
                 for v in members}
 
     # -- stage 2 ------------------------------------------------------------------
@@ -508,6 +517,12 @@ class SecAggServer:
             if old != msg:
                 raise SecAggError("secagg_conflict", f"{msg.client} sent other shares")
             return False
+        for kind, shares in (("b", msg.b_shares), ("s", msg.s_shares)):
+            for v, share in shares.items():
+                if not share_crypto.share_matches(self.ctx, v, msg.client, kind, share,
+                                                  self.shares[v].commitments[msg.client]):
+                    raise SecAggError("secagg_bad_share", f"{msg.client} returned a {kind} "
+                                      f"share of {v} that {v} did not deal it; answer dropped")
         self.answers[msg.client] = msg
         return True
 

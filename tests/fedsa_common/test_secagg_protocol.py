@@ -284,17 +284,44 @@ def test_share_for_another_recipient_is_rejected():
                                                         other.ciphertexts))
 
 
-def test_wrong_share_at_unmasking_is_detected():
-    r, told = _ready_round()
+def test_a_garbage_share_identifies_its_sender_and_the_round_goes_on():
+    """Finding 4: on 4a146b2 one garbage Shamir share at unmasking lost the region's
+    round and the hub could not tell who sent it.  Now each share is checked against its
+    dealer's commitment: the cheater is named, its answer dropped, and the others (at
+    least t) unmask the sum."""
+    r, told = _ready_round()  # 5 survivors, t = 4
     request = r.consistency(told)
-    for c in request.survivors:
-        answer = r.clients[c].unmask(request)
-        if c == "dev00":
-            bad = {v: bytes(32) for v in answer.s_shares}
-            answer = UnmaskResponse(c, answer.b_shares, bad)
-        r.server.add_unmask(answer)
-    with pytest.raises(SecAggError, match="secagg_reconstruct"):
-        r.server.finish()
+    answers = {c: r.clients[c].unmask(request) for c in request.survivors}
+    bad = UnmaskResponse("dev00", answers["dev00"].b_shares,
+                         {v: bytes(32) for v in answers["dev00"].s_shares})
+    with pytest.raises(SecAggError) as err:
+        r.server.add_unmask(bad)
+    assert err.value.reason == "secagg_bad_share" and "dev00" in str(err.value)
+    flipped = dict(answers["dev01"].b_shares)
+    flipped["dev02"] = bytes([flipped["dev02"][0] ^ 1]) + flipped["dev02"][1:]
+    with pytest.raises(SecAggError, match="dev01"):
+        r.server.add_unmask(UnmaskResponse("dev01", flipped, answers["dev01"].s_shares))
+    for c in ("dev02", "dev03", "dev04"):
+        r.server.add_unmask(answers[c])
+    assert not r.server.can_finish  # 3 good answers < t
+    r.server.add_unmask(answers["dev01"])  # its honest answer still counts
+    result = r.server.finish()
+    fp = r.params.fixed_point(6)
+    expected = torch.zeros(LENGTH + 1, dtype=torch.int64)
+    for c in told.survivors:
+        expected = add_mod(expected, fp.encode(*r.inputs[c]))
+    assert torch.equal(result.words, expected)
+
+
+def test_a_delivery_with_altered_commitments_is_refused():
+    r, deliveries = _deliveries()
+    d = deliveries["dev02"]
+    commitments = dict(d.commitments)
+    commitments["dev01"] = bytes(64)
+    with pytest.raises(SecAggError, match="secagg_bad_share"):
+        r.clients["dev02"].receive_shares(ShareDelivery("dev02", d.members, d.ciphertexts,
+                                                        commitments))
+    r.clients["dev02"].receive_shares(d)
 
 
 # ------------------------------------------------------------------ messages

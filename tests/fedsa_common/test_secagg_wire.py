@@ -21,13 +21,14 @@ from fedsa_common.secagg.messages import (
     KeyAuth,
     Roster,
     ShareDelivery,
+    ShareKeys,
     SurvivorSet,
     UnmaskRequest,
     UnmaskResponse,
 )
 from fedsa_common.secagg.params import MAX_ROSTER, RoundContext, threshold_for
 from fedsa_common.secagg.protocol import SecAggClient
-from fedsa_common.secagg.share_crypto import CIPHERTEXT_BYTES
+from fedsa_common.secagg.share_crypto import CIPHERTEXT_BYTES, COMMIT_BYTES
 
 HEADER_LIMIT = 65_536  # envelope.unpack's max_header_bytes
 FRAME_LIMIT = 256_000  # a broker packet limit well below the messages' size
@@ -68,7 +69,9 @@ def test_a_region_of_1000_round_trips_every_message():
     t = threshold_for(n, 2 / 3)
     roster = Roster(t, keys, auth)
     delivery = ShareDelivery(names[0], tuple(names),
-                             {c: rng.randbytes(CIPHERTEXT_BYTES) for c in names})
+                             {c: rng.randbytes(CIPHERTEXT_BYTES) for c in names},
+                             {c: rng.randbytes(COMMIT_BYTES) for c in names})
+    share_keys = ShareKeys(names[1], dict(delivery.ciphertexts), dict(delivery.commitments))
     survivors, dropped = tuple(names[: n - 300]), tuple(names[n - 300:])
     told = SurvivorSet(survivors, dropped)
     request = UnmaskRequest(survivors, dropped, {c: rng.randbytes(64) for c in survivors})
@@ -76,6 +79,7 @@ def test_a_region_of_1000_round_trips_every_message():
                             {c: rng.randbytes(32) for c in dropped})
     sizes = {}
     for stage, client, msg in (("roster", names[0], roster),
+                               ("share_keys", names[1], share_keys),
                                ("share_delivery", names[0], delivery),
                                ("survivors", names[0], told),
                                ("unmask_request", names[0], request),
