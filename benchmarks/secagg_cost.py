@@ -1,26 +1,34 @@
 """Bytes per device per round and CPU time of secure aggregation, in memory (no broker).
 
 Drives the protocol library (fedsa_common.secagg) and its wire encoders for one region and
-one round with a third of the roster dropping after sharing, as docs/security.md reports:
+one round with a third of the roster dropping after sharing, as docs/security.md reports.
+Devices hold provisioned signing identities (the malicious-hub protocol: signed
+advertisements, roster verification, the consistency round); ``--unsigned`` measures the
+unauthenticated mode for comparison:
 
-    python -m benchmarks.secagg_cost
+    python -m benchmarks.secagg_cost [--unsigned]
 """
 
 from __future__ import annotations
 
 import random
+import sys
 import time
 
 import torch
 
 from fedsa_common.protocol import UpdateHeader, encode_message
 from fedsa_common.secagg import RoundContext, SecAggClient, SecAggParams, SecAggServer, wire
+from fedsa_common.secagg.identity import Authority
 
 
-def run(n: int, length: int, drop: int) -> tuple[dict[str, int], dict[str, float]]:
+def run(n: int, length: int, drop: int, signed: bool = True
+        ) -> tuple[dict[str, int], dict[str, float]]:
     ctx = RoundContext("fed", 1, "r1", length, SecAggParams())
     names = [f"dev{i:03d}" for i in range(n)]
-    clients = {c: SecAggClient(ctx, c) for c in names}
+    authority = Authority.generate()
+    clients = {c: SecAggClient(ctx, c, identity=authority.issue("fed", "r1", c)
+                               if signed else None) for c in names}
     server = SecAggServer(ctx)
     first = names[0]
 
@@ -61,24 +69,40 @@ def run(n: int, length: int, drop: int) -> tuple[dict[str, int], dict[str, float
     header = UpdateHeader(federation="fed", round=1, client=first, region="r1", base_version=0,
                           codec="secagg", num_samples=1)
     sizes["masked update (up)"] = len(encode_message(header, wire.masked_tensors(masked)))
-    request = server.close_inputs()
+    told = server.close_inputs()
+    sizes["survivors (down)"] = size("survivors", told)
+    t0 = time.perf_counter()
+    for c in told.survivors:
+        signature = clients[c].sign_survivors(told)
+        server.add_signature(signature)
+    t_consistency = (time.perf_counter() - t0) / len(told.survivors)
+    sizes["survivor_signature (up)"] = size("survivor_signature", signature)
+    request = server.close_consistency()
     sizes["unmask_request (down)"] = size("unmask_request", request)
+    t_unmask = 0.0
     for c in request.survivors:
+        t0 = time.perf_counter()
         response = clients[c].unmask(request)
+        t_unmask += time.perf_counter() - t0
         server.add_unmask(response)
+    t_unmask /= len(request.survivors)
     sizes["unmask_response (up)"] = size("unmask_response", response)
     t0 = time.perf_counter()
     server.finish()
     t_finish = time.perf_counter() - t0
-    return sizes, {"share_keys": t_share, "receive_shares": t_recv, "masked_input": t_mask,
-                   "server_finish": t_finish}
+    return sizes, {"share_keys (device, incl. roster check)": t_share,
+                   "receive_shares (device)": t_recv, "masked_input (device)": t_mask,
+                   "sign survivors (device + hub check)": t_consistency,
+                   "unmask (device, incl. signature checks)": t_unmask,
+                   "finish (hub)": t_finish}
 
 
 def main() -> None:
     torch.set_num_threads(1)
+    signed = "--unsigned" not in sys.argv[1:]
     for n, length in ((5, 3687), (12, 3687), (30, 3687), (12, 36864)):
         drop = n // 3
-        sizes, times = run(n, length, drop)
+        sizes, times = run(n, length, drop, signed)
         protocol = sum(v for k, v in sizes.items() if "masked" not in k)
         print(f"n={n} L={length} drop={drop}: "
               + ", ".join(f"{k}={v}" for k, v in sizes.items()))

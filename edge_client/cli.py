@@ -57,6 +57,11 @@ def join(
         min=1, help="Memory budget (peak RSS of this process, MiB): training reaches the "
                     "federation's batch size by accumulating micro-batches sized to fit.")]
     = None,
+    secagg_unauthenticated: Annotated[bool, typer.Option(
+        help="Take part in secure-aggregation rounds without a signing identity (none in "
+             "the --credentials file). Then the hub could swap in keys of its own and read "
+             "this device's update: only for a hub you trust to follow the protocol.")]
+    = False,
     log_level: cli_common.LogLevel = cli_common.Level.INFO,
 ) -> None:
     """Join a federation and train whenever selected, until it finishes.
@@ -85,6 +90,10 @@ def join(
         broker, credentials, username, password_file, tls_ca,
         default_url="mqtt://127.0.0.1:1883", federation=federation, role="device",
         region=region, client=client_id)
+    try:
+        identity = conn.credentials.secagg_identity() if conn.credentials else None
+    except ValueError as err:
+        raise cli_common.usage_error(str(err), "--credentials") from None
     if precision not in (None, "nf4", "fp4", "int8", "fp16", "bf16", "fp32"):
         raise typer.BadParameter(f"unknown precision {precision!r}", param_hint="--precision")
     try:
@@ -112,7 +121,8 @@ def join(
             torch.set_num_threads(threads)
         spec = DeviceSpec(client=client_id, region=region, federation=federation,
                           data=data_spec, state_dir=state_dir, memory_mb=memory_mb,
-                          auth=conn.auth)
+                          auth=conn.auth, secagg_identity=identity,
+                          secagg_unauthenticated=secagg_unauthenticated)
         sys.exit(run_devices([spec], conn.url, ModelHost(precision)))  # type: ignore[arg-type]
     finally:
         lock.release()

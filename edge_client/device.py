@@ -55,7 +55,7 @@ from edge_client.split_state import (
 )
 from edge_client.state import DeviceState, StateDir
 from edge_client.training import TokenizedSplit, evaluate, tokenize, train_steps
-from fedsa_common.broker_auth import BrokerAuth, credentials_auth
+from fedsa_common.broker_auth import BrokerAuth, credentials_auth, load_credentials
 from fedsa_common.codec import get_codec
 from fedsa_common.config import FederationConfig
 from fedsa_common.dp import dp_plan, privatize_update
@@ -76,6 +76,7 @@ from fedsa_common.protocol import (
     encode_json,
     encode_message,
 )
+from fedsa_common.secagg.identity import DeviceIdentity
 from fedsa_common.split import role, trainable_names
 from fedsa_common.transport import MqttSession, Will
 from quant.adapters import init_adapter_values
@@ -94,6 +95,10 @@ class DeviceSpec:
     memory_mb: float | None = None  # peak-RSS budget for training (None: unlimited)
     attack: Attack | None = None  # a simulated malicious device (scenario adversaries)
     auth: BrokerAuth | None = None  # broker credentials/TLS of this device (None: anonymous)
+    # secure aggregation: the provisioned signing identity (from the credentials file), and
+    # the explicit opt-in to take part without one (defends against a semi-honest hub only)
+    secagg_identity: DeviceIdentity | None = None
+    secagg_unauthenticated: bool = False
 
 
 class Abandoned(Exception):
@@ -151,7 +156,8 @@ class Device:
         self.session.subscribe(self.topics.announce, self._on_announce)
         self.session.subscribe_raw(self.topics.ack(spec.region, spec.client), self._on_ack)
         self.secagg = DeviceSecAgg(self.session, self.topics, spec.client, spec.region,
-                                   spec.federation, self.gone)
+                                   spec.federation, self.gone, spec.secagg_identity,
+                                   spec.secagg_unauthenticated)
 
     # network thread -------------------------------------------------------------------
     def _on_connect(self) -> None:
@@ -634,7 +640,10 @@ def device_specs_from_json(path: Path) -> tuple[str, list[DeviceSpec], dict]:
                    memory_mb=d.get("memory_mb"), attack=Attack.from_json(d.get("attack")),
                    auth=credentials_auth(Path(d["credentials"]), federation=raw["federation"],
                                          role="device", region=d["region"], client=d["client"])
-                   if d.get("credentials") else None)
+                   if d.get("credentials") else None,
+                   secagg_identity=load_credentials(Path(d["credentials"])).secagg_identity()
+                   if d.get("credentials") else None,
+                   secagg_unauthenticated=bool(d.get("secagg_unauthenticated", False)))
         for d in raw["devices"]
     ]
     return raw["broker"], specs, raw

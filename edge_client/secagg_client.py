@@ -9,9 +9,17 @@ message (``masked_update``), which is persisted, sent and resent like any update
 messages that arrive later (an unmasking request, resends) are answered from the run loop
 (``poll``).
 
-If any step fails (timeout, too few devices, a share that does not authenticate, a
-request the protocol refuses) the device sits the round out; the region's sum then goes
-on without it.  The round's secrets live only in memory: a device that restarts during a
+Against a malicious hub the device needs its provisioned signing identity (``hub
+provision`` puts it in the device's credentials file): it signs its keys and survivor set
+and refuses any roster entry not certified for its client id, so a hub cannot slip it keys
+of its own.  A device without an identity refuses every secure round (logged as an error,
+counted under ``secagg.no_identity``) unless it was started with the explicit
+``allow_unauthenticated`` opt-in, which only defends against a semi-honest hub.
+
+If any step fails (timeout, too few devices, a share or signature that does not
+authenticate, a request the protocol refuses) the device sits the round out, reveals
+nothing more, and counts the reason in ``counters``; the region's sum then goes on
+without it.  The round's secrets live only in memory: a device that restarts during a
 round cannot help unmask, which the threshold tolerates.
 """
 
@@ -21,6 +29,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +45,8 @@ from fedsa_common.protocol import AnnounceHeader, Topics, UpdateHeader
 from fedsa_common.secagg import wire
 from fedsa_common.secagg.config_check import enabled, secagg_params
 from fedsa_common.secagg.errors import SecAggError
-from fedsa_common.secagg.messages import Roster, ShareDelivery, UnmaskRequest
+from fedsa_common.secagg.identity import DeviceIdentity
+from fedsa_common.secagg.messages import Roster, ShareDelivery, SurvivorSet, UnmaskRequest
 from fedsa_common.secagg.params import STAGE_FRACTIONS, RoundContext
 from fedsa_common.secagg.protocol import SecAggClient
 from fedsa_common.secagg.vector import gather, residual, vector_length
@@ -70,7 +80,15 @@ class DeviceSecAgg:
     """One per device session; subscribes to the device's ``secagg/down`` topic."""
 
     def __init__(self, session: MqttSession, topics: Topics, client: str, region: str,
-                 federation: str, gone: threading.Event) -> None:
+                 federation: str, gone: threading.Event, identity: DeviceIdentity | None = None,
+                 allow_unauthenticated: bool = False) -> None:
+        if identity is not None and (identity.federation, identity.region, identity.client
+                                     ) != (federation, region, client):
+            raise ValueError(f"the secagg identity is {identity.federation}/{identity.region}/"
+                             f"{identity.client}, not {federation}/{region}/{client}")
+        self.identity = identity
+        self.allow_unauthenticated = allow_unauthenticated
+        self.counters: Counter[str] = Counter()  # why rounds were sat out
         self.session = session
         self.topics = topics
         self.client = client
@@ -93,13 +111,21 @@ class DeviceSecAgg:
         self.current = None
         if not enabled(config):
             return True
+        if self.identity is None and not self.allow_unauthenticated:
+            self.counters["secagg.no_identity"] += 1
+            log.error("%s: round %d uses secure aggregation but this device has no signing "
+                      "identity (a credentials file from `hub provision`): sitting it out. "
+                      "Only a semi-honest hub is defended against without one; opt in "
+                      "explicitly to run unauthenticated", self.client, header.round)
+            return False
         comp = config.fedsa_lora.compression
         params = comp.round_codec_params(config.federation.seed, header.round)
         shapes = {n: tuple(t.shape) for n, t in env.tensors.items()}
         ctx = RoundContext(self.federation, header.round, self.region,
                            vector_length(shapes, comp.codec, params), secagg_params(config))
         dp = config.fedsa_lora.privacy.differential_privacy
-        r = DeviceRound(ctx, SecAggClient(ctx, self.client), header.version, shapes,
+        r = DeviceRound(ctx, SecAggClient(ctx, self.client, identity=self.identity),
+                        header.version, shapes,
                         comp.codec, params, time.time(), header.deadline_s, dp.enable,
                         dp.clip_norm if dp.enable and dp.mode == "central" else None)
         self.rounds[header.round] = r
@@ -116,6 +142,7 @@ class DeviceSecAgg:
                 return False
             r.client.receive_shares(delivery)
         except (SecAggError, TimeoutError, ConnectionError) as err:
+            self.counters[f"secagg.{getattr(err, 'reason', type(err).__name__)}"] += 1
             log.warning("%s: round %d without secure aggregation: %s", self.client,
                         header.round, err)
             return False
@@ -196,10 +223,13 @@ class DeviceSecAgg:
                 self._send(r, "share_keys", r.client.share_keys(msg))  # our answer was lost
             elif isinstance(msg, ShareDelivery) and r.client.members:
                 r.client.receive_shares(msg)  # a resend: checked, nothing new
+            elif isinstance(msg, SurvivorSet):
+                self._send(r, "survivor_signature", r.client.sign_survivors(msg))
             elif isinstance(msg, UnmaskRequest):
                 self._send(r, "unmask_response", r.client.unmask(msg))
                 log.info("%s: answered the unmasking request of round %d", self.client,
                          header.round)
         except (WireError, TimeoutError, ConnectionError) as err:
+            self.counters[f"secagg.{getattr(err, 'reason', type(err).__name__)}"] += 1
             log.warning("%s: secagg message not handled: %s", self.client, err)
         return None

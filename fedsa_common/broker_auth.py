@@ -13,6 +13,8 @@ listings; prefer a credentials file or a password file. Passwords are never logg
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import ssl
 import stat
@@ -24,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedsa_common.names import NAME_RE
+from fedsa_common.secagg.identity import DeviceIdentity
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +162,16 @@ def tls_context(auth: BrokerAuth | None) -> ssl.SSLContext:
         raise ValueError(f"cannot load the TLS CA from {where}: {err}") from err
 
 
+class SecAggIdentityFields(BaseModel):
+    """A device's secure-aggregation signing identity as ``hub provision`` writes it
+    (base64 of raw bytes; see ``fedsa_common.secagg.identity``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    signing_key: str = Field(min_length=1, repr=False)  # Ed25519 private key, 32 bytes
+    certificate: str = Field(min_length=1)  # the authority's signature over key and id
+    authority: str = Field(min_length=1)  # the authority's Ed25519 public key
+
+
 class Credentials(BaseModel):
     """One account's credentials file as written by ``hub provision``.
 
@@ -177,9 +190,27 @@ class Credentials(BaseModel):
     ca_pem: str | None = Field(None, repr=False)
     region: str | None = Field(None, pattern=NAME_RE)
     client: str | None = Field(None, pattern=NAME_RE)
+    secagg: SecAggIdentityFields | None = Field(None, repr=False)  # devices only
 
     def auth(self) -> BrokerAuth:
         return BrokerAuth(username=self.username, password=self.password, ca_pem=self.ca_pem)
+
+    def secagg_identity(self) -> DeviceIdentity | None:
+        """The device's signing identity, checked; None when the file has none.
+        ``ValueError`` naming the field when it is malformed or not this device's."""
+        s = self.secagg
+        if s is None:
+            return None
+        if self.role != "device" or self.region is None or self.client is None:
+            raise ValueError(f"credentials of {self.username}: a secagg identity belongs to a "
+                             "device account")
+        try:
+            raw = [base64.b64decode(v, validate=True)
+                   for v in (s.signing_key, s.certificate, s.authority)]
+        except binascii.Error:
+            raise ValueError(f"credentials of {self.username}: secagg fields must be "
+                             "base64") from None
+        return DeviceIdentity.load(self.federation, self.region, self.client, *raw)
 
 
 def load_credentials(path: Path) -> Credentials:

@@ -332,7 +332,7 @@ class SecureAggregationSection(Strict):
 
     enable: bool = False
     threshold_fraction: float = Field(2 / 3, gt=0.5, le=1.0)
-    min_clients: int = Field(3, ge=2)
+    min_clients: int = Field(4, ge=4)  # secagg.params.MIN_ROSTER: why 4
     clip: float = Field(1.0, gt=0)
     max_weight: int = Field(4096, ge=1)
 

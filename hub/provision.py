@@ -8,13 +8,18 @@ Writes, into one output directory::
     server.crt, server.key (0600)   the broker's certificate for the given host names/IPs
     passwd        (0600)   Mosquitto password file (PBKDF2-SHA512, as mosquitto_passwd writes)
     acl                    one user block per account (hub.provision_acl)
-    credentials/  (0700)   one <user>.json (0600) per account: user, password, broker URL, CA
+    credentials/  (0700)   one <user>.json (0600) per account: user, password, broker URL, CA;
+                           a device's also holds its secure-aggregation signing identity
+    secagg-authority.key (0600)  Ed25519 key certifying devices' signing keys; keep offline
+                           (whoever holds it can impersonate devices to secure aggregation)
     data/                  Mosquitto persistence (retained announcement, device sessions)
     provision.json         what was provisioned (no secrets), to check re-runs
 
 Re-running on the same directory keeps the CA and every existing account's password, so
 adding a device does not invalidate the others; accounts no longer listed lose their
 credentials file and their broker access. ``rotate=True`` issues new passwords to everyone.
+Devices keep their signing identity across re-runs too (new ones on ``rotate``); a device
+added later is certified by the same authority, so the others need no new file.
 """
 
 from __future__ import annotations
@@ -31,8 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedsa_common.atomic import write_bytes
-from fedsa_common.broker_auth import CREDENTIALS_FORMAT, Credentials, load_credentials
+from fedsa_common.broker_auth import (
+    CREDENTIALS_FORMAT,
+    Credentials,
+    SecAggIdentityFields,
+    load_credentials,
+)
 from fedsa_common.protocol import check_name
+from fedsa_common.secagg.identity import Authority, DeviceIdentity
 from hub.provision_acl import Account, federation_accounts, render_acl
 from hub.provision_tls import CertKey, check_ca_pair, issue_server_cert, new_ca
 
@@ -41,6 +52,7 @@ from hub.provision_tls import CertKey, check_ca_pair, issue_server_cert, new_ca
 PBKDF2_ITERATIONS = 101
 SALT_BYTES = 12
 MANIFEST = "provision.json"
+AUTHORITY_KEY = "secagg-authority.key"
 
 
 @dataclass(frozen=True)
@@ -227,13 +239,17 @@ def provision(spec: ProvisionSpec, out: Path, *, rotate: bool = False) -> Provis
 
     passwords = {a.username: _password_for(out, a, spec.federation, rotate, result)
                  for a in accounts}
+    authority = _load_or_create_authority(out)
+    identities = {a.username: _identity_for(out, a, spec.federation, authority, rotate)
+                  for a in accounts if a.role == "device"}
     (out / "credentials").mkdir(mode=0o700, exist_ok=True)
     os.chmod(out / "credentials", 0o700)
     for account in accounts:
         creds = Credentials(format=CREDENTIALS_FORMAT, federation=spec.federation,
                             role=account.role, username=account.username,
                             password=passwords[account.username], broker=spec.broker_url,
-                            ca_pem=ca_pem, region=account.region, client=account.client)
+                            ca_pem=ca_pem, region=account.region, client=account.client,
+                            secagg=identities.get(account.username))
         _write(credentials_path(out, account.username),
                (creds.model_dump_json(indent=2) + "\n").encode(), 0o600)
     wanted = {credentials_path(out, a.username).name for a in accounts}
@@ -285,6 +301,46 @@ def _load_or_create_ca(out: Path, federation: str, result: ProvisionResult) -> C
     ca = new_ca(federation)
     _write(key, ca.key_pem, 0o600)
     return ca
+
+
+def _load_or_create_authority(out: Path) -> Authority:
+    """The secure-aggregation authority of this directory (created on the first run)."""
+    path = out / AUTHORITY_KEY
+    if path.exists():
+        try:
+            return Authority.from_private_bytes(base64.b64decode(path.read_text().strip(),
+                                                                 validate=True))
+        except ValueError:
+            raise ValueError(f"{path} is not a base64 Ed25519 key; restore it or remove it "
+                             "(every device then needs its new credentials file)") from None
+    authority = Authority.generate()
+    _write(path, base64.b64encode(authority.private_bytes) + b"\n", 0o600)
+    return authority
+
+
+def _identity_for(out: Path, account: Account, federation: str, authority: Authority,
+                  rotate: bool) -> SecAggIdentityFields:
+    """The device's signing identity: kept from its credentials file when it is still
+    certified by this authority for the same id, else a new one."""
+    assert account.region is not None and account.client is not None
+    path = credentials_path(out, account.username)
+    if path.exists() and not rotate:
+        try:
+            old = load_credentials(path).secagg_identity()
+        except ValueError:
+            old = None
+        if old is not None and old.authority == authority.public and (
+                old.federation, old.region, old.client) == (federation, account.region,
+                                                            account.client):
+            return _identity_fields(old)
+    return _identity_fields(authority.issue(federation, account.region, account.client))
+
+
+def _identity_fields(ident: DeviceIdentity) -> SecAggIdentityFields:
+    b64 = base64.b64encode
+    return SecAggIdentityFields(signing_key=b64(ident.private_bytes).decode(),
+                                certificate=b64(ident.certificate).decode(),
+                                authority=b64(ident.authority).decode())
 
 
 def _password_for(out: Path, account: Account, federation: str, rotate: bool,

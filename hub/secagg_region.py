@@ -12,11 +12,13 @@ protocol's messages: it is given what it uses of the hub (session, topics, count
 built and the intake when an update arrives or a stage may close, and tells the hub by
 ``tick``'s return value that the region's round is over.
 
-Each stage closes once every participant that is still online answered, or at its
-deadline (``STAGE_FRACTIONS`` of the round's deadline).  Hub messages a device has not
-answered yet are resent every ``resend_s``; devices answer resends idempotently.  Fewer
-than the threshold at any stage fails the region's round: nothing is forwarded for it
-except the empty final partial at the round's deadline, and the hub keeps serving.
+Stages: keys, shares, masked inputs, the consistency check (survivors sign the survivor
+set) and unmasking. Each stage closes once every participant that is still online
+answered, or at its deadline (``STAGE_FRACTIONS`` of the round's deadline). Hub messages a
+device has not answered yet are resent every ``resend_s``; devices answer resends
+idempotently. Fewer than the threshold at any stage fails the region's round: nothing is
+forwarded for it except the empty final partial at the round's deadline, and the hub keeps
+serving.
 
 Nothing is persisted: a regional hub restarted during a secure round fails that round
 (masked updates that reach the restarted hub are refused as a codec mismatch).
@@ -39,7 +41,12 @@ from fedsa_common.protocol import AnnounceHeader, Topics, UpdateHeader
 from fedsa_common.secagg import wire
 from fedsa_common.secagg.config_check import enabled, secagg_params
 from fedsa_common.secagg.errors import SecAggError
-from fedsa_common.secagg.messages import AdvertiseKeys, ShareKeys, UnmaskResponse
+from fedsa_common.secagg.messages import (
+    AdvertiseKeys,
+    ShareKeys,
+    SurvivorSignature,
+    UnmaskResponse,
+)
 from fedsa_common.secagg.params import STAGE_FRACTIONS, RoundContext
 from fedsa_common.secagg.protocol import AggregateResult, SecAggServer
 from fedsa_common.secagg.vector import vector_length
@@ -50,7 +57,8 @@ from hub.process import Event
 
 log = logging.getLogger("fedsa.hub.secagg")
 
-_ANSWERS = {"share_keys": "roster", "unmask_response": "unmask_request"}  # up -> down stage
+_ANSWERS = {"share_keys": "roster", "survivor_signature": "survivors",
+            "unmask_response": "unmask_request"}  # up -> down stage
 
 
 @dataclass
@@ -87,8 +95,11 @@ class SecureRound:
             todo = [c for c in s.roster.members if c not in s.shares]  # type: ignore[union-attr]
         elif s.stage == "inputs":
             todo = [c for c in s.members if c not in s.inputs]
+        elif s.stage == "consistency":
+            todo = [c for c in s.survivor_set.survivors  # type: ignore[union-attr]
+                    if c not in s.signatures]
         elif s.stage == "unmask":
-            todo = [c for c in s.request.survivors  # type: ignore[union-attr]
+            todo = [c for c in s.request.signatures  # type: ignore[union-attr]
                     if c not in s.answers]
         else:
             todo = []
@@ -169,6 +180,8 @@ class RegionSecAgg:
             r.server.add_keys(msg)
         elif isinstance(msg, ShareKeys):
             r.server.add_shares(msg)
+        elif isinstance(msg, SurvivorSignature):
+            r.server.add_signature(msg)
         elif isinstance(msg, UnmaskResponse):
             r.server.add_unmask(msg)
         if r.pending.get(header.client, ("",))[0] == _ANSWERS.get(header.stage):
@@ -241,10 +254,15 @@ class RegionSecAgg:
             log.info("round %d: %d devices shared their keys", r.round, len(deliveries))
             self._post(r, {c: ("share_delivery", d) for c, d in deliveries.items()})
         elif s.stage == "inputs":
-            request = s.close_inputs()
+            told = s.close_inputs()
             log.info("round %d: %d masked inputs, %d dropped after sharing", r.round,
-                     len(request.survivors), len(request.dropped))
-            self._post(r, {c: ("unmask_request", request) for c in request.survivors})
+                     len(told.survivors), len(told.dropped))
+            self._post(r, {c: ("survivors", told) for c in told.survivors})
+        elif s.stage == "consistency":
+            request = s.close_consistency()
+            log.info("round %d: %d survivors signed the survivor set", r.round,
+                     len(request.signatures))
+            self._post(r, {c: ("unmask_request", request) for c in request.signatures})
         elif s.stage == "unmask":
             return self._deliver(r, r.sum.finish(), intake)
         return None

@@ -11,7 +11,11 @@ drops bad wire input also survives a failed round; ``reason`` says which kind:
 * ``secagg_bad_message``: a malformed message (wrong types, sizes, ids);
 * ``secagg_conflict``: a second, different message for a step already taken;
 * ``secagg_state``: a message or call for a stage that is not the current one;
-* ``secagg_reconstruct``: reconstructed secrets do not match what was advertised.
+* ``secagg_reconstruct``: reconstructed secrets do not match what was advertised;
+* ``secagg_out_of_range``: the unmasked sum is impossible for honest encodings (a device
+  crafted its encoding, or the unmasking went wrong): the round is refused, not forwarded;
+* ``secagg_unauthenticated``: a certificate or signature does not verify (a roster entry
+  the hub made, a survivor-set signature over another set).
 """
 
 from __future__ import annotations

@@ -100,15 +100,28 @@ class FixedPoint:
     def decode_sum(self, words: Tensor, count: int) -> tuple[Tensor, int]:
         """The unmasked sum of ``count`` encodings -> (float64 ``sum w x``, ``sum w``).
 
-        Raises ``ValueError`` when the weight word is impossible for ``count`` devices,
-        which is what a wrong unmasking (a garbage sum) almost surely produces.
+        Raises ``ValueError`` when the sum is impossible for ``count`` honest encodings: a
+        weight outside ``[count, count * max_weight]``, or a value beyond what that weight
+        allows, ``|sum_u q_u| <= floor(W * clip * 2^f) + count`` with ``W = sum_u w_u``
+        (each honest ``|q_u| <= floor(w_u * clip * 2^f) + 1``).  The second check is what
+        stops a device that cannot be seen under its masks from crafting its encoding
+        (a negative weight word that shrinks ``W``, value words beyond its weight, a sum
+        made to wrap): whatever it sends, the mean ``sum / W`` that gets through lies in
+        ``[-clip - count / (W * 2^f), clip + count / (W * 2^f)]``, like an honest one.  A
+        wrong unmasking (a garbage sum) fails these checks too, almost surely.
         """
         signed = to_signed(words)
         total_weight = int(signed[-1])
         if not count <= total_weight <= count * self.max_weight:
             raise ValueError(f"unmasked weight {total_weight} impossible for {count} devices "
                              f"(max_weight {self.max_weight})")
-        return signed[:-1].to(torch.float64) / self.scale, total_weight
+        values = signed[:-1]
+        bound = math.floor(total_weight * self.clip * self.scale) + count
+        if values.numel() and int(values.abs().max()) > bound:
+            worst = int(values.abs().argmax())
+            raise ValueError(f"unmasked value {int(values[worst])} at {worst} exceeds "
+                             f"{bound}, the most a total weight of {total_weight} allows")
+        return values.to(torch.float64) / self.scale, total_weight
 
 
 def _fits(n: int, max_weight: int, clip: float, f: int) -> bool:

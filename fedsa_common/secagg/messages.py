@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,9 +22,10 @@ from torch import Tensor
 
 from fedsa_common.secagg.errors import SecAggError
 from fedsa_common.secagg.fixed_point import MOD
+from fedsa_common.secagg.identity import PUBLIC_BYTES, SIGNATURE_BYTES
 from fedsa_common.secagg.params import MAX_ROSTER, NAME_RE
 from fedsa_common.secagg.shamir import SHARE_BYTES
-from fedsa_common.secagg.share_crypto import CIPHERTEXT_BYTES, KEY_BYTES
+from fedsa_common.secagg.share_crypto import CIPHERTEXT_BYTES, COMMIT_BYTES, KEY_BYTES
 
 
 def _bad(detail: str) -> SecAggError:
@@ -81,29 +82,61 @@ def _by_name(value: Any, what: str, size: int) -> dict[str, bytes]:
 
 
 @dataclass(frozen=True)
+class KeyAuth:
+    """What authenticates one advertisement: the device's signing key, the provisioning
+    authority's certificate of it, and the signature over the round keys
+    (``identity.advertise_statement``)."""
+
+    signing_pk: bytes
+    certificate: bytes
+    signature: bytes
+
+    def to_list(self) -> list[bytes]:
+        return [self.signing_pk, self.certificate, self.signature]
+
+    @classmethod
+    def from_raw(cls, raw: Any, what: str) -> KeyAuth:
+        if not isinstance(raw, list | tuple) or len(raw) != 3:
+            raise _bad(f"{what} must be [signing_pk, certificate, signature]")
+        return cls(_bytes(raw[0], f"{what} signing_pk", PUBLIC_BYTES),
+                   _bytes(raw[1], f"{what} certificate", SIGNATURE_BYTES),
+                   _bytes(raw[2], f"{what} signature", SIGNATURE_BYTES))
+
+
+@dataclass(frozen=True)
 class AdvertiseKeys:
-    """Stage 0, client -> hub: the client's two public keys for this round."""
+    """Stage 0, client -> hub: the client's two public keys for this round, signed when
+    the device has a provisioned identity (``auth``; None in unauthenticated mode)."""
 
     client: str
     c_pk: bytes  # encrypts shares
     s_pk: bytes  # agrees pairwise mask keys
+    auth: KeyAuth | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"client": self.client, "c_pk": self.c_pk, "s_pk": self.s_pk}
+        d: dict[str, Any] = {"client": self.client, "c_pk": self.c_pk, "s_pk": self.s_pk}
+        if self.auth is not None:
+            d["auth"] = self.auth.to_list()
+        return d
 
     @classmethod
     def from_dict(cls, raw: Any) -> AdvertiseKeys:
-        d = _fields(raw, "advertise", {"client", "c_pk", "s_pk"})
+        base = {"client", "c_pk", "s_pk"}
+        d = _fields(raw, "advertise", base | {"auth"} if "auth" in _mapping(raw, "advertise")
+                    else base)
+        auth = KeyAuth.from_raw(d["auth"], "auth") if "auth" in d else None
         return cls(_name(d["client"], "client"), _bytes(d["c_pk"], "c_pk", KEY_BYTES),
-                   _bytes(d["s_pk"], "s_pk", KEY_BYTES))
+                   _bytes(d["s_pk"], "s_pk", KEY_BYTES), auth)
 
 
 @dataclass(frozen=True)
 class Roster:
-    """Stage 1, hub -> clients: everyone whose keys arrived (U1) and the threshold."""
+    """Stage 1, hub -> clients: everyone whose keys arrived (U1), the threshold, and each
+    member's ``KeyAuth`` (members that sent none have no entry in ``auth``)."""
 
     threshold: int
     keys: dict[str, tuple[bytes, bytes]]  # client -> (c_pk, s_pk)
+    auth: dict[str, KeyAuth] = field(default_factory=dict)
 
     @property
     def members(self) -> list[str]:
@@ -115,11 +148,12 @@ class Roster:
 
     def to_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold,
-                "keys": {c: [pk[0], pk[1]] for c, pk in sorted(self.keys.items())}}
+                "keys": {c: [pk[0], pk[1]] for c, pk in sorted(self.keys.items())},
+                "auth": {c: a.to_list() for c, a in sorted(self.auth.items())}}
 
     @classmethod
     def from_dict(cls, raw: Any) -> Roster:
-        d = _fields(raw, "roster", {"threshold", "keys"})
+        d = _fields(raw, "roster", {"threshold", "keys", "auth"})
         t = d["threshold"]
         if isinstance(t, bool) or not isinstance(t, int) or t < 1:
             raise _bad("threshold must be a positive int")
@@ -132,24 +166,32 @@ class Roster:
                 raise _bad(f"keys of {c!r} must be [c_pk, s_pk]")
             keys[_name(c, "roster id")] = (_bytes(pair[0], "c_pk", KEY_BYTES),
                                            _bytes(pair[1], "s_pk", KEY_BYTES))
-        return cls(t, keys)
+        auth_raw = _mapping(d["auth"], "roster auth")
+        if not set(auth_raw) <= set(keys):
+            raise _bad("roster auth for ids outside the roster")
+        auth = {c: KeyAuth.from_raw(a, f"auth of {c}") for c, a in auth_raw.items()}
+        return cls(t, keys, auth)
 
 
 @dataclass(frozen=True)
 class ShareKeys:
-    """Stage 1, client -> hub: one ciphertext of shares per roster member (itself too)."""
+    """Stage 1, client -> hub: one ciphertext of shares per roster member (itself too),
+    and the commitments to each member's shares (``share_crypto.commit_shares``)."""
 
     client: str
     ciphertexts: dict[str, bytes]  # recipient -> ciphertext
+    commitments: dict[str, bytes] = field(default_factory=dict)  # recipient -> commitments
 
     def to_dict(self) -> dict[str, Any]:
-        return {"client": self.client, "ciphertexts": dict(sorted(self.ciphertexts.items()))}
+        return {"client": self.client, "ciphertexts": dict(sorted(self.ciphertexts.items())),
+                "commitments": dict(sorted(self.commitments.items()))}
 
     @classmethod
     def from_dict(cls, raw: Any) -> ShareKeys:
-        d = _fields(raw, "share_keys", {"client", "ciphertexts"})
+        d = _fields(raw, "share_keys", {"client", "ciphertexts", "commitments"})
         return cls(_name(d["client"], "client"),
-                   _by_name(d["ciphertexts"], "ciphertexts", CIPHERTEXT_BYTES))
+                   _by_name(d["ciphertexts"], "ciphertexts", CIPHERTEXT_BYTES),
+                   _by_name(d["commitments"], "commitments", COMMIT_BYTES))
 
 
 @dataclass(frozen=True)
@@ -159,16 +201,20 @@ class ShareDelivery:
     recipient: str
     members: tuple[str, ...]  # U2, sorted
     ciphertexts: dict[str, bytes]  # sender -> ciphertext
+    commitments: dict[str, bytes] = field(default_factory=dict)  # sender -> its commitments
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipient": self.recipient, "members": list(self.members),
-                "ciphertexts": dict(sorted(self.ciphertexts.items()))}
+                "ciphertexts": dict(sorted(self.ciphertexts.items())),
+                "commitments": dict(sorted(self.commitments.items()))}
 
     @classmethod
     def from_dict(cls, raw: Any) -> ShareDelivery:
-        d = _fields(raw, "share_delivery", {"recipient", "members", "ciphertexts"})
+        d = _fields(raw, "share_delivery", {"recipient", "members", "ciphertexts",
+                                            "commitments"})
         return cls(_name(d["recipient"], "recipient"), _names(d["members"], "members"),
-                   _by_name(d["ciphertexts"], "ciphertexts", CIPHERTEXT_BYTES))
+                   _by_name(d["ciphertexts"], "ciphertexts", CIPHERTEXT_BYTES),
+                   _by_name(d["commitments"], "commitments", COMMIT_BYTES))
 
 
 @dataclass(frozen=True)
@@ -193,8 +239,9 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
-class UnmaskRequest:
-    """Stage 3, hub -> survivors: who sent a masked vector (U3) and who dropped (D)."""
+class SurvivorSet:
+    """Stage 3, hub -> survivors: who sent a masked vector (U3) and who dropped (D).  Each
+    survivor signs it (consistency check) before anyone reveals a share."""
 
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]
@@ -203,9 +250,47 @@ class UnmaskRequest:
         return {"survivors": list(self.survivors), "dropped": list(self.dropped)}
 
     @classmethod
-    def from_dict(cls, raw: Any) -> UnmaskRequest:
-        d = _fields(raw, "unmask_request", {"survivors", "dropped"})
+    def from_dict(cls, raw: Any) -> SurvivorSet:
+        d = _fields(raw, "survivor_set", {"survivors", "dropped"})
         return cls(_names(d["survivors"], "survivors"), _names(d["dropped"], "dropped"))
+
+
+@dataclass(frozen=True)
+class SurvivorSignature:
+    """Stage 3, survivor -> hub: its signature over the survivor set it was told
+    (``identity.survivors_statement``; 64 zero bytes in unauthenticated mode)."""
+
+    client: str
+    signature: bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"client": self.client, "signature": self.signature}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> SurvivorSignature:
+        d = _fields(raw, "survivor_signature", {"client", "signature"})
+        return cls(_name(d["client"], "client"),
+                   _bytes(d["signature"], "signature", SIGNATURE_BYTES))
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Stage 4, hub -> signers: the survivor set again with at least ``t`` survivors'
+    signatures over it, so each can check that they all saw the same set."""
+
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    signatures: dict[str, bytes] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"survivors": list(self.survivors), "dropped": list(self.dropped),
+                "signatures": dict(sorted(self.signatures.items()))}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> UnmaskRequest:
+        d = _fields(raw, "unmask_request", {"survivors", "dropped", "signatures"})
+        return cls(_names(d["survivors"], "survivors"), _names(d["dropped"], "dropped"),
+                   _by_name(d["signatures"], "signatures", SIGNATURE_BYTES))
 
 
 @dataclass(frozen=True)

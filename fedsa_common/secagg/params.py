@@ -16,12 +16,20 @@ from fedsa_common.secagg.masks import info
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_ROSTER = 1000  # Shamir reconstruction costs O(t^2) per secret; regions are smaller
+#: The smallest roster a device takes part in, whatever the announced configuration says
+#: (a hub could announce a smaller ``min_clients``).  A malicious hub that gives honest
+#: survivors different survivor sets can collect both kinds of share of one device only if
+#: ``2t <= n + c`` with ``c`` colluding devices (each honest device reveals for one set;
+#: each set needs ``t`` shares).  With the default threshold ``t = n - floor(n/3)``, a
+#: roster of 3 (t = 2) tolerates no colluder at all; 4 (t = 3) is the smallest that
+#: tolerates one.  In general ``c < 2t - n`` colluding devices are tolerated.
+MIN_ROSTER = 4
 #: When the hub closes each stage at the latest, as a fraction of the round's deadline
 #: counted from the announcement (it closes earlier once every participant still online
 #: has answered).  Devices train between "shares" and "inputs"; the region forwards its
 #: sum before the round's own deadline.
 STAGE_FRACTIONS: dict[str, float] = {"keys": 0.15, "shares": 0.3, "inputs": 0.85,
-                                     "unmask": 0.95}
+                                     "consistency": 0.9, "unmask": 0.95}
 
 
 def threshold_for(n: int, fraction: float) -> int:
@@ -43,7 +51,7 @@ class SecAggParams:
     ``max_weight``: the fixed-point range (see ``fixed_point``)."""
 
     threshold_fraction: float = 2 / 3
-    min_clients: int = 3
+    min_clients: int = MIN_ROSTER
     clip: float = 1.0
     max_weight: int = 4096
 
@@ -51,8 +59,8 @@ class SecAggParams:
         if not 0.5 < self.threshold_fraction <= 1.0:
             raise ValueError(f"threshold_fraction must be in (0.5, 1], got "
                              f"{self.threshold_fraction}")
-        if self.min_clients < 2:
-            raise ValueError(f"min_clients must be >= 2, got {self.min_clients}")
+        if self.min_clients < MIN_ROSTER:
+            raise ValueError(f"min_clients must be >= {MIN_ROSTER}, got {self.min_clients}")
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise ValueError(f"clip must be positive and finite, got {self.clip}")
         if self.max_weight < 1:

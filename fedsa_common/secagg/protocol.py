@@ -1,21 +1,34 @@
 """Client and hub state machines of practical secure aggregation (Bonawitz et al., CCS 2017).
 
-Semi-honest hub: it follows the protocol but would like to learn individual updates.  It
-learns only ``sum_u w_u x_u`` and ``sum_u w_u`` over the clients that sent a masked
-vector (at least ``t`` of them), plus who took part.  Stages (one round, one region)::
+Malicious hub (Bonawitz et al. §6): the hub may deviate from the protocol, forge or alter
+any message it relays, and collude with devices.  With provisioned identities
+(``identity``) it still learns only ``sum_u w_u x_u`` and ``sum_u w_u`` over the clients
+that sent a masked vector (at least ``t`` of them), plus who took part, as long as fewer
+than ``2t - n`` devices collude with it (``params.MIN_ROSTER``).  Stages (one round, one
+region)::
 
-  0 AdvertiseKeys  client: fresh X25519 keys (c: encrypts shares, s: pairwise masks)
-  1 ShareKeys      hub -> roster U1 + threshold t; client Shamir-shares s_sk and its
-                   self-mask seed b to every member, each encrypted to that member
+  0 AdvertiseKeys  client: fresh X25519 keys (c: encrypts shares, s: pairwise masks),
+                   signed with its provisioned key and sent with its certificate
+  1 ShareKeys      hub -> roster U1 + threshold t; client checks every entry's
+                   certificate and signature, then Shamir-shares s_sk and its
+                   self-mask seed b to every member, each encrypted to that member,
+                   with SHA-256 commitments to each member's shares (the member and
+                   later the hub check shares against them)
   2 MaskedInput    hub -> each member of U2 (who sent shares) its ciphertexts; client:
                    y = enc(x, w) + PRG(b) + sum_{v in U2} sign(u,v) PRG(s_uv)   mod 2^32
-  3 Unmasking      hub -> survivors U3 (who sent y) and dropped D = U2 \\ U3; each survivor
-                   returns its shares of b_v (v in U3) and of s_sk_v (v in D)
+  3 Consistency    hub -> survivors U3 (who sent y) and dropped D = U2 \\ U3; each
+                   survivor signs (U3, D), once
+  4 Unmasking      hub -> signers: (U3, D) with >= t valid signatures over it; each
+                   signer checks them, then returns its shares of b_v (v in U3) and of
+                   s_sk_v (v in D)
     finish         hub reconstructs b_v and s_sk_v from >= t answers, removes PRG(b_v)
                    and the dropped clients' pairwise masks: sum_{U3} enc(x, w) mod 2^32
 
-A client never reveals both kinds of share of the same client and never answers two
-different unmasking requests, so the hub cannot strip both masks of anyone who sent y.
+A client never reveals both kinds of share of the same client, signs one survivor set
+only, and reveals only for the set it signed once ``t`` members proved they saw it too,
+so the hub cannot strip both masks of anyone who sent y.  Without an identity (the
+explicit unauthenticated mode) signatures are 64 zero bytes and nothing is checked:
+then only a semi-honest hub is defended against.
 Any stage with fewer than ``t`` participants fails the round with ``secagg_too_few``.
 
 Everything is pure (no I/O); messages are those of ``messages``.  Every message a party
@@ -37,20 +50,31 @@ from torch import Tensor
 from fedsa_common.secagg import share_crypto
 from fedsa_common.secagg.errors import SecAggError
 from fedsa_common.secagg.fixed_point import add_mod, sub_mod
+from fedsa_common.secagg.identity import (
+    SIGNATURE_BYTES,
+    DeviceIdentity,
+    advertise_statement,
+    survivors_statement,
+    verify,
+)
 from fedsa_common.secagg.masks import pair_key, prg_words, self_key, signed_pair_mask
 from fedsa_common.secagg.messages import (
     AdvertiseKeys,
+    KeyAuth,
     MaskedInput,
     Roster,
     ShareDelivery,
     ShareKeys,
+    SurvivorSet,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedsa_common.secagg.params import RoundContext
+from fedsa_common.secagg.params import MIN_ROSTER, RoundContext
 from fedsa_common.secagg.shamir import SECRET_BYTES, SHARE_BYTES, combine_shares, split_secret
 
 RandBytes = Callable[[int], bytes]
+UNSIGNED = bytes(SIGNATURE_BYTES)  # the "signature" of unauthenticated mode
 
 
 def _stage(current: str, allowed: tuple[str, ...], what: str) -> None:
@@ -67,12 +91,21 @@ class SecAggClient:
     """One device's side of one round.
 
     ``randbytes`` supplies all of the client's randomness (keys, self-mask seed, nonces);
-    it is ``os.urandom`` except in tests.  Secrets live only in this object.
+    it is ``os.urandom`` except in tests.  Secrets live only in this object.  ``identity``
+    is the device's provisioned signing identity; None is the unauthenticated mode, which
+    defends against a semi-honest hub only (the caller decides whether that is allowed).
     """
 
-    def __init__(self, ctx: RoundContext, client: str, randbytes: RandBytes = os.urandom):
+    def __init__(self, ctx: RoundContext, client: str, randbytes: RandBytes = os.urandom,
+                 identity: DeviceIdentity | None = None):
+        if identity is not None and (identity.client, identity.region, identity.federation
+                                     ) != (client, ctx.region, ctx.federation):
+            raise ValueError(f"identity of {identity.federation}/{identity.region}/"
+                             f"{identity.client} used for {ctx.federation}/{ctx.region}/"
+                             f"{client}")
         self.ctx = ctx
         self.client = client
+        self.identity = identity
         self._rand = randbytes
         self._c_sk = share_crypto.new_private_key(randbytes)
         self._s_sk = share_crypto.new_private_key(randbytes)
@@ -84,14 +117,20 @@ class SecAggClient:
         self._own_share: bytes = b""
         self._sent: dict[str, object] = {}  # stage -> the message sent (resends)
         self._request: UnmaskRequest | None = None
+        self._signed: SurvivorSet | None = None
         self._input_digest = b""
         self.weight = 0
         self.sent_values: Tensor | None = None  # what the sum holds for us / weight
 
     # -- stage 0 ------------------------------------------------------------------
     def advertise(self) -> AdvertiseKeys:
-        return AdvertiseKeys(self.client, share_crypto.public_bytes(self._c_sk),
-                             share_crypto.public_bytes(self._s_sk))
+        c_pk = share_crypto.public_bytes(self._c_sk)
+        s_pk = share_crypto.public_bytes(self._s_sk)
+        ident = self.identity
+        auth = None if ident is None else KeyAuth(
+            ident.public, ident.certificate,
+            ident.sign(advertise_statement(self.ctx, self.client, c_pk, s_pk)))
+        return AdvertiseKeys(self.client, c_pk, s_pk, auth)
 
     # -- stage 1 ------------------------------------------------------------------
     def share_keys(self, roster: Roster) -> ShareKeys:
@@ -106,16 +145,17 @@ class SecAggClient:
         n, t = len(members), roster.threshold
         s_shares = split_secret(share_crypto.private_bytes(self._s_sk), t, n)
         b_shares = split_secret(self._seed, t, n)
-        cts = {}
+        cts, commitments = {}, {}
         for i, v in enumerate(members):
             plaintext = s_shares[i] + b_shares[i]
             if v == self.client:
                 self._own_share = plaintext
             cts[v] = share_crypto.encrypt_shares(self.ctx, self._c_sk, roster.keys[v][0],
                                                  self.client, v, plaintext, self._rand)
+            commitments[v] = share_crypto.commit_shares(self.ctx, self.client, v, plaintext)
         self.roster = roster
         self.stage = "shares"
-        msg = ShareKeys(self.client, cts)
+        msg = ShareKeys(self.client, cts, commitments)
         self._sent["share_keys"] = msg
         return msg
 
@@ -125,20 +165,35 @@ class SecAggClient:
             raise SecAggError("secagg_refused", "roster lacks our keys or altered them")
         n = len(roster.keys)
         params = self.ctx.params
-        if n < params.min_clients:
-            raise _too_few("roster members", n, params.min_clients)
+        if n < max(params.min_clients, MIN_ROSTER):
+            raise _too_few("roster members", n, max(params.min_clients, MIN_ROSTER))
         if roster.threshold != params.threshold(n):
             raise SecAggError("secagg_refused", f"threshold {roster.threshold} != "
                               f"{params.threshold(n)} for a roster of {n}")
         for i in (0, 1):
             if len({pk[i] for pk in roster.keys.values()}) != n:
                 raise SecAggError("secagg_refused", "two roster members share a public key")
+        if self.identity is not None:
+            self._authenticate(roster)
+
+    def _authenticate(self, roster: Roster) -> None:
+        """Every entry certified for its id and signed for this round, or
+        ``secagg_unauthenticated`` naming the first bad member."""
+        assert self.identity is not None
+        for member in roster.members:
+            auth = roster.auth.get(member)
+            if auth is None:
+                raise SecAggError("secagg_unauthenticated", f"roster entry {member} unsigned")
+            self.identity.check_member(member, auth.signing_pk, auth.certificate)
+            c_pk, s_pk = roster.keys[member]
+            verify(auth.signing_pk, auth.signature,
+                   advertise_statement(self.ctx, member, c_pk, s_pk), f"keys of {member}")
 
     # -- stage 2 (first half: before training) ------------------------------------
     def receive_shares(self, delivery: ShareDelivery) -> None:
         """Decrypt and keep the shares the other members sent us; any that does not
         authenticate makes us sit the round out (we could not help unmask)."""
-        if self.stage in ("ready", "sent", "unmasked"):
+        if self.stage in ("ready", "sent", "signed", "unmasked"):
             if delivery.members != self.members:
                 raise SecAggError("secagg_conflict", "a second, different share delivery")
             return
@@ -157,6 +212,10 @@ class SecAggClient:
         for u in members:
             pt = share_crypto.decrypt_shares(self.ctx, self._c_sk, self.roster.keys[u][0], u,
                                              self.client, delivery.ciphertexts[u])
+            commitment = delivery.commitments.get(u, b"")
+            if commitment != share_crypto.commit_shares(self.ctx, u, self.client, pt):
+                raise SecAggError("secagg_bad_share", f"shares from {u} do not match its "
+                                  "commitments (we could be blamed for them at unmasking)")
             held[u] = (pt[:SHARE_BYTES], pt[SHARE_BYTES:])
         if held[self.client][0] + held[self.client][1] != self._own_share:
             raise SecAggError("secagg_bad_share", "our own share came back altered")
@@ -169,7 +228,7 @@ class SecAggClient:
         """Mask ``values`` (the round's flat vector, ``ctx.length`` floats) weighted by
         ``num_samples`` (capped at ``max_weight``).  Afterwards ``sent_values`` holds what
         the sum contains for us, divided by our weight (for error feedback)."""
-        if self.stage in ("sent", "unmasked"):
+        if self.stage in ("sent", "signed", "unmasked"):
             return self._resend_input(values, num_samples)
         _stage(self.stage, ("ready",), "masked_input")
         assert self.roster is not None
@@ -202,16 +261,16 @@ class SecAggClient:
         return self._sent["masked_input"]  # type: ignore[return-value]
 
     # -- stage 3 ------------------------------------------------------------------
-    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
-        """Our shares of b_v for survivors and of s_sk_v for dropped clients; refuses any
-        request that would let the hub remove both masks of one client."""
-        if self._request is not None:
-            if request != self._request:
-                raise SecAggError("secagg_refused", "a second, different unmasking request")
-            return self._sent["unmask"]  # type: ignore[return-value]
-        _stage(self.stage, ("sent",), "unmask")
+    def sign_survivors(self, told: SurvivorSet) -> SurvivorSignature:
+        """Sign the survivor set the hub told us, once: a second, different set is refused
+        (it is how a hub would give survivors different views of who dropped)."""
+        if self._signed is not None:
+            if told != self._signed:
+                raise SecAggError("secagg_refused", "a second, different survivor set")
+            return self._sent["survivors"]  # type: ignore[return-value]
+        _stage(self.stage, ("sent",), "sign_survivors")
         assert self.roster is not None
-        survivors, dropped = set(request.survivors), set(request.dropped)
+        survivors, dropped = set(told.survivors), set(told.dropped)
         both = survivors & dropped
         if both:
             raise SecAggError("secagg_refused",
@@ -222,10 +281,43 @@ class SecAggClient:
             raise SecAggError("secagg_refused", "we sent our input but are listed as dropped")
         if len(survivors) < self.roster.threshold:
             raise _too_few("survivors", len(survivors), self.roster.threshold)
+        sig = UNSIGNED if self.identity is None else self.identity.sign(
+            survivors_statement(self.ctx, told.survivors, told.dropped))
+        msg = SurvivorSignature(self.client, sig)
+        self._signed = told
+        self._sent["survivors"] = msg
+        self.stage = "signed"
+        return msg
+
+    # -- stage 4 ------------------------------------------------------------------
+    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        """Our shares of b_v for survivors and of s_sk_v for dropped clients, only for the
+        survivor set we signed and only once ``t`` survivors' valid signatures show that
+        they were told the same set."""
+        if self._request is not None:
+            if request != self._request:
+                raise SecAggError("secagg_refused", "a second, different unmasking request")
+            return self._sent["unmask"]  # type: ignore[return-value]
+        _stage(self.stage, ("signed",), "unmask")
+        assert self.roster is not None and self._signed is not None
+        told = SurvivorSet(request.survivors, request.dropped)
+        if told != self._signed:
+            raise SecAggError("secagg_refused", "unmasking request for another survivor set")
+        signers = set(request.signatures)
+        if not signers <= set(request.survivors) or self.client not in signers:
+            raise SecAggError("secagg_refused", "signers are not survivors, or lack us")
+        if len(signers) < self.roster.threshold:
+            raise _too_few("survivor signatures", len(signers), self.roster.threshold)
+        if self.identity is not None:
+            statement = survivors_statement(self.ctx, told.survivors, told.dropped)
+            for v in sorted(signers):
+                auth = self.roster.auth[v]  # present: the roster was authenticated
+                verify(auth.signing_pk, request.signatures[v], statement,
+                       f"survivor set signed by {v}")
         msg = UnmaskResponse(
             self.client,
-            b_shares={v: self._held[v][1] for v in sorted(survivors)},
-            s_shares={v: self._held[v][0] for v in sorted(dropped)},
+            b_shares={v: self._held[v][1] for v in told.survivors},
+            s_shares={v: self._held[v][0] for v in told.dropped},
         )
         self._request = request
         self._sent["unmask"] = msg
@@ -271,6 +363,8 @@ class SecAggServer:
         self.members: tuple[str, ...] = ()  # U2
         self.inputs: dict[str, bytes] = {}  # U3: client -> digest of y (duplicates)
         self.total = torch.zeros(ctx.words, dtype=torch.int64)
+        self.survivor_set: SurvivorSet | None = None
+        self.signatures: dict[str, bytes] = {}  # U4: survivor -> signature of the set
         self.request: UnmaskRequest | None = None
         self.answers: dict[str, UnmaskResponse] = {}
 
@@ -294,6 +388,10 @@ class SecAggServer:
         for other in self.keys.values():
             if {msg.c_pk, msg.s_pk} & {other.c_pk, other.s_pk}:
                 raise SecAggError("secagg_conflict", f"{msg.client} reuses a public key")
+        if msg.auth is not None:  # devices check the certificate; the hub drops garbage
+            verify(msg.auth.signing_pk, msg.auth.signature,
+                   advertise_statement(self.ctx, msg.client, msg.c_pk, msg.s_pk),
+                   f"keys of {msg.client}")
         self.keys[msg.client] = msg
         return True
 
@@ -304,7 +402,9 @@ class SecAggServer:
             self.fail()
             raise _too_few("clients with keys", n, self.ctx.params.min_clients)
         self.roster = Roster(self.ctx.params.threshold(n),
-                             {c: (m.c_pk, m.s_pk) for c, m in sorted(self.keys.items())})
+                             {c: (m.c_pk, m.s_pk) for c, m in sorted(self.keys.items())},
+                             {c: m.auth for c, m in sorted(self.keys.items())
+                              if m.auth is not None})
         self.stage = "shares"
         return self.roster
 
@@ -316,9 +416,10 @@ class SecAggServer:
         assert self.roster is not None
         if msg.client not in self.roster.keys:
             raise SecAggError("secagg_refused", f"{msg.client} is not in the roster")
-        if set(msg.ciphertexts) != set(self.roster.keys):
-            raise SecAggError("secagg_bad_message", f"{msg.client}: ciphertexts do not "
-                              "address exactly the roster")
+        if set(msg.ciphertexts) != set(self.roster.keys) or set(msg.commitments) != set(
+                self.roster.keys):
+            raise SecAggError("secagg_bad_message", f"{msg.client}: ciphertexts or "
+                              "commitments do not address exactly the roster")
         old = self.shares.get(msg.client)
         if old is not None:
             if old != msg:
@@ -336,7 +437,8 @@ class SecAggServer:
             raise _too_few("clients with shares", len(members), self.threshold)
         self.members = members
         self.stage = "inputs"
-        return {v: ShareDelivery(v, members, {u: self.shares[u].ciphertexts[v] for u in members})
+        return {v: ShareDelivery(v, members, {u: self.shares[u].ciphertexts[v] for u in members},
+                                 {u: self.shares[u].commitments[v] for u in members})
                 for v in members}
 
     # -- stage 2 ------------------------------------------------------------------
@@ -356,25 +458,57 @@ class SecAggServer:
         self.inputs[msg.client] = digest
         return True
 
-    def close_inputs(self) -> UnmaskRequest:
+    def close_inputs(self) -> SurvivorSet:
         _stage(self.stage, ("inputs",), "close_inputs")
         survivors = tuple(sorted(self.inputs))
         if len(survivors) < self.threshold:
             self.fail()
             raise _too_few("masked inputs", len(survivors), self.threshold)
         dropped = tuple(v for v in self.members if v not in self.inputs)
-        self.request = UnmaskRequest(survivors, dropped)
+        self.survivor_set = SurvivorSet(survivors, dropped)
+        self.stage = "consistency"
+        return self.survivor_set
+
+    # -- stage 3 ------------------------------------------------------------------
+    def add_signature(self, msg: SurvivorSignature) -> bool:
+        """A survivor's signature over the survivor set; a bad one (authenticated round)
+        is refused with ``secagg_unauthenticated`` naming the survivor."""
+        if self.signatures.get(msg.client) == msg.signature:
+            return False
+        _stage(self.stage, ("consistency",), f"survivor signature from {msg.client}")
+        assert self.survivor_set is not None and self.roster is not None
+        if msg.client not in self.survivor_set.survivors:
+            raise SecAggError("secagg_refused", f"{msg.client} is not a survivor")
+        if msg.client in self.signatures:
+            raise SecAggError("secagg_conflict", f"{msg.client} sent another signature")
+        auth = self.roster.auth.get(msg.client)
+        if auth is not None:
+            verify(auth.signing_pk, msg.signature,
+                   survivors_statement(self.ctx, self.survivor_set.survivors,
+                                       self.survivor_set.dropped),
+                   f"survivor set signed by {msg.client}")
+        self.signatures[msg.client] = msg.signature
+        return True
+
+    def close_consistency(self) -> UnmaskRequest:
+        _stage(self.stage, ("consistency",), "close_consistency")
+        assert self.survivor_set is not None
+        if len(self.signatures) < self.threshold:
+            self.fail()
+            raise _too_few("survivor signatures", len(self.signatures), self.threshold)
+        self.request = UnmaskRequest(self.survivor_set.survivors, self.survivor_set.dropped,
+                                     dict(sorted(self.signatures.items())))
         self.stage = "unmask"
         return self.request
 
-    # -- stage 3 ------------------------------------------------------------------
+    # -- stage 4 ------------------------------------------------------------------
     def add_unmask(self, msg: UnmaskResponse) -> bool:
         if self.answers.get(msg.client) == msg:
             return False
         _stage(self.stage, ("unmask",), f"unmask answer from {msg.client}")
         assert self.request is not None
-        if msg.client not in self.request.survivors:
-            raise SecAggError("secagg_refused", f"{msg.client} is not a survivor")
+        if msg.client not in self.request.signatures:
+            raise SecAggError("secagg_refused", f"{msg.client} did not sign the survivors")
         if (set(msg.b_shares) != set(self.request.survivors)
                 or set(msg.s_shares) != set(self.request.dropped)):
             raise SecAggError("secagg_bad_message", f"{msg.client}: shares for the wrong ids")
@@ -383,6 +517,12 @@ class SecAggServer:
             if old != msg:
                 raise SecAggError("secagg_conflict", f"{msg.client} sent other shares")
             return False
+        for kind, shares in (("b", msg.b_shares), ("s", msg.s_shares)):
+            for v, share in shares.items():
+                if not share_crypto.share_matches(self.ctx, v, msg.client, kind, share,
+                                                  self.shares[v].commitments[msg.client]):
+                    raise SecAggError("secagg_bad_share", f"{msg.client} returned a {kind} "
+                                      f"share of {v} that {v} did not deal it; answer dropped")
         self.answers[msg.client] = msg
         return True
 
@@ -420,6 +560,6 @@ class SecAggServer:
             sums, weight = fp.decode_sum(z, len(self.request.survivors))
         except ValueError as err:
             self.fail()
-            raise SecAggError("secagg_reconstruct", str(err)) from None
+            raise SecAggError("secagg_out_of_range", str(err)) from None
         self.stage = "done"
         return AggregateResult(sums, weight, self.request.survivors, self.request.dropped, z)

@@ -9,6 +9,8 @@ re-address one (deliver ``u``'s ciphertext for ``v`` to ``w``, or claim it came 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
@@ -25,6 +27,7 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 PLAINTEXT_BYTES = 2 * SHARE_BYTES  # share of s_sk || share of b
 CIPHERTEXT_BYTES = NONCE_BYTES + PLAINTEXT_BYTES + TAG_BYTES
+COMMIT_BYTES = 2 * hashlib.sha256().digest_size  # commitment to the s share || to the b share
 
 
 def new_private_key(randbytes: Callable[[int], bytes]) -> X25519PrivateKey:
@@ -82,3 +85,28 @@ def decrypt_shares(ctx: RoundContext, c_sk: X25519PrivateKey, sender_c_pk: bytes
     except InvalidTag:
         raise SecAggError("secagg_bad_share",
                           f"share from {sender} does not authenticate") from None
+
+
+def commit_shares(ctx: RoundContext, dealer: str, holder: str, plaintext: bytes) -> bytes:
+    """SHA-256 commitments to the two shares ``dealer`` gave ``holder`` (s share, b share).
+
+    Why: at unmasking a holder returns one of them to the hub, which checks it against the
+    dealer's commitment, so a holder that returns a garbage share is identified and its
+    answer dropped instead of silently spoiling the reconstruction.  A share of fewer
+    than ``t`` is uniform 256-bit data, so its hash tells the hub nothing usable.
+    """
+    if len(plaintext) != PLAINTEXT_BYTES:
+        raise ValueError(f"share plaintext must be {PLAINTEXT_BYTES} bytes")
+    return b"".join(
+        hashlib.sha256(ctx.info(f"commit-{kind}", dealer, holder) + b"|" + share).digest()
+        for kind, share in (("s", plaintext[:SHARE_BYTES]), ("b", plaintext[SHARE_BYTES:])))
+
+
+def share_matches(ctx: RoundContext, dealer: str, holder: str, kind: str, share: bytes,
+                  commitment: bytes) -> bool:
+    """Whether ``share`` (``kind`` "s" or "b") is the one ``dealer`` committed to for
+    ``holder``."""
+    half = COMMIT_BYTES // 2
+    expected = commitment[:half] if kind == "s" else commitment[half:]
+    got = hashlib.sha256(ctx.info(f"commit-{kind}", dealer, holder) + b"|" + share).digest()
+    return hmac.compare_digest(got, expected)

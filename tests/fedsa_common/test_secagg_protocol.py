@@ -19,18 +19,23 @@ from fedsa_common.secagg import (
     SecAggServer,
 )
 from fedsa_common.secagg.fixed_point import MOD, add_mod
+from fedsa_common.secagg.identity import Authority
 from fedsa_common.secagg.messages import (
     AdvertiseKeys,
     MaskedInput,
     Roster,
     ShareDelivery,
     ShareKeys,
+    SurvivorSet,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
 )
+from fedsa_common.secagg.params import MIN_ROSTER
 from hub.aggregation import RunningSum
 
 LENGTH = 40
+AUTHORITY = Authority.generate()
 
 
 @dataclass
@@ -40,6 +45,7 @@ class Round:
     n: int
     seed: int = 0
     params: SecAggParams = field(default_factory=SecAggParams)
+    signed: bool = True  # devices with provisioned identities (else unauthenticated mode)
     ctx: RoundContext = field(init=False)
     clients: dict[str, SecAggClient] = field(init=False)
     server: SecAggServer = field(init=False)
@@ -49,7 +55,10 @@ class Round:
         rng = random.Random(self.seed)
         self.ctx = RoundContext("fed", 7, "r1", LENGTH, self.params)
         names = [f"dev{i:02d}" for i in range(self.n)]
-        self.clients = {c: SecAggClient(self.ctx, c, rng.randbytes) for c in names}
+        self.clients = {
+            c: SecAggClient(self.ctx, c, rng.randbytes,
+                            AUTHORITY.issue("fed", "r1", c) if self.signed else None)
+            for c in names}
         self.server = SecAggServer(self.ctx)
         g = torch.Generator().manual_seed(self.seed)
         self.inputs = {c: (torch.rand(LENGTH, generator=g) * 2.4 - 1.2, rng.randint(1, 500))
@@ -68,14 +77,21 @@ class Round:
         for v, delivery in self.server.close_shares().items():
             self.clients[v].receive_shares(delivery)
 
-    def masked(self, absent: set[str] = frozenset()) -> UnmaskRequest:
+    def masked(self, absent: set[str] = frozenset()) -> SurvivorSet:
         for c in self.server.members:
             if c not in absent:
                 values, samples = self.inputs[c]
                 self.server.add_input(self.clients[c].masked_input(values, samples))
         return self.server.close_inputs()
 
-    def unmask(self, request: UnmaskRequest, absent: set[str] = frozenset()):
+    def consistency(self, told: SurvivorSet, absent: set[str] = frozenset()) -> UnmaskRequest:
+        for c in told.survivors:
+            if c not in absent:
+                self.server.add_signature(self.clients[c].sign_survivors(told))
+        return self.server.close_consistency()
+
+    def unmask(self, told: SurvivorSet, absent: set[str] = frozenset()):
+        request = self.consistency(told)
         for c in request.survivors:
             if c not in absent:
                 self.server.add_unmask(self.clients[c].unmask(request))
@@ -90,8 +106,8 @@ class Round:
 @pytest.mark.parametrize("seed", range(8))
 def test_unmasked_sum_equals_plain_sum_with_a_third_dropping(seed):
     rng = random.Random(1000 + seed)
-    n = rng.randint(3, 12)
-    r = Round(n, seed)
+    n = rng.randint(4, 12)
+    r = Round(n, seed, signed=seed % 2 == 0)
     names = sorted(r.clients)
     dropouts = rng.sample(names, n // 3)
     split = rng.randint(0, len(dropouts))
@@ -159,7 +175,7 @@ def test_fewer_than_threshold_unmask_answers_fails():
 def test_too_small_roster_or_too_few_shares_fails():
     r = Round(4, seed=4)
     with pytest.raises(SecAggError, match="secagg_too_few"):
-        r.keys(absent={"dev00", "dev01"})  # 2 < min_clients 3
+        r.keys(absent={"dev00"})  # 3 < min_clients 4
     r = Round(4, seed=4)  # t = 3
     with pytest.raises(SecAggError, match="secagg_too_few"):
         r.shares(r.keys(), absent={"dev00", "dev01"})
@@ -168,42 +184,44 @@ def test_too_small_roster_or_too_few_shares_fails():
 # ------------------------------------------------------------------ refusals
 
 
-def _ready_round(n: int = 6, seed: int = 5) -> tuple[Round, UnmaskRequest]:
+def _ready_round(n: int = 6, seed: int = 5) -> tuple[Round, SurvivorSet]:
     r = Round(n, seed)
     r.shares(r.keys())
     return r, r.masked(absent={"dev05"})
 
 
 def test_client_refuses_both_shares_of_the_same_client():
-    r, request = _ready_round()
+    r, told = _ready_round()
     client = r.clients["dev00"]
-    greedy = UnmaskRequest(request.survivors, tuple(sorted({"dev05", "dev01"})))
+    greedy = SurvivorSet(told.survivors, tuple(sorted({"dev05", "dev01"})))
     with pytest.raises(SecAggError) as err:
-        client.unmask(greedy)  # dev01 is a survivor and listed as dropped
+        client.sign_survivors(greedy)  # dev01 is a survivor and listed as dropped
     assert err.value.reason == "secagg_refused"
+    request = r.consistency(told)
     answer = client.unmask(request)
-    assert set(answer.b_shares) == set(request.survivors)
+    assert set(answer.b_shares) == set(told.survivors)
     assert set(answer.s_shares) == {"dev05"}
     assert client.unmask(request) == answer  # a resend of the same request
-    later = UnmaskRequest(tuple(s for s in request.survivors if s != "dev01"),
-                          ("dev01", "dev05"))
+    later = SurvivorSet(tuple(s for s in told.survivors if s != "dev01"), ("dev01", "dev05"))
     with pytest.raises(SecAggError, match="secagg_refused"):
-        client.unmask(later)  # would reveal dev01's s_sk after its b was revealed
+        client.sign_survivors(later)  # would reveal dev01's s_sk after its b was revealed
+    with pytest.raises(SecAggError, match="secagg_refused"):
+        client.unmask(UnmaskRequest(later.survivors, later.dropped, request.signatures))
 
 
 def test_client_refuses_being_listed_dropped_or_a_partial_partition():
-    r, request = _ready_round()
-    listed_dropped = UnmaskRequest(tuple(s for s in request.survivors if s != "dev00"),
-                                   ("dev00", "dev05"))
+    r, told = _ready_round()
+    listed_dropped = SurvivorSet(tuple(s for s in told.survivors if s != "dev00"),
+                                 ("dev00", "dev05"))
     with pytest.raises(SecAggError, match="secagg_refused"):
-        r.clients["dev00"].unmask(listed_dropped)
-    missing = UnmaskRequest(request.survivors, ())
+        r.clients["dev00"].sign_survivors(listed_dropped)
+    missing = SurvivorSet(told.survivors, ())
     with pytest.raises(SecAggError, match="secagg_refused"):
-        r.clients["dev00"].unmask(missing)
+        r.clients["dev00"].sign_survivors(missing)
 
 
 def test_client_never_masks_two_different_inputs():
-    r = Round(3, seed=6)
+    r = Round(4, seed=6)
     r.shares(r.keys())
     client = r.clients["dev00"]
     values, samples = r.inputs["dev00"]
@@ -266,16 +284,44 @@ def test_share_for_another_recipient_is_rejected():
                                                         other.ciphertexts))
 
 
-def test_wrong_share_at_unmasking_is_detected():
-    r, request = _ready_round()
-    for c in request.survivors:
-        answer = r.clients[c].unmask(request)
-        if c == "dev00":
-            bad = {v: bytes(32) for v in answer.s_shares}
-            answer = UnmaskResponse(c, answer.b_shares, bad)
-        r.server.add_unmask(answer)
-    with pytest.raises(SecAggError, match="secagg_reconstruct"):
-        r.server.finish()
+def test_a_garbage_share_identifies_its_sender_and_the_round_goes_on():
+    """Finding 4: on 4a146b2 one garbage Shamir share at unmasking lost the region's
+    round and the hub could not tell who sent it.  Now each share is checked against its
+    dealer's commitment: the cheater is named, its answer dropped, and the others (at
+    least t) unmask the sum."""
+    r, told = _ready_round()  # 5 survivors, t = 4
+    request = r.consistency(told)
+    answers = {c: r.clients[c].unmask(request) for c in request.survivors}
+    bad = UnmaskResponse("dev00", answers["dev00"].b_shares,
+                         {v: bytes(32) for v in answers["dev00"].s_shares})
+    with pytest.raises(SecAggError) as err:
+        r.server.add_unmask(bad)
+    assert err.value.reason == "secagg_bad_share" and "dev00" in str(err.value)
+    flipped = dict(answers["dev01"].b_shares)
+    flipped["dev02"] = bytes([flipped["dev02"][0] ^ 1]) + flipped["dev02"][1:]
+    with pytest.raises(SecAggError, match="dev01"):
+        r.server.add_unmask(UnmaskResponse("dev01", flipped, answers["dev01"].s_shares))
+    for c in ("dev02", "dev03", "dev04"):
+        r.server.add_unmask(answers[c])
+    assert not r.server.can_finish  # 3 good answers < t
+    r.server.add_unmask(answers["dev01"])  # its honest answer still counts
+    result = r.server.finish()
+    fp = r.params.fixed_point(6)
+    expected = torch.zeros(LENGTH + 1, dtype=torch.int64)
+    for c in told.survivors:
+        expected = add_mod(expected, fp.encode(*r.inputs[c]))
+    assert torch.equal(result.words, expected)
+
+
+def test_a_delivery_with_altered_commitments_is_refused():
+    r, deliveries = _deliveries()
+    d = deliveries["dev02"]
+    commitments = dict(d.commitments)
+    commitments["dev01"] = bytes(64)
+    with pytest.raises(SecAggError, match="secagg_bad_share"):
+        r.clients["dev02"].receive_shares(ShareDelivery("dev02", d.members, d.ciphertexts,
+                                                        commitments))
+    r.clients["dev02"].receive_shares(d)
 
 
 # ------------------------------------------------------------------ messages
@@ -285,7 +331,9 @@ def test_messages_round_trip_and_refuse_garbage():
     r, deliveries = _deliveries()
     client = r.clients["dev00"]
     msgs = [client.advertise(), r.server.roster, r.server.shares["dev00"], deliveries["dev00"],
-            UnmaskRequest(("dev00", "dev01"), ("dev02",))]
+            SurvivorSet(("dev00", "dev01"), ("dev02",)),
+            SurvivorSignature("dev00", bytes(range(64))),
+            UnmaskRequest(("dev00", "dev01"), ("dev02",), {"dev00": bytes(64)})]
     for msg in msgs:
         assert type(msg).from_dict(msg.to_dict()) == msg
     y = torch.randint(0, MOD, (LENGTH + 1,), dtype=torch.int64)
@@ -294,9 +342,11 @@ def test_messages_round_trip_and_refuse_garbage():
         (AdvertiseKeys.from_dict, {"client": "a", "c_pk": b"x", "s_pk": bytes(32)}),
         (AdvertiseKeys.from_dict, {"client": "a/b", "c_pk": bytes(32), "s_pk": bytes(32)}),
         (AdvertiseKeys.from_dict, {"client": "a", "c_pk": bytes(32), "s_pk": bytes(32), "x": 1}),
-        (Roster.from_dict, {"threshold": True, "keys": {}}),
+        (Roster.from_dict, {"threshold": True, "keys": {}, "auth": {}}),
+        (Roster.from_dict, {"threshold": 1, "keys": {}, "auth": {"a": [bytes(32)] * 3}}),
+        (SurvivorSignature.from_dict, {"client": "a", "signature": bytes(63)}),
         (ShareKeys.from_dict, {"client": "a", "ciphertexts": {"b": b"short"}}),
-        (UnmaskRequest.from_dict, {"survivors": ["b", "a"], "dropped": []}),
+        (UnmaskRequest.from_dict, {"survivors": ["b", "a"], "dropped": [], "signatures": {}}),
         (UnmaskResponse.from_dict, {"client": "a", "b_shares": [], "s_shares": {}}),
         (lambda d: MaskedInput.from_dict(d, LENGTH + 1), {"client": "a", "y": y.float()}),
         (lambda d: MaskedInput.from_dict(d, LENGTH + 1), {"client": "a", "y": y + MOD}),
@@ -308,10 +358,178 @@ def test_messages_round_trip_and_refuse_garbage():
 
 
 def test_server_refuses_conflicting_resends():
-    r = Round(3, seed=10)
+    r = Round(4, seed=10)
     client = r.clients["dev00"]
     assert r.server.add_keys(client.advertise())
     assert not r.server.add_keys(client.advertise())  # identical resend is harmless
     impostor = SecAggClient(r.ctx, "dev00", random.Random(99).randbytes)
     with pytest.raises(SecAggError, match="secagg_conflict"):
         r.server.add_keys(impostor.advertise())
+
+
+# ------------------------------------------------------------------ malicious hub (issue 15)
+
+
+def _hub_made(r: Round, victim: str, how: str) -> Roster:
+    """A roster a malicious hub builds for ``victim``: the victim's real entry, and for
+    every other member an entry the hub can produce without the devices' signing keys."""
+    real = r.keys()
+    keys, auth = dict(real.keys), dict(real.auth)
+    other = next(c for c in real.members if c != victim)
+    if how == "moved":  # a real, signed entry of `other` presented under another id
+        target = next(c for c in real.members if c not in (victim, other))
+        keys[target], auth[target] = keys.pop(other), auth.pop(other)
+        return Roster(r.params.threshold(len(keys)), keys, auth)
+    if how == "replayed":  # `other`'s signed advertisement from another round
+        old = RoundContext("fed", 6, "r1", LENGTH, r.params)
+        ident = AUTHORITY.issue("fed", "r1", other)
+        adv = SecAggClient(old, other, identity=ident).advertise()
+        keys[other], auth[other] = (adv.c_pk, adv.s_pk), adv.auth
+        return Roster(real.threshold, keys, auth)
+    rogue = Authority.generate()
+    for c in real.members:
+        if c == victim:
+            continue
+        fake = SecAggClient(r.ctx, c, identity=rogue.issue("fed", "r1", c)
+                            if how == "other_authority" else None).advertise()
+        keys[c] = (fake.c_pk, fake.s_pk)
+        if how == "unsigned":
+            auth.pop(c)
+        elif how == "other_authority":
+            auth[c] = fake.auth
+        else:  # "keys_swapped": the real signature, the hub's keys
+            pass
+    return Roster(real.threshold, keys, auth)
+
+
+@pytest.mark.parametrize("how", ["unsigned", "other_authority", "keys_swapped", "moved",
+                                 "replayed"])
+def test_device_refuses_a_roster_of_keys_the_hub_made(how):
+    """Finding 2: on 4a146b2 the victim shared its secrets under any keys the hub put in
+    the roster, so the hub decrypted its shares and removed all its masks."""
+    r = Round(5, seed=20)
+    roster = _hub_made(r, "dev00", how)
+    with pytest.raises(SecAggError) as err:
+        r.clients["dev00"].share_keys(roster)
+    assert err.value.reason == "secagg_unauthenticated"
+    assert r.clients["dev00"].stage == "keys"  # nothing was shared
+    assert r.clients["dev00"].share_keys(r.server.roster).client == "dev00"  # control
+
+
+def test_device_with_an_identity_refuses_an_unsigned_but_honest_roster():
+    r = Round(4, seed=21)
+    roster = r.keys()
+    with pytest.raises(SecAggError, match="secagg_unauthenticated"):
+        r.clients["dev00"].share_keys(Roster(roster.threshold, roster.keys, {}))
+
+
+def test_roster_below_the_floor_is_refused_whatever_the_configuration():
+    """Finding 3: a roster of 3 (t = 2) lets a hub with one colluding device remove both
+    masks of the third; devices refuse rosters smaller than MIN_ROSTER, and the
+    configuration cannot ask for less."""
+    assert MIN_ROSTER == 4
+    with pytest.raises(ValueError, match="min_clients"):
+        SecAggParams(min_clients=3)
+    r = Round(3, seed=22, params=SecAggParams())
+    with pytest.raises(SecAggError, match="secagg_too_few"):
+        r.keys()  # the hub does not even try
+    real = Round(4, seed=22)
+    roster = real.keys()
+    small = Roster(2, {c: roster.keys[c] for c in roster.members[:3]},
+                   {c: roster.auth[c] for c in roster.members[:3]})
+    with pytest.raises(SecAggError, match="secagg_too_few"):
+        real.clients["dev00"].share_keys(small)
+
+
+def test_hub_cannot_unmask_with_two_different_survivor_sets():
+    """Finding 3: the hub tells some survivors that dev05 dropped (to get shares of its
+    s_sk) and others that it survived (shares of its b).  Each survivor signs only the set
+    it was told, and reveals only against t valid signatures over that same set."""
+    r = Round(6, seed=23)  # t = 4
+    r.shares(r.keys())
+    for c in r.server.members:
+        values, samples = r.inputs[c]
+        r.server.add_input(r.clients[c].masked_input(values, samples))
+    everyone = tuple(sorted(r.clients))
+    view_a = SurvivorSet(everyone[:-1], everyone[-1:])  # dev05 "dropped"
+    view_b = SurvivorSet(everyone, ())  # dev05 survived
+    sig_a = {c: r.clients[c].sign_survivors(view_a).signature for c in ("dev00", "dev01")}
+    sig_b = {c: r.clients[c].sign_survivors(view_b).signature
+             for c in ("dev02", "dev03", "dev04", "dev05")}
+    with pytest.raises(SecAggError, match="secagg_refused"):
+        r.clients["dev00"].sign_survivors(view_b)  # one set per device
+    # too few signatures over view A: dev00 does not reveal dev05's s_sk share
+    with pytest.raises(SecAggError, match="secagg_too_few"):
+        r.clients["dev00"].unmask(UnmaskRequest(view_a.survivors, view_a.dropped, sig_a))
+    # view B's signatures presented as if they were over view A: they do not verify
+    mixed = {**sig_a, "dev02": sig_b["dev02"], "dev03": sig_b["dev03"]}
+    with pytest.raises(SecAggError) as err:
+        r.clients["dev00"].unmask(UnmaskRequest(view_a.survivors, view_a.dropped, mixed))
+    assert err.value.reason == "secagg_unauthenticated"
+    # a request for the set the device did not sign
+    with pytest.raises(SecAggError, match="secagg_refused"):
+        r.clients["dev00"].unmask(UnmaskRequest(view_b.survivors, view_b.dropped, sig_b))
+    # the hub itself refuses a signature over another set than its own, naming the device
+    assert r.server.close_inputs() == view_b
+    with pytest.raises(SecAggError, match="dev00"):
+        r.server.add_signature(SurvivorSignature("dev00", sig_a["dev00"]))
+    assert r.server.add_signature(SurvivorSignature("dev02", sig_b["dev02"]))
+
+
+def test_hub_needs_t_signatures_before_anyone_unmasks():
+    r, told = _ready_round()  # t = 4 of 6, dev05 dropped
+    for c in ("dev00", "dev01", "dev02"):
+        r.server.add_signature(r.clients[c].sign_survivors(told))
+    with pytest.raises(SecAggError, match="secagg_too_few"):
+        r.server.close_consistency()
+    assert r.server.stage == "failed"
+
+
+# ------------------------------------------------------------------ a crafted encoding (finding 4)
+
+
+def _cheat(r: Round, cheater: str, offset: torch.Tensor) -> SurvivorSet:
+    """Every device masks honestly; ``cheater`` then adds ``offset`` (mod 2^32) to its
+    masked vector, which adds it to its encoding: the hub cannot see it under the masks."""
+    r.shares(r.keys())
+    for c in r.server.members:
+        values, samples = r.inputs[c]
+        msg = r.clients[c].masked_input(values, samples)
+        if c == cheater:
+            msg = MaskedInput(c, add_mod(msg.y, torch.remainder(offset, MOD)))
+        r.server.add_input(msg)
+    return r.server.close_inputs()
+
+
+def test_a_crafted_weight_word_cannot_blow_up_the_mean():
+    """Finding 4: on 4a146b2 a device's negative weight word made the unmasked total
+    weight tiny (4 instead of 12,289) and the decoded mean huge; the hub forwarded it."""
+    r = Round(4, seed=30)
+    for c in r.inputs:
+        r.inputs[c] = (torch.full((LENGTH,), 0.01), 4096)
+    offset = torch.zeros(LENGTH + 1, dtype=torch.int64)
+    offset[-1] = -(4 * 4096 - 4)  # total weight 4: the smallest the count allows
+    told = _cheat(r, "dev01", offset)
+    with pytest.raises(SecAggError) as err:
+        r.unmask(told)
+    assert err.value.reason == "secagg_out_of_range"
+    assert r.server.stage == "failed"  # refused, never forwarded
+
+
+@pytest.mark.parametrize("word", [2**30, -(2**30), 2**31 + 5])
+def test_value_words_beyond_the_weight_or_wrapping_are_refused(word):
+    r = Round(5, seed=31)
+    offset = torch.zeros(LENGTH + 1, dtype=torch.int64)
+    offset[3] = word
+    with pytest.raises(SecAggError, match="secagg_out_of_range"):
+        r.unmask(_cheat(r, "dev02", offset))
+
+
+def test_an_honest_extreme_sum_passes_the_range_check():
+    """Control: every device at +clip with the largest weight is accepted."""
+    r = Round(4, seed=32)
+    for c in r.inputs:
+        r.inputs[c] = (torch.full((LENGTH,), 5.0), 4096)  # clipped to 1.0
+    result = r.play()
+    assert result.weight == 4 * 4096
+    assert torch.allclose(result.sums / result.weight, torch.ones(LENGTH, dtype=torch.float64))

@@ -43,9 +43,10 @@ def _chi2_same(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _view(values: torch.Tensor, weight: int, randbytes_for: Callable[[str], Callable]
           ) -> torch.Tensor:
-    """The masked vector dev00 sends in a round of three devices."""
+    """The masked vector dev00 sends in a round of four devices (the smallest roster)."""
     ctx = RoundContext("fed", 2, "r1", LENGTH, PARAMS)
-    clients = {c: SecAggClient(ctx, c, randbytes_for(c)) for c in ("dev00", "dev01", "dev02")}
+    clients = {c: SecAggClient(ctx, c, randbytes_for(c))
+               for c in ("dev00", "dev01", "dev02", "dev03")}
     server = SecAggServer(ctx)
     for c in clients.values():
         server.add_keys(c.advertise())
@@ -71,7 +72,7 @@ def test_masked_vector_is_uniform_for_very_different_inputs():
         assert _chi2_uniform(y, 24) < crit
         assert _chi2_uniform(y, 0) < crit
     # control: the same inputs unmasked are nowhere near uniform
-    fp = PARAMS.fixed_point(3)
+    fp = PARAMS.fixed_point(4)
     plain = fp.encode(extreme, 1000)
     assert _chi2_uniform(plain, 24) > 100 * crit
 
@@ -102,5 +103,5 @@ def test_inputs_are_indistinguishable_under_the_same_keys_with_other_self_masks(
     assert _chi2_uniform(sub_mod(y, y_other), 24) < crit
     # control: with the self mask also equal, the difference is the plain difference
     y_same_b = _view(x_other, 900, randbytes_for("a"))
-    fp = PARAMS.fixed_point(3)
+    fp = PARAMS.fixed_point(4)
     assert torch.equal(sub_mod(y, y_same_b), sub_mod(fp.encode(x, 5), fp.encode(x_other, 900)))

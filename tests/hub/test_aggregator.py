@@ -251,7 +251,10 @@ def test_secure_sum_forwards_nothing_until_unmasked_then_the_weighted_sum() -> N
     assert all(float(t.abs().sum()) == 0 for t in empty.sums.values())
     assert agg.to_state("6") == ({}, {})  # never persisted: a restart fails the round
 
-    request = agg.server.close_inputs()
+    told = agg.server.close_inputs()
+    for c in told.survivors:
+        agg.server.add_signature(clients[c].sign_survivors(told))
+    request = agg.server.close_consistency()
     for c in request.survivors:
         agg.server.add_unmask(clients[c].unmask(request))
     agg.finish()

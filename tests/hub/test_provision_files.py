@@ -19,7 +19,9 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from fedsa_common.broker_auth import load_credentials
 from fedsa_common.protocol import Topics
+from fedsa_common.secagg.errors import SecAggError
 from hub.provision import (
+    AUTHORITY_KEY,
     ProvisionSpec,
     merge_regions,
     mosquitto_password_line,
@@ -257,3 +259,47 @@ def test_broker_user_owns_what_the_broker_reads(tmp_path):
         assert (out / name).stat().st_uid == entry.pw_uid
     assert (out / "ca.key").stat().st_uid == 0  # the CA key stays with the operator
     assert (out / "credentials" / "dev-0.json").stat().st_uid == 0
+
+
+def test_devices_get_signing_identities_their_peers_verify(tmp_path):
+    """Issue 15, finding 2: every device's credentials hold a signing key certified by the
+    provisioning authority for its own id; a peer checks it with the authority key in its
+    own file, and a certificate moved to another id does not verify."""
+    out = tmp_path / "broker"
+    provision(ProvisionSpec("fed", REGIONS), out)
+    assert stat.S_IMODE((out / AUTHORITY_KEY).stat().st_mode) == 0o600
+    idents = {d: load_credentials(out / "credentials" / f"{d}.json").secagg_identity()
+              for d in DEVICES}
+    assert all(i is not None for i in idents.values())
+    assert load_credentials(out / "credentials" / "hub-cloud.json").secagg is None
+    dev0, dev1 = idents["dev-0"], idents["dev-1"]
+    assert dev0 is not None and dev1 is not None
+    assert (dev0.region, dev0.client) == ("north", "dev-0") and dev0.authority == dev1.authority
+    dev0.check_member("dev-1", dev1.public, dev1.certificate)  # same region: verifies
+    with pytest.raises(SecAggError, match="secagg_unauthenticated"):
+        dev0.check_member("dev-0x", dev1.public, dev1.certificate)  # another id
+    with pytest.raises(SecAggError, match="secagg_unauthenticated"):
+        dev0.check_member("dev-1", dev0.public, dev1.certificate)  # another key
+
+    # a re-run keeps identities; a device added later is certified by the same authority
+    provision(ProvisionSpec("fed", {**REGIONS, "north": [*REGIONS["north"], "dev-9"]}), out)
+    again = load_credentials(out / "credentials" / "dev-0.json").secagg_identity()
+    assert again is not None and again.public == dev0.public
+    late = load_credentials(out / "credentials" / "dev-9.json").secagg_identity()
+    assert late is not None
+    dev0.check_member("dev-9", late.public, late.certificate)
+    provision(ProvisionSpec("fed", REGIONS), out, rotate=True)
+    rotated = load_credentials(out / "credentials" / "dev-0.json").secagg_identity()
+    assert rotated is not None and rotated.public != dev0.public
+
+
+def test_a_tampered_identity_in_a_credentials_file_is_refused(tmp_path):
+    out = tmp_path / "broker"
+    provision(ProvisionSpec("fed", REGIONS), out)
+    path = out / "credentials" / "dev-0.json"
+    raw = json.loads(path.read_text())
+    other = json.loads((out / "credentials" / "dev-1.json").read_text())
+    raw["secagg"]["certificate"] = other["secagg"]["certificate"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="certificate does not certify"):
+        load_credentials(path).secagg_identity()

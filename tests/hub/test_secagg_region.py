@@ -3,9 +3,12 @@
 runs in a thread, the test plays the cloud (announcements, reading partials), and scripted
 devices run the real ``DeviceSecAgg`` with synthetic deltas in their own MQTT sessions.
 
-Round 1 loses too many devices after the key exchange: the region's round fails, only an
-empty final partial is forwarded, and the hub keeps serving.  Round 2 completes and its
-partial is the plain weighted sum.  Plain updates are refused in secure rounds.
+Devices carry signing identities certified by one provisioning authority, so every round
+here runs the signed protocol with its consistency check.  Round 1 loses too many devices
+after the key exchange: the region's round fails, only an empty final partial is
+forwarded, and the hub keeps serving.  Round 2 completes and its partial is the plain
+weighted sum.  Plain updates are refused in secure rounds.  A second test plays a hostile
+hub over the real broker: a device refuses its roster of forged keys and shares nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ from fedsa_common.protocol import (
     encode_json,
     encode_message,
 )
+from fedsa_common.secagg import wire
 from fedsa_common.secagg.config_check import secagg_params
+from fedsa_common.secagg.identity import Authority
+from fedsa_common.secagg.messages import Roster
+from fedsa_common.secagg.protocol import SecAggClient
 from fedsa_common.secagg.vector import gather, scatter
 from fedsa_common.transport import MqttSession, Will
 from hub.regional import RegionalHub
@@ -49,12 +56,13 @@ CONFIG = FederationConfig.model_validate({
                    "privacy": {"secure_aggregation": {"enable": True}}},
     "round_policy": {"deadline_s": 60, "resend_s": 1.0},
 })
+AUTHORITY = Authority.generate()  # what `hub provision` holds
 
 
 class ScriptedDevice:
     """A device without a model: real session, real secure-aggregation driver."""
 
-    def __init__(self, url: str, client: str) -> None:
+    def __init__(self, url: str, client: str, authority: Authority = AUTHORITY) -> None:
         topics = Topics(FED)
         self.client, self.topics = client, topics
         offline = Presence(client=client, region=REGION, online=False)
@@ -62,7 +70,8 @@ class ScriptedDevice:
                                    will=Will(topics.presence(REGION, client),
                                              encode_json(offline)))
         self.gone = threading.Event()
-        self.secagg = DeviceSecAgg(self.session, topics, client, REGION, FED, self.gone)
+        self.secagg = DeviceSecAgg(self.session, topics, client, REGION, FED, self.gone,
+                                   authority.issue(FED, REGION, client))
         self.acks: queue.Queue[Ack] = queue.Queue()
         self.session.subscribe_raw(topics.ack(REGION, client),
                                    lambda _t, p: self.acks.put(decode_json(Ack, p)))
@@ -162,8 +171,9 @@ def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker)
         # round 2: b9 is selected but sends a plain update: refused, never folded in
         spoiler = ScriptedDevice(broker.url, "b9")
         everyone.append(spoiler)
-        devices, threads, stop = run_round(broker.url, cloud, 2, ["b1", "b2", "b3"], set(),
-                                           selected=["b1", "b2", "b3", "b9"])
+        names = ["b1", "b2", "b3", "b4"]
+        devices, threads, stop = run_round(broker.url, cloud, 2, names, set(),
+                                           selected=[*names, "b9"])
         everyone += devices
         plain = UpdateHeader(federation=FED, round=2, client="b9", region=REGION,
                              base_version=1, codec="dense", num_samples=5)
@@ -176,7 +186,7 @@ def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker)
         stop.set()
         for t in threads:
             t.join(timeout=30)
-        assert header.count == 3 and header.accepted == ["b1:2", "b2:2", "b3:2"]
+        assert header.count == 4 and header.accepted == ["b1:2", "b2:2", "b3:2", "b4:2"]
         comp = CONFIG.fedsa_lora.compression
         params = comp.round_codec_params(CONFIG.federation.seed, 2)
         expected = {n: torch.zeros(s, dtype=torch.float64) for n, s in SHAPES.items()}
@@ -185,11 +195,13 @@ def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker)
             for n, t in scatter(values, SHAPES, comp.codec, params).items():
                 expected[n] += d.samples * t
         assert header.weight == sum(d.samples for d in devices)
-        fp = secagg_params(CONFIG).fixed_point(3)
-        tol = 3 / 2 ** (fp.frac_bits + 1) + 1e-6
+        fp = secagg_params(CONFIG).fixed_point(4)
+        tol = 4 / 2 ** (fp.frac_bits + 1) + 1e-6
         for n in SHAPES:
             assert torch.allclose(tensors[n].double(), expected[n], atol=tol)
         assert hub.counters["secagg.failed"] == 1 and hub.counters["secagg.completed"] == 1
+        assert hub.counters["secagg.sent.survivors"] >= 4  # the consistency round ran
+        assert all(d.secagg.counters == {} for d in devices)
     finally:
         announce(cloud, 2, [], status="finished")
         hub_thread.join(timeout=30)
@@ -197,3 +209,74 @@ def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker)
             d.session.close()  # a no-op for the ones that dropped
         cloud.close()
     assert not hub_thread.is_alive()
+
+
+def test_device_refuses_a_forged_roster_from_whoever_publishes_as_the_hub(broker):
+    """Issue 15, finding 2, over the real broker: the test publishes as the hub and answers
+    a device's signed advertisement with a roster whose other entries are keys it made.
+    On 4a146b2 the device sent its shares encrypted to those keys; now it refuses the
+    roster (counted, logged), publishes no shares and sits the round out."""
+    hub = MqttSession(broker.url, client_id="fake-hub")
+    ups: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    hub.subscribe(Topics(FED).secagg_up_filter(REGION), lambda t, p: ups.put((t, p)))
+    hub.connect()
+    victim = ScriptedDevice(broker.url, "v1")
+    header = AnnounceHeader(federation=FED, round=1, version=0, status="running",
+                            selected={REGION: ["v1"]}, config=CONFIG.model_dump(mode="json"),
+                            config_hash=CONFIG.digest(), deadline_s=20.0,
+                            issued_at=time.time(), shared=sorted(SHAPES))
+    env = Envelope(header.model_dump(mode="json"),
+                   {n: torch.zeros(s) for n, s in SHAPES.items()})
+    result: list[bool] = []
+    player = threading.Thread(target=lambda: result.append(victim.secagg.begin(header, CONFIG,
+                                                                               env)))
+    try:
+        time.sleep(0.5)
+        player.start()
+        _topic, payload = ups.get(timeout=30)
+        got, adv = wire.decode(payload, 10_000_000)
+        assert got.stage == "advertise" and adv.auth is not None  # signed
+        ctx = victim.secagg.rounds[1].ctx
+        rogue = Authority.generate()
+        keys, auth = {"v1": (adv.c_pk, adv.s_pk)}, {"v1": adv.auth}
+        for c in ("x1", "x2", "x3"):
+            fake = SecAggClient(ctx, c, identity=rogue.issue(FED, REGION, c)).advertise()
+            keys[c], auth[c] = (fake.c_pk, fake.s_pk), fake.auth
+        roster = Roster(ctx.params.threshold(4), keys, auth)
+        hub.publish(Topics(FED).secagg_down(REGION, "v1"),
+                    wire.encode(FED, 1, REGION, "v1", "roster", roster))
+        player.join(timeout=60)
+        assert result == [False]
+        assert victim.secagg.counters["secagg.secagg_unauthenticated"] == 1
+        time.sleep(1.0)
+        stages = []
+        while not ups.empty():
+            stages.append(wire.decode(ups.get()[1], 10_000_000)[0].stage)
+        assert "share_keys" not in stages
+    finally:
+        victim.session.close()
+        hub.close()
+
+
+def test_device_without_an_identity_sits_secure_rounds_out_unless_it_opts_in(broker):
+    """The decision documented in docs/security.md: no provisioned identity, no secure
+    round, unless the device was started with the explicit unauthenticated opt-in."""
+    session = MqttSession(broker.url, client_id="no-ident")
+    session.connect()
+    try:
+        plain = DeviceSecAgg(session, Topics(FED), "n1", REGION, FED, threading.Event())
+        header = AnnounceHeader(federation=FED, round=1, version=0, status="running",
+                                selected={REGION: ["n1"]},
+                                config=CONFIG.model_dump(mode="json"),
+                                config_hash=CONFIG.digest(), deadline_s=1.0,
+                                issued_at=time.time(), shared=sorted(SHAPES))
+        env = Envelope(header.model_dump(mode="json"),
+                       {n: torch.zeros(s) for n, s in SHAPES.items()})
+        assert plain.begin(header, CONFIG, env) is False
+        assert plain.counters["secagg.no_identity"] == 1 and not plain.rounds
+        opted = DeviceSecAgg(session, Topics(FED), "n2", REGION, FED, threading.Event(),
+                             allow_unauthenticated=True)
+        assert opted.begin(header, CONFIG, env) is False  # no hub answers: times out
+        assert opted.counters["secagg.no_identity"] == 0 and 1 in opted.rounds
+    finally:
+        session.close()

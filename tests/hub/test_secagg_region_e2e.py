@@ -1,8 +1,10 @@
 """Secure aggregation end to end: a real broker (Mosquitto if installed, else the embedded
-one), real cloud and regional hub processes, and five devices running in this process over
-one tiny 4-bit BERT.  One device vanishes right after it sent its shares; the round still
-completes with the other four, the regional partial equals their plain weighted sum, and a
-spy subscribed to '#' sees no update on the wire that equals (or encodes) a plain update.
+one), real cloud and regional hub processes, and five devices running in this process
+over one tiny 4-bit BERT. Devices hold signing identities from one provisioning
+authority, so the signed protocol with its consistency round runs. One device vanishes
+right after it sent its shares; the round still completes with the other four, the
+regional partial equals their plain weighted sum, and a spy subscribed to '#' sees no
+update on the wire that equals (or encodes) a plain update.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fedsa_common.codec import round_codec_params
 from fedsa_common.config import FederationConfig
 from fedsa_common.secagg.config_check import secagg_params
 from fedsa_common.secagg.fixed_point import to_wire
+from fedsa_common.secagg.identity import Authority
 from fedsa_common.secagg.vector import gather, scatter
 
 pytestmark = pytest.mark.integration
@@ -27,6 +30,7 @@ pytestmark = pytest.mark.integration
 FED = "secagg"
 N_DEVICES = 5
 VANISHER = "d4"
+AUTHORITY = Authority.generate()
 
 
 class RecordingDevice(Device):
@@ -86,7 +90,8 @@ def test_region_sum_survives_a_dropout_and_no_plain_update_travels(tmp_path, bro
         data = DataSpec(source="20newsgroups", classes=3, partition="iid",
                         num_clients=N_DEVICES, shard=i, max_train=16, max_test=8)
         return DeviceSpec(client=f"d{i}", region="r1", federation=FED, data=data,
-                          state_dir=tmp_path / f"d{i}")
+                          state_dir=tmp_path / f"d{i}",
+                          secagg_identity=AUTHORITY.issue(FED, "r1", f"d{i}"))
 
     devices = [RecordingDevice(spec(i), broker.url, host) for i in range(N_DEVICES - 1)]
     vanisher = VanishesAfterShares(spec(N_DEVICES - 1), broker.url, host)
@@ -150,8 +155,9 @@ def test_region_sum_survives_a_dropout_and_no_plain_update_travels(tmp_path, bro
         assert not any(torch.equal(y[:-1].view(torch.float32), v) for v in plain_values)
     secagg = [env for topic, env in envelopes if "/region/r1/secagg/" in topic]
     assert {env.header["stage"] for env in secagg} >= {
-        "advertise", "roster", "share_keys", "share_delivery", "unmask_request",
-        "unmask_response"}
-    assert all(env.header["kind"] == "secagg" and not env.tensors for env in secagg)
+        "advertise", "roster", "share_keys", "share_delivery", "survivors",
+        "survivor_signature", "unmask_request", "unmask_response"}
+    assert all(env.header["kind"] == "secagg" and set(env.tensors) == {"msg"}
+               for env in secagg)
     regional_log = (tmp_path / "regional.log").read_text()
     assert "1 dropped after sharing" in regional_log
