@@ -51,6 +51,10 @@ def join(
         min=1, help="Memory budget (peak RSS of this process, MiB): training reaches the "
                     "federation's batch size by accumulating micro-batches sized to fit.")]
     = None,
+    report_every: Annotated[float, typer.Option(
+        min=0.1, help="Seconds after which the device reports what it still waits for: a "
+                      "regional hub serving --region (without one the cloud never selects "
+                      "it).")] = 30.0,
     log_level: cli_common.LogLevel = cli_common.Level.INFO,
 ) -> None:
     """Join a federation and train whenever selected, until it finishes.
@@ -106,7 +110,7 @@ def join(
             torch.set_num_threads(threads)
         spec = DeviceSpec(client=client_id, region=region, federation=federation,
                           data=data_spec, state_dir=state_dir, memory_mb=memory_mb,
-                          auth=conn.auth)
+                          auth=conn.auth, report_every_s=report_every)
         sys.exit(run_devices([spec], conn.url, ModelHost(precision)))  # type: ignore[arg-type]
     finally:
         lock.release()

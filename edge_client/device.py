@@ -61,6 +61,7 @@ from fedsa_common.config import FederationConfig
 from fedsa_common.dp import dp_plan, privatize_update
 from fedsa_common.envelope import Envelope
 from fedsa_common.errors import WireError
+from fedsa_common.liveness import hub_serving
 from fedsa_common.protocol import (
     Ack,
     AnnounceHeader,
@@ -94,6 +95,9 @@ class DeviceSpec:
     memory_mb: float | None = None  # peak-RSS budget for training (None: unlimited)
     attack: Attack | None = None  # a simulated malicious device (scenario adversaries)
     auth: BrokerAuth | None = None  # broker credentials/TLS of this device (None: anonymous)
+    # after this long without something it waits for (a serving hub for its region), the
+    # device says so
+    report_every_s: float = 30.0
 
 
 class Abandoned(Exception):
@@ -138,6 +142,11 @@ class Device:
         self.downlink = Counter[str]()  # how announced globals were obtained, and failures
         self.down_unreported = 0  # payload bytes received since the last metrics report
         self.progress = RoundProgress(spec.client)
+        # the region's hub, from its retained status (set on the network thread): without
+        # one the cloud never selects this device, which must then say why
+        self.hub_serves: bool | None = None
+        self.hub_missing_since: float | None = None
+        self.hub_warned = False
         presence = self.topics.presence(spec.region, spec.client)
         offline = Presence(client=spec.client, region=spec.region, online=False)
         self.session = MqttSession(
@@ -150,6 +159,8 @@ class Device:
         )
         self.session.subscribe(self.topics.announce, self._on_announce)
         self.session.subscribe_raw(self.topics.ack(spec.region, spec.client), self._on_ack)
+        self.session.subscribe_raw(self.topics.status("regional", spec.region),
+                                   self._on_hub_status)
         self.secagg = DeviceSecAgg(self.session, self.topics, spec.client, spec.region,
                                    spec.federation, self.gone)
 
@@ -169,6 +180,12 @@ class Device:
     def _on_announce(self, _topic: str, payload: bytes) -> None:
         if payload:
             self.inbox.put((payload, time.time()))
+
+    def _on_hub_status(self, _topic: str, payload: bytes) -> None:
+        try:
+            self.hub_serves = hub_serving(payload)
+        except WireError as err:
+            log.warning("%s: ignored bad status of the regional hub: %s", self.spec.client, err)
 
     def _on_ack(self, _topic: str, payload: bytes) -> None:
         try:
@@ -196,8 +213,10 @@ class Device:
     def run(self, connect_timeout: float = 600.0) -> None:
         """Serve rounds until the federation announces it has finished (or the device goes)."""
         self.session.connect(timeout=connect_timeout)
+        self.hub_missing_since = time.monotonic()
         try:
             while not (self.done.is_set() or self.gone.is_set() or self.stopping.is_set()):
+                self.report_waits(time.monotonic())
                 self.handle_acks()
                 self.resend_pending()
                 self.secagg.poll()  # e.g. answer a secure-aggregation unmasking request
@@ -238,6 +257,28 @@ class Device:
                                                 region=self.spec.region, online=False,
                                                 ts=time.time()))
                 self.session.close()
+
+    def report_waits(self, now: float) -> None:
+        """Warn once when no regional hub has served this device's region for
+        ``report_every_s`` (since connecting, or since its hub stopped), and say when one
+        serves again."""
+        if self.hub_serves:
+            if self.hub_warned:
+                log.info("%s: the regional hub of region %s serves now", self.spec.client,
+                         self.spec.region)
+            self.hub_missing_since, self.hub_warned = None, False
+            return
+        if self.hub_missing_since is None:
+            self.hub_missing_since = now
+        if self.hub_warned or now - self.hub_missing_since < self.spec.report_every_s:
+            return
+        self.hub_warned = True
+        why = ("its status says offline or finished" if self.hub_serves is False
+               else f"no status on {self.topics.status('regional', self.spec.region)}")
+        log.warning("%s: no regional hub serves region %s on %s (%s): the cloud does not "
+                    "select this device until one does; start `hub serve --role regional "
+                    "--region %s`, or check --region", self.spec.client, self.spec.region,
+                    self.session.broker_url, why, self.spec.region)
 
     def on_round(self, header: AnnounceHeader, env: Envelope, bytes_down: int) -> None:
         if header.federation != self.spec.federation:

@@ -62,6 +62,11 @@ def serve(
     metrics_host: Annotated[str, typer.Option(
         help="Address the metrics server binds; 0.0.0.0 to be scraped from other hosts.")]
     = "127.0.0.1",
+    hub_grace: Annotated[float, typer.Option(
+        min=0, help="Cloud role: seconds a region's devices may be online before its "
+                    "regional hub's status is seen; after that the region's devices are not "
+                    "selected until its hub serves (a region without a hub cannot deliver "
+                    "updates, and every round would run to its deadline).")] = 30.0,
     torch_threads: Annotated[int, typer.Option(
         min=1, help="Torch intra-op threads. A hub's work is many small tensor operations, "
                     "where thread hand-offs cost more than they gain (several times more on "
@@ -122,7 +127,7 @@ def serve(
     from hub.lifecycle import LifecycleError
 
     try:
-        cloud = CloudHub(broker, cfg, state_dir, auth=conn.auth)
+        cloud = CloudHub(broker, cfg, state_dir, auth=conn.auth, hub_grace_s=hub_grace)
         _start_metrics(cloud, metrics_port, metrics_host)
         sys.exit(cloud.run())
     except LifecycleError as err:  # a checkpoint or broker state this start does not fit
@@ -169,7 +174,7 @@ def status(
     import json
 
     from fedsa_common.broker_auth import redact_url
-    from hub.status import collect, render
+    from hub.status import collect, render, unserved_regions
 
     url, auth = _connection_for(federation, broker, credentials, username, password_file,
                                 tls_ca, role="monitor")
@@ -186,7 +191,8 @@ def status(
         raise typer.Exit(2)
     if json_out:
         typer.echo(json.dumps({"federation": federation, "statuses": snap.statuses,
-                               "announce": snap.announce, "presence": snap.presence},
+                               "announce": snap.announce, "presence": snap.presence,
+                               "regions_without_hub": unserved_regions(snap)},
                               indent=2))
     text, healthy = render(snap)
     if not json_out:

@@ -166,6 +166,10 @@ class RegionalHub(HubProcess):
                 self.secure_tick()
             elif event.kind == "partial_ack":
                 self.on_partial_ack(event)
+            elif event.kind == "connected":
+                # after a broker restart its retained copy may be gone, and the cloud and
+                # devices read it to know that this region is served
+                self.publish_status(round=self.intake.round or None)
         except WireError as err:
             if event.kind == "update" and err.reason != "duplicate":
                 self.intake.rejected[err.reason] += 1

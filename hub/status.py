@@ -17,6 +17,7 @@ from typing import Any
 
 from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.errors import WireError
+from fedsa_common.liveness import status_serving
 from fedsa_common.protocol import AnnounceHeader, Topics, decode_message
 from fedsa_common.transport import MqttSession
 
@@ -108,6 +109,18 @@ def collect(broker_url: str, federation: str, timeout_s: float = 5.0,
     return snap
 
 
+def unserved_regions(snap: Snapshot) -> dict[str, list[str]]:
+    """Regions with online devices and no serving regional hub, with those devices: the
+    cloud does not select them (nothing would collect their updates)."""
+    unserved: dict[str, list[str]] = {}
+    for key, online in sorted(snap.presence.items()):
+        region, _, client = key.partition("/")
+        hub = snap.statuses.get(f"regional/{region}")
+        if online and (hub is None or not status_serving(hub)):
+            unserved.setdefault(region, []).append(client)
+    return unserved
+
+
 def _age(ts: Any, now: float) -> str:
     if not isinstance(ts, int | float) or ts <= 0:
         return "age unknown"
@@ -160,11 +173,16 @@ def render(snap: Snapshot, now: float | None = None) -> tuple[str, bool]:
             per_region = ", ".join(f"{r} {len(c)}" for r, c in sorted(selected.items()))
             lines.append(f"participants: {n_sel} selected"
                          + (f" ({per_region})" if per_region else ""))
+    finished = ann is not None and ann["status"] == "finished"
     if snap.presence:
         online = sum(snap.presence.values())
         lines.append(f"devices online: {online} of {len(snap.presence)} seen")
+    for region, clients in unserved_regions(snap).items() if not finished else ():
+        lines.append(f"region {region}: no regional hub serves it; its {len(clients)} online "
+                     f"device{'' if len(clients) == 1 else 's'} ({', '.join(clients)}) "
+                     "cannot be selected")
+        problems.append(f"region {region} has no regional hub")
     lines.append("hubs:" if snap.statuses else "hubs: no retained hub status")
-    finished = ann is not None and ann["status"] == "finished"
     for key in sorted(snap.statuses, key=lambda k: (not k.startswith("cloud/"), k)):
         body = snap.statuses[key]
         lines.append(_hub_line(key, body, now))
