@@ -61,7 +61,7 @@ from fedsa_common.config import FederationConfig
 from fedsa_common.dp import dp_plan, privatize_update
 from fedsa_common.envelope import Envelope
 from fedsa_common.errors import WireError
-from fedsa_common.liveness import hub_serving
+from fedsa_common.liveness import Reminder, hub_serving
 from fedsa_common.protocol import (
     Ack,
     AnnounceHeader,
@@ -78,7 +78,7 @@ from fedsa_common.protocol import (
     encode_message,
 )
 from fedsa_common.split import role, trainable_names
-from fedsa_common.transport import MqttSession, Will
+from fedsa_common.transport import BrokerUnreachable, MqttSession, Will
 from quant.adapters import init_adapter_values
 
 log = logging.getLogger("fedsa.device")
@@ -95,9 +95,10 @@ class DeviceSpec:
     memory_mb: float | None = None  # peak-RSS budget for training (None: unlimited)
     attack: Attack | None = None  # a simulated malicious device (scenario adversaries)
     auth: BrokerAuth | None = None  # broker credentials/TLS of this device (None: anonymous)
-    # after this long without something it waits for (a serving hub for its region), the
-    # device says so
+    # after this long without something it waits for (the broker, the federation's first
+    # announcement, a serving hub for its region), the device says so
     report_every_s: float = 30.0
+    connect_timeout_s: float = 600.0  # then BrokerUnreachable
 
 
 class Abandoned(Exception):
@@ -147,6 +148,8 @@ class Device:
         self.hub_serves: bool | None = None
         self.hub_missing_since: float | None = None
         self.hub_warned = False
+        self.announced = False  # an announcement of the federation arrived (network thread)
+        self.federation_wait = Reminder(spec.report_every_s, time.monotonic())
         presence = self.topics.presence(spec.region, spec.client)
         offline = Presence(client=spec.client, region=spec.region, online=False)
         self.session = MqttSession(
@@ -179,6 +182,7 @@ class Device:
 
     def _on_announce(self, _topic: str, payload: bytes) -> None:
         if payload:
+            self.announced = True
             self.inbox.put((payload, time.time()))
 
     def _on_hub_status(self, _topic: str, payload: bytes) -> None:
@@ -210,10 +214,15 @@ class Device:
         if self.gone.is_set():
             raise Abandoned
 
-    def run(self, connect_timeout: float = 600.0) -> None:
-        """Serve rounds until the federation announces it has finished (or the device goes)."""
-        self.session.connect(timeout=connect_timeout)
+    def run(self) -> None:
+        """Serve rounds until the federation announces it has finished (or the device goes).
+
+        Raises ``BrokerUnreachable`` when the broker is not reached within the spec's
+        ``connect_timeout_s`` (saying why every ``report_every_s`` meanwhile)."""
+        self.session.connect(timeout=self.spec.connect_timeout_s,
+                             report_every_s=self.spec.report_every_s)
         self.hub_missing_since = time.monotonic()
+        self.federation_wait = Reminder(self.spec.report_every_s, time.monotonic())
         try:
             while not (self.done.is_set() or self.gone.is_set() or self.stopping.is_set()):
                 self.report_waits(time.monotonic())
@@ -259,9 +268,15 @@ class Device:
                 self.session.close()
 
     def report_waits(self, now: float) -> None:
-        """Warn once when no regional hub has served this device's region for
-        ``report_every_s`` (since connecting, or since its hub stopped), and say when one
-        serves again."""
+        """Say every ``report_every_s`` that no announcement of the federation came yet;
+        warn once when no regional hub has served this device's region for that long (since
+        connecting, or since its hub stopped), and say when one serves again."""
+        if not self.announced and self.federation_wait.due(now):
+            log.warning("%s: still waiting for federation %s on %s: no round announcement "
+                        "yet (its cloud hub announces round 1 once min_clients devices are "
+                        "online; check --federation; `hub status --federation %s` shows what "
+                        "the broker holds)", self.spec.client, self.spec.federation,
+                        self.session.broker_url, self.spec.federation)
         if self.hub_serves:
             if self.hub_warned:
                 log.info("%s: the regional hub of region %s serves now", self.spec.client,
@@ -604,6 +619,9 @@ def run_devices(specs: list[DeviceSpec], broker_url: str, host: ModelHost | None
                 payload_limit: int = 1_000_000) -> int:
     """Run several virtual devices over one shared base model until the federation ends.
 
+    Returns 1 when a device failed; raises ``BrokerUnreachable`` when the only failures
+    were devices that never reached the broker.
+
     A device with online windows is started at the beginning of each window (a fresh
     session over its state directory, as after a reboot) and vanishes at its end.
     """
@@ -636,6 +654,9 @@ def run_devices(specs: list[DeviceSpec], broker_url: str, host: ModelHost | None
                 if device.done.is_set():
                     finished.set()
                     return
+        except BrokerUnreachable as err:  # one line: the message says what and why
+            log.error("%s: %s", spec.client, err)
+            errors.append(err)
         except BaseException as err:  # surfaced below; one device failing must be visible
             log.exception("%s failed", spec.client)
             errors.append(err)
@@ -661,6 +682,8 @@ def run_devices(specs: list[DeviceSpec], broker_url: str, host: ModelHost | None
         for done in ended:
             done.wait()
         raise
+    if errors and all(isinstance(e, BrokerUnreachable) for e in errors):
+        raise errors[0]  # nothing else went wrong: the caller names the broker
     return 1 if errors else 0
 
 

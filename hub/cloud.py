@@ -86,7 +86,6 @@ INFLIGHT_TENSORS = "inflight.safetensors"
 INFLIGHT_ANNOUNCE = "inflight-announce.bin"
 CONTROL_MAX_AGE_S = 60.0  # older commands (queued for the cloud while it was down) are ignored
 HUB_GRACE_S = 30.0  # how long a region's devices wait for its hub's status before skipped
-REPORT_EVERY_S = 30.0  # how often the cloud says what it is still waiting for
 
 
 def initial_global(config: FederationConfig) -> dict[str, torch.Tensor]:
@@ -143,17 +142,17 @@ class CloudHub(HubProcess):
 
     def __init__(self, broker_url: str, config: FederationConfig, state_dir: Path, *,
                  auth: BrokerAuth | None = None, hub_grace_s: float = HUB_GRACE_S,
-                 report_every_s: float = REPORT_EVERY_S) -> None:
+                 connect_timeout_s: float = 300.0, report_every_s: float = 30.0) -> None:
         super().__init__(broker_url, config.federation.name, "cloud", state_dir,
                          config.transport.payload_limit, config.transport.max_message_bytes,
-                         auth=auth)
+                         auth=auth, connect_timeout_s=connect_timeout_s,
+                         report_every_s=report_every_s)
         self.config = config
         self.policy = config.round_policy
         self.online: dict[str, str] = {}  # client -> region
         # regions whose regional hub serves (hub/region_hubs.py): only their devices are
         # selected, since nothing collects the updates of a region without one
         self.region_hubs = RegionHubs(hub_grace_s)
-        self.report_every_s = report_every_s
         self.inflight: CloudIntake | None = None
         self.pending_acks: list[tuple[str, Ack]] = []
         self.dirty = False
@@ -251,7 +250,7 @@ class CloudHub(HubProcess):
         self.listen("hub_status", self.topics.status("regional", "+"), raw=True)
         self.listen("partial", self.topics.partial_filter)
         self.listen("control", self.topics.control, raw=True)
-        self.session.connect(timeout=300)
+        self.connect()
         self.publish_status(round=state.round, version=state.version, rounds=self.rounds)
         if self.inflight is None:
             self.check_retained(state)
