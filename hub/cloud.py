@@ -153,6 +153,8 @@ class CloudHub(HubProcess):
         # regions whose regional hub serves (hub/region_hubs.py): only their devices are
         # selected, since nothing collects the updates of a region without one
         self.region_hubs = RegionHubs(hub_grace_s)
+        # when the first device came online: round 1 waits wait_for_clients_s from then
+        self.first_device_at: float | None = None
         self.inflight: CloudIntake | None = None
         self.pending_acks: list[tuple[str, Ack]] = []
         self.dirty = False
@@ -326,17 +328,19 @@ class CloudHub(HubProcess):
     # ------------------------------------------------------------------ events
     def wait_for_clients(self, state: CloudState) -> None:
         """Wait for ``min_clients`` selectable devices (and for the hubs of the regions
-        whose devices came), or ``wait_for_clients_s`` for as many as came; say every
-        ``report_every_s`` what is missing."""
+        whose devices came), or, from the first device's presence, ``wait_for_clients_s``
+        for as many as came; say every ``report_every_s`` what is missing.
+
+        The wait counts from the first device, not from this start: a cloud started long
+        before its devices would otherwise run round 1 with the first one that came."""
         need = self.config.sampling.min_clients
-        started = time.time()
-        reminder = Reminder(self.report_every_s, started)
+        reminder = Reminder(self.report_every_s, time.time())
         while state.round < self.rounds:
             now = time.time()
             ready = self.selectable(now)
             pending = self.region_hubs.pending(set(self.online.values()), now)
             if may_start(ready=len(ready), need=need, pending=len(pending),
-                         waited_since=started, now=now,
+                         waited_since=self.first_device_at, now=now,
                          wait_s=self.config.sampling.wait_for_clients_s):
                 if len(ready) < need:
                     log.warning("starting with %d of %d wanted devices", len(ready), need)
@@ -403,6 +407,8 @@ class CloudHub(HubProcess):
         if p.online:
             self.online[p.client] = p.region
             self.region_hubs.on_device(p.region, time.time())
+            if self.first_device_at is None:
+                self.first_device_at = time.time()
         else:
             self.online.pop(p.client, None)
 
