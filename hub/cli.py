@@ -196,7 +196,7 @@ def status(
     import json
 
     from fedsa_common.broker_auth import redact_url
-    from hub.status import collect, render, unserved_regions
+    from hub.status import collect, device_rows, render, unserved_regions
 
     url, auth = _connection_for(federation, broker, credentials, username, password_file,
                                 tls_ca, role="monitor")
@@ -214,7 +214,8 @@ def status(
     if json_out:
         typer.echo(json.dumps({"federation": federation, "statuses": snap.statuses,
                                "announce": snap.announce, "presence": snap.presence,
-                               "regions_without_hub": unserved_regions(snap)},
+                               "regions_without_hub": unserved_regions(snap),
+                               "devices": device_rows(snap)},
                               indent=2))
     text, healthy = render(snap)
     if not json_out:

@@ -61,6 +61,7 @@ from fedsa_common.protocol import (
 from hub.aggregation import RunningSum, apply_server_update, l2_norm
 from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
 from hub.cloud_intake import DROPPED, CloudIntake
+from hub.device_table import DeviceTable
 from hub.downlink import DownlinkState, downlink_step
 from hub.lifecycle import (
     CloudLock,
@@ -155,6 +156,7 @@ class CloudHub(HubProcess):
         self.region_hubs = RegionHubs(hub_grace_s)
         # when the first device came online: round 1 waits wait_for_clients_s from then
         self.first_device_at: float | None = None
+        self.devices = DeviceTable()  # for `hub status`, in the retained cloud status
         self.inflight: CloudIntake | None = None
         self.pending_acks: list[tuple[str, Ack]] = []
         self.dirty = False
@@ -237,6 +239,7 @@ class CloudHub(HubProcess):
 
     def _run(self) -> int:
         state = self.load_state()
+        self.devices = DeviceTable.from_history(state.history)
         # records the configuration and total it runs with, for lifecycle commands and the
         # next start (a fresh cloud's round 0 too)
         self.save_checkpoint(state)
@@ -265,6 +268,12 @@ class CloudHub(HubProcess):
         log.info("federation finished after %d rounds", state.round)
         self.session.close()
         return 0
+
+    def publish_status(self, **fields: Any) -> None:
+        """The hub status, with the device table (``hub status`` lists it) while it fits
+        half a message."""
+        super().publish_status(**fields,
+                               **self.devices.status_fields(self.session.payload_limit // 2))
 
     # ------------------------------------------------------------------ lifecycle
     def check_retained(self, state: CloudState) -> None:
@@ -407,6 +416,7 @@ class CloudHub(HubProcess):
         if p.online:
             self.online[p.client] = p.region
             self.region_hubs.on_device(p.region, time.time())
+            self.devices.seen(p.client, p.region)
             if self.first_device_at is None:
                 self.first_device_at = time.time()
         else:
@@ -512,11 +522,14 @@ class CloudHub(HubProcess):
             if len(pool) < len(self.online):
                 self.note_unserved(rnd)
             selected = self.sample(rnd, pool)
+            self.devices.selected(selected, rnd)
             # the population sampled from is the pool: devices of unserved regions never are
             self.privacy.note_sampling(rnd, sum(len(v) for v in selected.values()), len(pool))
             self.announce(state, "running", selected)
             log.info("round %d/%d announced to %d devices", rnd, self.rounds,
                      sum(len(v) for v in selected.values()))
+            # `hub status` shows the selection while the round runs
+            self.publish_status(round=state.round, version=state.version, rounds=self.rounds)
         fl = self.inflight
         assert fl is not None
         self.round_started(rnd, fl.started)
@@ -567,6 +580,7 @@ class CloudHub(HubProcess):
                 new = apply_server_update(old, change)
             state.params = {**state.params, **new}
             state.version += 1
+            self.devices.accepted(fl.applied)
         else:
             for uid in fl.applied:
                 fl.dropped[uid] = "below_quorum"

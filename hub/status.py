@@ -22,6 +22,7 @@ from fedsa_common.protocol import AnnounceHeader, Topics, decode_message
 from fedsa_common.transport import MqttSession
 
 OVERDUE_FACTOR = 2.0  # a round running this many deadlines is reported as stalled
+DEVICE_LINES_MAX = 50  # more devices than this are listed by --json only
 
 
 @dataclass
@@ -121,6 +122,39 @@ def unserved_regions(snap: Snapshot) -> dict[str, list[str]]:
     return unserved
 
 
+def device_rows(snap: Snapshot) -> list[dict[str, Any]]:
+    """One row per device: online (its retained presence; None when none is retained),
+    and the last round it was selected for and whose step took its update (the cloud's
+    retained status; None when the cloud has not said)."""
+    cloud = snap.statuses.get("cloud/cloud") or {}
+    known = cloud.get("devices")
+    table: dict[str, Any] = known if isinstance(known, dict) else {}
+    rows: dict[str, dict[str, Any]] = {}
+    for key, online in snap.presence.items():
+        region, _, client = key.partition("/")
+        rows[client] = {"client": client, "region": region, "online": online,
+                        "last_selected": None, "last_accepted": None}
+    for client, rec in table.items():
+        if not isinstance(rec, dict):
+            continue
+        row = rows.setdefault(client, {"client": client, "region": rec.get("region"),
+                                       "online": None})
+        row["last_selected"] = rec.get("last_selected")
+        row["last_accepted"] = rec.get("last_accepted")
+    return sorted(rows.values(), key=lambda r: (str(r["region"]), r["client"]))
+
+
+def _device_line(row: dict[str, Any]) -> str:
+    state = {True: "online", False: "offline", None: "unknown"}[row["online"]]
+    name = f"{row['region']}/{row['client']}"
+
+    def rnd(v: Any) -> str:
+        return "-" if v is None else str(v)
+
+    return (f"  {name:<22} {state:<8} last selected round {rnd(row['last_selected'])}, "
+            f"last accepted update round {rnd(row['last_accepted'])}")
+
+
 def _age(ts: Any, now: float) -> str:
     if not isinstance(ts, int | float) or ts <= 0:
         return "age unknown"
@@ -182,6 +216,12 @@ def render(snap: Snapshot, now: float | None = None) -> tuple[str, bool]:
                      f"device{'' if len(clients) == 1 else 's'} ({', '.join(clients)}) "
                      "cannot be selected")
         problems.append(f"region {region} has no regional hub")
+    rows = device_rows(snap)
+    if rows and len(rows) <= DEVICE_LINES_MAX:
+        lines.append("devices:")
+        lines.extend(_device_line(row) for row in rows)
+    elif rows:
+        lines.append(f"devices: {len(rows)} (--json lists them)")
     lines.append("hubs:" if snap.statuses else "hubs: no retained hub status")
     for key in sorted(snap.statuses, key=lambda k: (not k.startswith("cloud/"), k)):
         body = snap.statuses[key]

@@ -6,11 +6,13 @@ model).
 r2's device comes first, which was enough to start round 1 (min_clients 1) with it alone.
 Now the cloud gives r2's hub its grace and announces round 1 to r1's device only, so the
 round closes with r1's update instead of running to its deadline waiting for r2's.
-``hub status`` names r2 as a region without a hub, and the r2 device warns that no hub
-serves its region."""
+``hub status`` names r2 as a region without a hub and lists both devices (``--json``: online,
+last selected round, last accepted update), and the r2 device warns that no hub serves its
+region."""
 
 from __future__ import annotations
 
+import json
 import queue
 import subprocess
 import sys
@@ -50,6 +52,15 @@ def config() -> FederationConfig:
         "sampling": {"min_clients": 1, "wait_for_clients_s": 600},
         "round_policy": {"deadline_s": 600, "resend_s": 1},
     })
+
+
+def devices(url: str) -> dict[str, dict]:
+    """``hub status --json``'s device rows, by client."""
+    shown = subprocess.run([sys.executable, "-m", "hub", "status", "--federation", FED,
+                            "--broker", url, "--timeout", "5", "--json"],
+                           capture_output=True, text=True, timeout=START_S)
+    assert shown.returncode in (0, 1), shown.stderr
+    return {row["client"]: row for row in json.loads(shown.stdout)["devices"]}
 
 
 def test_a_region_without_a_hub_is_not_selected_and_is_reported(
@@ -100,6 +111,11 @@ def test_a_region_without_a_hub_is_not_selected_and_is_reported(
         assert ("region r2: no regional hub serves it; its 1 online device (d2) cannot be "
                 "selected") in status.stdout
         assert "health: DEGRADED: region r2 has no regional hub" in status.stdout
+        assert "  r2/d2                  online   last selected round -" in status.stdout
+        rows = devices(broker.url)
+        assert rows["d1"] == {"client": "d1", "region": "r1", "online": True,
+                              "last_selected": 1, "last_accepted": None}
+        assert rows["d2"]["online"] is True and rows["d2"]["last_selected"] is None
 
         shapes = {n: tuple(t.shape) for n, t in env.tensors.items()}
         enc = get_codec("dense").encode({n: torch.full(s, 0.01) for n, s in shapes.items()})
@@ -116,6 +132,9 @@ def test_a_region_without_a_hub_is_not_selected_and_is_reported(
         assert summary.regions_reported == ["r1"]
         for proc in (cloud, regional, device):  # the federation finished: all exit 0
             assert proc.wait(timeout=START_S) == 0
+        rows = devices(broker.url)
+        assert rows["d1"]["last_accepted"] == 1  # its update went into round 1's step
+        assert rows["d2"]["online"] is False  # it said goodbye when the federation ended
     finally:
         me.close()
         if device.poll() is None:
