@@ -62,6 +62,12 @@ def join(
              "the --credentials file). Then the hub could swap in keys of its own and read "
              "this device's update: only for a hub you trust to follow the protocol.")]
     = False,
+    report_every: Annotated[float, typer.Option(
+        min=0.1, help="Seconds after which the device reports what it still waits for: a "
+                      "regional hub serving --region (without one the cloud never selects "
+                      "it), the broker, the federation's first round announcement.")] = 30.0,
+    connect_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds to wait for the broker; then exit 2 naming it.")] = 600.0,
     log_level: cli_common.LogLevel = cli_common.Level.INFO,
 ) -> None:
     """Join a federation and train whenever selected, until it finishes.
@@ -122,8 +128,16 @@ def join(
         spec = DeviceSpec(client=client_id, region=region, federation=federation,
                           data=data_spec, state_dir=state_dir, memory_mb=memory_mb,
                           auth=conn.auth, secagg_identity=identity,
-                          secagg_unauthenticated=secagg_unauthenticated)
-        sys.exit(run_devices([spec], conn.url, ModelHost(precision)))  # type: ignore[arg-type]
+                          secagg_unauthenticated=secagg_unauthenticated,
+                          report_every_s=report_every, connect_timeout_s=connect_timeout)
+        from fedsa_common.transport import BrokerUnreachable
+
+        try:
+            code = run_devices([spec], conn.url, ModelHost(precision))  # type: ignore[arg-type]
+        except BrokerUnreachable as err:
+            typer.echo(f"edge-client join: {err}", err=True)
+            raise typer.Exit(2) from None
+        sys.exit(code)
     finally:
         lock.release()
 

@@ -61,6 +61,7 @@ from fedsa_common.config import FederationConfig
 from fedsa_common.dp import dp_plan, privatize_update
 from fedsa_common.envelope import Envelope
 from fedsa_common.errors import WireError
+from fedsa_common.liveness import Reminder, hub_serving
 from fedsa_common.protocol import (
     Ack,
     AnnounceHeader,
@@ -78,7 +79,7 @@ from fedsa_common.protocol import (
 )
 from fedsa_common.secagg.identity import DeviceIdentity
 from fedsa_common.split import role, trainable_names
-from fedsa_common.transport import MqttSession, Will
+from fedsa_common.transport import BrokerUnreachable, MqttSession, Will
 from quant.adapters import init_adapter_values
 
 log = logging.getLogger("fedsa.device")
@@ -99,6 +100,10 @@ class DeviceSpec:
     # the explicit opt-in to take part without one (defends against a semi-honest hub only)
     secagg_identity: DeviceIdentity | None = None
     secagg_unauthenticated: bool = False
+    # after this long without something it waits for (the broker, the federation's first
+    # announcement, a serving hub for its region), the device says so
+    report_every_s: float = 30.0
+    connect_timeout_s: float = 600.0  # then BrokerUnreachable
 
 
 class Abandoned(Exception):
@@ -143,6 +148,13 @@ class Device:
         self.downlink = Counter[str]()  # how announced globals were obtained, and failures
         self.down_unreported = 0  # payload bytes received since the last metrics report
         self.progress = RoundProgress(spec.client)
+        # the region's hub, from its retained status (set on the network thread): without
+        # one the cloud never selects this device, which must then say why
+        self.hub_serves: bool | None = None
+        self.hub_missing_since: float | None = None
+        self.hub_warned = False
+        self.announced = False  # an announcement of the federation arrived (network thread)
+        self.federation_wait = Reminder(spec.report_every_s, time.monotonic())
         presence = self.topics.presence(spec.region, spec.client)
         offline = Presence(client=spec.client, region=spec.region, online=False)
         self.session = MqttSession(
@@ -155,6 +167,8 @@ class Device:
         )
         self.session.subscribe(self.topics.announce, self._on_announce)
         self.session.subscribe_raw(self.topics.ack(spec.region, spec.client), self._on_ack)
+        self.session.subscribe_raw(self.topics.status("regional", spec.region),
+                                   self._on_hub_status)
         self.secagg = DeviceSecAgg(self.session, self.topics, spec.client, spec.region,
                                    spec.federation, self.gone, spec.secagg_identity,
                                    spec.secagg_unauthenticated)
@@ -174,7 +188,14 @@ class Device:
 
     def _on_announce(self, _topic: str, payload: bytes) -> None:
         if payload:
+            self.announced = True
             self.inbox.put((payload, time.time()))
+
+    def _on_hub_status(self, _topic: str, payload: bytes) -> None:
+        try:
+            self.hub_serves = hub_serving(payload)
+        except WireError as err:
+            log.warning("%s: ignored bad status of the regional hub: %s", self.spec.client, err)
 
     def _on_ack(self, _topic: str, payload: bytes) -> None:
         try:
@@ -199,11 +220,18 @@ class Device:
         if self.gone.is_set():
             raise Abandoned
 
-    def run(self, connect_timeout: float = 600.0) -> None:
-        """Serve rounds until the federation announces it has finished (or the device goes)."""
-        self.session.connect(timeout=connect_timeout)
+    def run(self) -> None:
+        """Serve rounds until the federation announces it has finished (or the device goes).
+
+        Raises ``BrokerUnreachable`` when the broker is not reached within the spec's
+        ``connect_timeout_s`` (saying why every ``report_every_s`` meanwhile)."""
+        self.session.connect(timeout=self.spec.connect_timeout_s,
+                             report_every_s=self.spec.report_every_s)
+        self.hub_missing_since = time.monotonic()
+        self.federation_wait = Reminder(self.spec.report_every_s, time.monotonic())
         try:
             while not (self.done.is_set() or self.gone.is_set() or self.stopping.is_set()):
+                self.report_waits(time.monotonic())
                 self.handle_acks()
                 self.resend_pending()
                 self.secagg.poll()  # e.g. answer a secure-aggregation unmasking request
@@ -244,6 +272,34 @@ class Device:
                                                 region=self.spec.region, online=False,
                                                 ts=time.time()))
                 self.session.close()
+
+    def report_waits(self, now: float) -> None:
+        """Say every ``report_every_s`` that no announcement of the federation came yet;
+        warn once when no regional hub has served this device's region for that long (since
+        connecting, or since its hub stopped), and say when one serves again."""
+        if not self.announced and self.federation_wait.due(now):
+            log.warning("%s: still waiting for federation %s on %s: no round announcement "
+                        "yet (its cloud hub announces round 1 once min_clients devices are "
+                        "online; check --federation; `hub status --federation %s` shows what "
+                        "the broker holds)", self.spec.client, self.spec.federation,
+                        self.session.broker_url, self.spec.federation)
+        if self.hub_serves:
+            if self.hub_warned:
+                log.info("%s: the regional hub of region %s serves now", self.spec.client,
+                         self.spec.region)
+            self.hub_missing_since, self.hub_warned = None, False
+            return
+        if self.hub_missing_since is None:
+            self.hub_missing_since = now
+        if self.hub_warned or now - self.hub_missing_since < self.spec.report_every_s:
+            return
+        self.hub_warned = True
+        why = ("its status says offline or finished" if self.hub_serves is False
+               else f"no status on {self.topics.status('regional', self.spec.region)}")
+        log.warning("%s: no regional hub serves region %s on %s (%s): the cloud does not "
+                    "select this device until one does; start `hub serve --role regional "
+                    "--region %s`, or check --region", self.spec.client, self.spec.region,
+                    self.session.broker_url, why, self.spec.region)
 
     def on_round(self, header: AnnounceHeader, env: Envelope, bytes_down: int) -> None:
         if header.federation != self.spec.federation:
@@ -570,6 +626,9 @@ def run_devices(specs: list[DeviceSpec], broker_url: str, host: ModelHost | None
                 payload_limit: int = 1_000_000) -> int:
     """Run several virtual devices over one shared base model until the federation ends.
 
+    Returns 1 when a device failed; raises ``BrokerUnreachable`` when the only failures
+    were devices that never reached the broker.
+
     A device with online windows is started at the beginning of each window (a fresh
     session over its state directory, as after a reboot) and vanishes at its end.
     """
@@ -602,6 +661,9 @@ def run_devices(specs: list[DeviceSpec], broker_url: str, host: ModelHost | None
                 if device.done.is_set():
                     finished.set()
                     return
+        except BrokerUnreachable as err:  # one line: the message says what and why
+            log.error("%s: %s", spec.client, err)
+            errors.append(err)
         except BaseException as err:  # surfaced below; one device failing must be visible
             log.exception("%s failed", spec.client)
             errors.append(err)
@@ -627,6 +689,8 @@ def run_devices(specs: list[DeviceSpec], broker_url: str, host: ModelHost | None
         for done in ended:
             done.wait()
         raise
+    if errors and all(isinstance(e, BrokerUnreachable) for e in errors):
+        raise errors[0]  # nothing else went wrong: the caller names the broker
     return 1 if errors else 0
 
 

@@ -37,6 +37,8 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -80,6 +82,34 @@ _paho_log.addFilter(_QuietPahoShutdown())
 _AUTH_REFUSALS = frozenset({"Bad user name or password", "Not authorized"})
 
 Handler = Callable[[str, bytes], None]
+
+
+class BrokerUnreachable(ConnectionError):
+    """``connect()`` gave up: the broker was not reached (or refused the credentials)
+    within its timeout.  The message names the broker and the last reason."""
+
+
+def describe_connect_error(exc: BaseException | None, host: str, port: int, tls: bool) -> str:
+    """Why a connection attempt failed, in the words an operator acts on: refused, name
+    not resolved, TLS verification (the CA, the host name), timed out."""
+    where = f"{host}:{port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"TLS handshake failed: the broker's certificate did not verify "
+                f"({exc.verify_message or exc}); check the CA (--tls-ca or the credentials "
+                "file) and that the URL's host name is in the broker certificate")
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused: nothing listens on {where}?"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host {host!r}: {exc.strerror or exc}"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {where} (timed out)"
+    if isinstance(exc, OSError):
+        return f"cannot reach {where}: {exc.strerror or exc}"
+    return f"cannot reach {where}" + (
+        " or TLS handshake failed (check the CA and that the URL's host name is in the "
+        "broker certificate)" if tls else "")
 RejectHandler = Callable[[str, WireError], None]
 
 
@@ -240,7 +270,7 @@ class MqttSession:
         self._stopping = threading.Event()
         self._net_thread: int | None = None
         self._attempts = 0
-        self._last_error = "no attempt yet"
+        self._last_error = "no answer yet"
         self._started = False
         self._closed = False
 
@@ -270,14 +300,16 @@ class MqttSession:
 
     # ----------------------------------------------------------------- connection lifecycle
 
-    def connect(self, timeout: float = 30.0) -> None:
+    def connect(self, timeout: float = 30.0, *, report_every_s: float | None = None) -> None:
         """Start the network thread and wait until the broker accepted the connection and
         acknowledged the subscriptions made before it.
 
-        Retries with exponential backoff and jitter; raises ``ConnectionError`` naming the URL
-        if not connected within ``timeout``, or at once if the broker refused the credentials
-        (the session is then closed). Once connected, paho reconnects on its own after any
-        drop. Call at most once per session.
+        Retries with exponential backoff and jitter; raises ``BrokerUnreachable`` naming the
+        URL if not connected within ``timeout``, or at once if the broker refused the
+        credentials (the session is then closed). With ``report_every_s``, logs a "still
+        waiting for broker HOST:PORT (reason)" warning that often meanwhile, so that a
+        process waiting for a broker is never silent. Once connected, paho reconnects on its
+        own after any drop. Call at most once per session.
         """
         self._ensure_open()
         if self._started:
@@ -285,13 +317,22 @@ class MqttSession:
         self._started = True
         self._client.connect_async(self._host, self._port, self._keepalive)
         self._client.loop_start()
-        refused = self._settled.wait(timeout) and not self._connected_once.is_set()
+        deadline = time.monotonic() + timeout
+        refused = False
+        while (left := deadline - time.monotonic()) > 0:
+            if self._settled.wait(left if report_every_s is None else min(left,
+                                                                          report_every_s)):
+                refused = not self._connected_once.is_set()
+                break
+            if time.monotonic() < deadline:
+                log.warning("still waiting for broker %s:%d (%s)", self._host, self._port,
+                            self._last_error)
         if not self._connected_once.is_set():
             if self._resubscribe_mid is not None and self.connected:
                 self._last_error = "connected, but the broker did not acknowledge the subscriptions"
             self.close()
             when = "" if refused else f" within {timeout:.1f}s"
-            raise ConnectionError(
+            raise BrokerUnreachable(
                 f"could not connect to MQTT broker {self.broker_url} as {self.client_id!r}"
                 f"{when} (last error: {self._last_error})"
             )
@@ -578,10 +619,12 @@ class MqttSession:
         return int(mid)
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._last_error = f"cannot reach {self._host}:{self._port}" + (
-            " or TLS handshake failed (check the CA and that the URL's host name is in the "
-            "broker certificate)" if self._tls else "")
-        log.debug("%s: connection attempt to %s failed", self.client_id, self.broker_url)
+        # paho calls this inside its ``except OSError`` around the connection attempt, so
+        # the exception (refused, TLS verification, DNS, timeout) is the one being handled
+        exc = sys.exc_info()[1]
+        self._last_error = describe_connect_error(exc, self._host, self._port, self._tls)
+        log.debug("%s: connection attempt to %s failed: %s", self.client_id, self.broker_url,
+                  self._last_error)
 
     def _handle_disconnect(
         self,
@@ -592,6 +635,11 @@ class MqttSession:
         properties: Any,
     ) -> None:
         self._subacks.reset()
+        if not (self._connected_once.is_set() or self._stopping.is_set()
+                or self._last_error.startswith("CONNACK refused")):
+            self._last_error = (f"the broker closed the connection before accepting it "
+                                f"({reason_code})"
+                                + ("" if self._tls else "; is it a TLS port (mqtts://)?"))
         if not self._stopping.is_set():
             log.warning(
                 "%s lost connection to %s (%s); reconnecting",

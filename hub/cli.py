@@ -62,6 +62,17 @@ def serve(
     metrics_host: Annotated[str, typer.Option(
         help="Address the metrics server binds; 0.0.0.0 to be scraped from other hosts.")]
     = "127.0.0.1",
+    connect_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds to wait for the broker; then exit 2 naming it.")] = 300.0,
+    report_every: Annotated[float, typer.Option(
+        min=0.1, help="Seconds between 'still waiting for ...' lines while the broker, the "
+                      "federation's first announcement (regional role) or enough devices "
+                      "(cloud role) are awaited.")] = 30.0,
+    hub_grace: Annotated[float, typer.Option(
+        min=0, help="Cloud role: seconds a region's devices may be online before its "
+                    "regional hub's status is seen; after that the region's devices are not "
+                    "selected until its hub serves (a region without a hub cannot deliver "
+                    "updates, and every round would run to its deadline).")] = 30.0,
     torch_threads: Annotated[int, typer.Option(
         min=1, help="Torch intra-op threads. A hub's work is many small tensor operations, "
                     "where thread hand-offs cost more than they gain (several times more on "
@@ -96,9 +107,11 @@ def serve(
             region=region)
         assert conn.url is not None
         hub = RegionalHub(conn.url, federation, region, state_dir, payload_limit,
-                          auth=conn.auth)
+                          auth=conn.auth, connect_timeout_s=connect_timeout,
+                          report_every_s=report_every)
         _start_metrics(hub, metrics_port, metrics_host)
-        sys.exit(hub.run())
+        with _unreachable_exits():
+            sys.exit(hub.run())
     try:
         cfg = load_federation_config(config)
     except ConfigError as err:
@@ -122,9 +135,11 @@ def serve(
     from hub.lifecycle import LifecycleError
 
     try:
-        cloud = CloudHub(broker, cfg, state_dir, auth=conn.auth)
+        cloud = CloudHub(broker, cfg, state_dir, auth=conn.auth, hub_grace_s=hub_grace,
+                         connect_timeout_s=connect_timeout, report_every_s=report_every)
         _start_metrics(cloud, metrics_port, metrics_host)
-        sys.exit(cloud.run())
+        with _unreachable_exits():
+            sys.exit(cloud.run())
     except LifecycleError as err:  # a checkpoint or broker state this start does not fit
         option = "--config" if err.option == "--rounds" else err.option
         raise cli_common.usage_error(str(err), option) from None
@@ -133,6 +148,18 @@ def serve(
             if cloud is not None:  # disconnect first, or it logs the broker's end as a loss
                 cloud.session.close()
             started.stop()
+
+
+@contextlib.contextmanager
+def _unreachable_exits() -> Iterator[None]:
+    """A broker not reached within --connect-timeout: one line naming it, exit 2."""
+    from fedsa_common.transport import BrokerUnreachable
+
+    try:
+        yield
+    except BrokerUnreachable as err:
+        typer.echo(f"hub serve: {err}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _start_metrics(hub: object, port: int, host: str) -> None:
@@ -169,7 +196,7 @@ def status(
     import json
 
     from fedsa_common.broker_auth import redact_url
-    from hub.status import collect, render
+    from hub.status import collect, device_rows, render, unserved_regions
 
     url, auth = _connection_for(federation, broker, credentials, username, password_file,
                                 tls_ca, role="monitor")
@@ -186,7 +213,9 @@ def status(
         raise typer.Exit(2)
     if json_out:
         typer.echo(json.dumps({"federation": federation, "statuses": snap.statuses,
-                               "announce": snap.announce, "presence": snap.presence},
+                               "announce": snap.announce, "presence": snap.presence,
+                               "regions_without_hub": unserved_regions(snap),
+                               "devices": device_rows(snap)},
                               indent=2))
     text, healthy = render(snap)
     if not json_out:

@@ -43,6 +43,7 @@ from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.chunking import split_payload
 from fedsa_common.config import FederationConfig
 from fedsa_common.errors import WireError
+from fedsa_common.liveness import Reminder, hub_serving
 from fedsa_common.protocol import (
     Ack,
     AnnounceHeader,
@@ -60,6 +61,7 @@ from fedsa_common.protocol import (
 from hub.aggregation import RunningSum, apply_server_update, l2_norm
 from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
 from hub.cloud_intake import DROPPED, CloudIntake
+from hub.device_table import DeviceTable
 from hub.downlink import DownlinkState, downlink_step
 from hub.lifecycle import (
     CloudLock,
@@ -73,6 +75,7 @@ from hub.lifecycle import (
 )
 from hub.privacy import CloudPrivacy
 from hub.process import Event, HubProcess
+from hub.region_hubs import RegionHubs, may_start, selectable
 from hub.server_optimizer import ServerOptimizerState, server_change
 from hub.split_policy import SplitPolicy, check_held, describe
 from quant.adapters import adapter_shapes, init_adapter_values
@@ -83,6 +86,7 @@ INFLIGHT_JSON = "inflight.json"
 INFLIGHT_TENSORS = "inflight.safetensors"
 INFLIGHT_ANNOUNCE = "inflight-announce.bin"
 CONTROL_MAX_AGE_S = 60.0  # older commands (queued for the cloud while it was down) are ignored
+HUB_GRACE_S = 30.0  # how long a region's devices wait for its hub's status before skipped
 
 
 def initial_global(config: FederationConfig) -> dict[str, torch.Tensor]:
@@ -138,13 +142,21 @@ class CloudHub(HubProcess):
     role = "cloud"
 
     def __init__(self, broker_url: str, config: FederationConfig, state_dir: Path, *,
-                 auth: BrokerAuth | None = None) -> None:
+                 auth: BrokerAuth | None = None, hub_grace_s: float = HUB_GRACE_S,
+                 connect_timeout_s: float = 300.0, report_every_s: float = 30.0) -> None:
         super().__init__(broker_url, config.federation.name, "cloud", state_dir,
                          config.transport.payload_limit, config.transport.max_message_bytes,
-                         auth=auth)
+                         auth=auth, connect_timeout_s=connect_timeout_s,
+                         report_every_s=report_every_s)
         self.config = config
         self.policy = config.round_policy
         self.online: dict[str, str] = {}  # client -> region
+        # regions whose regional hub serves (hub/region_hubs.py): only their devices are
+        # selected, since nothing collects the updates of a region without one
+        self.region_hubs = RegionHubs(hub_grace_s)
+        # when the first device came online: round 1 waits wait_for_clients_s from then
+        self.first_device_at: float | None = None
+        self.devices = DeviceTable()  # for `hub status`, in the retained cloud status
         self.inflight: CloudIntake | None = None
         self.pending_acks: list[tuple[str, Ack]] = []
         self.dirty = False
@@ -227,6 +239,7 @@ class CloudHub(HubProcess):
 
     def _run(self) -> int:
         state = self.load_state()
+        self.devices = DeviceTable.from_history(state.history)
         # records the configuration and total it runs with, for lifecycle commands and the
         # next start (a fresh cloud's round 0 too)
         self.save_checkpoint(state)
@@ -239,9 +252,10 @@ class CloudHub(HubProcess):
             if self.downlink.enable:  # re-published with the announcement once connected
                 self.global_payload = self.global_message(state, inflight.round)[0]
         self.listen("presence", self.topics.presence_filter, raw=True)
+        self.listen("hub_status", self.topics.status("regional", "+"), raw=True)
         self.listen("partial", self.topics.partial_filter)
         self.listen("control", self.topics.control, raw=True)
-        self.session.connect(timeout=300)
+        self.connect()
         self.publish_status(round=state.round, version=state.version, rounds=self.rounds)
         if self.inflight is None:
             self.check_retained(state)
@@ -254,6 +268,12 @@ class CloudHub(HubProcess):
         log.info("federation finished after %d rounds", state.round)
         self.session.close()
         return 0
+
+    def publish_status(self, **fields: Any) -> None:
+        """The hub status, with the device table (``hub status`` lists it) while it fits
+        half a message."""
+        super().publish_status(**fields,
+                               **self.devices.status_fields(self.session.payload_limit // 2))
 
     # ------------------------------------------------------------------ lifecycle
     def check_retained(self, state: CloudState) -> None:
@@ -316,21 +336,60 @@ class CloudHub(HubProcess):
 
     # ------------------------------------------------------------------ events
     def wait_for_clients(self, state: CloudState) -> None:
+        """Wait for ``min_clients`` selectable devices (and for the hubs of the regions
+        whose devices came), or, from the first device's presence, ``wait_for_clients_s``
+        for as many as came; say every ``report_every_s`` what is missing.
+
+        The wait counts from the first device, not from this start: a cloud started long
+        before its devices would otherwise run round 1 with the first one that came."""
         need = self.config.sampling.min_clients
-        until = time.time() + self.config.sampling.wait_for_clients_s
-        while len(self.online) < need and state.round < self.rounds:
-            if time.time() > until and self.online:
-                log.warning("starting with %d of %d wanted devices", len(self.online), need)
-                return
+        reminder = Reminder(self.report_every_s, time.time())
+        while state.round < self.rounds:
+            now = time.time()
+            ready = self.selectable(now)
+            pending = self.region_hubs.pending(set(self.online.values()), now)
+            if may_start(ready=len(ready), need=need, pending=len(pending),
+                         waited_since=self.first_device_at, now=now,
+                         wait_s=self.config.sampling.wait_for_clients_s):
+                if len(ready) < need:
+                    log.warning("starting with %d of %d wanted devices", len(ready), need)
+                break
+            if reminder.due(now):
+                log.info("waiting for devices of federation %s: %d of %d online%s",
+                         self.federation, len(ready), need,
+                         f"; waiting for the regional hub of {', '.join(sorted(pending))}"
+                         if pending else "")
             event = self.next_event(1.0)
             if event is not None:
                 self.handle_event(event, state)
         log.info("%d devices online", len(self.online))
 
+    def selectable(self, now: float | None = None) -> dict[str, str]:
+        """The online devices (client -> region) of regions whose regional hub serves."""
+        now = time.time() if now is None else now
+        return selectable(self.online, self.region_hubs.absent(set(self.online.values()), now))
+
+    def note_unserved(self, rnd: int) -> None:
+        """Log (by region) and count the online devices round ``rnd`` cannot select because
+        their region has no serving regional hub."""
+        pool = self.selectable()
+        skipped: dict[str, int] = {}
+        for client, region in self.online.items():
+            if client not in pool:
+                skipped[region] = skipped.get(region, 0) + 1
+        for region, n in sorted(skipped.items()):
+            log.warning("round %d: not selecting %d device%s of region %s: no regional hub "
+                        "serves it (no online status on %s); start `hub serve --role "
+                        "regional --region %s`", rnd, n, "" if n == 1 else "s", region,
+                        self.topics.status("regional", region), region)
+            self.counters["selection.no_regional_hub"] += n
+
     def handle_event(self, event: Event, state: CloudState) -> None:
         try:
             if event.kind == "presence":
                 self.on_presence(event)
+            elif event.kind == "hub_status":
+                self.on_hub_status(event)
             elif event.kind == "partial" and self.inflight is not None:
                 self.on_partial(event, state)
             elif event.kind == "control":
@@ -356,8 +415,24 @@ class CloudHub(HubProcess):
             raise WireError("wrong_topic", event.topic)
         if p.online:
             self.online[p.client] = p.region
+            self.region_hubs.on_device(p.region, time.time())
+            self.devices.seen(p.client, p.region)
+            if self.first_device_at is None:
+                self.first_device_at = time.time()
         else:
             self.online.pop(p.client, None)
+
+    def on_hub_status(self, event: Event) -> None:
+        """A regional hub's retained status: whether its region's devices may be selected."""
+        region = event.topic.rsplit("/", 1)[-1]
+        serving = hub_serving(event.payload)
+        if not self.region_hubs.on_status(region, serving):
+            return
+        if serving:
+            log.info("regional hub of %s serves", region)
+        else:
+            log.warning("regional hub of %s is not serving (offline or finished): its "
+                        "devices are not selected until it is back", region)
 
     # ------------------------------------------------------------------ rounds
     def global_message(self, state: CloudState, rnd: int) -> tuple[bytes, str]:
@@ -418,14 +493,15 @@ class CloudHub(HubProcess):
         if self.policy.over_select <= 1:
             return None
         return self.config.sampling.clients_per_round or max(
-            1, math.floor(len(self.online) / self.policy.over_select))
+            1, math.floor(len(self.selectable()) / self.policy.over_select))
 
-    def sample(self, rnd: int) -> dict[str, list[str]]:
+    def sample(self, rnd: int, pool: dict[str, str]) -> dict[str, list[str]]:
+        """Round ``rnd``'s selection from ``pool`` (the selectable devices)."""
         k = self.config.sampling.clients_per_round
         if self.policy.over_select > 1:
-            base = k or len(self.online)
+            base = k or len(pool)
             k = math.ceil(base * self.policy.over_select)
-        return select_clients(self.online, k, self.config.federation.seed, rnd)
+        return select_clients(pool, k, self.config.federation.seed, rnd)
 
     def round_closed(self) -> bool:
         assert self.inflight is not None
@@ -442,12 +518,18 @@ class CloudHub(HubProcess):
     def run_round(self, state: CloudState) -> None:
         rnd = state.round + 1
         if self.inflight is None or self.inflight.round != rnd:
-            selected = self.sample(rnd)
-            self.privacy.note_sampling(rnd, sum(len(v) for v in selected.values()),
-                                       len(self.online))
+            pool = self.selectable()
+            if len(pool) < len(self.online):
+                self.note_unserved(rnd)
+            selected = self.sample(rnd, pool)
+            self.devices.selected(selected, rnd)
+            # the population sampled from is the pool: devices of unserved regions never are
+            self.privacy.note_sampling(rnd, sum(len(v) for v in selected.values()), len(pool))
             self.announce(state, "running", selected)
             log.info("round %d/%d announced to %d devices", rnd, self.rounds,
                      sum(len(v) for v in selected.values()))
+            # `hub status` shows the selection while the round runs
+            self.publish_status(round=state.round, version=state.version, rounds=self.rounds)
         fl = self.inflight
         assert fl is not None
         self.round_started(rnd, fl.started)
@@ -498,11 +580,13 @@ class CloudHub(HubProcess):
                 new = apply_server_update(old, change)
             state.params = {**state.params, **new}
             state.version += 1
+            self.devices.accepted(fl.applied)
         else:
             for uid in fl.applied:
                 fl.dropped[uid] = "below_quorum"
         state.round = fl.round
-        dp_fields = self.privacy.close_round(fl.round, selected, len(self.online), applied)
+        dp_fields = self.privacy.close_round(fl.round, selected, len(self.selectable()),
+                                              applied)
         split_fields = self.next_split(state, fl, applied)
         summary = RoundSummary(
             federation=self.federation, round=fl.round, version=state.version,

@@ -46,8 +46,14 @@ class HubProcess:
         max_message_bytes: int = TransportSection().max_message_bytes,
         *,
         auth: BrokerAuth | None = None,
+        connect_timeout_s: float = 300.0,
+        report_every_s: float = 30.0,
     ) -> None:
         self.topics = Topics(federation)
+        # how long to wait for the broker, and how often to say what the hub still waits
+        # for (the broker, the federation's announcement, its devices)
+        self.connect_timeout_s = connect_timeout_s
+        self.report_every_s = report_every_s
         self.federation = federation
         self.name = name
         self.state_dir = Path(state_dir)
@@ -70,6 +76,12 @@ class HubProcess:
             auth=auth,
         )
         self._status_topic = status_topic
+
+    def connect(self) -> None:
+        """Connect, saying every ``report_every_s`` why the broker is not reached yet;
+        ``BrokerUnreachable`` after ``connect_timeout_s``."""
+        self.session.connect(timeout=self.connect_timeout_s,
+                             report_every_s=self.report_every_s)
 
     def round_started(self, rnd: int, at: float | None = None) -> None:
         """Monitoring hook: round ``rnd`` began here (announced, or its announcement came)."""

@@ -9,8 +9,9 @@ Who may do what (``docs/security.md`` has the same table):
 * device C of region R: write its own update frames, presence, metrics and secure-aggregation
   messages to its hub; read the round announcement (federation-wide: global shared parameters
   and the selection, nothing private), the retained full global parameters (downlink
-  deltas), its own acknowledgements and its hub's
-  secure-aggregation messages to it. Nothing of other devices, no partials.
+  deltas), its own acknowledgements, its regional hub's status (to warn when no hub
+  serves its region) and its hub's secure-aggregation messages to it. Nothing of other
+  devices, no partials.
 * regional hub R: read the announcement, its region's updates, presence and secure-aggregation
   messages, the cloud's acks of its partials; write acks and secure-aggregation messages to
   its region's devices, its partials and its status.
@@ -110,6 +111,7 @@ def rules_for(account: Account, topics: Topics) -> list[Rule]:
             Rule("read", announce),
             Rule("read", full_global),
             Rule("read", topics.ack(region, client)),
+            Rule("read", topics.status("regional", region)),  # is its region served?
             Rule("read", chunk_filter(topics.secagg_down(region, client))),
         ]
     if account.role == "regional":

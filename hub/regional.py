@@ -23,6 +23,7 @@ from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.config import TransportSection
 from fedsa_common.downlink import announced_delta
 from fedsa_common.errors import WireError
+from fedsa_common.liveness import Reminder
 from fedsa_common.protocol import (
     Ack,
     AnnounceHeader,
@@ -56,9 +57,11 @@ class RegionalHub(HubProcess):
     role = "regional"
 
     def __init__(self, broker_url: str, federation: str, region: str, state_dir: Path,
-                 payload_limit: int = 1_000_000, *, auth: BrokerAuth | None = None) -> None:
+                 payload_limit: int = 1_000_000, *, auth: BrokerAuth | None = None,
+                 connect_timeout_s: float = 300.0, report_every_s: float = 30.0) -> None:
         super().__init__(broker_url, federation, check_name("region", region), state_dir,
-                         payload_limit, auth=auth)
+                         payload_limit, auth=auth, connect_timeout_s=connect_timeout_s,
+                         report_every_s=report_every_s)
         self.region = region
         self.intake = RegionIntake(region, federation)
         self.outbox: dict[str, tuple[PartialHeader, dict[str, torch.Tensor]]] = {}
@@ -108,10 +111,17 @@ class RegionalHub(HubProcess):
         self.listen("update", self.topics.update_filter(self.region))
         self.listen("partial_ack", self.topics.partial_ack(self.region), raw=True)
         self.listen("secagg", self.topics.secagg_up_filter(self.region))
-        self.session.connect(timeout=300)
+        self.connect()
         self.publish_status(round=self.intake.round or None)
         log.info("regional hub %s serving federation %s", self.region, self.federation)
+        reminder = Reminder(self.report_every_s, time.monotonic())
         while not self.finished:
+            if not self.intake.round and reminder.due(time.monotonic()):
+                log.warning("still waiting for federation %s on %s: no round announcement "
+                            "yet (its cloud hub announces round 1 once min_clients devices "
+                            "are online; `hub status --federation %s` shows what the broker "
+                            "holds)", self.federation, self.session.broker_url,
+                            self.federation)
             event = self.next_event(timeout=min(1.0, self.deadline - time.time()))
             batch_started = time.time()
             while event is not None:  # drain, then persist once and acknowledge the batch
@@ -166,6 +176,10 @@ class RegionalHub(HubProcess):
                 self.secure_tick()
             elif event.kind == "partial_ack":
                 self.on_partial_ack(event)
+            elif event.kind == "connected":
+                # after a broker restart its retained copy may be gone, and the cloud and
+                # devices read it to know that this region is served
+                self.publish_status(round=self.intake.round or None)
         except WireError as err:
             if event.kind == "update" and err.reason != "duplicate":
                 self.intake.rejected[err.reason] += 1

@@ -17,10 +17,12 @@ from typing import Any
 
 from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.errors import WireError
+from fedsa_common.liveness import status_serving
 from fedsa_common.protocol import AnnounceHeader, Topics, decode_message
 from fedsa_common.transport import MqttSession
 
 OVERDUE_FACTOR = 2.0  # a round running this many deadlines is reported as stalled
+DEVICE_LINES_MAX = 50  # more devices than this are listed by --json only
 
 
 @dataclass
@@ -108,6 +110,51 @@ def collect(broker_url: str, federation: str, timeout_s: float = 5.0,
     return snap
 
 
+def unserved_regions(snap: Snapshot) -> dict[str, list[str]]:
+    """Regions with online devices and no serving regional hub, with those devices: the
+    cloud does not select them (nothing would collect their updates)."""
+    unserved: dict[str, list[str]] = {}
+    for key, online in sorted(snap.presence.items()):
+        region, _, client = key.partition("/")
+        hub = snap.statuses.get(f"regional/{region}")
+        if online and (hub is None or not status_serving(hub)):
+            unserved.setdefault(region, []).append(client)
+    return unserved
+
+
+def device_rows(snap: Snapshot) -> list[dict[str, Any]]:
+    """One row per device: online (its retained presence; None when none is retained),
+    and the last round it was selected for and whose step took its update (the cloud's
+    retained status; None when the cloud has not said)."""
+    cloud = snap.statuses.get("cloud/cloud") or {}
+    known = cloud.get("devices")
+    table: dict[str, Any] = known if isinstance(known, dict) else {}
+    rows: dict[str, dict[str, Any]] = {}
+    for key, online in snap.presence.items():
+        region, _, client = key.partition("/")
+        rows[client] = {"client": client, "region": region, "online": online,
+                        "last_selected": None, "last_accepted": None}
+    for client, rec in table.items():
+        if not isinstance(rec, dict):
+            continue
+        row = rows.setdefault(client, {"client": client, "region": rec.get("region"),
+                                       "online": None})
+        row["last_selected"] = rec.get("last_selected")
+        row["last_accepted"] = rec.get("last_accepted")
+    return sorted(rows.values(), key=lambda r: (str(r["region"]), r["client"]))
+
+
+def _device_line(row: dict[str, Any]) -> str:
+    state = {True: "online", False: "offline", None: "unknown"}[row["online"]]
+    name = f"{row['region']}/{row['client']}"
+
+    def rnd(v: Any) -> str:
+        return "-" if v is None else str(v)
+
+    return (f"  {name:<22} {state:<8} last selected round {rnd(row['last_selected'])}, "
+            f"last accepted update round {rnd(row['last_accepted'])}")
+
+
 def _age(ts: Any, now: float) -> str:
     if not isinstance(ts, int | float) or ts <= 0:
         return "age unknown"
@@ -160,11 +207,22 @@ def render(snap: Snapshot, now: float | None = None) -> tuple[str, bool]:
             per_region = ", ".join(f"{r} {len(c)}" for r, c in sorted(selected.items()))
             lines.append(f"participants: {n_sel} selected"
                          + (f" ({per_region})" if per_region else ""))
+    finished = ann is not None and ann["status"] == "finished"
     if snap.presence:
         online = sum(snap.presence.values())
         lines.append(f"devices online: {online} of {len(snap.presence)} seen")
+    for region, clients in unserved_regions(snap).items() if not finished else ():
+        lines.append(f"region {region}: no regional hub serves it; its {len(clients)} online "
+                     f"device{'' if len(clients) == 1 else 's'} ({', '.join(clients)}) "
+                     "cannot be selected")
+        problems.append(f"region {region} has no regional hub")
+    rows = device_rows(snap)
+    if rows and len(rows) <= DEVICE_LINES_MAX:
+        lines.append("devices:")
+        lines.extend(_device_line(row) for row in rows)
+    elif rows:
+        lines.append(f"devices: {len(rows)} (--json lists them)")
     lines.append("hubs:" if snap.statuses else "hubs: no retained hub status")
-    finished = ann is not None and ann["status"] == "finished"
     for key in sorted(snap.statuses, key=lambda k: (not k.startswith("cloud/"), k)):
         body = snap.statuses[key]
         lines.append(_hub_line(key, body, now))

@@ -261,7 +261,10 @@ def run_scenario(config: ScenarioConfig, out: Path, broker_url: str | None = Non
         cluster.spawn("cloud", [
             "hub", "serve", "--role", "cloud", "--broker", broker_url, "--federation", fed,
             "--state-dir", str(state / "cloud"), "--config", str(config_path),
-            "--payload-limit", limit, *metrics_args(ports, "cloud")])
+            "--payload-limit", limit, *metrics_args(ports, "cloud"),
+            # every region's hub is started below: under load one may take long to come up,
+            # and its devices must not be skipped meanwhile
+            "--hub-grace", str(sc.timeout_s)])
         for region in sc.topology.regions:
             cluster.spawn(f"regional-{region}", [
                 "hub", "serve", "--role", "regional", "--region", region, "--broker", broker_url,

@@ -70,7 +70,9 @@ ACCESS = {
     "secagg_down": (frame(T.secagg_down("north", "dev-0")), {"hub-regional-north"}, {"dev-0"}),
     "partial_ack": (T.partial_ack("north"), {"hub-cloud"}, {"hub-regional-north", "monitor"}),
     "summary": (T.summary, {"hub-cloud"}, {"monitor"}),
-    "status": (T.status("regional", "north"), {"hub-regional-north"}, {"hub-cloud", "monitor"}),
+    # devices of north read it to warn when no hub serves their region
+    "status": (T.status("regional", "north"), {"hub-regional-north"},
+               {"hub-cloud", "monitor", "dev-0", "dev-1"}),
 }
 
 
@@ -110,6 +112,7 @@ def test_rendered_acl_blocks():
         "topic read fedsa/fed/round/+",
         "topic read fedsa/fed/global/+",
         "topic read fedsa/fed/ack/north/dev-0",
+        "topic read fedsa/fed/status/regional/north",
         "topic read fedsa/fed/region/north/secagg/down/dev-0/+",
     ]
     assert text.count("\nuser ") == 7 and "\ntopic" not in text.split("\nuser ")[0]

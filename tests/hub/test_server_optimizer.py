@@ -320,6 +320,8 @@ def test_cloud_hub_process_runs_adam_rounds_and_checkpoints_the_moments(
     session.subscribe_raw(topics.summary, lambda _t, p: summaries.append(
         decode_json(RoundSummary, p, max_bytes=1_000_000)))
     session.connect()
+    # this test is the region's hub: the cloud selects only devices of served regions
+    session.publish_raw(topics.status("regional", region), b'{"online": true}', retain=True)
     session.publish_raw(topics.presence(region, client),
                         encode_json(Presence(client=client, region=region, online=True)),
                         retain=True)

@@ -96,3 +96,16 @@ def test_status_cli_reads_retained_messages(broker):
         assert empty.exit_code == 2
         assert "no retained status for federation 'nobody'" in empty.stderr
         pub.publish_raw(topics.status("regional", "north"), b"", retain=True)
+
+
+def test_a_region_with_online_devices_and_no_hub_is_degraded():
+    snap = snapshot(presence={"north/n-0": True, "west/w-0": True, "west/w-1": True,
+                              "east/e-0": False})
+    text, healthy = render(snap, now=NOW)
+    assert not healthy
+    assert ("region west: no regional hub serves it; its 2 online devices (w-0, w-1) cannot "
+            "be selected") in text
+    assert "region east" not in text  # no online device there: nothing waits on it
+    assert "health: DEGRADED: region west has no regional hub" in text
+    snap.statuses["regional/west"] = status(finished=True)  # a hub of an earlier run
+    assert "region west: no regional hub" in render(snap, now=NOW)[0]

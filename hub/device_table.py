@@ -1,0 +1,71 @@
+"""What the cloud knows of each device, for ``hub status``: its region, the last round it
+was selected for and the last round whose step took its update (pure: no I/O).
+
+The cloud publishes the table in its retained status, so an operator reading the broker
+sees which devices take part without access to any hub.  Accepted rounds are rebuilt from
+the checkpoint's round history after a restart; selections are kept from then on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class DeviceRecord:
+    region: str | None = None
+    last_selected: int | None = None
+    last_accepted: int | None = None
+
+
+def _round_of(uid: str) -> tuple[str, int] | None:
+    """``client:round`` (an update id) as its parts; None for anything else."""
+    client, sep, rnd = uid.rpartition(":")
+    if not sep or not client or not rnd.isdigit():
+        return None
+    return client, int(rnd)
+
+
+class DeviceTable:
+    def __init__(self) -> None:
+        self.records: dict[str, DeviceRecord] = {}
+
+    def _get(self, client: str) -> DeviceRecord:
+        return self.records.setdefault(client, DeviceRecord())
+
+    def seen(self, client: str, region: str) -> None:
+        self._get(client).region = region
+
+    def selected(self, selected: dict[str, list[str]], rnd: int) -> None:
+        for region, clients in selected.items():
+            for client in clients:
+                rec = self._get(client)
+                rec.region, rec.last_selected = region, rnd
+
+    def accepted(self, update_ids: Iterable[str]) -> None:
+        """Updates a round's step took (the summary's ``applied`` ids)."""
+        for uid in update_ids:
+            parsed = _round_of(uid)
+            if parsed is not None:
+                rec = self._get(parsed[0])
+                rec.last_accepted = max(rec.last_accepted or 0, parsed[1])
+
+    @classmethod
+    def from_history(cls, history: Iterable[dict[str, Any]]) -> DeviceTable:
+        """The accepted rounds recorded in a checkpoint's round summaries."""
+        table = cls()
+        for record in history:
+            if record.get("applied_step"):
+                table.accepted(record.get("applied") or [])
+        return table
+
+    def status_fields(self, max_bytes: int) -> dict[str, Any]:
+        """``{"devices": {client: record}}`` for the cloud's status, or, past ``max_bytes``
+        of JSON, only their count (``devices_omitted``): a status must fit one message."""
+        devices = {c: asdict(r) for c, r in sorted(self.records.items())}
+        if len(json.dumps(devices)) > max_bytes:
+            return {"devices_omitted": len(devices)}
+        return {"devices": devices}
