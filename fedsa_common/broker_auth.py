@@ -20,13 +20,15 @@ import ssl
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedsa_common.names import NAME_RE
-from fedsa_common.secagg.identity import DeviceIdentity
+
+if TYPE_CHECKING:  # the secagg package pulls in torch, which join's early checks avoid
+    from fedsa_common.secagg.identity import DeviceIdentity
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +212,8 @@ class Credentials(BaseModel):
         except binascii.Error:
             raise ValueError(f"credentials of {self.username}: secagg fields must be "
                              "base64") from None
+        from fedsa_common.secagg.identity import DeviceIdentity
+
         return DeviceIdentity.load(self.federation, self.region, self.client, *raw)
 
 
