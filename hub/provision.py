@@ -10,6 +10,7 @@ Writes, into one output directory::
     acl                    one user block per account (hub.provision_acl)
     credentials/  (0700)   one <user>.json (0600) per account: user, password, broker URL, CA
     data/                  Mosquitto persistence (retained announcement, device sessions)
+    systemd/               units for this broker, its hubs and its devices (hub.provision_units)
     provision.json         what was provisioned (no secrets), to check re-runs
 
 With ``sites`` (one Mosquitto per region, bridged to the cloud broker) the directory above is
@@ -34,15 +35,19 @@ import json
 import os
 import pwd
 import secrets
+import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedsa_common.atomic import write_bytes
+from fedsa_common.broker import mosquitto_path
 from fedsa_common.broker_auth import CREDENTIALS_FORMAT, Credentials, load_credentials
 from fedsa_common.protocol import check_name
 from hub.provision_acl import Account, federation_accounts, render_acl, site_accounts
 from hub.provision_bridge import BridgeLogin, BridgeTLS, bridge_user, render_bridge
 from hub.provision_tls import CertKey, check_ca_pair, issue_server_cert, new_ca
+from hub.provision_units import Programs, units_for
 
 # mosquitto_passwd's defaults: 12-byte salt, 101 PBKDF2 iterations. The passwords we issue are
 # 192 random bits, so offline guessing is hopeless whatever the iteration count.
@@ -83,6 +88,7 @@ class ProvisionSpec:
     broker_user: str | None = None  # Mosquitto's `user` (the account it drops root to)
     max_packet_bytes: int = 4_000_000
     sites: dict[str, Site] = field(default_factory=dict)
+    programs: Programs | None = None  # for the systemd units; None: found on this machine
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)
@@ -316,8 +322,11 @@ def provision(spec: ProvisionSpec, out: Path, *, rotate: bool = False) -> Provis
                                 f"{out / 'sites'}/{{{','.join(gone)}}} when their brokers stop")
 
     ca = _load_or_create_ca(out, spec.federation, result)
+    programs = spec.programs or default_programs()
     cloud = BrokerDir(out, accounts, spec.hosts, spec.broker_url, spec.port)
     passwords = _write_broker_dir(spec, cloud, ca, owner, rotate, result)
+    _write_units(out, units_for(programs, spec.federation, out, cloud=True,
+                                regions=[] if spec.sites else list(spec.regions)))
     for region, site_accts in by_site.items():
         site = spec.sites[region]
         where = BrokerDir(site_dir(out, region), site_accts, site.hosts, site.url, site.port,
@@ -328,9 +337,34 @@ def provision(spec: ProvisionSpec, out: Path, *, rotate: bool = False) -> Provis
             tls=BridgeTLS(str(where.path.resolve() / "ca.crt")),
             max_packet_bytes=spec.max_packet_bytes)
         _write_broker_dir(spec, where, ca, owner, rotate, result, bridge=bridge)
+        _write_units(where.path, units_for(programs, spec.federation, where.path, cloud=False,
+                                           regions=[region]))
     _write(out / MANIFEST, (json.dumps(_manifest(spec, accounts), indent=2) + "\n").encode(),
            0o644)
     return result
+
+
+def default_programs() -> Programs:
+    """The ``hub``, ``edge-client`` and ``mosquitto`` of this machine (the environment
+    ``hub provision`` runs in), as absolute paths for the units."""
+    here = Path(sys.executable).parent
+
+    def find(name: str) -> str:
+        return shutil.which(name) or str(here / name)
+
+    return Programs(hub=find("hub"), edge_client=find("edge-client"),
+                    mosquitto=mosquitto_path() or "/usr/sbin/mosquitto")
+
+
+def _write_units(broker_dir: Path, units: dict[str, str]) -> None:
+    """``broker_dir/systemd/``: exactly ``units`` (a region no longer served loses its)."""
+    target = broker_dir / "systemd"
+    target.mkdir(exist_ok=True)
+    for stale in target.glob("*.service"):
+        if stale.name not in units:
+            stale.unlink()
+    for name, text in units.items():
+        _write(target / name, text.encode(), 0o644)
 
 
 def _bridge_address(spec: ProvisionSpec) -> str:
