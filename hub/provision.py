@@ -545,5 +545,8 @@ def summary_text(spec: ProvisionSpec, result: ProvisionResult) -> str:
         f"--data DATA --state-dir STATE --credentials DEV.json   (copy {site_creds}/DEV.json "
         "to the device; it holds the CA)",
         f"  hub status --federation {spec.federation} --credentials {creds / 'monitor.json'}",
+        f"  or install the systemd units in {out / 'systemd'}"
+        + (f" and {site_dir(out, 'REGION') / 'systemd'}" if spec.sites else "")
+        + " (README: A real deployment)",
     ]
     return "\n".join(lines)

@@ -177,3 +177,26 @@ def test_a_bridge_account_cannot_speak_for_another_region(sites, connect):
 
 def frame(topic: str) -> str:
     return f"{topic}/0"
+
+
+def test_a_partial_sent_while_the_link_is_down_arrives_after_it_heals(sites, connect):
+    """The cloud broker goes away (stopped, as a cut link looks to the site) while region
+    north's hub sends its partial; the site broker keeps it for the bridge's persistent
+    session and forwards it once the bridge is back.  The cloud's subscriber has a
+    persistent session too (as the cloud hub's), so the partial waits for it there."""
+    inbox = Inbox()
+    cloud = MqttSession(sites.url(), "cloud-observer-persistent", clean_session=False,
+                        auth=sites.observer_auth(), reconnect_min_s=0.2, reconnect_max_s=1)
+    cloud.subscribe_raw(T.all, inbox)
+    cloud.connect(timeout=20)
+    hub = connect("hub-regional-north", "north")
+    try:
+        sites.stop("cloud")  # the link is cut: the site keeps working on its own
+        hub.publish(T.partial("north"), b"sent during the cut", timeout=20)  # site acks it
+        assert frame(T.partial("north")) not in inbox.topics()
+        sites.start("cloud")  # healed: the bridge reconnects, then the observer
+        sites.wait_for_bridges(timeout=60)
+        assert inbox.wait_for(frame(T.partial("north")), timeout=60).endswith(
+            b"sent during the cut")
+    finally:
+        cloud.close()
