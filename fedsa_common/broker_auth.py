@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 CREDENTIALS_FORMAT = "fedsa-broker-credentials/1"
-Role = Literal["device", "regional", "cloud", "monitor"]
+Role = Literal["device", "regional", "cloud", "monitor", "bridge"]
 
 
 @dataclass(frozen=True)

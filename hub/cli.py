@@ -323,17 +323,26 @@ def provision(
     = 4_000_000,
     rotate: Annotated[bool, typer.Option(
         help="Issue new passwords to every account (the CA is kept).")] = False,
+    site: Annotated[list[str] | None, typer.Option(
+        help="REGION=HOST[,HOST...] (repeatable): the region gets its own broker at HOST, "
+             "bridged to the cloud broker, in OUT/sites/REGION (copy it to the gateway). "
+             "Given for one region, needed for all.")] = None,
+    site_port: Annotated[list[str] | None, typer.Option(
+        help="REGION=PORT (repeatable): a site broker's TLS port (default: --port).")] = None,
 ) -> None:
     """Write a TLS + password + ACL configuration for Mosquitto and one credentials file per
     device, regional hub, cloud hub and monitor.
 
     Each device may publish only its own updates, presence and metrics and read only the
     round announcement and its own acknowledgements; see docs/security.md for the full table.
-    Start the broker with `mosquitto -c OUT/mosquitto.conf`."""
+    Start the broker with `mosquitto -c OUT/mosquitto.conf`. With --site, each region's
+    devices and hub use their site's broker, and only round announcements, global
+    parameters, partials, their acks, hub status and device presence cross the bridge."""
     from hub.provision import (
         ProvisionSpec,
         merge_regions,
         parse_region_options,
+        parse_site_options,
         read_devices_csv,
         summary_text,
     )
@@ -345,7 +354,8 @@ def provision(
             regions = merge_regions(regions, read_devices_csv(devices))
         spec = ProvisionSpec(federation=federation, regions=regions,
                              hosts=host or ["localhost", "127.0.0.1"], port=port, bind=bind,
-                             broker_user=broker_user, max_packet_bytes=max_packet_bytes)
+                             broker_user=broker_user, max_packet_bytes=max_packet_bytes,
+                             sites=parse_site_options(site or [], site_port or [], port))
         result = write_provision(spec, out, rotate=rotate)
     except (ValueError, OSError) as err:
         typer.echo(f"hub provision: {err}", err=True)

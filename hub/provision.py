@@ -13,7 +13,15 @@ Writes, into one output directory::
     secagg-authority.key (0600)  Ed25519 key certifying devices' signing keys; keep offline
                            (whoever holds it can impersonate devices to secure aggregation)
     data/                  Mosquitto persistence (retained announcement, device sessions)
+    systemd/               units for this broker, its hubs and its devices (hub.provision_units)
     provision.json         what was provisioned (no secrets), to check re-runs
+
+With ``sites`` (one Mosquitto per region, bridged to the cloud broker) the directory above is
+the cloud broker's, whose accounts are the cloud hub, the monitor and one bridge account per
+region, and each region gets ``sites/REGION/`` with the same files for its own broker (no
+``ca.key``: copy the directory to the region's gateway), a bridge to the cloud broker in its
+``mosquitto.conf`` (0600: it holds the bridge's password; hub.provision_bridge says what
+crosses the link), and the credentials of its monitor, regional hub and devices.
 
 Re-running on the same directory keeps the CA and every existing account's password, so
 adding a device does not invalidate the others; accounts no longer listed lose their
@@ -32,10 +40,13 @@ import json
 import os
 import pwd
 import secrets
+import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedsa_common.atomic import write_bytes
+from fedsa_common.broker import mosquitto_path
 from fedsa_common.broker_auth import (
     CREDENTIALS_FORMAT,
     Credentials,
@@ -44,8 +55,10 @@ from fedsa_common.broker_auth import (
 )
 from fedsa_common.protocol import check_name
 from fedsa_common.secagg.identity import Authority, DeviceIdentity
-from hub.provision_acl import Account, federation_accounts, render_acl
+from hub.provision_acl import Account, federation_accounts, render_acl, site_accounts
+from hub.provision_bridge import BridgeLogin, BridgeTLS, bridge_user, render_bridge
 from hub.provision_tls import CertKey, check_ca_pair, issue_server_cert, new_ca
+from hub.provision_units import Programs, units_for
 
 # mosquitto_passwd's defaults: 12-byte salt, 101 PBKDF2 iterations. The passwords we issue are
 # 192 random bits, so offline guessing is hopeless whatever the iteration count.
@@ -56,8 +69,28 @@ AUTHORITY_KEY = "secagg-authority.key"
 
 
 @dataclass(frozen=True)
+class Site:
+    """A region's own broker: the names devices reach it by (all in its certificate, the
+    first in their credentials) and its TLS port."""
+
+    hosts: list[str]
+    port: int = 8883
+
+    def __post_init__(self) -> None:
+        if not self.hosts:
+            raise ValueError("a site needs at least one host name")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"site port {self.port} out of range")
+
+    @property
+    def url(self) -> str:
+        return _mqtts_url(self.hosts[0], self.port)
+
+
+@dataclass(frozen=True)
 class ProvisionSpec:
-    """What to provision. ``regions`` maps each region to its device ids (may be empty)."""
+    """What to provision. ``regions`` maps each region to its device ids (may be empty);
+    ``sites``, when given, maps every region to its own broker (bridged to the cloud's)."""
 
     federation: str
     regions: dict[str, list[str]]
@@ -66,6 +99,8 @@ class ProvisionSpec:
     bind: str | None = None  # listen address; None: all interfaces
     broker_user: str | None = None  # Mosquitto's `user` (the account it drops root to)
     max_packet_bytes: int = 4_000_000
+    sites: dict[str, Site] = field(default_factory=dict)
+    programs: Programs | None = None  # for the systemd units; None: found on this machine
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)
@@ -77,27 +112,64 @@ class ProvisionSpec:
             raise ValueError(f"port {self.port} out of range")
         if self.max_packet_bytes < 1024:
             raise ValueError("max_packet_bytes must be at least 1024")
+        if self.sites:
+            missing = sorted(set(self.regions) - set(self.sites))
+            unknown = sorted(set(self.sites) - set(self.regions))
+            if missing:
+                raise ValueError(f"--site: no site for region(s) {', '.join(missing)}; with "
+                                 "sites, every region needs one")
+            if unknown:
+                raise ValueError(f"--site: {', '.join(unknown)} is not a region")
 
     @property
     def broker_url(self) -> str:
-        host = self.hosts[0]
-        return f"mqtts://{f'[{host}]' if ':' in host else host}:{self.port}"
+        """The cloud broker (the only broker without sites)."""
+        return _mqtts_url(self.hosts[0], self.port)
+
+
+def _mqtts_url(host: str, port: int) -> str:
+    return f"mqtts://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 @dataclass
 class ProvisionResult:
+    """What a run wrote. ``accounts`` are the cloud broker's; ``sites`` each site's. Names in
+    ``added``/``kept``/``removed`` are ``REGION/USER`` for a site's accounts."""
+
     out: Path
     accounts: list[Account]
+    sites: dict[str, list[Account]] = field(default_factory=dict)
     added: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def credentials_path(self, username: str) -> Path:
-        return credentials_path(self.out, username)
+    def credentials_path(self, username: str, site: str | None = None) -> Path:
+        return credentials_path(self.out if site is None else site_dir(self.out, site),
+                                username)
 
 
 # ------------------------------------------------------------------------ input parsing
+
+
+def parse_site_options(values: list[str], ports: list[str], default_port: int
+                       ) -> dict[str, Site]:
+    """``["north=gw-n.example,10.0.0.5"]`` and ``["north=8884"]`` -> ``{"north":
+    Site(["gw-n.example", "10.0.0.5"], 8884)}`` (ports default to ``default_port``)."""
+    hosts: dict[str, list[str]] = {}
+    for value in values:
+        region, _, names = value.partition("=")
+        listed = [h.strip() for h in names.split(",") if h.strip()]
+        if not region.strip() or not listed:
+            raise ValueError(f"--site {value!r}: expected REGION=HOST[,HOST...]")
+        hosts.setdefault(region.strip(), []).extend(listed)
+    port_of: dict[str, int] = {}
+    for value in ports:
+        region, _, port = value.partition("=")
+        if region.strip() not in hosts or not port.strip().isdigit():
+            raise ValueError(f"--site-port {value!r}: expected REGION=PORT for a --site region")
+        port_of[region.strip()] = int(port)
+    return {r: Site(h, port_of.get(r, default_port)) for r, h in hosts.items()}
 
 
 def parse_region_options(values: list[str]) -> dict[str, list[str]]:
@@ -171,11 +243,14 @@ def queued_messages_for(spec: ProvisionSpec) -> int:
     return max(MIN_QUEUED_MESSAGES, QUEUED_PER_DEVICE * largest)
 
 
-def render_mosquitto_conf(spec: ProvisionSpec, out: Path) -> str:
+def render_mosquitto_conf(spec: ProvisionSpec, out: Path, *, port: int | None = None,
+                          bridge: str = "") -> str:
     """``mosquitto.conf`` for the directory ``out`` (absolute paths: Mosquitto resolves
-    relative ones against its working directory)."""
+    relative ones against its working directory); a site's listens on its own ``port`` and
+    ends with its ``bridge`` block."""
     out = out.resolve()
-    listener = f"listener {spec.port}" + (f" {spec.bind}" if spec.bind else "")
+    port = spec.port if port is None else port
+    listener = f"listener {port}" + (f" {spec.bind}" if spec.bind else "")
     lines = [
         f"# Mosquitto for fedsa-edge federation {spec.federation!r}, written by `hub provision`.",
         "# Regenerate rather than edit: re-running provision rewrites this file.",
@@ -208,70 +283,153 @@ def render_mosquitto_conf(spec: ProvisionSpec, out: Path) -> str:
         "require_certificate false",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + (f"\n{bridge}" if bridge else "")
 
 
 def credentials_path(out: Path, username: str) -> Path:
     return out / "credentials" / f"{username}.json"
 
 
+def site_dir(out: Path, region: str) -> Path:
+    """Where region ``region``'s broker files go (copied as a whole to its gateway)."""
+    return out / "sites" / region
+
+
+@dataclass(frozen=True)
+class BrokerDir:
+    """One broker's directory: where it is, who logs in to it, how they reach it."""
+
+    path: Path
+    accounts: list[Account]
+    hosts: list[str]
+    url: str
+    port: int
+    label: str = ""  # prefix of account names in the result ("north/" for a site)
+
+
 # ------------------------------------------------------------------------------- writing
 
 
 def provision(spec: ProvisionSpec, out: Path, *, rotate: bool = False) -> ProvisionResult:
-    """Write (or refresh) the broker files and per-account credentials in ``out``."""
+    """Write (or refresh) the broker files and per-account credentials in ``out`` (and, with
+    sites, in ``out/sites/REGION``)."""
     out = Path(out)
-    accounts = federation_accounts(spec.regions)
+    if spec.sites:
+        accounts, by_site = site_accounts(spec.regions)
+    else:
+        accounts, by_site = federation_accounts(spec.regions), {}
     owner = _broker_owner(spec.broker_user)
     previous = _previous_manifest(out, spec.federation)
     out.mkdir(parents=True, exist_ok=True)
-    result = ProvisionResult(out, accounts)
+    result = ProvisionResult(out, accounts, by_site)
     if previous is not None:
         if previous.get("broker") != spec.broker_url:
             result.notes.append(f"the broker URL changed from {previous.get('broker')} to "
                                 f"{spec.broker_url}: every account needs its new file")
         result.notes.append("a running Mosquitto reloads passwd and acl on SIGHUP; restart it "
                             "to serve the new server certificate")
+        gone = sorted(set(previous.get("sites") or {}) - set(spec.sites))
+        if gone:
+            result.notes.append(f"no longer provisioned: {', '.join(gone)}; remove "
+                                f"{out / 'sites'}/{{{','.join(gone)}}} when their brokers stop")
 
     ca = _load_or_create_ca(out, spec.federation, result)
-    server = issue_server_cert(ca, spec.hosts)
-    ca_pem = ca.cert_pem.decode()
-
-    passwords = {a.username: _password_for(out, a, spec.federation, rotate, result)
-                 for a in accounts}
     authority = _load_or_create_authority(out)
+    programs = spec.programs or default_programs()
+    cloud = BrokerDir(out, accounts, spec.hosts, spec.broker_url, spec.port)
+    passwords = _write_broker_dir(spec, cloud, ca, authority, owner, rotate, result)
+    _write_units(out, units_for(programs, spec.federation, out, cloud=True,
+                                regions=[] if spec.sites else list(spec.regions)))
+    for region, site_accts in by_site.items():
+        site = spec.sites[region]
+        where = BrokerDir(site_dir(out, region), site_accts, site.hosts, site.url, site.port,
+                          label=f"{region}/")
+        login = BridgeLogin(bridge_user(region), passwords[bridge_user(region)])
+        bridge = render_bridge(
+            spec.federation, region, _bridge_address(spec), login=login,
+            tls=BridgeTLS(str(where.path.resolve() / "ca.crt")),
+            max_packet_bytes=spec.max_packet_bytes)
+        _write_broker_dir(spec, where, ca, authority, owner, rotate, result, bridge=bridge)
+        _write_units(where.path, units_for(programs, spec.federation, where.path, cloud=False,
+                                           regions=[region]))
+    _write(out / MANIFEST, (json.dumps(_manifest(spec, accounts), indent=2) + "\n").encode(),
+           0o644)
+    return result
+
+
+def default_programs() -> Programs:
+    """The ``hub``, ``edge-client`` and ``mosquitto`` of this machine (the environment
+    ``hub provision`` runs in), as absolute paths for the units."""
+    here = Path(sys.executable).parent
+
+    def find(name: str) -> str:
+        return shutil.which(name) or str(here / name)
+
+    return Programs(hub=find("hub"), edge_client=find("edge-client"),
+                    mosquitto=mosquitto_path() or "/usr/sbin/mosquitto")
+
+
+def _write_units(broker_dir: Path, units: dict[str, str]) -> None:
+    """``broker_dir/systemd/``: exactly ``units`` (a region no longer served loses its)."""
+    target = broker_dir / "systemd"
+    target.mkdir(exist_ok=True)
+    for stale in target.glob("*.service"):
+        if stale.name not in units:
+            stale.unlink()
+    for name, text in units.items():
+        _write(target / name, text.encode(), 0o644)
+
+
+def _bridge_address(spec: ProvisionSpec) -> str:
+    """``HOST:PORT`` of the cloud broker for a bridge (the host its certificate names)."""
+    return f"{spec.hosts[0]}:{spec.port}"
+
+
+def _write_broker_dir(spec: ProvisionSpec, broker: BrokerDir, ca: CertKey,
+                      authority: Authority, owner: tuple[int, int] | None, rotate: bool,
+                      result: ProvisionResult, *, bridge: str = "") -> dict[str, str]:
+    """One broker's certificate, credentials, password file, ACL and configuration; returns
+    every account's password.  A configuration with a bridge holds the bridge's password,
+    so it is as private as the password file."""
+    out = broker.path
+    out.mkdir(parents=True, exist_ok=True)
+    server = issue_server_cert(ca, broker.hosts)
+    ca_pem = ca.cert_pem.decode()
+    passwords = {a.username: _password_for(out, a, spec.federation, rotate, result,
+                                           broker.label)
+                 for a in broker.accounts}
     identities = {a.username: _identity_for(out, a, spec.federation, authority, rotate)
-                  for a in accounts if a.role == "device"}
+                  for a in broker.accounts if a.role == "device"}
     (out / "credentials").mkdir(mode=0o700, exist_ok=True)
     os.chmod(out / "credentials", 0o700)
-    for account in accounts:
+    for account in broker.accounts:
         creds = Credentials(format=CREDENTIALS_FORMAT, federation=spec.federation,
                             role=account.role, username=account.username,
-                            password=passwords[account.username], broker=spec.broker_url,
+                            password=passwords[account.username], broker=broker.url,
                             ca_pem=ca_pem, region=account.region, client=account.client,
                             secagg=identities.get(account.username))
         _write(credentials_path(out, account.username),
                (creds.model_dump_json(indent=2) + "\n").encode(), 0o600)
-    wanted = {credentials_path(out, a.username).name for a in accounts}
+    wanted = {credentials_path(out, a.username).name for a in broker.accounts}
     for stale in sorted((out / "credentials").glob("*.json")):
         if stale.name not in wanted:
             stale.unlink()
-            result.removed.append(stale.stem)
+            result.removed.append(broker.label + stale.stem)
 
     passwd = "".join(mosquitto_password_line(a.username, passwords[a.username]) + "\n"
-                     for a in accounts)
+                     for a in broker.accounts)
+    conf = render_mosquitto_conf(spec, out, port=broker.port, bridge=bridge)
     _write(out / "ca.crt", ca.cert_pem, 0o644)
     _write(out / "server.crt", server.cert_pem, 0o644)
     _write(out / "server.key", server.key_pem, 0o600)
     _write(out / "passwd", passwd.encode(), 0o600)
-    _write(out / "acl", render_acl(spec.federation, accounts).encode(), 0o644)
-    _write(out / "mosquitto.conf", render_mosquitto_conf(spec, out).encode(), 0o644)
+    _write(out / "acl", render_acl(spec.federation, broker.accounts).encode(), 0o644)
+    _write(out / "mosquitto.conf", conf.encode(), 0o600 if bridge else 0o644)
     (out / "data").mkdir(mode=0o700, exist_ok=True)
-    _write(out / MANIFEST, (json.dumps(_manifest(spec, accounts), indent=2) + "\n").encode(),
-           0o644)
-    _hand_to_broker_user(spec.broker_user, owner, [out / "server.key", out / "passwd",
-                                                   out / "data"], result)
-    return result
+    private = [out / "server.key", out / "passwd", out / "data"]
+    _hand_to_broker_user(spec.broker_user, owner,
+                         private + ([out / "mosquitto.conf"] if bridge else []), result)
+    return passwords
 
 
 def _previous_manifest(out: Path, federation: str) -> dict | None:
@@ -344,21 +502,21 @@ def _identity_fields(ident: DeviceIdentity) -> SecAggIdentityFields:
 
 
 def _password_for(out: Path, account: Account, federation: str, rotate: bool,
-                  result: ProvisionResult) -> str:
+                  result: ProvisionResult, label: str = "") -> str:
     path = credentials_path(out, account.username)
     if path.exists() and not rotate:
         old = load_credentials(path)
         same = (old.federation, old.role, old.region, old.client) == (
             federation, account.role, account.region, account.client)
         if same:
-            result.kept.append(account.username)
+            result.kept.append(label + account.username)
             return old.password
-    result.added.append(account.username)
+    result.added.append(label + account.username)
     return secrets.token_urlsafe(24)
 
 
 def _manifest(spec: ProvisionSpec, accounts: list[Account]) -> dict:
-    return {
+    manifest = {
         "federation": spec.federation,
         "broker": spec.broker_url,
         "hosts": spec.hosts,
@@ -366,6 +524,10 @@ def _manifest(spec: ProvisionSpec, accounts: list[Account]) -> dict:
         "accounts": [{"username": a.username, "role": a.role, "region": a.region,
                       "client": a.client} for a in accounts],
     }
+    if spec.sites:
+        manifest["sites"] = {r: {"hosts": s.hosts, "port": s.port, "broker": s.url}
+                             for r, s in spec.sites.items()}
+    return manifest
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -390,9 +552,10 @@ def _hand_to_broker_user(user: str | None, owner: tuple[int, int] | None, paths:
     the secrets it reads must belong to that user (they stay unreadable to everyone else)."""
     if user is None or owner is None:
         if os.geteuid() == 0:
-            result.notes.append(
-                "running as root without --broker-user: a root-started Mosquitto drops to user "
-                "'mosquitto' and cannot read passwd/server.key; pass --broker-user")
+            _note_once(result,
+                       "running as root without --broker-user: a root-started Mosquitto drops "
+                       "to user 'mosquitto' and cannot read passwd/server.key; pass "
+                       "--broker-user")
         return
     if os.geteuid() == 0:
         for path in paths:
@@ -402,13 +565,20 @@ def _hand_to_broker_user(user: str | None, owner: tuple[int, int] | None, paths:
                             + " (as root), so the broker can read them")
 
 
+def _note_once(result: ProvisionResult, note: str) -> None:
+    if note not in result.notes:
+        result.notes.append(note)
+
+
 def summary_text(spec: ProvisionSpec, result: ProvisionResult) -> str:
     """What ``hub provision`` prints: what changed, anything to do by hand, next commands."""
     out = result.out
-    counts = {role: sum(a.role == role for a in result.accounts)
-              for role in ("device", "regional", "cloud", "monitor")}
+    everyone = result.accounts + [a for accts in result.sites.values() for a in accts]
+    counts = {role: sum(a.role == role for a in everyone) for role in ("device", "regional")}
+    where = f"{spec.broker_url} and {len(spec.sites)} bridged site brokers" if spec.sites \
+        else spec.broker_url
     lines = [
-        f"provisioned federation {spec.federation!r} in {out} for {spec.broker_url}: "
+        f"provisioned federation {spec.federation!r} in {out} for {where}: "
         f"{counts['device']} devices, {counts['regional']} regional hubs, cloud, monitor",
     ]
     for label, names in (("new credentials", result.added), ("kept", result.kept),
@@ -417,16 +587,22 @@ def summary_text(spec: ProvisionSpec, result: ProvisionResult) -> str:
             lines.append(f"  {label}: {', '.join(names)}")
     lines += [f"  note: {note}" for note in result.notes]
     creds = out / "credentials"
+    site_creds = site_dir(out, "REGION") / "credentials" if spec.sites else creds
+    lines += ["next:", f"  mosquitto -c {out.resolve() / 'mosquitto.conf'}"]
+    if spec.sites:
+        lines.append(f"  on the gateway of each REGION (a copy of {site_dir(out, 'REGION')}): "
+                     f"mosquitto -c {site_dir(out, 'REGION').resolve() / 'mosquitto.conf'}")
     lines += [
-        "next:",
-        f"  mosquitto -c {out.resolve() / 'mosquitto.conf'}",
         f"  hub serve --role cloud --federation {spec.federation} --config FED.yaml "
         f"--state-dir STATE --credentials {creds / 'hub-cloud.json'}",
         f"  hub serve --role regional --region REGION --federation {spec.federation} "
-        f"--state-dir STATE --credentials {creds}/hub-regional-REGION.json",
+        f"--state-dir STATE --credentials {site_creds}/hub-regional-REGION.json",
         f"  edge-client join --federation {spec.federation} --region REGION --client-id DEV "
-        f"--data DATA --state-dir STATE --credentials DEV.json   (copy {creds}/DEV.json to "
-        "the device; it holds the CA)",
+        f"--data DATA --state-dir STATE --credentials DEV.json   (copy {site_creds}/DEV.json "
+        "to the device; it holds the CA)",
         f"  hub status --federation {spec.federation} --credentials {creds / 'monitor.json'}",
+        f"  or install the systemd units in {out / 'systemd'}"
+        + (f" and {site_dir(out, 'REGION') / 'systemd'}" if spec.sites else "")
+        + " (README: A real deployment)",
     ]
     return "\n".join(lines)

@@ -25,6 +25,11 @@ Who may do what (``docs/security.md`` has the same table):
   mode, over-selection) and is never noised.  The scenario monitor's report then takes its
   counts from the round summaries.
 
+* bridge of region R (multi-site deployments, on the cloud broker only): exactly the topics
+  that cross R's link (``hub.provision_bridge``): write R's partials, its hub's status and its
+  devices' presence; read the announcement, the full global, R's partial acks and the
+  cloud's status.  Nothing of another region.
+
 Mosquitto's ACL file cannot express "the region of this user" with ``pattern`` lines
 (``%c``/``%u`` substitute whole identifiers only), so every account gets its own ``user`` block.
 """
@@ -38,12 +43,12 @@ from typing import Literal
 from fedsa_common.broker_auth import Role
 from fedsa_common.protocol import Topics, check_name
 from fedsa_common.transport import chunk_filter
+from hub.provision_bridge import CLOUD_HUB_NAME, bridge_topics, bridge_user
 
 Access = Literal["read", "write"]
 
 CLOUD_USER = "hub-cloud"
 MONITOR_USER = "monitor"
-CLOUD_HUB_NAME = "cloud"  # the name the cloud hub publishes its status under
 # The partial-ack topic is ack/cloud/R, so a region called "cloud" would make device acks
 # (ack/R/C) and partial acks the same topics, and its hub could acknowledge others' partials.
 RESERVED_REGIONS = frozenset({"cloud"})
@@ -97,8 +102,28 @@ def federation_accounts(regions: dict[str, list[str]]) -> list[Account]:
     return accounts
 
 
+def site_accounts(regions: dict[str, list[str]]
+                  ) -> tuple[list[Account], dict[str, list[Account]]]:
+    """Accounts of a multi-site deployment: the cloud broker's (cloud, monitor, one bridge
+    per region) and each site broker's (a monitor, the regional hub, the region's devices).
+
+    Names are checked as for one broker (``federation_accounts``), so a directory can move
+    between the two layouts without a device changing its name.
+    """
+    accounts = federation_accounts(regions)
+    cloud = [a for a in accounts if a.role in ("cloud", "monitor")]
+    cloud += [Account(bridge_user(r), "bridge", region=r) for r in regions]
+    sites = {r: [Account(MONITOR_USER, "monitor"), *(a for a in accounts if a.region == r)]
+             for r in regions}
+    return cloud, sites
+
+
 def rules_for(account: Account, topics: Topics) -> list[Rule]:
     """The topics ``account`` may read and write; see the module doc for the why."""
+    if account.role == "bridge":
+        region = _region(account)
+        return [Rule("write" if b.direction == "out" else "read", b.pattern)
+                for b in bridge_topics(topics, region)]
     announce = chunk_filter(topics.announce)
     full_global = chunk_filter(topics.global_params)  # downlink deltas' full parameters
     if account.role == "device":
@@ -174,5 +199,5 @@ def _bound(account: Account) -> tuple[str, str]:
 
 def _region(account: Account) -> str:
     if account.region is None:
-        raise ValueError(f"regional account {account.username!r} needs a region")
+        raise ValueError(f"{account.role} account {account.username!r} needs a region")
     return account.region

@@ -178,18 +178,23 @@ def count_labels(config: ScenarioConfig) -> int:
     return len(load_pool(config.scenario.device_data(0)).label_names)
 
 
-def write_worker_specs(config: ScenarioConfig, broker_url: str, out: Path, t0: float
-                       ) -> list[Path]:
+def write_worker_specs(config: ScenarioConfig, broker_url: str | Callable[[str], str],
+                       out: Path, t0: float,
+                       credentials: Callable[[str, str], Path] | None = None) -> list[Path]:
+    """One spec file per worker process.  ``broker_url`` may depend on the region (a broker
+    per site): then a worker hosts devices of one region only.  ``credentials(region,
+    client)`` names each device's credentials file (a provisioned broker)."""
     sc = config.scenario
     devices = sc.topology.devices()
     conditions = device_conditions(devices, sc.availability, sc.stragglers, t0, sc.timeout_s,
                                    sc.seed)
     attacks = choose_adversaries([c for _, c in devices], sc.adversaries, sc.seed)
+    per_region = callable(broker_url)
     paths = []
-    for w, start in enumerate(range(0, len(devices), sc.devices_per_worker)):
-        chunk = devices[start : start + sc.devices_per_worker]
+    for w, (start, chunk) in enumerate(_worker_chunks(devices, sc.devices_per_worker,
+                                                      per_region)):
         spec = {
-            "broker": broker_url,
+            "broker": broker_url(chunk[0][0]) if callable(broker_url) else broker_url,
             "federation": config.federation.name,
             "threads": sc.threads_per_worker,
             "payload_limit": config.transport.payload_limit,
@@ -202,6 +207,8 @@ def write_worker_specs(config: ScenarioConfig, broker_url: str, out: Path, t0: f
                     "conditions": conditions_to_json(conditions[client]),
                     "memory_mb": sc.memory_mb,
                     **({"attack": attacks[client].to_json()} if client in attacks else {}),
+                    **({"credentials": str(credentials(region, client))}
+                       if credentials is not None else {}),
                 }
                 for i, (region, client) in enumerate(chunk)
             ],
@@ -211,6 +218,21 @@ def write_worker_specs(config: ScenarioConfig, broker_url: str, out: Path, t0: f
         path.write_text(json.dumps(spec, indent=2))
         paths.append(path)
     return paths
+
+
+def _worker_chunks(devices: list[tuple[str, str]], size: int, per_region: bool
+                   ) -> list[tuple[int, list[tuple[str, str]]]]:
+    """(index of the first device, devices) per worker; ``per_region``: never two regions
+    in one worker (their brokers differ)."""
+    chunks = []
+    start = 0
+    while start < len(devices):
+        chunk = devices[start : start + size]
+        if per_region:
+            chunk = [d for d in chunk if d[0] == chunk[0][0]]
+        chunks.append((start, chunk))
+        start += len(chunk)
+    return chunks
 
 
 def print_progress(monitor: Monitor, total: int, echo: Callable[[str], None]
