@@ -25,9 +25,7 @@ with (hooked into ``FederationConfig`` like the DP and secure-aggregation checks
 
 from __future__ import annotations
 
-from typing import Literal
-
-from fedsa_common.config_sections import FederationSections
+from fedsa_common.config_sections import FederationSections, WarmField, warm_rounds_of
 
 SPLIT = "fedsa_lora.adaptive_split"
 ADAPTIVE_ALGORITHMS = ("fedsa", "fedit")
@@ -79,10 +77,9 @@ def adaptive_conflicts(config: FederationSections) -> list[str]:
 
 
 def _warm_sharing_conflicts(config: FederationSections,
-                            field: Literal["share_head_rounds", "share_b_rounds"]
-                            ) -> list[str]:
+                            field: WarmField) -> list[str]:
     """Conflicts of sharing extra tensors (head, B) in rounds 1..K."""
-    k = config.fedsa_lora.personalization.warm_rounds(field, config.rounds)
+    k = warm_rounds_of(config, field)
     if k == 0:
         return []
     where = f"fedsa_lora.personalization.{field}"

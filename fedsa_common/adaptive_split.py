@@ -29,9 +29,10 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from fedsa_common.config import FederationConfig
+from fedsa_common.config_sections import WarmField, warm_rounds_of
 from fedsa_common.split import role, shared_names, shared_roles
 
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
@@ -126,18 +127,10 @@ def head_names(names: Iterable[str]) -> list[str]:
     return sorted(n for n in names if role(n) == "head")
 
 
-WarmField = Literal["share_head_rounds", "share_b_rounds"]
-
-
-def warm_rounds(config: FederationConfig, field: WarmField) -> int:
-    """K of ``fedsa_lora.personalization.FIELD`` in rounds (``all``: ``rounds``)."""
-    return config.fedsa_lora.personalization.warm_rounds(field, config.rounds)
-
-
 def _warm(field: WarmField, config: FederationConfig, round_: int) -> bool:
     """Rounds 1..K, and every round (also the final announcement, numbered ``rounds + 1``
     by the cloud) when K >= ``rounds``."""
-    k = warm_rounds(config, field)
+    k = warm_rounds_of(config, field)
     return k > 0 and (round_ <= k or k >= config.rounds)
 
 
@@ -173,7 +166,7 @@ def split_changes(config: FederationConfig) -> bool:
     """Whether the shared set can differ between rounds (an update then belongs to the round
     it was made for)."""
     return (config.fedsa_lora.adaptive_split.importance_based
-            or any(0 < warm_rounds(config, f) < config.rounds
+            or any(0 < warm_rounds_of(config, f) < config.rounds
                    for f in ("share_head_rounds", "share_b_rounds")))
 
 

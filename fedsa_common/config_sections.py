@@ -268,29 +268,44 @@ class PersonalizationSection(Strict):
     (a common warm start, FedBABU/FedRep style, for devices with too little data to learn
     a head alone); from round K+1 on it is local again, starting from the global head the
     device last loaded.  K >= ``rounds``, or ``all`` (which follows ``rounds`` when a
-    federation is extended), shares it in every round.  ``share_b_rounds``
+    federation is extended), shares it in every round; unset, it is ``all`` for the
+    algorithms that share something (measured: docs/benchmarks.md, "Choosing the
+    defaults") and 0 for ``local`` and ``importance_based`` splits.  ``share_b_rounds``
     (K, fedsa only) does the same for every LoRA B: rounds 1..K average B like FedIT (a
     device with a few dozen texts cannot learn B alone, and FedSA's A is only as good as
     the B it is paired with), then B is the device's own again, starting from the last
-    global B.  B then leaves the device in rounds 1..K.  Left out of dumps at the defaults
-    (0), so digests stay as before.
+    global B.  B then leaves the device in rounds 1..K.  Left out of dumps when unset or 0.
     """
 
     proximal_mu: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False)
     finetune_steps: int = Field(0, ge=0, le=10_000)
-    share_head_rounds: WarmRounds = 0
+    # None (unset): ``all`` for every algorithm that shares something, 0 for ``local`` and
+    # under ``importance_based`` (``resolved_head_rounds``)
+    share_head_rounds: WarmRounds | None = None
     share_b_rounds: WarmRounds = 0
-
-    def warm_rounds(self, field: Literal["share_head_rounds", "share_b_rounds"],
-                    rounds: int) -> int:
-        """K of ``field`` as a number of rounds (``all``: every one of ``rounds``)."""
-        value = getattr(self, field)
-        return rounds if value == "all" else value
 
     @model_serializer(mode="wrap")
     def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump what was set: an unset head sharing stays unset (its meaning depends on the
+        algorithm), the other fields only when not 0."""
         data = handler(self)
-        return {k: v for k, v in data.items() if v != 0}
+        return {k: v for k, v in data.items()
+                if (v is not None if k == "share_head_rounds" else v != 0)}
+
+
+WarmField = Literal["share_head_rounds", "share_b_rounds"]
+
+
+def warm_rounds_of(config: FederationSections, field: WarmField) -> int:
+    """K of ``fedsa_lora.personalization.FIELD`` in rounds: ``all`` is ``rounds``; an unset
+    head sharing is ``all`` unless the algorithm is ``local`` (it shares nothing) or the
+    split is ``importance_based`` (its decisions cover LoRA tensors only)."""
+    value = getattr(config.fedsa_lora.personalization, field)
+    if value is None:
+        fedsa = config.fedsa_lora
+        value = ("all" if fedsa.algorithm != "local"
+                 and not fedsa.adaptive_split.importance_based else 0)
+    return config.rounds if value == "all" else value
 
 
 class DifferentialPrivacySection(Strict):

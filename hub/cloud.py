@@ -209,10 +209,10 @@ class CloudHub(HubProcess):
         optimizer = self.config.server_optimizer
         if optimizer.name != "sgd" and state.optimizer is None:
             state.optimizer = ServerOptimizerState(optimizer.name)
-        if optimizer.adaptive and self.config.server_lr > 0.5:
+        if optimizer.adaptive and self.config.server_step > 0.5:
             log.warning("server_optimizer %s with server_lr %g moves every shared coordinate "
                         "by about server_lr per round; typical values are 1e-2..1e-1",
-                        optimizer.name, self.config.server_lr)
+                        optimizer.name, self.config.server_step)
         return state
 
     def set_rounds(self, total: int) -> None:
@@ -569,7 +569,7 @@ class CloudHub(HubProcess):
             step_norm = l2_norm(mean)
             old = {n: state.params[n] for n in mean}
             change, optimizer = server_change(mean, self.config.server_optimizer,
-                                              self.config.server_lr, state.optimizer)
+                                              self.config.server_step, state.optimizer)
             if state.optimizer is not None:  # sgd keeps no state (nor checkpoint entry)
                 state.optimizer = optimizer
             if self.downlink.enable:  # the new global is what devices reconstruct

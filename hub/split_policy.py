@@ -32,9 +32,9 @@ from fedsa_common.adaptive_split import (
     head_names,
     lora_names,
     round_shared,
-    warm_rounds,
 )
 from fedsa_common.config import FederationConfig
+from fedsa_common.config_sections import warm_rounds_of
 from fedsa_common.split import role, shared_names
 
 
@@ -43,8 +43,8 @@ class SplitPolicy:
         self.config = config
         self.section = config.fedsa_lora.adaptive_split
         self.algorithm = config.fedsa_lora.algorithm
-        self.share_head = warm_rounds(config, "share_head_rounds") > 0
-        self.share_b = warm_rounds(config, "share_b_rounds") > 0
+        self.share_head = warm_rounds_of(config, "share_head_rounds") > 0
+        self.share_b = warm_rounds_of(config, "share_b_rounds") > 0
         self.names = sorted(names)
 
     @property

@@ -11,9 +11,9 @@ from edge_client.device import Device, DeviceSpec, device_specs_from_json
 from edge_client.export import rebuild_adapter
 from edge_client.host import ModelHost
 from edge_client.snapshot import load_snapshot
+from fedsa_common.adaptive_split import round_shared
 from fedsa_common.config import FederationConfig
 from fedsa_common.protocol import AnnounceHeader, decode_message, encode_message
-from fedsa_common.split import shared_names
 from quant.adapters import adapter_shapes, init_adapter_values
 
 CONFIG = FederationConfig.model_validate({
@@ -25,7 +25,7 @@ CONFIG = FederationConfig.model_validate({
 
 def announcement(status: str, scale: float = 1.0):
     shapes = adapter_shapes(CONFIG.model, 3)
-    shared = shared_names(shapes, "fedsa")
+    shared = round_shared(shapes, CONFIG, 1)  # A and, by default, the head
     tensors = {n: t * scale for n, t in
                init_adapter_values({n: shapes[n] for n in shared}, 1).items()}
     header = AnnounceHeader(

@@ -20,12 +20,13 @@ NAMES = sorted([*(f"bert.encoder.layer.{i}.attention.self.query.lora_{ab}.weight
                   for i in range(2) for ab in "AB"), "classifier.weight"])
 A0, B0, A1, B1, HEAD = NAMES
 SHAPES = {n: (2, 2) for n in NAMES}
-FEDSA = FederationConfig()
+HEAD_LOCAL = {"personalization": {"share_head_rounds": 0}}
+FEDSA = FederationConfig.model_validate({"fedsa_lora": HEAD_LOCAL})
 IMPORTANCE = FederationConfig.model_validate(
     {"fedsa_lora": {"adaptive_split": {"enable": True, "strategy": "importance_based"}}})
 LAYER_WISE = FederationConfig.model_validate(
-    {"fedsa_lora": {"adaptive_split": {"enable": True, "strategy": "layer_wise",
-                                       "layers": [{"layers": 1, "share": ["lora_B"]}]}}})
+    {"fedsa_lora": {**HEAD_LOCAL, "adaptive_split": {
+        "enable": True, "strategy": "layer_wise", "layers": [{"layers": 1, "share": ["lora_B"]}]}}})
 
 
 def values(names, v: float = 0.0) -> dict[str, torch.Tensor]:
@@ -37,6 +38,14 @@ def test_fixed_split_must_be_announced_as_configured() -> None:
         [A0, A1], [B0, B1, HEAD])
     with pytest.raises(WireError, match="differs from the configured split"):
         round_split(NAMES, [A0, B0], values([A0, B0]), SHAPES, FEDSA, 1)
+
+
+def test_the_default_split_announces_the_head_with_a() -> None:
+    default = FederationConfig()
+    assert round_split(NAMES, [A0, A1, HEAD], values([A0, A1, HEAD]), SHAPES, default, 1) == (
+        [A0, A1, HEAD], [B0, B1])
+    with pytest.raises(WireError, match="differs from the configured split"):
+        round_split(NAMES, [A0, A1], values([A0, A1]), SHAPES, default, 1)
 
 
 def test_layer_wise_split_is_checked_against_the_rules() -> None:

@@ -31,8 +31,26 @@ def test_head_is_shared_in_rounds_one_to_k_only() -> None:
 def test_k_zero_is_the_algorithms_split_in_every_round() -> None:
     cfg = config(0)
     assert not any(shares_head(cfg, r) for r in range(1, 6))
-    assert round_shared(NAMES, cfg, 1) == [A0, A1] == round_shared(NAMES, FederationConfig(), 9)
+    assert round_shared(NAMES, cfg, 1) == [A0, A1] == round_shared(NAMES, cfg, 9)
     assert not split_changes(cfg)
+
+
+@pytest.mark.parametrize(("algorithm", "shared"), [("fedsa", [A0, A1, *HEAD]),
+                                                   ("fedit", [A0, A1, B0, B1, *HEAD]),
+                                                   ("ffa", [B0, B1, *HEAD]), ("local", [])])
+def test_unset_shares_the_head_in_every_round_except_under_local(algorithm, shared) -> None:
+    cfg = FederationConfig.model_validate({"rounds": 4, "fedsa_lora": {"algorithm": algorithm}})
+    assert [round_shared(NAMES, cfg, r) for r in (1, 4, 5)] == [sorted(shared)] * 3
+    assert not split_changes(cfg)
+    assert "personalization" not in cfg.model_dump()["fedsa_lora"]
+
+
+def test_unset_keeps_the_head_local_under_importance_based_and_refuses_it_when_set() -> None:
+    importance = {"enable": True, "strategy": "importance_based"}
+    cfg = FederationConfig.model_validate({"fedsa_lora": {"adaptive_split": importance}})
+    assert not shares_head(cfg, 1)
+    assert "importance_based" in refusal({"fedsa_lora": {
+        "adaptive_split": importance, "personalization": {"share_head_rounds": "all"}}})
 
 
 def test_k_of_at_least_rounds_shares_the_head_also_in_the_final_announcement() -> None:
@@ -81,11 +99,14 @@ def test_a_set_that_changes_needs_whole_synchronous_rounds(policy, field) -> Non
         "personalization": {"share_head_rounds": 4}}})
 
 
-def test_negative_k_is_refused_and_zero_stays_out_of_dumps() -> None:
+def test_negative_k_is_refused_and_a_set_zero_is_dumped() -> None:
     assert "share_head_rounds" in refusal(
         {"fedsa_lora": {"personalization": {"share_head_rounds": -1}}})
-    assert "personalization" not in config(0).model_dump()["fedsa_lora"]
+    # 0 differs from unset (which shares the head), so it must survive a dump and reload
+    assert config(0).model_dump()["fedsa_lora"]["personalization"] == {"share_head_rounds": 0}
     assert config(2).model_dump()["fedsa_lora"]["personalization"] == {"share_head_rounds": 2}
+    again = FederationConfig.model_validate(config(0).model_dump(mode="json"))
+    assert not shares_head(again, 1)
 
 
 # B sharing (personalization.share_b_rounds): FedSA's B averaged in rounds 1..K ------------

@@ -369,7 +369,7 @@ def test_cloud_hub_process_runs_adam_rounds_and_checkpoints_the_moments(
     assert all(torch.equal(globals_[0][n], first[n]) for n in globals_[0])
     state = None
     for rnd, mean in enumerate(means):
-        change, state = server_change(mean, config.server_optimizer, config.server_lr, state)
+        change, state = server_change(mean, config.server_optimizer, config.server_step, state)
         want = apply_server_update(globals_[rnd], change)
         assert all(torch.equal(globals_[rnd + 1][n], want[n]) for n in want), rnd
     back = load_checkpoint(tmp_path / "cloud")

@@ -36,7 +36,8 @@ B = [n for n in NAMES if ".lora_B." in n]
 ALL = [*NAMES, "classifier.weight", "classifier.bias"]
 SHAPE = (2, 3)
 def config(split: dict | None = None, **extra) -> FederationConfig:
-    fedsa: dict = {"compression": {"enable": False}}
+    # the head kept local (it is shared by default): these tests are about the LoRA split
+    fedsa: dict = {"compression": {"enable": False}, "personalization": {"share_head_rounds": 0}}
     if split is not None:
         fedsa["adaptive_split"] = split
     return FederationConfig.model_validate({"federation": {"name": "f"}, "fedsa_lora": fedsa,

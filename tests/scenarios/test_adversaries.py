@@ -60,8 +60,8 @@ def test_scenarios_without_adversaries_dump_as_before():
     config = load_scenario(ROOT / "quickstart.yaml")
     assert "adversaries" not in config.model_dump(mode="json")["scenario"]
     # its digest before this section (re-pinned when quickstart.yaml moved to the new default
-    # codec, topk 0.05)
-    assert scenario_digest(config) == "eb18e5e46bd9e940"
+    # codec, topk 0.05, and when server_lr and share_head_rounds became unset by default)
+    assert scenario_digest(config) == "442c391d7eda1f06"
 
 
 def test_malicious_scenario_and_its_variants(tmp_path):
