@@ -100,6 +100,10 @@ class FailsAbove(torch.nn.Module):
         self.error = error
         self.sizes: list[int] = []
 
+    def get_base_model(self) -> torch.nn.Module:
+        """The wrapped peft model's base (training switches activation checkpointing there)."""
+        return self.inner.get_base_model()
+
     def forward(self, input_ids, **kwargs):
         self.sizes.append(input_ids.shape[0])
         if input_ids.shape[0] > self.limit:
@@ -137,6 +141,13 @@ def test_out_of_memory_with_one_sample_fails_and_other_errors_pass_through(adapt
         adapter.model = FailsAbove(model, limit=0, error=RuntimeError)
         with pytest.raises(RuntimeError, match="can't allocate"):
             train_steps(adapter, data(), steps=1, batch_size=4, lr=1e-2)
+        # one sample failing switches activation checkpointing on (gradient_checkpointing
+        # auto) and tries it once more before giving up
+        assert adapter.model.sizes == [4, 2, 1, 1]
+        adapter.model = FailsAbove(model, limit=0, error=RuntimeError)
+        with pytest.raises(RuntimeError, match="can't allocate"):
+            train_steps(adapter, data(), steps=1, batch_size=4, lr=1e-2,
+                        gradient_checkpointing=False)
         assert adapter.model.sizes == [4, 2, 1]
         adapter.model = FailsAbove(model, limit=0, error=ValueError)
         with pytest.raises(ValueError):

@@ -60,7 +60,8 @@ def test_every_log_level_option_has_help_and_a_closed_set_of_values() -> None:
                                      "--state-dir", "x", "--log-level", "verbose"])
     assert result.exit_code == 2
     assert "--log-level" in result.output
-    help_text = runner.invoke(edge_app, ["join", "--help"]).output
+    # wide enough that the help column does not wrap a sentence across the box's rows
+    help_text = runner.invoke(edge_app, ["join", "--help"], env={"COLUMNS": "240"}).output
     assert "Least severe log level" in " ".join(help_text.split())
 
 

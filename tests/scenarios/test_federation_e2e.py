@@ -51,21 +51,26 @@ def test_rounds_complete_with_all_updates(federation):
         assert 0.0 <= row["accuracy"] <= 1.0
 
 
-def test_no_b_or_head_tensor_ever_leaves_a_device(federation):
+# What may travel under the defaults: A and the classification head (share_head_rounds
+# unset = all); B never.
+SHARED_ROLES = {"lora_A", "head"}
+
+
+def test_no_b_tensor_ever_leaves_a_device(federation):
     _, spy, _ = federation
     envelopes = spy.envelopes()
     shapes = {env.header["round"]: {n: tuple(t.shape) for n, t in env.tensors.items()}
               for _, env in envelopes
               if env.header["kind"] == "announce" and env.header["status"] == "running"}
-    assert all(role(n) == "lora_A" for s in shapes.values() for n in s)
+    assert {role(n) for s in shapes.values() for n in s} == SHARED_ROLES
     kinds = defaultdict(int)
     for topic, env in envelopes:
         kinds[env.header["kind"]] += 1
         names = list(env.tensors)
-        if env.header["kind"] == "update":  # decodes against the A-only announced shapes
+        if env.header["kind"] == "update":  # decodes against the announced shapes
             names = list(spy.decode_update(env, shapes[env.header["round"]]))
         for name in names:
-            assert role(name) == "lora_A", f"{name} seen on {topic}"
+            assert role(name) in SHARED_ROLES, f"{name} seen on {topic}"
     # 3 announcements (2 rounds + finished), 8 device updates, 4 regional partials
     assert kinds["announce"] >= 3 and kinds["update"] == 8 and kinds["partial"] == 4
 
@@ -78,8 +83,8 @@ def test_global_a_changes_between_rounds(federation):
             announces[(env.header["round"], env.header["status"])] = env.tensors
     r1, r2 = announces[(1, "running")], announces[(2, "running")]
     assert set(r1) == set(r2) and r1
-    assert all(role(n) == "lora_A" for n in r1)
-    assert any(not torch.equal(r1[n], r2[n]) for n in r1)
+    assert {role(n) for n in r1} == SHARED_ROLES
+    assert any(not torch.equal(r1[n], r2[n]) for n in r1 if role(n) == "lora_A")
 
 
 def test_device_b_stays_private_and_differs(federation):
