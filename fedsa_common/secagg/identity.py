@@ -73,8 +73,22 @@ def verify(public: bytes, signature: bytes, statement: bytes, what: str) -> None
         raise SecAggError("secagg_unauthenticated", f"bad signature: {what}") from None
 
 
+class _SigningKey:
+    """What the authority and a device share: an Ed25519 key and its raw bytes."""
+
+    key: Ed25519PrivateKey
+
+    @property
+    def public(self) -> bytes:
+        return public_bytes(self.key)
+
+    @property
+    def private_bytes(self) -> bytes:
+        return self.key.private_bytes_raw()
+
+
 @dataclass(frozen=True)
-class Authority:
+class Authority(_SigningKey):
     """The provisioning authority's key (only ``hub provision`` has it)."""
 
     key: Ed25519PrivateKey = field(repr=False)
@@ -87,13 +101,6 @@ class Authority:
     def from_private_bytes(cls, raw: bytes) -> Authority:
         return cls(Ed25519PrivateKey.from_private_bytes(raw))
 
-    @property
-    def public(self) -> bytes:
-        return public_bytes(self.key)
-
-    @property
-    def private_bytes(self) -> bytes:
-        return self.key.private_bytes_raw()
 
     def certify(self, federation: str, region: str, client: str, signing_pk: bytes) -> bytes:
         return self.key.sign(cert_statement(federation, region, client, signing_pk))
@@ -107,7 +114,7 @@ class Authority:
 
 
 @dataclass(frozen=True)
-class DeviceIdentity:
+class DeviceIdentity(_SigningKey):
     """One device's signing key, its certificate and the authority it trusts.
 
     Built only through :meth:`load` or :meth:`Authority.issue`; ``load`` checks that the
@@ -140,13 +147,6 @@ class DeviceIdentity:
                              f"{federation}/{region}/{client}") from None
         return ident
 
-    @property
-    def public(self) -> bytes:
-        return public_bytes(self.key)
-
-    @property
-    def private_bytes(self) -> bytes:
-        return self.key.private_bytes_raw()
 
     def sign(self, statement: bytes) -> bytes:
         return self.key.sign(statement)
