@@ -201,6 +201,8 @@ def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker)
         for n in SHAPES:
             assert torch.allclose(tensors[n].double(), expected[n], atol=tol)
         assert hub.counters["secagg.failed"] == 1 and hub.counters["secagg.completed"] == 1
+        assert hub.counters["secagg.failed.secagg_too_few"] == 1  # by reason, for metrics
+        assert not any(k.startswith("secagg.excluded.") for k in hub.counters)  # all honest
         assert hub.counters["secagg.sent.survivors"] >= 4  # the consistency round ran
         assert all(d.secagg.counters == {} for d in devices)
     finally:
