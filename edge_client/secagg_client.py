@@ -12,9 +12,11 @@ messages that arrive later (an unmasking request, resends) are answered from the
 Against a malicious hub the device needs its provisioned signing identity (``hub
 provision`` puts it in the device's credentials file): it signs its keys and survivor set
 and refuses any roster entry not certified for its client id, so a hub cannot slip it keys
-of its own.  A device without an identity refuses every secure round (logged as an error,
-counted under ``secagg.no_identity``) unless it was started with the explicit
-``allow_unauthenticated`` opt-in, which only defends against a semi-honest hub.
+of its own, and any roster member that the round's announcement did not select for the
+region, so a hub cannot add provisioned accomplices nobody selected.  A device without an
+identity refuses every secure round (logged as an error, counted under
+``secagg.no_identity``) unless it was started with the explicit ``allow_unauthenticated``
+opt-in, which only defends against a semi-honest hub.
 
 If any step fails (timeout, too few devices, a share or signature that does not
 authenticate, a request the protocol refuses) the device sits the round out, reveals
@@ -124,9 +126,10 @@ class DeviceSecAgg:
         ctx = RoundContext(self.federation, header.round, self.region,
                            vector_length(shapes, comp.codec, params), secagg_params(config))
         dp = config.fedsa_lora.privacy.differential_privacy
-        r = DeviceRound(ctx, SecAggClient(ctx, self.client, identity=self.identity),
-                        header.version, shapes,
-                        comp.codec, params, time.time(), header.deadline_s, dp.enable,
+        client = SecAggClient(ctx, self.client, identity=self.identity,
+                              selected=header.selected.get(self.region, []))
+        r = DeviceRound(ctx, client, header.version, shapes, comp.codec, params, time.time(),
+                        header.deadline_s, dp.enable,
                         dp.clip_norm if dp.enable and dp.mode == "central" else None)
         self.rounds[header.round] = r
         for old in sorted(self.rounds)[:-KEEP_ROUNDS]:

@@ -308,6 +308,27 @@ def warm_rounds_of(config: FederationSections, field: WarmField) -> int:
     return config.rounds if value == "all" else value
 
 
+class AdaptiveClippingSection(Strict):
+    """Quantile-based adaptive clipping of central DP (Andrew et al., NeurIPS 2021;
+    fedsa_common/dp_adaptive.py).  ``clip_norm`` is the first round's clip; after each
+    round the clip moves geometrically (``clip_lr``) towards the norm under which a
+    ``target_quantile`` fraction of updates fall, estimated from the count of unclipped
+    updates noised with std ``clipped_count_stddev`` (default: 0.05 times the updates a
+    round expects, ``sampling.clients_per_round``).  That count costs privacy too; the
+    updates' noise multiplier is raised so the two together spend what ``noise_multiplier``
+    (or ``epsilon``) says.  Dumped only when enabled, so a configuration without it digests
+    as before."""
+
+    enable: bool = False
+    target_quantile: float = Field(0.5, gt=0, lt=1)
+    clip_lr: float = Field(0.2, gt=0, le=10, allow_inf_nan=False)
+    clipped_count_stddev: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+    @model_serializer(mode="wrap")
+    def _dump_only_enabled(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return handler(self) if self.enable else {}
+
+
 class DifferentialPrivacySection(Strict):
     """Device-level differential privacy of the shared-parameter updates (fedsa_common/dp.py).
 
@@ -330,10 +351,18 @@ class DifferentialPrivacySection(Strict):
     clip_norm: float = Field(1.0, gt=0)
     noise_multiplier: float | None = Field(None, gt=0)
     population: int | None = Field(None, ge=1)
+    adaptive_clipping: AdaptiveClippingSection = AdaptiveClippingSection()
 
     @model_serializer(mode="wrap")
     def _dump_only_enabled(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return handler(self) if self.enable else {}
+        """Nothing when off; adaptive clipping only when on (so configurations from before
+        it keep their digest)."""
+        if not self.enable:
+            return {}
+        data = handler(self)
+        if data.get("adaptive_clipping") == {}:
+            del data["adaptive_clipping"]
+        return data
 
 
 class SecureAggregationSection(Strict):

@@ -56,6 +56,7 @@ from typing import Any, Literal
 import torch
 
 from fedsa_common.config_sections import FederationSections
+from fedsa_common.dp_adaptive import AdaptiveClipping
 from fedsa_common.tensors import Tensors
 
 Mode = Literal["central", "local"]
@@ -254,6 +255,7 @@ class DpPlan:
     subsampled: bool = False  # central mode with a population: account for sampling
     clients_per_round: int | None = None  # with over_select: the fixed central denominator
     over_select: float = 1.0
+    adaptive: AdaptiveClipping | None = None  # adaptive clipping (fedsa_common/dp_adaptive.py)
 
     @property
     def sensitivity(self) -> float:
@@ -307,6 +309,27 @@ def config_conflicts(config: FederationSections) -> list[str]:
     if dp.population is not None and k is not None and k > dp.population:
         out.append(f"{DP_FIELD}.population: {dp.population} is smaller than "
                    f"sampling.clients_per_round {k}")
+    if dp.adaptive_clipping.enable:
+        out += _adaptive_conflicts(config)
+    return out
+
+
+def _adaptive_conflicts(config: FederationSections) -> list[str]:
+    """Adaptive clipping: central mode, a count noise that fits the noise multiplier and,
+    for now, a refusal: the hubs and devices do not carry the round's clip norm or the
+    unclipped count yet (the math is fedsa_common/dp_adaptive.py), and an option that was
+    accepted but did nothing would be worse than none."""
+    dp = config.fedsa_lora.privacy.differential_privacy
+    field = f"{DP_FIELD}.adaptive_clipping"
+    if dp.mode != "central":
+        return [f"{field}: needs mode central (a locally noised update hides its norm)"]
+    out = []
+    try:
+        _adaptive(config, _noise_multiplier(config)[0])
+    except ValueError as err:
+        out.append(str(err))
+    out.append(f"{field}.enable: not yet run by the hubs (the round's clip norm and the "
+               "count of unclipped updates do not travel yet); set it to false")
     return out
 
 
@@ -334,18 +357,34 @@ def dp_plan(config: FederationSections) -> DpPlan | None:
     if not dp.enable:
         return None
     q = planned_sample_rate(config)
-    sensitivity = SENSITIVITY[dp.mode]
-    if dp.noise_multiplier is not None:
-        z, calibrated = dp.noise_multiplier, False
-    else:
-        z = sensitivity * calibrate_noise_multiplier(dp.epsilon, dp.delta, q, config.rounds)
-        calibrated = True
+    z, calibrated = _noise_multiplier(config)
     return DpPlan(mode=dp.mode, clip_norm=dp.clip_norm, noise_multiplier=z, sample_rate=q,
                   epsilon=dp.epsilon, delta=dp.delta, rounds=config.rounds,
                   calibrated=calibrated,
                   subsampled=dp.mode == "central" and dp.population is not None,
                   clients_per_round=config.sampling.clients_per_round,
-                  over_select=config.round_policy.over_select)
+                  over_select=config.round_policy.over_select,
+                  adaptive=_adaptive(config, z) if dp.adaptive_clipping.enable else None)
+
+
+def _noise_multiplier(config: FederationSections) -> tuple[float, bool]:
+    """The accounted noise multiplier (configured, or calibrated to ``epsilon``) and
+    whether it was calibrated."""
+    dp = config.fedsa_lora.privacy.differential_privacy
+    if dp.noise_multiplier is not None:
+        return dp.noise_multiplier, False
+    q = planned_sample_rate(config)
+    return SENSITIVITY[dp.mode] * calibrate_noise_multiplier(dp.epsilon, dp.delta, q,
+                                                             config.rounds), True
+
+
+def _adaptive(config: FederationSections, noise_multiplier: float) -> AdaptiveClipping:
+    """The adaptive-clipping parameters for ``noise_multiplier`` (ValueError naming the
+    field); the count noise defaults to 0.05 times the updates a round expects."""
+    ac = config.fedsa_lora.privacy.differential_privacy.adaptive_clipping
+    k = config.sampling.clients_per_round
+    return AdaptiveClipping.resolve(noise_multiplier, ac.target_quantile, ac.clip_lr,
+                                    ac.clipped_count_stddev, k)
 
 
 def privatize_update(delta: Tensors, plan: DpPlan | None,

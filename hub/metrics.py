@@ -40,6 +40,10 @@ METRIC_NAMES: tuple[str, ...] = (
     f"{PREFIX}_round_duration_seconds",
     f"{PREFIX}_devices_online",
     f"{PREFIX}_privacy_epsilon_spent",
+    f"{PREFIX}_secagg_rounds_total",
+    f"{PREFIX}_secagg_rounds_completed_total",
+    f"{PREFIX}_secagg_rounds_failed_total",
+    f"{PREFIX}_secagg_devices_dropped_total",
 )
 
 
@@ -78,6 +82,23 @@ def _le(bound: float) -> str:
     return str(float(bound))
 
 
+def by_reason(counters: Mapping[str, int], prefix: str) -> dict[str, int]:
+    """The counters named ``prefix<reason>``, keyed by reason (sorted, for stable output)."""
+    return {k.removeprefix(prefix): v for k, v in sorted(counters.items())
+            if k.startswith(prefix)}
+
+
+def secagg_dropped(counters: Mapping[str, int]) -> dict[str, int]:
+    """Devices that left a secure round, by reason: ``dropout`` (shared their keys, then
+    sent no masked vector: the protocol removes their masks) and every refusal that
+    excluded a participant (``secagg.excluded.<reason>``: ``secagg_unauthenticated`` for a
+    bad signature, ``secagg_bad_share`` for a share that does not match its commitment,
+    ``secagg_bad_message``, ``secagg_conflict``), counted once per device and round."""
+    dropped = {"dropout": counters.get("secagg.dropped", 0)}
+    dropped.update(by_reason(counters, "secagg.excluded."))
+    return dropped
+
+
 class HubCollector(Collector):
     """Turns a hub's existing bookkeeping into metric families at every scrape."""
 
@@ -110,9 +131,8 @@ class HubCollector(Collector):
         rejected = CounterMetricFamily(f"{PREFIX}_updates_rejected",
                                        "Messages refused by this hub, by reason.",
                                        labels=(*LABELS, "reason"))
-        for key in sorted(counters):
-            if key.startswith("rejected."):
-                rejected.add_metric([*values, key.removeprefix("rejected.")], counters[key])
+        for reason, n in by_reason(counters, "rejected.").items():
+            rejected.add_metric([*values, reason], n)
         yield rejected
         yield counter("bytes_received", "MQTT payload bytes received.",
                       stats.get("bytes_received", 0))
@@ -130,6 +150,33 @@ class HubCollector(Collector):
         yield gauge("privacy_epsilon_spent", "Differential-privacy budget spent (epsilon); "
                     "0 without differential privacy.",
                     float(getattr(hub, "privacy_epsilon_spent", 0.0)))
+        yield from _secagg_families(values, counters)
+
+
+def _secagg_families(values: list[str], counters: Mapping[str, int]) -> Iterator[Metric]:
+    """Secure aggregation at a regional hub (all zero elsewhere).  A round is counted
+    when it starts; it ends unmasked (completed) or failed with the protocol's reason
+    (``secagg_too_few``, ``secagg_out_of_range`` when the unmasked sum fails the range
+    check, ``secagg_reconstruct``, ...)."""
+    for name, doc, key in (
+            ("secagg_rounds", "Secure-aggregation rounds started in this region.",
+             "secagg.rounds"),
+            ("secagg_rounds_completed", "Secure-aggregation rounds whose sum was unmasked.",
+             "secagg.completed")):
+        m = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=LABELS)
+        m.add_metric(values, counters.get(key, 0))
+        yield m
+    for name, doc, reasons in (
+            ("secagg_rounds_failed", "Secure-aggregation rounds that failed, by reason "
+             "(secagg_out_of_range: the unmasked sum failed the range check).",
+             by_reason(counters, "secagg.failed.")),
+            ("secagg_devices_dropped", "Devices that left a secure round, by reason "
+             "(dropout, or the refusal that excluded them: secagg_unauthenticated, "
+             "secagg_bad_share, ...).", secagg_dropped(counters))):
+        m = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=(*LABELS, "reason"))
+        for reason, n in reasons.items():
+            m.add_metric([*values, reason], n)
+        yield m
 
 
 def registry_for(hub: MonitoredHub) -> CollectorRegistry:

@@ -29,7 +29,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,13 @@ log = logging.getLogger("fedsa.hub.secagg")
 
 _ANSWERS = {"share_keys": "roster", "survivor_signature": "survivors",
             "unmask_response": "unmask_request"}  # up -> down stage
+#: Refusals of a participant's own message that leave it out of the rest of the round (it
+#: answers resends with the same message): a bad signature or certificate, a share that
+#: does not match its dealer's commitment, a malformed message, or a second, different
+#: message for a step it took.  Counted once per device and round under
+#: ``secagg.excluded.<reason>`` (hub/metrics.py exposes them by reason).
+EXCLUDING = frozenset({"secagg_unauthenticated", "secagg_bad_share", "secagg_bad_message",
+                       "secagg_conflict"})
 
 
 @dataclass
@@ -74,6 +82,7 @@ class SecureRound:
     resend_s: float
     pending: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # device -> message
     next_resend: float = 0.0
+    excluded: dict[str, str] = field(default_factory=dict)  # device -> reason (EXCLUDING)
 
     @property
     def server(self) -> SecAggServer:
@@ -176,14 +185,15 @@ class RegionSecAgg:
             raise WireError("stale", f"secagg message for round {header.round}")
         if header.client not in r.selected:
             raise WireError("not_selected", header.client)
-        if isinstance(msg, AdvertiseKeys):
-            r.server.add_keys(msg)
-        elif isinstance(msg, ShareKeys):
-            r.server.add_shares(msg)
-        elif isinstance(msg, SurvivorSignature):
-            r.server.add_signature(msg)
-        elif isinstance(msg, UnmaskResponse):
-            r.server.add_unmask(msg)
+        with self._excluding(r, header.client):
+            if isinstance(msg, AdvertiseKeys):
+                r.server.add_keys(msg)
+            elif isinstance(msg, ShareKeys):
+                r.server.add_shares(msg)
+            elif isinstance(msg, SurvivorSignature):
+                r.server.add_signature(msg)
+            elif isinstance(msg, UnmaskResponse):
+                r.server.add_unmask(msg)
         if r.pending.get(header.client, ("",))[0] == _ANSWERS.get(header.stage):
             r.pending.pop(header.client)  # answered: stop resending it
 
@@ -205,8 +215,9 @@ class RegionSecAgg:
             raise WireError("not_selected", header.client)
         if header.base_version != r.version:
             raise WireError("wrong_base_version", f"{header.base_version} != {r.version}")
-        msg = wire.masked_input(header, tensors, r.server.ctx.words)
-        intake.accept_into(r.sum, Update(header, {"y": msg.y}, float(header.num_samples)))
+        with self._excluding(r, header.client):
+            msg = wire.masked_input(header, tensors, r.server.ctx.words)
+            intake.accept_into(r.sum, Update(header, {"y": msg.y}, float(header.num_samples)))
         r.pending.pop(header.client, None)
         self.counters["secagg.inputs"] += 1
         return uid
@@ -232,6 +243,7 @@ class RegionSecAgg:
                 closed = self._advance(r, intake)
             except SecAggError as err:
                 self.counters["secagg.failed"] += 1
+                self.counters[f"secagg.failed.{err.reason}"] += 1
                 self._drop(r, str(err))
                 return Closed(r.round, err, f"secure round {r.round} at stage {stage}")
         if r.pending and now >= r.next_resend:
@@ -242,6 +254,18 @@ class RegionSecAgg:
         return closed
 
     # ------------------------------------------------------------------ internals
+    @contextmanager
+    def _excluding(self, r: SecureRound, client: str) -> Iterator[None]:
+        """Count a refusal that leaves ``client`` out of round ``r`` (once per device and
+        round, however often it resends), then let the error go on to the hub's handler."""
+        try:
+            yield
+        except SecAggError as err:
+            if err.reason in EXCLUDING and client not in r.excluded:
+                r.excluded[client] = err.reason
+                self.counters[f"secagg.excluded.{err.reason}"] += 1
+            raise
+
     def _advance(self, r: SecureRound, intake: RegionIntake) -> Closed | None:
         s = r.server
         if s.stage == "keys":

@@ -15,7 +15,8 @@ drops bad wire input also survives a failed round; ``reason`` says which kind:
 * ``secagg_out_of_range``: the unmasked sum is impossible for honest encodings (a device
   crafted its encoding, or the unmasking went wrong): the round is refused, not forwarded;
 * ``secagg_unauthenticated``: a certificate or signature does not verify (a roster entry
-  the hub made, a survivor-set signature over another set).
+  the hub made, a survivor-set signature over another set), or a roster member was not
+  announced as selected for the round.
 """
 
 from __future__ import annotations

@@ -9,11 +9,12 @@ region)::
 
   0 AdvertiseKeys  client: fresh X25519 keys (c: encrypts shares, s: pairwise masks),
                    signed with its provisioned key and sent with its certificate
-  1 ShareKeys      hub -> roster U1 + threshold t; client checks every entry's
-                   certificate and signature, then Shamir-shares s_sk and its
-                   self-mask seed b to every member, each encrypted to that member,
-                   with SHA-256 commitments to each member's shares (the member and
-                   later the hub check shares against them)
+  1 ShareKeys      hub -> roster U1 + threshold t; client checks that every member was
+                   announced as selected, every entry's certificate and signature,
+                   then Shamir-shares s_sk and its self-mask seed b to every member,
+                   each encrypted to that member, with SHA-256 commitments to each
+                   member's shares (the member and later the hub check shares against
+                   them)
   2 MaskedInput    hub -> each member of U2 (who sent shares) its ciphertexts; client:
                    y = enc(x, w) + PRG(b) + sum_{v in U2} sign(u,v) PRG(s_uv)   mod 2^32
   3 Consistency    hub -> survivors U3 (who sent y) and dropped D = U2 \\ U3; each
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -94,10 +95,16 @@ class SecAggClient:
     it is ``os.urandom`` except in tests.  Secrets live only in this object.  ``identity``
     is the device's provisioned signing identity; None is the unauthenticated mode, which
     defends against a semi-honest hub only (the caller decides whether that is allowed).
+    ``selected`` is the round announcement's selection for our region: a roster member
+    outside it is refused like a bad signature, because a hub that adds devices nobody
+    selected (its own provisioned accomplices) raises the number of colluders in the
+    roster that the threshold must outnumber.  None skips the check; the device driver
+    always passes the announcement's list.
     """
 
     def __init__(self, ctx: RoundContext, client: str, randbytes: RandBytes = os.urandom,
-                 identity: DeviceIdentity | None = None):
+                 identity: DeviceIdentity | None = None,
+                 selected: Collection[str] | None = None):
         if identity is not None and (identity.client, identity.region, identity.federation
                                      ) != (client, ctx.region, ctx.federation):
             raise ValueError(f"identity of {identity.federation}/{identity.region}/"
@@ -106,6 +113,7 @@ class SecAggClient:
         self.ctx = ctx
         self.client = client
         self.identity = identity
+        self.selected = None if selected is None else frozenset(selected)
         self._rand = randbytes
         self._c_sk = share_crypto.new_private_key(randbytes)
         self._s_sk = share_crypto.new_private_key(randbytes)
@@ -163,6 +171,8 @@ class SecAggClient:
         own = (share_crypto.public_bytes(self._c_sk), share_crypto.public_bytes(self._s_sk))
         if roster.keys.get(self.client) != own:
             raise SecAggError("secagg_refused", "roster lacks our keys or altered them")
+        if self.selected is not None:
+            check_selected(roster.members, self.selected, self.ctx.round)
         n = len(roster.keys)
         params = self.ctx.params
         if n < max(params.min_clients, MIN_ROSTER):
@@ -323,6 +333,16 @@ class SecAggClient:
         self._sent["unmask"] = msg
         self.stage = "unmasked"
         return msg
+
+
+def check_selected(members: Collection[str], selected: frozenset[str], rnd: int) -> None:
+    """``secagg_unauthenticated`` naming the first roster member that the round's
+    announcement did not select (in sorted order, so the message is reproducible)."""
+    strangers = [m for m in members if m not in selected]
+    if strangers:
+        raise SecAggError("secagg_unauthenticated",
+                          f"roster member {strangers[0]} was not announced as selected for "
+                          f"round {rnd} ({len(strangers)} such member(s))")
 
 
 def _digest(values: Tensor, weight: int) -> bytes:

@@ -57,7 +57,8 @@ class Round:
         names = [f"dev{i:02d}" for i in range(self.n)]
         self.clients = {
             c: SecAggClient(self.ctx, c, rng.randbytes,
-                            AUTHORITY.issue("fed", "r1", c) if self.signed else None)
+                            AUTHORITY.issue("fed", "r1", c) if self.signed else None,
+                            selected=names)
             for c in names}
         self.server = SecAggServer(self.ctx)
         g = torch.Generator().manual_seed(self.seed)
@@ -414,6 +415,30 @@ def test_device_refuses_a_roster_of_keys_the_hub_made(how):
     assert err.value.reason == "secagg_unauthenticated"
     assert r.clients["dev00"].stage == "keys"  # nothing was shared
     assert r.clients["dev00"].share_keys(r.server.roster).client == "dev00"  # control
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_device_refuses_a_roster_member_the_announcement_did_not_select(signed):
+    """Issue 15 (SecAgg): a hub adds devices nobody selected -- here two accomplices with
+    genuine certificates and signed keys, so every signature checks -- to have more
+    colluders in the roster than the threshold tolerates.  The victim refuses the roster
+    naming the stranger, shares nothing, and accepts the honest roster afterwards."""
+    r = Round(6, seed=23, signed=signed)
+    selected = [c for c in r.clients if c not in ("dev04", "dev05")]
+    victim = SecAggClient(r.ctx, "dev00", random.Random(5).randbytes,
+                          AUTHORITY.issue("fed", "r1", "dev00") if signed else None,
+                          selected=selected)
+    r.clients["dev00"] = victim
+    roster = r.keys()  # all six advertised and the hub put them all in
+    assert roster.members == sorted(r.clients) and (not signed or len(roster.auth) == 6)
+    with pytest.raises(SecAggError) as err:
+        victim.share_keys(roster)
+    assert err.value.reason == "secagg_unauthenticated"
+    assert "dev04 was not announced as selected for round 7" in str(err.value)
+    assert victim.stage == "keys" and victim.roster is None  # nothing was shared
+    r.server = SecAggServer(r.ctx)
+    honest = r.keys(absent={"dev04", "dev05"})
+    assert victim.share_keys(honest).client == "dev00"  # control: the selected roster
 
 
 def test_device_with_an_identity_refuses_an_unsigned_but_honest_roster():

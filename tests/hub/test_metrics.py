@@ -3,14 +3,23 @@ endpoint serves it (no broker: a HubProcess does not connect until ``run``)."""
 
 from __future__ import annotations
 
+import time
 import urllib.request
+from dataclasses import replace
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fedsa_common.config import FederationConfig
 from fedsa_common.errors import WireError
+from fedsa_common.protocol import AnnounceHeader
+from fedsa_common.secagg import SecAggClient, SecAggError, wire
+from fedsa_common.secagg.identity import Authority
+from fedsa_common.secagg.messages import SurvivorSignature
 from hub.metrics import METRIC_NAMES, histogram_buckets, registry_for, serve_metrics
-from hub.process import HubProcess
+from hub.process import Event, HubProcess
+from hub.secagg_region import RegionSecAgg
 
 
 class Cloudish(HubProcess):
@@ -95,3 +104,77 @@ def test_http_endpoint_serves_the_metrics(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ------------------------------------------------------------------ secure aggregation
+
+SECAGG_CONFIG = FederationConfig.model_validate({
+    "federation": {"name": "fed1", "seed": 2},
+    "fedsa_lora": {"compression": {"method": "dense"},
+                   "privacy": {"secure_aggregation": {"enable": True}}},
+})
+
+
+def test_secagg_counters_are_exposed_by_reason(tmp_path):
+    hub = make_hub(tmp_path)
+    hub.counters.update({"secagg.rounds": 3, "secagg.completed": 1, "secagg.failed": 2,
+                         "secagg.failed.secagg_out_of_range": 1,
+                         "secagg.failed.secagg_too_few": 1, "secagg.dropped": 2,
+                         "secagg.excluded.secagg_bad_share": 1,
+                         "secagg.excluded.secagg_unauthenticated": 3})
+    s = samples(hub)
+    assert s[("fedsa_hub_secagg_rounds_total", ())] == 3
+    assert s[("fedsa_hub_secagg_rounds_completed_total", ())] == 1
+    failed = {k[1][0][1]: v for k, v in s.items()
+              if k[0] == "fedsa_hub_secagg_rounds_failed_total"}
+    assert failed == {"secagg_out_of_range": 1, "secagg_too_few": 1}
+    dropped = {k[1][0][1]: v for k, v in s.items()
+               if k[0] == "fedsa_hub_secagg_devices_dropped_total"}
+    assert dropped == {"dropout": 2, "secagg_bad_share": 1, "secagg_unauthenticated": 3}
+    idle = samples(make_hub(tmp_path / "idle"))  # no secure round yet: zeros, no reasons
+    assert idle[("fedsa_hub_secagg_rounds_total", ())] == 0
+    assert idle[("fedsa_hub_secagg_devices_dropped_total", (("reason", "dropout"),))] == 0
+    assert not any(k[0] == "fedsa_hub_secagg_rounds_failed_total" for k in idle)
+
+
+def test_a_device_excluded_for_a_bad_signature_is_counted_once_however_often_it_resends(
+        tmp_path):
+    """The regional driver counts a refusal that leaves a participant out of the round
+    (here: keys whose signature does not verify) once per device and round, and the
+    metric shows it by reason; a refusal that excludes nobody (a message for another
+    stage) is not counted as a drop."""
+    hub = make_hub(tmp_path)
+    secagg = RegionSecAgg(hub.session, hub.topics, "fed1", "north", hub.counters)
+    selected = ["d1", "d2", "d3", "d4"]
+    header = AnnounceHeader(federation="fed1", round=1, version=0, status="running",
+                            selected={"north": selected},
+                            config=SECAGG_CONFIG.model_dump(mode="json"),
+                            config_hash=SECAGG_CONFIG.digest(), deadline_s=60.0,
+                            issued_at=time.time(), shared=["a"])
+    secagg.announce(header, SECAGG_CONFIG, {"a": (4, 8)}, time.time())
+    ctx = secagg.active.server.ctx  # type: ignore[union-attr]
+    authority = Authority.generate()
+
+    def event(client: str, stage: str, msg) -> Event:
+        return Event("secagg", hub.topics.secagg_up("north", client),
+                     wire.encode("fed1", 1, "north", client, stage, msg), time.time())
+
+    good = SecAggClient(ctx, "d1", identity=authority.issue("fed1", "north", "d1"))
+    secagg.on_message(event("d1", "advertise", good.advertise()), 10_000_000)
+    forged = SecAggClient(ctx, "d2", identity=authority.issue("fed1", "north", "d2"))
+    adv = forged.advertise()
+    assert adv.auth is not None
+    bad = replace(adv, auth=replace(adv.auth, signature=bytes(64)))
+    for _ in range(3):  # the device resends what it sent
+        with pytest.raises(SecAggError, match="secagg_unauthenticated"):
+            secagg.on_message(event("d2", "advertise", bad), 10_000_000)
+    with pytest.raises(SecAggError, match="secagg_state"):  # a stage not reached yet
+        secagg.on_message(event("d1", "survivor_signature", SurvivorSignature(
+            "d1", bytes(64))), 10_000_000)
+    assert hub.counters["secagg.excluded.secagg_unauthenticated"] == 1
+    assert secagg.active.excluded == {"d2": "secagg_unauthenticated"}  # type: ignore[union-attr]
+    s = samples(hub)
+    assert s[("fedsa_hub_secagg_devices_dropped_total",
+              (("reason", "secagg_unauthenticated"),))] == 1
+    assert not any(k[0] == "fedsa_hub_secagg_devices_dropped_total"
+                   and k[1] == (("reason", "secagg_state"),) for k in s)

@@ -8,7 +8,8 @@ here runs the signed protocol with its consistency check.  Round 1 loses too man
 after the key exchange: the region's round fails, only an empty final partial is
 forwarded, and the hub keeps serving.  Round 2 completes and its partial is the plain
 weighted sum.  Plain updates are refused in secure rounds.  A second test plays a hostile
-hub over the real broker: a device refuses its roster of forged keys and shares nothing.
+hub over the real broker: a device refuses its roster of forged keys, or of members the
+announcement did not select, and shares nothing.
 """
 
 from __future__ import annotations
@@ -200,6 +201,8 @@ def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker)
         for n in SHAPES:
             assert torch.allclose(tensors[n].double(), expected[n], atol=tol)
         assert hub.counters["secagg.failed"] == 1 and hub.counters["secagg.completed"] == 1
+        assert hub.counters["secagg.failed.secagg_too_few"] == 1  # by reason, for metrics
+        assert not any(k.startswith("secagg.excluded.") for k in hub.counters)  # all honest
         assert hub.counters["secagg.sent.survivors"] >= 4  # the consistency round ran
         assert all(d.secagg.counters == {} for d in devices)
     finally:
@@ -211,18 +214,24 @@ def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker)
     assert not hub_thread.is_alive()
 
 
-def test_device_refuses_a_forged_roster_from_whoever_publishes_as_the_hub(broker):
+@pytest.mark.parametrize("how", ["rogue_authority", "not_selected"])
+def test_device_refuses_a_forged_roster_from_whoever_publishes_as_the_hub(broker, caplog, how):
     """Issue 15, finding 2, over the real broker: the test publishes as the hub and answers
-    a device's signed advertisement with a roster whose other entries are keys it made.
-    On 4a146b2 the device sent its shares encrypted to those keys; now it refuses the
-    roster (counted, logged), publishes no shares and sits the round out."""
+    a device's signed advertisement with a roster whose other entries are keys it made
+    (``rogue_authority``: certified by an authority of its own, all four selected), or
+    entries of accomplices with genuine certificates that the announcement did not select
+    (``not_selected``).  On 4a146b2 the device sent its shares encrypted to those keys;
+    now it refuses the roster (counted, logged with the reason), publishes no shares and
+    sits the round out."""
     hub = MqttSession(broker.url, client_id="fake-hub")
     ups: queue.Queue[tuple[str, bytes]] = queue.Queue()
     hub.subscribe(Topics(FED).secagg_up_filter(REGION), lambda t, p: ups.put((t, p)))
     hub.connect()
     victim = ScriptedDevice(broker.url, "v1")
+    others = ("x1", "x2", "x3")
+    selected = ["v1"] if how == "not_selected" else ["v1", *others]
     header = AnnounceHeader(federation=FED, round=1, version=0, status="running",
-                            selected={REGION: ["v1"]}, config=CONFIG.model_dump(mode="json"),
+                            selected={REGION: selected}, config=CONFIG.model_dump(mode="json"),
                             config_hash=CONFIG.digest(), deadline_s=20.0,
                             issued_at=time.time(), shared=sorted(SHAPES))
     env = Envelope(header.model_dump(mode="json"),
@@ -237,10 +246,10 @@ def test_device_refuses_a_forged_roster_from_whoever_publishes_as_the_hub(broker
         got, adv = wire.decode(payload, 10_000_000)
         assert got.stage == "advertise" and adv.auth is not None  # signed
         ctx = victim.secagg.rounds[1].ctx
-        rogue = Authority.generate()
+        signer = AUTHORITY if how == "not_selected" else Authority.generate()
         keys, auth = {"v1": (adv.c_pk, adv.s_pk)}, {"v1": adv.auth}
-        for c in ("x1", "x2", "x3"):
-            fake = SecAggClient(ctx, c, identity=rogue.issue(FED, REGION, c)).advertise()
+        for c in others:
+            fake = SecAggClient(ctx, c, identity=signer.issue(FED, REGION, c)).advertise()
             keys[c], auth[c] = (fake.c_pk, fake.s_pk), fake.auth
         roster = Roster(ctx.params.threshold(4), keys, auth)
         hub.publish(Topics(FED).secagg_down(REGION, "v1"),
@@ -248,6 +257,10 @@ def test_device_refuses_a_forged_roster_from_whoever_publishes_as_the_hub(broker
         player.join(timeout=60)
         assert result == [False]
         assert victim.secagg.counters["secagg.secagg_unauthenticated"] == 1
+        why = ("roster member x1 was not announced as selected" if how == "not_selected"
+               else "bad signature: certificate of x1")
+        assert f"round 1 without secure aggregation: secagg_unauthenticated: {why}" in (
+            caplog.text)
         time.sleep(1.0)
         stages = []
         while not ups.empty():
