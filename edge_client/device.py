@@ -57,7 +57,7 @@ from edge_client.state import DeviceState, StateDir
 from edge_client.training import TokenizedSplit, evaluate, tokenize, train_steps
 from fedsa_common.broker_auth import BrokerAuth, credentials_auth, load_credentials
 from fedsa_common.codec import get_codec
-from fedsa_common.config import FederationConfig
+from fedsa_common.config import FederationConfig, LoraInit
 from fedsa_common.dp import dp_plan, privatize_update
 from fedsa_common.envelope import Envelope
 from fedsa_common.errors import WireError
@@ -478,7 +478,8 @@ class Device:
             if not self.same_state(header.config_hash, config):
                 log.warning("%s: configuration changed; resetting local state", self.spec.client)
                 # fresh values: the saved global belongs to the old configuration
-                self.state.local = init_adapter_values({n: shapes[n] for n in local}, seed)
+                self.state.local = init_adapter_values({n: shapes[n] for n in local}, seed,
+                                                       config.model.lora.init)
                 self.state.residual = {}
             # an empty local state is not a fresh device: after rounds that shared every
             # tensor (head and B sharing) the tensors that become local start from the last
@@ -488,7 +489,7 @@ class Device:
                 self.tokens = Tokenized(tokenize(adapter, data.train.texts, data.train.labels),
                                         tokenize(adapter, data.test.texts, data.test.labels))
             global_shared = {n: env.tensors[n].to(torch.float32) for n in shared}
-            adapter.set(self.local_start(local, shapes, seed))
+            adapter.set(self.local_start(local, shapes, seed, config.model.lora.init))
             adapter.set(global_shared)
             trainable = trainable_names(names, algorithm)
             adapter.set_trainable(trainable)
@@ -588,15 +589,15 @@ class Device:
             return True
         return self.state.state_hash == config.state_digest()
 
-    def local_start(self, local: list[str], shapes: dict[str, tuple[int, ...]], seed: int
-                    ) -> dict[str, torch.Tensor]:
+    def local_start(self, local: list[str], shapes: dict[str, tuple[int, ...]], seed: int,
+                    init: LoraInit) -> dict[str, torch.Tensor]:
         """Start values of this round's local tensors (see edge_client/split_state.py); the
         saved global and initial values are only read for tensors that were shared."""
         missing = {n: shapes[n] for n in local if n not in self.state.local}
         if not missing:
             return {n: self.state.local[n] for n in local}
         return local_start(local, self.state.local, saved_global(self.store.path),
-                           init_adapter_values(missing, seed))
+                           init_adapter_values(missing, seed, init))
 
 
 def header_train_stats(config: FederationConfig, loss: float, seconds: float

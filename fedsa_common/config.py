@@ -39,6 +39,7 @@ from fedsa_common.config_sections import (
     FederationSection,
     FedsaLoraSection,
     LayerRule,
+    LoraInit,
     LoraSection,
     ModelSection,
     PersonalizationSection,
@@ -68,6 +69,7 @@ __all__ = [
     "FederationSection",
     "FedsaLoraSection",
     "LayerRule",
+    "LoraInit",
     "LoraSection",
     "ModelSection",
     "PersonalizationSection",
@@ -124,6 +126,14 @@ class FederationConfig(Strict):
         if self.server_lr is not None:
             return self.server_lr
         return 2.0 if self.server_optimizer.name == "sgd" else 1.0
+
+    @model_validator(mode="after")
+    def _lora_init_fits(self) -> FederationConfig:
+        """FFA-LoRA freezes A at its starting value: A at zero would leave nothing to train."""
+        if self.model.lora.init == "b_random" and self.fedsa_lora.algorithm == "ffa":
+            raise ValueError("model.lora.init: b_random starts A at zero, and the ffa "
+                             "algorithm freezes A: use a_random with ffa")
+        return self
 
     @model_validator(mode="after")
     def _privacy_fits(self) -> FederationConfig:

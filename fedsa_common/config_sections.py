@@ -37,11 +37,29 @@ class FederationSection(Strict):
     seed: int = 0
 
 
+LoraInit = Literal["a_random", "b_random"]
+
+
 class LoraSection(Strict):
+    """``init``: which LoRA matrix starts random (the other starts at zero, so the adapter
+    starts as the identity either way).  ``a_random`` is peft's (Kaiming-uniform A, zero B).
+    ``b_random`` starts B random and A at zero: B's starting value comes from the federation
+    seed, so it is the same on every device, and the first steps move the shared A instead
+    of the device's own B (with B at zero, A has no gradient).  Left out of dumps at the
+    default."""
+
     r: int = Field(8, ge=1, le=256)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+    init: LoraInit = "a_random"
+
+    @model_serializer(mode="wrap")
+    def _omit_default_init(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("init") == "a_random":
+            del data["init"]
+        return data
 
 
 class ModelSection(Strict):

@@ -96,7 +96,8 @@ def initial_global(config: FederationConfig) -> dict[str, torch.Tensor]:
     shapes = adapter_shapes(config.model, config.model.num_labels)
     # with an adaptive split: all of A and B; with head sharing: the head as well
     names = SplitPolicy(config, list(shapes)).held()
-    return init_adapter_values({n: shapes[n] for n in names}, config.federation.seed)
+    return init_adapter_values({n: shapes[n] for n in names}, config.federation.seed,
+                               config.model.lora.init)
 
 
 def shared_now(state: CloudState) -> list[str]:

@@ -17,7 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from peft.utils import ModulesToSaveWrapper
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from fedsa_common.config import ModelSection
+from fedsa_common.config import LoraInit, ModelSection
 from fedsa_common.split import role
 from quant.base_model import HEAD_MODULES, load_base_model, resolve_model_path
 
@@ -40,17 +40,23 @@ def lora_config(spec: ModelSection) -> LoraConfig:
 
 
 def init_adapter_values(
-    shapes: Mapping[str, tuple[int, ...]], seed: int
+    shapes: Mapping[str, tuple[int, ...]], seed: int, init: LoraInit = "a_random"
 ) -> dict[str, torch.Tensor]:
-    """Deterministic initial adapter values: A as peft does (Kaiming-uniform, a=sqrt(5)),
-    B zero, head weight N(0, 0.02) and bias zero, each from its own seeded generator."""
+    """Deterministic initial adapter values, each from its own seeded generator: head
+    weight N(0, 0.02) and bias zero; under ``a_random`` A as peft does (Kaiming-uniform,
+    a=sqrt(5)) and B zero; under ``b_random`` A zero and B uniform with the bound peft gives
+    A (1/sqrt(width), the width being B's rows), so the adapter's first steps are as large
+    as under peft's init rather than r/width times larger."""
     out: dict[str, torch.Tensor] = {}
     for name, shape in shapes.items():
         t = torch.zeros(shape, dtype=torch.float32)
         g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
         r = role(name)
-        if r == "lora_A":
+        if r == "lora_A" and init == "a_random":
             torch.nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=g)
+        elif r == "lora_B" and init == "b_random":
+            bound = 1.0 / math.sqrt(shape[0])
+            t.uniform_(-bound, bound, generator=g)
         elif r == "head" and name.endswith("weight"):
             t.normal_(0.0, 0.02, generator=g)
         out[name] = t
@@ -174,5 +180,5 @@ def build_adapter_model(spec: ModelSection, num_labels: int, seed: int) -> Adapt
     if spec.precision in ("fp16", "bf16"):
         keep_head_fp32(model)
     adapter = AdapterModel(model, tokenizer, spec.max_length)
-    adapter.set(init_adapter_values(adapter.shapes(), seed))
+    adapter.set(init_adapter_values(adapter.shapes(), seed, spec.lora.init))
     return adapter

@@ -17,6 +17,8 @@ scenarios/overrides.py, applied to every run of the variant) or a preset:
   ``all``);
 * ``bshare:K``: ``fedsa_lora.personalization.share_b_rounds=K`` (fedsa's B averaged in
   rounds 1..K);
+* ``init:INIT``: ``model.lora.init=INIT`` (``a_random`` or ``b_random``: which LoRA matrix
+  starts random);
 * ``epochs:E``: ``training.local_epochs=E`` (local work in passes over the device's data);
 * ``cosine:WARMUP``: ``training.lr_schedule=cosine`` after ``warmup_steps=WARMUP``.
 
@@ -27,8 +29,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import get_args
 
-from fedsa_common.config import ConfigError
+from fedsa_common.config import ConfigError, LoraInit
 from scenarios.overrides import parse_override
 
 BASE = "base"
@@ -39,12 +42,20 @@ def _rounds(text: str) -> str:
     return text if text == "all" else str(int(text))
 
 
+def _lora_init(text: str) -> str:
+    """A value of ``model.lora.init``."""
+    if text not in get_args(LoraInit):
+        raise ValueError(text)
+    return text
+
+
 _SERVER_OPTIMIZERS = ("avgm", "adam", "yogi", "adagrad")  # avgm alone has a usable default LR
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,24}$")
 # presets of one number: name -> (overrides, "{}" standing for it; its type; its meaning)
 _LEVERS: dict[str, tuple[tuple[str, ...], type, str]] = {
     "headshare": (("fedsa_lora.personalization.share_head_rounds={}",), _rounds, "K"),
     "bshare": (("fedsa_lora.personalization.share_b_rounds={}",), _rounds, "K"),
+    "init": (("model.lora.init={}",), _lora_init, "INIT"),
     "epochs": (("training.local_epochs={}",), float, "E"),
     "cosine": (("training.lr_schedule=cosine", "training.warmup_steps={}"), int, "WARMUP"),
 }
@@ -67,7 +78,8 @@ def _number(item: str, text: str, kind: type) -> str:
     try:
         kind(text)
     except ValueError:
-        what = {int: "an integer", _rounds: "an integer or all"}.get(kind, "a number")
+        what = {int: "an integer", _rounds: "an integer or all",
+                _lora_init: " or ".join(get_args(LoraInit))}.get(kind, "a number")
         raise ValueError(f"--variant {item!r}: {text!r} is not {what}") from None
     return text
 

@@ -33,6 +33,7 @@ TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
     ("headshare:3", "headshare-3", ("fedsa_lora.personalization.share_head_rounds=3",)),
     ("headshare:all", "headshare-all", ("fedsa_lora.personalization.share_head_rounds=all",)),
     ("epochs:0.5", "epochs-0.5", ("training.local_epochs=0.5",)),
+    ("init:b_random", "init-b_random", ("model.lora.init=b_random",)),
     ("cosine:2", "cosine-2", ("training.lr_schedule=cosine", "training.warmup_steps=2")),
     ("mine:training.lr=0.01, fedsa_lora.adaptive_split={enable: true, strategy: layer_wise, "
      "layers: [{layers: 0-1, share: [lora_A, lora_B]}]}", "mine",
@@ -45,7 +46,7 @@ def test_variants_parse_to_named_overrides(item, name, overrides) -> None:
 
 @pytest.mark.parametrize("item", ["prox", "prox:x", "ft:1.5", "fedprox:0.1", "base:rounds=2",
                                   "a b:rounds=2", "x:rounds", "adam", "yogi:fast", "headshare",
-                                  "headshare:1.5", "epochs:x", "cosine"])
+                                  "headshare:1.5", "epochs:x", "cosine", "init:zero"])
 def test_bad_variants_name_themselves(item) -> None:
     with pytest.raises(ValueError, match="--variant"):
         parse_variant(item)
