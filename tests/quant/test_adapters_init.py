@@ -49,7 +49,7 @@ def test_init_dumps_only_when_set_so_the_default_digest_stays():
 
 
 def test_b_random_with_ffa_is_refused_naming_the_field():
-    with pytest.raises((ConfigError, ValueError), match="model.lora.init"):
+    with pytest.raises((ConfigError, ValueError), match=r"model\.lora\.init"):
         FederationConfig.model_validate(
             {"model": {"lora": {"init": "b_random"}}, "fedsa_lora": {"algorithm": "ffa"}})
 
