@@ -26,6 +26,13 @@ def main() -> None:
         base_dir, num_labels=meta["num_labels"], quantization_config=quant,
         ignore_mismatched_sizes=True)  # the base's own head has another size
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    # On AVX512-BF16 CPUs bitsandbytes repacks 4-bit weights into a bf16 inference layout at
+    # the first eval forward, whose matmuls round differently (~1e-2 on these logits).  The
+    # device evaluates without the repacking (quant.adapters.keep_4bit_layout_trainable), so
+    # the loader does the same and the comparison checks the exported weights, not kernels.
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     enc = tokenizer(texts, padding=True, truncation=True, max_length=meta["max_length"],
                     return_tensors="pt")
