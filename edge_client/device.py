@@ -58,7 +58,7 @@ from edge_client.training import TokenizedSplit, evaluate, tokenize, train_steps
 from fedsa_common.broker_auth import BrokerAuth, credentials_auth, load_credentials
 from fedsa_common.codec import get_codec
 from fedsa_common.config import FederationConfig, LoraInit
-from fedsa_common.dp import dp_plan, privatize_update
+from fedsa_common.dp import privatize_update, round_dp_plan
 from fedsa_common.envelope import Envelope
 from fedsa_common.errors import WireError
 from fedsa_common.liveness import Reminder, hub_serving
@@ -527,10 +527,13 @@ class Device:
         self.pause(compute_delay(busy, self.spec.conditions.slowdown))
         delta = {n: new_shared[n] - global_shared[n] for n in shared}
         # DP: clip (local mode: and noise) before the codec, so its residual never holds more
-        delta, norm = privatize_update(delta, dp_plan(config))
-        if norm is not None:
+        # (adaptive clipping: to the round's announced clip norm, and it reports whether the
+        # update was within it)
+        plan = round_dp_plan(config, header.dp_clip_norm)
+        delta, norm = privatize_update(delta, plan)
+        if plan is not None and norm is not None:
             log.info("%s: update norm %.4g (clip norm %.4g)", self.spec.client, norm,
-                     config.fedsa_lora.privacy.differential_privacy.clip_norm)
+                     plan.clip_norm)
         samples = result.samples
         if self.spec.attack is not None:
             delta = poison(delta, self.spec.attack)
@@ -550,6 +553,7 @@ class Device:
             codec_params=codec_params, codec_meta=encoded.meta,
             num_samples=samples, **header_train_stats(config, result.loss, result.seconds),
             importance=importance_report(result.importance),
+            dp_unclipped=plan.unclipped(norm) if plan is not None else None,
         )
         update, encoded = self.secagg.masked_update(update, encoded, delta, residual)
         payload = encode_message(update, encoded.tensors)

@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -265,6 +265,31 @@ class DpPlan:
     def noise_std(self) -> float:
         return self.noise_multiplier * self.clip_norm
 
+    @property
+    def central_noise_std(self) -> float:
+        """The std of the noise on a central round's sum: ``z * C``, or with adaptive
+        clipping ``z_delta * C`` (the count of unclipped updates spends the rest of what
+        ``z`` allows; fedsa_common/dp_adaptive.py)."""
+        z = self.noise_multiplier if self.adaptive is None else self.adaptive.update_multiplier
+        return z * self.clip_norm
+
+    def at_clip(self, announced: float | None) -> DpPlan:
+        """The plan of a round whose announcement carries ``announced`` (its
+        ``dp_clip_norm``): with adaptive clipping that is the round's clip norm (the
+        configured one is the first round's); without it, or when none was announced, the
+        plan unchanged."""
+        if self.adaptive is None or announced is None:
+            return self
+        return replace(self, clip_norm=float(announced))
+
+    def unclipped(self, norm: float | None) -> bool | None:
+        """What a device reports with adaptive clipping: whether its update's ``norm``
+        (before clipping) was within the round's clip norm; None without adaptive clipping,
+        so its update header reads as before."""
+        if self.adaptive is None or norm is None:
+            return None
+        return norm <= self.clip_norm
+
     def ledger(self, history: Iterable[Mapping[str, Any]] = ()) -> PrivacyLedger:
         return PrivacyLedger.from_history(history, self.delta, self.sensitivity)
 
@@ -315,22 +340,18 @@ def config_conflicts(config: FederationSections) -> list[str]:
 
 
 def _adaptive_conflicts(config: FederationSections) -> list[str]:
-    """Adaptive clipping: central mode, a count noise that fits the noise multiplier and,
-    for now, a refusal: the hubs and devices do not carry the round's clip norm or the
-    unclipped count yet (the math is fedsa_common/dp_adaptive.py), and an option that was
-    accepted but did nothing would be worse than none."""
+    """Adaptive clipping: central mode, and a count noise that fits the noise multiplier
+    (the math is fedsa_common/dp_adaptive.py; the round's clip norm travels in the
+    announcement, the count of unclipped updates in update and partial headers)."""
     dp = config.fedsa_lora.privacy.differential_privacy
     field = f"{DP_FIELD}.adaptive_clipping"
     if dp.mode != "central":
         return [f"{field}: needs mode central (a locally noised update hides its norm)"]
-    out = []
     try:
         _adaptive(config, _noise_multiplier(config)[0])
     except ValueError as err:
-        out.append(str(err))
-    out.append(f"{field}.enable: not yet run by the hubs (the round's clip norm and the "
-               "count of unclipped updates do not travel yet); set it to false")
-    return out
+        return [str(err)]
+    return []
 
 
 def planned_sample_rate(config: FederationSections) -> float:
@@ -365,6 +386,14 @@ def dp_plan(config: FederationSections) -> DpPlan | None:
                   clients_per_round=config.sampling.clients_per_round,
                   over_select=config.round_policy.over_select,
                   adaptive=_adaptive(config, z) if dp.adaptive_clipping.enable else None)
+
+
+def round_dp_plan(config: FederationSections, announced_clip: float | None
+                  ) -> DpPlan | None:
+    """The plan of one round: ``dp_plan`` at the round's announced clip norm (adaptive
+    clipping; ``DpPlan.at_clip``).  What devices and regional hubs clip to."""
+    plan = dp_plan(config)
+    return None if plan is None else plan.at_clip(announced_clip)
 
 
 def _noise_multiplier(config: FederationSections) -> tuple[float, bool]:

@@ -178,6 +178,9 @@ class AnnounceHeader(Header):
     delta_params: dict[str, Any] | None = None
     delta_meta: dict[str, Any] | None = None
     shapes: dict[TensorName, Shape] | None = Field(None, max_length=MAX_SHARED)
+    # adaptive clipping of central DP only (fedsa_common/dp_adaptive.py): the clip norm of
+    # this round, which devices and regional hubs clip to instead of the configured one
+    dp_clip_norm: float | None = Field(None, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _delta_complete(self) -> AnnounceHeader:
@@ -199,8 +202,9 @@ class AnnounceHeader(Header):
 
     @model_serializer(mode="wrap")
     def _omit_absent_delta(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Without downlink deltas an announcement reads as before the fields."""
-        return _omit_none(handler(self), ("global_digest", *_DELTA_FIELDS))
+        """Without downlink deltas (or adaptive clipping) an announcement reads as before
+        the fields."""
+        return _omit_none(handler(self), ("global_digest", *_DELTA_FIELDS, "dp_clip_norm"))
 
     @property
     def is_delta(self) -> bool:
@@ -261,12 +265,16 @@ class UpdateHeader(Header):
     train_s: float | None = Field(None, ge=0)
     # adaptive split (importance_based only): the device's per-tensor LoRA importance
     importance: dict[TensorName, Importance] | None = Field(None, max_length=MAX_IMPORTANCE)
+    # adaptive clipping of central DP only: whether the device's update was within the
+    # round's clip norm before it clipped it (its regional hub sees it clipped already)
+    dp_unclipped: bool | None = None
 
     @model_serializer(mode="wrap")
     def _omit_absent_importance(self, handler: SerializerFunctionWrapHandler
                                 ) -> dict[str, Any]:
-        """Without the adaptive split an update header reads as before the field."""
-        return _omit_none(handler(self), ("importance",))
+        """Without the adaptive split (or adaptive clipping) an update header reads as
+        before the fields."""
+        return _omit_none(handler(self), ("importance", "dp_unclipped"))
 
     @property
     def update_id(self) -> str:
@@ -312,11 +320,20 @@ class PartialHeader(Header):
     duplicates: int = Field(0, ge=0)
     bytes_in: int = Field(0, ge=0)
     importance: ImportanceSummary | None = None  # adaptive split (importance_based) only
+    # adaptive clipping of central DP only: how many of the ``count`` updates were within
+    # the round's clip norm (the cloud sums and noises it to move the clip)
+    dp_unclipped: int | None = Field(None, ge=0, le=MAX_WIRE_INT)
+
+    @model_validator(mode="after")
+    def _unclipped_possible(self) -> PartialHeader:
+        if self.dp_unclipped is not None and self.dp_unclipped > self.count:
+            raise ValueError(f"dp_unclipped {self.dp_unclipped} > count {self.count}")
+        return self
 
     @model_serializer(mode="wrap")
     def _omit_absent_importance(self, handler: SerializerFunctionWrapHandler
                                 ) -> dict[str, Any]:
-        return _omit_none(handler(self), ("importance",))
+        return _omit_none(handler(self), ("importance", "dp_unclipped"))
 
 
 class Ack(BaseModel):
@@ -355,6 +372,11 @@ class RoundSummary(BaseModel):
     dp_delta: float | None = Field(None, gt=0, lt=1)
     dp_noise_multiplier: float | None = Field(None, gt=0)
     dp_sample_rate: float | None = Field(None, gt=0, le=1)
+    # adaptive clipping only: the round's clip norm, the noised fraction of its updates
+    # that were within it (a DP release like the step), and the next round's clip norm
+    dp_clip_norm: float | None = Field(None, gt=0, allow_inf_nan=False)
+    dp_unclipped_fraction: float | None = Field(None, allow_inf_nan=False)
+    dp_next_clip_norm: float | None = Field(None, gt=0, allow_inf_nan=False)
     # adaptive split or head sharing (absent without them): the tensors this round shared,
     # and the cloud's decision for the next round
     shared: list[str] | None = None

@@ -73,6 +73,8 @@ class Update:
     weight: float  # its weight in the mean: the sample count until a step changes it
     factor: float = 1.0  # what weighting steps multiplied the sample count by (for the log)
     report: Mapping[str, float] | None = None  # importance report, once a step admitted it
+    # adaptive clipping (``hub.privacy.IntakeDp``): whether it was within the round's clip
+    unclipped: bool | None = None
 
     @property
     def id(self) -> str:
@@ -88,6 +90,7 @@ class Aggregate:
     count: int
     ids: list[str]  # the updates in it
     importance: dict[str, Any] | None = None  # summed importance reports (wire form), if any
+    unclipped: int | None = None  # adaptive clipping: how many updates were within the clip
 
 
 # ---------------------------------------------------------------------------- admission
@@ -219,6 +222,7 @@ class RunningMean(Aggregator):
         self.total = RunningSum.zeros(shapes)
         self.ids: list[str] = []
         self.reports = ImportanceStats()
+        self.unclipped: int | None = None  # counted once an update says (adaptive clipping)
 
     @property
     def sums(self) -> dict[str, torch.Tensor]:
@@ -249,17 +253,22 @@ class RunningMean(Aggregator):
         self.ids.append(update.id)
         if update.report:
             self.reports.add_report(update.report)
+        if update.unclipped is not None:
+            self.unclipped = (self.unclipped or 0) + int(update.unclipped)
 
     def result(self) -> Aggregate:
         return Aggregate(self.total.as_float32(), self.total.weight, self.total.count,
                          list(self.ids),
-                         self.reports.to_json() if self.reports.reports else None)
+                         self.reports.to_json() if self.reports.reports else None,
+                         self.unclipped)
 
     def to_state(self, tag: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         sections: dict[str, Any] = {"groups": [self.total.weight, self.total.count,
                                                list(self.ids)]}
         if self.reports.reports:
             sections["importance"] = self.reports.to_json()
+        if self.unclipped is not None:
+            sections["unclipped"] = self.unclipped
         return sections, {f"group/{tag}/{n}": t for n, t in self.total.sums.items()}
 
     @classmethod
@@ -272,6 +281,8 @@ class RunningMean(Aggregator):
         group.total = RunningSum(sums, float(weight), int(count))
         group.ids = list(ids)
         group.reports = ImportanceStats.from_json(state.get("importance", {}).get(tag, {}))
+        unclipped = state.get("unclipped", {}).get(tag)
+        group.unclipped = None if unclipped is None else int(unclipped)
         return group
 
 

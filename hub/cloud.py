@@ -477,6 +477,7 @@ class CloudHub(HubProcess):
             deadline_s=self.policy.deadline_s,
             issued_at=time.time(),
             shared=names,
+            dp_clip_norm=self.privacy.clip_norm if status == "running" else None,
             **downlink,
         )
         payload = encode_message(header, body)
@@ -587,7 +588,7 @@ class CloudHub(HubProcess):
                 fl.dropped[uid] = "below_quorum"
         state.round = fl.round
         dp_fields = self.privacy.close_round(fl.round, selected, len(self.selectable()),
-                                              applied)
+                                              applied, fl.unclipped, fl.total.count)
         split_fields = self.next_split(state, fl, applied)
         summary = RoundSummary(
             federation=self.federation, round=fl.round, version=state.version,

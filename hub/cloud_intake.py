@@ -71,6 +71,9 @@ class CloudIntake:
     bytes_in: int = 0
     importance: ImportanceStats = field(default_factory=ImportanceStats)  # importance_based
     estimates: list[Estimate] = field(default_factory=list)  # robust rules only
+    # adaptive clipping: the merged updates that were within the round's clip norm (a
+    # partial that does not say counts as all clipped)
+    unclipped: int = 0
 
     def accept(self, header: PartialHeader, tensors: Mapping[str, torch.Tensor], *,
                version: int, policy: RoundPolicySection, shared_set_changes: bool) -> Ack:
@@ -130,6 +133,7 @@ class CloudIntake:
             self.total.merge({n: s * w for n, s in sums.items()}, header.weight * w,
                              header.count)
             self.applied.extend(header.accepted)
+            self.unclipped += header.dp_unclipped or 0
             if estimate is not None:
                 self.estimates.append(estimate)
             if header.importance is not None:
@@ -174,6 +178,7 @@ class CloudIntake:
             **({"importance": self.importance.to_json()} if self.importance.reports else {}),
             **({"estimates": [[e.pid, e.count] for e in self.estimates]}
                if self.estimates else {}),
+            **({"unclipped": self.unclipped} if self.unclipped else {}),
         }
         tensors = dict(self.total.sums)
         for i, e in enumerate(self.estimates):
@@ -196,5 +201,5 @@ class CloudIntake:
             duplicates=int(meta["duplicates"]), finals=set(meta["finals"]),
             bytes_in=int(meta["bytes_in"]),
             importance=ImportanceStats.from_json(meta.get("importance", {})),
-            estimates=estimates,
+            estimates=estimates, unclipped=int(meta.get("unclipped", 0)),
         )

@@ -261,6 +261,7 @@ class RegionIntake:
                 rejected=dict(self.rejected) if last else {},
                 duplicates=self.duplicates if last else 0,
                 bytes_in=self.bytes_in if last else 0, importance=result.importance,
+                dp_unclipped=result.unclipped,
             )
             self.seq += 1
             out.append((header, result.sums))

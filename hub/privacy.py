@@ -8,6 +8,13 @@ including codec rounding and the error-feedback residual.  The cloud adds the no
 to the round's sum (central mode) and divides by the number of updates the round was
 announced to wait for, never by the number that arrived (why: fedsa_common/dp.py), keeps
 the privacy ledger, and states the epsilon spent in every round summary and its log.
+
+Adaptive clipping (fedsa_common/dp_adaptive.py): the cloud announces each round's clip
+norm (``dp_clip_norm``); devices and regional hubs clip to it; each device says whether its
+update was within it, each region forwards how many of its updates were, and the cloud
+noises their sum, moves the clip, and records the clip in the round summary, from which a
+restarted cloud continues (``clip_from_history``).  The update sum is then noised at
+``z_delta * C``; the ledger still records the configured ``z``.
 """
 
 from __future__ import annotations
@@ -20,8 +27,16 @@ from typing import Any, ClassVar
 import torch
 
 from fedsa_common.config import FederationConfig
-from fedsa_common.dp import DpPlan, PrivacyLedger, clip_update, dp_plan, noisy_mean
+from fedsa_common.dp import (
+    DpPlan,
+    PrivacyLedger,
+    clip_update,
+    dp_plan,
+    noisy_mean,
+    round_dp_plan,
+)
 from fedsa_common.dp import secure_generator as _secure_generator
+from fedsa_common.dp_adaptive import next_clip, noised_unclipped_fraction
 from hub.aggregation import RunningSum
 from hub.aggregator import Update
 
@@ -31,32 +46,50 @@ log = logging.getLogger("fedsa.hub.privacy")
 
 @dataclass(frozen=True)
 class IntakeDp:
-    """A regional hub's DP admission step: unit weight, and the central clip norm."""
+    """A regional hub's DP admission step: unit weight, and the round's central clip norm
+    (with adaptive clipping, the announced one); with adaptive clipping it also marks
+    whether each update was within the clip, for its aggregator to count."""
 
     clip_norm: float | None  # None in local mode: the update is already noised
+    adaptive: bool = False
     key: ClassVar[str] = "dp"
 
     def admit(self, update: Update) -> Update:
-        """The update with weight 1 (its sample count is ignored), clipped in central mode."""
-        delta = (dict(update.delta) if self.clip_norm is None
-                 else clip_update(update.delta, self.clip_norm)[0])
-        return replace(update, delta=delta, weight=1.0)
+        """The update with weight 1 (its sample count is ignored), clipped in central mode.
+
+        Adaptive clipping: the device clipped its update before encoding it, so what this
+        hub decodes is within the clip however long the update was; the device's
+        ``dp_unclipped`` says, and only an update that does not say (a device from before
+        the field) is judged by the norm seen here.  A device that lies moves the count by
+        its own one update, which the count's noise covers like any other device's."""
+        if self.clip_norm is None:
+            return replace(update, delta=dict(update.delta), weight=1.0)
+        delta, norm = clip_update(update.delta, self.clip_norm)
+        unclipped = None
+        if self.adaptive:
+            said = update.header.dp_unclipped
+            unclipped = norm <= self.clip_norm if said is None else said
+        return replace(update, delta=delta, weight=1.0, unclipped=unclipped)
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        return {"clip_norm": self.clip_norm}, {}
+        return {"clip_norm": self.clip_norm, **({"adaptive": True} if self.adaptive else {})}, {}
 
     @classmethod
     def from_state(cls, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
                    ) -> IntakeDp:
-        return cls(meta.get("clip_norm"))
+        return cls(meta.get("clip_norm"), bool(meta.get("adaptive", False)))
 
 
-def intake_dp(config: FederationConfig) -> IntakeDp | None:
-    """The DP step of a round of ``config`` (None without DP)."""
-    dp = config.fedsa_lora.privacy.differential_privacy
-    if not dp.enable:
+def intake_dp(config: FederationConfig, announced_clip: float | None = None
+              ) -> IntakeDp | None:
+    """The DP step of a round of ``config`` announced with ``announced_clip`` (its
+    ``dp_clip_norm``; None without DP)."""
+    plan = round_dp_plan(config, announced_clip)
+    if plan is None:
         return None
-    return IntakeDp(dp.clip_norm if dp.mode == "central" else None)
+    if plan.mode == "local":
+        return IntakeDp(None)
+    return IntakeDp(plan.clip_norm, plan.adaptive is not None)
 
 
 class CloudPrivacy:
@@ -70,10 +103,15 @@ class CloudPrivacy:
     """
 
     def __init__(self, plan: DpPlan | None, history: Iterable[Mapping[str, Any]] = ()) -> None:
+        history = list(history)
         self.plan = plan
         self.ledger: PrivacyLedger | None = plan.ledger(history) if plan is not None else None
         self.rates: dict[int, float] = {}
         self._generator: torch.Generator | None = None
+        # adaptive clipping: the clip norm of the next (or in-flight) round
+        self.clip_norm: float | None = (clip_from_history(plan.clip_norm, history)
+                                        if plan is not None and plan.adaptive is not None
+                                        else None)
 
     @classmethod
     def for_config(cls, config: FederationConfig, history: Iterable[Mapping[str, Any]] = ()
@@ -86,6 +124,13 @@ class CloudPrivacy:
             log.info("differential privacy: %s mode, clip norm %g, noise multiplier %.4g (%s), "
                      "delta %g; epsilon spent so far %.4g", plan.mode, plan.clip_norm,
                      plan.noise_multiplier, how, plan.delta, privacy.epsilon)
+            if plan.adaptive is not None:
+                ac = plan.adaptive
+                log.info("adaptive clipping: target quantile %g, clip_lr %g, count noise std "
+                         "%g; the updates' noise multiplier is %.4g so that with the count "
+                         "they spend what %.4g does; clip norm of the next round %.4g",
+                         ac.target_quantile, ac.clip_lr, ac.count_stddev, ac.update_multiplier,
+                         ac.noise_multiplier, privacy.clip_norm)
         return privacy
 
     @property
@@ -102,25 +147,36 @@ class CloudPrivacy:
         neither the noise scale nor the step reveals how many updates arrived."""
         if self.plan is None or self.plan.mode == "local" or total.count == 0:
             return total.mean()
+        std = self.plan.at_clip(self.clip_norm).central_noise_std
+        return noisy_mean(total.sums, self.plan.denominator(selected), std, self.generator)
+
+    @property
+    def generator(self) -> torch.Generator:
         if self._generator is None:
             self._generator = _secure_generator()
-        return noisy_mean(total.sums, self.plan.denominator(selected), self.plan.noise_std,
-                          self._generator)
+        return self._generator
 
-    def close_round(self, rnd: int, selected: int, online: int, applied: bool
-                    ) -> dict[str, float]:
+    def close_round(self, rnd: int, selected: int, online: int, applied: bool,
+                    unclipped: int = 0, arrived: int = 0) -> dict[str, float]:
         """Record the round's step and return the summary's ``dp_*`` fields ({} without DP).
 
         Central mode spends budget only when a noised aggregate was released (the step was
         applied).  Local mode charges every round: a selected device's noised report has
-        left the device whether or not the cloud used it.
+        left the device whether or not the cloud used it.  With adaptive clipping a released
+        round also releases the noised fraction of its ``arrived`` updates that were within
+        the clip (``unclipped`` of them) and moves the clip for the next round; a round that
+        released nothing keeps it.
         """
         if self.plan is None or self.ledger is None:
             return {}
         plan = self.plan
+        fields: dict[str, float] = {}
+        if self.clip_norm is not None:
+            fields = self.adapt(rnd, plan.denominator(selected) if selected else 1, applied,
+                                unclipped, arrived)
         rate = (self.rates.pop(rnd, sample_rate(selected, online)) if plan.subsampled
                 else 1.0)
-        fields: dict[str, float] = {"dp_delta": plan.delta}
+        fields["dp_delta"] = plan.delta
         if applied or plan.mode == "local":
             self.ledger.record(plan.noise_multiplier, rate)
             fields.update(dp_noise_multiplier=plan.noise_multiplier, dp_sample_rate=rate)
@@ -132,6 +188,35 @@ class CloudPrivacy:
             log.warning("round %d: epsilon spent %.4g exceeds the configured epsilon %g", rnd,
                         eps, plan.epsilon)
         return fields
+
+    def adapt(self, rnd: int, denominator: int, applied: bool, unclipped: int, arrived: int
+              ) -> dict[str, float]:
+        """The adaptive-clipping step of a closed round (fedsa_common/dp_adaptive.py): the
+        summary's ``dp_clip_norm``, ``dp_unclipped_fraction`` and ``dp_next_clip_norm``."""
+        assert self.plan is not None and self.plan.adaptive is not None
+        assert self.clip_norm is not None
+        ac, clip = self.plan.adaptive, self.clip_norm
+        fields = {"dp_clip_norm": clip, "dp_next_clip_norm": clip}
+        if applied and arrived:
+            fraction = noised_unclipped_fraction(unclipped, arrived, denominator,
+                                                 ac.count_stddev, self.generator)
+            self.clip_norm = next_clip(clip, fraction, ac.target_quantile, ac.clip_lr)
+            fields.update(dp_unclipped_fraction=fraction, dp_next_clip_norm=self.clip_norm)
+            log.info("round %d: clip norm %.4g -> %.4g (noised fraction of updates within "
+                     "it %.3f, target %g)", rnd, clip, self.clip_norm, fraction,
+                     ac.target_quantile)
+        return fields
+
+
+def clip_from_history(first: float, history: Iterable[Mapping[str, Any]]) -> float:
+    """The clip norm a (restarted) cloud announces next: the last round summary's
+    ``dp_next_clip_norm``, or ``first`` (the configured ``clip_norm``) before any round."""
+    clip = first
+    for rec in history:
+        nxt = rec.get("dp_next_clip_norm")
+        if nxt is not None:
+            clip = float(nxt)
+    return clip
 
 
 def sample_rate(selected: int, online: int) -> float:

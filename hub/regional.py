@@ -225,7 +225,8 @@ class RegionalHub(HubProcess):
         secure = self.secagg.announce(header, config, shapes, event.received)
         self.intake.announce(header, shapes, config.round_policy,
                              config.fedsa_lora.compression.codec,
-                             steps=[sim, intake_dp(config), reports], aggregator=secure)
+                             steps=[sim, intake_dp(config, header.dp_clip_norm), reports],
+                             aggregator=secure)
         if sim is not None and header.is_delta:  # downlink deltas: the change itself
             sim.announce_delta(header.version, header.delta_from or 0,
                                self.decoded_delta(header, env.tensors))
@@ -332,7 +333,7 @@ class RegionalHub(HubProcess):
         self.counters["partials.non_finite"] += 1
         self.counters["updates.lost"] += header.count
         empty = header.model_copy(update={"count": 0, "weight": 0.0, "accepted": [],
-                                          "importance": None})
+                                          "importance": None, "dp_unclipped": None})
         return empty, {n: torch.zeros_like(t) for n, t in sums.items()}
 
     def resend(self, force: bool = False) -> None:

@@ -59,6 +59,8 @@ def round_row(obs: Observations, rnd: int, applied: set[str] | None = None) -> d
     }
     if summary is not None and summary.dp_epsilon is not None:  # differential privacy on
         row["dp_epsilon"] = summary.dp_epsilon
+    if ann.dp_clip_norm is not None:  # adaptive clipping: the clip the round announced
+        row["dp_clip_norm"] = ann.dp_clip_norm
     if summary is not None and summary.shared is not None:  # adaptive split on
         row["shared"] = summary.shared
         row["next_shared"] = summary.next_shared

@@ -7,10 +7,12 @@ from scenarios.monitor import Observations
 from scenarios.report import build_report
 
 
-def ann(rnd: int, t: float, status: str = "running") -> AnnounceHeader:
+def ann(rnd: int, t: float, status: str = "running", clip: float | None = None
+        ) -> AnnounceHeader:
     return AnnounceHeader(federation="f", round=rnd, version=rnd - 1, status=status,
                           selected={"a": ["x"]}, config=FederationConfig().model_dump(mode="json"),
-                          config_hash="h", deadline_s=10, issued_at=t, shared=[])
+                          config_hash="h", deadline_s=10, issued_at=t, shared=[],
+                          dp_clip_norm=clip)
 
 
 def observed(epsilons: list[float | None]) -> Observations:
@@ -36,3 +38,10 @@ def test_no_epsilon_keys_without_dp():
     report = build_report(observed([None, None]), scenario="s", algorithm="fedsa", wall_s=1.0)
     assert all("dp_epsilon" not in r for r in report["rounds"])
     assert "dp_epsilon" not in report["final"]
+
+
+def test_rounds_carry_the_announced_clip_with_adaptive_clipping_only():
+    obs = observed([0.8, 1.3])
+    obs.announces[2] = ann(2, 102.0, clip=0.25)
+    rows = build_report(obs, scenario="s", algorithm="fedsa", wall_s=1.0)["rounds"]
+    assert "dp_clip_norm" not in rows[0] and rows[1]["dp_clip_norm"] == 0.25
