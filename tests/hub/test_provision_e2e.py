@@ -28,7 +28,7 @@ TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
 
 
 def test_federation_completes_over_tls_with_per_device_credentials(provisioned_broker, tmp_path):
-    config = load_scenario(TINY)
+    config = load_scenario(TINY, ["scenario.devices_per_worker=2"])  # two device workers
     fed_config = config.federation_config(count_labels(config))
     fed_config = fed_config.model_copy(update={"rounds": 1})
     fed = fed_config.federation.name

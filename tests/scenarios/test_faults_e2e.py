@@ -18,9 +18,13 @@ ROOT = Path(__file__).parents[2] / "scenarios"
 pytestmark = pytest.mark.integration
 
 
-def shrunk(name: str, **scenario: Any) -> ScenarioConfig:
-    """The shipped scenario with the tiny model and short rounds, its grammar kept."""
+def shrunk(name: str, rounds: int | None = None, **scenario: Any) -> ScenarioConfig:
+    """The shipped scenario with the tiny model and short rounds, its grammar kept;
+    ``rounds``: fewer rounds than the shipped file, and its ``expect:`` following."""
     raw = yaml.safe_load((ROOT / f"{name}.yaml").read_text())
+    if rounds is not None:
+        raw["rounds"] = rounds
+        raw["scenario"]["expect"]["rounds_completed"] = rounds
     raw["model"] = {"path": "tiny-bert", "precision": "nf4", "max_length": 32}
     raw["training"] = {"local_steps": 3, "batch_size": 8, "lr": 0.001}
     raw["scenario"]["data"].update({"classes": 3, "max_train": 48, "max_test": 24})
@@ -46,20 +50,26 @@ def test_churn_loses_no_acknowledged_update(tmp_path):
 
 
 def test_regional_hub_crash_mid_round_loses_nothing(tmp_path):
-    config = shrunk("hub-crash", faults=[
+    # 4 rounds: the crash in round 2, then two whole rounds through the restarted hub (each
+    # round here is mostly link latency, so the shipped 8 would only add wall time)
+    config = shrunk("hub-crash", rounds=4, faults=[
         {"at_round": 2, "at_s": 1.0, "action": "kill", "target": "regional:north",
          "restart_after_s": 2}])
     report = run_scenario(config, tmp_path, echo=lambda _: None)
     assert report["expectations"]["ok"], report["expectations"]["failures"]
     assert [f["step"] for f in report["faults"]] == ["do", "undo"]
-    assert report["final"]["rounds_completed"] == 8
+    assert report["final"]["rounds_completed"] == 4
     assert report["updates"]["acknowledged"] > 0 and report["updates"]["lost"] == []
     log = (tmp_path / "logs" / "regional-north.log").read_text()
     assert log.count("serving federation") == 2  # it really was restarted
 
 
 def test_async_rounds_apply_buffered_updates(tmp_path):
-    config = shrunk("async", stragglers={
+    # 8 server steps (the shipped file has 16): each applies a buffer of 3 updates, so the
+    # 6 devices' updates still arrive across several model versions; one worker process
+    # hosts the 6 devices (each its own thread and straggler), where churn and hub-crash
+    # keep the shipped two
+    config = shrunk("async", rounds=8, devices_per_worker=6, stragglers={
         "slowdown": {"distribution": "pareto", "alpha": 1.0, "max_factor": 20},
         "link": {"latency_ms": 300}})
     report = run_scenario(config, tmp_path, echo=lambda _: None)

@@ -1,6 +1,8 @@
 """End to end against a real broker process (Mosquitto when installed, else embedded amqtt):
 the scenario runner starts 1 cloud hub, 2 regional hubs and 4 devices (tiny random BERT in
-4-bit) as OS processes for 2 rounds, while a spy subscribed to ``#`` keeps every payload."""
+4-bit) as OS processes for 5 rounds, while a spy subscribed to ``#`` keeps every payload.
+That run is the session's ``live_tiny_run`` (conftest.py), which test_ops_live.py reads
+too; the hostile-messages test plays a run of its own."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -26,22 +29,14 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory, broker_spy):
-    from fedsa_common.broker import start_broker
-
-    out = tmp_path_factory.mktemp("e2e")
-    with start_broker("auto") as broker:
-        spy = broker_spy(broker.url)
-        spy.session.connect()
-        report = run_scenario(load_scenario(TINY), out, broker.url, echo=lambda _: None)
-        time.sleep(0.5)
-        spy.session.close()
-    return report, spy, out
+def federation(live_tiny_run) -> tuple[dict[str, Any], Any, Path]:
+    return live_tiny_run.report, live_tiny_run.spy, live_tiny_run.out
 
 
 def test_rounds_complete_with_all_updates(federation):
     report, _, _ = federation
-    assert report["final"]["rounds_completed"] == 2
+    assert report["final"]["rounds_completed"] == 5
+    assert len(report["rounds"]) == 5
     assert report["final"]["finished"]
     for row in report["rounds"]:
         assert row["participants"] == 4
@@ -71,8 +66,8 @@ def test_no_b_tensor_ever_leaves_a_device(federation):
             names = list(spy.decode_update(env, shapes[env.header["round"]]))
         for name in names:
             assert role(name) in SHARED_ROLES, f"{name} seen on {topic}"
-    # 3 announcements (2 rounds + finished), 8 device updates, 4 regional partials
-    assert kinds["announce"] >= 3 and kinds["update"] == 8 and kinds["partial"] == 4
+    # 6 announcements (5 rounds + finished), 20 device updates, 10 regional partials
+    assert kinds["announce"] >= 6 and kinds["update"] == 20 and kinds["partial"] == 10
 
 
 def test_global_a_changes_between_rounds(federation):

@@ -21,7 +21,9 @@ def test_sigterm_stops_every_process_of_the_scenario(tmp_path: Path, wait_for_lo
     log = tmp_path / "run.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "scenarios", "run", str(TINY), "--out", str(tmp_path / "o")],
+            [sys.executable, "-m", "scenarios", "run", str(TINY), "--out", str(tmp_path / "o"),
+             # two device workers (tiny.yaml hosts its four devices in one): all are stopped
+             "--set", "scenario.devices_per_worker=2"],
             stdout=out, stderr=subprocess.STDOUT)
     children: list[psutil.Process] = []
     try:

@@ -138,3 +138,41 @@ def test_a_trial_stopped_by_ctrl_c_is_queued_again_but_a_failed_one_is_not(tmp_p
     study.tell(failed, state=optuna.trial.TrialState.FAIL)
     assert requeue_interrupted(study) == [stopped.number]
     assert [counted(t) for t in study.get_trials()] == [False, True, False]
+
+
+def test_trials_of_one_invocation_share_one_broker_and_federations_apart(tmp_path,
+                                                                        monkeypatch):
+    """``run_tune`` starts the broker on the first trial and hands it to every later trial
+    of the same invocation, each under a federation name of its own (so retained messages
+    of one trial never reach the next), and stops it once at the end.  The federations are
+    stand-ins here; test_tune.py plays real ones through two invocations."""
+    import scenarios.tune as tune
+
+    class FakeBroker:
+        kind, url, stopped = "fake", "mqtt://127.0.0.1:1", 0
+
+        def stop(self) -> None:
+            FakeBroker.stopped += 1
+
+    started: list[FakeBroker] = []
+    played: list[tuple[str, str, Path]] = []
+
+    def start(_config: ScenarioConfig, _out: Path) -> FakeBroker:
+        started.append(FakeBroker())
+        return started[-1]
+
+    def play(config: ScenarioConfig, out: Path, broker_url: str, echo=print) -> dict:
+        assert FakeBroker.stopped == 0  # the broker lives as long as trials run
+        played.append((config.federation.name, broker_url, out))
+        return {"final": {"accuracy": 0.5, "rounds_completed": 2, "bytes_up_total": 1}}
+
+    monkeypatch.setattr(tune, "start_bench_broker", start)
+    monkeypatch.setattr(tune, "run_scenario", play)
+    lines: list[str] = []
+    result = tune.run_tune(TINY, 3, tmp_path / "out", echo=lines.append)
+    assert len(started) == 1 and FakeBroker.stopped == 1
+    assert sum("for all trials" in line for line in lines) == 1
+    assert [(name, url) for name, url, _ in played] == [
+        ("tiny-t0", FakeBroker.url), ("tiny-t1", FakeBroker.url), ("tiny-t2", FakeBroker.url)]
+    assert [out.name for _, _, out in played] == ["000", "001", "002"]
+    assert [t["state"] for t in result["trials"]] == ["complete"] * 3
