@@ -479,7 +479,7 @@ class Device:
                 log.warning("%s: configuration changed; resetting local state", self.spec.client)
                 # fresh values: the saved global belongs to the old configuration
                 self.state.local = init_adapter_values({n: shapes[n] for n in local}, seed,
-                                                       config.model.lora.init)
+                                                       config.lora_init)
                 self.state.residual = {}
             # an empty local state is not a fresh device: after rounds that shared every
             # tensor (head and B sharing) the tensors that become local start from the last
@@ -489,7 +489,7 @@ class Device:
                 self.tokens = Tokenized(tokenize(adapter, data.train.texts, data.train.labels),
                                         tokenize(adapter, data.test.texts, data.test.labels))
             global_shared = {n: env.tensors[n].to(torch.float32) for n in shared}
-            adapter.set(self.local_start(local, shapes, seed, config.model.lora.init))
+            adapter.set(self.local_start(local, shapes, seed, config.lora_init))
             adapter.set(global_shared)
             trainable = trainable_names(names, algorithm)
             adapter.set_trainable(trainable)

@@ -30,7 +30,8 @@ class ModelHost:
         if self._adapter is None:
             if spec.num_labels is None:
                 raise ValueError("announcement config lacks model.num_labels")
-            self._adapter = build_adapter_model(spec, spec.num_labels, config.federation.seed)
+            self._adapter = build_adapter_model(spec, spec.num_labels, config.federation.seed,
+                                                config.lora_init)
             self._key = key
             release_free_memory()  # the full-precision staging copies of quantized weights
         elif key != self._key:

@@ -127,6 +127,18 @@ class FederationConfig(Strict):
             return self.server_lr
         return 2.0 if self.server_optimizer.name == "sgd" else 1.0
 
+    @property
+    def lora_init(self) -> LoraInit:
+        """Which LoRA matrix starts random: ``model.lora.init``, or unset ``b_random`` under
+        fedsa and ``a_random`` (peft's) under the others.  Under fedsa B stays on the device,
+        so with peft's zero B the first steps of every round train B alone (A has no gradient
+        while B is zero) and the federation learns slowly; a common seeded B lets the shared A
+        learn from the first step (docs/benchmarks.md, "A seeded B").  FFA-LoRA freezes A, so
+        it needs a random A; fedit and local keep the init they were measured with."""
+        if self.model.lora.init is not None:
+            return self.model.lora.init
+        return "b_random" if self.fedsa_lora.algorithm == "fedsa" else "a_random"
+
     @model_validator(mode="after")
     def _lora_init_fits(self) -> FederationConfig:
         """FFA-LoRA freezes A at its starting value: A at zero would leave nothing to train."""

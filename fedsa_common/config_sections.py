@@ -45,19 +45,20 @@ class LoraSection(Strict):
     starts as the identity either way).  ``a_random`` is peft's (Kaiming-uniform A, zero B).
     ``b_random`` starts B random and A at zero: B's starting value comes from the federation
     seed, so it is the same on every device, and the first steps move the shared A instead
-    of the device's own B (with B at zero, A has no gradient).  Left out of dumps at the
-    default."""
+    of the device's own B (with B at zero, A has no gradient).  Unset (left out of dumps):
+    ``FederationConfig.lora_init``, ``b_random`` under fedsa and ``a_random`` under the
+    others."""
 
     r: int = Field(8, ge=1, le=256)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
-    init: LoraInit = "a_random"
+    init: LoraInit | None = None
 
     @model_serializer(mode="wrap")
-    def _omit_default_init(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _omit_unset_init(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
-        if data.get("init") == "a_random":
+        if data.get("init", "") is None:
             del data["init"]
         return data
 

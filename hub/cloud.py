@@ -97,7 +97,7 @@ def initial_global(config: FederationConfig) -> dict[str, torch.Tensor]:
     # with an adaptive split: all of A and B; with head sharing: the head as well
     names = SplitPolicy(config, list(shapes)).held()
     return init_adapter_values({n: shapes[n] for n in names}, config.federation.seed,
-                               config.model.lora.init)
+                               config.lora_init)
 
 
 def shared_now(state: CloudState) -> list[str]:

@@ -42,7 +42,7 @@ def export_global_peft(state_dir: Path, out: Path, *, config: FederationConfig |
     shared = state.params if state.shared is None else {n: state.params[n]
                                                        for n in state.shared}
     values = init_adapter_values(adapter_shapes(spec, spec.num_labels), config.federation.seed,
-                                 spec.lora.init)
+                                 config.lora_init)
     unknown = sorted(set(shared) - set(values))
     if unknown:
         raise ValueError(f"the checkpoint's parameters do not fit the model {spec.path!r}: "

@@ -169,7 +169,8 @@ def set_gradient_checkpointing(model: PeftModel, on: bool) -> None:
         base.disable_input_require_grads()  # enable's hook (needed by reentrant checkpoints)
 
 
-def build_adapter_model(spec: ModelSection, num_labels: int, seed: int) -> AdapterModel:
+def build_adapter_model(spec: ModelSection, num_labels: int, seed: int,
+                        init: LoraInit = "a_random") -> AdapterModel:
     """The device's model; activation checkpointing is off here and chosen per training run
     (``set_gradient_checkpointing``, from ``training.gradient_checkpointing``)."""
     base, tokenizer = load_base_model(spec.path, num_labels, spec.precision)
@@ -180,5 +181,5 @@ def build_adapter_model(spec: ModelSection, num_labels: int, seed: int) -> Adapt
     if spec.precision in ("fp16", "bf16"):
         keep_head_fp32(model)
     adapter = AdapterModel(model, tokenizer, spec.max_length)
-    adapter.set(init_adapter_values(adapter.shapes(), seed, spec.lora.init))
+    adapter.set(init_adapter_values(adapter.shapes(), seed, init))
     return adapter

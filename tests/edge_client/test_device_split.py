@@ -27,7 +27,7 @@ BASE = {
 }
 CONFIG = FederationConfig.model_validate(BASE)
 SHAPES = adapter_shapes(CONFIG.model, 3)
-INIT = init_adapter_values(SHAPES, 1)
+INIT = init_adapter_values(SHAPES, 1, CONFIG.lora_init)
 LORA = sorted(n for n in SHAPES if role(n) != "head")
 A0, B0 = (f"bert.encoder.layer.0.attention.self.query.lora_{x}.weight" for x in "AB")
 A1, B1 = (f"bert.encoder.layer.1.attention.self.value.lora_{x}.weight" for x in "AB")

@@ -55,6 +55,7 @@ def test_b_random_with_ffa_is_refused_naming_the_field():
 
 
 def test_the_cloud_starts_the_shared_a_at_zero_under_b_random():
+    """The fedsa default, set here explicitly."""
     config = FederationConfig.model_validate({
         "federation": {"seed": 3},
         "model": {"path": "tiny-bert", "num_labels": 3, "lora": {"init": "b_random"}}})
@@ -64,3 +65,14 @@ def test_the_cloud_starts_the_shared_a_at_zero_under_b_random():
     standard = initial_global(config.model_copy(update={"model": config.model.model_copy(
         update={"lora": config.model.lora.model_copy(update={"init": "a_random"})})}))
     assert all(standard[n].abs().sum() > 0 for n in a_names)
+
+
+@pytest.mark.parametrize("algorithm, expected", [
+    ("fedsa", "b_random"), ("fedit", "a_random"), ("ffa", "a_random"), ("local", "a_random")])
+def test_unset_init_is_b_random_under_fedsa_only(algorithm, expected):
+    config = FederationConfig.model_validate({"fedsa_lora": {"algorithm": algorithm}})
+    assert config.model.lora.init is None and config.lora_init == expected
+    if algorithm != "ffa":
+        chosen = FederationConfig.model_validate({"fedsa_lora": {"algorithm": algorithm},
+                                                  "model": {"lora": {"init": "a_random"}}})
+        assert chosen.lora_init == "a_random"
