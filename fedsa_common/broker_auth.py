@@ -286,7 +286,10 @@ def resolve_connection(
         return Connection(url, None, creds)
     if url is None:
         raise ValueError("--broker is required with --username/--password-file/--tls-ca")
-    resolve_endpoint(url, auth)  # fail now, naming the problem, rather than in a thread later
+    # fail now, naming the problem, rather than in a thread later: the URL, the user name,
+    # and a CA file that cannot be read or is not PEM
+    if resolve_endpoint(url, auth).tls:
+        tls_context(auth)
     return Connection(url, auth, creds)
 
 
