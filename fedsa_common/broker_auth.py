@@ -286,10 +286,7 @@ def resolve_connection(
         return Connection(url, None, creds)
     if url is None:
         raise ValueError("--broker is required with --username/--password-file/--tls-ca")
-    # fail now, naming the problem, rather than in a thread later: the URL, the user name,
-    # and a CA file that cannot be read or is not PEM
-    if resolve_endpoint(url, auth).tls:
-        tls_context(auth)
+    resolve_endpoint(url, auth)  # fail now, naming the problem, rather than in a thread later
     return Connection(url, auth, creds)
 
 

@@ -92,7 +92,7 @@ def test_export_cli_and_missing_state(state_dir, tmp_path):
     result = CliRunner().invoke(app, ["export", "--state-dir", str(tmp_path / "nothing"),
                                       "--out", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2
-    assert "train at least one round" in re.sub(r"[│\s]+", " ", result.output)  # rich box
+    assert "train at least one round" in re.sub(r"\s+", " ", result.output)
     result = CliRunner().invoke(app, ["export", "--state-dir", str(state_dir),
                                       "--out", str(tmp_path / "m.onnx"), "--int8"])
     assert result.exit_code == 0, result.output
@@ -196,5 +196,6 @@ def test_predict_mistakes_are_one_message_exit_2(exported, tmp_path):
         done = run_predict(*args)
         out = " ".join(done.stderr.decode().replace("│", " ").split())
         assert done.returncode == 2, (args, out)
-        assert f"Invalid value for {why}" in out, (args, out)
+        option, _, text = why.partition(": ")
+        assert f"error: {text}" in out and option in out, (args, out)
         assert "Traceback" not in out

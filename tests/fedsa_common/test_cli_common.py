@@ -121,18 +121,3 @@ def test_sigterm_raises_keyboard_interrupt_in_the_main_thread() -> None:
     finally:
         signal.signal(signal.SIGTERM, before)
 
-
-def test_usage_error_logs_the_traceback_at_debug_only(caplog) -> None:
-    caplog.set_level(logging.INFO)
-    try:
-        raise ValueError("inner")
-    except ValueError:
-        err = cli_common.usage_error("bad thing", "--data")
-    assert isinstance(err, typer.BadParameter) and err.param_hint == "--data"
-    assert not caplog.records
-    caplog.set_level(logging.DEBUG)
-    try:
-        raise ValueError("inner")
-    except ValueError:
-        cli_common.usage_error("bad thing", "--data")
-    assert caplog.records[0].exc_info is not None
