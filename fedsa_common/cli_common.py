@@ -62,6 +62,26 @@ LogLevel = Annotated[Level, typer.Option(
 # installed; the fallback kernel is used and works. Shown again with --log-level DEBUG.
 BNB_LOGGER = "bitsandbytes.backends.cpu.ops"
 BNB_KERNELS_HINT = "pip install kernels"
+# With ``kernels`` installed, bitsandbytes fetches that kernel at import; with
+# HF_HUB_OFFLINE=1 (usual on a device, and set by quant.base_model for the local model)
+# ``kernels`` warns on every start that it cannot check the publisher offline.
+KERNELS_HUB_LOGGER = "kernels._internals.hf_hub"
+KERNELS_OFFLINE_HINT = "Skipping publisher trust check"
+# torch.onnx's exporter (``edge-client export``) looks up torchvision's operators and warns
+# once per operator that torchvision, an image library this kit never uses, is missing.
+TORCH_ONNX_LOGGER = "torch.onnx._internal.exporter._registration"
+TORCHVISION_HINT = "torchvision is not installed"
+# onnxruntime's dynamic quantization (``edge-client export --int8``) logs through the root
+# logger: a warning to pre-process (shape inference, which it runs itself) and an INFO line
+# per tensor it leaves in float, neither anything a user acts on.
+ROOT_LOGGER = "root"
+ORT_QUANTIZATION_LINES = ("Please consider to run pre-processing before quantization",
+                          "Quantization parameters for tensor:",
+                          "Ignore MatMul due to non constant B")
+# (logger, fragment of the format string) of every known log line dropped
+DROPPED_LINES = ((BNB_LOGGER, BNB_KERNELS_HINT), (KERNELS_HUB_LOGGER, KERNELS_OFFLINE_HINT),
+                 (TORCH_ONNX_LOGGER, TORCHVISION_HINT),
+                 *((ROOT_LOGGER, text) for text in ORT_QUANTIZATION_LINES))
 # transformers 5 deprecated ``PreTrainedModel.is_gradient_checkpointing``; peft's
 # ``PeftModel.__init__`` still reads it (``getattr(model, "is_gradient_checkpointing")``),
 # so every adapter construction warned.
@@ -108,10 +128,11 @@ def quiet_known_noise() -> None:
     """
     warnings.filterwarnings("ignore", message=GRADIENT_CHECKPOINTING_WARNING,
                             category=FutureWarning)
-    logger = logging.getLogger(BNB_LOGGER)
-    if not any(isinstance(f, DropMessage) and f.fragment == BNB_KERNELS_HINT
-               for f in logger.filters):
-        logger.addFilter(DropMessage(BNB_KERNELS_HINT))
+    for name, fragment in DROPPED_LINES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropMessage) and f.fragment == fragment
+                   for f in logger.filters):
+            logger.addFilter(DropMessage(fragment))
 
 
 def stop_on_sigterm() -> None:

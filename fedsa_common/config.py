@@ -173,6 +173,12 @@ def digest_of(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# A federation config without a label count is fine in a scenario (its data gives the count)
+# but not for a cloud hub, which sizes the head from it before any device reports.
+NUM_LABELS_REQUIRED = ("required in a cloud hub's --config (scenarios take it from their "
+                       "data)")
+
+
 class ConfigError(ValueError, UserError):
     """A configuration file that does not validate; the message names every bad field."""
 

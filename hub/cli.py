@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fedsa_common import cli_auth, cli_common
-from fedsa_common.config import ConfigError, load_federation_config
+from fedsa_common.config import NUM_LABELS_REQUIRED, ConfigError, load_federation_config
 
 if TYPE_CHECKING:
     from fedsa_common.broker_auth import BrokerAuth
@@ -114,11 +114,13 @@ def serve(
                           report_every_s=report_every)
         _start_metrics(hub, metrics_port, metrics_host)
         sys.exit(hub.run())  # BrokerUnreachable is a UserError: one line, exit 2
+    config_hint = "--config" if config is None else f"--config {config}"
     try:
         cfg = load_federation_config(config)
     except ConfigError as err:
-        raise cli_common.usage_error(
-            str(err), "--config" if config is None else f"--config {config}") from None
+        raise cli_common.usage_error(str(err), config_hint) from None
+    if cfg.model.num_labels is None:  # found now, not after the broker and hub started
+        raise cli_common.usage_error(f"model.num_labels: {NUM_LABELS_REQUIRED}", config_hint)
     cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(
         update={"name": federation})})
     from fedsa_common.broker import start_broker

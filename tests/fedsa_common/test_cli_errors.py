@@ -41,8 +41,10 @@ def _join(tmp: Path, **options: str) -> list[str]:
 
 
 def _serve(tmp: Path, **options: str) -> list[str]:
+    good = _write(tmp / "good.yaml", "model: {num_labels: 3}\n")
     opts = {"--role": "cloud", "--federation": "fed", "--state-dir": str(tmp / "cloud"),
-            "--broker": "mqtt://127.0.0.1:1", "--connect-timeout": "1", **options}
+            "--broker": "mqtt://127.0.0.1:1", "--connect-timeout": "1", "--config": str(good),
+            **options}
     return ["serve", *[x for kv in opts.items() for x in kv]]
 
 
@@ -56,6 +58,10 @@ MISTAKES: dict[str, Mistake] = {
         "hub", lambda t: _serve(t, **{"--config": str(_write(t / "c.yaml",
                                                              "training:\n  lrr: 1\n"))}),
         lambda t: ["invalid configuration: training.lrr:", f"(--config {t / 'c.yaml'})"]),
+    "hub serve: config without num_labels": (  # used to fail after the broker started
+        "hub", lambda t: _serve(t, **{"--config": str(_write(t / "c.yaml", "rounds: 2\n"))}),
+        lambda t: ["model.num_labels: required in a cloud hub's --config",
+                   f"(--config {t / 'c.yaml'})"]),
     "hub serve: missing config": (
         "hub", lambda t: _serve(t, **{"--config": str(t / "nope.yaml")}),
         lambda t: [f"configuration file not found: {t / 'nope.yaml'}"]),
