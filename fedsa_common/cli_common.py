@@ -189,10 +189,14 @@ def error_text(message: str, hint: str | None) -> str:
     """``error: MESSAGE (HINT)``: one line, or a heading and one indented line per field
     when a message lists several (a configuration with three bad fields). The hint is left
     out when the message already names it or starts with the option at fault (``--set
-    'x': ...``)."""
+    'x': ...``), and a hint ``--config FILE`` shortened to ``--config`` when the message names
+    FILE."""
     first, *details = [line.rstrip() for line in message.strip().splitlines() if line.strip()]
     if len(details) == 1:  # "invalid configuration:" + one field: keep it on one line
         first, details = f"{first} {details[0].strip()}", []
+    option, _, value = (hint or "").partition(" ")
+    if value and value in message:  # "--config FILE" and the message names FILE
+        hint = option
     named = hint is None or hint in message or message.startswith("--")
     where = "" if named else f" ({hint})"
     if not details:

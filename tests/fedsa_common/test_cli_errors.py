@@ -53,7 +53,7 @@ Mistake = tuple[str, Callable[[Path], list[str]], Callable[[Path], list[str]]]
 MISTAKES: dict[str, Mistake] = {
     "hub serve: config is not YAML": (
         "hub", lambda t: _serve(t, **{"--config": str(_write(t / "c.yaml", "rounds: [1\n"))}),
-        lambda t: ["not valid YAML at line 2, column 1", f"(--config {t / 'c.yaml'})"]),
+        lambda t: [f"{t / 'c.yaml'}: not valid YAML at line 2, column 1", "(--config)"]),
     "hub serve: unknown config field": (
         "hub", lambda t: _serve(t, **{"--config": str(_write(t / "c.yaml",
                                                              "training:\n  lrr: 1\n"))}),
@@ -186,4 +186,6 @@ def test_error_text_keeps_one_line_and_names_the_option_once() -> None:
     assert error_text("a.yaml: not valid YAML", "a.yaml") == "error: a.yaml: not valid YAML"
     assert error_text("--set 'x': expected KEY=VALUE", "f.yaml") == (
         "error: --set 'x': expected KEY=VALUE")
+    assert error_text("c.yaml: not valid YAML", "--config c.yaml") == (
+        "error: c.yaml: not valid YAML (--config)")
     assert error_text("broken", None) == "error: broken"
