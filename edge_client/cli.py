@@ -25,7 +25,7 @@ class ExportFormat(StrEnum):
 
 
 app = typer.Typer(help="The device side of a fedsa-edge federation.", no_args_is_help=True,
-                  add_completion=False)
+                  add_completion=False, cls=cli_common.OneErrorStyle)
 
 
 @app.callback()
@@ -81,17 +81,12 @@ def join(
     from edge_client.data import DataError, check_device_data
     from edge_client.state_lock import StateDirError, StateDirLock, check_owner
     from fedsa_common.logs import setup_logging
-    from fedsa_common.names import check_name
 
     cli_common.stop_on_sigterm()
     setup_logging(log_level)
-    for option, kind, value in (("--federation", "federation", federation),
-                                ("--region", "region", region),
-                                ("--client-id", "client id", client_id)):
-        try:
-            check_name(kind, value)
-        except ValueError as err:
-            raise typer.BadParameter(str(err), param_hint=option) from None
+    cli_common.check_names(("--federation", "federation", federation),
+                           ("--region", "region", region),
+                           ("--client-id", "client id", client_id))
     conn = cli_auth.connection_from_options(
         broker, credentials, username, password_file, tls_ca,
         default_url="mqtt://127.0.0.1:1883", federation=federation, role="device",
@@ -101,7 +96,7 @@ def join(
     except ValueError as err:
         raise cli_common.usage_error(str(err), "--credentials") from None
     if precision not in (None, "nf4", "fp4", "int8", "fp16", "bf16", "fp32"):
-        raise typer.BadParameter(f"unknown precision {precision!r}", param_hint="--precision")
+        raise cli_common.usage_error(f"unknown precision {precision!r}", "--precision")
     try:
         data_spec, share = check_device_data(data)
     except DataError as err:
@@ -130,14 +125,9 @@ def join(
                           auth=conn.auth, secagg_identity=identity,
                           secagg_unauthenticated=secagg_unauthenticated,
                           report_every_s=report_every, connect_timeout_s=connect_timeout)
-        from fedsa_common.transport import BrokerUnreachable
-
-        try:
-            code = run_devices([spec], conn.url, ModelHost(precision))  # type: ignore[arg-type]
-        except BrokerUnreachable as err:
-            typer.echo(f"edge-client join: {err}", err=True)
-            raise typer.Exit(2) from None
-        sys.exit(code)
+        # a broker not reached within --connect-timeout raises BrokerUnreachable, a
+        # UserError: one line naming --broker, exit 2
+        sys.exit(run_devices([spec], conn.url, ModelHost(precision)))  # type: ignore[arg-type]
     finally:
         lock.release()
 
@@ -199,7 +189,7 @@ def export(
             return
         result = export_state(state_dir, out, int8=int8)
     except (FileNotFoundError, ValueError) as err:
-        raise typer.BadParameter(str(err), param_hint="--state-dir") from None
+        raise cli_common.usage_error(str(err), "--state-dir") from None
     typer.echo(f"{result.onnx} ({result.bytes / 1e6:.1f} MB{', int8' if int8 else ''}); "
                f"tokenizer in {result.tokenizer_dir}, labels in {result.sidecar}")
 

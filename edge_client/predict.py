@@ -22,16 +22,21 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from edge_client.bundle import INPUTS, TOKENIZER_FILE, sidecar_path, tokenizer_dir
+from fedsa_common.errors import UserError
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
-class BundleError(ValueError):
+class BundleError(ValueError, UserError):
     """An exported model that cannot be used as it is; the message names the file."""
 
+    option = "--model"
 
-class InputError(ValueError):
+
+class InputError(ValueError, UserError):
     """Texts to classify that cannot be read; the message names the file and line."""
+
+    option = "--input"
 
 
 @dataclass(frozen=True)

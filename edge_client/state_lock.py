@@ -24,12 +24,16 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from fedsa_common.errors import UserError
+
 LOCK_FILE = "device.lock"
 META = "device.json"  # the device's identity and bookkeeping, written by ``state.StateDir``
 
 
-class StateDirError(ValueError):
+class StateDirError(ValueError, UserError):
     """A state directory this device cannot use; the message names it and what to do."""
+
+    option = "--state-dir"
 
 
 class StateDirBusy(StateDirError):

@@ -12,7 +12,14 @@ from typing import Annotated
 
 import typer
 
-from fedsa_common.broker_auth import Connection, Role, check_identity, resolve_connection
+from fedsa_common.broker_auth import (
+    Connection,
+    Role,
+    check_identity,
+    parse_url,
+    resolve_connection,
+    tls_context,
+)
 
 Credentials = Annotated[Path | None, typer.Option(
     "--credentials", help="Credentials file written by `hub provision` (user, password, CA, "
@@ -51,6 +58,12 @@ def connection_from_options(
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint=_hint(credentials, password_file,
                                                             tls_ca)) from None
+    if conn.auth is not None and conn.url is not None and parse_url(conn.url).tls:
+        try:  # a CA that cannot be read or is not PEM: now, not in the network thread later
+            tls_context(conn.auth)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--tls-ca" if tls_ca is not None
+                                     else "--credentials") from None
     try:
         check_identity(conn.credentials, federation=federation, role=role, region=region,
                        client=client)

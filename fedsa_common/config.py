@@ -54,6 +54,7 @@ from fedsa_common.config_sections import (
     TransportSection,
 )
 from fedsa_common.dp import config_conflicts
+from fedsa_common.errors import UserError
 from fedsa_common.secagg.config_check import secagg_conflicts
 
 __all__ = [
@@ -184,7 +185,13 @@ def digest_of(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class ConfigError(ValueError):
+# A federation config without a label count is fine in a scenario (its data gives the count)
+# but not for a cloud hub, which sizes the head from it before any device reports.
+NUM_LABELS_REQUIRED = ("required in a cloud hub's --config (scenarios take it from their "
+                       "data)")
+
+
+class ConfigError(ValueError, UserError):
     """A configuration file that does not validate; the message names every bad field."""
 
 
@@ -208,11 +215,24 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"configuration file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:  # a directory, no permission, not text
+        why = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise ConfigError(f"cannot read configuration file {path}: {why}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML{yaml_where(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return data
+
+
+def yaml_where(err: yaml.YAMLError) -> str:
+    """`` at line L, column C: PROBLEM`` for a YAML syntax error: PyYAML's own text spans
+    six lines (with a copy of the line and a caret), too long for a one-line error."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is None or problem is None:
+        return f": {' '.join(str(err).split())}"
+    return f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def load_federation_config(path: Path | None) -> FederationConfig:

@@ -1,14 +1,30 @@
-"""The one error type raised for anything that came over the network and does not fit.
-
-Hubs catch exactly this type, count it under ``reason`` and keep serving; anything else
-escaping a handler is a bug in our code, not hostile input.
+"""The error types shared by every package: hostile or malformed network input, and a
+user's mistake that a command line reports in one line.
 """
 
 
 class WireError(ValueError):
-    """Malformed, oversized, stale or otherwise unacceptable wire input."""
+    """Malformed, oversized, stale or otherwise unacceptable wire input.
+
+    Hubs catch exactly this type, count it under ``reason`` and keep serving; anything else
+    escaping a handler is a bug in our code, not hostile input.
+    """
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class UserError(Exception):
+    """Mixed into the error types that mean "the user has to fix something" (a bad file, a
+    bad option value, an unreachable broker) rather than "our code is wrong".
+
+    The CLIs print such an error as one line naming ``option`` (the option, argument or file
+    at fault; ``None`` when the message names it) and exit 2, with the traceback only at
+    ``--log-level DEBUG``; any other exception is treated as a bug and keeps its traceback.
+    A mixin rather than a base class so that each type keeps its built-in base
+    (``ValueError``, ``ConnectionError``) for callers that catch those.
+    """
+
+    option: str | None = None

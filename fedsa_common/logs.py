@@ -37,5 +37,8 @@ def setup_logging(level: str = "INFO", json_lines: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("transformers", "bitsandbytes", "amqtt", "paho", "urllib3", "peft"):
+    # libraries whose INFO lines report their own internals; onnx_ir and onnxscript (the
+    # ONNX exporter's graph passes) printed ~70-100 of them per `edge-client export`
+    for noisy in ("transformers", "bitsandbytes", "amqtt", "paho", "urllib3", "peft",
+                  "onnx_ir", "onnxscript"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

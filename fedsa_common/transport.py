@@ -62,7 +62,7 @@ from fedsa_common.chunking import (
     parse_header,
     split_payload,
 )
-from fedsa_common.errors import WireError
+from fedsa_common.errors import UserError, WireError
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,11 @@ _AUTH_REFUSALS = frozenset({"Bad user name or password", "Not authorized"})
 Handler = Callable[[str, bytes], None]
 
 
-class BrokerUnreachable(ConnectionError):
+class BrokerUnreachable(ConnectionError, UserError):
     """``connect()`` gave up: the broker was not reached (or refused the credentials)
     within its timeout.  The message names the broker and the last reason."""
+
+    option = "--broker"
 
 
 def describe_connect_error(exc: BaseException | None, host: str, port: int, tls: bool) -> str:

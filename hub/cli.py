@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fedsa_common import cli_auth, cli_common
-from fedsa_common.config import ConfigError, load_federation_config
+from fedsa_common.config import NUM_LABELS_REQUIRED, ConfigError, load_federation_config
 
 if TYPE_CHECKING:
     from fedsa_common.broker_auth import BrokerAuth
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 SWITCH_INTERVAL_S = 0.0002  # see serve()
 
 app = typer.Typer(help="Regional and cloud hubs of a fedsa-edge federation.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, cls=cli_common.OneErrorStyle)
 
 
 class Role(StrEnum):
@@ -86,6 +86,9 @@ def serve(
     (the next start resumes from it) and a broker the cloud hub started for itself is
     stopped with it."""
     cli_common.stop_on_sigterm()
+    cli_common.check_names(("--federation", "federation", federation),
+                           *([("--region", "region", region)] if region is not None else []))
+    cli_common.usable_dir(state_dir, "--state-dir")
     import torch
 
     from fedsa_common.logs import setup_logging
@@ -98,7 +101,7 @@ def serve(
     setup_logging(log_level)
     if role is Role.regional:
         if region is None:
-            raise typer.BadParameter("required for --role regional", param_hint="--region")
+            raise cli_common.usage_error("required for --role regional", "--region")
         from hub.regional import RegionalHub
 
         conn = cli_auth.connection_from_options(
@@ -110,13 +113,14 @@ def serve(
                           auth=conn.auth, connect_timeout_s=connect_timeout,
                           report_every_s=report_every)
         _start_metrics(hub, metrics_port, metrics_host)
-        with _unreachable_exits():
-            sys.exit(hub.run())
+        sys.exit(hub.run())  # BrokerUnreachable is a UserError: one line, exit 2
+    config_hint = "--config" if config is None else f"--config {config}"
     try:
         cfg = load_federation_config(config)
     except ConfigError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
+        raise cli_common.usage_error(str(err), config_hint) from None
+    if cfg.model.num_labels is None:  # found now, not after the broker and hub started
+        raise cli_common.usage_error(f"model.num_labels: {NUM_LABELS_REQUIRED}", config_hint)
     cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(
         update={"name": federation})})
     from fedsa_common.broker import start_broker
@@ -138,8 +142,7 @@ def serve(
         cloud = CloudHub(broker, cfg, state_dir, auth=conn.auth, hub_grace_s=hub_grace,
                          connect_timeout_s=connect_timeout, report_every_s=report_every)
         _start_metrics(cloud, metrics_port, metrics_host)
-        with _unreachable_exits():
-            sys.exit(cloud.run())
+        sys.exit(cloud.run())
     except LifecycleError as err:  # a checkpoint or broker state this start does not fit
         option = "--config" if err.option == "--rounds" else err.option
         raise cli_common.usage_error(str(err), option) from None
@@ -150,18 +153,6 @@ def serve(
             started.stop()
 
 
-@contextlib.contextmanager
-def _unreachable_exits() -> Iterator[None]:
-    """A broker not reached within --connect-timeout: one line naming it, exit 2."""
-    from fedsa_common.transport import BrokerUnreachable
-
-    try:
-        yield
-    except BrokerUnreachable as err:
-        typer.echo(f"hub serve: {err}", err=True)
-        raise typer.Exit(2) from None
-
-
 def _start_metrics(hub: object, port: int, host: str) -> None:
     if not port:
         return
@@ -170,8 +161,8 @@ def _start_metrics(hub: object, port: int, host: str) -> None:
     try:
         serve_metrics(hub, port, host)  # type: ignore[arg-type]
     except OSError as err:
-        typer.echo(f"--metrics-port {port}: cannot serve metrics on {host}: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise cli_common.usage_error(f"cannot serve metrics on {host}:{port}: {err}",
+                                     "--metrics-port") from None
 
 
 @app.command()
@@ -204,13 +195,13 @@ def status(
     try:
         snap = collect(url, federation, timeout_s=timeout, auth=auth)
     except (ConnectionError, ValueError) as err:
-        typer.echo(f"cannot read status from {broker}: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise cli_common.usage_error(f"cannot read status from {broker}: {err}",
+                                     "--broker") from None
     if snap.empty:
-        typer.echo(f"no retained status for federation {federation!r} on {broker} within "
-                   f"{timeout:g}s: check the federation name and broker (hubs publish their "
-                   "status once connected)", err=True)
-        raise typer.Exit(2)
+        raise cli_common.usage_error(
+            f"no retained status for federation {federation!r} on {broker} within "
+            f"{timeout:g}s: check the federation name and broker (hubs publish their status "
+            "once connected)", "--federation")
     if json_out:
         typer.echo(json.dumps({"federation": federation, "statuses": snap.statuses,
                                "announce": snap.announce, "presence": snap.presence,
@@ -291,8 +282,8 @@ def config_template(
             typer.echo(f"{key:<16} {about}")
         return
     if name not in TEMPLATES:
-        typer.echo(f"unknown template {name!r}; available: {', '.join(TEMPLATES)}", err=True)
-        raise typer.Exit(2)
+        raise cli_common.usage_error(
+            f"unknown template {name!r}; available: {', '.join(TEMPLATES)}", "NAME")
     typer.echo(TEMPLATES[name][1], nl=False)
 
 
@@ -357,9 +348,8 @@ def provision(
                              broker_user=broker_user, max_packet_bytes=max_packet_bytes,
                              sites=parse_site_options(site or [], site_port or [], port))
         result = write_provision(spec, out, rotate=rotate)
-    except (ValueError, OSError) as err:
-        typer.echo(f"hub provision: {err}", err=True)
-        raise typer.Exit(2) from None
+    except (ValueError, OSError) as err:  # the messages name the option or file
+        raise cli_common.usage_error(str(err)) from None
     typer.echo(summary_text(spec, result))
 
 
@@ -383,17 +373,12 @@ def _connection_for(federation: str, broker: str | None, credentials: Path | Non
                     role: Account = "cloud") -> tuple[str, BrokerAuth | None]:
     """Check the name and resolve the connection of ``hub status`` (as ``monitor``) or a
     lifecycle command (as the cloud); bad options are usage errors."""
-    from fedsa_common.protocol import check_name
-
-    try:
-        check_name("federation", federation)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--federation") from None
+    cli_common.check_names(("--federation", "federation", federation))
     conn = cli_auth.connection_from_options(
         broker, credentials, username, password_file, tls_ca, default_url=None,
         federation=federation, role=role)
     if conn.url is None:
-        raise typer.BadParameter("give --broker or --credentials", param_hint="--broker")
+        raise cli_common.usage_error("give --broker or --credentials", "--broker")
     return conn.url, conn.auth
 
 
@@ -408,8 +393,7 @@ def _lifecycle_session(url: str, federation: str, auth: BrokerAuth | None, timeo
         with connected(url, federation, auth, timeout) as session:
             yield session
     except (ConnectionError, TimeoutError) as err:
-        typer.echo(f"hub federation {action}: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise cli_common.usage_error(f"hub federation {action}: {err}", "--broker") from None
 
 
 def _serving_cloud(session: MqttSession, federation: str, timeout: float, action: str

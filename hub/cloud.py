@@ -41,7 +41,7 @@ from fedsa_common.adaptive_split import split_changes
 from fedsa_common.atomic import read_json, read_tensors, write_bytes, write_json, write_tensors
 from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.chunking import split_payload
-from fedsa_common.config import FederationConfig
+from fedsa_common.config import NUM_LABELS_REQUIRED, ConfigError, FederationConfig
 from fedsa_common.errors import WireError
 from fedsa_common.liveness import Reminder, hub_serving
 from fedsa_common.protocol import (
@@ -92,7 +92,7 @@ HUB_GRACE_S = 30.0  # how long a region's devices wait for its hub's status befo
 def initial_global(config: FederationConfig) -> dict[str, torch.Tensor]:
     """The common starting point of the shared parameters, computed from shapes alone."""
     if config.model.num_labels is None:
-        raise ValueError("model.num_labels must be set in the cloud hub's configuration")
+        raise ConfigError(f"model.num_labels: {NUM_LABELS_REQUIRED}")
     shapes = adapter_shapes(config.model, config.model.num_labels)
     # with an adaptive split: all of A and B; with head sharing: the head as well
     names = SplitPolicy(config, list(shapes)).held()

@@ -45,7 +45,7 @@ from fedsa_common.atomic import read_json, write_json
 from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.chunking import Reassembler
 from fedsa_common.config import FederationConfig, digest_of, format_validation_error
-from fedsa_common.errors import WireError
+from fedsa_common.errors import UserError, WireError
 from fedsa_common.protocol import AnnounceHeader, Control, Topics, decode_message
 from fedsa_common.transport import MqttSession, chunk_filter
 
@@ -58,7 +58,7 @@ MAX_CHANGES_NAMED = 5
 RETAINED_SETTLE_S = 1.0  # retained messages follow the SUBACK at once; then this much quiet
 
 
-class LifecycleError(ValueError):
+class LifecycleError(ValueError, UserError):
     """A lifecycle request that cannot be carried out as asked; the message says why and
     what to do instead, ``option`` which command-line option it concerns."""
 

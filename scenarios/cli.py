@@ -10,7 +10,8 @@ import typer
 from fedsa_common import cli_common
 
 app = typer.Typer(help="Replay federation scenarios against real broker, hub and device "
-                       "processes.", no_args_is_help=True, add_completion=False)
+                       "processes.", no_args_is_help=True, add_completion=False,
+                  cls=cli_common.OneErrorStyle)
 
 
 @app.callback()
@@ -27,7 +28,7 @@ def _check_broker(url: str | None) -> None:
         try:
             parse_url(url)
         except ValueError as err:
-            raise typer.BadParameter(str(err), param_hint="--broker") from None
+            raise cli_common.usage_error(str(err), "--broker") from None
 
 
 @app.command()
@@ -58,8 +59,8 @@ def run(
         config = load_scenario(file, set_)
         config.scenario.device_data(0)  # partition=column: owners vs topology
     except (ConfigError, DataError) as err:
-        typer.echo(f"{file}: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise cli_common.usage_error(str(err), str(file)) from None
+    cli_common.usable_dir(out, "--out")
     try:
         report = run_scenario(config, out, broker, echo=typer.echo)
     except (RuntimeError, TimeoutError) as err:
@@ -137,16 +138,15 @@ def bench(
         variants = None if variant is None else parse_variants(variant)
         if sweep is not None and variants is not None:
             raise ValueError("--variant and --compression cannot be combined")
-    except ValueError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
+    except ValueError as err:  # the messages name the option
+        raise cli_common.usage_error(str(err)) from None
     try:
         config = load_scenario(file, set_)
         for run_ in plan_runs(config, algs, seed_list, out, rounds, sweep, variants):
             run_.config.scenario.device_data(0)  # partition=column: owners vs topology
     except (ConfigError, DataError) as err:
-        typer.echo(f"{file}: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise cli_common.usage_error(str(err), str(file)) from None
+    cli_common.usable_dir(out, "--out")
     result = run_bench(config, out, algs, seed_list, rounds=rounds, broker_url=broker,
                        scenario_file=str(file), compressions=sweep, variants=variants,
                        references=refs, echo=typer.echo)
@@ -187,10 +187,12 @@ def tune(
     _check_broker(broker)
     try:
         load_scenario(file).scenario.device_data(0)  # partition=column: owners vs topology
-        result = run_tune(file, trials, out, broker, echo=typer.echo)
     except (ConfigError, DataError) as err:
-        typer.echo(f"{file}: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise cli_common.usage_error(str(err), str(file)) from None
+    cli_common.usable_dir(out, "--out")
+    # ConfigError from the study (another tune on OUT, a study of another scenario) names
+    # OUT itself: a UserError, one line and exit 2
+    result = run_tune(file, trials, out, broker, echo=typer.echo)
     best = result["best"]
     if best is None:
         typer.echo(f"no trial succeeded; see {out / 'history.json'}", err=True)

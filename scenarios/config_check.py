@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from edge_client.data.spec import DataSpec
-from fedsa_common.config import ConfigError, FederationConfig, read_yaml
+from fedsa_common.config import NUM_LABELS_REQUIRED, ConfigError, FederationConfig, read_yaml
 from scenarios.config import ScenarioConfig
 from scenarios.tune_space import search_space
 
@@ -165,9 +165,7 @@ def check_data(data: Any) -> CheckResult:
             path, _, msg = str(err).partition(": ")
             return CheckResult(kind, (FieldError(path, msg),))
     elif cfg.model.num_labels is None:
-        return CheckResult(kind, (FieldError(
-            "model.num_labels", "required in a cloud hub's --config (scenarios take it from "
-            "their data)"),))
+        return CheckResult(kind, (FieldError("model.num_labels", NUM_LABELS_REQUIRED),))
     return CheckResult(kind, (), _summary(kind, cfg))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from fedsa_common.config import ConfigError
+from fedsa_common.config import ConfigError, yaml_where
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -26,7 +26,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         return path, yaml.safe_load(value)
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML: {err}") from None
+        raise ConfigError(f"--set {text!r}: value is not valid YAML{yaml_where(err)}") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedsa_common.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(ValueError, UserError):
     """A data source that cannot be read as asked: names the file, line and column at fault.
 
     A ``ValueError`` so that CLI layers can report it like any other bad input.
     """
+
+    option = "--data"
 
 
 @dataclass(frozen=True)

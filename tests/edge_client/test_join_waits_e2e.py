@@ -35,7 +35,7 @@ def test_an_unreachable_broker_is_reported_while_waiting_then_exits_2(tmp_path: 
     assert done.returncode == 2, done.stderr
     assert f"still waiting for broker 127.0.0.1:{port} (connection refused" in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"edge-client join: could not connect to MQTT broker "
+    assert last.startswith(f"error: could not connect to MQTT broker "
                            f"mqtt://127.0.0.1:{port} as 'dev-fed-dev-0' within 3.0s")
     assert "Traceback" not in done.stderr
 

@@ -24,6 +24,17 @@ APPS = {"edge-client": edge_app, "hub": hub_app, "scenarios": scenarios_app}
 # transformers/modeling_utils.py PreTrainedModel.is_gradient_checkpointing)
 BNB_TEXT = ("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure "
             "you already `pip install kernels` and the kernels >= 0.11.1")
+# what `edge-client export [--int8]` printed (kernels/_internals/hf_hub.py with HF_HUB_OFFLINE=1,
+# torch/onnx/_internal/exporter/_registration.py, onnxruntime/quantization/quantize.py,
+# qdq_quantizer.py, operators/matmul.py)
+EXPORT_TEXTS = [
+    ("kernels._internals.hf_hub", "Skipping publisher trust check for 'kernels-community/"
+     "quantization-bitsandbytes' because Hugging Face Hub is in offline mode."),
+    ("torch.onnx._internal.exporter._registration", "torchvision is not installed. Skipping %s"),
+    ("root", "Please consider to run pre-processing before quantization. Refer to example: "),
+    ("root", 'Quantization parameters for tensor:"gelu" not specified'),
+    ("root", "Ignore MatMul due to non constant B: /[node_MatMul_136]"),
+]
 HF_TEXT = ("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use "
            "`is_activation_checkpointing` instead.")
 
@@ -106,10 +117,16 @@ def test_known_noise_check(restore_noise_filters, caplog) -> None:
     logger.warning(BNB_TEXT, "no module named 'kernels'")
     logger.warning("Failed to load the CPU library")
     assert [r.getMessage() for r in caplog.records] == ["Failed to load the CPU library"]
+    export_lines = [(name, logging.makeLogRecord({"name": name, "msg": text}))
+                    for name, text in EXPORT_TEXTS]
+    assert not any(logging.getLogger(name).filter(r) for name, r in export_lines)
+    kept = logging.makeLogRecord({"name": "root", "msg": "Quantization failed"})
+    assert logging.getLogger().filter(kept)  # only the known texts go
     caplog.clear()
     caplog.set_level(logging.DEBUG)  # --log-level DEBUG shows it again
     logger.warning(BNB_TEXT, "no module named 'kernels'")
     assert len(caplog.records) == 1 and "pip install kernels" in caplog.records[0].getMessage()
+    assert all(logging.getLogger(name).filter(r) for name, r in export_lines)
 
 
 def test_sigterm_raises_keyboard_interrupt_in_the_main_thread() -> None:
@@ -121,18 +138,3 @@ def test_sigterm_raises_keyboard_interrupt_in_the_main_thread() -> None:
     finally:
         signal.signal(signal.SIGTERM, before)
 
-
-def test_usage_error_logs_the_traceback_at_debug_only(caplog) -> None:
-    caplog.set_level(logging.INFO)
-    try:
-        raise ValueError("inner")
-    except ValueError:
-        err = cli_common.usage_error("bad thing", "--data")
-    assert isinstance(err, typer.BadParameter) and err.param_hint == "--data"
-    assert not caplog.records
-    caplog.set_level(logging.DEBUG)
-    try:
-        raise ValueError("inner")
-    except ValueError:
-        cli_common.usage_error("bad thing", "--data")
-    assert caplog.records[0].exc_info is not None

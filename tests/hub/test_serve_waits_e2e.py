@@ -38,7 +38,7 @@ def test_an_unused_port_is_reported_while_waiting_then_exits_2(tmp_path: Path) -
     assert (f"still waiting for broker 127.0.0.1:{port} (connection refused: nothing listens "
             f"on 127.0.0.1:{port}?)") in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"hub serve: could not connect to MQTT broker "
+    assert last.startswith(f"error: could not connect to MQTT broker "
                            f"mqtt://127.0.0.1:{port} as 'regional-fed-north' within 3.0s")
     assert "Traceback" not in done.stderr
 
@@ -54,7 +54,7 @@ def test_a_broker_certificate_from_another_ca_is_reported(tmp_path: Path,
     assert (f"still waiting for broker localhost:{broker.port} (TLS handshake failed: the "
             "broker's certificate did not verify") in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(
-        f"hub serve: could not connect to MQTT broker mqtts://localhost:{broker.port}")
+        f"error: could not connect to MQTT broker mqtts://localhost:{broker.port}")
 
 
 def test_a_federation_nobody_announces_is_reported(tmp_path: Path, broker,
