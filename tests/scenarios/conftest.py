@@ -33,6 +33,26 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+@pytest.fixture(scope="session")
+def run_tiny_with_dp(tmp_path_factory):
+    """``run(name, dp)``: ``scenarios/tiny.yaml`` for 3 rounds with ``dp`` as its
+    differential-privacy section, played by the runner (a real broker, hubs and devices);
+    its report and output directory.  The DP end-to-end tests differ only in that section."""
+    import yaml
+
+    from scenarios.config import ScenarioConfig
+    from scenarios.runner import run_scenario
+
+    def run(name: str, dp: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+        raw = yaml.safe_load(TINY.read_text())
+        raw["rounds"] = 3
+        raw["fedsa_lora"] = {"privacy": {"differential_privacy": dp}}
+        out = tmp_path_factory.mktemp(name)
+        return run_scenario(ScenarioConfig.model_validate(raw), out, echo=lambda _: None), out
+
+    return run
+
+
 @dataclass
 class LiveRun:
     """What the run left: its report and output directory, the spy's record of every

@@ -11,15 +11,9 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from pathlib import Path
 
 import pytest
-import yaml
 
-from scenarios.config import ScenarioConfig
-from scenarios.runner import run_scenario
-
-TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
 FIRST_CLIP = 1e-4
 NORM_LOG = re.compile(r"(\S+): update norm (\S+) \(clip norm (\S+)\)")
 
@@ -27,17 +21,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def adaptive_run(tmp_path_factory):
-    raw = yaml.safe_load(TINY.read_text())
-    raw["rounds"] = 3
-    raw["fedsa_lora"] = {"privacy": {"differential_privacy": {
+def adaptive_run(run_tiny_with_dp):
+    return run_tiny_with_dp("dp_adaptive", {
         "enable": True, "mode": "central", "noise_multiplier": 0.5, "epsilon": 1000.0,
         "clip_norm": FIRST_CLIP, "adaptive_clipping": {
             "enable": True, "target_quantile": 0.5, "clip_lr": 2.0,
-            "clipped_count_stddev": 0.5}}}}
-    out = tmp_path_factory.mktemp("dp_adaptive")
-    report = run_scenario(ScenarioConfig.model_validate(raw), out, echo=lambda _: None)
-    return report, out
+            "clipped_count_stddev": 0.5}})
 
 
 def test_the_announced_clip_grows_while_every_update_is_longer(adaptive_run):

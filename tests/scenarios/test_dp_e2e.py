@@ -7,7 +7,6 @@ the global parameters moved by more than clipped updates alone could move them."
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,24 +15,16 @@ from fedsa_common.atomic import read_tensors
 from fedsa_common.config import FederationConfig
 from fedsa_common.dp import dp_plan, l2_norm
 from hub.cloud import initial_global
-from scenarios.config import ScenarioConfig
-from scenarios.runner import run_scenario
 
-TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
 EPSILON, CLIP = 20.0, 0.02
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def dp_run(tmp_path_factory):
-    raw = yaml.safe_load(TINY.read_text())
-    raw["rounds"] = 3
-    raw["fedsa_lora"] = {"privacy": {"differential_privacy": {
-        "enable": True, "mode": "central", "epsilon": EPSILON, "clip_norm": CLIP}}}
-    out = tmp_path_factory.mktemp("dp")
-    report = run_scenario(ScenarioConfig.model_validate(raw), out, echo=lambda _: None)
-    return report, out
+def dp_run(run_tiny_with_dp):
+    return run_tiny_with_dp("dp", {
+        "enable": True, "mode": "central", "epsilon": EPSILON, "clip_norm": CLIP})
 
 
 def test_federation_finishes_with_epsilon_growing_each_round(dp_run):
