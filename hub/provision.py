@@ -173,14 +173,18 @@ def parse_site_options(values: list[str], ports: list[str], default_port: int
 
 
 def parse_region_options(values: list[str]) -> dict[str, list[str]]:
-    """``["north=dev-0,dev-1", "south"]`` -> ``{"north": ["dev-0", "dev-1"], "south": []}``."""
+    """``["north=dev-0,dev-1", "south"]`` -> ``{"north": ["dev-0", "dev-1"], "south": []}``.
+    An empty name in a list (``north=dev-0,,dev-1``) is refused rather than skipped: it is
+    a typo, and the device it stood for would get no credentials."""
     regions: dict[str, list[str]] = {}
     for value in values:
         region, _, clients = value.partition("=")
         region = region.strip()
         if not region:
             raise ValueError(f"--region {value!r}: expected REGION=DEV,DEV,...")
-        names = [c.strip() for c in clients.split(",") if c.strip()]
+        names = [c.strip() for c in clients.split(",")] if clients.strip() else []
+        if "" in names:
+            raise ValueError(f"--region {value!r}: an empty device name in the list")
         regions.setdefault(region, []).extend(names)
     return regions
 

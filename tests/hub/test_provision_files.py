@@ -165,6 +165,9 @@ def test_server_certificate_verifies_for_every_host():
 def test_input_parsing(tmp_path):
     assert parse_region_options(["north=dev-0, dev-1", "south", "north=dev-3"]) == {
         "north": ["dev-0", "dev-1", "dev-3"], "south": []}
+    for typo in ("north=dev-0,,dev-1", "north=dev-0,", "north=,dev-0"):
+        with pytest.raises(ValueError, match="empty device name"):
+            parse_region_options([typo])
     csv_path = tmp_path / "devices.csv"
     csv_path.write_text("client,region\n# comment\ndev-4,south\n\ndev-5,east\n")
     assert read_devices_csv(csv_path) == {"south": ["dev-4"], "east": ["dev-5"]}
