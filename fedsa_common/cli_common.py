@@ -185,6 +185,7 @@ _clicks = importlib.import_module(typer.BadParameter.__module__)
 UsageError: type[Exception] = _clicks.UsageError
 MissingParameter: type[Exception] = _clicks.MissingParameter
 
+
 def error_text(message: str, hint: str | None) -> str:
     """``error: MESSAGE (HINT)``: one line, or a heading and one indented line per field
     when a message lists several (a configuration with three bad fields). The hint is left

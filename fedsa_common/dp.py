@@ -56,7 +56,7 @@ from typing import Any, Literal
 import torch
 
 from fedsa_common.config_sections import FederationSections
-from fedsa_common.dp_adaptive import AdaptiveClipping
+from fedsa_common.dp_adaptive import AdaptiveClipping, within_clip
 from fedsa_common.tensors import Tensors
 
 Mode = Literal["central", "local"]
@@ -288,7 +288,7 @@ class DpPlan:
         so its update header reads as before."""
         if self.adaptive is None or norm is None:
             return None
-        return norm <= self.clip_norm
+        return within_clip(norm, self.clip_norm)
 
     def ledger(self, history: Iterable[Mapping[str, Any]] = ()) -> PrivacyLedger:
         return PrivacyLedger.from_history(history, self.delta, self.sensitivity)

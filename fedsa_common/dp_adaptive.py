@@ -31,7 +31,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 FIELD = "fedsa_lora.privacy.differential_privacy.adaptive_clipping"
 DEFAULT_COUNT_STDDEV_FRACTION = 0.05  # sigma_b = m / 20, the paper's recommendation
@@ -83,9 +82,10 @@ class AdaptiveClipping:
                    update_noise_multiplier(noise_multiplier, count_stddev))
 
 
-def unclipped_count(norms: Tensor, clip_norm: float) -> float:
-    """``sum_i 1[norm_i <= C]``: how many updates the clip left unchanged."""
-    return float((norms <= clip_norm).sum())
+def within_clip(norm: float, clip_norm: float) -> bool:
+    """``b_i = 1[norm_i <= C]``: the clip left the update unchanged (a norm equal to the clip
+    counts as within it).  What a device reports and a regional hub counts."""
+    return norm <= clip_norm
 
 
 def noised_unclipped_fraction(unclipped: float, arrived: int, denominator: int,
@@ -108,10 +108,10 @@ def next_clip(clip_norm: float, unclipped_fraction: float, target_quantile: floa
     return clip_norm * math.exp(-clip_lr * (unclipped_fraction - target_quantile))
 
 
-def adapt_clip(clip_norm: float, norms: Tensor, denominator: int, params: AdaptiveClipping,
-               generator: torch.Generator) -> tuple[float, float]:
-    """One round: the next clip norm and the noised unclipped fraction it came from,
-    given the norms (before clipping) of the round's updates."""
-    fraction = noised_unclipped_fraction(unclipped_count(norms, clip_norm), norms.numel(),
-                                         denominator, params.count_stddev, generator)
+def adapt_clip(clip_norm: float, unclipped: float, arrived: int, denominator: int,
+               params: AdaptiveClipping, generator: torch.Generator) -> tuple[float, float]:
+    """One round, as the cloud runs it: the next clip norm and the noised unclipped fraction
+    it came from, given how many of the round's ``arrived`` updates were within the clip."""
+    fraction = noised_unclipped_fraction(unclipped, arrived, denominator, params.count_stddev,
+                                         generator)
     return next_clip(clip_norm, fraction, params.target_quantile, params.clip_lr), fraction

@@ -36,7 +36,7 @@ from fedsa_common.dp import (
     round_dp_plan,
 )
 from fedsa_common.dp import secure_generator as _secure_generator
-from fedsa_common.dp_adaptive import next_clip, noised_unclipped_fraction
+from fedsa_common.dp_adaptive import adapt_clip, within_clip
 from hub.aggregation import RunningSum
 from hub.aggregator import Update
 
@@ -68,7 +68,7 @@ class IntakeDp:
         unclipped = None
         if self.adaptive:
             said = update.header.dp_unclipped
-            unclipped = norm <= self.clip_norm if said is None else said
+            unclipped = within_clip(norm, self.clip_norm) if said is None else said
         return replace(update, delta=delta, weight=1.0, unclipped=unclipped)
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -198,9 +198,8 @@ class CloudPrivacy:
         ac, clip = self.plan.adaptive, self.clip_norm
         fields = {"dp_clip_norm": clip, "dp_next_clip_norm": clip}
         if applied and arrived:
-            fraction = noised_unclipped_fraction(unclipped, arrived, denominator,
-                                                 ac.count_stddev, self.generator)
-            self.clip_norm = next_clip(clip, fraction, ac.target_quantile, ac.clip_lr)
+            self.clip_norm, fraction = adapt_clip(clip, unclipped, arrived, denominator, ac,
+                                                  self.generator)
             fields.update(dp_unclipped_fraction=fraction, dp_next_clip_norm=self.clip_norm)
             log.info("round %d: clip norm %.4g -> %.4g (noised fraction of updates within "
                      "it %.3f, target %g)", rnd, clip, self.clip_norm, fraction,

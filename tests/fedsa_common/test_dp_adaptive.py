@@ -1,8 +1,8 @@
 """Adaptive clipping (Andrew et al. 2021) as pure math: the clip tracks the target quantile
 of a fixed norm distribution from either side, the update noise multiplier is the paper's
 formula (checked by hand and against opacus's accountant), a count noise too small for
-the noise multiplier is refused naming the field, and the configuration refuses the
-option (naming it) while the hubs do not run it."""
+the noise multiplier is refused naming the field, and the configuration accepts the
+option in central mode and names the field of what it refuses."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from fedsa_common.dp_adaptive import (
     adapt_clip,
     next_clip,
     noised_unclipped_fraction,
-    unclipped_count,
     update_noise_multiplier,
+    within_clip,
 )
 
 FIELD = "fedsa_lora.privacy.differential_privacy.adaptive_clipping"
@@ -61,7 +61,8 @@ def test_resolve_defaults_the_count_noise_to_a_twentieth_of_the_expected_updates
 
 def test_one_step_by_hand():
     norms = torch.tensor([0.1, 0.5, 0.9, 1.0, 1.5, 3.0, 0.2, 2.0])
-    assert unclipped_count(norms, 1.0) == 5  # a norm equal to the clip is not clipped
+    # a norm equal to the clip is not clipped
+    assert sum(within_clip(float(n), 1.0) for n in norms) == 5
     gen = torch.Generator().manual_seed(0)
     # no noise to speak of: 5 of 8 arrived, m = 10 -> (5 - 4) / 10 + 0.5 = 0.6
     assert noised_unclipped_fraction(5, 8, 10, 1e-12, gen) == pytest.approx(0.6)
@@ -81,7 +82,8 @@ def test_the_clip_converges_to_the_target_quantile_of_the_norms(start, quantile)
     clip, late = start, []
     for rnd in range(250):
         norms = torch.exp(torch.randn(100, generator=gen, dtype=torch.float64) * 0.5)
-        clip, _fraction = adapt_clip(clip, norms, 100, params, gen)
+        within = sum(within_clip(float(n), clip) for n in norms)
+        clip, _fraction = adapt_clip(clip, within, len(norms), 100, params, gen)
         if rnd >= 150:
             late.append(clip)
     settled = sum(late) / len(late)
