@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from fedsa_common.adaptive_config import adaptive_conflicts
+from fedsa_common.config_errors import FieldError, describe_errors
 from fedsa_common.config_sections import (
     AdaptiveSplitSection,
     AggregationSection,
@@ -195,11 +196,14 @@ class ConfigError(ValueError, UserError):
     """A configuration file that does not validate; the message names every bad field."""
 
 
-def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+def format_validation_error(err: ValidationError, root: type[BaseModel] | None = None,
+                            prefix: str = "") -> str:
+    """Every error of ``err`` on its own line, worded as ``hub config validate`` words it
+    (``root``, the model validated, lets it name the allowed keys and values)."""
     lines = []
-    for e in err.errors():
-        path = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
-        lines.append(f"  {path or '<root>'}: {e['msg']}")
+    for field in describe_errors(root or BaseModel, err):
+        path = ".".join(p for p in (prefix, field.path) if p)
+        lines.append(f"  {FieldError(path, field.message, field.allowed)}")
     return "invalid configuration:\n" + "\n".join(lines)
 
 
@@ -207,7 +211,7 @@ def validate_model(cls: type[BaseModel], data: Any, prefix: str = "") -> Any:
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, prefix)) from None
+        raise ConfigError(format_validation_error(err, cls, prefix)) from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -146,8 +146,9 @@ def with_rounds(config: FederationConfig, total: int) -> FederationConfig:
         return FederationConfig.model_validate(
             {**config.model_dump(mode="json"), "rounds": max(1, total)})
     except ValidationError as err:
-        raise LifecycleError(f"{total} rounds do not fit this configuration: "
-                             f"{format_validation_error(err)}", "--rounds") from None
+        why = format_validation_error(err, FederationConfig)
+        raise LifecycleError(f"{total} rounds do not fit this configuration: {why}",
+                             "--rounds") from None
 
 
 # ------------------------------------------------------------------------- offline extend

@@ -1,10 +1,9 @@
 """``hub config validate``: check a federation configuration or a scenario file and name
 every problem at once.
 
-Pydantic already knows every error; this module turns each into one line an operator can
-act on: the dotted field path, what is wrong, what was given, and, where the schema fixes
-the choices (a literal, or the keys of a section), what is allowed.  A file is a scenario
-when it has a top-level ``scenario:`` key, otherwise a cloud hub's ``--config``.
+Each error is one line in the words of ``fedsa_common.config_errors`` (the words every
+configuration error of the kit uses).  A file is a scenario when it has a top-level
+``scenario:`` key, otherwise a cloud hub's ``--config``.
 
 It lives with the scenarios, the top floor, because a scenario file is a ``ScenarioConfig``;
 the hub's CLI imports it when that command starts (the one import from ``hub`` upwards).
@@ -12,33 +11,19 @@ the hub's CLI imports it when that command starts (the one import from ``hub`` u
 
 from __future__ import annotations
 
-import enum
-import types
-import typing
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from edge_client.data.spec import DataSpec
 from fedsa_common.config import NUM_LABELS_REQUIRED, ConfigError, FederationConfig, read_yaml
+from fedsa_common.config_errors import FieldError, describe_errors
 from scenarios.config import ScenarioConfig
 from scenarios.tune_space import search_space
 
 Kind = Literal["federation", "scenario"]
-
-
-@dataclass(frozen=True)
-class FieldError:
-    path: str
-    message: str
-    allowed: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        text = f"{self.path or '<root>'}: {self.message}"
-        return f"{text}; allowed: {', '.join(self.allowed)}" if self.allowed else text
 
 
 @dataclass(frozen=True)
@@ -52,83 +37,8 @@ class CheckResult:
         return not self.errors
 
 
-def _unwrap(ann: Any) -> list[Any]:
-    """The members of an Optional/Union annotation (itself otherwise)."""
-    origin = typing.get_origin(ann)
-    if origin is typing.Union or origin is types.UnionType:
-        return [a for a in typing.get_args(ann) if a is not type(None)]
-    return [ann]
-
-
-def _virtual_models() -> dict[tuple[str, ...], type[BaseModel]]:
-    """Free-form dict fields that are validated against a model in a validator."""
-    return {("scenario", "data"): DataSpec}
-
-
-def annotation_at(root: type[BaseModel], loc: Sequence[str | int]) -> Any:
-    """The annotation of the field at ``loc`` below ``root`` (None when it cannot tell)."""
-    virtual = _virtual_models()
-    ann: Any = root
-    for depth, key in enumerate(loc):
-        nxt = None
-        for member in _unwrap(ann):
-            origin = typing.get_origin(member)
-            if isinstance(member, type) and issubclass(member, BaseModel):
-                field = member.model_fields.get(str(key))
-                if field is not None:
-                    nxt = virtual.get(tuple(map(str, loc[: depth + 1])), field.annotation)
-            elif origin is dict:
-                nxt = typing.get_args(member)[1]
-            elif origin is list:
-                nxt = typing.get_args(member)[0]
-            if nxt is not None:
-                break
-        if nxt is None:
-            return None
-        ann = nxt
-    return ann
-
-
-def allowed_values(root: type[BaseModel], loc: Sequence[str | int]) -> tuple[str, ...]:
-    """Literal or enum choices of the field at ``loc``, else ()."""
-    for member in _unwrap(annotation_at(root, loc)):
-        if typing.get_origin(member) is Literal:
-            return tuple(str(a) for a in typing.get_args(member))
-        if isinstance(member, type) and issubclass(member, enum.Enum):
-            return tuple(str(m.value) for m in member)
-    return ()
-
-
-def allowed_keys(root: type[BaseModel], loc: Sequence[str | int]) -> tuple[str, ...]:
-    """The field names of the section at ``loc`` (a model), else ()."""
-    for member in _unwrap(annotation_at(root, loc) if loc else root):
-        if isinstance(member, type) and issubclass(member, BaseModel):
-            return tuple(member.model_fields)
-    return ()
-
-
-def describe_errors(root: type[BaseModel], err: ValidationError) -> list[FieldError]:
-    out = []
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        path = ".".join(str(p) for p in loc)
-        msg = str(e["msg"]).removeprefix("Value error, ")
-        allowed: tuple[str, ...] = ()
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-            allowed = allowed_keys(root, loc[:-1])
-        elif e["type"] in ("literal_error", "enum"):
-            msg = f"got {e.get('input')!r}"
-            allowed = allowed_values(root, loc) or (e.get("ctx") or {}).get("expected", ())
-            if isinstance(allowed, str):
-                allowed = (allowed,)
-        elif e["type"] == "missing":
-            msg = "required"
-        elif ("input" in e and not isinstance(e["input"], dict | list)
-              and repr(e["input"]) not in msg):
-            msg = f"{msg} (got {e['input']!r})"
-        out.append(FieldError(path, msg, tuple(allowed)))
-    return out
+# A scenario's ``data:`` is a free-form dict that a validator checks against DataSpec.
+_VIRTUAL = {("scenario", "data"): DataSpec}
 
 
 def _summary(kind: Kind, cfg: FederationConfig) -> str:
@@ -157,7 +67,7 @@ def check_data(data: Any) -> CheckResult:
     try:
         cfg = cls.model_validate(data)
     except ValidationError as err:
-        return CheckResult(kind, tuple(describe_errors(cls, err)))
+        return CheckResult(kind, tuple(describe_errors(cls, err, _VIRTUAL)))
     if kind == "scenario":
         try:
             search_space(cfg)  # type: ignore[arg-type]

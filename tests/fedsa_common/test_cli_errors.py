@@ -57,7 +57,8 @@ MISTAKES: dict[str, Mistake] = {
     "hub serve: unknown config field": (
         "hub", lambda t: _serve(t, **{"--config": str(_write(t / "c.yaml",
                                                              "training:\n  lrr: 1\n"))}),
-        lambda t: ["invalid configuration: training.lrr:", f"(--config {t / 'c.yaml'})"]),
+        lambda t: ["invalid configuration: training.lrr: unknown key; allowed: local_steps, "
+                   "batch_size, lr,", f"(--config {t / 'c.yaml'})"]),
     "hub serve: config without num_labels": (  # used to fail after the broker started
         "hub", lambda t: _serve(t, **{"--config": str(_write(t / "c.yaml", "rounds: 2\n"))}),
         lambda t: ["model.num_labels: required in a cloud hub's --config",

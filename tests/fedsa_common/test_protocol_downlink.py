@@ -147,7 +147,7 @@ def test_downlink_section_is_off_by_default_and_out_of_the_digest() -> None:
     ({"enable": True, "method": "dense", "values": "int8"}, "only for method topk or randk"),
     ({"enable": True, "method": "lz4"}, "unknown codec"),
     ({"enable": True, "ratio": 0}, "greater than 0"),
-    ({"enable": True, "bogus": 1}, "Extra inputs"),
+    ({"enable": True, "bogus": 1}, "bogus: unknown key; allowed: enable, method"),
 ])
 def test_bad_downlink_settings_name_the_field(downlink: dict, words: str) -> None:
     with pytest.raises(ValueError) as err:
