@@ -10,6 +10,12 @@ Under downlink deltas (edge_client/downlink.py) it follows every announcement, s
 not: it applies the announced change to the global it holds, or fetches the full global
 parameters retained on ``Topics.global_params`` when it cannot.  ``bytes_down`` in its
 metrics counts every announcement and fetch payload it received since its last report.
+
+A round's work is the sequence of named steps in edge_client/round_steps.py; this module
+keeps what needs the device's session, state directory, data and shared model host.  What
+a scenario simulates of a device (a poisoned update, slow compute and links) comes in as
+its hooks (edge_client/round_hooks.py), its session may be given (a test's recording fake),
+and hosting devices in a process is edge_client/worker.py.
 """
 
 from __future__ import annotations
@@ -83,7 +89,7 @@ from fedsa_common.protocol import (
 )
 from fedsa_common.secagg.identity import DeviceIdentity
 from fedsa_common.transport import MqttSession, Will
-from quant.adapters import init_adapter_values
+from quant.adapters import AdapterModel, init_adapter_values
 
 log = logging.getLogger("fedsa.device")
 
@@ -496,27 +502,24 @@ class Device:
             if not self.same_state(header.config_hash, config):
                 log.warning("%s: configuration changed; resetting local state", client)
                 self.reset_local(plan, shapes, config)
-            data = self.load_data(config.model.num_labels or 0)
-            if self.tokens is None:
-                self.tokens = Tokenized(tokenize(adapter, data.train.texts, data.train.labels),
-                                        tokenize(adapter, data.test.texts, data.test.labels))
+            data, tokens = self.tokenized(adapter, config)
             tr = config.training
             start_model(adapter, plan, self.local_start(plan.local, shapes,
                                                         config.federation.seed,
                                                         config.lora_init))
-            global_accuracy = (evaluate(adapter, self.tokens.test, tr.eval_batch_size,
+            global_accuracy = (evaluate(adapter, tokens.test, tr.eval_batch_size,
                                         planner=self.planner, autocast=tr.autocast)
                                if plan.evaluates_global else None)
             adapter.set(own_shared_start(plan, self.state.local))
             seed = round_seed(config.federation.seed, client, header.round)
             self.progress.start(header.round)
-            result = train_shared(adapter, self.tokens.train, config, plan, round_=header.round,
+            result = train_shared(adapter, tokens.train, config, plan, round_=header.round,
                                   seed=seed, planner=self.planner, on_step=self.progress.step)
             self.progress.finish(result)
             new_shared = adapter.get(plan.shared)  # the update is fixed before fine-tuning
-            tuned = finetune_local(adapter, self.tokens.train, config, plan.local,
+            tuned = finetune_local(adapter, tokens.train, config, plan.local,
                                    plan.trainable, seed=seed + 1, planner=self.planner)
-            accuracy = evaluate(adapter, self.tokens.test, tr.eval_batch_size,
+            accuracy = evaluate(adapter, tokens.test, tr.eval_batch_size,
                                 planner=self.planner, autocast=tr.autocast)
             new_local = adapter.get(plan.local)
             adapter.enable_all()
@@ -530,9 +533,18 @@ class Device:
                                config_hash=header.config_hash))
         self.store.save_pending(payload)
         return payload, round_metrics(header, self.spec.federation, client, self.spec.region,
-                                      accuracy=accuracy, n_test=len(self.tokens.test),
+                                      accuracy=accuracy, n_test=len(tokens.test),
                                       result=result, bytes_down=bytes_down,
                                       global_accuracy=global_accuracy)
+
+    def tokenized(self, adapter: AdapterModel, config: FederationConfig
+                  ) -> tuple[DeviceData, Tokenized]:
+        """The device's data and its tokenized splits, read and tokenized once."""
+        data = self.load_data(config.model.num_labels or 0)
+        if self.tokens is None:
+            self.tokens = Tokenized(tokenize(adapter, data.train.texts, data.train.labels),
+                                    tokenize(adapter, data.test.texts, data.test.labels))
+        return data, self.tokens
 
     def build_update(self, header: AnnounceHeader, config: FederationConfig, plan: RoundPlan,
                      new_shared: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],

@@ -10,6 +10,7 @@ from pathlib import Path
 from edge_client.data import DataSpec
 from edge_client.device import Device, DeviceSpec
 from edge_client.host import ModelHost
+from fedsa_common.protocol import Metrics, decode_json
 from tests.support.sessions import RecordingSession
 
 
@@ -34,3 +35,16 @@ def test_a_wall_clock_step_forward_does_not_fire_a_resend(monkeypatch, tmp_path)
     monkeypatch.setattr(time, "time", lambda: wall() + 3600.0)  # the clock jumps an hour
     dev.resend_pending()
     assert len(session.published) == 1
+
+
+def test_a_sent_update_waits_for_its_ack_and_its_metrics_count_the_bytes(tmp_path):
+    dev, session = pending_device(tmp_path)
+    dev.pending = None
+    metrics = Metrics(federation="f", client="d1", region="eu", round=2, accuracy=0.5,
+                      n_test=4)
+    dev.send(2, b"payload", metrics)
+    assert session.published == [(dev.topics.update("eu", "d1"), b"payload")]
+    (topic, body), = session.raw
+    assert topic == dev.topics.metrics("eu", "d1")
+    assert decode_json(Metrics, body).bytes_up == len(b"payload")
+    assert (dev.pending, dev.pending_round) == (b"payload", 2)
