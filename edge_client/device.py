@@ -169,7 +169,8 @@ class Device:
         self.hub_warned = False
         self.announced = False  # an announcement of the federation arrived (network thread)
         self.federation_wait = Reminder(spec.report_every_s, time.monotonic())
-        self.session = session or self._own_session(broker_url, payload_limit)
+        self.session = (session if session is not None
+                        else self._own_session(broker_url, payload_limit))
         self.session.subscribe(self.topics.announce, self._on_announce)
         self.session.subscribe_raw(self.topics.ack(spec.region, spec.client), self._on_ack)
         self.session.subscribe_raw(self.topics.status("regional", spec.region),

@@ -68,7 +68,7 @@ class HubProcess:
         self.round_durations: list[float] = []
         self._round_started_at: float | None = None
         self._status_topic = self.topics.status(self.role, name)
-        self.session = session or MqttSession(
+        self.session = session if session is not None else MqttSession(
             broker_url,
             client_id=f"{self.role}-{federation}-{name}",
             payload_limit=payload_limit,
