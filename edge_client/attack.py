@@ -2,7 +2,8 @@
 
 Scenarios flag some devices as malicious to show what robust aggregation at the hubs buys
 (see ``hub/robust.py``).  The device trains honestly (its own accuracy stays honest) and
-replaces only the delta it sends, before compression:
+replaces only the delta it sends, before compression (the device's hooks,
+edge_client/simulation.py, apply it after DP):
 
 - ``sign_flip``: ``-factor * delta``, pushing the global model against what was learned;
 - ``scale``: ``factor * delta``, an update amplified to dominate a plain average.

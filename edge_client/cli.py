@@ -115,8 +115,9 @@ def join(
     try:  # held until the device ends; the kernel drops it after a crash too
         import torch
 
-        from edge_client.device import DeviceSpec, run_devices
+        from edge_client.device import DeviceSpec
         from edge_client.host import ModelHost
+        from edge_client.worker import Hosted, run_devices
 
         if threads:
             torch.set_num_threads(threads)
@@ -127,7 +128,8 @@ def join(
                           report_every_s=report_every, connect_timeout_s=connect_timeout)
         # a broker not reached within --connect-timeout raises BrokerUnreachable, a
         # UserError: one line naming --broker, exit 2
-        sys.exit(run_devices([spec], conn.url, ModelHost(precision)))  # type: ignore[arg-type]
+        sys.exit(run_devices([Hosted(spec)], conn.url,
+                             ModelHost(precision)))  # type: ignore[arg-type]
     finally:
         lock.release()
 
@@ -140,14 +142,14 @@ def worker(
     """Host several virtual devices over one shared base model (used by scenarios)."""
     import torch
 
-    from edge_client.device import device_specs_from_json, run_devices
     from edge_client.host import ModelHost
+    from edge_client.worker import read_worker_spec, run_devices
     from fedsa_common.logs import setup_logging
 
     setup_logging(log_level)
-    broker, specs, raw = device_specs_from_json(spec)
+    broker, devices, raw = read_worker_spec(spec)
     torch.set_num_threads(int(raw.get("threads", 1)))
-    sys.exit(run_devices(specs, broker, ModelHost(raw.get("precision")),
+    sys.exit(run_devices(devices, broker, ModelHost(raw.get("precision")),
                          int(raw.get("payload_limit", 1_000_000))))
 
 

@@ -10,32 +10,51 @@ Under downlink deltas (edge_client/downlink.py) it follows every announcement, s
 not: it applies the announced change to the global it holds, or fetches the full global
 parameters retained on ``Topics.global_params`` when it cannot.  ``bytes_down`` in its
 metrics counts every announcement and fetch payload it received since its last report.
+
+A round's work is the sequence of named steps in edge_client/round_steps.py; this module
+keeps what needs the device's session, state directory, data and shared model host.  What
+a scenario simulates of a device (a poisoned update, slow compute and links) comes in as
+its hooks (edge_client/round_hooks.py), its session may be given (a test's recording fake),
+and hosting devices in a process is edge_client/worker.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import random
 import threading
 import time
-import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from edge_client.attack import Attack, poison
-from edge_client.conditions import DeviceConditions, compute_delay, transfer_delay
 from edge_client.data import DataSpec, DeviceData, load_device_data
 from edge_client.downlink import HeldGlobal, check_fetched, from_announcement
 from edge_client.host import ModelHost
 from edge_client.microbatch import MicroBatchPlanner
-from edge_client.personalize import finetune_local, proximal_for
+from edge_client.personalize import finetune_local
 from edge_client.progress import RoundProgress
-from edge_client.schedule import local_steps_for, round_lr_scale
+from edge_client.round_hooks import NO_HOOKS, RoundHooks
+from edge_client.round_steps import (
+    Draft,
+    RoundPlan,
+    dp_step,
+    encode_update,
+    hooks_step,
+    next_state,
+    own_shared_start,
+    plan_round,
+    round_metrics,
+    round_seed,
+    run_steps,
+    shared_delta,
+    start_model,
+    train_shared,
+    update_header,
+)
 from edge_client.secagg_client import DeviceSecAgg
 from edge_client.snapshot import (
     load_held,
@@ -45,20 +64,12 @@ from edge_client.snapshot import (
     saved_global,
     saved_info,
 )
-from edge_client.split_state import (
-    carry_residual,
-    final_global,
-    importance_report,
-    local_start,
-    round_split,
-    shared_start,
-)
+from edge_client.split_state import carry_residual, final_global, local_start
 from edge_client.state import DeviceState, StateDir
-from edge_client.training import TokenizedSplit, evaluate, tokenize, train_steps
-from fedsa_common.broker_auth import BrokerAuth, credentials_auth, load_credentials
-from fedsa_common.codec import get_codec
+from edge_client.training import TokenizedSplit, TrainResult, evaluate, tokenize
+from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.config import FederationConfig, LoraInit
-from fedsa_common.dp import privatize_update, round_dp_plan
+from fedsa_common.dp import round_dp_plan
 from fedsa_common.envelope import Envelope
 from fedsa_common.errors import WireError
 from fedsa_common.liveness import Reminder, hub_serving
@@ -69,7 +80,6 @@ from fedsa_common.protocol import (
     Metrics,
     Presence,
     Topics,
-    UpdateHeader,
     announced_config,
     check_name,
     decode_json,
@@ -78,9 +88,8 @@ from fedsa_common.protocol import (
     encode_message,
 )
 from fedsa_common.secagg.identity import DeviceIdentity
-from fedsa_common.split import role, trainable_names
-from fedsa_common.transport import BrokerUnreachable, MqttSession, Will
-from quant.adapters import init_adapter_values
+from fedsa_common.transport import MqttSession, Will
+from quant.adapters import AdapterModel, init_adapter_values
 
 log = logging.getLogger("fedsa.device")
 
@@ -92,9 +101,7 @@ class DeviceSpec:
     federation: str
     data: DataSpec
     state_dir: Path
-    conditions: DeviceConditions = field(default_factory=DeviceConditions)
     memory_mb: float | None = None  # peak-RSS budget for training (None: unlimited)
-    attack: Attack | None = None  # a simulated malicious device (scenario adversaries)
     auth: BrokerAuth | None = None  # broker credentials/TLS of this device (None: anonymous)
     # secure aggregation: the provisioned signing identity (from the credentials file), and
     # the explicit opt-in to take part without one (defends against a semi-honest hub only)
@@ -122,12 +129,19 @@ class Tokenized:
 
 
 class Device:
+    """One device; ``hooks`` are what its host simulates of it (edge_client/round_hooks.py:
+    none for a real device), ``session`` its MQTT session (built here when not given, e.g.
+    a test's recording fake; a given one is expected to publish the device's offline will
+    and to say nothing on connect)."""
+
     def __init__(self, spec: DeviceSpec, broker_url: str, host: ModelHost,
-                 payload_limit: int = 1_000_000) -> None:
+                 payload_limit: int = 1_000_000, *, hooks: RoundHooks = NO_HOOKS,
+                 session: MqttSession | None = None) -> None:
         check_name("client id", spec.client)
         check_name("region", spec.region)
         self.spec = spec
         self.host = host
+        self.hooks = hooks
         self.topics = Topics(spec.federation)
         self.store = StateDir(spec.state_dir, spec.client, spec.region, spec.federation)
         self.state: DeviceState = self.store.load()
@@ -155,16 +169,8 @@ class Device:
         self.hub_warned = False
         self.announced = False  # an announcement of the federation arrived (network thread)
         self.federation_wait = Reminder(spec.report_every_s, time.monotonic())
-        presence = self.topics.presence(spec.region, spec.client)
-        offline = Presence(client=spec.client, region=spec.region, online=False)
-        self.session = MqttSession(
-            broker_url,
-            client_id=f"dev-{spec.federation}-{spec.client}",
-            payload_limit=payload_limit,
-            will=Will(presence, encode_json(offline)),
-            on_connect=self._on_connect,
-            auth=spec.auth,
-        )
+        self.session = (session if session is not None
+                        else self._own_session(broker_url, payload_limit))
         self.session.subscribe(self.topics.announce, self._on_announce)
         self.session.subscribe_raw(self.topics.ack(spec.region, spec.client), self._on_ack)
         self.session.subscribe_raw(self.topics.status("regional", spec.region),
@@ -172,6 +178,21 @@ class Device:
         self.secagg = DeviceSecAgg(self.session, self.topics, spec.client, spec.region,
                                    spec.federation, self.gone, spec.secagg_identity,
                                    spec.secagg_unauthenticated)
+
+    def _own_session(self, broker_url: str, payload_limit: int) -> MqttSession:
+        """The device's session: its will says it went offline, and it says it is online
+        on every (re)connect."""
+        spec = self.spec
+        presence = self.topics.presence(spec.region, spec.client)
+        offline = Presence(client=spec.client, region=spec.region, online=False)
+        return MqttSession(
+            broker_url,
+            client_id=f"dev-{spec.federation}-{spec.client}",
+            payload_limit=payload_limit,
+            will=Will(presence, encode_json(offline)),
+            on_connect=self._on_connect,
+            auth=spec.auth,
+        )
 
     # network thread -------------------------------------------------------------------
     def _on_connect(self) -> None:
@@ -302,33 +323,40 @@ class Device:
                     self.session.broker_url, why, self.spec.region)
 
     def on_round(self, header: AnnounceHeader, env: Envelope, bytes_down: int) -> None:
+        """Follow one announcement: keep the final global and stop when the federation
+        finished; train and send an update when selected for a round not yet trained."""
         if header.federation != self.spec.federation:
             return
         if header.status == "finished":
-            log.info("%s: federation finished at round %d%s", self.spec.client, header.round,
-                     f" (downlink: {dict(self.downlink)})" if self.downlink else "")
-            if env.tensors or not header.shared:  # under downlink deltas a fetch may fail
-                self.keep_final_global(header, env)
-            self.done.set()
+            self.finish(header, env)
             return
-        if header.round <= self.state.last_round:
-            return
-        if self.spec.client not in header.selected.get(self.spec.region, []):
+        if not selected(header, self.spec, self.state.last_round):
             return
         config = FederationConfig.model_validate(header.config)
-        cond = self.spec.conditions
         self.resend_s = config.round_policy.resend_s
-        self.pause(transfer_delay(bytes_down, cond.downlink_kbps, cond.latency_ms))
+        self.pause(self.hooks.delay("download", bytes_down))
         if not self.secagg.begin(header, config, env):  # secure aggregation: keys, shares
             self.pause(0.0)
             return
         # everything downloaded since the last report (run() counts it), or this round's
         payload, metrics = self.train_round(header, config, env,
                                             self.down_unreported or bytes_down)
-        self.pause(transfer_delay(len(payload), cond.uplink_kbps, cond.latency_ms))
+        self.pause(self.hooks.delay("upload", len(payload)))
+        self.send(header.round, payload, metrics)
+
+    def finish(self, header: AnnounceHeader, env: Envelope) -> None:
+        log.info("%s: federation finished at round %d%s", self.spec.client, header.round,
+                 f" (downlink: {dict(self.downlink)})" if self.downlink else "")
+        if env.tensors or not header.shared:  # under downlink deltas a fetch may fail
+            self.keep_final_global(header, env)
+        self.done.set()
+
+    def send(self, round_: int, payload: bytes, metrics: Metrics) -> None:
+        """Publish the round's update (kept for resending until acknowledged), then its
+        metrics with the bytes sent."""
         bytes_up = self.session.publish(self.topics.update(self.spec.region, self.spec.client),
                                         payload)
-        self.pending, self.pending_round = payload, header.round
+        self.pending, self.pending_round = payload, round_
         self.backoff = self.resend_s
         self.next_resend = time.monotonic() + self.backoff
         metrics = metrics.model_copy(update={"bytes_up": bytes_up})
@@ -336,7 +364,7 @@ class Device:
                                  encode_json(metrics))
         self.down_unreported = 0
         log.info("%s: round %d trained (loss %.3f), accuracy %.3f, sent %d bytes",
-                 self.spec.client, header.round, metrics.train_loss or 0.0, metrics.accuracy,
+                 self.spec.client, round_, metrics.train_loss or 0.0, metrics.accuracy,
                  bytes_up)
 
     # downlink deltas --------------------------------------------------------------------
@@ -465,115 +493,91 @@ class Device:
 
     def train_round(self, header: AnnounceHeader, config: FederationConfig, env: Envelope,
                     bytes_down: int) -> tuple[bytes, Metrics]:
-        algorithm = config.fedsa_lora.algorithm
-        seed = config.federation.seed
-        tr = config.training
+        """One round's work, as the sequence of edge_client/round_steps.py: the update to
+        send (also kept in the state directory until acknowledged) and the metrics."""
+        client = self.spec.client
         with self.host.lock:
             adapter = self.host.adapter(config)
-            names = adapter.names
             shapes = adapter.shapes()
-            # the announced split (adaptive or fixed), validated: see edge_client/split_state
-            shared, local = round_split(names, header.shared, env.tensors, shapes, config,
-                                        header.round)
+            plan = plan_round(adapter.names, shapes, header, env.tensors, config)
             if not self.same_state(header.config_hash, config):
-                log.warning("%s: configuration changed; resetting local state", self.spec.client)
-                # fresh values: the saved global belongs to the old configuration
-                self.state.local = init_adapter_values({n: shapes[n] for n in local}, seed,
-                                                       config.lora_init)
-                self.state.residual = {}
-            # an empty local state is not a fresh device: after rounds that shared every
-            # tensor (head and B sharing) the tensors that become local start from the last
-            # global, which ``local_start`` reads (a fresh device has none: initial values)
-            data = self.load_data(config.model.num_labels or 0)
-            if self.tokens is None:
-                self.tokens = Tokenized(tokenize(adapter, data.train.texts, data.train.labels),
-                                        tokenize(adapter, data.test.texts, data.test.labels))
-            global_shared = {n: env.tensors[n].to(torch.float32) for n in shared}
-            adapter.set(self.local_start(local, shapes, seed, config.lora_init))
-            adapter.set(global_shared)
-            trainable = trainable_names(names, algorithm)
-            adapter.set_trainable(trainable)
-            global_accuracy = (evaluate(adapter, self.tokens.test, tr.eval_batch_size,
+                log.warning("%s: configuration changed; resetting local state", client)
+                self.reset_local(plan, shapes, config)
+            data, tokens = self.tokenized(adapter, config)
+            tr = config.training
+            start_model(adapter, plan, self.local_start(plan.local, shapes,
+                                                        config.federation.seed,
+                                                        config.lora_init))
+            global_accuracy = (evaluate(adapter, tokens.test, tr.eval_batch_size,
                                         planner=self.planner, autocast=tr.autocast)
-                               if has_global_model(local, trainable) else None)
-            # adaptive split: a shared tensor that was local here starts from its own value
-            adapter.set(shared_start([n for n in shared if n in self.state.local],
-                                     global_shared, self.state.local))
-            round_seed = (seed * 1_000_003 + zlib.crc32(self.spec.client.encode()) * 31
-                          + header.round) % 2**31
+                               if plan.evaluates_global else None)
+            adapter.set(own_shared_start(plan, self.state.local))
+            seed = round_seed(config.federation.seed, client, header.round)
             self.progress.start(header.round)
-            scale = round_lr_scale(tr.round_lr_decay, header.round)
-            result = train_steps(adapter, self.tokens.train,
-                                 steps=local_steps_for(tr, len(self.tokens.train)),
-                                 batch_size=tr.batch_size, lr=tr.lr * scale,
-                                 head_lr=tr.head_lr * scale if tr.head_lr else None,
-                                 b_lr_ratio=tr.b_lr_ratio,
-                                 weight_decay=tr.weight_decay, seed=round_seed,
-                                 planner=self.planner, autocast=tr.autocast,
-                                 on_step=self.progress.step,
-                                 proximal=proximal_for(config, global_shared),
-                                 importance=config.fedsa_lora.adaptive_split.importance_based,
-                                 warmup_steps=tr.warmup_steps, lr_schedule=tr.lr_schedule,
-                                 gradient_checkpointing=tr.gradient_checkpointing)
+            result = train_shared(adapter, tokens.train, config, plan, round_=header.round,
+                                  seed=seed, planner=self.planner, on_step=self.progress.step)
             self.progress.finish(result)
-            new_shared = adapter.get(shared)  # the update is fixed before any fine-tuning
-            tuned = finetune_local(adapter, self.tokens.train, config, local, trainable,
-                                   seed=round_seed + 1, planner=self.planner)
-            accuracy = evaluate(adapter, self.tokens.test, tr.eval_batch_size,
+            new_shared = adapter.get(plan.shared)  # the update is fixed before fine-tuning
+            tuned = finetune_local(adapter, tokens.train, config, plan.local,
+                                   plan.trainable, seed=seed + 1, planner=self.planner)
+            accuracy = evaluate(adapter, tokens.test, tr.eval_batch_size,
                                 planner=self.planner, autocast=tr.autocast)
-            new_local = adapter.get(local)
+            new_local = adapter.get(plan.local)
             adapter.enable_all()
         busy = result.seconds + (tuned.seconds if tuned is not None else 0.0)
-        self.pause(compute_delay(busy, self.spec.conditions.slowdown))
-        delta = {n: new_shared[n] - global_shared[n] for n in shared}
-        # DP: clip (local mode: and noise) before the codec, so its residual never holds more
-        # (adaptive clipping: to the round's announced clip norm, and it reports whether the
-        # update was within it)
-        plan = round_dp_plan(config, header.dp_clip_norm)
-        delta, norm = privatize_update(delta, plan)
-        if plan is not None and norm is not None:
-            log.info("%s: update norm %.4g (clip norm %.4g)", self.spec.client, norm,
-                     plan.clip_norm)
-        samples = result.samples
-        if self.spec.attack is not None:
-            delta = poison(delta, self.spec.attack)
-            samples = self.spec.attack.declared(samples)
-            log.info("%s: round %d update poisoned (%s x%g), declaring %d samples",
-                     self.spec.client, header.round, self.spec.attack.kind,
-                     self.spec.attack.factor, samples)
-        comp = config.fedsa_lora.compression
-        # randk: the round's shared seed, derived here and by the hub from the same values
-        codec_params = comp.round_codec_params(config.federation.seed, header.round)
-        codec = get_codec(comp.codec, **codec_params)
-        residual = carry_residual(self.state.residual, shared, shapes)
-        encoded = codec.encode(delta, residual)
-        update = UpdateHeader(
-            federation=self.spec.federation, round=header.round, client=self.spec.client,
-            region=self.spec.region, base_version=header.version, codec=comp.codec,
-            codec_params=codec_params, codec_meta=encoded.meta,
-            num_samples=samples, **header_train_stats(config, result.loss, result.seconds),
-            importance=importance_report(result.importance),
-            dp_unclipped=plan.unclipped(norm) if plan is not None else None,
-        )
-        update, encoded = self.secagg.masked_update(update, encoded, delta, residual)
-        payload = encode_message(update, encoded.tensors)
-        self.state.local = new_local
-        self.state.residual = dict(encoded.residual)
-        self.state.last_round = header.round
-        self.state.base_version = header.version
-        self.state.config_hash = header.config_hash
-        self.state.state_hash = config.state_digest()
+        self.pause(self.hooks.delay("compute", busy))
+        payload, residual = self.build_update(header, config, plan, new_shared, shapes, result)
+        self.state = next_state(self.state, header, config, new_local, residual)
         self.store.save(self.state)
-        save_global(self.store.path, global_shared,  # for 'edge-client export'
-                    model_info(config, data.label_names, client=self.spec.client,
-                               round_=header.round, config_hash=header.config_hash))
+        save_global(self.store.path, plan.global_shared,  # for 'edge-client export'
+                    model_info(config, data.label_names, client=client, round_=header.round,
+                               config_hash=header.config_hash))
         self.store.save_pending(payload)
-        metrics = Metrics(federation=self.spec.federation, client=self.spec.client,
-                          region=self.spec.region, round=header.round, accuracy=accuracy,
-                          n_test=len(self.tokens.test), train_loss=result.loss,
-                          train_s=result.seconds, bytes_down=bytes_down,
-                          global_accuracy=global_accuracy)
-        return payload, metrics
+        return payload, round_metrics(header, self.spec.federation, client, self.spec.region,
+                                      accuracy=accuracy, n_test=len(tokens.test),
+                                      result=result, bytes_down=bytes_down,
+                                      global_accuracy=global_accuracy)
+
+    def tokenized(self, adapter: AdapterModel, config: FederationConfig
+                  ) -> tuple[DeviceData, Tokenized]:
+        """The device's data and its tokenized splits, read and tokenized once."""
+        data = self.load_data(config.model.num_labels or 0)
+        if self.tokens is None:
+            self.tokens = Tokenized(tokenize(adapter, data.train.texts, data.train.labels),
+                                    tokenize(adapter, data.test.texts, data.test.labels))
+        return data, self.tokens
+
+    def build_update(self, header: AnnounceHeader, config: FederationConfig, plan: RoundPlan,
+                     new_shared: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
+                     result: TrainResult) -> tuple[bytes, dict[str, torch.Tensor]]:
+        """The round's update message and the codec's new residual: the trained delta
+        through DP and the device's hooks, the codec, then secure-aggregation masking."""
+        # DP before the codec, so its residual never holds more (adaptive clipping: to the
+        # round's announced clip norm, and it reports whether the update was within it)
+        dp = round_dp_plan(config, header.dp_clip_norm)
+        draft = run_steps(Draft(shared_delta(new_shared, plan), result.samples),
+                          [dp_step(dp), hooks_step(self.hooks, header.round)])
+        if dp is not None and draft.dp_norm is not None:
+            log.info("%s: update norm %.4g (clip norm %.4g)", self.spec.client, draft.dp_norm,
+                     dp.clip_norm)
+        residual = carry_residual(self.state.residual, plan.shared, shapes)
+        codec_params, encoded = encode_update(draft, config, header.round, residual)
+        update = update_header(draft, header, self.spec.federation, self.spec.client,
+                               self.spec.region, config, codec_params, encoded, result, dp)
+        update, encoded = self.secagg.masked_update(update, encoded, draft.delta, residual)
+        return encode_message(update, encoded.tensors), dict(encoded.residual)
+
+    def reset_local(self, plan: RoundPlan, shapes: dict[str, tuple[int, ...]],
+                    config: FederationConfig) -> None:
+        """Fresh local values after a configuration change (the saved global belongs to
+        the old configuration), and no residual.
+
+        An empty local state is not a fresh device: after rounds that shared every tensor
+        (head and B sharing) the tensors that become local start from the last global,
+        which ``local_start`` reads (a fresh device has none: initial values)."""
+        self.state.local = init_adapter_values({n: shapes[n] for n in plan.local},
+                                               config.federation.seed, config.lora_init)
+        self.state.residual = {}
 
     def keep_final_global(self, header: AnnounceHeader, env: Envelope) -> None:
         """The final announcement carries the final global shared parameters; keep them for
@@ -604,131 +608,8 @@ class Device:
                            init_adapter_values(missing, seed, init))
 
 
-def header_train_stats(config: FederationConfig, loss: float, seconds: float
-                       ) -> dict[str, float | None]:
-    """``train_loss`` and ``train_s`` for the update header: none under local DP, whose
-    report must reveal nothing but the noised update (both depend on the device's data and
-    would reach the broker and the hubs in the clear next to it)."""
-    dp = config.fedsa_lora.privacy.differential_privacy
-    if dp.enable and dp.mode == "local":
-        return {"train_loss": None, "train_s": None}
-    return {"train_loss": loss, "train_s": seconds}
-
-
-def has_global_model(local: list[str], trainable: list[str]) -> bool:
-    """Whether the round's global parameters are a whole model, up to the device's head.
-
-    True when no LoRA parameter the device trains stays local (fedit shares A and B; ffa
-    shares B and keeps A frozen at the common seeded initialisation, identical on every
-    device).  Then the announced global LoRA with this device's own head is worth evaluating
-    as the "global" accuracy; under fedsa (B local) and local there is no such model.
-    """
-    trained = set(trainable)
-    return not any(role(n) in ("lora_A", "lora_B") for n in local if n in trained)
-
-
-def run_devices(specs: list[DeviceSpec], broker_url: str, host: ModelHost | None = None,
-                payload_limit: int = 1_000_000) -> int:
-    """Run several virtual devices over one shared base model until the federation ends.
-
-    Returns 1 when a device failed; raises ``BrokerUnreachable`` when the only failures
-    were devices that never reached the broker.
-
-    A device with online windows is started at the beginning of each window (a fresh
-    session over its state directory, as after a reboot) and vanishes at its end.
-    """
-    host = host or ModelHost()
-    errors: list[BaseException] = []
-    finished = threading.Event()
-    live: set[Device] = set()  # the running sessions, for an interrupt to stop
-    lock = threading.Lock()
-
-    def serve(spec: DeviceSpec, over: threading.Event) -> None:
-        windows = spec.conditions.online or [(0.0, float("inf"))]
-        try:
-            for start, end in windows:
-                if finished.wait(max(0.0, start - time.time())):
-                    return
-                device = Device(spec, broker_url, host, payload_limit)
-                with lock:
-                    if finished.is_set():  # interrupted while this session was being built
-                        return
-                    live.add(device)
-                timer = threading.Timer(max(0.0, end - time.time()), device.vanish)
-                if end != float("inf"):
-                    timer.start()
-                try:
-                    device.run()
-                finally:
-                    timer.cancel()
-                    with lock:
-                        live.discard(device)
-                if device.done.is_set():
-                    finished.set()
-                    return
-        except BrokerUnreachable as err:  # one line: the message says what and why
-            log.error("%s: %s", spec.client, err)
-            errors.append(err)
-        except BaseException as err:  # surfaced below; one device failing must be visible
-            log.exception("%s failed", spec.client)
-            errors.append(err)
-        finally:
-            over.set()
-
-    # Waited for through events, not Thread.join: on Python 3.11 a join interrupted by
-    # Ctrl-C marks the thread as stopped, so a second join would return at once. Daemon
-    # threads, so that after a second interrupt the process exits without them.
-    ended = [threading.Event() for _ in specs]
-    for spec, done in zip(specs, ended, strict=True):
-        threading.Thread(target=serve, args=(spec, done), name=spec.client, daemon=True).start()
-    try:
-        for done in ended:
-            done.wait()
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through cli_common.stop_on_sigterm
-        log.warning("stopping: devices leave after their current step (interrupt again to "
-                    "exit at once)")
-        with lock:
-            finished.set()
-            for device in live:
-                device.stop()
-        for done in ended:
-            done.wait()
-        raise
-    if errors and all(isinstance(e, BrokerUnreachable) for e in errors):
-        raise errors[0]  # nothing else went wrong: the caller names the broker
-    return 1 if errors else 0
-
-
-def device_specs_from_json(path: Path) -> tuple[str, list[DeviceSpec], dict]:
-    """The worker spec file written by the scenario runner."""
-    raw = json.loads(Path(path).read_text())
-    specs = [
-        DeviceSpec(client=d["client"], region=d["region"], federation=raw["federation"],
-                   data=DataSpec.model_validate(d["data"]), state_dir=Path(d["state_dir"]),
-                   conditions=conditions_from_json(d.get("conditions")),
-                   memory_mb=d.get("memory_mb"), attack=Attack.from_json(d.get("attack")),
-                   auth=credentials_auth(Path(d["credentials"]), federation=raw["federation"],
-                                         role="device", region=d["region"], client=d["client"])
-                   if d.get("credentials") else None,
-                   secagg_identity=load_credentials(Path(d["credentials"])).secagg_identity()
-                   if d.get("credentials") else None,
-                   secagg_unauthenticated=bool(d.get("secagg_unauthenticated", False)))
-        for d in raw["devices"]
-    ]
-    return raw["broker"], specs, raw
-
-
-def conditions_from_json(raw: dict | None) -> DeviceConditions:
-    if not raw:
-        return DeviceConditions()
-    online = raw.get("online")
-    return DeviceConditions(
-        online=[(float(a), float(b)) for a, b in online] if online is not None else None,
-        slowdown=float(raw.get("slowdown", 1.0)),
-        uplink_kbps=raw.get("uplink_kbps"), downlink_kbps=raw.get("downlink_kbps"),
-        latency_ms=float(raw.get("latency_ms", 0.0)),
-    )
-
-
-def conditions_to_json(cond: DeviceConditions) -> dict:
-    return asdict(cond)
+def selected(header: AnnounceHeader, spec: DeviceSpec, last_round: int) -> bool:
+    """Whether this device trains the announced round: one it has not trained yet, for
+    which it is selected in its region."""
+    return (header.round > last_round
+            and spec.client in header.selected.get(spec.region, []))

@@ -58,6 +58,7 @@ from fedsa_common.protocol import (
     encode_message,
     params_digest,
 )
+from fedsa_common.transport import MqttSession
 from hub.aggregation import RunningSum, apply_server_update, l2_norm
 from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
 from hub.cloud_intake import DROPPED, CloudIntake
@@ -144,11 +145,12 @@ class CloudHub(HubProcess):
 
     def __init__(self, broker_url: str, config: FederationConfig, state_dir: Path, *,
                  auth: BrokerAuth | None = None, hub_grace_s: float = HUB_GRACE_S,
-                 connect_timeout_s: float = 300.0, report_every_s: float = 30.0) -> None:
+                 connect_timeout_s: float = 300.0, report_every_s: float = 30.0,
+                 session: MqttSession | None = None) -> None:
         super().__init__(broker_url, config.federation.name, "cloud", state_dir,
                          config.transport.payload_limit, config.transport.max_message_bytes,
                          auth=auth, connect_timeout_s=connect_timeout_s,
-                         report_every_s=report_every_s)
+                         report_every_s=report_every_s, session=session)
         self.config = config
         self.policy = config.round_policy
         self.online: dict[str, str] = {}  # client -> region

@@ -48,7 +48,10 @@ class HubProcess:
         auth: BrokerAuth | None = None,
         connect_timeout_s: float = 300.0,
         report_every_s: float = 30.0,
+        session: MqttSession | None = None,
     ) -> None:
+        """``session``: the hub's MQTT session, built here when not given (e.g. a test's
+        recording fake, which then needs neither the hub's will nor its connect callback)."""
         self.topics = Topics(federation)
         # how long to wait for the broker, and how often to say what the hub still waits
         # for (the broker, the federation's announcement, its devices)
@@ -64,18 +67,17 @@ class HubProcess:
         self.current_round = 0
         self.round_durations: list[float] = []
         self._round_started_at: float | None = None
-        status_topic = self.topics.status(self.role, name)
-        self.session = MqttSession(
+        self._status_topic = self.topics.status(self.role, name)
+        self.session = session if session is not None else MqttSession(
             broker_url,
             client_id=f"{self.role}-{federation}-{name}",
             payload_limit=payload_limit,
             max_message_bytes=max_message_bytes,
-            will=Will(status_topic, json.dumps({"online": False}).encode()),
+            will=Will(self._status_topic, json.dumps({"online": False}).encode()),
             on_reject=self._on_frame_reject,
             on_connect=lambda: self.events.put(Event("connected", "", b"", time.time())),
             auth=auth,
         )
-        self._status_topic = status_topic
 
     def connect(self) -> None:
         """Connect, saying every ``report_every_s`` why the broker is not reached yet;

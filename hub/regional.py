@@ -38,6 +38,7 @@ from fedsa_common.protocol import (
     encode_json,
     encode_message,
 )
+from fedsa_common.transport import MqttSession
 from hub.aggregator import ImportanceReports
 from hub.intake import RegionIntake
 from hub.privacy import intake_dp
@@ -58,10 +59,11 @@ class RegionalHub(HubProcess):
 
     def __init__(self, broker_url: str, federation: str, region: str, state_dir: Path,
                  payload_limit: int = 1_000_000, *, auth: BrokerAuth | None = None,
-                 connect_timeout_s: float = 300.0, report_every_s: float = 30.0) -> None:
+                 connect_timeout_s: float = 300.0, report_every_s: float = 30.0,
+                 session: MqttSession | None = None) -> None:
         super().__init__(broker_url, federation, check_name("region", region), state_dir,
                          payload_limit, auth=auth, connect_timeout_s=connect_timeout_s,
-                         report_every_s=report_every_s)
+                         report_every_s=report_every_s, session=session)
         self.region = region
         self.intake = RegionIntake(region, federation)
         self.outbox: dict[str, tuple[PartialHeader, dict[str, torch.Tensor]]] = {}

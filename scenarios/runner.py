@@ -19,8 +19,8 @@ from typing import IO, Any
 
 import yaml
 
+from edge_client.conditions import conditions_to_json
 from edge_client.data import load_pool
-from edge_client.device import conditions_to_json
 from fedsa_common.atomic import write_json
 from fedsa_common.broker import BrokerProcess, start_broker
 from scenarios.adversaries import choose_adversaries, honest_accuracy

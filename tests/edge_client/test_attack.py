@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edge_client.attack import Attack, poison
-from edge_client.device import device_specs_from_json
+from edge_client.worker import read_worker_spec
 
 
 def test_sign_flip_and_scale():
@@ -38,6 +38,7 @@ def test_attack_travels_in_the_worker_spec(tmp_path):
     ]}
     path = tmp_path / "worker.json"
     path.write_text(json.dumps(spec))
-    _, specs, _ = device_specs_from_json(path)
+    _, devices, _ = read_worker_spec(path)
+    specs = [d.hooks for d in devices]  # what the scenario simulates of each device
     assert specs[0].attack == Attack("sign_flip", 5.0)
     assert specs[1].attack is None

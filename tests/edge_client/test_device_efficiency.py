@@ -7,10 +7,11 @@ import time
 import torch
 
 from edge_client.data import DataSpec
-from edge_client.device import Device, DeviceSpec, device_specs_from_json
+from edge_client.device import Device, DeviceSpec
 from edge_client.export import rebuild_adapter
 from edge_client.host import ModelHost
 from edge_client.snapshot import load_snapshot
+from edge_client.worker import read_worker_spec
 from fedsa_common.adaptive_split import round_shared
 from fedsa_common.config import FederationConfig
 from fedsa_common.protocol import AnnounceHeader, decode_message, encode_message
@@ -68,5 +69,6 @@ def test_worker_spec_carries_the_memory_budget(tmp_path):
                     ' "state_dir": "/tmp/a", "memory_mb": 300},'
                     '{"client": "b", "region": "r", "data": {"source": "20newsgroups"},'
                     ' "state_dir": "/tmp/b"}]}')
-    _, specs, _ = device_specs_from_json(path)
+    _, devices, _ = read_worker_spec(path)
+    specs = [d.spec for d in devices]
     assert [s.memory_mb for s in specs] == [300, None]

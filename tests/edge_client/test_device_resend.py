@@ -5,38 +5,46 @@ them."""
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
+from pathlib import Path
 
-from edge_client.device import Device
-from fedsa_common.protocol import Topics
-
-
-class CountingSession:
-    def __init__(self) -> None:
-        self.published: list[str] = []
-
-    def publish(self, topic: str, payload: bytes, timeout: float | None = None) -> int:
-        self.published.append(topic)
-        return len(payload)
+from edge_client.data import DataSpec
+from edge_client.device import Device, DeviceSpec
+from edge_client.host import ModelHost
+from fedsa_common.protocol import Metrics, decode_json
+from tests.support.sessions import RecordingSession
 
 
-def pending_device() -> tuple[Device, CountingSession]:
-    """Only the fields resend_pending reads: timer logic, no broker or model needed."""
-    dev = Device.__new__(Device)
-    session = CountingSession()
-    dev.spec = SimpleNamespace(client="d1", region="eu")
-    dev.topics = Topics("f")
-    dev.session = session
+def pending_device(state_dir: Path) -> tuple[Device, RecordingSession]:
+    """A device with an update waiting for its acknowledgement, resend due now; its
+    session records what it publishes (no broker; no model is loaded)."""
+    session = RecordingSession()
+    spec = DeviceSpec(client="d1", region="eu", federation="f",
+                      data=DataSpec(source="20newsgroups"), state_dir=state_dir)
+    dev = Device(spec, "mqtt://127.0.0.1:1", ModelHost(),
+                 session=session)  # type: ignore[arg-type]
     dev.pending, dev.pending_round = b"update", 1
     dev.backoff, dev.next_resend = 5.0, 0.0  # due now
     return dev, session
 
 
-def test_a_wall_clock_step_forward_does_not_fire_a_resend(monkeypatch):
-    dev, session = pending_device()
+def test_a_wall_clock_step_forward_does_not_fire_a_resend(monkeypatch, tmp_path):
+    dev, session = pending_device(tmp_path)
     dev.resend_pending()
     assert len(session.published) == 1  # due: sent, next one in about 10 s
     wall = time.time
     monkeypatch.setattr(time, "time", lambda: wall() + 3600.0)  # the clock jumps an hour
     dev.resend_pending()
     assert len(session.published) == 1
+
+
+def test_a_sent_update_waits_for_its_ack_and_its_metrics_count_the_bytes(tmp_path):
+    dev, session = pending_device(tmp_path)
+    dev.pending = None
+    metrics = Metrics(federation="f", client="d1", region="eu", round=2, accuracy=0.5,
+                      n_test=4)
+    dev.send(2, b"payload", metrics)
+    assert session.published == [(dev.topics.update("eu", "d1"), b"payload")]
+    (topic, body), = session.raw
+    assert topic == dev.topics.metrics("eu", "d1")
+    assert decode_json(Metrics, body).bytes_up == len(b"payload")
+    assert (dev.pending, dev.pending_round) == (b"payload", 2)

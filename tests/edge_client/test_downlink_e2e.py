@@ -19,6 +19,7 @@ from edge_client.conditions import DeviceConditions
 from edge_client.data import DataSpec
 from edge_client.device import Device, DeviceSpec
 from edge_client.host import ModelHost
+from edge_client.simulation import Simulation
 from edge_client.snapshot import load_held
 from fedsa_common.atomic import read_json, read_tensors
 from fedsa_common.config import FederationConfig
@@ -73,8 +74,10 @@ def test_deltas_cut_bytes_down_and_late_devices_fetch_the_same_global(tmp_path, 
         data = DataSpec(source="20newsgroups", classes=3, partition="iid", num_clients=3,
                         shard=i, max_train=24, max_test=12)
         return DeviceSpec(client=f"d{i}", region="r1", federation=FED, data=data,
-                          state_dir=tmp_path / f"d{i}",
-                          conditions=DeviceConditions(latency_ms=250))  # rounds of ~1 s
+                          state_dir=tmp_path / f"d{i}")
+
+    def slow(i: int) -> Simulation:  # rounds of ~1 s
+        return Simulation(f"d{i}", DeviceConditions(latency_ms=250))
 
     def start(device: Device) -> threading.Thread:
         thread = threading.Thread(target=device.run, daemon=True)
@@ -82,16 +85,17 @@ def test_deltas_cut_bytes_down_and_late_devices_fetch_the_same_global(tmp_path, 
         return thread
 
     try:
-        steady = Device(spec(0), broker.url, host)
-        leaver = LeavesAfterFirstRound(spec(1), broker.url, host)
+        steady = Device(spec(0), broker.url, host, hooks=slow(0))
+        leaver = LeavesAfterFirstRound(spec(1), broker.url, host, hooks=slow(1))
         threads = [start(steady), start(leaver)]
         wait_for(monitor, lambda obs: latest_version(obs) >= 2)
-        late = Device(spec(2), broker.url, host)  # its first announcement is a delta
+        late = Device(spec(2), broker.url, host, hooks=slow(2))  # its first announcement is a delta
         threads.append(start(late))
         wait_for(monitor, lambda obs: latest_version(obs) >= 3)
         threads[1].join(timeout=30)
         assert leaver.state.last_round == 1
-        back = Device(spec(1), broker.url, host)  # trained on version 0; now >= 3 is out
+        # trained on version 0; now >= 3 is out
+        back = Device(spec(1), broker.url, host, hooks=slow(1))
         assert back.held is not None and back.held.version == 0
         threads.append(start(back))
         for t in threads:

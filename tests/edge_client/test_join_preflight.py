@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import edge_client.device
+import edge_client.worker
 from edge_client.cli import app
 
 
@@ -20,7 +20,7 @@ def join(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     def never(*_args, **_kw):
         raise AssertionError("join got past its checks")
 
-    monkeypatch.setattr(edge_client.device, "run_devices", never)
+    monkeypatch.setattr(edge_client.worker, "run_devices", never)
     good = tmp_path / "ok.csv"
     good.write_text("text,label\n" + "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(10)))
 

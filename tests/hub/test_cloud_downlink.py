@@ -29,6 +29,7 @@ from hub.process import Event
 from hub.regional import RegionalHub
 from hub.server_optimizer import server_change
 from hub.similarity import SimilarityWeighting
+from tests.support.sessions import RecordingSession
 
 SHAPES = {"l0.lora_A.weight": (4, 16), "l1.lora_A.weight": (4, 16)}
 NAMES = sorted(SHAPES)
@@ -130,15 +131,10 @@ def cloud(tmp_path: Path, downlink: dict | None, share_head_rounds: int = 0, **p
     if share_head_rounds:
         raw["rounds"] = 2
         raw["fedsa_lora"]["personalization"] = {"share_head_rounds": share_head_rounds}
-    hub = CloudHub("mqtt://127.0.0.1:1", FederationConfig.model_validate(raw), tmp_path)
-    sent: list[tuple[str, bytes]] = []
-
-    def publish(topic: str, payload: bytes, **_kw) -> int:
-        sent.append((topic, payload))
-        return len(payload)
-
-    hub.session.publish = publish  # type: ignore[method-assign]
-    return hub, sent
+    session = RecordingSession()
+    hub = CloudHub("mqtt://127.0.0.1:1", FederationConfig.model_validate(raw), tmp_path,
+                   session=session)  # type: ignore[arg-type]
+    return hub, session.published
 
 
 def announced(sent: list[tuple[str, bytes]], hub: CloudHub):

@@ -20,6 +20,7 @@ from hub.cloud import CloudHub
 from hub.cloud_intake import CloudIntake
 from hub.process import Event
 from hub.regional import RegionalHub
+from tests.support.sessions import RecordingSession
 
 SHAPES = {"l0.lora_A.weight": (2, 8)}
 TOPICS = Topics("f")
@@ -50,10 +51,10 @@ def test_the_cloud_answers_a_refused_partial_with_a_negative_ack(tmp_path: Path)
 
 def test_the_region_stops_resending_a_refused_partial_and_counts_its_updates(
         tmp_path: Path) -> None:
-    hub = RegionalHub("mqtt://127.0.0.1:1", "f", "north", tmp_path)
-    sent: list[str] = []
-    hub.session.publish = (  # type: ignore[method-assign]
-        lambda topic, payload, timeout=None: sent.append(topic) or len(payload))
+    session = RecordingSession()
+    hub = RegionalHub("mqtt://127.0.0.1:1", "f", "north", tmp_path,
+                      session=session)  # type: ignore[arg-type]
+    sent = session.published
     hub.outbox = {"north:3:0": partial(1.0), "north:3:1": partial(2.0, seq=1)}
     hub.resend(force=True)
     assert len(sent) == 2

@@ -43,6 +43,7 @@ from hub.checkpoint import CHECKPOINT_JSON, CloudState, load_checkpoint, save_ch
 from hub.cloud import CloudHub, initial_global
 from hub.cloud_intake import CloudIntake
 from hub.server_optimizer import ServerOptimizerState, server_change
+from tests.support.sessions import RecordingSession
 
 D1, D2 = 0.1, 0.005  # the two rounds' mean deltas of a one-coordinate tensor
 TAU = 1e-3
@@ -241,16 +242,10 @@ def cloud(tmp_path: Path, **extra) -> tuple[CloudHub, list[tuple[str, bytes]]]:
     raw = {"federation": {"name": "f", "seed": 4},
            "model": {"path": "tiny-bert", "num_labels": 3},
            "round_policy": {"deadline_s": 30}, **extra}
-    hub = CloudHub("mqtt://127.0.0.1:1", FederationConfig.model_validate(raw), tmp_path)
-    sent: list[tuple[str, bytes]] = []
-
-    def publish(topic: str, payload: bytes, **_kw) -> int:
-        sent.append((topic, payload))
-        return len(payload)
-
-    hub.session.publish = publish  # type: ignore[method-assign]
-    hub.session.publish_raw = publish  # type: ignore[method-assign]
-    return hub, sent
+    session = RecordingSession()
+    hub = CloudHub("mqtt://127.0.0.1:1", FederationConfig.model_validate(raw), tmp_path,
+                   session=session)  # type: ignore[arg-type]
+    return hub, session.sent
 
 
 def close_round(hub: CloudHub, state: CloudState, rnd: int, mean: dict[str, torch.Tensor]

@@ -1,0 +1,1 @@
+"""Test fakes shared across the test tree (imported as ``tests.support``)."""
