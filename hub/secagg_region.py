@@ -15,10 +15,10 @@ built and the intake when an update arrives or a stage may close, and tells the 
 Stages: keys, shares, masked inputs, the consistency check (survivors sign the survivor
 set) and unmasking. Each stage closes once every participant that is still online
 answered, or at its deadline (``STAGE_FRACTIONS`` of the round's deadline). Hub messages a
-device has not answered yet are resent every ``resend_s``; devices answer resends
-idempotently. Fewer than the threshold at any stage fails the region's round: nothing is
-forwarded for it except the empty final partial at the round's deadline, and the hub keeps
-serving.
+device has not answered yet are resent every ``resend_s`` (on the monotonic clock); devices
+answer resends idempotently. Fewer than the threshold at any stage fails the region's round:
+nothing is forwarded for it except the empty final partial at the round's deadline, and the
+hub keeps serving.
 
 Nothing is persisted: a regional hub restarted during a secure round fails that round
 (masked updates that reach the restarted hub are refused as a codec mismatch).
@@ -81,6 +81,9 @@ class SecureRound:
     deadline_s: float
     resend_s: float
     pending: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # device -> message
+    # when unanswered messages go out again: on the monotonic clock, so a step of the wall
+    # clock neither resends everything at once nor stops resending (stage deadlines stay
+    # on the wall clock: they are counted from the announcement's arrival time)
     next_resend: float = 0.0
     excluded: dict[str, str] = field(default_factory=dict)  # device -> reason (EXCLUDING)
 
@@ -246,11 +249,11 @@ class RegionSecAgg:
                 self.counters[f"secagg.failed.{err.reason}"] += 1
                 self._drop(r, str(err))
                 return Closed(r.round, err, f"secure round {r.round} at stage {stage}")
-        if r.pending and now >= r.next_resend:
+        if r.pending and time.monotonic() >= r.next_resend:
             for client, (stage, payload) in list(r.pending.items()):
                 if client not in intake.offline:
                     self._send(client, stage, payload)
-            r.next_resend = now + r.resend_s
+            r.next_resend = time.monotonic() + r.resend_s
         return closed
 
     # ------------------------------------------------------------------ internals
@@ -297,7 +300,7 @@ class RegionSecAgg:
             payload = wire.encode(self.federation, r.round, self.region, client, stage, msg)
             r.pending[client] = (stage, payload)
             self._send(client, stage, payload)
-        r.next_resend = time.time() + r.resend_s
+        r.next_resend = time.monotonic() + r.resend_s
 
     def _send(self, client: str, stage: str, payload: bytes) -> None:
         try:
