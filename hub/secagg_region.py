@@ -115,7 +115,8 @@ class SecureRound:
                     if c not in s.answers]
         else:
             todo = []
-        return [c for c in todo if c not in offline]
+        # an excluded device resends the message that was refused: never worth waiting for
+        return [c for c in todo if c not in offline and c not in self.excluded]
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,13 @@ class RegionSecAgg:
     """The hub's secure-aggregation driver; inert for rounds without secure aggregation."""
 
     def __init__(self, session: MqttSession, topics: Topics, federation: str, region: str,
-                 counters: Counter[str]) -> None:
+                 counters: Counter[str], authority: bytes | None = None) -> None:
+        """``authority``: the provisioning authority's public key (``hub provision`` puts
+        it in the regional hub's credentials); with it a device whose certificate or
+        signature does not verify is left out of the roster (``SecAggServer``)."""
         self.session = session
+        self.authority = authority
+        self.told_no_authority = False
         self.topics = topics
         self.federation = federation
         self.region = region
@@ -156,8 +162,15 @@ class RegionSecAgg:
         params = comp.round_codec_params(config.federation.seed, header.round)
         ctx = RoundContext(self.federation, header.round, self.region,
                            vector_length(shapes, comp.codec, params), secagg_params(config))
+        if self.authority is None and not self.told_no_authority:
+            self.told_no_authority = True
+            log.warning("secure aggregation without the authority's public key (a regional "
+                        "hub credentials file from `hub provision`, or --secagg-authority): "
+                        "device certificates are checked by the devices only, so one device "
+                        "with a bad certificate fails the region's round")
         self.active = SecureRound(
-            SecureSum(SecAggServer(ctx), shapes, comp.codec, params), header.version,
+            SecureSum(SecAggServer(ctx, self.authority), shapes, comp.codec, params),
+            header.version,
             list(header.selected.get(self.region, [])), received, header.deadline_s,
             config.round_policy.resend_s)
         self.counters["secagg.rounds"] += 1
@@ -267,6 +280,8 @@ class RegionSecAgg:
             if err.reason in EXCLUDING and client not in r.excluded:
                 r.excluded[client] = err.reason
                 self.counters[f"secagg.excluded.{err.reason}"] += 1
+                log.warning("round %d: %s left out of the secure round at stage %s: %s",
+                            r.round, client, r.server.stage, err)
             raise
 
     def _advance(self, r: SecureRound, intake: RegionIntake) -> Closed | None:
