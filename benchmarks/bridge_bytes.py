@@ -12,13 +12,10 @@ The deployment is the one ``hub provision --site`` writes, run on this machine
 over TLS with its bridge account; the cloud hub on the cloud broker; each region's hub and
 devices (``scenarios/tiny.yaml``'s tiny BERT, real training) on their site's broker.
 
-An observer on the cloud broker sees every message that reached it; a message crosses
-region R's bridge if it matches one of R's bridge patterns (``hub.provision_bridge``):
-partials, R's hub status and R's device presence go up; announcements, the full global,
-R's partial acks and the cloud status come down (once per bridge).  Messages are put in the
-round of the last announcement seen before them ("join": before the first; the last
-round's bucket also holds the final 'finished' announcement).  Payload bytes only (MQTT and
-TLS framing excluded).  Nothing leaves the machine.
+An observer on the cloud broker sees every message that reached it; ``hub.bridge_traffic``
+attributes them to bridges and rounds (the same count ``scenarios run`` reports for a
+scenario with ``topology.sites``).  Payload bytes only (MQTT and TLS framing excluded).
+Nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -28,22 +25,18 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import yaml
 
 from fedsa_common.broker import free_port
 from fedsa_common.protocol import Topics
 from fedsa_common.transport import MqttSession
+from hub.bridge_traffic import Recorder, crossing_per_round
 from hub.checkpoint import load_checkpoint
-from hub.provision_bridge import bridge_topics
 from hub.site_brokers import SiteBrokers, start_site_brokers
 from scenarios.config import load_scenario
 from scenarios.runner import count_labels, write_worker_specs
@@ -52,44 +45,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "scenarios" / "tiny.yaml"
 # topics of the protocol that must never reach the cloud broker in a multi-site deployment
 SITE_ONLY = ("/update/", "/secagg/", "/metrics/")
-
-
-@dataclass
-class Recorder:
-    """Every (time, topic, payload size) one broker delivered to its observer."""
-
-    seen: list[tuple[float, str, int]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __call__(self, topic: str, payload: bytes) -> None:
-        with self.lock:
-            self.seen.append((time.monotonic(), topic, len(payload)))
-
-    def messages(self) -> list[tuple[float, str, int]]:
-        with self.lock:
-            return list(self.seen)
-
-
-def crossing_per_round(fed: str, regions: list[str], seen: list[tuple[float, str, int]]
-                       ) -> dict[str, dict[str, dict[str, int]]]:
-    """``{region: {round: {"up": bytes, "down": bytes, "up_msgs": n, "down_msgs": n}}}``
-    from what the cloud broker's observer saw (see the module doc for the attribution)."""
-    t = Topics(fed)
-    patterns = {r: bridge_topics(t, r) for r in regions}
-    out: dict[str, dict[str, dict[str, int]]] = {r: defaultdict(lambda: defaultdict(int))
-                                                 for r in regions}
-    bucket, announcements = "join", 0
-    for _, topic, size in sorted(seen):
-        if topic == f"{t.announce}/0" and size:
-            announcements += 1
-            bucket = str(announcements)
-        for region in regions:
-            for b in patterns[region]:
-                if mqtt.topic_matches_sub(b.pattern, topic):
-                    way = "up" if b.direction == "out" else "down"
-                    out[region][bucket][way] += size
-                    out[region][bucket][f"{way}_msgs"] += 1
-    return {r: {k: dict(v) for k, v in rounds.items()} for r, rounds in out.items()}
 
 
 def run_federation(out: Path, per_region: int, rounds: int,

@@ -276,7 +276,7 @@ def config_validate(
 ) -> None:
     """Check FILE and report every error with its field path (exit 2), or print a one-line
     summary (exit 0)."""
-    from scenarios.config_check import check_file
+    from hub.config_check import check_file
 
     result = check_file(file)
     if result.ok:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import getpass
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import threading
@@ -32,7 +33,7 @@ from fedsa_common.broker_auth import BrokerAuth, load_credentials
 from fedsa_common.protocol import Topics
 from fedsa_common.transport import MqttSession
 from hub.provision import ProvisionSpec, Site, mosquitto_password_line, provision, site_dir
-from hub.provision_bridge import bridge_client_id
+from hub.provision_bridge import bridge_client_id, bridge_user
 
 OBSERVER = "observer"
 
@@ -46,6 +47,7 @@ class SiteBrokers:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, IO[bytes]] = field(default_factory=dict)
     observer_password: str | None = None
+    cut: dict[str, str] = field(default_factory=dict)  # bridge account -> its passwd line
 
     def dir(self, region: str | None = None) -> Path:
         return self.out if region is None else site_dir(self.out, region)
@@ -90,28 +92,63 @@ class SiteBrokers:
         self.logs.pop(name).close()
 
     def wait_for_bridges(self, timeout: float = 30.0) -> None:
-        """Until every site's broker says its bridge is up: the bridge's retained state
-        notification (``$SYS/broker/connection/ID/state`` = 1, local to the site) is set once
-        the cloud broker accepted it and the bridge's subscriptions are in place, which the
-        cloud broker's log line ("New bridge connected") comes before."""
+        """Until every site's broker says its bridge is up."""
         for region in self.spec.sites:
-            up = threading.Event()
-            session = MqttSession(self.url(region), f"wait-{uuid.uuid4().hex[:8]}",
-                                  clean_session=True, auth=self.observer_auth())
+            self.wait_for_link(region, up=True, timeout=timeout)
 
-            def on_state(_topic: str, payload: bytes, up: threading.Event = up) -> None:
-                if payload == b"1":
-                    up.set()
+    def wait_for_link(self, region: str, *, up: bool, timeout: float = 30.0) -> None:
+        """Until ``region``'s broker says its bridge is up (or down): the bridge's retained
+        state notification (``$SYS/broker/connection/ID/state``, local to the site) is 1
+        once the cloud broker accepted it and the bridge's subscriptions are in place, which
+        the cloud broker's log line ("New bridge connected") comes before; 0 once it is
+        gone."""
+        reached = threading.Event()
+        want = b"1" if up else b"0"
+        session = MqttSession(self.url(region), f"wait-{uuid.uuid4().hex[:8]}",
+                              clean_session=True, auth=self.observer_auth())
 
-            client_id = bridge_client_id(self.spec.federation, region)
-            session.subscribe_raw(f"$SYS/broker/connection/{client_id}/state", on_state)
-            try:
-                session.connect(timeout=timeout)
-                if not up.wait(timeout):
-                    raise TimeoutError(f"the bridge of {region} did not come up within "
-                                       f"{timeout:g}s:\n{self.log(region)[-2000:]}")
-            finally:
-                session.close()
+        def on_state(_topic: str, payload: bytes) -> None:
+            if payload == want:
+                reached.set()
+
+        client_id = bridge_client_id(self.spec.federation, region)
+        session.subscribe_raw(f"$SYS/broker/connection/{client_id}/state", on_state)
+        try:
+            session.connect(timeout=timeout)
+            if not reached.wait(timeout):
+                raise TimeoutError(f"the bridge of {region} was not {'up' if up else 'down'} "
+                                   f"within {timeout:g}s:\n{self.log(region)[-2000:]}")
+        finally:
+            session.close()
+
+    def cut_link(self, region: str) -> None:
+        """Cut ``region``'s wide-area link: the cloud broker stops accepting the site's
+        bridge account (its line leaves the cloud's password file, and a SIGHUP makes
+        Mosquitto reload the file and drop the clients it no longer admits).
+
+        Why at the cloud broker's door and not at the site: the bridge is dropped and every
+        reconnection is refused, exactly what the site sees when the link is down, while
+        both brokers keep running, so the site's devices and hub keep their sessions and
+        work on (restarting the site broker without its bridge would cut them off too).
+        The site broker queues what goes up meanwhile (``cleansession false``), the cloud
+        broker what comes down."""
+        user = bridge_user(region)
+        if user in self.cut:
+            return
+        lines = (self.out / "passwd").read_text().splitlines(keepends=True)
+        keep = [line for line in lines if not line.startswith(f"{user}:")]
+        self.cut[user] = "".join(line for line in lines if line.startswith(f"{user}:"))
+        _replace(self.out / "passwd", "".join(keep))
+        self.procs["cloud"].send_signal(signal.SIGHUP)
+
+    def heal_link(self, region: str) -> None:
+        """Undo ``cut_link``: the account is back and the bridge reconnects at its next
+        try (``RESTART_TIMEOUT``'s backoff), then the queued messages cross."""
+        line = self.cut.pop(bridge_user(region), None)
+        if line is None:
+            return
+        _replace(self.out / "passwd", (self.out / "passwd").read_text() + line)
+        self.procs["cloud"].send_signal(signal.SIGHUP)
 
     def close(self) -> None:
         for name in list(self.procs):
@@ -157,6 +194,15 @@ def add_observer(broker_dir: Path, federation: str, password: str) -> None:
     with open(broker_dir / "acl", "a") as fh:
         fh.write(f"\nuser {OBSERVER}\ntopic read {Topics(federation).all}\n"
                  "topic read $SYS/broker/connection/#\n")
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` whole (same mode), so a reloading broker never reads half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path.stat().st_mode & 0o777)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
 def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Callable[[], str],

@@ -29,7 +29,20 @@ from scenarios.tune_section import TuneSection
 
 
 class TopologySection(Strict):
+    """``regions``: devices per region.  ``sites``: one Mosquitto per region, bridged to the
+    cloud's over TLS as ``hub provision --site`` writes them (scenarios.sites), instead of
+    one broker for everyone; needs Mosquitto and lets ``cut_link`` faults cut a site off."""
+
     regions: dict[str, int] = Field(min_length=1)
+    sites: bool = False
+
+    @model_serializer(mode="wrap")
+    def _omit_no_sites(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No ``sites`` key unless set, so existing scenario digests do not change."""
+        data = handler(self)
+        if not data.get("sites"):
+            data.pop("sites", None)
+        return data
 
     @field_validator("regions")
     @classmethod
@@ -68,6 +81,29 @@ class ScenarioSection(Strict):
     @model_validator(mode="after")
     def _adversaries_exist(self) -> ScenarioSection:
         choose_adversaries([c for _, c in self.topology.devices()], self.adversaries, self.seed)
+        return self
+
+    @model_validator(mode="after")
+    def _sites_and_faults_agree(self) -> ScenarioSection:
+        """A site topology is Mosquitto processes the runner provisions and starts, so it
+        cannot use another broker; ``cut_link`` needs sites, and a site's link is cut
+        where a single broker would be killed."""
+        sites = self.topology.sites
+        if sites and self.broker not in ("auto", "mosquitto"):
+            raise ValueError(f"broker: {self.broker!r} with topology.sites; the "
+                             "runner starts Mosquitto brokers per site (use auto or mosquitto)")
+        for i, fault in enumerate(self.faults):
+            where = f"faults.{i}"
+            region = fault.target.partition(":")[2]
+            if fault.action == "cut_link" and not sites:
+                raise ValueError(f"{where}.action: cut_link needs topology.sites: true "
+                                 "(a single broker has no site links)")
+            if fault.action == "cut_link" and region not in self.topology.regions:
+                raise ValueError(f"{where}.target: no region {region!r} in "
+                                 "topology.regions")
+            if sites and fault.target == "broker":
+                raise ValueError(f"{where}.target: broker with topology.sites; cut a site's "
+                                 "link instead (action: cut_link, target: region:NAME)")
         return self
 
     @model_serializer(mode="wrap")

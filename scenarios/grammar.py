@@ -82,7 +82,10 @@ _TARGET = re.compile(r"^(cloud|broker|regional:[A-Za-z0-9_.-]+|region:[A-Za-z0-9
 class Fault(Strict):
     """``kill`` a process (``cloud``, ``broker`` or ``regional:NAME``) at ``at_s`` and restart
     it ``restart_after_s`` later (never, if null); ``partition`` cuts ``region:NAME`` off
-    from the cloud for ``duration_s`` (its hub is frozen; its devices' updates queue up).
+    from the cloud for ``duration_s`` (its hub is frozen; its devices' updates queue up);
+    ``cut_link`` (with ``topology.sites``) cuts ``region:NAME``'s site broker off the cloud
+    broker for ``duration_s``: the bridge goes down, and the site's broker, hub and devices
+    keep working on their side of the cut.
     ``at_s`` counts from the scenario start, or from the announcement of ``at_round`` when
     that is given (so a fault can be aimed at the middle of a round), or, with
     ``after_partials: N`` too, from the cloud's acknowledgement of round ``at_round``'s N-th
@@ -92,7 +95,7 @@ class Fault(Strict):
     at_s: float = Field(0.0, ge=0)
     at_round: int | None = Field(None, ge=1)
     after_partials: int | None = Field(None, ge=1)
-    action: Literal["kill", "partition"]
+    action: Literal["kill", "partition", "cut_link"]
     target: str
     restart_after_s: float | None = Field(5.0, ge=0)
     duration_s: float = Field(10.0, gt=0)
@@ -101,13 +104,18 @@ class Fault(Strict):
     def _target(self) -> Fault:
         if not _TARGET.match(self.target):
             raise ValueError("target must be cloud, broker, regional:NAME or region:NAME")
-        if self.action == "partition" and not self.target.startswith("region:"):
-            raise ValueError("partition needs target region:NAME")
+        if self.action in ("partition", "cut_link") and not self.target.startswith("region:"):
+            raise ValueError(f"{self.action} needs target region:NAME")
         if self.action == "kill" and self.target.startswith("region:"):
             raise ValueError("kill needs target cloud, broker or regional:NAME")
         if self.after_partials is not None and self.at_round is None:
             raise ValueError("after_partials counts the partials of at_round: give at_round")
         return self
+
+    @property
+    def undo_after_s(self) -> float | None:
+        """Seconds from doing the fault to undoing it (None: never undone)."""
+        return self.restart_after_s if self.action == "kill" else self.duration_s
 
 
 class ExpectSection(Strict):

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.errors import WireError
 from fedsa_common.protocol import (
     Ack,
@@ -46,27 +47,44 @@ class Observations:
 
 
 class Monitor:
+    """Observes one broker, or a site topology: the cloud broker (``broker_url``) for the
+    round's announcements, partials and summaries, each site broker (``site_urls``, region
+    -> URL) for its devices' metrics, acks and presence, which never cross a bridge.  Each
+    topic is read at one broker only, so nothing bridged is counted twice."""
+
     def __init__(self, broker_url: str, federation: str,
-                 on_round_done: Callable[[int], None] | None = None) -> None:
+                 on_round_done: Callable[[int], None] | None = None, *,
+                 auth: BrokerAuth | None = None, site_urls: dict[str, str] | None = None
+                 ) -> None:
         self.topics = Topics(federation)
         self.obs = Observations()
         self.lock = threading.Lock()
         self.on_round_done = on_round_done
-        self.session = MqttSession(broker_url, client_id=f"monitor-{federation}",
-                                   clean_session=True, payload_limit=1_000_000,
-                                   max_message_bytes=64_000_000)
+        self.session = self._session(broker_url, f"monitor-{federation}", auth)
         self.session.subscribe(self.topics.announce, self._announce)
         self.session.subscribe(self.topics.partial_filter, self._partial)
-        self.session.subscribe_raw(self.topics.metrics_filter, self._metrics)
         self.session.subscribe_raw(self.topics.summary, self._summary)
-        self.session.subscribe_raw(f"{self.topics.base}/ack/+/+", self._ack)
-        self.session.subscribe_raw(self.topics.presence_filter, self._presence)
+        self.sessions = [self.session]
+        devices_at = [self._session(url, f"monitor-{federation}-{region}", auth)
+                      for region, url in (site_urls or {}).items()]
+        self.sessions += devices_at
+        for session in devices_at or [self.session]:
+            session.subscribe_raw(self.topics.metrics_filter, self._metrics)
+            session.subscribe_raw(f"{self.topics.base}/ack/+/+", self._ack)
+            session.subscribe_raw(self.topics.presence_filter, self._presence)
+
+    @staticmethod
+    def _session(url: str, client_id: str, auth: BrokerAuth | None) -> MqttSession:
+        return MqttSession(url, client_id=client_id, clean_session=True, auth=auth,
+                           payload_limit=1_000_000, max_message_bytes=64_000_000)
 
     def start(self) -> None:
-        self.session.connect()
+        for session in self.sessions:
+            session.connect()
 
     def stop(self) -> None:
-        self.session.close()
+        for session in self.sessions:
+            session.close()
 
     def _announce(self, _topic: str, payload: bytes) -> None:
         if not payload:

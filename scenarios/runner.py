@@ -31,6 +31,7 @@ from scenarios.metrics_ports import allocate, metrics_args
 from scenarios.monitor import Monitor
 from scenarios.report import build_report, round_row
 from scenarios.report_html import write_report_html
+from scenarios.sites import SiteTopology, bridge_report, link_outages, start_sites
 
 log = logging.getLogger("fedsa.scenarios")
 
@@ -53,6 +54,7 @@ class Cluster:
     procs: dict[str, Proc] = field(default_factory=dict)
     broker: BrokerProcess | None = None
     broker_kind: str = "auto"
+    sites: SiteTopology | None = None  # scenario.topology.sites: a broker per site
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def spawn(self, name: str, args: list[str]) -> Proc:
@@ -101,6 +103,8 @@ class Cluster:
             p.log.close()
         if self.broker is not None:
             self.broker.stop()
+        if self.sites is not None:
+            self.sites.close()
 
 
 class FaultInjector(threading.Thread):
@@ -145,8 +149,7 @@ class FaultInjector(threading.Thread):
                     self.echo(f"fault {fault.action} {fault.target} failed: {err}")
                 self.log.append({"t": round(now - self.t0, 2), "step": step,
                                  "action": fault.action, "target": fault.target})
-                later = fault.duration_s if fault.action == "partition" else \
-                    fault.restart_after_s
+                later = fault.undo_after_s
                 if step == "do" and later is not None:
                     todo.append(("undo", fault, now + later))
 
@@ -157,6 +160,14 @@ class FaultInjector(threading.Thread):
             proc = f"regional-{name}"
             c.signal(proc, signal.SIGSTOP if step == "do" else signal.SIGCONT)
             self.echo(f"fault: region {name} {'cut off' if step == 'do' else 'reconnected'}")
+        elif fault.action == "cut_link":
+            if c.sites is None:
+                raise RuntimeError("the runner did not start site brokers")
+            if step == "do":
+                c.sites.brokers.cut_link(name)
+            else:
+                c.sites.brokers.heal_link(name)
+            self.echo(f"fault: site {name}'s link {'cut' if step == 'do' else 'healed'}")
         elif kind == "broker":
             if c.broker is None:
                 raise RuntimeError("the runner did not start the broker")
@@ -243,6 +254,15 @@ def _worker_chunks(devices: list[tuple[str, str]], size: int, per_region: bool
     return chunks
 
 
+def connect_args(sites: SiteTopology | None, broker_url: str
+                 ) -> Callable[[str | None], list[str]]:
+    """``hub serve``'s arguments to reach its broker, for the cloud hub (None) or a region's:
+    the one broker's URL, or with sites the hub's provisioned credentials."""
+    if sites is None:
+        return lambda _region: ["--broker", broker_url]
+    return sites.hub_args
+
+
 def print_progress(monitor: Monitor, total: int, echo: Callable[[str], None]
                    ) -> Callable[[int], None]:
     def done(rnd: int) -> None:
@@ -273,23 +293,34 @@ def run_scenario(config: ScenarioConfig, out: Path, broker_url: str | None = Non
     monitor: Monitor | None = None
     faults: FaultInjector | None = None
     try:
-        if broker_url is None:
-            if sc.broker.startswith("mqtt://"):
-                broker_url = sc.broker
-            else:
-                cluster.broker_kind = sc.broker
-                cluster.broker = start_broker(sc.broker,  # type: ignore[arg-type]
-                                              log_path=out / "logs" / "broker.log")
-                broker_url = cluster.broker.url
-                echo(f"started {cluster.broker.kind} broker at {broker_url}")
-        monitor = Monitor(broker_url, fed)
+        if sc.topology.sites:
+            if broker_url is not None:
+                raise ValueError("scenario.topology.sites: the runner starts the site brokers "
+                                 "itself; run it without a broker URL")
+            cluster.sites = start_sites(fed, sc.topology, out / "brokers")
+            broker_url = cluster.sites.cloud_url
+            echo(f"started a Mosquitto per site ({', '.join(sc.topology.regions)}) bridged "
+                 f"to the cloud's at {broker_url}")
+            monitor = cluster.sites.monitor()
+        else:
+            if broker_url is None:
+                if sc.broker.startswith("mqtt://"):
+                    broker_url = sc.broker
+                else:
+                    cluster.broker_kind = sc.broker
+                    cluster.broker = start_broker(sc.broker,  # type: ignore[arg-type]
+                                                  log_path=out / "logs" / "broker.log")
+                    broker_url = cluster.broker.url
+                    echo(f"started {cluster.broker.kind} broker at {broker_url}")
+            monitor = Monitor(broker_url, fed)
+        reach = connect_args(cluster.sites, broker_url)
         monitor.on_round_done = print_progress(monitor, fed_config.rounds, echo)
         monitor.start()
         state = out / "state"
         limit = str(fed_config.transport.payload_limit)
         ports = allocate(["cloud", *(f"regional-{r}" for r in sc.topology.regions)], out)
         cluster.spawn("cloud", [
-            "hub", "serve", "--role", "cloud", "--broker", broker_url, "--federation", fed,
+            "hub", "serve", "--role", "cloud", *reach(None), "--federation", fed,
             "--state-dir", str(state / "cloud"), "--config", str(config_path),
             "--payload-limit", limit, *metrics_args(ports, "cloud"),
             # every region's hub is started below: under load one may take long to come up,
@@ -297,11 +328,14 @@ def run_scenario(config: ScenarioConfig, out: Path, broker_url: str | None = Non
             "--hub-grace", str(sc.timeout_s)])
         for region in sc.topology.regions:
             cluster.spawn(f"regional-{region}", [
-                "hub", "serve", "--role", "regional", "--region", region, "--broker", broker_url,
+                "hub", "serve", "--role", "regional", "--region", region, *reach(region),
                 "--federation", fed, "--state-dir", str(state / f"regional-{region}"),
                 "--payload-limit", limit, *metrics_args(ports, f"regional-{region}")])
         t0 = time.time()
-        for path in write_worker_specs(config, broker_url, out, t0):
+        specs = write_worker_specs(config, broker_url, out, t0) if cluster.sites is None \
+            else write_worker_specs(config, cluster.sites.brokers.url, out, t0,
+                                    credentials=cluster.sites.device_credentials)
+        for path in specs:
             cluster.spawn(path.stem, ["edge_client", "worker", "--spec", str(path)])
         echo(f"scenario {sc.name}: {sc.topology.num_devices} devices in "
              f"{len(sc.topology.regions)} regions, {fed_config.rounds} rounds of "
@@ -351,6 +385,11 @@ def run_scenario(config: ScenarioConfig, out: Path, broker_url: str | None = Non
                                      "config_hash": fed_config.digest()})
     if faults is not None:
         report["faults"] = faults.log
+    if cluster.sites is not None:
+        report["bridges"] = bridge_report(cluster.sites)
+        if faults is not None:
+            with monitor.lock:
+                report["links"] = link_outages(monitor.obs, faults.log, sc.topology, t0)
     if sc.adversaries.used:
         attacks = choose_adversaries([c for _, c in sc.topology.devices()], sc.adversaries,
                                      sc.seed)

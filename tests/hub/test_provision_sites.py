@@ -200,3 +200,27 @@ def test_a_partial_sent_while_the_link_is_down_arrives_after_it_heals(sites, con
             b"sent during the cut")
     finally:
         cloud.close()
+
+
+def test_a_cut_link_holds_the_sites_partial_until_it_heals(sites, connect):
+    """``cut_link`` (what ``scenarios run`` plays for a cut_link fault) drops region north's
+    bridge at the cloud broker's door and refuses it, while both brokers keep serving: the
+    north hub's partial is accepted by its site broker, south's link still carries its
+    partial (sent after north's, so north's would have arrived first had it crossed), and
+    north's arrives once the link is healed."""
+    cloud = observe(connect("observer"))
+    north = connect("hub-regional-north", "north")
+    south = connect("hub-regional-south", "south")
+    sites.cut_link("north")
+    try:
+        sites.wait_for_link("north", up=False)
+        north.publish(T.partial("north"), b"sent during the cut", timeout=20)
+        south.publish(T.partial("south"), b"south still crosses", timeout=20)
+        cloud.wait_for(frame(T.partial("south")))
+        assert frame(T.partial("north")) not in cloud.topics()
+        assert "bridge-north" not in (sites.dir() / "passwd").read_text()
+    finally:
+        sites.heal_link("north")
+    assert cloud.wait_for(frame(T.partial("north")), timeout=60).endswith(
+        b"sent during the cut")
+    assert "bridge-north:" in (sites.dir() / "passwd").read_text()

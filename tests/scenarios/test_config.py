@@ -15,7 +15,7 @@ ROOT = Path(__file__).parents[2] / "scenarios"
 @pytest.mark.parametrize(
     "name",
     ["tiny.yaml", "quickstart.yaml", "bench-20ng.yaml", "bench-sentiment.yaml",
-     "bench-scarce.yaml"],
+     "bench-scarce.yaml", "sites.yaml"],
 )
 def test_shipped_scenarios_validate(name):
     config = load_scenario(ROOT / name)
@@ -137,3 +137,44 @@ def test_column_partition_needs_one_device_per_owner(tmp_path):
     assert result.exit_code == 2
     assert "3 owners" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def _tiny_with(tmp_path, **scenario) -> Path:
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "tiny.yaml").read_text())
+    raw["scenario"].update(scenario)
+    path = tmp_path / "sites.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+SITES = {"regions": {"north": 2, "south": 2}, "sites": True}
+CUT = {"action": "cut_link", "target": "region:north", "duration_s": 3}
+
+
+@pytest.mark.parametrize(
+    ("scenario", "message"),
+    [
+        ({"faults": [CUT]}, r"faults\.0\.action: cut_link needs topology\.sites: true"),
+        ({"topology": SITES, "faults": [{**CUT, "target": "region:west"}]},
+         r"faults\.0\.target: no region 'west'"),
+        ({"topology": SITES, "faults": [{**CUT, "target": "regional:north"}]},
+         r"faults\.0.*cut_link needs target region:NAME"),
+        ({"topology": SITES, "broker": "embedded"}, r"broker: 'embedded' with topology\.sites"),
+        ({"topology": SITES, "broker": "mqtt://elsewhere:1883"}, r"broker: 'mqtt://"),
+        ({"topology": SITES, "faults": [{"action": "kill", "target": "broker"}]},
+         r"faults\.0\.target: broker with topology\.sites"),
+    ],
+)
+def test_site_topology_errors_name_the_field(tmp_path, scenario, message):
+    with pytest.raises(ConfigError, match=message):
+        load_scenario(_tiny_with(tmp_path, **scenario))
+
+
+def test_sites_key_stays_out_of_dumps_unless_set(tmp_path):
+    """Scenario digests (reused bench runs) do not change for scenarios without sites."""
+    assert "sites" not in load_scenario(ROOT / "tiny.yaml").model_dump()["scenario"]["topology"]
+    config = load_scenario(_tiny_with(tmp_path, topology=SITES, faults=[CUT]))
+    assert config.model_dump()["scenario"]["topology"]["sites"] is True
+    assert config.scenario.faults[0].undo_after_s == 3
