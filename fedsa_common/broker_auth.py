@@ -193,6 +193,9 @@ class Credentials(BaseModel):
     region: str | None = Field(None, pattern=NAME_RE)
     client: str | None = Field(None, pattern=NAME_RE)
     secagg: SecAggIdentityFields | None = Field(None, repr=False)  # devices only
+    # regional hubs: the secure-aggregation authority's public key (base64), with which the
+    # hub leaves a device whose certificate does not verify out of its region's roster
+    secagg_authority: str | None = Field(None, min_length=1)
 
     def auth(self) -> BrokerAuth:
         return BrokerAuth(username=self.username, password=self.password, ca_pem=self.ca_pem)
@@ -215,6 +218,41 @@ class Credentials(BaseModel):
         from fedsa_common.secagg.identity import DeviceIdentity
 
         return DeviceIdentity.load(self.federation, self.region, self.client, *raw)
+
+    def secagg_authority_key(self) -> bytes | None:
+        """The authority's public key a regional hub checks certificates with (None when
+        the file has none); ``ValueError`` naming the field when it is malformed."""
+        if self.secagg_authority is None:
+            return None
+        return authority_public_key(self.secagg_authority,
+                                    f"credentials of {self.username}: secagg_authority")
+
+
+AUTHORITY_KEY_BYTES = 32  # an Ed25519 public key (fedsa_common.secagg.identity.PUBLIC_BYTES)
+
+
+def authority_public_key(text: str, what: str) -> bytes:
+    """The secure-aggregation authority's Ed25519 public key from its base64 text, as
+    ``hub provision`` writes it (``secagg-authority.pub``, a regional hub's credentials);
+    ``ValueError`` naming ``what``."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except binascii.Error:
+        raise ValueError(f"{what}: not base64") from None
+    if len(raw) != AUTHORITY_KEY_BYTES:
+        raise ValueError(f"{what}: an Ed25519 public key is {AUTHORITY_KEY_BYTES} bytes, "
+                         f"not {len(raw)}")
+    return raw
+
+
+def read_authority_file(path: Path) -> bytes:
+    """The authority's public key from a file (``secagg-authority.pub``); ``ValueError``
+    naming the file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ValueError(f"cannot read secagg authority file {path}: {err.strerror}") from None
+    return authority_public_key(text, f"secagg authority file {path}")
 
 
 def load_credentials(path: Path) -> Credentials:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fedsa_common import cli_auth, cli_common
+from fedsa_common.broker_auth import Credentials, read_authority_file
 from fedsa_common.config import NUM_LABELS_REQUIRED, ConfigError, load_federation_config
 
 if TYPE_CHECKING:
@@ -77,6 +78,12 @@ def serve(
         min=1, help="Torch intra-op threads. A hub's work is many small tensor operations, "
                     "where thread hand-offs cost more than they gain (several times more on "
                     "a busy machine), so 1 unless updates are large.")] = 1,
+    secagg_authority: Annotated[Path | None, typer.Option(
+        help="Regional role, secure aggregation: the authority's public key "
+             "(secagg-authority.pub from `hub provision`; a provisioned regional hub's "
+             "--credentials already hold it). With it the hub leaves a device whose "
+             "certificate does not verify out of the round instead of failing the region's "
+             "round.")] = None,
 ) -> None:
     """Serve one hub until the federation finishes.
 
@@ -109,9 +116,10 @@ def serve(
             default_url="mqtt://127.0.0.1:1883", federation=federation, role="regional",
             region=region)
         assert conn.url is not None
+        authority = _secagg_authority(secagg_authority, conn.credentials)
         hub = RegionalHub(conn.url, federation, region, state_dir, payload_limit,
                           auth=conn.auth, connect_timeout_s=connect_timeout,
-                          report_every_s=report_every)
+                          report_every_s=report_every, secagg_authority=authority)
         _start_metrics(hub, metrics_port, metrics_host)
         sys.exit(hub.run())  # BrokerUnreachable is a UserError: one line, exit 2
     config_hint = "--config" if config is None else f"--config {config}"
@@ -151,6 +159,18 @@ def serve(
             if cloud is not None:  # disconnect first, or it logs the broker's end as a loss
                 cloud.session.close()
             started.stop()
+
+
+def _secagg_authority(path: Path | None, credentials: Credentials | None) -> bytes | None:
+    """The authority's public key for a regional hub: ``--secagg-authority``, else the
+    credentials file's (None without either); a usage error naming the option."""
+    try:
+        if path is not None:
+            return read_authority_file(path)
+        return None if credentials is None else credentials.secagg_authority_key()
+    except ValueError as err:
+        option = "--secagg-authority" if path is not None else "--credentials"
+        raise cli_common.usage_error(str(err), option) from None
 
 
 def _start_metrics(hub: object, port: int, host: str) -> None:

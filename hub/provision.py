@@ -12,6 +12,9 @@ Writes, into one output directory::
                            a device's also holds its secure-aggregation signing identity
     secagg-authority.key (0600)  Ed25519 key certifying devices' signing keys; keep offline
                            (whoever holds it can impersonate devices to secure aggregation)
+    secagg-authority.pub   its public key (base64); also in each regional hub's credentials,
+                           so the hub leaves a device whose certificate does not verify out
+                           of its region's secure-aggregation roster
     data/                  Mosquitto persistence (retained announcement, device sessions)
     systemd/               units for this broker, its hubs and its devices (hub.provision_units)
     provision.json         what was provisioned (no secrets), to check re-runs
@@ -66,6 +69,7 @@ PBKDF2_ITERATIONS = 101
 SALT_BYTES = 12
 MANIFEST = "provision.json"
 AUTHORITY_KEY = "secagg-authority.key"
+AUTHORITY_PUB = "secagg-authority.pub"
 
 
 @dataclass(frozen=True)
@@ -404,6 +408,7 @@ def _write_broker_dir(spec: ProvisionSpec, broker: BrokerDir, ca: CertKey,
                  for a in broker.accounts}
     identities = {a.username: _identity_for(out, a, spec.federation, authority, rotate)
                   for a in broker.accounts if a.role == "device"}
+    authority_b64 = base64.b64encode(authority.public).decode()
     (out / "credentials").mkdir(mode=0o700, exist_ok=True)
     os.chmod(out / "credentials", 0o700)
     for account in broker.accounts:
@@ -411,7 +416,9 @@ def _write_broker_dir(spec: ProvisionSpec, broker: BrokerDir, ca: CertKey,
                             role=account.role, username=account.username,
                             password=passwords[account.username], broker=broker.url,
                             ca_pem=ca_pem, region=account.region, client=account.client,
-                            secagg=identities.get(account.username))
+                            secagg=identities.get(account.username),
+                            secagg_authority=authority_b64 if account.role == "regional"
+                            else None)
         _write(credentials_path(out, account.username),
                (creds.model_dump_json(indent=2) + "\n").encode(), 0o600)
     wanted = {credentials_path(out, a.username).name for a in broker.accounts}
@@ -424,6 +431,7 @@ def _write_broker_dir(spec: ProvisionSpec, broker: BrokerDir, ca: CertKey,
                      for a in broker.accounts)
     conf = render_mosquitto_conf(spec, out, port=broker.port, bridge=bridge)
     _write(out / "ca.crt", ca.cert_pem, 0o644)
+    _write(out / AUTHORITY_PUB, (authority_b64 + "\n").encode(), 0o644)
     _write(out / "server.crt", server.cert_pem, 0o644)
     _write(out / "server.key", server.key_pem, 0o600)
     _write(out / "passwd", passwd.encode(), 0o600)

@@ -60,7 +60,10 @@ class RegionalHub(HubProcess):
     def __init__(self, broker_url: str, federation: str, region: str, state_dir: Path,
                  payload_limit: int = 1_000_000, *, auth: BrokerAuth | None = None,
                  connect_timeout_s: float = 300.0, report_every_s: float = 30.0,
-                 session: MqttSession | None = None) -> None:
+                 session: MqttSession | None = None,
+                 secagg_authority: bytes | None = None) -> None:
+        """``secagg_authority``: the secure-aggregation authority's public key, with which
+        this hub checks device certificates itself (hub/secagg_region.py)."""
         super().__init__(broker_url, federation, check_name("region", region), state_dir,
                          payload_limit, auth=auth, connect_timeout_s=connect_timeout_s,
                          report_every_s=report_every_s, session=session)
@@ -76,7 +79,8 @@ class RegionalHub(HubProcess):
         self.dirty = False
         self.next_resend = 0.0
         # secure aggregation rounds (inert without them)
-        self.secagg = RegionSecAgg(self.session, self.topics, federation, region, self.counters)
+        self.secagg = RegionSecAgg(self.session, self.topics, federation, region, self.counters,
+                                   secagg_authority)
 
     # ------------------------------------------------------------------ persistence
     def load(self) -> None:

@@ -15,10 +15,10 @@ built and the intake when an update arrives or a stage may close, and tells the 
 Stages: keys, shares, masked inputs, the consistency check (survivors sign the survivor
 set) and unmasking. Each stage closes once every participant that is still online
 answered, or at its deadline (``STAGE_FRACTIONS`` of the round's deadline). Hub messages a
-device has not answered yet are resent every ``resend_s``; devices answer resends
-idempotently. Fewer than the threshold at any stage fails the region's round: nothing is
-forwarded for it except the empty final partial at the round's deadline, and the hub keeps
-serving.
+device has not answered yet are resent every ``resend_s`` (on the monotonic clock); devices
+answer resends idempotently. Fewer than the threshold at any stage fails the region's round:
+nothing is forwarded for it except the empty final partial at the round's deadline, and the
+hub keeps serving.
 
 Nothing is persisted: a regional hub restarted during a secure round fails that round
 (masked updates that reach the restarted hub are refused as a codec mismatch).
@@ -81,6 +81,9 @@ class SecureRound:
     deadline_s: float
     resend_s: float
     pending: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # device -> message
+    # when unanswered messages go out again: on the monotonic clock, so a step of the wall
+    # clock neither resends everything at once nor stops resending (stage deadlines stay
+    # on the wall clock: they are counted from the announcement's arrival time)
     next_resend: float = 0.0
     excluded: dict[str, str] = field(default_factory=dict)  # device -> reason (EXCLUDING)
 
@@ -112,7 +115,8 @@ class SecureRound:
                     if c not in s.answers]
         else:
             todo = []
-        return [c for c in todo if c not in offline]
+        # an excluded device resends the message that was refused: never worth waiting for
+        return [c for c in todo if c not in offline and c not in self.excluded]
 
 
 @dataclass(frozen=True)
@@ -129,8 +133,13 @@ class RegionSecAgg:
     """The hub's secure-aggregation driver; inert for rounds without secure aggregation."""
 
     def __init__(self, session: MqttSession, topics: Topics, federation: str, region: str,
-                 counters: Counter[str]) -> None:
+                 counters: Counter[str], authority: bytes | None = None) -> None:
+        """``authority``: the provisioning authority's public key (``hub provision`` puts
+        it in the regional hub's credentials); with it a device whose certificate or
+        signature does not verify is left out of the roster (``SecAggServer``)."""
         self.session = session
+        self.authority = authority
+        self.told_no_authority = False
         self.topics = topics
         self.federation = federation
         self.region = region
@@ -153,8 +162,15 @@ class RegionSecAgg:
         params = comp.round_codec_params(config.federation.seed, header.round)
         ctx = RoundContext(self.federation, header.round, self.region,
                            vector_length(shapes, comp.codec, params), secagg_params(config))
+        if self.authority is None and not self.told_no_authority:
+            self.told_no_authority = True
+            log.warning("secure aggregation without the authority's public key (a regional "
+                        "hub credentials file from `hub provision`, or --secagg-authority): "
+                        "device certificates are checked by the devices only, so one device "
+                        "with a bad certificate fails the region's round")
         self.active = SecureRound(
-            SecureSum(SecAggServer(ctx), shapes, comp.codec, params), header.version,
+            SecureSum(SecAggServer(ctx, self.authority), shapes, comp.codec, params),
+            header.version,
             list(header.selected.get(self.region, [])), received, header.deadline_s,
             config.round_policy.resend_s)
         self.counters["secagg.rounds"] += 1
@@ -246,11 +262,11 @@ class RegionSecAgg:
                 self.counters[f"secagg.failed.{err.reason}"] += 1
                 self._drop(r, str(err))
                 return Closed(r.round, err, f"secure round {r.round} at stage {stage}")
-        if r.pending and now >= r.next_resend:
+        if r.pending and time.monotonic() >= r.next_resend:
             for client, (stage, payload) in list(r.pending.items()):
                 if client not in intake.offline:
                     self._send(client, stage, payload)
-            r.next_resend = now + r.resend_s
+            r.next_resend = time.monotonic() + r.resend_s
         return closed
 
     # ------------------------------------------------------------------ internals
@@ -264,6 +280,8 @@ class RegionSecAgg:
             if err.reason in EXCLUDING and client not in r.excluded:
                 r.excluded[client] = err.reason
                 self.counters[f"secagg.excluded.{err.reason}"] += 1
+                log.warning("round %d: %s left out of the secure round at stage %s: %s",
+                            r.round, client, r.server.stage, err)
             raise
 
     def _advance(self, r: SecureRound, intake: RegionIntake) -> Closed | None:
@@ -297,7 +315,7 @@ class RegionSecAgg:
             payload = wire.encode(self.federation, r.round, self.region, client, stage, msg)
             r.pending[client] = (stage, payload)
             self._send(client, stage, payload)
-        r.next_resend = time.time() + r.resend_s
+        r.next_resend = time.monotonic() + r.resend_s
 
     def _send(self, client: str, stage: str, payload: bytes) -> None:
         try:

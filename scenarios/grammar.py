@@ -87,10 +87,14 @@ class Fault(Strict):
     broker for ``duration_s``: the bridge goes down, and the site's broker, hub and devices
     keep working on their side of the cut.
     ``at_s`` counts from the scenario start, or from the announcement of ``at_round`` when
-    that is given (so a fault can be aimed at the middle of a round)."""
+    that is given (so a fault can be aimed at the middle of a round), or, with
+    ``after_partials: N`` too, from the cloud's acknowledgement of round ``at_round``'s N-th
+    regional partial (so a cloud kill lands after it took a partial of the round, however
+    long the devices trained)."""
 
     at_s: float = Field(0.0, ge=0)
     at_round: int | None = Field(None, ge=1)
+    after_partials: int | None = Field(None, ge=1)
     action: Literal["kill", "partition", "cut_link"]
     target: str
     restart_after_s: float | None = Field(5.0, ge=0)
@@ -104,6 +108,8 @@ class Fault(Strict):
             raise ValueError(f"{self.action} needs target region:NAME")
         if self.action == "kill" and self.target.startswith("region:"):
             raise ValueError("kill needs target cloud, broker or regional:NAME")
+        if self.after_partials is not None and self.at_round is None:
+            raise ValueError("after_partials counts the partials of at_round: give at_round")
         return self
 
     @property

@@ -41,6 +41,8 @@ class Observations:
     summaries: dict[int, RoundSummary] = field(default_factory=dict)
     announced_at: dict[int, float] = field(default_factory=dict)  # local receive times
     acked: dict[str, float] = field(default_factory=dict)  # update ids a hub acknowledged
+    # partial ids (region:round:seq) the cloud acknowledged as taken, when first seen
+    partials_acked: dict[str, float] = field(default_factory=dict)
     presence: list[tuple[float, str, bool]] = field(default_factory=list)
 
 
@@ -133,11 +135,16 @@ class Monitor:
             self.obs.summaries[summary.round] = summary
 
     def _ack(self, topic: str, payload: bytes) -> None:
-        if "/ack/cloud/" in topic or not payload:
+        if not payload:
             return
         try:
             ack = decode_json(Ack, payload)
         except WireError:
+            return
+        if "/ack/cloud/" in topic:
+            if ack.kind == "partial" and ack.accepted and ack.reason is None:
+                with self.lock:
+                    self.obs.partials_acked.setdefault(ack.id, time.time())
             return
         if ack.kind == "update" and ack.accepted:
             with self.lock:
@@ -156,3 +163,11 @@ class Monitor:
     def round_started(self, rnd: int) -> float | None:
         with self.lock:
             return self.obs.announced_at.get(rnd)
+
+    def partial_acked(self, rnd: int, n: int) -> float | None:
+        """When the cloud acknowledged (as taken) the ``n``-th partial of round ``rnd``;
+        None before it did."""
+        with self.lock:
+            times = sorted(t for pid, t in self.obs.partials_acked.items()
+                           if pid.split(":")[1:2] == [str(rnd)])
+        return times[n - 1] if len(times) >= n else None

@@ -112,16 +112,24 @@ class FaultInjector(threading.Thread):
 
     def __init__(self, cluster: Cluster, faults: list[Fault], t0: float,
                  round_started: Callable[[int], float | None],
-                 echo: Callable[[str], None]) -> None:
+                 echo: Callable[[str], None],
+                 partial_acked: Callable[[int, int], float | None] = lambda _r, _n: None
+                 ) -> None:
         super().__init__(daemon=True, name="faults")
         self.cluster, self.t0, self.echo = cluster, t0, echo
         self.round_started = round_started
+        self.partial_acked = partial_acked  # (round, n) -> when the cloud took the n-th
         self.faults = faults
         self.stopping = threading.Event()
         self.log: list[dict[str, Any]] = []
 
     def due(self, fault: Fault) -> float | None:
-        anchor = self.t0 if fault.at_round is None else self.round_started(fault.at_round)
+        if fault.at_round is None:
+            anchor: float | None = self.t0
+        elif fault.after_partials is None:
+            anchor = self.round_started(fault.at_round)
+        else:
+            anchor = self.partial_acked(fault.at_round, fault.after_partials)
         return None if anchor is None else anchor + fault.at_s
 
     def run(self) -> None:
@@ -333,7 +341,8 @@ def run_scenario(config: ScenarioConfig, out: Path, broker_url: str | None = Non
              f"{len(sc.topology.regions)} regions, {fed_config.rounds} rounds of "
              f"{fed_config.fedsa_lora.algorithm} ({fed_config.round_policy.mode})")
         if sc.faults:
-            faults = FaultInjector(cluster, sc.faults, t0, monitor.round_started, echo)
+            faults = FaultInjector(cluster, sc.faults, t0, monitor.round_started, echo,
+                                   monitor.partial_acked)
             faults.start()
         deadline = started + sc.timeout_s
         while True:

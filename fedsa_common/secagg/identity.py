@@ -15,6 +15,11 @@ victim's shares and removes every mask (Bonawitz et al. 2017 §6, malicious mode
   provisioned with, for that entry's client id, and the advertisement's signature under
   the certified key.  The hub never holds a device's signing key nor the authority key,
   so it can neither forge an entry nor re-use one under another id or round.
+* A regional hub given the authority's *public* key (``hub provision`` writes it into the
+  regional hub's credentials) checks each advertisement the same way before it enters the
+  roster, so one device with a stale or forged certificate is left out of its region's
+  round instead of making every member refuse the roster.  This is for availability only:
+  devices still check every entry themselves and trust no hub's check.
 
 Everything signed starts with a domain string and names the federation, round and
 region (``RoundContext.info``), so no signature is valid in another place or round.
@@ -59,6 +64,19 @@ def survivors_statement(ctx: RoundContext, survivors: tuple[str, ...],
     """What a survivor signs in the consistency round: the set it was told (U3) and the
     dropped set (D); ids are sorted and '|'-free, so the encoding is injective."""
     return ctx.info("survivors", ",".join(survivors), ",".join(dropped))
+
+
+def check_certificate(authority: bytes, federation: str, region: str, client: str,
+                      signing_pk: bytes, certificate: bytes) -> None:
+    """``secagg_unauthenticated`` unless ``authority`` certified ``signing_pk`` for
+    ``client`` of ``region`` in ``federation``: what every device checks of every roster
+    entry, and what a regional hub given the authority's public key checks of every
+    advertisement before it enters the roster."""
+    try:
+        statement = cert_statement(federation, region, client, signing_pk)
+    except ValueError as err:
+        raise SecAggError("secagg_unauthenticated", f"certificate of {client}: {err}") from None
+    verify(authority, certificate, statement, f"certificate of {client}")
 
 
 def public_bytes(key: Ed25519PrivateKey) -> bytes:
@@ -154,6 +172,5 @@ class DeviceIdentity(_SigningKey):
     def check_member(self, client: str, signing_pk: bytes, certificate: bytes) -> None:
         """``secagg_unauthenticated`` unless the authority certified ``signing_pk`` for
         ``client`` in our federation and region."""
-        verify(self.authority, certificate,
-               cert_statement(self.federation, self.region, client, signing_pk),
-               f"certificate of {client}")
+        check_certificate(self.authority, self.federation, self.region, client, signing_pk,
+                          certificate)

@@ -55,6 +55,7 @@ from fedsa_common.secagg.identity import (
     SIGNATURE_BYTES,
     DeviceIdentity,
     advertise_statement,
+    check_certificate,
     survivors_statement,
     verify,
 )
@@ -372,10 +373,18 @@ class SecAggServer:
     stage's deadline, the transport decides), and produces the unmasked sum.
 
     Memory: one running sum of masked vectors, not one vector per client.
+
+    ``authority``: the provisioning authority's public key, when the hub has it.  Then an
+    advertisement enters the roster only signed and with a certificate of that authority
+    for its client id and this region (else ``secagg_unauthenticated``), so one device
+    with a stale or forged certificate is left out instead of making every member refuse
+    the roster and the region lose its round.  Without it only the signature is checked
+    (under the key the message itself names) and devices alone check certificates.
     """
 
-    def __init__(self, ctx: RoundContext) -> None:
+    def __init__(self, ctx: RoundContext, authority: bytes | None = None) -> None:
         self.ctx = ctx
+        self.authority = authority
         self.stage = "keys"
         self.keys: dict[str, AdvertiseKeys] = {}
         self.roster: Roster | None = None
@@ -405,10 +414,15 @@ class SecAggServer:
                 raise SecAggError("secagg_conflict", f"{msg.client} sent other keys")
             return False
         _stage(self.stage, ("keys",), f"keys from {msg.client}")
+        if self.authority is not None:
+            if msg.auth is None:
+                raise SecAggError("secagg_unauthenticated", f"keys of {msg.client} unsigned")
+            check_certificate(self.authority, self.ctx.federation, self.ctx.region,
+                              msg.client, msg.auth.signing_pk, msg.auth.certificate)
         for other in self.keys.values():
             if {msg.c_pk, msg.s_pk} & {other.c_pk, other.s_pk}:
                 raise SecAggError("secagg_conflict", f"{msg.client} reuses a public key")
-        if msg.auth is not None:  # devices check the certificate; the hub drops garbage
+        if msg.auth is not None:  # devices check the certificate too; the hub drops garbage
             verify(msg.auth.signing_pk, msg.auth.signature,
                    advertise_statement(self.ctx, msg.client, msg.c_pk, msg.s_pk),
                    f"keys of {msg.client}")

@@ -83,6 +83,12 @@ MISTAKES: dict[str, Mistake] = {
         "hub", lambda t: ["serve", "--role", "regional", "--federation", "fed",
                           "--state-dir", str(t / "r")],
         lambda t: ["required for --role regional", "(--region)"]),
+    "hub serve: secagg authority not a key": (
+        "hub", lambda t: ["serve", "--role", "regional", "--region", "north", "--federation",
+                          "fed", "--state-dir", str(t / "r"), "--broker", "mqtt://127.0.0.1:1",
+                          "--secagg-authority", str(_write(t / "a.pub", "c2hvcnQ=\n"))],
+        lambda t: [f"secagg authority file {t / 'a.pub'}: an Ed25519 public key is 32 bytes, "
+                   "not 5", "(--secagg-authority)"]),
     "hub export: empty state dir": (
         "hub", lambda t: ["export", "--state-dir", str(t), "--out", str(t / "out")],
         lambda t: [f"{t}: no cloud checkpoint", "(--state-dir)"]),

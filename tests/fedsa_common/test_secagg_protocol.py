@@ -22,6 +22,7 @@ from fedsa_common.secagg.fixed_point import MOD, add_mod
 from fedsa_common.secagg.identity import Authority
 from fedsa_common.secagg.messages import (
     AdvertiseKeys,
+    KeyAuth,
     MaskedInput,
     Roster,
     ShareDelivery,
@@ -439,6 +440,48 @@ def test_device_refuses_a_roster_member_the_announcement_did_not_select(signed):
     r.server = SecAggServer(r.ctx)
     honest = r.keys(absent={"dev04", "dev05"})
     assert victim.share_keys(honest).client == "dev00"  # control: the selected roster
+
+
+@pytest.mark.parametrize("how", ["other_authority", "other_client", "other_region",
+                                 "unsigned", "forged_signature"])
+def test_a_hub_with_the_authority_key_leaves_a_badly_certified_device_out(how):
+    """Issue 15: without the authority's key the hub put any self-consistently signed
+    advertisement in the roster, every member refused that roster, and the region lost its
+    round.  With it the hub refuses the advertisement (``secagg_unauthenticated``), the
+    roster holds the others, and every member accepts it."""
+    r = Round(5, seed=24)
+    r.server = SecAggServer(r.ctx, AUTHORITY.public)
+    bad = r.clients["dev02"]
+    if how in ("other_authority", "other_client", "other_region"):
+        signer = Authority.generate() if how == "other_authority" else AUTHORITY
+        client = "dev09" if how == "other_client" else "dev02"
+        region = "r2" if how == "other_region" else "r1"
+        issued = signer.issue("fed", region, client)
+        ident = type(issued)("fed", "r1", "dev02", issued.key, issued.certificate,
+                             issued.authority)  # the certificate is for someone else
+        bad = SecAggClient(r.ctx, "dev02", random.Random(1).randbytes, ident,
+                           selected=list(r.clients))
+    msg = bad.advertise()
+    assert msg.auth is not None
+    if how == "unsigned":
+        msg = AdvertiseKeys(msg.client, msg.c_pk, msg.s_pk)
+    elif how == "forged_signature":
+        msg = AdvertiseKeys(msg.client, msg.c_pk, msg.s_pk,
+                            KeyAuth(msg.auth.signing_pk, msg.auth.certificate, bytes(64)))
+    with pytest.raises(SecAggError) as err:
+        r.server.add_keys(msg)
+    assert err.value.reason == "secagg_unauthenticated"
+    roster = r.keys(absent={"dev02"})
+    assert roster.members == ["dev00", "dev01", "dev03", "dev04"]
+    for c in roster.members:  # the honest members accept the roster the hub checked
+        assert r.clients[c].share_keys(roster).client == c
+    # without the key the hub takes the other authority's entry, which the members refuse
+    if how == "other_authority":
+        plain = Round(5, seed=24)
+        plain.server.add_keys(msg)
+        roster = plain.keys(absent={"dev02"})
+        with pytest.raises(SecAggError, match="certificate of dev02"):
+            plain.clients["dev00"].share_keys(roster)
 
 
 def test_device_with_an_identity_refuses_an_unsigned_but_honest_roster():

@@ -17,11 +17,13 @@ import pytest
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from fedsa_common.broker_auth import load_credentials
+from fedsa_common.broker_auth import AUTHORITY_KEY_BYTES, load_credentials, read_authority_file
 from fedsa_common.protocol import Topics
 from fedsa_common.secagg.errors import SecAggError
+from fedsa_common.secagg.identity import PUBLIC_BYTES
 from hub.provision import (
     AUTHORITY_KEY,
+    AUTHORITY_PUB,
     ProvisionSpec,
     merge_regions,
     mosquitto_password_line,
@@ -309,3 +311,37 @@ def test_a_tampered_identity_in_a_credentials_file_is_refused(tmp_path):
     path.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="certificate does not certify"):
         load_credentials(path).secagg_identity()
+
+
+def test_regional_hubs_get_the_authority_public_key_and_nobody_its_private_key(tmp_path):
+    """Issue 15: a regional hub checks device certificates itself (so one bad certificate
+    does not cost its region the round); it gets the authority's *public* key in its
+    credentials, which ``hub serve --credentials`` reads, and the directory holds it as
+    ``secagg-authority.pub`` for hubs run without provisioned credentials."""
+    out = tmp_path / "broker"
+    provision(ProvisionSpec("fed", REGIONS), out)
+    dev0 = load_credentials(out / "credentials" / "dev-0.json").secagg_identity()
+    assert dev0 is not None
+    assert read_authority_file(out / AUTHORITY_PUB) == dev0.authority
+    assert stat.S_IMODE((out / AUTHORITY_PUB).stat().st_mode) == 0o644
+    for hub in HUBS:
+        creds = load_credentials(out / "credentials" / f"{hub}.json")
+        assert creds.secagg_authority_key() == dev0.authority
+    for other in ("hub-cloud", "monitor", *DEVICES):
+        assert load_credentials(out / "credentials" / f"{other}.json").secagg_authority is None
+    private = base64.b64decode((out / AUTHORITY_KEY).read_text())
+    for path in (out / "credentials").glob("*.json"):
+        assert base64.b64encode(private).decode() not in path.read_text()
+
+
+@pytest.mark.parametrize(("text", "why"), [("not base64!", "not base64"),
+                                           (base64.b64encode(b"x" * 31).decode(),
+                                            "32 bytes, not 31")])
+def test_a_malformed_authority_key_is_refused_naming_where(tmp_path, text, why):
+    path = tmp_path / "secagg-authority.pub"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"secagg authority file {path}: .*{why}"):
+        read_authority_file(path)
+    with pytest.raises(ValueError, match="cannot read secagg authority file"):
+        read_authority_file(tmp_path / "missing.pub")
+    assert AUTHORITY_KEY_BYTES == PUBLIC_BYTES

@@ -1,5 +1,6 @@
-"""The regional hub's partial resend interval runs on the monotonic clock, so a step of the
-wall clock does not resend every unacknowledged partial at once."""
+"""The regional hub's resend intervals run on the monotonic clock: a step of the wall clock
+neither resends every unacknowledged partial at once nor stops the secure-aggregation
+driver's resends to devices."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from collections import Counter
 from types import SimpleNamespace
 
 import hub.regional as regional
-from fedsa_common.protocol import Topics
+from fedsa_common.config import FederationConfig
+from fedsa_common.protocol import AnnounceHeader, Topics
+from hub.intake import RegionIntake
 from hub.regional import RegionalHub
+from hub.secagg_region import RegionSecAgg
+from tests.support.sessions import RecordingSession
 
 
 def test_a_wall_clock_step_forward_does_not_resend_partials(monkeypatch):
@@ -31,3 +36,35 @@ def test_a_wall_clock_step_forward_does_not_resend_partials(monkeypatch):
     assert len(sent) == 1
     hub.resend(force=True)  # sending a new partial still sends at once
     assert len(sent) == 2
+
+
+def test_secure_aggregation_resends_survive_a_wall_clock_step_back(monkeypatch):
+    """The secure-aggregation driver resends what a device has not answered every
+    ``resend_s`` of monotonic time: a wall clock set back an hour (stage deadlines stay
+    ahead) does not stop the resends for that hour."""
+    config = FederationConfig.model_validate({
+        "federation": {"name": "f"},
+        "fedsa_lora": {"compression": {"method": "randk", "ratio": 0.5},
+                       "privacy": {"secure_aggregation": {"enable": True}}},
+        "round_policy": {"resend_s": 2.0}})
+    session = RecordingSession()
+    driver = RegionSecAgg(session, Topics("f"), "f", "eu",  # type: ignore[arg-type]
+                          Counter())
+    header = AnnounceHeader(federation="f", round=1, version=0, status="running",
+                            selected={"eu": ["d1", "d2", "d3", "d4"]},
+                            config=config.model_dump(mode="json"), config_hash="h",
+                            deadline_s=600.0, issued_at=time.time(), shared=["a"])
+    assert driver.announce(header, config, {"a": (4, 8)}, time.time()) is not None
+    assert driver.active is not None
+    driver.active.pending = {"d1": ("roster", b"roster for d1")}  # not answered yet
+    intake = RegionIntake("eu", "f", round=1)
+    driver.tick(intake)
+    assert driver.counters["secagg.sent.roster"] == 1
+    wall, mono = time.time, time.monotonic
+    monkeypatch.setattr(time, "time", lambda: wall() - 3600.0)
+    monkeypatch.setattr(time, "monotonic", lambda: mono() + 2.5)  # resend_s later
+    driver.tick(intake)
+    assert driver.counters["secagg.sent.roster"] == 2
+    driver.tick(intake)  # and not again until another resend_s passed
+    assert driver.counters["secagg.sent.roster"] == 2
+    assert driver.active is not None and driver.active.server.stage == "keys"

@@ -7,7 +7,9 @@ Devices carry signing identities certified by one provisioning authority, so eve
 here runs the signed protocol with its consistency check.  Round 1 loses too many devices
 after the key exchange: the region's round fails, only an empty final partial is
 forwarded, and the hub keeps serving.  Round 2 completes and its partial is the plain
-weighted sum.  Plain updates are refused in secure rounds.  A second test plays a hostile
+weighted sum.  Plain updates are refused in secure rounds.  A hub given the authority's
+public key leaves a device whose certificate is another authority's out of the roster, and
+its round goes on with the others.  A second test plays a hostile
 hub over the real broker: a device refuses its roster of forged keys, or of members the
 announcement did not select, and shares nothing.
 """
@@ -58,6 +60,7 @@ CONFIG = FederationConfig.model_validate({
     "round_policy": {"deadline_s": 60, "resend_s": 1.0},
 })
 AUTHORITY = Authority.generate()  # what `hub provision` holds
+STALE_AUTHORITY = Authority.generate()  # one that an earlier provisioning directory held
 
 
 class ScriptedDevice:
@@ -89,6 +92,8 @@ class ScriptedDevice:
             self.gone.set()
             self.session.drop()  # the broker publishes the offline will
             return
+        if not self.began:
+            return  # it sits the round out, as a real device does
         update = UpdateHeader(federation=FED, round=header.round, client=self.client,
                               region=REGION, base_version=header.version, codec="randk",
                               num_samples=self.samples)
@@ -126,9 +131,11 @@ def wait_partial(partials: queue.Queue, rnd: int, timeout: float = 60.0
 
 
 def run_round(url: str, cloud: MqttSession, rnd: int, names: list[str], vanish: set[str],
-              selected: list[str] | None = None
+              selected: list[str] | None = None, stale: frozenset[str] = frozenset()
               ) -> tuple[list[ScriptedDevice], list[threading.Thread], threading.Event]:
-    devices = [ScriptedDevice(url, c) for c in names]
+    """``stale``: devices certified by another authority (an earlier provisioning's)."""
+    devices = [ScriptedDevice(url, c, STALE_AUTHORITY if c in stale else AUTHORITY)
+               for c in names]
     header, env = announce(cloud, rnd, selected or names)
     stop = threading.Event()
     threads = [threading.Thread(target=d.play, args=(header, env, d.client in vanish, stop))
@@ -138,11 +145,14 @@ def run_round(url: str, cloud: MqttSession, rnd: int, names: list[str], vanish: 
     return devices, threads, stop
 
 
-def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker):
-    hub = RegionalHub(broker.url, FED, REGION, tmp_path / "hub")
+def serve_region(url: str, state_dir, authority: bytes | None = None
+                 ) -> tuple[RegionalHub, threading.Thread, MqttSession, queue.Queue]:
+    """The real regional hub in a thread, and the test's cloud session that acknowledges
+    each partial and queues it (header, tensors)."""
+    hub = RegionalHub(url, FED, REGION, state_dir, secagg_authority=authority)
     hub_thread = threading.Thread(target=hub.run)
     hub_thread.start()
-    cloud = MqttSession(broker.url, client_id="test-cloud")
+    cloud = MqttSession(url, client_id="test-cloud")
     partials: queue.Queue = queue.Queue()
 
     def on_partial(_topic: str, payload: bytes) -> None:
@@ -155,6 +165,23 @@ def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker)
     cloud.subscribe(Topics(FED).partial(REGION), on_partial)
     cloud.connect()
     time.sleep(1.0)  # the hub subscribes before the first announcement
+    return hub, hub_thread, cloud, partials
+
+
+def expected_sum(devices: list[ScriptedDevice], rnd: int) -> dict[str, torch.Tensor]:
+    """The plain weighted sum of ``devices``' deltas as round ``rnd``'s codec sends them."""
+    comp = CONFIG.fedsa_lora.compression
+    params = comp.round_codec_params(CONFIG.federation.seed, rnd)
+    expected = {n: torch.zeros(s, dtype=torch.float64) for n, s in SHAPES.items()}
+    for d in devices:
+        values = gather(d.delta, SHAPES, comp.codec, params)
+        for n, t in scatter(values, SHAPES, comp.codec, params).items():
+            expected[n] += d.samples * t
+    return expected
+
+
+def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker):
+    hub, hub_thread, cloud, partials = serve_region(broker.url, tmp_path / "hub")
     everyone = []
     try:
         # round 1: 4 selected (threshold 3), 2 vanish after sharing keys -> too few inputs
@@ -188,13 +215,7 @@ def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker)
         for t in threads:
             t.join(timeout=30)
         assert header.count == 4 and header.accepted == ["b1:2", "b2:2", "b3:2", "b4:2"]
-        comp = CONFIG.fedsa_lora.compression
-        params = comp.round_codec_params(CONFIG.federation.seed, 2)
-        expected = {n: torch.zeros(s, dtype=torch.float64) for n, s in SHAPES.items()}
-        for d in devices:
-            values = gather(d.delta, SHAPES, comp.codec, params)
-            for n, t in scatter(values, SHAPES, comp.codec, params).items():
-                expected[n] += d.samples * t
+        expected = expected_sum(devices, 2)
         assert header.weight == sum(d.samples for d in devices)
         fp = secagg_params(CONFIG).fixed_point(4)
         tol = 4 / 2 ** (fp.frac_bits + 1) + 1e-6
@@ -210,6 +231,47 @@ def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker)
         hub_thread.join(timeout=30)
         for d in everyone:
             d.session.close()  # a no-op for the ones that dropped
+        cloud.close()
+    assert not hub_thread.is_alive()
+
+
+def test_the_hub_leaves_a_device_with_a_bad_certificate_out_and_the_round_goes_on(
+        tmp_path, broker, caplog):
+    """Issue 15: one device whose certificate is not the authority's (a credentials file
+    kept from an earlier provisioning) used to enter the roster, every other member refused
+    that roster, and the region lost its round.  The hub, given the authority's public key,
+    now refuses that advertisement (counted, logged), the roster holds the other four, and
+    the round's partial is their sum."""
+    hub, hub_thread, cloud, partials = serve_region(broker.url, tmp_path / "hub",
+                                                    AUTHORITY.public)
+    names = ["c1", "c2", "c3", "c4", "c5"]
+    devices, threads, stop = run_round(broker.url, cloud, 1, names, set(),
+                                       stale=frozenset({"c3"}))
+    try:
+        header, tensors = wait_partial(partials, 1)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        honest = [d for d in devices if d.client != "c3"]
+        assert header.count == 4 and header.accepted == ["c1:1", "c2:1", "c4:1", "c5:1"]
+        assert header.weight == sum(d.samples for d in honest)
+        fp = secagg_params(CONFIG).fixed_point(4)
+        expected = expected_sum(honest, 1)
+        for n in SHAPES:
+            assert torch.allclose(tensors[n].double(), expected[n],
+                                  atol=4 / 2 ** (fp.frac_bits + 1) + 1e-6)
+        assert hub.counters["secagg.excluded.secagg_unauthenticated"] == 1
+        assert hub.counters["secagg.completed"] == 1
+        assert "c3 left out of the secure round at stage keys: secagg_unauthenticated: " \
+               "bad signature: certificate of c3" in caplog.text
+        assert [d.began for d in devices] == [True, True, False, True, True]
+        assert all(d.secagg.counters == {} for d in honest)  # nobody refused the roster
+    finally:
+        stop.set()
+        announce(cloud, 1, [], status="finished")
+        hub_thread.join(timeout=30)
+        for d in devices:
+            d.session.close()
         cloud.close()
     assert not hub_thread.is_alive()
 
