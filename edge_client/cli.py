@@ -102,8 +102,9 @@ def join(
     except DataError as err:
         raise cli_common.usage_error(str(err), "--data") from None
     logging.getLogger("fedsa.device").info(
-        "%s: data %s: %d training and %d test rows, %d labels", client_id, data_spec.source,
-        len(share.train.texts), len(share.test.texts), share.num_labels)
+        "%s: data %s: %d training and %d test rows, %s", client_id, data_spec.source,
+        len(share.train.texts), len(share.test.texts),
+        "prompt/response pairs" if share.prompt_response else f"{share.num_labels} labels")
     lock = StateDirLock(state_dir, client_id)
     try:
         lock.acquire()

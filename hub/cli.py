@@ -127,7 +127,7 @@ def serve(
         cfg = load_federation_config(config)
     except ConfigError as err:
         raise cli_common.usage_error(str(err), config_hint) from None
-    if cfg.model.num_labels is None:  # found now, not after the broker and hub started
+    if cfg.model.needs_num_labels:  # found now, not after the broker and hub started
         raise cli_common.usage_error(f"model.num_labels: {NUM_LABELS_REQUIRED}", config_hint)
     cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(
         update={"name": federation})})
