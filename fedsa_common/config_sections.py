@@ -513,10 +513,11 @@ class TrainingSection(Strict):
     ``warmup_steps`` steps, then stays (``lr_schedule: constant``) or decays to 0 by the
     round's last step (``linear``, ``cosine``); round r starts from ``round_lr_decay**(r-1)``
     times the configured rates.  ``b_lr_ratio`` (LoRA+, Hayou et al., ICML 2024): the LoRA
-    B matrices learn at ``b_lr_ratio * lr``.  B starts at zero and, under FedSA-LoRA, is
-    learned by each device alone from its own few steps; a larger rate for B than for A
-    is what LoRA+ shows makes low-rank adaptation learn efficiently (16 is its suggested
-    ratio).  ``gradient_checkpointing``: see its comment.  The schedule keys,
+    B matrices learn at ``b_lr_ratio * lr``.  Under FedSA-LoRA B is learned by each device
+    alone from its own few steps; a larger rate for B than for A is what LoRA+ shows makes
+    low-rank adaptation learn efficiently (16 is its suggested ratio), though on devices
+    with a few dozen texts neither a larger nor a smaller ratio helped (docs/benchmarks.md).
+    ``gradient_checkpointing``: see its comment.  The schedule keys,
     ``b_lr_ratio`` and ``gradient_checkpointing`` are left out of dumps at their defaults,
     so configurations without them digest as before.
     """
