@@ -167,7 +167,7 @@ def status(
     import json
 
     from fedsa_common.broker_auth import redact_url
-    from hub.status import collect, device_rows, render, unserved_regions
+    from hub.status import collect, device_rows, duplicate_clients, render, unserved_regions
 
     url, auth = _connection_for(federation, broker, credentials, username, password_file,
                                 tls_ca, role="monitor")
@@ -186,7 +186,8 @@ def status(
         typer.echo(json.dumps({"federation": federation, "statuses": snap.statuses,
                                "announce": snap.announce, "presence": snap.presence,
                                "regions_without_hub": unserved_regions(snap),
-                               "devices": device_rows(snap)},
+                               "devices": device_rows(snap),
+                               "duplicate_client_ids": duplicate_clients(snap)},
                               indent=2))
     text, healthy = render(snap)
     if not json_out:

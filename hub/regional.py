@@ -15,6 +15,7 @@ import logging
 import queue
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,6 +41,7 @@ from fedsa_common.protocol import (
 )
 from fedsa_common.transport import MqttSession
 from hub.aggregator import ImportanceReports
+from hub.duplicate_ids import DuplicateWatch, notice
 from hub.intake import RegionIntake
 from hub.privacy import intake_dp
 from hub.process import Event, HubProcess
@@ -78,6 +80,8 @@ class RegionalHub(HubProcess):
         self.acks: list[tuple[str, Ack]] = []  # sent once the state is persisted
         self.dirty = False
         self.next_resend = 0.0
+        # client ids that two running devices claim (hub/duplicate_ids.py)
+        self.duplicates = DuplicateWatch()
         # secure aggregation rounds (inert without them)
         self.secagg = RegionSecAgg(self.session, self.topics, federation, region, self.counters,
                                    secagg_authority)
@@ -200,9 +204,31 @@ class RegionalHub(HubProcess):
             raise WireError("wrong_topic", event.topic)
         if p.online:
             self.intake.offline.discard(p.client)
-        else:
+            self.check_duplicate(p)
+        elif self.duplicates.is_current(p.client, p.session):
             self.intake.offline.add(p.client)
             self.maybe_forward()
+        # else: the will of a connection that another copy of the client id displaced
+
+    def check_duplicate(self, p: Presence) -> None:
+        """Flag a client id that two running devices claim: counted and logged once, shown
+        in the status (``hub status``), and the newer device told to leave, each time its
+        session comes back (it receives the notice only while it holds the connection)."""
+        dup = self.duplicates.online(p.client, p.session, p.since)
+        if dup is None:
+            return
+        reason = notice(p.client, self.region, dup)
+        if dup.first:
+            self.counters["duplicate_client_ids"] += 1
+            log.warning("client id %s runs in two sessions (%s, started first, and %s): "
+                        "telling the newer one to leave", p.client, dup.older, dup.newer)
+            self.publish_status(round=self.intake.round or None)
+        self.acks.append((self.topics.ack(self.region, p.client),
+                          Ack(kind="duplicate", id=p.client, accepted=False, reason=reason,
+                              session=dup.newer)))
+
+    def publish_status(self, **fields: Any) -> None:
+        super().publish_status(**fields, **self.duplicates.status_fields())
 
     def on_announce(self, event: Event) -> None:
         header, env = decode_message(AnnounceHeader, event.payload, max_bytes=self.max_bytes)
