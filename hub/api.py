@@ -12,9 +12,10 @@ starts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from fedsa_common.config import (
 from fedsa_common.errors import OptionError
 from fedsa_common.managed import ManagedProcess, option_args
 from fedsa_common.names import check_name
+from hub.metrics_devices import MAX_DEVICES
 
 if TYPE_CHECKING:
     from fedsa_common.broker import BrokerProcess
@@ -80,16 +82,26 @@ def cloud_config(config: CloudConfig, federation: str) -> FederationConfig:
         update={"name": federation})})
 
 
-def _serve_metrics(hub: Any, port: int, host: str) -> None:
+@contextlib.contextmanager
+def _metrics(hub: Any, port: int, host: str, max_devices: int = MAX_DEVICES
+             ) -> Iterator[None]:
+    """Serve the hub's metrics while the block runs (nothing for port 0): a library caller
+    that runs several hubs one after the other must not keep their ports bound."""
     if not port:
+        yield
         return
     from hub.metrics import serve_metrics
 
     try:
-        serve_metrics(hub, port, host)
+        server = serve_metrics(hub, port, host, max_devices)
     except OSError as err:
         raise OptionError(f"cannot serve metrics on {host}:{port}: {err}",
                           "--metrics-port") from None
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def serve_regional(broker: str, federation: str, region: str, state_dir: str | Path, *,
@@ -109,8 +121,8 @@ def serve_regional(broker: str, federation: str, region: str, state_dir: str | P
     hub = RegionalHub(broker, federation, region, Path(state_dir), payload_limit, auth=auth,
                       connect_timeout_s=connect_timeout_s, report_every_s=report_every_s,
                       secagg_authority=secagg_authority)
-    _serve_metrics(hub, metrics_port, metrics_host)
-    return hub.run()
+    with _metrics(hub, metrics_port, metrics_host):
+        return hub.run()
 
 
 def serve_cloud(config: CloudConfig, federation: str,
@@ -118,13 +130,15 @@ def serve_cloud(config: CloudConfig, federation: str,
                 auth: BrokerAuth | None = None, hub_grace_s: float = 30.0,
                 connect_timeout_s: float = 300.0, report_every_s: float = 30.0,
                 metrics_port: int = 0, metrics_host: str = "127.0.0.1",
+                metrics_max_devices: int = MAX_DEVICES,
                 on_broker: Callable[[BrokerProcess], None] | None = None) -> int:
     """Run the cloud hub of ``federation`` until it finishes; its exit status.
 
     ``config``: see ``cloud_config``.  Without ``broker`` the cloud starts one (Mosquitto if
     installed, else the embedded broker), tells ``on_broker`` (e.g. to print its URL) and
     stops it when the hub ends.  A restart with the same ``state_dir`` resumes from the
-    checkpoint; a configuration that does not fit it raises ``LifecycleError``."""
+    checkpoint; a configuration that does not fit it raises ``LifecycleError``.
+    ``metrics_max_devices``: devices with per-device metric series (0: none)."""
     cfg = cloud_config(config, federation)
     from fedsa_common.broker import start_broker
     from hub.cloud import CloudHub
@@ -139,8 +153,8 @@ def serve_cloud(config: CloudConfig, federation: str,
     try:
         cloud = CloudHub(broker, cfg, Path(state_dir), auth=auth, hub_grace_s=hub_grace_s,
                          connect_timeout_s=connect_timeout_s, report_every_s=report_every_s)
-        _serve_metrics(cloud, metrics_port, metrics_host)
-        return cloud.run()
+        with _metrics(cloud, metrics_port, metrics_host, metrics_max_devices):
+            return cloud.run()
     finally:
         if started is not None:
             if cloud is not None:  # disconnect first, or it logs the broker's end as a loss

@@ -14,6 +14,7 @@ import typer
 from fedsa_common import cli_auth, cli_common
 from fedsa_common.broker_auth import Credentials, read_authority_file
 from fedsa_common.config import ConfigError, load_federation_config
+from hub.metrics_devices import MAX_DEVICES
 
 if TYPE_CHECKING:
     from fedsa_common.broker_auth import BrokerAuth
@@ -61,6 +62,10 @@ def serve(
     metrics_host: Annotated[str, typer.Option(
         help="Address the metrics server binds; 0.0.0.0 to be scraped from other hosts.")]
     = "127.0.0.1",
+    metrics_max_devices: Annotated[int, typer.Option(
+        min=0, help="Cloud role: at most this many devices get per-device metric series "
+                    "(fedsa_hub_device_*; online ones and the latest updates first, the rest "
+                    "counted in fedsa_hub_devices_unlisted); 0: none.")] = MAX_DEVICES,
     connect_timeout: Annotated[float, typer.Option(
         min=0.1, help="Seconds to wait for the broker; then exit 2 naming it.")] = 300.0,
     report_every: Annotated[float, typer.Option(
@@ -127,6 +132,7 @@ def serve(
     try:
         sys.exit(api.serve_cloud(
             cfg, federation, state_dir, broker=conn.url, auth=conn.auth, hub_grace_s=hub_grace,
+            metrics_max_devices=metrics_max_devices,
             on_broker=lambda b: typer.echo(f"started {b.kind} broker at {b.url}"), **common))
     except LifecycleError as err:  # a checkpoint or broker state this start does not fit
         option = "--config" if err.option == "--rounds" else err.option
