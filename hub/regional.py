@@ -15,7 +15,6 @@ import logging
 import queue
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -41,7 +40,7 @@ from fedsa_common.protocol import (
 )
 from fedsa_common.transport import MqttSession
 from hub.aggregator import ImportanceReports
-from hub.duplicate_ids import DuplicateWatch, notice
+from hub.duplicate_ids import notice
 from hub.intake import RegionIntake
 from hub.privacy import intake_dp
 from hub.process import Event, HubProcess
@@ -80,8 +79,6 @@ class RegionalHub(HubProcess):
         self.acks: list[tuple[str, Ack]] = []  # sent once the state is persisted
         self.dirty = False
         self.next_resend = 0.0
-        # client ids that two running devices claim (hub/duplicate_ids.py)
-        self.duplicates = DuplicateWatch()
         # secure aggregation rounds (inert without them)
         self.secagg = RegionSecAgg(self.session, self.topics, federation, region, self.counters,
                                    secagg_authority)
@@ -211,24 +208,12 @@ class RegionalHub(HubProcess):
         # else: the will of a connection that another copy of the client id displaced
 
     def check_duplicate(self, p: Presence) -> None:
-        """Flag a client id that two running devices claim: counted and logged once, shown
-        in the status (``hub status``), and the newer device told to leave, each time its
-        session comes back (it receives the notice only while it holds the connection)."""
-        dup = self.duplicates.online(p.client, p.session, p.since)
-        if dup is None:
-            return
-        reason = notice(p.client, self.region, dup)
-        if dup.first:
-            self.counters["duplicate_client_ids"] += 1
-            log.warning("client id %s runs in two sessions (%s, started first, and %s): "
-                        "telling the newer one to leave", p.client, dup.older, dup.newer)
-            self.publish_status(round=self.intake.round or None)
-        self.acks.append((self.topics.ack(self.region, p.client),
-                          Ack(kind="duplicate", id=p.client, accepted=False, reason=reason,
-                              session=dup.newer)))
-
-    def publish_status(self, **fields: Any) -> None:
-        super().publish_status(**fields, **self.duplicates.status_fields())
+        """Flag a client id that two running devices claim (counted, logged, in the status)
+        and tell the newer device to leave, each time its session comes back: it receives
+        the notice only while it holds the connection."""
+        dup = self.flag_duplicate(p)
+        if dup is not None:
+            self.acks.append((self.topics.ack(self.region, p.client), notice(dup)))
 
     def on_announce(self, event: Event) -> None:
         header, env = decode_message(AnnounceHeader, event.payload, max_bytes=self.max_bytes)

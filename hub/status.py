@@ -145,19 +145,25 @@ def device_rows(snap: Snapshot) -> list[dict[str, Any]]:
 
 
 def duplicate_clients(snap: Snapshot) -> list[dict[str, Any]]:
-    """Client ids that two running devices claimed, as their regional hubs flagged them
-    (hub/duplicate_ids.py): region, client, the two sessions, the newer one (told to
-    leave) and when it was detected."""
-    found = []
+    """Client ids that two running devices claimed, as the hubs flagged them
+    (hub/duplicate_ids.py; a regional hub in its region, the cloud across regions): region
+    (``north,south`` for copies in two regions), client, the two sessions, the newer one
+    (told to leave) and when it was detected; one entry per pair, whichever hub saw it."""
+    found: dict[tuple[str, Any], dict[str, Any]] = {}
     for key, body in sorted(snap.statuses.items()):
-        role, _, region = key.partition("/")
-        flagged = body.get("duplicate_clients") if role == "regional" else None
-        for client, rec in sorted((flagged or {}).items()):
-            if isinstance(rec, dict):
-                found.append({"region": region, "client": client,
-                              "sessions": rec.get("sessions"), "newer": rec.get("newer"),
-                              "detected": rec.get("detected")})
-    return found
+        role, _, name = key.partition("/")
+        flagged = body.get("duplicate_clients")
+        if role not in ("regional", "cloud") or not isinstance(flagged, dict):
+            continue
+        for client, rec in sorted(flagged.items()):
+            if not isinstance(rec, dict) or (client, rec.get("newer")) in found:
+                continue
+            regions = [r for r in rec.get("regions") or [] if isinstance(r, str) and r]
+            region = ",".join(dict.fromkeys(regions)) or name
+            found[(client, rec.get("newer"))] = {
+                "region": region, "client": client, "sessions": rec.get("sessions"),
+                "newer": rec.get("newer"), "detected": rec.get("detected")}
+    return list(found.values())
 
 
 def _device_line(row: dict[str, Any]) -> str:

@@ -28,7 +28,19 @@ def test_a_superseded_session_coming_back_flags_the_pair_and_names_the_newer() -
     assert again is not None and not again.first and again.newer == "b"
     flagged = watch.status_fields()["duplicate_clients"]
     assert flagged["d1"]["sessions"] == ["a", "b"] and flagged["d1"]["newer"] == "b"
-    assert "'d1'" in notice("d1", "north", dup) and "--client-id" in notice("d1", "north", dup)
+    told = notice(dup)
+    assert (told.kind, told.id, told.session, told.accepted) == ("duplicate", "d1", "b", False)
+    assert told.reason is not None and "'d1'" in told.reason and "--client-id" in told.reason
+
+
+def test_copies_in_two_regions_are_flagged_with_both_regions() -> None:
+    watch = DuplicateWatch()
+    watch.online("d1", "a", since=10.0, region="north")
+    watch.online("d1", "b", since=20.0, region="south")
+    dup = watch.online("d1", "a", since=10.0, region="north")
+    assert dup is not None and (dup.older_region, dup.newer_region) == ("north", "south")
+    assert watch.status_fields()["duplicate_clients"]["d1"]["regions"] == ["north", "south"]
+    assert "in use in region north" in (notice(dup).reason or "")
 
 
 def test_the_newer_is_the_later_start_not_the_later_message() -> None:
@@ -51,13 +63,19 @@ def test_presence_without_a_session_and_bounded_memory() -> None:
 
 
 def test_hub_status_names_a_flagged_client_id() -> None:
-    regional = {"online": True, "round": 1, "duplicate_clients": {
-        "d1": {"sessions": ["a", "b"], "newer": "b", "detected": 95.0}}}
-    snap = Snapshot("demo", statuses={"regional/north": regional},
+    flagged = {"sessions": ["a", "b"], "newer": "b", "detected": 95.0}
+    regional = {"online": True, "round": 1, "duplicate_clients": {"d1": flagged}}
+    cloud = {"online": True, "round": 1, "duplicate_clients": {  # the same pair, and one
+        "d1": {**flagged, "regions": ["north", "north"]},       # across two regions
+        "d7": {"sessions": ["x", "y"], "newer": "y", "regions": ["north", "south"],
+               "detected": 90.0}}}
+    snap = Snapshot("demo", statuses={"regional/north": regional, "cloud/cloud": cloud},
                     presence={"north/d1": True})
-    assert duplicate_clients(snap) == [{"region": "north", "client": "d1",
-                                        "sessions": ["a", "b"], "newer": "b",
-                                        "detected": 95.0}]
+    assert duplicate_clients(snap) == [
+        {"region": "north", "client": "d1", "sessions": ["a", "b"], "newer": "b",
+         "detected": 95.0},
+        {"region": "north,south", "client": "d7", "sessions": ["x", "y"], "newer": "y",
+         "detected": 90.0}]
     text, _ = render(snap, now=100.0)
     assert ("client id north/d1: two running devices claim it (sessions a, b), detected 5s "
             "ago; the newer (b) was told to leave") in text
