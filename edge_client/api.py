@@ -56,8 +56,9 @@ def join(federation: str, region: str, client_id: str, data: str, state_dir: str
     from edge_client.state_lock import StateDirLock, check_owner
 
     data_spec, share = check_device_data(data)  # DataError names the file, line or option
-    log.info("%s: data %s: %d training and %d test rows, %d labels", client_id,
-             data_spec.source, len(share.train.texts), len(share.test.texts), share.num_labels)
+    log.info("%s: data %s: %d training and %d test rows, %s", client_id, data_spec.source,
+             len(share.train.texts), len(share.test.texts),
+             "prompt/response pairs" if share.prompt_response else f"{share.num_labels} labels")
     state_dir = Path(state_dir)
     # held until the device ends; the kernel drops it after a crash too
     with StateDirLock(state_dir, client_id):

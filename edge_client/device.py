@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from edge_client.causal import tokenize_pairs
 from edge_client.data import DataSpec, DeviceData, load_device_data
 from edge_client.downlink import HeldGlobal, check_fetched, from_announcement
 from edge_client.host import ModelHost
@@ -51,6 +52,7 @@ from edge_client.round_steps import (
     round_metrics,
     round_seed,
     run_steps,
+    score_model,
     shared_delta,
     start_model,
     train_shared,
@@ -68,7 +70,7 @@ from edge_client.snapshot import (
 from edge_client.split_state import carry_residual, final_global, local_start
 from edge_client.state import DeviceState, StateDir
 from edge_client.state_lock import DuplicateClientId
-from edge_client.training import TokenizedSplit, TrainResult, evaluate, tokenize
+from edge_client.training import TokenizedSplit, TrainResult, tokenize
 from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.config import FederationConfig, LoraInit
 from fedsa_common.dp import round_dp_plan
@@ -382,9 +384,12 @@ class Device:
         self.session.publish_raw(self.topics.metrics(self.spec.region, self.spec.client),
                                  encode_json(metrics))
         self.down_unreported = 0
-        log.info("%s: round %d trained (loss %.3f), accuracy %.3f, sent %d bytes",
-                 self.spec.client, round_, metrics.train_loss or 0.0, metrics.accuracy,
-                 bytes_up)
+        held_out = ("" if metrics.loss is None else
+                    f", held-out loss {metrics.loss:.3f} (perplexity {metrics.perplexity:.4g})")
+        log.info("%s: round %d trained (loss %.3f), %s %.3f%s, sent %d bytes",
+                 self.spec.client, round_, metrics.train_loss or 0.0,
+                 "accuracy" if metrics.loss is None else "exact match", metrics.accuracy,
+                 held_out, bytes_up)
 
     # downlink deltas --------------------------------------------------------------------
     def sync_global(self, header: AnnounceHeader, env: Envelope
@@ -502,12 +507,21 @@ class Device:
         self.backoff = min(MAX_RESEND_S, self.backoff * 2)
         self.next_resend = time.monotonic() + self.backoff * random.uniform(0.75, 1.25)
 
-    def load_data(self, num_labels: int) -> DeviceData:
+    def load_data(self, num_labels: int, causal: bool = False) -> DeviceData:
+        """The device's share, checked against the federation's model: prompt/response
+        pairs for a causal model, labelled texts with no more labels than the head for a
+        classifier."""
         if self.data is None:
             self.data = load_device_data(self.spec.data)
-            if self.data.num_labels > num_labels:
-                raise ValueError(f"{self.spec.client}: data has {self.data.num_labels} labels, "
-                                 f"the federation's model has {num_labels}")
+        if self.data.prompt_response != causal:
+            have = ("prompt/response pairs (format=prompt_response)"
+                    if self.data.prompt_response else "labelled texts")
+            task = "causal_lm" if causal else "classification"
+            raise ValueError(f"{self.spec.client}: --data holds {have}, but the federation's "
+                             f"model.task is {task}")
+        if not causal and self.data.num_labels > num_labels:
+            raise ValueError(f"{self.spec.client}: data has {self.data.num_labels} labels, "
+                             f"the federation's model has {num_labels}")
         return self.data
 
     def train_round(self, header: AnnounceHeader, config: FederationConfig, env: Envelope,
@@ -523,13 +537,11 @@ class Device:
                 log.warning("%s: configuration changed; resetting local state", client)
                 self.reset_local(plan, shapes, config)
             data, tokens = self.tokenized(adapter, config)
-            tr = config.training
             start_model(adapter, plan, self.local_start(plan.local, shapes,
                                                         config.federation.seed,
                                                         config.lora_init))
-            global_accuracy = (evaluate(adapter, tokens.test, tr.eval_batch_size,
-                                        planner=self.planner, autocast=tr.autocast)
-                               if plan.evaluates_global else None)
+            global_score = (score_model(adapter, tokens.test, config, self.planner)
+                            if plan.evaluates_global else None)
             adapter.set(own_shared_start(plan, self.state.local))
             seed = round_seed(config.federation.seed, client, header.round)
             self.progress.start(header.round)
@@ -539,8 +551,7 @@ class Device:
             new_shared = adapter.get(plan.shared)  # the update is fixed before fine-tuning
             tuned = finetune_local(adapter, tokens.train, config, plan.local,
                                    plan.trainable, seed=seed + 1, planner=self.planner)
-            accuracy = evaluate(adapter, tokens.test, tr.eval_batch_size,
-                                planner=self.planner, autocast=tr.autocast)
+            score = score_model(adapter, tokens.test, config, self.planner)
             new_local = adapter.get(plan.local)
             adapter.enable_all()
         busy = result.seconds + (tuned.seconds if tuned is not None else 0.0)
@@ -553,17 +564,20 @@ class Device:
                                config_hash=header.config_hash))
         self.store.save_pending(payload)
         return payload, round_metrics(header, self.spec.federation, client, self.spec.region,
-                                      accuracy=accuracy, n_test=len(tokens.test),
+                                      score=score, n_test=len(tokens.test),
                                       result=result, bytes_down=bytes_down,
-                                      global_accuracy=global_accuracy)
+                                      global_score=global_score)
 
     def tokenized(self, adapter: AdapterModel, config: FederationConfig
                   ) -> tuple[DeviceData, Tokenized]:
         """The device's data and its tokenized splits, read and tokenized once."""
-        data = self.load_data(config.model.num_labels or 0)
+        data = self.load_data(config.model.num_labels or 0, config.model.causal)
         if self.tokens is None:
-            self.tokens = Tokenized(tokenize(adapter, data.train.texts, data.train.labels),
-                                    tokenize(adapter, data.test.texts, data.test.labels))
+            self.tokens = Tokenized(*(
+                tokenize_pairs(adapter.tokenizer, split.texts, split.responses or [],
+                               adapter.max_length) if data.prompt_response
+                else tokenize(adapter, split.texts, split.labels)
+                for split in (data.train, data.test)))
         return data, self.tokens
 
     def build_update(self, header: AnnounceHeader, config: FederationConfig, plan: RoundPlan,

@@ -28,9 +28,10 @@ class ModelHost:
             spec = spec.model_copy(update={"precision": self.precision})
         key = json.dumps([spec.model_dump(mode="json"), config.federation.seed])
         if self._adapter is None:
-            if spec.num_labels is None:
+            if spec.needs_num_labels:
                 raise ValueError("announcement config lacks model.num_labels")
-            self._adapter = build_adapter_model(spec, spec.num_labels, config.federation.seed,
+            self._adapter = build_adapter_model(spec, spec.num_labels or 0,
+                                                config.federation.seed,
                                                 config.lora_init)
             self._key = key
             release_free_memory()  # the full-precision staging copies of quantized weights

@@ -13,7 +13,9 @@ directory or its data.
    header (``update_header``).  Secure-aggregation masking comes last, by
    ``DeviceSecAgg.masked_update`` (edge_client/secagg_client.py), which holds the round's
    keys;
-5. the next local state (``next_state``) and the round's metrics (``round_metrics``).
+5. evaluate (``score_model``: accuracy, or for a causal language model exact match, loss
+   and perplexity), the next local state (``next_state``) and the round's metrics
+   (``round_metrics``).
 
 Steps are pure (values in, values out: no MQTT, no files) except those that move the
 adapter (``start_model``, ``train_shared``), which the caller runs under its model host's
@@ -31,13 +33,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from edge_client.causal import evaluate_causal
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.personalize import proximal_for
 from edge_client.round_hooks import RoundHooks
 from edge_client.schedule import local_steps_for, round_lr_scale
 from edge_client.split_state import importance_report, round_split, shared_start
 from edge_client.state import DeviceState
-from edge_client.training import StepInfo, TokenizedSplit, TrainResult, train_steps
+from edge_client.training import StepInfo, TokenizedSplit, TrainResult, evaluate, train_steps
 from fedsa_common.codec import get_codec
 from fedsa_common.codecs.common import EncodedDelta
 from fedsa_common.config import FederationConfig
@@ -212,12 +215,35 @@ def next_state(state: DeviceState, announce: AnnounceHeader, config: FederationC
                    config_hash=announce.config_hash, state_hash=config.state_digest())
 
 
+@dataclass(frozen=True)
+class Score:
+    """How well the adapter does on the device's held-out split: a classifier's accuracy;
+    a causal model's exact match as ``accuracy``, with its mean answer-token loss and its
+    perplexity."""
+
+    accuracy: float
+    loss: float | None = None
+    perplexity: float | None = None
+
+
+def score_model(adapter: AdapterModel, data: TokenizedSplit, config: FederationConfig,
+                planner: MicroBatchPlanner | None) -> Score:
+    """Evaluate the adapter as it is now on ``data`` (the device's test split)."""
+    tr = config.training
+    if adapter.causal:
+        s = evaluate_causal(adapter, data, tr.eval_batch_size, planner=planner,
+                            autocast=tr.autocast)
+        return Score(s.exact_match, s.loss, s.perplexity)
+    return Score(evaluate(adapter, data, tr.eval_batch_size, planner=planner,
+                          autocast=tr.autocast))
+
+
 def round_metrics(announce: AnnounceHeader, federation: str, client: str, region: str, *,
-                  accuracy: float,
-                  n_test: int, result: TrainResult, bytes_down: int,
-                  global_accuracy: float | None) -> Metrics:
+                  score: Score, n_test: int, result: TrainResult, bytes_down: int,
+                  global_score: Score | None) -> Metrics:
     """The round's metrics report (``bytes_up`` is added once the update is sent)."""
     return Metrics(federation=federation, client=client, region=region,
-                   round=announce.round, accuracy=accuracy, n_test=n_test,
+                   round=announce.round, accuracy=score.accuracy, n_test=n_test,
                    train_loss=result.loss, train_s=result.seconds, bytes_down=bytes_down,
-                   global_accuracy=global_accuracy)
+                   global_accuracy=global_score.accuracy if global_score else None,
+                   loss=score.loss, perplexity=score.perplexity)

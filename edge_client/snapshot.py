@@ -111,6 +111,9 @@ def load_snapshot(state_dir: Path) -> Snapshot:
             "(with this version of edge-client) before its model can be exported")
     info = read_json(state_dir / MODEL)
     model = ModelSection.model_validate(info["model"])
+    if model.causal:
+        raise ValueError(f"{state_dir / MODEL}: model.task causal_lm: exporting a causal "
+                         "language model (ONNX or peft) is not supported yet")
     num_labels = int(info.get("num_labels") or model.num_labels or 0)
     if num_labels < 2:
         raise ValueError(f"{state_dir / MODEL}: no num_labels")

@@ -13,6 +13,11 @@ its share of the batch, so the accumulated gradient is the full batch's.
 Activation checkpointing (``training.gradient_checkpointing``) is on or off for the whole
 run, or, under ``auto``, switched on by the planner when a memory budget needs it; it
 changes memory and time, never the gradient.
+
+A classifier's rows have one label each; a causal language model's rows (edge_client/
+causal.py) have one label per token, ``IGNORE_INDEX`` where no loss is taken (the prompt,
+the padding).  Its loss is the mean over answer tokens, so micro-batches are weighted by
+their share of the batch's answer tokens rather than of its samples.
 """
 
 from __future__ import annotations
@@ -39,15 +44,36 @@ log = logging.getLogger("fedsa.device")
 
 Autocast = Literal["none", "bf16"]
 Checkpointing = bool | Literal["auto"]
+IGNORE_INDEX = -100  # a token label that carries no loss (transformers' ignore index)
+Label = int | list[int]  # a classifier's class, or a causal model's per-token labels
 
 
 @dataclass(frozen=True)
 class TokenizedSplit:
     input_ids: list[list[int]]
-    labels: list[int]
+    labels: Sequence[Label]
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def row_weight(label: Label) -> int:
+    """What one row adds to its batch's mean loss: 1 for a class, else its labelled tokens
+    (the model predicts each from the one before; the first token is never labelled)."""
+    if isinstance(label, int):
+        return 1
+    return sum(1 for t in label[1:] if t != IGNORE_INDEX)
+
+
+def label_tensor(labels: Sequence[Label], width: int) -> torch.Tensor:
+    """The labels of a batch padded to ``width`` tokens: classes as they are, token labels
+    padded with ``IGNORE_INDEX`` (the padding carries no loss)."""
+    if all(isinstance(y, int) for y in labels):
+        return torch.tensor(labels, dtype=torch.long)
+    out = torch.full((len(labels), width), IGNORE_INDEX, dtype=torch.long)
+    for i, y in enumerate(labels):
+        out[i, : len(y)] = torch.tensor(y, dtype=torch.long)  # type: ignore[arg-type]
+    return out
 
 
 @dataclass(frozen=True)
@@ -155,7 +181,7 @@ def _next_size(adapter: AdapterModel, planner: MicroBatchPlanner, remaining: int
 def accumulate(
     adapter: AdapterModel,
     rows: Sequence[list[int]],
-    labels: Sequence[int],
+    labels: Sequence[Label],
     *,
     pad_id: int,
     planner: MicroBatchPlanner,
@@ -163,11 +189,13 @@ def accumulate(
     amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> tuple[float, int]:
     """Forward and backward over one batch in micro-batches, leaving the batch-mean loss's
-    gradient in ``.grad``.  Returns (sum of per-sample losses, largest micro-batch).
+    gradient in ``.grad``.  Returns (sum of per-sample losses, or per-token ones for a
+    causal model: see ``row_weight``; largest micro-batch).
 
     When the batch is split, rows go longest first so that later micro-batches pad less.
     """
     n = len(rows)
+    weight = sum(row_weight(y) for y in labels)
     order = list(range(n))
     size = _next_size(adapter, planner, n, max(len(r) for r in rows))
     if size < n:
@@ -178,13 +206,14 @@ def accumulate(
             size = _next_size(adapter, planner, n - start, len(rows[order[start]]))
         part = order[start : start + size]
         ids, mask = collate([rows[i] for i in part], pad_id)
-        y = torch.tensor([labels[i] for i in part], dtype=torch.long)
+        y = label_tensor([labels[i] for i in part], ids.shape[1])
+        part_weight = sum(row_weight(labels[i]) for i in part)
         if meter is not None:
             meter.mark()
         try:
             with amp():
                 out = adapter.model(input_ids=ids, attention_mask=mask, labels=y)
-            loss = out.loss if len(part) == n else out.loss * (len(part) / n)
+            loss = out.loss if len(part) == n else out.loss * (part_weight / weight)
             loss.backward()
         except (RuntimeError, MemoryError) as err:
             if is_out_of_memory(err):
@@ -192,7 +221,7 @@ def accumulate(
             raise
         if meter is not None:
             planner.observe(len(part), ids.shape[1], meter.read())
-        total += float(out.loss.detach()) * len(part)
+        total += float(out.loss.detach()) * part_weight
         largest = max(largest, len(part))
         start += len(part)
     return total, largest
@@ -253,7 +282,7 @@ def train_steps(
     batches = sample_batches(len(data), batch_size, torch.Generator().manual_seed(seed))
     adapter.model.train()
     torch.manual_seed(seed)  # dropout masks
-    total, samples, largest = 0.0, 0, 0
+    total, samples, weight, largest = 0.0, 0, 0, 0
     fisher = {n: 0.0 for n in trainable} if importance else None
     with PeakMeter() if planner.measuring else contextlib.nullcontext() as meter:
         for step in range(steps):
@@ -281,16 +310,18 @@ def train_steps(
             optimizer.zero_grad(set_to_none=True)
             if meter is not None:
                 meter.read()
+            step_weight = max(1, sum(row_weight(y) for y in labels))
             total += step_loss
             samples += len(idx)
+            weight += step_weight
             largest = max(largest, used)
             if on_step is not None:
-                on_step(StepInfo(step=step + 1, steps=steps, loss=step_loss / len(idx),
+                on_step(StepInfo(step=step + 1, steps=steps, loss=step_loss / step_weight,
                                  samples=samples, micro_batch=used,
                                  seconds=time.perf_counter() - start,
                                  peak_rss=meter.overall if meter is not None else None))
     adapter.model.eval()
-    return TrainResult(loss=total / samples, samples=samples, seconds=time.perf_counter() - start,
+    return TrainResult(loss=total / weight, samples=samples, seconds=time.perf_counter() - start,
                        micro_batch=largest, peak_rss=meter.overall if meter is not None else None,
                        checkpointing=adapter.model.get_base_model().is_activation_checkpointing,
                        importance=({n: v / steps for n, v in fisher.items()}
@@ -330,23 +361,23 @@ def accumulate_importance(fisher: dict[str, float], params: dict[str, torch.nn.P
             fisher[name] += float(p.grad.detach().to(torch.float32).pow(2).mean())
 
 
+Scorer = Callable[[list[int], torch.Tensor, torch.Tensor], None]
+
+
 @torch.no_grad()
-def evaluate(adapter: AdapterModel, data: TokenizedSplit, batch_size: int = 64, *,
-             planner: MicroBatchPlanner | None = None, autocast: Autocast = "none") -> float:
-    """Accuracy of the device's personalized model on its own test split.
+def eval_batches(adapter: AdapterModel, data: TokenizedSplit, batch_size: int, score: Scorer,
+                 *, planner: MicroBatchPlanner | None = None) -> None:
+    """Run ``score(rows, input_ids, attention_mask)`` over ``data`` in batches (in eval mode,
+    shortest rows first, so padding and wasted compute stay small).
 
     Under a memory budget the batch is also capped by the planner (whose training estimate
     overstates inference, which keeps no activations for backward), and halved on
-    out-of-memory errors.
+    out-of-memory errors; ``score`` must then leave no trace of a batch that failed.
     """
-    if len(data) == 0:
-        return 0.0
     adapter.model.eval()
-    amp = compute_context(autocast, adapter.model)
     pad_id = adapter.tokenizer.pad_token_id or 0
-    # Sorting by length keeps padding (and so wasted compute) small.
     order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
-    correct, start, cap = 0, 0, batch_size
+    start, cap = 0, batch_size
     while start < len(order):
         size = min(cap, len(order) - start)
         if planner is not None and planner.per_token is not None:
@@ -355,14 +386,29 @@ def evaluate(adapter: AdapterModel, data: TokenizedSplit, batch_size: int = 64, 
         idx = order[start : start + size]
         ids, mask = collate([data.input_ids[i] for i in idx], pad_id)
         try:
-            with amp():
-                logits = adapter.model(input_ids=ids, attention_mask=mask).logits
+            score(idx, ids, mask)
         except (RuntimeError, MemoryError) as err:
             if not is_out_of_memory(err) or size <= 1:
                 raise
             cap = size // 2
             continue
+        start += size
+
+
+def evaluate(adapter: AdapterModel, data: TokenizedSplit, batch_size: int = 64, *,
+             planner: MicroBatchPlanner | None = None, autocast: Autocast = "none") -> float:
+    """Accuracy of the device's personalized classifier on its own test split."""
+    if len(data) == 0:
+        return 0.0
+    amp = compute_context(autocast, adapter.model)
+    correct = 0
+
+    def score(idx: list[int], ids: torch.Tensor, mask: torch.Tensor) -> None:
+        nonlocal correct
+        with amp():
+            logits = adapter.model(input_ids=ids, attention_mask=mask).logits
         pred = logits.argmax(dim=-1).tolist()
         correct += sum(int(p == data.labels[i]) for p, i in zip(pred, idx, strict=True))
-        start += size
+
+    eval_batches(adapter, data, batch_size, score, planner=planner)
     return correct / len(data)

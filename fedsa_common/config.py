@@ -51,6 +51,7 @@ from fedsa_common.config_sections import (
     SecureAggregationSection,
     ServerOptimizerSection,
     Strict,
+    Task,
     TrainingSection,
     TransportSection,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "SecureAggregationSection",
     "ServerOptimizerSection",
     "Strict",
+    "Task",
     "TrainingSection",
     "TransportSection",
     "digest_of",
@@ -147,6 +149,23 @@ class FederationConfig(Strict):
         if self.model.lora.init == "b_random" and self.fedsa_lora.algorithm == "ffa":
             raise ValueError("model.lora.init: b_random starts A at zero, and the ffa "
                              "algorithm freezes A: use a_random with ffa")
+        return self
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> FederationConfig:
+        """A causal language model has no classification head: settings of the head would
+        silently do nothing, so they are refused."""
+        if not self.model.causal:
+            return self
+        problems = []
+        if self.training.head_lr is not None:
+            problems.append("training.head_lr: not used with model.task causal_lm (no "
+                            "classification head)")
+        if self.fedsa_lora.personalization.share_head_rounds is not None:
+            problems.append("fedsa_lora.personalization.share_head_rounds: not used with "
+                            "model.task causal_lm (no classification head)")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="after")

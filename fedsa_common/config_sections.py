@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -26,6 +27,10 @@ from fedsa_common.codec import CODECS, round_codec_params
 
 Algorithm = Literal["fedsa", "fedit", "ffa", "local"]
 Precision = Literal["nf4", "fp4", "int8", "fp16", "bf16", "fp32"]
+Task = Literal["classification", "causal_lm"]
+# LoRA's targets for a classifier when the configuration names none: BERT's attention
+# query and value projections (what every configuration dumped before the default moved)
+CLASSIFIER_TARGETS = ("query", "value")
 
 
 class Strict(BaseModel):
@@ -47,28 +52,88 @@ class LoraSection(Strict):
     seed, so it is the same on every device, and the first steps move the shared A instead
     of the device's own B (with B at zero, A has no gradient).  Unset (left out of dumps):
     ``FederationConfig.lora_init``, ``b_random`` under fedsa and ``a_random`` under the
-    others."""
+    others.  ``target_modules`` unset: the task's default (``ModelSection``); left out of
+    dumps."""
 
     r: int = Field(8, ge=1, le=256)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+    target_modules: list[str] | None = Field(None, min_length=1)
     init: LoraInit | None = None
 
     @model_serializer(mode="wrap")
-    def _omit_unset_init(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
-        if data.get("init", "") is None:
-            del data["init"]
+        for key in ("init", "target_modules"):
+            if data.get(key, "") is None:
+                del data[key]
         return data
 
 
 class ModelSection(Strict):
+    """The base model and its adapters.  ``task``: ``classification`` (a sequence
+    classifier with a head of ``num_labels``; the default, left out of dumps so that
+    classifier configurations digest as before it existed) or ``causal_lm`` (a causal
+    language model trained on prompt/response pairs, with no head: only LoRA A and B are
+    shared or local, per the algorithm).  A classifier's LoRA targets default to BERT's
+    ``query``/``value``; a causal model's to its architecture's attention projections, as
+    peft maps them (``q_proj``/``v_proj`` for Llama, Qwen, Mistral; ``c_attn`` for GPT-2)."""
+
+    task: Task = "classification"
     path: str = "minilm"
     precision: Precision = "nf4"
     max_length: int = Field(128, ge=8, le=4096)
     num_labels: int | None = Field(None, ge=2)
     lora: LoraSection = LoraSection()
+
+    @field_validator("num_labels")
+    @classmethod
+    def _labels_only_for_classification(cls, v: int | None, info: ValidationInfo
+                                        ) -> int | None:
+        if v is not None and info.data.get("task") == "causal_lm":
+            raise ValueError("not used with task causal_lm (a causal language model has no "
+                             "classification head); leave it out")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classifier_targets(cls, data: Any) -> Any:
+        """A classifier's unset LoRA targets are BERT's, set at validation (so that its
+        configuration dumps, digests and round-trips as before the default moved)."""
+        if not isinstance(data, dict) or data.get("task") == "causal_lm":
+            return data
+        lora = data.get("lora")
+        if lora is None:
+            return {**data, "lora": {"target_modules": list(CLASSIFIER_TARGETS)}}
+        if isinstance(lora, dict) and lora.get("target_modules") is None:
+            return {**data, "lora": {**lora, "target_modules": list(CLASSIFIER_TARGETS)}}
+        if isinstance(lora, LoraSection) and lora.target_modules is None:
+            return {**data, "lora": lora.model_copy(
+                update={"target_modules": list(CLASSIFIER_TARGETS)})}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _omit_default_task(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("task") == "classification":
+            del data["task"]
+        return data
+
+    @property
+    def causal(self) -> bool:
+        return self.task == "causal_lm"
+
+    @property
+    def needs_num_labels(self) -> bool:
+        """Whether a cloud hub still lacks the label count it sizes the head from."""
+        return not self.causal and self.num_labels is None
+
+    @property
+    def target_modules(self) -> list[str] | None:
+        """LoRA's target modules; None (a causal model's unset targets) leaves them to
+        peft's per-architecture attention projections."""
+        targets = self.lora.target_modules
+        return None if targets is None else list(targets)
 
 
 _TUNABLE_CODECS = ("topk", "randk")
@@ -448,10 +513,11 @@ class TrainingSection(Strict):
     ``warmup_steps`` steps, then stays (``lr_schedule: constant``) or decays to 0 by the
     round's last step (``linear``, ``cosine``); round r starts from ``round_lr_decay**(r-1)``
     times the configured rates.  ``b_lr_ratio`` (LoRA+, Hayou et al., ICML 2024): the LoRA
-    B matrices learn at ``b_lr_ratio * lr``.  B starts at zero and, under FedSA-LoRA, is
-    learned by each device alone from its own few steps; a larger rate for B than for A
-    is what LoRA+ shows makes low-rank adaptation learn efficiently (16 is its suggested
-    ratio).  ``gradient_checkpointing``: see its comment.  The schedule keys,
+    B matrices learn at ``b_lr_ratio * lr``.  Under FedSA-LoRA B is learned by each device
+    alone from its own few steps; a larger rate for B than for A is what LoRA+ shows makes
+    low-rank adaptation learn efficiently (16 is its suggested ratio), though on devices
+    with a few dozen texts neither a larger nor a smaller ratio helped (docs/benchmarks.md).
+    ``gradient_checkpointing``: see its comment.  The schedule keys,
     ``b_lr_ratio`` and ``gradient_checkpointing`` are left out of dumps at their defaults,
     so configurations without them digest as before.
     """

@@ -404,6 +404,10 @@ class Metrics(BaseModel):
     trains (fedit, ffa): the accuracy, on the same test split, of the round's global LoRA
     with the device's own head, measured before local training.  For fedsa and local there
     is no single global model to speak of, so it stays ``None``.
+
+    A causal language model (``model.task: causal_lm``) reports the exact match of its
+    greedy answers as ``accuracy`` (and ``global_accuracy``), and its held-out mean loss
+    per answer token as ``loss`` with its ``perplexity``; a classifier sends neither key.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -418,6 +422,13 @@ class Metrics(BaseModel):
     bytes_up: int = Field(0, ge=0)
     bytes_down: int = Field(0, ge=0)
     global_accuracy: float | None = Field(None, ge=0, le=1)
+    loss: float | None = Field(None, ge=0, allow_inf_nan=False)
+    perplexity: float | None = Field(None, ge=1, allow_inf_nan=False)
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_scores(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A classifier's report reads as before ``loss``/``perplexity`` existed."""
+        return _omit_none(handler(self), ("loss", "perplexity"))
 
 
 class Control(BaseModel):

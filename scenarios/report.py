@@ -24,6 +24,8 @@ def round_row(obs: Observations, rnd: int, applied: set[str] | None = None) -> d
     ``device_accuracy`` the per-device values behind it (the benchmark's worst-10% needs
     them).  ``global_accuracy`` is the mean over devices that reported one (fedit and ffa
     do: the global LoRA with each device's own head, before local training), else None.
+    A causal language model's devices report exact match as accuracy, and the row adds
+    their mean held-out ``loss`` and ``perplexity`` (and ``device_loss``).
     """
     ann = obs.announces[rnd]
     nxt = obs.announces.get(rnd + 1) or obs.finished
@@ -57,6 +59,11 @@ def round_row(obs: Observations, rnd: int, applied: set[str] | None = None) -> d
         "reported": len(metrics),
         "duration_s": (nxt.issued_at - ann.issued_at) if nxt else None,
     }
+    losses = [m.loss for m in metrics if m.loss is not None]
+    if losses:  # a causal language model: held-out loss and perplexity (accuracy: exact match)
+        row["loss"] = fmean(losses)
+        row["perplexity"] = fmean(m.perplexity for m in metrics if m.perplexity is not None)
+        row["device_loss"] = {c: by_client[c].loss for c in sorted(by_client)}
     if summary is not None and summary.dp_epsilon is not None:  # differential privacy on
         row["dp_epsilon"] = summary.dp_epsilon
     if ann.dp_clip_norm is not None:  # adaptive clipping: the clip the round announced
@@ -152,6 +159,11 @@ def build_report(obs: Observations, *, scenario: str, algorithm: str, wall_s: fl
     spent = [r["dp_epsilon"] for r in rows if "dp_epsilon" in r]
     if spent:
         report["final"]["dp_epsilon"] = spent[-1]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    if losses:  # a causal language model: the last round's held-out loss and perplexity
+        last = next(r for r in reversed(rows) if "loss" in r)
+        report["final"]["loss"] = last["loss"]
+        report["final"]["perplexity"] = last["perplexity"]
     steps = [r["step_norm"] for r in rows if "step_norm" in r]
     if steps:  # how far the global moved in one round at most (poisoning shows here)
         report["final"]["max_step_norm"] = max(steps)

@@ -194,6 +194,7 @@ def log_tail(proc: Proc, lines: int = 15) -> str:
 
 
 def count_labels(config: ScenarioConfig) -> int:
+    """The data's label count (0 for prompt/response pairs, which have none)."""
     return len(load_pool(config.scenario.device_data(0)).label_names)
 
 
@@ -271,7 +272,9 @@ def print_progress(monitor: Monitor, total: int, echo: Callable[[str], None]
         value = row["accuracy"] if row["accuracy"] is not None else row["accuracy_latest"]
         acc = "n/a" if value is None else f"{value:.3f}"
         eps = f", epsilon {row['dp_epsilon']:.3g}" if "dp_epsilon" in row else ""
-        echo(f"round {rnd}/{total}: accuracy {acc}, {row['accepted']}/{row['participants']} "
+        score = (f"accuracy {acc}" if row.get("loss") is None  # a causal model's: exact match
+                 else f"held-out loss {row['loss']:.3f}, exact match {acc}")
+        echo(f"round {rnd}/{total}: {score}, {row['accepted']}/{row['participants']} "
              f"updates, {row['bytes_up']:,} bytes up, {row['duration_s'] or 0:.1f}s{eps}")
 
     return done

@@ -39,12 +39,15 @@ class TextDataset:
     """Texts with integer labels; ``label_names[i]`` names label id ``i``.
 
     ``owners`` holds, per row, the value of the spec's client column when there is one.
+    Prompt/response data (``format=prompt_response``) keeps prompts in ``texts`` and the
+    answers in ``responses``; its labels are all 0 and it has no label names.
     """
 
     texts: list[str]
     labels: list[int]
     label_names: list[str]
     owners: list[str] | None = None
+    responses: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -52,11 +55,13 @@ class TextDataset:
     def subset(self, indices: list[int]) -> TextDataset:
         """The rows at ``indices``, in that order, sharing this dataset's label names."""
         owners = None if self.owners is None else [self.owners[i] for i in indices]
+        responses = None if self.responses is None else [self.responses[i] for i in indices]
         return TextDataset(
             texts=[self.texts[i] for i in indices],
             labels=[self.labels[i] for i in indices],
             label_names=list(self.label_names),
             owners=owners,
+            responses=responses,
         )
 
 
@@ -65,10 +70,16 @@ class DeviceData:
     """One device's share of the pool, already split into its own train and test sets.
 
     ``num_labels``/``label_names`` describe the whole (filtered) pool, not just this share,
-    so every device builds a classifier head of the same shape even if it lacks classes.
+    so every device builds a classifier head of the same shape even if it lacks classes
+    (0 and none for prompt/response data).
     """
 
     train: TextDataset
     test: TextDataset
     num_labels: int
     label_names: list[str]
+
+    @property
+    def prompt_response(self) -> bool:
+        """Prompt/response pairs for a causal language model, not labelled texts."""
+        return self.train.responses is not None

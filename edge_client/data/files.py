@@ -25,12 +25,14 @@ def read_user_file(
     label_column: str,
     client_column: str | None = None,
     encoding: str = "utf-8",
+    option_names: tuple[str, str] = ("text_column", "label_column"),
 ) -> RawRows:
     """Read ``path`` by suffix (.csv, .tsv, .jsonl, .ndjson) into raw rows.
 
     Every error names the file, the line and, where one is missing, the column and the
-    data-spec option that names it; text that is not valid ``encoding`` names the line of
-    the first bad byte and the ``encoding`` option.
+    data-spec option that names it (``option_names``: those of the text and label columns;
+    prompt/response data reads its prompts as texts and answers as labels); text that is
+    not valid ``encoding`` names the line of the first bad byte and the ``encoding`` option.
     """
     suffix = path.suffix.lower()
     if suffix not in _CSV_DELIMITERS and suffix not in _JSONL_SUFFIXES:
@@ -41,7 +43,7 @@ def read_user_file(
         raise DataError(f"{path}: no such file")
     if not path.is_file():  # a FIFO or device would be read once, then block or differ
         raise DataError(f"{path}: not a regular file")
-    options = {text_column: "text_column", label_column: "label_column"}
+    options = {text_column: option_names[0], label_column: option_names[1]}
     if client_column is not None:
         options[client_column] = "client_column"
     # the BOM a spreadsheet writes would otherwise become part of the first column's name

@@ -28,6 +28,7 @@ class _PoolKey:
     """The spec fields that determine the pool, in hashable form."""
 
     source: str
+    prompt_response: bool  # text/label columns are then the prompt/response fields
     text_column: str
     label_column: str
     client_column: str | None
@@ -52,8 +53,9 @@ def _pool_key(spec: DataSpec) -> _PoolKey:
             stamp = (st.st_size, st.st_mtime_ns)
     return _PoolKey(
         source=spec.source,
-        text_column=spec.text_column,
-        label_column=spec.label_column,
+        prompt_response=spec.prompt_response,
+        text_column=spec.prompt_column if spec.prompt_response else spec.text_column,
+        label_column=spec.response_column if spec.prompt_response else spec.label_column,
         client_column=spec.client_column,
         encoding=spec.encoding,
         classes=tuple(spec.classes) if isinstance(spec.classes, list) else spec.classes,
@@ -74,16 +76,18 @@ def load_pool(spec: DataSpec) -> TextDataset:
     keeps a seeded sample of whole units; label names still describe the filtered source,
     so the classifier's shape does not depend on which units were drawn.
     """
-    texts, labels, names, owners = _cached_pool(_pool_key(spec))
+    texts, labels, names, owners, responses = _cached_pool(_pool_key(spec))
     return TextDataset(
         texts=list(texts),
         labels=list(labels),
         label_names=list(names),
         owners=None if owners is None else list(owners),
+        responses=None if responses is None else list(responses),
     )
 
 
-_Pool = tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...], tuple[str, ...] | None]
+_Pool = tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...], tuple[str, ...] | None,
+              tuple[str, ...] | None]
 
 
 @lru_cache(maxsize=8)
@@ -97,27 +101,49 @@ def _cached_pool(key: _PoolKey) -> _Pool:
     else:
         path = Path(key.source).expanduser()
         raw = read_user_file(path, key.text_column, key.label_column, key.client_column,
-                             key.encoding)
+                             key.encoding, ("prompt_column", "response_column")
+                             if key.prompt_response else ("text_column", "label_column"))
         where = str(path)
+    if key.prompt_response:
+        return _prompt_pool(raw, key, where)
     names = _label_names(raw, key.labels, where)
     kept = _filter_classes(names, key.classes, where)
     new_id = {name: i for i, name in enumerate(kept)}
-    rows = [i for i, label in enumerate(raw.labels) if label in new_id]
-    if key.max_units is not None:
-        if raw.owners is None:  # DataSpec requires client_column; guard the invariant
-            raise DataError(f"{where}: max_units needs a client column")
-        try:
-            units = [raw.owners[i] for i in rows]
-            kept_rows = sample_units(units, key.max_units, key.unit_seed or 0)
-        except ValueError as exc:
-            raise DataError(f"{where}: max_units: {exc}") from None
-        rows = [rows[i] for i in kept_rows]
+    rows = _sample_units(raw, [i for i, label in enumerate(raw.labels) if label in new_id],
+                         key, where)
     owners = None if raw.owners is None else tuple(raw.owners[i] for i in rows)
     return (
         tuple(raw.texts[i] for i in rows),
         tuple(new_id[raw.labels[i]] for i in rows),
         tuple(kept),
         owners,
+        None,
+    )
+
+
+def _sample_units(raw: RawRows, rows: list[int], key: _PoolKey, where: str) -> list[int]:
+    """``rows`` restricted to a seeded sample of ``max_units`` whole units (all without)."""
+    if key.max_units is None:
+        return rows
+    if raw.owners is None:  # DataSpec requires client_column; guard the invariant
+        raise DataError(f"{where}: max_units needs a client column")
+    try:
+        kept = sample_units([raw.owners[i] for i in rows], key.max_units, key.unit_seed or 0)
+    except ValueError as exc:
+        raise DataError(f"{where}: max_units: {exc}") from None
+    return [rows[i] for i in kept]
+
+
+def _prompt_pool(raw: RawRows, key: _PoolKey, where: str) -> _Pool:
+    """Prompt/response rows (read as texts and labels): every label 0, no label names, the
+    answers kept as responses; ``max_units`` samples whole units as for labelled data."""
+    rows = _sample_units(raw, list(range(len(raw.texts))), key, where)
+    return (
+        tuple(raw.texts[i] for i in rows),
+        (0,) * len(rows),
+        (),
+        None if raw.owners is None else tuple(raw.owners[i] for i in rows),
+        tuple(raw.labels[i] for i in rows),
     )
 
 
@@ -229,7 +255,7 @@ def _cached_groups(
     parts: int,
 ) -> tuple[tuple[int, ...], ...]:
     """The partition is the same for every device of a federation: compute it once."""
-    _, labels, _, owners = _cached_pool(key)
+    _, labels, _, owners, _ = _cached_pool(key)
     groups = partition_indices(
         labels,
         num_clients,

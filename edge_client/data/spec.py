@@ -17,6 +17,10 @@ from .sentiment import SOURCE_FILES as SENTIMENT_SOURCES
 
 NEWSGROUPS = "20newsgroups"
 SENTIMENT = "sentiment"
+PROMPT_RESPONSE = "prompt_response"
+# options of labelled text that prompt/response data has no use for, with their defaults
+_LABELLED_ONLY = {"text_column": "text", "label_column": "label", "classes": None,
+                  "labels": None}
 
 
 def _split_names(value: Any) -> Any:
@@ -38,6 +42,12 @@ class DataSpec(BaseModel):
     devices per unit (``part`` picks one) when a unit is too big for one device.
     ``encoding`` is a user file's text encoding (any name Python's codecs know, e.g.
     ``cp1252``); under the default a UTF-8 byte-order mark is skipped.
+
+    ``format``: ``labelled`` (texts with labels, for a classifier; the default) or
+    ``prompt_response`` (a user's JSONL file of ``{"prompt": ..., "response": ...}``
+    objects, for a causal language model; ``prompt_column``/``response_column`` name other
+    fields).  Prompt/response data is partitioned like labelled data (``iid`` shards,
+    ``column``/``grouped`` by a client field), except ``dirichlet``, which needs labels.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -63,6 +73,9 @@ class DataSpec(BaseModel):
     max_test: int | None = Field(default=None, ge=1)
     min_per_client: int = Field(default=10, ge=0)
     seed: int = 0
+    format: Literal["labelled", "prompt_response"] = "labelled"
+    prompt_column: str = Field(default="prompt", min_length=1)
+    response_column: str = Field(default="response", min_length=1)
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -159,7 +172,29 @@ class DataSpec(BaseModel):
             raise ValueError(f"sources: only used with source={SENTIMENT}, not {self.source!r}")
         if self.source in (NEWSGROUPS, SENTIMENT) and codecs.lookup(self.encoding).name != "utf-8":
             raise ValueError(f"encoding: only used with a CSV/TSV/JSONL file, not {self.source}")
+        self._fits_format()
         return self
+
+    def _fits_format(self) -> None:
+        if self.format == "labelled":
+            for key in ("prompt_column", "response_column"):
+                if getattr(self, key) != DataSpec.model_fields[key].default:
+                    raise ValueError(f"{key}: only used with format={PROMPT_RESPONSE}")
+            return
+        if self.source in (NEWSGROUPS, SENTIMENT):
+            raise ValueError(f"format: {self.source} is labelled text; {PROMPT_RESPONSE} "
+                             "needs a JSONL file of prompt/response objects")
+        if self.partition == "dirichlet":
+            raise ValueError("partition: dirichlet deals out labels; prompt/response data "
+                             "has none (use iid, column or grouped)")
+        for key, default in _LABELLED_ONLY.items():
+            if getattr(self, key) != default:
+                raise ValueError(f"{key}: not used with format={PROMPT_RESPONSE} (its "
+                                 f"fields are prompt_column and response_column)")
+
+    @property
+    def prompt_response(self) -> bool:
+        return self.format == PROMPT_RESPONSE
 
 
 def _check_names(names: list[str]) -> None:

@@ -27,3 +27,14 @@ def test_a_scenario_file_without_the_scenarios_package_is_one_error(
     assert "needs the scenarios package" in str(result.errors[0])
     # a federation config is still checked without it
     assert config_check.check_data({"model": {"num_labels": 2}}).ok
+
+
+def test_a_causal_federation_needs_no_label_count() -> None:
+    causal = config_check.check_federation({"model": {"task": "causal_lm",
+                                                      "path": "tiny-causal"}})
+    assert causal.errors == () and "tiny-causal causal LM" in causal.summary
+    classifier = config_check.check_federation({"model": {"path": "tiny-bert"}})
+    assert [e.path for e in classifier.errors] == ["model.num_labels"]
+    scenario = check_scenario(yaml.safe_load((ROOT / "scenarios" / "tiny-causal.yaml")
+                                             .read_text()))
+    assert scenario.errors == ()
