@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -78,8 +77,7 @@ def join(
     same directory (the same device started twice) exits at once with exit code 2.
     SIGTERM stops the device like Ctrl-C: it finishes its current step, says it is
     offline and exits; a second signal exits at once."""
-    from edge_client.data import DataError, check_device_data
-    from edge_client.state_lock import StateDirError, StateDirLock, check_owner
+    from edge_client.api import join as join_federation
     from fedsa_common.logs import setup_logging
 
     cli_common.stop_on_sigterm()
@@ -95,44 +93,14 @@ def join(
         identity = conn.credentials.secagg_identity() if conn.credentials else None
     except ValueError as err:
         raise cli_common.usage_error(str(err), "--credentials") from None
-    if precision not in (None, "nf4", "fp4", "int8", "fp16", "bf16", "fp32"):
-        raise cli_common.usage_error(f"unknown precision {precision!r}", "--precision")
-    try:
-        data_spec, share = check_device_data(data)
-    except DataError as err:
-        raise cli_common.usage_error(str(err), "--data") from None
-    logging.getLogger("fedsa.device").info(
-        "%s: data %s: %d training and %d test rows, %s", client_id, data_spec.source,
-        len(share.train.texts), len(share.test.texts),
-        "prompt/response pairs" if share.prompt_response else f"{share.num_labels} labels")
-    lock = StateDirLock(state_dir, client_id)
-    try:
-        lock.acquire()
-        check_owner(state_dir, client_id, region, federation)
-    except StateDirError as err:
-        lock.release()
-        raise cli_common.usage_error(str(err), "--state-dir") from None
-
-    try:  # held until the device ends; the kernel drops it after a crash too
-        import torch
-
-        from edge_client.device import DeviceSpec
-        from edge_client.host import ModelHost
-        from edge_client.worker import Hosted, run_devices
-
-        if threads:
-            torch.set_num_threads(threads)
-        spec = DeviceSpec(client=client_id, region=region, federation=federation,
-                          data=data_spec, state_dir=state_dir, memory_mb=memory_mb,
-                          auth=conn.auth, secagg_identity=identity,
-                          secagg_unauthenticated=secagg_unauthenticated,
-                          report_every_s=report_every, connect_timeout_s=connect_timeout)
-        # a broker not reached within --connect-timeout raises BrokerUnreachable, a
-        # UserError: one line naming --broker, exit 2
-        sys.exit(run_devices([Hosted(spec)], conn.url,
-                             ModelHost(precision)))  # type: ignore[arg-type]
-    finally:
-        lock.release()
+    assert conn.url is not None
+    # its errors (data, state directory, unreachable broker) are UserErrors naming the
+    # option: one line, exit 2
+    sys.exit(join_federation(
+        federation, region, client_id, data, state_dir, broker=conn.url, auth=conn.auth,
+        secagg_identity=identity, secagg_unauthenticated=secagg_unauthenticated,
+        precision=precision, threads=threads, memory_mb=memory_mb,
+        report_every_s=report_every, connect_timeout_s=connect_timeout))
 
 
 @app.command(hidden=True)

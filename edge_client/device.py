@@ -25,6 +25,7 @@ import queue
 import random
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,7 @@ from edge_client.snapshot import (
 )
 from edge_client.split_state import carry_residual, final_global, local_start
 from edge_client.state import DeviceState, StateDir
+from edge_client.state_lock import DuplicateClientId
 from edge_client.training import TokenizedSplit, TrainResult, tokenize
 from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.config import FederationConfig, LoraInit
@@ -151,6 +153,11 @@ class Device:
         self.done = threading.Event()
         self.gone = threading.Event()  # vanished without saying goodbye (scenario churn)
         self.stopping = threading.Event()  # asked to leave cleanly (Ctrl-C, SIGTERM)
+        # this start of the device, in its presence: a hub tells a restart (a new session)
+        # from a second device with this client id (sessions that alternate)
+        self.session_id = uuid.uuid4().hex[:16]
+        self.started = time.time()
+        self.duplicate: str | None = None  # a hub's word that this copy must leave
         self.acks: queue.Queue[Ack] = queue.Queue()
         self.pending = self.store.load_pending()
         self.pending_round = self.state.last_round
@@ -186,7 +193,8 @@ class Device:
         on every (re)connect."""
         spec = self.spec
         presence = self.topics.presence(spec.region, spec.client)
-        offline = Presence(client=spec.client, region=spec.region, online=False)
+        offline = Presence(client=spec.client, region=spec.region, online=False,
+                           session=self.session_id, since=self.started)
         return MqttSession(
             broker_url,
             client_id=f"dev-{spec.federation}-{spec.client}",
@@ -199,7 +207,7 @@ class Device:
     # network thread -------------------------------------------------------------------
     def _on_connect(self) -> None:
         online = Presence(client=self.spec.client, region=self.spec.region, online=True,
-                          ts=time.time())
+                          ts=time.time(), session=self.session_id, since=self.started)
         threading.Thread(target=self._publish_presence, args=(online,), daemon=True).start()
 
     def _publish_presence(self, presence: Presence) -> None:
@@ -222,9 +230,15 @@ class Device:
 
     def _on_ack(self, _topic: str, payload: bytes) -> None:
         try:
-            self.acks.put(decode_json(Ack, payload))
+            ack = decode_json(Ack, payload)
         except WireError as err:
             log.warning("%s: ignored bad ack: %s", self.spec.client, err)
+            return
+        if ack.kind != "duplicate":
+            self.acks.put(ack)
+        elif ack.session == self.session_id and self.duplicate is None:
+            self.duplicate = ack.reason or f"client id {self.spec.client!r} is in use"
+            self.stopping.set()  # the work thread leaves after its current step
 
     # work thread ----------------------------------------------------------------------
     def vanish(self) -> None:
@@ -290,11 +304,16 @@ class Device:
         finally:
             if self.gone.is_set():
                 self.session.drop()
+            elif self.duplicate is not None:  # the presence is the other copy's to keep
+                self.session.close()
             else:
                 self._publish_presence(Presence(client=self.spec.client,
                                                 region=self.spec.region, online=False,
-                                                ts=time.time()))
+                                                ts=time.time(), session=self.session_id,
+                                                since=self.started))
                 self.session.close()
+        if self.duplicate is not None:
+            raise DuplicateClientId(self.duplicate)
 
     def report_waits(self, now: float) -> None:
         """Say every ``report_every_s`` that no announcement of the federation came yet;

@@ -1,4 +1,5 @@
-"""One running device per state directory: an exclusive OS lock held while ``join`` runs.
+"""One running device per state directory: an exclusive OS lock held while ``join`` runs
+(and, for copies on other machines, the error a regional hub's duplicate notice raises).
 
 Two ``edge-client join`` with the same client id (a copy started twice, a unit restored
 from the same image) used to fight over one MQTT session, each connect kicking the other
@@ -44,6 +45,14 @@ class StateDirBusy(StateDirError):
         self.holder = holder
         super().__init__(f"state directory {path} is in use by {describe(holder)}; "
                          "each device needs its own --state-dir, and a client id runs once")
+
+
+class DuplicateClientId(RuntimeError, UserError):
+    """The regional hub saw another running device with this client id, started earlier,
+    and told this one to leave (the lock above covers copies on one machine; this, copies
+    on two): the message says which session holds the id."""
+
+    option = "--client-id"
 
 
 def describe(holder: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ from edge_client.host import ModelHost
 from edge_client.round_hooks import NO_HOOKS, RoundHooks
 from edge_client.simulation import Simulation
 from fedsa_common.broker_auth import credentials_auth, load_credentials
-from fedsa_common.transport import BrokerUnreachable
+from fedsa_common.errors import UserError
 
 log = logging.getLogger("fedsa.device")
 
@@ -41,8 +41,8 @@ def run_devices(devices: list[Hosted], broker_url: str, host: ModelHost | None =
                 payload_limit: int = 1_000_000) -> int:
     """Run several virtual devices over one shared base model until the federation ends.
 
-    Returns 1 when a device failed; raises ``BrokerUnreachable`` when the only failures
-    were devices that never reached the broker.
+    Returns 1 when a device failed; raises the first error when every failure was a user's
+    to fix (a ``UserError``: a broker never reached, a client id another device runs).
 
     A device with online windows is started at the beginning of each window (a fresh
     session over its state directory, as after a reboot) and vanishes at its end.
@@ -77,8 +77,8 @@ def run_devices(devices: list[Hosted], broker_url: str, host: ModelHost | None =
                 if device.done.is_set():
                     finished.set()
                     return
-        except BrokerUnreachable as err:  # one line: the message says what and why
-            log.error("%s: %s", spec.client, err)
+        except UserError as err:  # one line: the message says what and why (an unreachable
+            log.error("%s: %s", spec.client, err)  # broker, a duplicate client id)
             errors.append(err)
         except BaseException as err:  # surfaced below; one device failing must be visible
             log.exception("%s failed", spec.client)
@@ -106,8 +106,8 @@ def run_devices(devices: list[Hosted], broker_url: str, host: ModelHost | None =
         for done in ended:
             done.wait()
         raise
-    if errors and all(isinstance(e, BrokerUnreachable) for e in errors):
-        raise errors[0]  # nothing else went wrong: the caller names the broker
+    if errors and all(isinstance(e, UserError) for e in errors):
+        raise errors[0]  # nothing else went wrong: the caller names what to fix
     return 1 if errors else 0
 
 

@@ -28,3 +28,13 @@ class UserError(Exception):
     """
 
     option: str | None = None
+
+
+class OptionError(ValueError, UserError):
+    """A bad argument given to a library call (``hub.api``, ``edge_client.api``,
+    ``scenarios.api``); ``option`` is the matching command-line option, so that the CLIs,
+    which are thin layers over those calls, report it like any other user error."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option

@@ -341,10 +341,13 @@ class Ack(BaseModel):
     resending; ``id`` is "client:round" for updates and "region:round:seq" for partials."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: Literal["update", "partial"]
+    kind: Literal["update", "partial", "duplicate"]
     id: str = Field(max_length=200)
     accepted: bool
     reason: str | None = None
+    # kind "duplicate": the client id ``id`` runs in two sessions; the one named here (the
+    # newer) is told to leave, ``reason`` saying why
+    session: str | None = Field(default=None, pattern=NAME_RE)
 
 
 class RoundSummary(BaseModel):
@@ -452,11 +455,18 @@ class Control(BaseModel):
 
 
 class Presence(BaseModel):
+    """A device's retained online/offline state.  ``session`` (random, new for every start
+    of a device) and ``since`` (when that start was) let a hub tell a restarted device from
+    two devices running with one client id: a restart never brings an earlier session back
+    (hub/duplicate_ids.py)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     client: str = Field(pattern=NAME_RE)
     region: str = Field(pattern=NAME_RE)
     online: bool
     ts: float = 0.0
+    session: str | None = Field(default=None, pattern=NAME_RE)
+    since: float = 0.0
 
 
 H = TypeVar("H", bound=BaseModel)

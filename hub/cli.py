@@ -13,7 +13,8 @@ import typer
 
 from fedsa_common import cli_auth, cli_common
 from fedsa_common.broker_auth import Credentials, read_authority_file
-from fedsa_common.config import NUM_LABELS_REQUIRED, ConfigError, load_federation_config
+from fedsa_common.config import ConfigError, load_federation_config
+from hub.metrics_devices import MAX_DEVICES
 
 if TYPE_CHECKING:
     from fedsa_common.broker_auth import BrokerAuth
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     from fedsa_common.protocol import Control
     from fedsa_common.transport import MqttSession
     from hub.lifecycle import Retained
-
-SWITCH_INTERVAL_S = 0.0002  # see serve()
 
 app = typer.Typer(help="Regional and cloud hubs of a fedsa-edge federation.",
                   no_args_is_help=True, add_completion=False, cls=cli_common.OneErrorStyle)
@@ -63,6 +62,10 @@ def serve(
     metrics_host: Annotated[str, typer.Option(
         help="Address the metrics server binds; 0.0.0.0 to be scraped from other hosts.")]
     = "127.0.0.1",
+    metrics_max_devices: Annotated[int, typer.Option(
+        min=0, help="Cloud role: at most this many devices get per-device metric series "
+                    "(fedsa_hub_device_*; online ones and the latest updates first, the rest "
+                    "counted in fedsa_hub_devices_unlisted); 0: none.")] = MAX_DEVICES,
     connect_timeout: Annotated[float, typer.Option(
         min=0.1, help="Seconds to wait for the broker; then exit 2 naming it.")] = 300.0,
     report_every: Annotated[float, typer.Option(
@@ -96,69 +99,44 @@ def serve(
     cli_common.check_names(("--federation", "federation", federation),
                            *([("--region", "region", region)] if region is not None else []))
     cli_common.usable_dir(state_dir, "--state-dir")
-    import torch
-
     from fedsa_common.logs import setup_logging
+    from hub import api
 
-    torch.set_num_threads(torch_threads)
-    # The network thread needs the GIL for every message it receives; with Python's default
-    # 5 ms switch interval it waits that long behind each decode of the main thread, which
-    # capped ingest at a few hundred updates per second.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    api.tune_process(torch_threads)
     setup_logging(log_level)
+    common = {"metrics_port": metrics_port, "metrics_host": metrics_host,
+               "connect_timeout_s": connect_timeout, "report_every_s": report_every}
     if role is Role.regional:
         if region is None:
             raise cli_common.usage_error("required for --role regional", "--region")
-        from hub.regional import RegionalHub
-
         conn = cli_auth.connection_from_options(
             broker, credentials, username, password_file, tls_ca,
             default_url="mqtt://127.0.0.1:1883", federation=federation, role="regional",
             region=region)
         assert conn.url is not None
         authority = _secagg_authority(secagg_authority, conn.credentials)
-        hub = RegionalHub(conn.url, federation, region, state_dir, payload_limit,
-                          auth=conn.auth, connect_timeout_s=connect_timeout,
-                          report_every_s=report_every, secagg_authority=authority)
-        _start_metrics(hub, metrics_port, metrics_host)
-        sys.exit(hub.run())  # BrokerUnreachable is a UserError: one line, exit 2
+        # BrokerUnreachable is a UserError: one line, exit 2
+        sys.exit(api.serve_regional(conn.url, federation, region, state_dir, auth=conn.auth,
+                                    payload_limit=payload_limit,
+                                    secagg_authority=authority, **common))
     config_hint = "--config" if config is None else f"--config {config}"
-    try:
-        cfg = load_federation_config(config)
+    try:  # found now, not after the broker and hub started
+        cfg = api.cloud_config(config, federation)
     except ConfigError as err:
         raise cli_common.usage_error(str(err), config_hint) from None
-    if cfg.model.needs_num_labels:  # found now, not after the broker and hub started
-        raise cli_common.usage_error(f"model.num_labels: {NUM_LABELS_REQUIRED}", config_hint)
-    cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(
-        update={"name": federation})})
-    from fedsa_common.broker import start_broker
-    from hub.cloud import CloudHub
-
     conn = cli_auth.connection_from_options(
         broker, credentials, username, password_file, tls_ca, default_url=None,
         federation=federation, role="cloud")
-    broker = conn.url
-    started = None
-    if broker is None:
-        started = start_broker()
-        broker = started.url
-        typer.echo(f"started {started.kind} broker at {broker}")
-    cloud = None
     from hub.lifecycle import LifecycleError
 
     try:
-        cloud = CloudHub(broker, cfg, state_dir, auth=conn.auth, hub_grace_s=hub_grace,
-                         connect_timeout_s=connect_timeout, report_every_s=report_every)
-        _start_metrics(cloud, metrics_port, metrics_host)
-        sys.exit(cloud.run())
+        sys.exit(api.serve_cloud(
+            cfg, federation, state_dir, broker=conn.url, auth=conn.auth, hub_grace_s=hub_grace,
+            metrics_max_devices=metrics_max_devices,
+            on_broker=lambda b: typer.echo(f"started {b.kind} broker at {b.url}"), **common))
     except LifecycleError as err:  # a checkpoint or broker state this start does not fit
         option = "--config" if err.option == "--rounds" else err.option
         raise cli_common.usage_error(str(err), option) from None
-    finally:
-        if started is not None:
-            if cloud is not None:  # disconnect first, or it logs the broker's end as a loss
-                cloud.session.close()
-            started.stop()
 
 
 def _secagg_authority(path: Path | None, credentials: Credentials | None) -> bytes | None:
@@ -171,18 +149,6 @@ def _secagg_authority(path: Path | None, credentials: Credentials | None) -> byt
     except ValueError as err:
         option = "--secagg-authority" if path is not None else "--credentials"
         raise cli_common.usage_error(str(err), option) from None
-
-
-def _start_metrics(hub: object, port: int, host: str) -> None:
-    if not port:
-        return
-    from hub.metrics import serve_metrics
-
-    try:
-        serve_metrics(hub, port, host)  # type: ignore[arg-type]
-    except OSError as err:
-        raise cli_common.usage_error(f"cannot serve metrics on {host}:{port}: {err}",
-                                     "--metrics-port") from None
 
 
 @app.command()
@@ -207,7 +173,7 @@ def status(
     import json
 
     from fedsa_common.broker_auth import redact_url
-    from hub.status import collect, device_rows, render, unserved_regions
+    from hub.status import collect, device_rows, duplicate_clients, render, unserved_regions
 
     url, auth = _connection_for(federation, broker, credentials, username, password_file,
                                 tls_ca, role="monitor")
@@ -226,7 +192,8 @@ def status(
         typer.echo(json.dumps({"federation": federation, "statuses": snap.statuses,
                                "announce": snap.announce, "presence": snap.presence,
                                "regions_without_hub": unserved_regions(snap),
-                               "devices": device_rows(snap)},
+                               "devices": device_rows(snap),
+                               "duplicate_client_ids": duplicate_clients(snap)},
                               indent=2))
     text, healthy = render(snap)
     if not json_out:

@@ -64,6 +64,7 @@ from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
 from hub.cloud_intake import DROPPED, CloudIntake
 from hub.device_table import DeviceTable
 from hub.downlink import DownlinkState, downlink_step
+from hub.duplicate_ids import notice
 from hub.lifecycle import (
     CloudLock,
     LifecycleError,
@@ -272,11 +273,9 @@ class CloudHub(HubProcess):
         self.session.close()
         return 0
 
-    def publish_status(self, **fields: Any) -> None:
-        """The hub status, with the device table (``hub status`` lists it) while it fits
-        half a message."""
-        super().publish_status(**fields,
-                               **self.devices.status_fields(self.session.payload_limit // 2))
+    def status_extra(self) -> dict[str, Any]:
+        """The device table (``hub status`` lists it) while it fits half a message."""
+        return self.devices.status_fields(self.session.payload_limit // 2)
 
     # ------------------------------------------------------------------ lifecycle
     def check_retained(self, state: CloudState) -> None:
@@ -422,8 +421,19 @@ class CloudHub(HubProcess):
             self.devices.seen(p.client, p.region)
             if self.first_device_at is None:
                 self.first_device_at = time.time()
-        else:
+            self.check_duplicate(p)
+        elif self.duplicates.is_current(p.client, p.session):
             self.online.pop(p.client, None)
+        # else: the will of a connection that another copy of the client id displaced
+
+    def check_duplicate(self, p: Presence) -> None:
+        """Flag a client id that two running devices claim, as a regional hub does for its
+        region; two copies that joined different regions only the cloud sees, so it tells
+        the newer one itself (on its acknowledgement topic, as its regional hub would)."""
+        dup = self.flag_duplicate(p)
+        if dup is not None and dup.newer_region and dup.older_region != dup.newer_region:
+            self.session.publish_raw(self.topics.ack(dup.newer_region, dup.client),
+                                     encode_json(notice(dup)))
 
     def on_hub_status(self, event: Event) -> None:
         """A regional hub's retained status: whether its region's devices may be selected."""

@@ -9,6 +9,7 @@ the checkpoint's round history after a restart; selections are kept from then on
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -32,6 +33,9 @@ def _round_of(uid: str) -> tuple[str, int] | None:
 class DeviceTable:
     def __init__(self) -> None:
         self.records: dict[str, DeviceRecord] = {}
+        # when the step that took each device's last accepted update was applied (epoch
+        # seconds; for the metrics' update age, not in the status)
+        self.accepted_at: dict[str, float] = {}
 
     def _get(self, client: str) -> DeviceRecord:
         return self.records.setdefault(client, DeviceRecord())
@@ -45,13 +49,18 @@ class DeviceTable:
                 rec = self._get(client)
                 rec.region, rec.last_selected = region, rnd
 
-    def accepted(self, update_ids: Iterable[str]) -> None:
-        """Updates a round's step took (the summary's ``applied`` ids)."""
+    def accepted(self, update_ids: Iterable[str], at: float | None = None) -> None:
+        """Updates a round's step took (the summary's ``applied`` ids), at ``at`` (now
+        when not given; 0 when unknown)."""
+        at = time.time() if at is None else at
         for uid in update_ids:
             parsed = _round_of(uid)
             if parsed is not None:
                 rec = self._get(parsed[0])
-                rec.last_accepted = max(rec.last_accepted or 0, parsed[1])
+                if parsed[1] >= (rec.last_accepted or 0):
+                    rec.last_accepted = parsed[1]
+                    if at > 0:
+                        self.accepted_at[parsed[0]] = at
 
     @classmethod
     def from_history(cls, history: Iterable[dict[str, Any]]) -> DeviceTable:
@@ -59,7 +68,8 @@ class DeviceTable:
         table = cls()
         for record in history:
             if record.get("applied_step"):
-                table.accepted(record.get("applied") or [])
+                ended = (record.get("started_at") or 0.0) + (record.get("duration_s") or 0.0)
+                table.accepted(record.get("applied") or [], at=ended)
         return table
 
     def status_fields(self, max_bytes: int) -> dict[str, Any]:

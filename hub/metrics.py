@@ -3,13 +3,16 @@
 The collector reads what the hub already keeps (its ``counters``, its MQTT session's byte
 counts, ``current_round``, ``round_durations`` and, on the cloud, ``online``) at scrape
 time, so the hub's logic needs no metric objects of its own and a scrape can never slow
-down a round.  Every sample carries ``federation``, ``role`` and ``hub`` labels, so one
-Prometheus can scrape every hub of several federations without relabelling.
+down a round.  The cloud's device table comes out as per-device gauges (with a cap on how
+many devices get series: hub/metrics_devices.py).  Every sample carries ``federation``,
+``role`` and ``hub`` labels, so one Prometheus can scrape every hub of several federations
+without relabelling.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -21,6 +24,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+from hub.metrics_devices import MAX_DEVICES, device_families
 
 log = logging.getLogger("fedsa.hub.metrics")
 
@@ -100,10 +105,13 @@ def secagg_dropped(counters: Mapping[str, int]) -> dict[str, int]:
 
 
 class HubCollector(Collector):
-    """Turns a hub's existing bookkeeping into metric families at every scrape."""
+    """Turns a hub's existing bookkeeping into metric families at every scrape;
+    ``max_devices`` caps the devices of the cloud's device table that get series
+    (hub/metrics_devices.py)."""
 
-    def __init__(self, hub: MonitoredHub) -> None:
+    def __init__(self, hub: MonitoredHub, max_devices: int = MAX_DEVICES) -> None:
         self.hub = hub
+        self.max_devices = max_devices
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
@@ -147,6 +155,11 @@ class HubCollector(Collector):
         if online is not None:
             yield gauge("devices_online", "Devices whose retained presence says online.",
                         len(online))
+        table = getattr(hub, "devices", None)  # the cloud's DeviceTable (`hub status`)
+        if online is not None and table is not None:
+            yield from device_families(LABELS, values, _snapshot(table.records),
+                                       _snapshot(online), _snapshot(table.accepted_at),
+                                       time.time(), self.max_devices)
         yield gauge("privacy_epsilon_spent", "Differential-privacy budget spent (epsilon); "
                     "0 without differential privacy.",
                     float(getattr(hub, "privacy_epsilon_spent", 0.0)))
@@ -179,17 +192,19 @@ def _secagg_families(values: list[str], counters: Mapping[str, int]) -> Iterator
         yield m
 
 
-def registry_for(hub: MonitoredHub) -> CollectorRegistry:
+def registry_for(hub: MonitoredHub, max_devices: int = MAX_DEVICES) -> CollectorRegistry:
     """A registry of its own per hub, so several hubs in one process (tests) never clash."""
     registry = CollectorRegistry()
-    registry.register(HubCollector(hub))
+    registry.register(HubCollector(hub, max_devices))
     return registry
 
 
-def serve_metrics(hub: MonitoredHub, port: int, host: str = "127.0.0.1") -> Any:
+def serve_metrics(hub: MonitoredHub, port: int, host: str = "127.0.0.1",
+                  max_devices: int = MAX_DEVICES) -> Any:
     """Serve ``/metrics`` on ``host:port`` from a daemon thread; returns the HTTP server
     (``shutdown()`` stops it).  A port that cannot be bound raises OSError at once, so a
     mistyped port fails the hub's start instead of silently exporting nothing."""
-    server, _thread = start_http_server(port, addr=host, registry=registry_for(hub))
+    server, _thread = start_http_server(port, addr=host,
+                                        registry=registry_for(hub, max_devices))
     log.info("metrics on http://%s:%d/metrics", host, server.server_port)
     return server

@@ -19,8 +19,9 @@ from typing import Any
 from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.config import TransportSection
 from fedsa_common.errors import WireError
-from fedsa_common.protocol import Topics
+from fedsa_common.protocol import Presence, Topics
 from fedsa_common.transport import MqttSession, Will
+from hub.duplicate_ids import Duplicate, DuplicateWatch
 
 log = logging.getLogger("fedsa.hub")
 
@@ -66,6 +67,9 @@ class HubProcess:
         # read by hub.metrics; set through round_started/round_done
         self.current_round = 0
         self.round_durations: list[float] = []
+        # client ids that two running devices claim (hub/duplicate_ids.py), in the status
+        self.duplicates = DuplicateWatch()
+        self._status_fields: dict[str, Any] = {}  # the last status's, to publish it again
         self._round_started_at: float | None = None
         self._status_topic = self.topics.status(self.role, name)
         self.session = session if session is not None else MqttSession(
@@ -126,8 +130,28 @@ class HubProcess:
         except queue.Empty:
             return None
 
+    def flag_duplicate(self, presence: Presence) -> Duplicate | None:
+        """Check an online presence for a client id that two running devices claim; the
+        first time a pair is seen, count it, log it and say it in the status at once."""
+        dup = self.duplicates.online(presence.client, presence.session, presence.since,
+                                     presence.region)
+        if dup is not None and dup.first:
+            self.counters["duplicate_client_ids"] += 1
+            log.warning("client id %s runs in two sessions (%s in %s, started first, and %s "
+                        "in %s): telling the newer one to leave", dup.client, dup.older,
+                        dup.older_region, dup.newer, dup.newer_region)
+            self.publish_status(**self._status_fields)
+        return dup
+
+    def status_extra(self) -> dict[str, Any]:
+        """What a role adds to every status it publishes (the cloud: its device table)."""
+        return {}
+
     def publish_status(self, **fields: Any) -> None:
+        self._status_fields = fields
         body = {"online": True, "role": self.role, "name": self.name, "ts": time.time()}
         body.update(fields)
+        body.update(self.status_extra())
+        body.update(self.duplicates.status_fields())
         body["counters"] = dict(self.counters)
         self.session.publish_raw(self._status_topic, json.dumps(body).encode(), retain=True)

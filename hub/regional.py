@@ -40,6 +40,7 @@ from fedsa_common.protocol import (
 )
 from fedsa_common.transport import MqttSession
 from hub.aggregator import ImportanceReports
+from hub.duplicate_ids import notice
 from hub.intake import RegionIntake
 from hub.privacy import intake_dp
 from hub.process import Event, HubProcess
@@ -200,9 +201,19 @@ class RegionalHub(HubProcess):
             raise WireError("wrong_topic", event.topic)
         if p.online:
             self.intake.offline.discard(p.client)
-        else:
+            self.check_duplicate(p)
+        elif self.duplicates.is_current(p.client, p.session):
             self.intake.offline.add(p.client)
             self.maybe_forward()
+        # else: the will of a connection that another copy of the client id displaced
+
+    def check_duplicate(self, p: Presence) -> None:
+        """Flag a client id that two running devices claim (counted, logged, in the status)
+        and tell the newer device to leave, each time its session comes back: it receives
+        the notice only while it holds the connection."""
+        dup = self.flag_duplicate(p)
+        if dup is not None:
+            self.acks.append((self.topics.ack(self.region, p.client), notice(dup)))
 
     def on_announce(self, event: Event) -> None:
         header, env = decode_message(AnnounceHeader, event.payload, max_bytes=self.max_bytes)

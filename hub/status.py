@@ -144,6 +144,28 @@ def device_rows(snap: Snapshot) -> list[dict[str, Any]]:
     return sorted(rows.values(), key=lambda r: (str(r["region"]), r["client"]))
 
 
+def duplicate_clients(snap: Snapshot) -> list[dict[str, Any]]:
+    """Client ids that two running devices claimed, as the hubs flagged them
+    (hub/duplicate_ids.py; a regional hub in its region, the cloud across regions): region
+    (``north,south`` for copies in two regions), client, the two sessions, the newer one
+    (told to leave) and when it was detected; one entry per pair, whichever hub saw it."""
+    found: dict[tuple[str, Any], dict[str, Any]] = {}
+    for key, body in sorted(snap.statuses.items()):
+        role, _, name = key.partition("/")
+        flagged = body.get("duplicate_clients")
+        if role not in ("regional", "cloud") or not isinstance(flagged, dict):
+            continue
+        for client, rec in sorted(flagged.items()):
+            if not isinstance(rec, dict) or (client, rec.get("newer")) in found:
+                continue
+            regions = [r for r in rec.get("regions") or [] if isinstance(r, str) and r]
+            region = ",".join(dict.fromkeys(regions)) or name
+            found[(client, rec.get("newer"))] = {
+                "region": region, "client": client, "sessions": rec.get("sessions"),
+                "newer": rec.get("newer"), "detected": rec.get("detected")}
+    return list(found.values())
+
+
 def _device_line(row: dict[str, Any]) -> str:
     state = {True: "online", False: "offline", None: "unknown"}[row["online"]]
     name = f"{row['region']}/{row['client']}"
@@ -222,6 +244,11 @@ def render(snap: Snapshot, now: float | None = None) -> tuple[str, bool]:
         lines.extend(_device_line(row) for row in rows)
     elif rows:
         lines.append(f"devices: {len(rows)} (--json lists them)")
+    for dup in duplicate_clients(snap):
+        lines.append(f"client id {dup['region']}/{dup['client']}: two running devices claim "
+                     f"it (sessions {', '.join(map(str, dup['sessions'] or []))}), detected "
+                     f"{_age(dup['detected'], now)}; the newer ({dup['newer']}) was told to "
+                     "leave: give each device its own --client-id")
     lines.append("hubs:" if snap.statuses else "hubs: no retained hub status")
     for key in sorted(snap.statuses, key=lambda k: (not k.startswith("cloud/"), k)):
         body = snap.statuses[key]

@@ -20,17 +20,6 @@ def main(version: cli_common.VersionOption = False) -> None:
     cli_common.quiet_known_noise()
 
 
-def _check_broker(url: str | None) -> None:
-    """Refuse a malformed --broker now rather than after the data and processes are set up."""
-    from fedsa_common.broker_auth import parse_url
-
-    if url is not None:
-        try:
-            parse_url(url)
-        except ValueError as err:
-            raise cli_common.usage_error(str(err), "--broker") from None
-
-
 @app.command()
 def run(
     file: Annotated[Path, typer.Argument(help="Scenario YAML, e.g. scenarios/quickstart.yaml.")],
@@ -49,20 +38,18 @@ def run(
     from edge_client.data import DataError
     from fedsa_common.config import ConfigError
     from fedsa_common.logs import setup_logging
-    from scenarios.config import load_scenario
-    from scenarios.runner import run_scenario
+    from scenarios import api
 
     cli_common.stop_on_sigterm()
     setup_logging(log_level)
-    _check_broker(broker)
+    api.check_broker(broker)
     try:
-        config = load_scenario(file, set_)
-        config.scenario.device_data(0)  # partition=column: owners vs topology
+        config = api.load(file, set_)
     except (ConfigError, DataError) as err:
         raise cli_common.usage_error(str(err), str(file)) from None
     cli_common.usable_dir(out, "--out")
     try:
-        report = run_scenario(config, out, broker, echo=typer.echo)
+        report = api.run(config, out, broker=broker, echo=typer.echo)
     except (RuntimeError, TimeoutError) as err:
         typer.echo(f"scenario failed: {err}", err=True)
         raise typer.Exit(1) from None
@@ -121,6 +108,7 @@ def bench(
     from edge_client.data import DataError
     from fedsa_common.config import ConfigError
     from fedsa_common.logs import setup_logging
+    from scenarios import api
     from scenarios.bench import parse_algorithms, parse_seeds, plan_runs, run_bench
     from scenarios.bench_sweep import parse_compressions
     from scenarios.bench_variants import parse_variants
@@ -129,7 +117,7 @@ def bench(
 
     cli_common.stop_on_sigterm()
     setup_logging(log_level)
-    _check_broker(broker)
+    api.check_broker(broker)
     try:
         refs = parse_references(references)
         algs = parse_algorithms(algorithms)
@@ -179,14 +167,14 @@ def tune(
     from edge_client.data import DataError
     from fedsa_common.config import ConfigError
     from fedsa_common.logs import setup_logging
-    from scenarios.config import load_scenario
+    from scenarios import api
     from scenarios.tune import run_tune
 
     cli_common.stop_on_sigterm()
     setup_logging(log_level)
-    _check_broker(broker)
+    api.check_broker(broker)
     try:
-        load_scenario(file).scenario.device_data(0)  # partition=column: owners vs topology
+        api.load(file)  # down to the first device's data: partition=column vs topology
     except (ConfigError, DataError) as err:
         raise cli_common.usage_error(str(err), str(file)) from None
     cli_common.usable_dir(out, "--out")

@@ -178,3 +178,66 @@ def test_a_device_excluded_for_a_bad_signature_is_counted_once_however_often_it_
               (("reason", "secagg_unauthenticated"),))] == 1
     assert not any(k[0] == "fedsa_hub_secagg_devices_dropped_total"
                    and k[1] == (("reason", "secagg_state"),) for k in s)
+
+
+def cloud_with_devices(tmp_path, online: dict[str, str]) -> HubProcess:
+    """A cloud-role hub whose device table says: d1 selected in rounds 1-3 and accepted in
+    round 2 (a minute ago), d2 selected in round 1, d3 only seen."""
+    from hub.device_table import DeviceTable
+
+    hub = make_hub(tmp_path, Cloudish)
+    table = DeviceTable()
+    table.seen("d3", "south")
+    table.selected({"north": ["d1", "d2"]}, 1)
+    table.selected({"north": ["d1"]}, 3)
+    table.accepted(["d1:2"], at=time.time() - 60)
+    hub.devices = table  # type: ignore[attr-defined]
+    hub.online = online  # type: ignore[attr-defined]
+    return hub
+
+
+def scrape_endpoint(hub, max_devices: int) -> list:
+    server = serve_metrics(hub, 0, max_devices=max_devices)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+    finally:
+        server.shutdown()
+    return [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+
+def test_the_endpoint_serves_the_device_table_as_labelled_gauges(tmp_path):
+    hub = cloud_with_devices(tmp_path, {"d1": "north", "d3": "south"})
+    got = {(s.name, s.labels.get("client")): (s.value, s.labels) for s in
+           scrape_endpoint(hub, max_devices=10) if s.name.startswith("fedsa_hub_device")}
+    assert got[("fedsa_hub_device_online", "d1")][0] == 1
+    assert got[("fedsa_hub_device_online", "d2")][0] == 0  # known, not online
+    assert got[("fedsa_hub_device_online", "d3")][0] == 1
+    assert got[("fedsa_hub_device_last_selected_round", "d1")][0] == 3
+    assert got[("fedsa_hub_device_last_selected_round", "d2")][0] == 1
+    assert got[("fedsa_hub_device_last_accepted_round", "d1")][0] == 2
+    assert 60 <= got[("fedsa_hub_device_last_accepted_age_seconds", "d1")][0] < 3600
+    # unknown values have no sample rather than a made-up one
+    assert ("fedsa_hub_device_last_selected_round", "d3") not in got
+    assert ("fedsa_hub_device_last_accepted_round", "d2") not in got
+    assert got[("fedsa_hub_device_online", "d1")][1] == {
+        "federation": "fed1", "role": "cloud", "hub": "north", "client": "d1",
+        "region": "north"}
+    assert got[("fedsa_hub_devices_unlisted", None)][0] == 0
+
+
+def test_device_series_are_capped_keeping_online_devices_first(tmp_path):
+    hub = cloud_with_devices(tmp_path, {"d3": "south"})
+    samples_ = scrape_endpoint(hub, max_devices=2)
+    listed = {s.labels["client"] for s in samples_ if s.name == "fedsa_hub_device_online"}
+    assert listed == {"d3", "d1"}  # online first, then the latest accepted update
+    [unlisted] = [s.value for s in samples_ if s.name == "fedsa_hub_devices_unlisted"]
+    assert unlisted == 1
+    none = scrape_endpoint(hub, max_devices=0)
+    assert not [s for s in none if s.name == "fedsa_hub_device_online"]
+    assert [s.value for s in none if s.name == "fedsa_hub_devices_unlisted"] == [3]
+
+
+def test_a_regional_hub_has_no_device_series(tmp_path):
+    assert not any(name.startswith("fedsa_hub_device") for name, _ in samples(make_hub(tmp_path)))

@@ -21,14 +21,15 @@ LIVE_ROUNDS = 5  # enough that rounds are likely still running when the status i
 
 
 def scrape(port: int) -> dict[str, float]:
-    """A hub's Prometheus samples by name (with the ``reason`` label, where there is one)."""
+    """A hub's Prometheus samples by name (with the ``reason`` and ``client`` labels, where
+    there are any)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
         text = resp.read().decode()
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             key = s.name + "".join(f"|{k}={v}" for k, v in sorted(s.labels.items())
-                                   if k == "reason")
+                                   if k in ("reason", "client"))
             out[key] = s.value
     return out
 

@@ -50,3 +50,20 @@ def test_run_leaves_report_html_and_plots(live_tiny_run):
     assert html.count('src="data:image/png;base64,') == len(PLOTS)
     for name in PLOTS:
         assert (out / name).stat().st_size > 2000
+
+
+def test_the_cloud_exported_its_device_table(live_tiny_run):
+    """``hub status``'s device lines as labelled gauges on the cloud's real endpoint, as
+    last scraped during the run (after a round had completed)."""
+    cloud = live_tiny_run.seen["cloud"]
+    clients = ["north-0", "north-1", "south-0", "south-1"]
+    for client in clients:
+        assert cloud[f"fedsa_hub_device_online|client={client}"] in (0, 1)
+        assert cloud[f"fedsa_hub_device_last_selected_round|client={client}"] >= 1
+    accepted = [c for c in clients
+                if cloud.get(f"fedsa_hub_device_last_accepted_round|client={c}", 0) >= 1]
+    assert accepted  # a round had completed, with updates
+    for client in accepted:
+        assert cloud[f"fedsa_hub_device_last_accepted_age_seconds|client={client}"] >= 0
+    assert cloud["fedsa_hub_devices_unlisted"] == 0
+    assert not any(k.startswith("fedsa_hub_device_") for k in live_tiny_run.seen["regional-north"])

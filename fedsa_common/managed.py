@@ -1,0 +1,87 @@
+"""A fedsa-edge command run as a child process that its owner stops (the library API's
+"managed" hubs and devices): SIGTERM first, which every command handles like Ctrl-C
+(children stopped, state saved), then SIGKILL after a grace period.
+
+The command runs as ``python -m PACKAGE ARGS`` with this interpreter, so it uses the same
+installation as its owner; its output goes to a log file, never to a pipe nobody reads.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+
+def option_args(options: Mapping[str, Any]) -> list[str]:
+    """``{"state_dir": p, "metrics_port": 0, "force": True}`` as ``--state-dir p
+    --metrics-port 0 --force``: None leaves an option out, False a flag, a list repeats it."""
+    args: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            args.append(flag)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                args += [flag, str(item)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+class ManagedProcess:
+    """``with ManagedProcess("hub", ["serve", ...], log):`` runs ``python -m hub serve ...``
+    and stops it on leaving the block (or ``stop()``)."""
+
+    def __init__(self, package: str, args: list[str], log_path: Path | None = None) -> None:
+        self.args = [sys.executable, "-m", package, *args]
+        self.log_path = None if log_path is None else Path(log_path)
+        self._log: IO[bytes] | None = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop/wait
+        self.popen = subprocess.Popen(
+            self.args, stdout=self._log if self._log is not None else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status, None while it runs."""
+        return self.popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Its exit status once it ends (``subprocess.TimeoutExpired`` after ``timeout``)."""
+        code = self.popen.wait(timeout=timeout)
+        self._close_log()
+        return code
+
+    def stop(self, grace_s: float = 10.0) -> int:
+        """SIGTERM (a clean stop, as after Ctrl-C), SIGKILL if it lingers past ``grace_s``;
+        returns its exit status."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        return self.wait()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> ManagedProcess:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

@@ -1,0 +1,39 @@
+"""fedsa-edge as a library: the calls the three commands are thin layers over, in one place.
+
+    import fedsa_edge
+
+    report = fedsa_edge.run_scenario("scenarios/tiny.yaml", "runs/tiny")
+    print(report["final"]["rounds_completed"], report["final"]["accuracy"])
+
+Hubs and devices run in this process (``serve_cloud``, ``serve_regional``, ``join``: they
+block until the federation finishes and return the exit status) or as managed child
+processes (``start_hub``, ``start_device``: ``stop()``, ``wait()``, usable with ``with``);
+``start_broker`` starts Mosquitto (or the embedded broker) on a free local port.  Each call
+lives on the floor of what it wraps (``hub.api``, ``edge_client.api``, ``scenarios.api``);
+this package only gathers them and is imported by nothing inside fedsa-edge.  A mistake
+raises a ``UserError`` (``fedsa_common.errors``) whose message names the field to fix.
+"""
+
+from __future__ import annotations
+
+from edge_client.api import join, start_device
+from fedsa_common.broker import start_broker
+from fedsa_common.errors import OptionError, UserError
+from hub.api import cloud_config, serve_cloud, serve_regional, start_hub, tune_process
+from scenarios.api import load as load_scenario
+from scenarios.api import run as run_scenario
+
+__all__ = [
+    "OptionError",
+    "UserError",
+    "cloud_config",
+    "join",
+    "load_scenario",
+    "run_scenario",
+    "serve_cloud",
+    "serve_regional",
+    "start_broker",
+    "start_device",
+    "start_hub",
+    "tune_process",
+]
