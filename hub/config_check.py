@@ -86,10 +86,10 @@ def check_data(data: Any, scenario: Checker | None = None) -> CheckResult:
     return check(data)
 
 
-def check_file(path: Path, scenario: Checker | None = None) -> CheckResult:
+def check_file(path: Path) -> CheckResult:
     """Validate a YAML file; a missing or unparsable file is one error at ``<root>``."""
     try:
         data = read_yaml(path)
     except ConfigError as err:
         return CheckResult(None, (FieldError("", str(err)),))
-    return check_data(data, scenario)
+    return check_data(data)

@@ -5,7 +5,6 @@ finds it without importing the scenarios package.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -43,7 +42,3 @@ def check_scenario(data: dict[str, Any]) -> CheckResult:
 def check_data(data: Any) -> CheckResult:
     """Either kind of file's parsed YAML, with this package's scenario check."""
     return config_check.check_data(data, check_scenario)
-
-
-def check_file(path: Path) -> CheckResult:
-    return config_check.check_file(path, check_scenario)
