@@ -115,7 +115,7 @@ def train_shared(adapter: AdapterModel, data: TokenizedSplit, config: Federation
     """The round's local training (moves the adapter): the configured steps at the round's
     learning-rate scale, pulled towards the global shared values under FedProx."""
     tr = config.training
-    scale = round_lr_scale(tr.round_lr_decay, round_)
+    scale = round_lr_scale(config.round_lr_decay, round_, tr.round_lr_floor)
     return train_steps(adapter, data, steps=local_steps_for(tr, len(data)),
                        batch_size=tr.batch_size, lr=tr.lr * scale,
                        head_lr=tr.head_lr * scale if tr.head_lr else None,

@@ -9,8 +9,9 @@
   linear warm-up over ``warmup_steps`` steps, then constant or a linear/cosine decay to 0
   at the end of the round's steps.  Warm-up starts at ``1/(warmup+1)``, not 0, so no step
   of a short edge round is spent at learning rate 0.
-* ``round_lr_scale``: ``round_lr_decay**(round-1)``, so later rounds take smaller local
-  steps (local models then drift less from the global one as it converges).
+* ``round_lr_scale``: ``round_lr_decay**(round-1)``, never below ``round_lr_floor``, so
+  later rounds take smaller local steps (local models then drift less from the global one
+  as it converges) while a long federation still learns.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def lr_multiplier(step: int, steps: int, warmup: int = 0, schedule: Schedule = "
     raise ValueError(f"unknown lr_schedule {schedule!r}; allowed: constant, linear, cosine")
 
 
-def round_lr_scale(decay: float, round_: int) -> float:
-    """Factor on the learning rates of round ``round_`` (1-based)."""
-    return decay ** max(0, round_ - 1)
+def round_lr_scale(decay: float, round_: int, floor: float = 0.0) -> float:
+    """Factor on the learning rates of round ``round_`` (1-based); a floor above 1 is not
+    a floor, so no decay (``decay`` 1) always gives 1."""
+    return max(min(floor, 1.0), decay ** max(0, round_ - 1))

@@ -499,8 +499,9 @@ class FedsaLoraSection(Strict):
 
 
 _SCHEDULE_DEFAULTS: dict[str, Any] = {"local_epochs": None, "warmup_steps": 0,
-                                       "lr_schedule": "constant", "round_lr_decay": 1.0,
-                                       "b_lr_ratio": 1.0, "gradient_checkpointing": "auto"}
+                                       "lr_schedule": "constant", "round_lr_decay": None,
+                                       "round_lr_floor": 0.3, "b_lr_ratio": 1.0,
+                                       "gradient_checkpointing": "auto"}
 
 
 class TrainingSection(Strict):
@@ -512,14 +513,16 @@ class TrainingSection(Strict):
     parameter groups (``lr`` for LoRA, ``head_lr`` for the head) rises linearly over
     ``warmup_steps`` steps, then stays (``lr_schedule: constant``) or decays to 0 by the
     round's last step (``linear``, ``cosine``); round r starts from ``round_lr_decay**(r-1)``
-    times the configured rates.  ``b_lr_ratio`` (LoRA+, Hayou et al., ICML 2024): the LoRA
-    B matrices learn at ``b_lr_ratio * lr``.  Under FedSA-LoRA B is learned by each device
-    alone from its own few steps; a larger rate for B than for A is what LoRA+ shows makes
-    low-rank adaptation learn efficiently (16 is its suggested ratio), though on devices
-    with a few dozen texts neither a larger nor a smaller ratio helped (docs/benchmarks.md).
-    ``gradient_checkpointing``: see its comment.  The schedule keys,
-    ``b_lr_ratio`` and ``gradient_checkpointing`` are left out of dumps at their defaults,
-    so configurations without them digest as before.
+    times the configured rates, never less than ``round_lr_floor`` times them (so a long or
+    extended federation keeps learning).  ``round_lr_decay`` unset is 0.9 under fedsa and 1.0
+    under the other algorithms (``FederationConfig.round_lr_decay``).  ``b_lr_ratio`` (LoRA+,
+    Hayou et al., ICML 2024): the LoRA B matrices learn at ``b_lr_ratio * lr``.  Under
+    FedSA-LoRA B is learned by each device alone from its own few steps; a larger rate for
+    B than for A is what LoRA+ shows makes low-rank adaptation learn efficiently (16 is
+    its suggested ratio), though on devices with a few dozen texts neither a larger nor a
+    smaller ratio helped (docs/benchmarks.md).  ``gradient_checkpointing``: see its
+    comment.  The schedule keys, ``b_lr_ratio`` and ``gradient_checkpointing`` are left
+    out of dumps at their defaults, so configurations without them digest as before.
     """
 
     local_steps: int = Field(10, ge=1)
@@ -534,7 +537,9 @@ class TrainingSection(Strict):
     local_epochs: float | None = Field(None, gt=0, le=1000, allow_inf_nan=False)
     warmup_steps: int = Field(0, ge=0, le=100_000)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    round_lr_decay: float = Field(1.0, gt=0.0, le=1.0)
+    # None (unset): 0.9 under fedsa, 1.0 under the others (FederationConfig.round_lr_decay)
+    round_lr_decay: float | None = Field(None, gt=0.0, le=1.0)
+    round_lr_floor: float = Field(0.3, ge=0.0, le=1.0)
     b_lr_ratio: float = Field(1.0, gt=0.0, le=1000.0, allow_inf_nan=False)
     # Activation checkpointing (edge_client/training.py): true keeps only each layer's input
     # for backward and recomputes the rest, false never; auto lets a device with a memory

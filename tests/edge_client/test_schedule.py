@@ -58,6 +58,27 @@ def test_round_decay() -> None:
     assert round_lr_scale(1.0, 50) == 1.0
 
 
+def test_round_decay_floor_keeps_a_long_federation_learning() -> None:
+    # 0.9 ** 11 = 0.31: a 12-round federation never reaches the default floor of 0.3
+    assert round_lr_scale(0.9, 12, 0.3) == pytest.approx(0.9 ** 11)
+    assert round_lr_scale(0.9, 13, 0.3) == 0.3
+    assert round_lr_scale(0.9, 50, 0.3) == 0.3
+    assert round_lr_scale(0.9, 50) == pytest.approx(0.9 ** 49)
+    assert round_lr_scale(1.0, 50, 0.3) == 1.0
+
+
+@pytest.mark.parametrize(("algorithm", "decay"), [("fedsa", 0.9), ("fedit", 1.0),
+                                                  ("ffa", 1.0), ("local", 1.0)])
+def test_round_decay_default_depends_on_the_algorithm(algorithm: str, decay: float) -> None:
+    config = FederationConfig.model_validate({"fedsa_lora": {"algorithm": algorithm}})
+    assert config.round_lr_decay == decay
+    assert "round_lr_decay" not in config.model_dump()["training"]
+    set_ = FederationConfig.model_validate({"fedsa_lora": {"algorithm": algorithm},
+                                            "training": {"round_lr_decay": 1.0}})
+    assert set_.round_lr_decay == 1.0
+    assert set_.model_dump()["training"]["round_lr_decay"] == 1.0
+
+
 def test_schedule_keys_stay_out_of_dumps_at_their_defaults() -> None:
     plain = FederationConfig()
     assert set(plain.model_dump()["training"]) == {
@@ -75,7 +96,8 @@ def test_schedule_keys_stay_out_of_dumps_at_their_defaults() -> None:
 
 @pytest.mark.parametrize("bad", [{"round_lr_decay": 1.5}, {"round_lr_decay": 0},
                                  {"lr_schedule": "step"}, {"warmup_steps": -1},
-                                 {"local_epochs": 0}, {"b_lr_ratio": 0}])
+                                 {"local_epochs": 0}, {"b_lr_ratio": 0},
+                                 {"round_lr_floor": 1.5}])
 def test_bad_schedule_values_name_their_field(bad) -> None:
     with pytest.raises(ValidationError) as err:
         FederationConfig.model_validate({"training": bad})
