@@ -51,9 +51,15 @@ def run(n: int, length: int, drop: int, signed: bool = True
     delivery = server.close_shares()
     sizes["share_delivery (down)"] = size("share_delivery", delivery[first])
     t0 = time.perf_counter()
-    for c, d in delivery.items():
-        clients[c].receive_shares(d)
+    checks = {c: clients[c].receive_shares(d) for c, d in delivery.items()}
     t_recv = (time.perf_counter() - t0) / n
+    for check in checks.values():
+        server.add_check(check)
+    sizes["share_check (up)"] = size("share_check", checks[first])
+    masking = server.close_checks()
+    sizes["masking_set (down)"] = size("masking_set", masking[first])
+    for c, m in masking.items():
+        clients[c].mask_with(m)
     dropped = set(random.Random(0).sample(names, drop))
     t_mask = 0.0
     masked = None

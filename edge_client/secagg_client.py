@@ -2,7 +2,8 @@
 
 With ``fedsa_lora.privacy.secure_aggregation`` enabled, a selected device, before it
 trains: advertises fresh keys, waits for the hub's roster, sends its encrypted shares and
-waits for the shares the others sent it (``begin``).  After training it masks its flat
+waits for the shares the others sent it, says which dealers' shares it cannot use (its
+share check) and waits for the hub's masking set (``begin``).  After training it masks its flat
 update vector (dense or the round's random-k values, in fixed point, weighted by its
 sample count) and that masked vector replaces the codec's output in the ordinary update
 message (``masked_update``), which is persisted, sent and resent like any update.  Hub
@@ -18,8 +19,11 @@ identity refuses every secure round (logged as an error, counted under
 ``secagg.no_identity``) unless it was started with the explicit ``allow_unauthenticated``
 opt-in, which only defends against a semi-honest hub.
 
-If any step fails (timeout, too few devices, a share or signature that does not
-authenticate, a request the protocol refuses) the device sits the round out, reveals
+A dealer's shares that do not decrypt or do not match its commitments are refused and
+reported in the device's share check (logged, counted under ``secagg.rejected_dealer``);
+the device goes on without them.  If any step fails (timeout, too few devices, a
+signature that does not authenticate, our own share altered, being left out of the
+masking set, a request the protocol refuses) the device sits the round out, reveals
 nothing more, and counts the reason in ``counters``; the region's sum then goes on
 without it.  The round's secrets live only in memory: a device that restarts during a
 round cannot help unmask, which the threshold tolerates.
@@ -48,7 +52,13 @@ from fedsa_common.secagg import wire
 from fedsa_common.secagg.config_check import enabled, secagg_params
 from fedsa_common.secagg.errors import SecAggError
 from fedsa_common.secagg.identity import DeviceIdentity
-from fedsa_common.secagg.messages import Roster, ShareDelivery, SurvivorSet, UnmaskRequest
+from fedsa_common.secagg.messages import (
+    MaskingSet,
+    Roster,
+    ShareDelivery,
+    SurvivorSet,
+    UnmaskRequest,
+)
 from fedsa_common.secagg.params import STAGE_FRACTIONS, RoundContext
 from fedsa_common.secagg.protocol import SecAggClient
 from fedsa_common.secagg.vector import gather, residual, vector_length
@@ -143,7 +153,13 @@ class DeviceSecAgg:
             delivery = self._wait(r, "share_delivery", "shares")
             if delivery is None:
                 return False
-            r.client.receive_shares(delivery)
+            check = r.client.receive_shares(delivery)
+            self._report_rejected(r)
+            self._send(r, "share_check", check)
+            masking = self._wait(r, "masking_set", "checks")
+            if masking is None:
+                return False
+            r.client.mask_with(masking)
         except (SecAggError, TimeoutError, ConnectionError) as err:
             self.counters[f"secagg.{getattr(err, 'reason', type(err).__name__)}"] += 1
             log.warning("%s: round %d without secure aggregation: %s", self.client,
@@ -186,6 +202,14 @@ class DeviceSecAgg:
             self._handle(payload, want=None)
 
     # ------------------------------------------------------------------ internals
+    def _report_rejected(self, r: DeviceRound) -> None:
+        """Log and count each dealer whose shares we could not use (we go on without
+        them; the hub leaves a dealer out that too few holders can use)."""
+        for dealer, why in sorted(r.client.rejected.items()):
+            self.counters["secagg.rejected_dealer"] += 1
+            log.warning("%s: round %d: shares of %s refused: %s", self.client, r.ctx.round,
+                        dealer, why)
+
     def _send(self, r: DeviceRound, stage: str, msg: Any) -> None:
         payload = wire.encode(self.federation, r.ctx.round, self.region, self.client, stage,
                               msg)
@@ -224,8 +248,10 @@ class DeviceSecAgg:
                 return None
             if isinstance(msg, Roster) and r.client.roster is not None:
                 self._send(r, "share_keys", r.client.share_keys(msg))  # our answer was lost
-            elif isinstance(msg, ShareDelivery) and r.client.members:
-                r.client.receive_shares(msg)  # a resend: checked, nothing new
+            elif isinstance(msg, ShareDelivery) and r.client.stage != "shares":
+                self._send(r, "share_check", r.client.receive_shares(msg))  # ours was lost
+            elif isinstance(msg, MaskingSet) and r.client.members:
+                r.client.mask_with(msg)  # a resend: checked, nothing new
             elif isinstance(msg, SurvivorSet):
                 self._send(r, "survivor_signature", r.client.sign_survivors(msg))
             elif isinstance(msg, UnmaskRequest):

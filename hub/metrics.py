@@ -98,6 +98,7 @@ def secagg_dropped(counters: Mapping[str, int]) -> dict[str, int]:
     sent no masked vector: the protocol removes their masks) and every refusal that
     excluded a participant (``secagg.excluded.<reason>``: ``secagg_unauthenticated`` for a
     bad signature, ``secagg_bad_share`` for a share that does not match its commitment,
+    ``secagg_bad_dealing`` for a dealer whose shares too few holders could use,
     ``secagg_bad_message``, ``secagg_conflict``), counted once per device and round."""
     dropped = {"dropout": counters.get("secagg.dropped", 0)}
     dropped.update(by_reason(counters, "secagg.excluded."))

@@ -12,8 +12,10 @@ protocol's messages: it is given what it uses of the hub (session, topics, count
 built and the intake when an update arrives or a stage may close, and tells the hub by
 ``tick``'s return value that the region's round is over.
 
-Stages: keys, shares, masked inputs, the consistency check (survivors sign the survivor
-set) and unmasking. Each stage closes once every participant that is still online
+Stages: keys, shares, the share check (each member names the dealers whose shares it
+cannot use; a dealer too few holders can use is left out, named and counted under
+``secagg.excluded.secagg_bad_dealing``), masked inputs, the consistency check (survivors
+sign the survivor set) and unmasking. Each stage closes once every participant that is still online
 answered, or at its deadline (``STAGE_FRACTIONS`` of the round's deadline). Hub messages a
 device has not answered yet are resent every ``resend_s`` (on the monotonic clock); devices
 answer resends idempotently. Fewer than the threshold at any stage fails the region's round:
@@ -44,6 +46,7 @@ from fedsa_common.secagg.config_check import enabled, secagg_params
 from fedsa_common.secagg.errors import SecAggError
 from fedsa_common.secagg.messages import (
     AdvertiseKeys,
+    ShareCheck,
     ShareKeys,
     SurvivorSignature,
     UnmaskResponse,
@@ -58,8 +61,11 @@ from hub.process import Event
 
 log = logging.getLogger("fedsa.hub.secagg")
 
-_ANSWERS = {"share_keys": "roster", "survivor_signature": "survivors",
-            "unmask_response": "unmask_request"}  # up -> down stage
+_ANSWERS = {"share_keys": "roster", "share_check": "share_delivery",
+            "survivor_signature": "survivors", "unmask_response": "unmask_request"}
+#: (up -> down stage; a masked input, which answers the masking set, comes as an update)
+#: How a dealer left out at the share check is counted (``secagg.excluded.<this>``).
+BAD_DEALING = "secagg_bad_dealing"
 #: Refusals of a participant's own message that leave it out of the rest of the round (it
 #: answers resends with the same message): a bad signature or certificate, a share that
 #: does not match its dealer's commitment, a malformed message, or a second, different
@@ -105,6 +111,8 @@ class SecureRound:
             todo = [c for c in self.selected if c not in s.keys]
         elif s.stage == "shares":
             todo = [c for c in s.roster.members if c not in s.shares]  # type: ignore[union-attr]
+        elif s.stage == "checks":
+            todo = [c for c in s.delivered if c not in s.checks]
         elif s.stage == "inputs":
             todo = [c for c in s.members if c not in s.inputs]
         elif s.stage == "consistency":
@@ -206,6 +214,8 @@ class RegionSecAgg:
                 r.server.add_keys(msg)
             elif isinstance(msg, ShareKeys):
                 r.server.add_shares(msg)
+            elif isinstance(msg, ShareCheck):
+                r.server.add_check(msg)
             elif isinstance(msg, SurvivorSignature):
                 r.server.add_signature(msg)
             elif isinstance(msg, UnmaskResponse):
@@ -295,6 +305,11 @@ class RegionSecAgg:
             deliveries = s.close_shares()
             log.info("round %d: %d devices shared their keys", r.round, len(deliveries))
             self._post(r, {c: ("share_delivery", d) for c, d in deliveries.items()})
+        elif s.stage == "checks":
+            masking = s.close_checks()
+            self._name_cheaters(r)
+            log.info("round %d: %d devices mask with each other", r.round, len(s.members))
+            self._post(r, {c: ("masking_set", m) for c, m in masking.items()})
         elif s.stage == "inputs":
             told = s.close_inputs()
             log.info("round %d: %d masked inputs, %d dropped after sharing", r.round,
@@ -324,6 +339,18 @@ class RegionSecAgg:
             self.counters[f"secagg.sent.{stage}"] += 1
         except (TimeoutError, ConnectionError) as err:
             log.warning("secagg %s to %s not sent yet: %s", stage, client, err)
+
+    def _name_cheaters(self, r: SecureRound) -> None:
+        """Log and count each dealer left out at the share check because too few holders
+        could use its shares (once per device and round, like the other exclusions)."""
+        for dealer, refusals in sorted(r.server.cheaters.items()):
+            if refusals == 0 or dealer in r.excluded:
+                continue  # left out only because its holders were gone: not a cheater
+            r.excluded[dealer] = BAD_DEALING
+            self.counters[f"secagg.excluded.{BAD_DEALING}"] += 1
+            log.warning("round %d: %s left out of the secure round at stage checks: %s: "
+                        "%d of %d holders could not use its shares", r.round, dealer,
+                        BAD_DEALING, refusals, len(r.server.checks))
 
     def _deliver(self, r: SecureRound, result: AggregateResult, intake: RegionIntake
                  ) -> Closed:

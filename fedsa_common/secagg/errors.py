@@ -7,7 +7,10 @@ drops bad wire input also survives a failed round; ``reason`` says which kind:
   region's round fails, nothing is forwarded);
 * ``secagg_refused``: a client will not answer a request that could unmask someone
   (e.g. asked for both the self-mask seed and the mask key of the same client);
-* ``secagg_bad_share``: an encrypted share does not decrypt or authenticate;
+* ``secagg_bad_share``: an encrypted share does not decrypt or authenticate, or is not
+  the one its dealer committed to;
+* ``secagg_excluded``: the hub left this device out of the masking set at the share
+  check (too few holders could use its shares); it sits the round out;
 * ``secagg_bad_message``: a malformed message (wrong types, sizes, ids);
 * ``secagg_conflict``: a second, different message for a step already taken;
 * ``secagg_state``: a message or call for a stage that is not the current one;

@@ -218,6 +218,44 @@ class ShareDelivery:
 
 
 @dataclass(frozen=True)
+class ShareCheck:
+    """Stage 2, client -> hub, once it opened its shares: the dealers whose shares it
+    cannot use (they do not decrypt, or do not match their dealer's commitments); empty
+    when all were good.  Why: a dealer that sends garbage to its holders used to make
+    each of them sit the round out, so one device could fail its region's round; now the
+    hub leaves out a dealer that fewer than ``t`` holders can use, and holders return no
+    share of a dealer they refused (``protocol.keep_dealers``)."""
+
+    client: str
+    rejected: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"client": self.client, "rejected": list(self.rejected)}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> ShareCheck:
+        d = _fields(raw, "share_check", {"client", "rejected"})
+        return cls(_name(d["client"], "client"), _names(d["rejected"], "rejected"))
+
+
+@dataclass(frozen=True)
+class MaskingSet:
+    """Stage 2, hub -> every member that sent its share check: the members that mask with
+    each other (U2 less the dealers too few holders could use and the members that sent
+    no check).  A member not in it sits the round out."""
+
+    members: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"members": list(self.members)}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> MaskingSet:
+        d = _fields(raw, "masking_set", {"members"})
+        return cls(_names(d["members"], "members"))
+
+
+@dataclass(frozen=True)
 class MaskedInput:
     """Stage 2, client -> hub: the masked vector (int64 words in ``[0, 2^32)``)."""
 

@@ -26,10 +26,10 @@ MAX_ROSTER = 1000  # Shamir reconstruction costs O(t^2) per secret; regions are 
 MIN_ROSTER = 4
 #: When the hub closes each stage at the latest, as a fraction of the round's deadline
 #: counted from the announcement (it closes earlier once every participant still online
-#: has answered).  Devices train between "shares" and "inputs"; the region forwards its
+#: has answered).  Devices train between "checks" and "inputs"; the region forwards its
 #: sum before the round's own deadline.
-STAGE_FRACTIONS: dict[str, float] = {"keys": 0.15, "shares": 0.3, "inputs": 0.85,
-                                     "consistency": 0.9, "unmask": 0.95}
+STAGE_FRACTIONS: dict[str, float] = {"keys": 0.15, "shares": 0.3, "checks": 0.35,
+                                     "inputs": 0.85, "consistency": 0.9, "unmask": 0.95}
 
 
 def threshold_for(n: int, fraction: float) -> int:

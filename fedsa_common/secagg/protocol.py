@@ -15,15 +15,29 @@ region)::
                    each encrypted to that member, with SHA-256 commitments to each
                    member's shares (the member and later the hub check shares against
                    them)
-  2 MaskedInput    hub -> each member of U2 (who sent shares) its ciphertexts; client:
-                   y = enc(x, w) + PRG(b) + sum_{v in U2} sign(u,v) PRG(s_uv)   mod 2^32
+  2 ShareCheck     hub -> each member of U2 (who sent shares) its ciphertexts; client opens
+                   them and names the dealers whose shares it cannot use (no decryption,
+                   or not the dealer's commitment); hub keeps the members every one of
+                   whose shares at least t kept holders can use (``keep_dealers``) and
+                   tells each checker that masking set (U2 from here on)
+    MaskedInput    client: y = enc(x, w) + PRG(b) + sum_{v in U2} sign(u,v) PRG(s_uv) mod 2^32
   3 Consistency    hub -> survivors U3 (who sent y) and dropped D = U2 \\ U3; each
                    survivor signs (U3, D), once
   4 Unmasking      hub -> signers: (U3, D) with >= t valid signatures over it; each
                    signer checks them, then returns its shares of b_v (v in U3) and of
                    s_sk_v (v in D)
-    finish         hub reconstructs b_v and s_sk_v from >= t answers, removes PRG(b_v)
-                   and the dropped clients' pairwise masks: sum_{U3} enc(x, w) mod 2^32
+    finish         hub reconstructs b_v and s_sk_v from >= t answers holding a share of
+                   it, removes PRG(b_v) and the dropped clients' pairwise masks:
+                   sum_{U3} enc(x, w) mod 2^32
+
+A dealer that sends its holders garbage (a ciphertext that does not decrypt, or a share
+that is not the one it committed to) is named and left out at the share check once fewer
+than ``t`` holders can use its shares, and the round goes on without it; a holder that
+refuses a dealer's shares (rightly or not) simply returns none of them.  Leaving an
+honest dealer out takes more than ``n - t`` false refusals, as many devices as could fail
+the round by going silent.  Not covered: a dealer whose shares match its commitments but
+are not on one polynomial (that needs verifiable secret sharing); its secrets do not
+reconstruct and the round fails.
 
 A client never reveals both kinds of share of the same client, signs one survivor set
 only, and reveals only for the set it signed once ``t`` members proved they saw it too,
@@ -42,7 +56,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +78,9 @@ from fedsa_common.secagg.messages import (
     AdvertiseKeys,
     KeyAuth,
     MaskedInput,
+    MaskingSet,
     Roster,
+    ShareCheck,
     ShareDelivery,
     ShareKeys,
     SurvivorSet,
@@ -121,8 +137,10 @@ class SecAggClient:
         self._seed = randbytes(SECRET_BYTES)  # b_u
         self.stage = "keys"
         self.roster: Roster | None = None
-        self.members: tuple[str, ...] = ()  # U2
+        self.members: tuple[str, ...] = ()  # U2: the masking set once the hub sent it
+        self._delivered: tuple[str, ...] = ()  # who sent shares (the delivery's members)
         self._held: dict[str, tuple[bytes, bytes]] = {}  # sender -> (s share, b share)
+        self.rejected: dict[str, str] = {}  # dealer -> why its shares are unusable
         self._own_share: bytes = b""
         self._sent: dict[str, object] = {}  # stage -> the message sent (resends)
         self._request: UnmaskRequest | None = None
@@ -201,13 +219,16 @@ class SecAggClient:
                    advertise_statement(self.ctx, member, c_pk, s_pk), f"keys of {member}")
 
     # -- stage 2 (first half: before training) ------------------------------------
-    def receive_shares(self, delivery: ShareDelivery) -> None:
-        """Decrypt and keep the shares the other members sent us; any that does not
-        authenticate makes us sit the round out (we could not help unmask)."""
-        if self.stage in ("ready", "sent", "signed", "unmasked"):
-            if delivery.members != self.members:
+    def receive_shares(self, delivery: ShareDelivery) -> ShareCheck:
+        """Decrypt and keep the shares the other members sent us, and say which dealers'
+        shares we cannot use (``rejected``): they do not authenticate, or are not the ones
+        their dealer committed to.  Why not sit the round out, as before: then a dealer
+        that sent everyone garbage failed the region's round.  Our own share coming back
+        altered is the hub's doing: then we do sit it out."""
+        if "share_check" in self._sent:
+            if delivery.members != self._delivered:
                 raise SecAggError("secagg_conflict", "a second, different share delivery")
-            return
+            return self._sent["share_check"]  # type: ignore[return-value]
         _stage(self.stage, ("shares",), "receive_shares")
         assert self.roster is not None
         members = delivery.members
@@ -219,19 +240,55 @@ class SecAggClient:
             raise _too_few("members with shares", len(members), self.roster.threshold)
         if set(delivery.ciphertexts) != set(members):
             raise SecAggError("secagg_refused", "ciphertexts do not match the members")
-        held = {}
+        held, rejected = {}, {}
         for u in members:
-            pt = share_crypto.decrypt_shares(self.ctx, self._c_sk, self.roster.keys[u][0], u,
-                                             self.client, delivery.ciphertexts[u])
-            commitment = delivery.commitments.get(u, b"")
-            if commitment != share_crypto.commit_shares(self.ctx, u, self.client, pt):
-                raise SecAggError("secagg_bad_share", f"shares from {u} do not match its "
-                                  "commitments (we could be blamed for them at unmasking)")
+            try:
+                pt = self._open_share(delivery, u)
+            except SecAggError as err:
+                if u == self.client:
+                    raise
+                rejected[u] = str(err)
+                continue
             held[u] = (pt[:SHARE_BYTES], pt[SHARE_BYTES:])
-        if held[self.client][0] + held[self.client][1] != self._own_share:
-            raise SecAggError("secagg_bad_share", "our own share came back altered")
         self._held = held
-        self.members = members
+        self.rejected = rejected
+        self._delivered = members
+        self.stage = "checked"
+        msg = ShareCheck(self.client, tuple(sorted(rejected)))
+        self._sent["share_check"] = msg
+        return msg
+
+    def _open_share(self, delivery: ShareDelivery, u: str) -> bytes:
+        """``u``'s plaintext shares for us, checked against its commitments (our own
+        against what we dealt ourselves)."""
+        assert self.roster is not None
+        pt = share_crypto.decrypt_shares(self.ctx, self._c_sk, self.roster.keys[u][0], u,
+                                         self.client, delivery.ciphertexts[u])
+        commitment = delivery.commitments.get(u, b"")
+        if commitment != share_crypto.commit_shares(self.ctx, u, self.client, pt):
+            raise SecAggError("secagg_bad_share", f"shares from {u} do not match its "
+                              "commitments (we could be blamed for them at unmasking)")
+        if u == self.client and pt != self._own_share:
+            raise SecAggError("secagg_bad_share", "our own share came back altered")
+        return pt
+
+    def mask_with(self, told: MaskingSet) -> None:
+        """Take the hub's masking set: the delivery's members less those left out at the
+        share check.  ``secagg_excluded`` when we are not in it (we sit the round out)."""
+        if self.stage in ("ready", "sent", "signed", "unmasked"):
+            if told.members != self.members:
+                raise SecAggError("secagg_conflict", "a second, different masking set")
+            return
+        _stage(self.stage, ("checked",), "mask_with")
+        assert self.roster is not None
+        if not set(told.members) <= set(self._delivered):
+            raise SecAggError("secagg_refused", "masking set outside the delivery's members")
+        if self.client not in told.members:
+            raise SecAggError("secagg_excluded", "left out of the masking set")
+        if len(told.members) < self.roster.threshold:
+            raise _too_few("members in the masking set", len(told.members),
+                           self.roster.threshold)
+        self.members = told.members
         self.stage = "ready"
 
     # -- stage 2 (second half: after training) ------------------------------------
@@ -325,10 +382,10 @@ class SecAggClient:
                 auth = self.roster.auth[v]  # present: the roster was authenticated
                 verify(auth.signing_pk, request.signatures[v], statement,
                        f"survivor set signed by {v}")
-        msg = UnmaskResponse(
+        msg = UnmaskResponse(  # none of a dealer whose shares we refused
             self.client,
-            b_shares={v: self._held[v][1] for v in told.survivors},
-            s_shares={v: self._held[v][0] for v in told.dropped},
+            b_shares={v: self._held[v][1] for v in told.survivors if v in self._held},
+            s_shares={v: self._held[v][0] for v in told.dropped if v in self._held},
         )
         self._request = request
         self._sent["unmask"] = msg
@@ -344,6 +401,29 @@ def check_selected(members: Collection[str], selected: frozenset[str], rnd: int)
         raise SecAggError("secagg_unauthenticated",
                           f"roster member {strangers[0]} was not announced as selected for "
                           f"round {rnd} ({len(strangers)} such member(s))")
+
+
+def keep_dealers(checks: Mapping[str, Collection[str]], threshold: int
+                 ) -> tuple[tuple[str, ...], dict[str, int]]:
+    """The masking set after the share check, and the dealers left out for bad shares.
+
+    ``checks`` maps each member that sent its check to the dealers it refused.  A member
+    is kept when at least ``threshold`` kept members (itself included) can use its shares,
+    so each kept member's secrets can be reconstructed from kept holders; leaving one out
+    can drop another below, so this repeats until nothing changes.  Returns the kept
+    members (sorted) and each dealer left out -> how many checkers refused its shares.
+    Members that sent no check are neither kept nor named (they dropped out).
+    """
+    kept = set(checks)
+    cheaters: dict[str, int] = {}
+    while True:
+        short = {u for u in kept
+                 if sum(1 for v in kept if u not in checks[v]) < threshold}
+        if not short:
+            return tuple(sorted(kept)), cheaters
+        for u in short:
+            cheaters[u] = sum(1 for v in checks if u in checks[v])
+        kept -= short
 
 
 def _digest(values: Tensor, weight: int) -> bytes:
@@ -389,7 +469,10 @@ class SecAggServer:
         self.keys: dict[str, AdvertiseKeys] = {}
         self.roster: Roster | None = None
         self.shares: dict[str, ShareKeys] = {}
-        self.members: tuple[str, ...] = ()  # U2
+        self.delivered: tuple[str, ...] = ()  # who sent shares
+        self.checks: dict[str, frozenset[str]] = {}  # checker -> dealers it refused
+        self.cheaters: dict[str, int] = {}  # dealer left out -> how many refused it
+        self.members: tuple[str, ...] = ()  # U2: the masking set
         self.inputs: dict[str, bytes] = {}  # U3: client -> digest of y (duplicates)
         self.total = torch.zeros(ctx.words, dtype=torch.int64)
         self.survivor_set: SurvivorSet | None = None
@@ -463,19 +546,49 @@ class SecAggServer:
         return True
 
     def close_shares(self) -> dict[str, ShareDelivery]:
-        """U2 = who sent shares; one delivery per member of U2."""
+        """One delivery per client that sent shares; then each checks what it got."""
         _stage(self.stage, ("shares",), "close_shares")
         members = tuple(sorted(self.shares))
         if len(members) < self.threshold:
             self.fail()
             raise _too_few("clients with shares", len(members), self.threshold)
-        self.members = members
-        self.stage = "inputs"
+        self.delivered = members
+        self.stage = "checks"
         return {v: ShareDelivery(v, members, {u: self.shares[u].ciphertexts[v] for u in members},
                                  {u: self.shares[u].commitments[v] for u in members})
                 for v in members}
 
     # -- stage 2 ------------------------------------------------------------------
+    def add_check(self, msg: ShareCheck) -> bool:
+        """A member's share check; False for an identical resend."""
+        old = self.checks.get(msg.client)
+        if old is not None:
+            if old != frozenset(msg.rejected):
+                raise SecAggError("secagg_conflict", f"{msg.client} sent another share check")
+            return False
+        _stage(self.stage, ("checks",), f"share check from {msg.client}")
+        if msg.client not in self.delivered:
+            raise SecAggError("secagg_refused", f"{msg.client} sent no shares")
+        if msg.client in msg.rejected or not set(msg.rejected) <= set(self.delivered):
+            raise SecAggError("secagg_bad_message", f"{msg.client}: refuses dealers that did "
+                              "not deal it shares")
+        self.checks[msg.client] = frozenset(msg.rejected)
+        return True
+
+    def close_checks(self) -> dict[str, MaskingSet]:
+        """The masking set (``keep_dealers``), one copy for every member that checked (a
+        member left out learns it so); ``cheaters`` then names the dealers left out."""
+        _stage(self.stage, ("checks",), "close_checks")
+        kept, self.cheaters = keep_dealers(self.checks, self.threshold)
+        if len(kept) < self.threshold:
+            self.fail()
+            raise _too_few("members whose shares enough holders can use", len(kept),
+                           self.threshold)
+        self.members = kept
+        self.stage = "inputs"
+        told = MaskingSet(kept)
+        return {v: told for v in self.checks}
+
     def add_input(self, msg: MaskedInput) -> bool:
         if tuple(msg.y.shape) != (self.ctx.words,) or msg.y.dtype != torch.int64:
             raise SecAggError("secagg_bad_message", f"{msg.client}: y of wrong shape or dtype")
@@ -487,7 +600,7 @@ class SecAggServer:
             return False
         _stage(self.stage, ("inputs",), f"masked input from {msg.client}")
         if msg.client not in self.members:
-            raise SecAggError("secagg_refused", f"{msg.client} sent no shares")
+            raise SecAggError("secagg_refused", f"{msg.client} is not in the masking set")
         self.total = add_mod(self.total, msg.y)
         self.inputs[msg.client] = digest
         return True
@@ -543,8 +656,9 @@ class SecAggServer:
         assert self.request is not None
         if msg.client not in self.request.signatures:
             raise SecAggError("secagg_refused", f"{msg.client} did not sign the survivors")
-        if (set(msg.b_shares) != set(self.request.survivors)
-                or set(msg.s_shares) != set(self.request.dropped)):
+        refused = self.checks.get(msg.client, frozenset())
+        if (set(msg.b_shares) != set(self.request.survivors) - refused
+                or set(msg.s_shares) != set(self.request.dropped) - refused):
             raise SecAggError("secagg_bad_message", f"{msg.client}: shares for the wrong ids")
         old = self.answers.get(msg.client)
         if old is not None:
@@ -562,7 +676,24 @@ class SecAggServer:
 
     @property
     def can_finish(self) -> bool:
-        return self.stage == "unmask" and len(self.answers) >= self.threshold
+        """At least ``t`` answers hold a share of every secret to reconstruct."""
+        return self.stage == "unmask" and self._short() is None
+
+    def _short(self) -> tuple[str, int] | None:
+        """The first secret (``"b of v"``/``"s_sk of v"``) with fewer than ``t`` shares
+        among the answers, and how many it has; None when none is short."""
+        assert self.request is not None
+        n = len(self.answers)
+        if n < self.threshold:
+            return ("every secret", n)
+        # only a dealer some answering holder refused can have fewer than n shares
+        refused = set().union(*(self.checks.get(c, frozenset()) for c in self.answers))
+        for kind, ids in (("b", self.request.survivors), ("s_sk", self.request.dropped)):
+            for v in sorted(refused.intersection(ids)):
+                have = sum(1 for c in self.answers if v not in self.checks.get(c, ()))
+                if have < self.threshold:
+                    return (f"{kind} of {v}", have)
+        return None
 
     def finish(self) -> AggregateResult:
         """Reconstruct, remove the masks, decode.  ``secagg_too_few`` with fewer than ``t``
@@ -570,18 +701,21 @@ class SecAggServer:
         _stage(self.stage, ("unmask",), "finish")
         assert self.roster is not None and self.request is not None
         t = self.threshold
-        if len(self.answers) < t:
+        short = self._short()
+        if short is not None:
             self.fail()
-            raise _too_few("unmasking answers", len(self.answers), t)
+            raise _too_few(f"unmasking answers with a share of {short[0]}", short[1], t)
         ctx, n_words = self.ctx, self.ctx.words
         xs = {c: self.roster.index(c) for c in self.answers}
         z = self.total.clone()
         for v in self.request.survivors:
-            seed = combine_shares({xs[c]: a.b_shares[v] for c, a in self.answers.items()}, t)
+            seed = combine_shares({xs[c]: a.b_shares[v] for c, a in self.answers.items()
+                                   if v in a.b_shares}, t)
             z = sub_mod(z, prg_words(self_key(seed, ctx.federation, ctx.round, ctx.region, v),
                                      n_words))
         for v in self.request.dropped:
-            s_sk = combine_shares({xs[c]: a.s_shares[v] for c, a in self.answers.items()}, t)
+            s_sk = combine_shares({xs[c]: a.s_shares[v] for c, a in self.answers.items()
+                                   if v in a.s_shares}, t)
             if share_crypto.public_of(s_sk) != self.roster.keys[v][1]:
                 self.fail()
                 raise SecAggError("secagg_reconstruct", f"s_sk of {v} does not match s_pk")

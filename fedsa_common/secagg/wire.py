@@ -32,7 +32,9 @@ from fedsa_common.secagg.fixed_point import from_wire, to_wire
 from fedsa_common.secagg.messages import (
     AdvertiseKeys,
     MaskedInput,
+    MaskingSet,
     Roster,
+    ShareCheck,
     ShareDelivery,
     ShareKeys,
     SurvivorSet,
@@ -44,21 +46,25 @@ from fedsa_common.secagg.messages import (
 from fedsa_common.secagg.params import MAX_ROSTER
 
 SECAGG_CODEC = "secagg"
-Stage = Literal["advertise", "roster", "share_keys", "share_delivery", "survivors",
-                "survivor_signature", "unmask_request", "unmask_response"]
-UP_STAGES = frozenset({"advertise", "share_keys", "survivor_signature", "unmask_response"})
+Stage = Literal["advertise", "roster", "share_keys", "share_delivery", "share_check",
+                "masking_set", "survivors", "survivor_signature", "unmask_request",
+                "unmask_response"]
+UP_STAGES = frozenset({"advertise", "share_keys", "share_check", "survivor_signature",
+                       "unmask_response"})
 MESSAGE_TYPES: dict[str, Any] = {
     "advertise": AdvertiseKeys,
     "roster": Roster,
     "share_keys": ShareKeys,
     "share_delivery": ShareDelivery,
+    "share_check": ShareCheck,
+    "masking_set": MaskingSet,
     "survivors": SurvivorSet,
     "survivor_signature": SurvivorSignature,
     "unmask_request": UnmaskRequest,
     "unmask_response": UnmaskResponse,
 }
-Message = (AdvertiseKeys | Roster | ShareKeys | ShareDelivery | SurvivorSet | SurvivorSignature
-           | UnmaskRequest | UnmaskResponse)
+Message = (AdvertiseKeys | Roster | ShareKeys | ShareDelivery | ShareCheck | MaskingSet
+           | SurvivorSet | SurvivorSignature | UnmaskRequest | UnmaskResponse)
 BODY_TENSOR = "msg"
 #: The largest message body: a signed roster of ``MAX_ROSTER`` devices is about 350 bytes of
 #: JSON a device (ids, two keys, signing key, certificate, signature in base64); 1 KiB a

@@ -5,6 +5,7 @@ would unmask someone, and tampered share ciphertexts are rejected."""
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass, field
 
@@ -24,7 +25,9 @@ from fedsa_common.secagg.messages import (
     AdvertiseKeys,
     KeyAuth,
     MaskedInput,
+    MaskingSet,
     Roster,
+    ShareCheck,
     ShareDelivery,
     ShareKeys,
     SurvivorSet,
@@ -33,7 +36,9 @@ from fedsa_common.secagg.messages import (
     UnmaskResponse,
 )
 from fedsa_common.secagg.params import MIN_ROSTER
+from fedsa_common.secagg.protocol import keep_dealers
 from hub.aggregation import RunningSum
+from tests.support.secagg import deliver_and_check
 
 LENGTH = 40
 AUTHORITY = Authority.generate()
@@ -76,8 +81,7 @@ class Round:
         for c in roster.members:
             if c not in absent:
                 self.server.add_shares(self.clients[c].share_keys(roster))
-        for v, delivery in self.server.close_shares().items():
-            self.clients[v].receive_shares(delivery)
+        deliver_and_check(self.server, self.clients)
 
     def masked(self, absent: set[str] = frozenset()) -> SurvivorSet:
         for c in self.server.members:
@@ -257,7 +261,7 @@ def _deliveries(n: int = 4, seed: int = 8) -> tuple[Round, dict[str, ShareDelive
 
 
 @pytest.mark.parametrize("how", ["flip", "garbage", "swap", "short"])
-def test_tampered_share_ciphertexts_are_rejected(how):
+def test_tampered_share_ciphertexts_are_refused_in_the_share_check(how):
     r, deliveries = _deliveries()
     d = deliveries["dev02"]
     cts = dict(d.ciphertexts)
@@ -271,11 +275,12 @@ def test_tampered_share_ciphertexts_are_rejected(how):
         cts["dev00"], cts["dev01"] = cts["dev01"], cts["dev00"]
     else:
         cts["dev00"] = cts["dev00"][:-1]
-    with pytest.raises(SecAggError) as err:
-        r.clients["dev02"].receive_shares(ShareDelivery("dev02", d.members, cts))
-    assert err.value.reason == "secagg_bad_share"
-    # the untouched delivery still works
-    r.clients["dev02"].receive_shares(d)
+    client = r.clients["dev02"]
+    check = client.receive_shares(ShareDelivery("dev02", d.members, cts, d.commitments))
+    refused = ("dev00", "dev01") if how == "swap" else ("dev00",)
+    assert check.client == "dev02" and check.rejected == refused
+    assert all("secagg_bad_share" in client.rejected[u] for u in refused)
+    assert client.receive_shares(d) == check  # the answer to a resend does not change
 
 
 def test_share_for_another_recipient_is_rejected():
@@ -315,15 +320,116 @@ def test_a_garbage_share_identifies_its_sender_and_the_round_goes_on():
     assert torch.equal(result.words, expected)
 
 
-def test_a_delivery_with_altered_commitments_is_refused():
+def test_a_delivery_with_altered_commitments_refuses_that_dealer():
     r, deliveries = _deliveries()
     d = deliveries["dev02"]
     commitments = dict(d.commitments)
     commitments["dev01"] = bytes(64)
+    check = r.clients["dev02"].receive_shares(ShareDelivery("dev02", d.members,
+                                                            d.ciphertexts, commitments))
+    assert check.rejected == ("dev01",)
+    # our own share altered is the hub's doing: then we sit the round out
     with pytest.raises(SecAggError, match="secagg_bad_share"):
-        r.clients["dev02"].receive_shares(ShareDelivery("dev02", d.members, d.ciphertexts,
-                                                        commitments))
-    r.clients["dev02"].receive_shares(d)
+        r.clients["dev03"].receive_shares(ShareDelivery(
+            "dev03", d.members, deliveries["dev03"].ciphertexts,
+            {**deliveries["dev03"].commitments, "dev03": bytes(64)}))
+
+
+def _deal_garbage(r: Round, roster: Roster, dealer: str, victims: set[str]) -> None:
+    """Every client shares; ``dealer`` sends ``victims`` garbage ciphertexts (its own
+    commitments, so only the ciphertexts are wrong)."""
+    junk = random.Random(dealer)
+    for c in roster.members:
+        msg = r.clients[c].share_keys(roster)
+        if c == dealer:
+            msg = ShareKeys(c, {v: junk.randbytes(len(ct)) if v in victims else ct
+                                for v, ct in msg.ciphertexts.items()}, msg.commitments)
+        r.server.add_shares(msg)
+
+
+def _encodings(r: Round, clients: tuple[str, ...], n: int) -> torch.Tensor:
+    fp = r.params.fixed_point(n)
+    expected = torch.zeros(LENGTH + 1, dtype=torch.int64)
+    for c in clients:
+        expected = add_mod(expected, fp.encode(*r.inputs[c]))
+    return expected
+
+
+def test_a_dealer_of_garbage_shares_is_named_and_left_out_and_the_round_goes_on():
+    """Finding 4 ("one garbage Shamir share loses the region's round and the hub cannot
+    tell who cheated"), from the dealer's side: a device that sends every other member
+    garbage made each of them sit the round out (``receive_shares`` raised), so the
+    region's round failed.  Now each member reports the dealer in its share check, the
+    hub names it and leaves it out of the masking set, and the others' sum unmasks."""
+    r = Round(6, seed=11)  # t = 4
+    roster = r.keys()
+    _deal_garbage(r, roster, "dev00", set(roster.members) - {"dev00"})
+    deliver_and_check(r.server, r.clients)
+    assert r.server.cheaters == {"dev00": 5}
+    assert r.server.members == ("dev01", "dev02", "dev03", "dev04", "dev05")
+    with pytest.raises(SecAggError, match="secagg_excluded"):
+        r.clients["dev00"].mask_with(MaskingSet(r.server.members))
+    with pytest.raises(SecAggError, match="secagg_state"):  # it cannot mask any more
+        r.clients["dev00"].masked_input(*r.inputs["dev00"])
+    with pytest.raises(SecAggError, match="not in the masking set"):  # nor slip one in
+        r.server.add_input(MaskedInput("dev00", torch.zeros(LENGTH + 1, dtype=torch.int64)))
+    told = r.masked(absent={"dev00"})
+    assert told == SurvivorSet(r.server.members, ())
+    result = r.unmask(told)
+    assert torch.equal(result.words, _encodings(r, told.survivors, 6))
+
+
+def test_garbage_to_a_few_holders_keeps_the_dealer_and_they_return_none_of_its_shares():
+    """A dealer that fewer than ``n - t + 1`` holders refuse stays in; those holders
+    return no share of it, and its secrets come from the others: here it drops after
+    masking started, so its pairwise masks are removed with the others' s shares."""
+    r = Round(6, seed=12)  # t = 4: two refusals leave 4 holders (dev00 itself counts)
+    roster = r.keys()
+    _deal_garbage(r, roster, "dev00", {"dev01", "dev02"})
+    deliver_and_check(r.server, r.clients)
+    assert r.server.cheaters == {} and "dev00" in r.server.members
+    assert r.server.checks["dev01"] == {"dev00"}
+    told = r.masked(absent={"dev00"})
+    assert told.dropped == ("dev00",)
+    request = r.consistency(told)
+    answers = {c: r.clients[c].unmask(request) for c in request.survivors}
+    assert "dev00" not in answers["dev01"].s_shares
+    with pytest.raises(SecAggError, match="shares for the wrong ids"):  # hiding one more
+        r.server.add_unmask(UnmaskResponse("dev03", answers["dev03"].b_shares, {}))
+    for c in ("dev01", "dev02", "dev03", "dev04"):
+        r.server.add_unmask(answers[c])
+    assert not r.server.can_finish  # only dev03, dev04 hold a share of dev00's s_sk
+    with pytest.raises(SecAggError, match="s_sk of dev00"):
+        SecAggServer.finish(copy.deepcopy(r.server))
+    r.server.add_unmask(answers["dev05"])
+    assert not r.server.can_finish  # 3 shares of dev00's s_sk < t
+    r2 = Round(6, seed=12)  # the same round where dev00 misses unmasking, not masking
+    roster = r2.keys()
+    _deal_garbage(r2, roster, "dev00", {"dev01", "dev02"})
+    deliver_and_check(r2.server, r2.clients)
+    result = r2.unmask(r2.masked())
+    assert torch.equal(result.words, _encodings(r2, result.survivors, 6))
+
+
+@pytest.mark.parametrize(("refusals", "kept"), [(2, True), (3, False)])
+def test_leaving_an_honest_dealer_out_takes_as_many_liars_as_failing_the_round(refusals,
+                                                                               kept):
+    """n = 6, t = 4: ``n - t + 1 = 3`` devices that go silent fail the round; the same
+    number of false refusals is what it takes to leave an honest dealer out."""
+    names = [f"d{i}" for i in range(6)]
+    checks = {v: {"d0"} if 1 <= i <= refusals else set() for i, v in enumerate(names)}
+    members, cheaters = keep_dealers(checks, 4)
+    assert ("d0" in members) is kept
+    assert cheaters == ({} if kept else {"d0": refusals})
+
+
+def test_keep_dealers_repeats_until_every_kept_dealer_has_enough_kept_holders():
+    # d4's shares: only d0, d1, d4 hold them (3 < 4). Leaving d4 out drops d5 to 3 holders.
+    checks = {"d0": {"d5"}, "d1": {"d5"}, "d2": {"d4"}, "d3": {"d4"}, "d4": set(),
+              "d5": {"d4"}}
+    members, cheaters = keep_dealers(checks, 4)
+    assert members == ("d0", "d1", "d2", "d3") and cheaters == {"d4": 3, "d5": 2}
+    assert keep_dealers({"a": set(), "b": set()}, 4) == ((), {"a": 0, "b": 0})
 
 
 # ------------------------------------------------------------------ messages
@@ -335,7 +441,8 @@ def test_messages_round_trip_and_refuse_garbage():
     msgs = [client.advertise(), r.server.roster, r.server.shares["dev00"], deliveries["dev00"],
             SurvivorSet(("dev00", "dev01"), ("dev02",)),
             SurvivorSignature("dev00", bytes(range(64))),
-            UnmaskRequest(("dev00", "dev01"), ("dev02",), {"dev00": bytes(64)})]
+            UnmaskRequest(("dev00", "dev01"), ("dev02",), {"dev00": bytes(64)}),
+            ShareCheck("dev00", ("dev01", "dev03")), MaskingSet(("dev00", "dev01"))]
     for msg in msgs:
         assert type(msg).from_dict(msg.to_dict()) == msg
     y = torch.randint(0, MOD, (LENGTH + 1,), dtype=torch.int64)
@@ -353,6 +460,8 @@ def test_messages_round_trip_and_refuse_garbage():
         (lambda d: MaskedInput.from_dict(d, LENGTH + 1), {"client": "a", "y": y.float()}),
         (lambda d: MaskedInput.from_dict(d, LENGTH + 1), {"client": "a", "y": y + MOD}),
         (AdvertiseKeys.from_dict, ["not", "a", "dict"]),
+        (ShareCheck.from_dict, {"client": "a", "rejected": ["c", "b"]}),
+        (MaskingSet.from_dict, {"members": "a"}),
     ]
     for parse, raw in bad:
         with pytest.raises(SecAggError, match="secagg_bad_message"):

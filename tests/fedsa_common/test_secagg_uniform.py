@@ -12,6 +12,7 @@ import torch
 
 from fedsa_common.secagg import RoundContext, SecAggClient, SecAggParams, SecAggServer
 from fedsa_common.secagg.fixed_point import MOD, sub_mod
+from tests.support.secagg import deliver_and_check
 
 LENGTH = 256 * 200  # 200 expected per bucket
 BINS = 256
@@ -53,8 +54,7 @@ def _view(values: torch.Tensor, weight: int, randbytes_for: Callable[[str], Call
     roster = server.close_keys()
     for c in clients.values():
         server.add_shares(c.share_keys(roster))
-    for v, d in server.close_shares().items():
-        clients[v].receive_shares(d)
+    deliver_and_check(server, clients)
     return clients["dev00"].masked_input(values, weight).y
 
 

@@ -34,6 +34,7 @@ from hub.aggregator import (
 from hub.privacy import IntakeDp
 from hub.robust import coordinate_median, trimmed_mean
 from hub.similarity import SimilarityWeighting
+from tests.support.secagg import deliver_and_check
 
 SHAPES = {"a.lora_A.weight": (2, 3), "b.lora_A.weight": (4,)}
 
@@ -231,8 +232,7 @@ def masked_round(n: int = 4) -> tuple[SecureSum, dict[str, SecAggClient], RoundC
     roster = server.close_keys()
     for c in roster.members:
         server.add_shares(clients[c].share_keys(roster))
-    for c, delivery in server.close_shares().items():
-        clients[c].receive_shares(delivery)
+    deliver_and_check(server, clients)
     return SecureSum(server, SHAPES, "dense", {}), clients, ctx
 
 

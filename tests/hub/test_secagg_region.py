@@ -42,7 +42,7 @@ from fedsa_common.protocol import (
 from fedsa_common.secagg import wire
 from fedsa_common.secagg.config_check import secagg_params
 from fedsa_common.secagg.identity import Authority
-from fedsa_common.secagg.messages import Roster
+from fedsa_common.secagg.messages import Roster, ShareKeys
 from fedsa_common.secagg.protocol import SecAggClient
 from fedsa_common.secagg.vector import gather, scatter
 from fedsa_common.transport import MqttSession, Will
@@ -66,7 +66,8 @@ STALE_AUTHORITY = Authority.generate()  # one that an earlier provisioning direc
 class ScriptedDevice:
     """A device without a model: real session, real secure-aggregation driver."""
 
-    def __init__(self, url: str, client: str, authority: Authority = AUTHORITY) -> None:
+    def __init__(self, url: str, client: str, authority: Authority = AUTHORITY,
+                 driver: type[DeviceSecAgg] = DeviceSecAgg) -> None:
         topics = Topics(FED)
         self.client, self.topics = client, topics
         offline = Presence(client=client, region=REGION, online=False)
@@ -74,8 +75,8 @@ class ScriptedDevice:
                                    will=Will(topics.presence(REGION, client),
                                              encode_json(offline)))
         self.gone = threading.Event()
-        self.secagg = DeviceSecAgg(self.session, topics, client, REGION, FED, self.gone,
-                                   authority.issue(FED, REGION, client))
+        self.secagg = driver(self.session, topics, client, REGION, FED, self.gone,
+                             authority.issue(FED, REGION, client))
         self.acks: queue.Queue[Ack] = queue.Queue()
         self.session.subscribe_raw(topics.ack(REGION, client),
                                    lambda _t, p: self.acks.put(decode_json(Ack, p)))
@@ -130,11 +131,26 @@ def wait_partial(partials: queue.Queue, rnd: int, timeout: float = 60.0
     raise AssertionError(f"no final partial for round {rnd}")
 
 
+class GarbageDealer(DeviceSecAgg):
+    """A real device driver that sends every other member garbage share ciphertexts (its
+    commitments and its own share stay honest)."""
+
+    def _send(self, r, stage, msg):  # type: ignore[no-untyped-def]
+        if isinstance(msg, ShareKeys):
+            msg = ShareKeys(msg.client, {v: bytes(len(ct)) if v != self.client else ct
+                                         for v, ct in msg.ciphertexts.items()},
+                            msg.commitments)
+        super()._send(r, stage, msg)
+
+
 def run_round(url: str, cloud: MqttSession, rnd: int, names: list[str], vanish: set[str],
-              selected: list[str] | None = None, stale: frozenset[str] = frozenset()
+              selected: list[str] | None = None, stale: frozenset[str] = frozenset(),
+              garbage: frozenset[str] = frozenset()
               ) -> tuple[list[ScriptedDevice], list[threading.Thread], threading.Event]:
-    """``stale``: devices certified by another authority (an earlier provisioning's)."""
-    devices = [ScriptedDevice(url, c, STALE_AUTHORITY if c in stale else AUTHORITY)
+    """``stale``: devices certified by another authority (an earlier provisioning's);
+    ``garbage``: devices that deal garbage shares."""
+    devices = [ScriptedDevice(url, c, STALE_AUTHORITY if c in stale else AUTHORITY,
+                              GarbageDealer if c in garbage else DeviceSecAgg)
                for c in names]
     header, env = announce(cloud, rnd, selected or names)
     stop = threading.Event()
@@ -266,6 +282,49 @@ def test_the_hub_leaves_a_device_with_a_bad_certificate_out_and_the_round_goes_o
                "bad signature: certificate of c3" in caplog.text
         assert [d.began for d in devices] == [True, True, False, True, True]
         assert all(d.secagg.counters == {} for d in honest)  # nobody refused the roster
+    finally:
+        stop.set()
+        announce(cloud, 1, [], status="finished")
+        hub_thread.join(timeout=30)
+        for d in devices:
+            d.session.close()
+        cloud.close()
+    assert not hub_thread.is_alive()
+
+
+def test_a_device_dealing_garbage_shares_is_named_and_left_out_and_the_round_goes_on(
+        tmp_path, broker, caplog):
+    """Issue 15, finding 4 from the dealer's side, over the real broker: one device sends
+    every other member garbage share ciphertexts.  On 57270fd (and until now) each member
+    then sat the round out and the region lost it, the hub unable to say why.  Now each
+    member names that dealer in its share check; the hub leaves it out of the masking set,
+    names it (log and ``secagg.excluded.secagg_bad_dealing``), and forwards the sum of the
+    other four."""
+    hub, hub_thread, cloud, partials = serve_region(broker.url, tmp_path / "hub",
+                                                    AUTHORITY.public)
+    names = ["g1", "g2", "g3", "g4", "g5"]
+    devices, threads, stop = run_round(broker.url, cloud, 1, names, set(),
+                                       garbage=frozenset({"g2"}))
+    try:
+        header, tensors = wait_partial(partials, 1)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        honest = [d for d in devices if d.client != "g2"]
+        assert header.count == 4 and header.accepted == ["g1:1", "g3:1", "g4:1", "g5:1"]
+        assert header.weight == sum(d.samples for d in honest)
+        fp = secagg_params(CONFIG).fixed_point(5)
+        expected = expected_sum(honest, 1)
+        for n in SHAPES:
+            assert torch.allclose(tensors[n].double(), expected[n],
+                                  atol=4 / 2 ** (fp.frac_bits + 1) + 1e-6)
+        assert hub.counters["secagg.excluded.secagg_bad_dealing"] == 1
+        assert hub.counters["secagg.completed"] == 1
+        assert ("g2 left out of the secure round at stage checks: secagg_bad_dealing: "
+                "4 of 5 holders could not use its shares") in caplog.text
+        assert [d.began for d in devices] == [True, False, True, True, True]
+        assert devices[1].secagg.counters["secagg.secagg_excluded"] == 1
+        assert all(d.secagg.counters == {"secagg.rejected_dealer": 1} for d in honest)
     finally:
         stop.set()
         announce(cloud, 1, [], status="finished")
