@@ -141,8 +141,9 @@ def export(
     """Export the device's model (global shared parameters, its own local ones and head).
 
     onnx (default): merged into an fp32 base, with OUT.tokenizer/ and OUT.json (labels)
-    next to it.  peft: the unmerged adapter with the head (modules_to_save), the tokenizer
-    and fedsa.json (labels, the precision the device trained with) in the directory OUT."""
+    next to it; classifiers only.  peft: the unmerged adapter with the head
+    (modules_to_save; a causal language model has none), the tokenizer and fedsa.json
+    (task, labels, the precision the device trained with) in the directory OUT."""
     from edge_client.export import export_peft, export_state
     from fedsa_common.logs import setup_logging
 

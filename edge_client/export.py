@@ -15,7 +15,9 @@ Next to ``model.onnx`` go ``model.tokenizer/`` (the tokenizer, saved with transf
 and ``model.json`` (label names, max length, provenance); see ``edge_client.bundle``.
 
 The peft export is not merged: ``adapter_config.json`` and ``adapter_model.safetensors``
-hold LoRA and the head, for ``peft.PeftModel.from_pretrained`` on the same base.
+hold LoRA and the head, for ``peft.PeftModel.from_pretrained`` on the same base.  It is
+the only export of a causal language model (``model.task: causal_lm``): LoRA alone, task
+type ``CAUSAL_LM``, for ``AutoModelForCausalLM``; the ONNX bundle is a classifier's.
 """
 
 from __future__ import annotations
@@ -97,8 +99,12 @@ def export_onnx(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out:
 
 
 def export_state(state_dir: Path, out: Path, *, int8: bool = False) -> ExportResult:
-    """Export the device model kept in ``state_dir`` to ``out`` with tokenizer and sidecar."""
+    """Export the device model kept in ``state_dir`` to ``out`` with tokenizer and sidecar;
+    a classifier only (the bundle and ``edge-client predict`` are about labels)."""
     snapshot = load_snapshot(state_dir)
+    if snapshot.model.causal:
+        raise ValueError(f"{state_dir}: model.task causal_lm: the ONNX export is for "
+                         "classifiers; export a causal language model with --format peft")
     model, tokenizer, max_length = merged_model(snapshot)
     size = export_onnx(model, tokenizer, out, int8=int8)
     tok_dir = tokenizer_dir(out)
@@ -125,15 +131,16 @@ def export_state(state_dir: Path, out: Path, *, int8: bool = False) -> ExportRes
 
 def export_peft(state_dir: Path, out: Path, *, base_name: str | None = None) -> PeftExport:
     """Write the device's personalized adapter (the last global shared parameters, its own
-    local ones and its head) to the directory ``out`` in peft's format (quant.peft_export),
-    which ``peft.PeftModel.from_pretrained(base, out)`` loads onto the same base."""
+    local ones and, for a classifier, its head) to the directory ``out`` in peft's format
+    (quant.peft_export), which ``peft.PeftModel.from_pretrained(base, out)`` loads onto the
+    same base (a sequence classifier's, or a causal language model's)."""
     snapshot = load_snapshot(state_dir)
     adapter = rebuild_adapter(snapshot)
     precision = snapshot.model.precision
     result = save_peft_adapter(adapter, out, base_name=base_name, meta={
         "label_names": snapshot.label_names,
         "trained_precision": precision,
-        "bitsandbytes": bnb_settings(precision),
+        "bitsandbytes": bnb_settings(precision, snapshot.model.task),
         "source": {k: snapshot.info.get(k) for k in
                    ("client", "round", "algorithm", "config_hash")},
     })

@@ -39,7 +39,7 @@ HELD_META = "held-global.json"
 @dataclass(frozen=True)
 class Snapshot:
     model: ModelSection
-    num_labels: int
+    num_labels: int  # 0 for a causal language model
     label_names: list[str] | None
     info: dict[str, Any]
     global_shared: dict[str, torch.Tensor]
@@ -111,11 +111,8 @@ def load_snapshot(state_dir: Path) -> Snapshot:
             "(with this version of edge-client) before its model can be exported")
     info = read_json(state_dir / MODEL)
     model = ModelSection.model_validate(info["model"])
-    if model.causal:
-        raise ValueError(f"{state_dir / MODEL}: model.task causal_lm: exporting a causal "
-                         "language model (ONNX or peft) is not supported yet")
     num_labels = int(info.get("num_labels") or model.num_labels or 0)
-    if num_labels < 2:
+    if num_labels < 2 and not model.causal:  # a causal model has no head to size
         raise ValueError(f"{state_dir / MODEL}: no num_labels")
     return Snapshot(model=model, num_labels=num_labels, label_names=info.get("label_names"),
                     info=info, global_shared=read_tensors(state_dir / GLOBAL),

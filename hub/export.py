@@ -2,11 +2,12 @@
 
 The cloud holds only what the federation shares: under FedSA-LoRA the A matrices, under
 FedIT A and B, under FFA-LoRA B.  Every other adapter tensor is written at the value every
-party starts from (``quant.adapters.init_adapter_values`` with the federation's seed: B
-zero, the head's seeded initialisation), so the adapter is what a new device would start
-its first round from.  Under FedSA-LoRA that model equals the base (B is zero) until B and
-the head are trained, which is what ``PeftModel.from_pretrained(base, dir, is_trainable=True)``
-then does; under FedIT the LoRA part is the global model itself.
+party starts from (``quant.adapters.init_adapter_values`` with the federation's seed and
+LoRA init: one of A and B random, the other zero, a classifier's head at its seeded
+initialisation), so the adapter is what a new device would start its first round from,
+which ``PeftModel.from_pretrained(base, dir, is_trainable=True)`` then trains further;
+under FedIT the LoRA part is the global model itself.  A causal language model's adapter
+(``model.task: causal_lm``) is LoRA alone, task type ``CAUSAL_LM``.
 """
 
 from __future__ import annotations
@@ -37,24 +38,22 @@ def export_global_peft(state_dir: Path, out: Path, *, config: FederationConfig |
         raise ValueError(f"{state_dir}: the checkpoint does not record its configuration; "
                          "give the cloud's --config")
     spec = config.model
-    if spec.causal:
-        raise ValueError("model.task causal_lm: exporting a causal language model's global "
-                         "parameters is not supported yet")
-    if spec.num_labels is None:
+    if spec.num_labels is None and not spec.causal:  # a causal model has no head to size
         raise ValueError("model.num_labels is not set in the configuration")
+    num_labels = spec.num_labels or 0
     shared = state.params if state.shared is None else {n: state.params[n]
                                                        for n in state.shared}
-    values = init_adapter_values(adapter_shapes(spec, spec.num_labels), config.federation.seed,
+    values = init_adapter_values(adapter_shapes(spec, num_labels), config.federation.seed,
                                  config.lora_init)
     unknown = sorted(set(shared) - set(values))
     if unknown:
         raise ValueError(f"the checkpoint's parameters do not fit the model {spec.path!r}: "
                          f"unknown {unknown[:3]}")
     values.update(shared)
-    adapter = fp32_adapter(spec, spec.num_labels, values)
+    adapter = fp32_adapter(spec, num_labels, values)
     result = save_peft_adapter(adapter, out, base_name=base_name, meta={
         "trained_precision": spec.precision,
-        "bitsandbytes": bnb_settings(spec.precision),
+        "bitsandbytes": bnb_settings(spec.precision, spec.task),
         "global": sorted(shared),
         "initial": sorted(set(values) - set(shared)),
         "source": {"federation": config.federation.name, "round": state.round,

