@@ -77,7 +77,13 @@ def test_only_lora_a_is_shared_and_each_device_keeps_its_b(run) -> None:
         assert kept and {role(n) for n in kept} == {"lora_B"}  # no head: B alone stays
 
 
-@pytest.fixture(scope="module", params=ALGORITHMS)
+# fedsa's path is the module run above and local shares nothing: both only under -m slow,
+# to keep the default suite short
+_ALGORITHM_PARAMS = [pytest.param(a, marks=pytest.mark.slow) if a in ("fedsa", "local")
+                     else a for a in ALGORITHMS]
+
+
+@pytest.fixture(scope="module", params=_ALGORITHM_PARAMS)
 def algorithm_run(request, tmp_path_factory) -> tuple[str, ScenarioConfig, dict, Path]:
     algorithm = request.param
     raw = scenario(fedsa_lora={"algorithm": algorithm}, rounds=2,
