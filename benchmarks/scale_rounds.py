@@ -43,7 +43,7 @@ import psutil
 import yaml
 
 from benchmarks.common import machine, today
-from edge_client.api import start_load
+from edge_client.api import start_load_devices
 from fedsa_common.broker import start_broker
 from fedsa_common.config import FederationConfig
 from fedsa_common.errors import WireError
@@ -55,7 +55,7 @@ from fedsa_common.protocol import (
     decode_json,
     decode_message,
 )
-from fedsa_common.transport import MqttSession
+from fedsa_common.transport import MAX_SESSIONS_PER_PROCESS, MqttSession
 from hub.api import start_hub
 from hub.provision import MIN_QUEUED_MESSAGES, QUEUED_PER_DEVICE
 
@@ -126,18 +126,17 @@ class Observer:
 
 def split_devices(regions: Sequence[str], per_region: int, per_process: int
                   ) -> list[int]:
-    """Devices per region in each load process: as few processes as ``per_process``
-    allows, every region's devices spread evenly over them."""
-    total = per_region * len(regions)
-    n = max(1, math.ceil(total / per_process))
-    n = min(n, per_region)
+    """Devices per region in each load process: as few processes as hold at most
+    ``per_process`` devices each, every region's devices spread evenly over them."""
+    fits = max(1, per_process // len(regions))  # of each region, in one process
+    n = math.ceil(per_region / fits)
     base, extra = divmod(per_region, n)
     return [base + (1 if i < extra else 0) for i in range(n)]
 
 
 def run_scale(out: Path, *, regions: Sequence[str], per_region: int, rounds: int,
-              per_process: int = 1000, model: str = "minilm", codec: str = "topk",
-              workers: int = 4, timeout_s: float = 1800.0,
+              per_process: int = MAX_SESSIONS_PER_PROCESS, model: str = "minilm",
+              codec: str = "topk", workers: int = 4, timeout_s: float = 1800.0,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     """One federation of ``per_region`` light devices in each region; returns the cloud's
     summaries, partial messages and ids per round, CPU seconds per round of the cloud and
@@ -164,7 +163,7 @@ def run_scale(out: Path, *, regions: Sequence[str], per_region: int, rounds: int
                                     log_path=out / "logs" / f"regional-{r}.log",
                                     broker=broker.url, region=r)
             for k, n in enumerate(split_devices(regions, per_region, per_process)):
-                loads.append(start_load(FEDERATION, regions, n, broker=broker.url,
+                loads.append(start_load_devices(FEDERATION, regions, n, broker=broker.url,
                                         client_prefix=f"p{k}-", workers=workers,
                                         log_path=out / "logs" / f"load-{k}.log"))
             observer.cpu_start = observer.cpu_now()
@@ -237,8 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="total devices of each point (spread evenly over the regions)")
     ap.add_argument("--regions", type=int, default=10, help="regional hubs")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--per-process", type=int, default=1000,
-                    help="most light devices one load process hosts")
+    ap.add_argument("--per-process", type=int, default=MAX_SESSIONS_PER_PROCESS,
+                    help="most light devices one load process hosts (at most "
+                         f"{MAX_SESSIONS_PER_PROCESS})")
     ap.add_argument("--workers", type=int, default=4, help="update threads per load process")
     ap.add_argument("--model", default="minilm", help="model.path (its real LoRA shapes)")
     ap.add_argument("--codec", default="topk", help="fedsa_lora.compression.method")

@@ -1,7 +1,7 @@
 """The device as a library: join a federation in this process (what ``edge-client join``
 runs; the command is a thin layer over ``join``), or start a device as a managed child
-process; ``load`` and ``start_load`` do the same for many light devices (``edge-client
-load``, a load generator).
+process; ``load_devices`` and ``start_load_devices`` do the same for many light devices
+(``edge-client load``, a load generator).
 
 ``join`` checks everything cheap first (names, precision, the data spec and file, the state
 directory's lock and owner), before torch and the model load or the broker is contacted,
@@ -90,7 +90,7 @@ def start_device(federation: str, region: str, client_id: str, data: str,
     return ManagedProcess("edge_client", args, None if log_path is None else Path(log_path))
 
 
-def load(federation: str, regions: Sequence[str], devices: int, *,
+def load_devices(federation: str, regions: Sequence[str], devices: int, *,
          broker: str = DEFAULT_BROKER, auth: BrokerAuth | None = None,
          client_prefix: str = "load-", samples: int = 10, workers: int = 4,
          report_every_s: float = 30.0, connect_timeout_s: float = 600.0) -> int:
@@ -101,7 +101,8 @@ def load(federation: str, regions: Sequence[str], devices: int, *,
     Light devices (edge_client/light.py) join like real ones, with a session, presence and
     acknowledgements each, and send real encoded updates of synthesised deltas without a
     model: a load generator for hubs and brokers.  Client ids are ``CLIENT_PREFIX
-    REGION-0000``, ...: give each load process its own prefix."""
+    REGION-0000``, ...: give each load process its own prefix.  A process holds at most
+    ``fedsa_common.transport.MAX_SESSIONS_PER_PROCESS`` devices in all."""
     if not regions:
         raise OptionError("give at least one region", "--region")
     _check_names(("--federation", "federation", federation),
@@ -115,6 +116,15 @@ def load(federation: str, regions: Sequence[str], devices: int, *,
         if value < 1:
             raise OptionError(f"{option.removeprefix('--')} must be at least 1, not {value}",
                               option)
+    from fedsa_common.transport import MAX_SESSIONS_PER_PROCESS
+
+    if devices * len(regions) > MAX_SESSIONS_PER_PROCESS:
+        raise OptionError(
+            f"{devices} devices in each of {len(regions)} regions are "
+            f"{devices * len(regions)} MQTT sessions; one process holds at most "
+            f"{MAX_SESSIONS_PER_PROCESS} (paho's network loop uses select(), which cannot "
+            "watch file descriptors past 1023): run several load processes, each with its "
+            "own --client-prefix", "--devices")
     from edge_client.light import light_specs, run_light_devices
 
     specs = light_specs(federation, dict.fromkeys(regions, devices), prefix=client_prefix,
@@ -124,7 +134,7 @@ def load(federation: str, regions: Sequence[str], devices: int, *,
                              report_every_s=report_every_s)
 
 
-def start_load(federation: str, regions: Sequence[str], devices: int, *,
+def start_load_devices(federation: str, regions: Sequence[str], devices: int, *,
                log_path: str | Path | None = None, **options: Any) -> ManagedProcess:
     """Start ``edge-client load`` as a child process (its output to ``log_path``);
     ``options`` are ``load`` options by their Python name (``broker``, ``client_prefix``,

@@ -139,7 +139,7 @@ def load(
     unacknowledged at the end."""
     import logging
 
-    from edge_client.api import load as run_load
+    from edge_client.api import load_devices
     from fedsa_common.logs import setup_logging
 
     cli_common.stop_on_sigterm()
@@ -150,7 +150,7 @@ def load(
         broker, None, username, password_file, tls_ca, default_url=None,
         federation=federation, role="device")
     assert conn.url is not None
-    sys.exit(run_load(federation, region, devices, broker=conn.url, auth=conn.auth,
+    sys.exit(load_devices(federation, region, devices, broker=conn.url, auth=conn.auth,
                       client_prefix=client_prefix, samples=samples, workers=workers,
                       report_every_s=report_every, connect_timeout_s=connect_timeout))
 

@@ -19,10 +19,11 @@ per device), state on disk (a restarted load run starts fresh), the regional hub
 such rounds out, saying why).
 
 Why light devices do not each have a thread of their own doing the work: a process hosts
-hundreds to thousands of them.  Each session's paho thread only reads; an announcement is
-decoded once per process (``Announcements``: the same payload reaches every device), and
-updates are built and published by a small pool of worker threads (``LightHost``), which
-also resends what is unacknowledged.
+hundreds of them (at most ``MAX_SESSIONS_PER_PROCESS``: paho's threaded loop watches its
+descriptors with select(), which stops at 1023).  Each session's paho thread only reads;
+an announcement is decoded once per process (``Announcements``: the same payload reaches
+every device), and updates are built and published by a small pool of worker threads
+(``LightHost``), which also resends what is unacknowledged.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from fedsa_common.protocol import (
     encode_json,
     encode_message,
 )
-from fedsa_common.transport import MqttSession, Will
+from fedsa_common.transport import MAX_SESSIONS_PER_PROCESS, MqttSession, Will
 
 log = logging.getLogger("fedsa.device.light")
 
@@ -317,6 +318,9 @@ class LightHost:
                  workers: int = 4, scale: float = DEFAULT_SCALE) -> None:
         if not specs:
             raise ValueError("no light devices to host")
+        if len(specs) > MAX_SESSIONS_PER_PROCESS:
+            raise ValueError(f"{len(specs)} light devices: one process holds at most "
+                             f"{MAX_SESSIONS_PER_PROCESS} MQTT sessions")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, not {workers}")
         self.broker_url = broker_url
