@@ -101,3 +101,19 @@ def test_client_ids_carry_the_prefix_and_region():
     assert [(s.region, s.client, s.samples) for s in specs] == [
         ("north", "p1-north-0000", 5), ("north", "p1-north-0001", 5),
         ("south", "p1-south-0000", 5)]
+
+
+def test_a_load_past_the_sessions_one_process_holds_is_refused_naming_the_option():
+    from edge_client.api import load_devices
+    from fedsa_common.errors import OptionError
+    from fedsa_common.transport import MAX_SESSIONS_PER_PROCESS
+
+    with pytest.raises(OptionError, match="several load processes") as err:
+        load_devices("lite", ["north", "south"], MAX_SESSIONS_PER_PROCESS // 2 + 1)
+    assert err.value.option == "--devices"
+    with pytest.raises(OptionError) as err:
+        load_devices("lite", ["north", "north"], 1)
+    assert err.value.option == "--region"
+    with pytest.raises(OptionError) as err:
+        load_devices("lite", ["north"], 1, client_prefix="bad prefix ")
+    assert err.value.option == "--client-prefix"
