@@ -1,6 +1,7 @@
 """The device as a library: join a federation in this process (what ``edge-client join``
 runs; the command is a thin layer over ``join``), or start a device as a managed child
-process.
+process; ``load_devices`` and ``start_load_devices`` do the same for many light devices
+(``edge-client load``, a load generator).
 
 ``join`` checks everything cheap first (names, precision, the data spec and file, the state
 directory's lock and owner), before torch and the model load or the broker is contacted,
@@ -12,6 +13,7 @@ Light to import: torch loads when a device starts.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,13 +44,8 @@ def join(federation: str, region: str, client_id: str, data: str, state_dir: str
     directory is locked while the device runs: a second device on it raises
     ``StateDirBusy``.  Ctrl-C (or SIGTERM after ``cli_common.stop_on_sigterm``) stops the
     device after its current step."""
-    for option, kind, value in (("--federation", "federation", federation),
-                                ("--region", "region", region),
-                                ("--client-id", "client id", client_id)):
-        try:
-            check_name(kind, value)
-        except ValueError as err:
-            raise OptionError(str(err), option) from None
+    _check_names(("--federation", "federation", federation), ("--region", "region", region),
+                 ("--client-id", "client id", client_id))
     if precision not in (None, *PRECISIONS):
         raise OptionError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}",
                           "--precision")
@@ -91,3 +88,66 @@ def start_device(federation: str, region: str, client_id: str, data: str,
                                   "client_id": client_id, "data": data,
                                   "state_dir": state_dir, **options})]
     return ManagedProcess("edge_client", args, None if log_path is None else Path(log_path))
+
+
+def load_devices(federation: str, regions: Sequence[str], devices: int, *,
+         broker: str = DEFAULT_BROKER, auth: BrokerAuth | None = None,
+         client_prefix: str = "load-", samples: int = 10, workers: int = 4,
+         report_every_s: float = 30.0, connect_timeout_s: float = 600.0) -> int:
+    """Run ``devices`` light devices in each of ``regions`` in this process until the
+    federation finishes (what ``edge-client load`` runs); the exit status (1 when updates
+    were left unacknowledged).
+
+    Light devices (edge_client/light.py) join like real ones, with a session, presence and
+    acknowledgements each, and send real encoded updates of synthesised deltas without a
+    model: a load generator for hubs and brokers.  Client ids are ``CLIENT_PREFIX
+    REGION-0000``, ...: give each load process its own prefix.  A process holds at most
+    ``fedsa_common.transport.MAX_SESSIONS_PER_PROCESS`` devices in all."""
+    if not regions:
+        raise OptionError("give at least one region", "--region")
+    _check_names(("--federation", "federation", federation),
+                 *(("--region", "region", r) for r in regions),
+                 *(("--client-prefix", "client id", f"{client_prefix}{r}-0000")
+                   for r in regions))
+    if len(set(regions)) != len(regions):
+        raise OptionError(f"a region is given twice: {', '.join(regions)}", "--region")
+    for option, value in (("--devices", devices), ("--samples", samples),
+                          ("--workers", workers)):
+        if value < 1:
+            raise OptionError(f"{option.removeprefix('--')} must be at least 1, not {value}",
+                              option)
+    from fedsa_common.transport import MAX_SESSIONS_PER_PROCESS
+
+    if devices * len(regions) > MAX_SESSIONS_PER_PROCESS:
+        raise OptionError(
+            f"{devices} devices in each of {len(regions)} regions are "
+            f"{devices * len(regions)} MQTT sessions; one process holds at most "
+            f"{MAX_SESSIONS_PER_PROCESS} (paho's network loop uses select(), which cannot "
+            "watch file descriptors past 1023): run several load processes, each with its "
+            "own --client-prefix", "--devices")
+    from edge_client.light import light_specs, run_light_devices
+
+    specs = light_specs(federation, dict.fromkeys(regions, devices), prefix=client_prefix,
+                        samples=samples)
+    return run_light_devices(specs, broker, auth=auth, workers=workers,
+                             connect_timeout_s=connect_timeout_s,
+                             report_every_s=report_every_s)
+
+
+def start_load_devices(federation: str, regions: Sequence[str], devices: int, *,
+               log_path: str | Path | None = None, **options: Any) -> ManagedProcess:
+    """Start ``edge-client load`` as a child process (its output to ``log_path``);
+    ``options`` are ``load`` options by their Python name (``broker``, ``client_prefix``,
+    ``samples``, ``workers``, ...).  ``stop()`` stops it (its devices say they are
+    offline), ``wait()`` returns its exit status."""
+    args = ["load", *option_args({"federation": federation, "region": list(regions),
+                                  "devices": devices, **options})]
+    return ManagedProcess("edge_client", args, None if log_path is None else Path(log_path))
+
+
+def _check_names(*names: tuple[str, str, str]) -> None:
+    for option, kind, value in names:
+        try:
+            check_name(kind, value)
+        except ValueError as err:
+            raise OptionError(str(err), option) from None

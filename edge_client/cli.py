@@ -103,6 +103,59 @@ def join(
         report_every_s=report_every, connect_timeout_s=connect_timeout))
 
 
+@app.command()
+def load(
+    federation: Annotated[str, typer.Option(help="Federation name.")],
+    region: Annotated[list[str], typer.Option(
+        help="Region of the devices (repeat for several: --devices in each).")],
+    devices: Annotated[int, typer.Option(
+        min=1, help="Light devices in each region (one process holds at most 300 in all).")],
+    broker: Annotated[str, typer.Option(
+        help="mqtt://HOST:PORT or mqtts://HOST:PORT (TLS) of the regions' broker.")]
+    = "mqtt://127.0.0.1:1883",
+    client_prefix: Annotated[str, typer.Option(
+        help="Client ids are PREFIX REGION-0000, ...; give each load process its own.")]
+    = "load-",
+    samples: Annotated[int, typer.Option(
+        min=1, help="Sample count each update declares (its weight).")] = 10,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Threads that build and publish the updates.")] = 4,
+    username: cli_auth.Username = None,
+    password_file: cli_auth.PasswordFile = None,
+    tls_ca: cli_auth.TlsCa = None,
+    report_every: Annotated[float, typer.Option(
+        min=0.1, help="Seconds after which a device says it still waits for the broker.")]
+    = 30.0,
+    connect_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds to wait for the broker; then exit 2 naming it.")] = 600.0,
+    log_level: cli_common.LogLevel = cli_common.Level.INFO,
+) -> None:
+    """Run many light devices in this process against running hubs: a load generator.
+
+    Each joins like a device (its own MQTT session, presence, the round announcement and
+    its selection, acknowledged and resent updates) and sends real encoded updates (seeded
+    random deltas of the announced shared tensors, through the federation's codec and
+    update header) without a model or data; it exits when the federation finishes. Logs
+    per round how many updates were sent and acknowledged. Exit 1 when updates were left
+    unacknowledged at the end."""
+    import logging
+
+    from edge_client.api import load_devices
+    from fedsa_common.logs import setup_logging
+
+    cli_common.stop_on_sigterm()
+    setup_logging(log_level)
+    if log_level != cli_common.Level.DEBUG:  # one line per session and reconnect otherwise
+        logging.getLogger("fedsa_common.transport").setLevel(logging.WARNING)
+    conn = cli_auth.connection_from_options(
+        broker, None, username, password_file, tls_ca, default_url=None,
+        federation=federation, role="device")
+    assert conn.url is not None
+    sys.exit(load_devices(federation, region, devices, broker=conn.url, auth=conn.auth,
+                      client_prefix=client_prefix, samples=samples, workers=workers,
+                      report_every_s=report_every, connect_timeout_s=connect_timeout))
+
+
 @app.command(hidden=True)
 def worker(
     spec: Annotated[Path, typer.Option(help="JSON file listing the virtual devices to host.")],

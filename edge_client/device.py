@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
 import uuid
@@ -39,24 +38,18 @@ from edge_client.host import ModelHost
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.personalize import finetune_local
 from edge_client.progress import RoundProgress
+from edge_client.resend import backoff_after
 from edge_client.round_hooks import NO_HOOKS, RoundHooks
 from edge_client.round_steps import (
-    Draft,
     RoundPlan,
-    dp_step,
-    encode_update,
-    hooks_step,
     next_state,
     own_shared_start,
     plan_round,
     round_metrics,
-    round_seed,
-    run_steps,
     score_model,
     shared_delta,
     start_model,
     train_shared,
-    update_header,
 )
 from edge_client.secagg_client import DeviceSecAgg
 from edge_client.snapshot import (
@@ -71,9 +64,9 @@ from edge_client.split_state import carry_residual, final_global, local_start
 from edge_client.state import DeviceState, StateDir
 from edge_client.state_lock import DuplicateClientId
 from edge_client.training import TokenizedSplit, TrainResult, tokenize
+from edge_client.update_build import Draft, prepare_update, round_seed
 from fedsa_common.broker_auth import BrokerAuth
 from fedsa_common.config import FederationConfig, LoraInit
-from fedsa_common.dp import round_dp_plan
 from fedsa_common.envelope import Envelope
 from fedsa_common.errors import WireError
 from fedsa_common.liveness import Reminder, hub_serving
@@ -121,7 +114,6 @@ class Abandoned(Exception):
     """The device went away (scenario churn) while it was working on a round."""
 
 
-MAX_RESEND_S = 60.0
 MAX_ANNOUNCE_BYTES = 64_000_000
 FETCH_TIMEOUT_S = 30.0  # waiting for the retained full global of an announced version
 
@@ -504,8 +496,8 @@ class Device:
             log.info("%s: re-sent update of round %d", self.spec.client, self.pending_round)
         except (TimeoutError, ConnectionError) as err:
             log.info("%s: resend failed: %s", self.spec.client, err)
-        self.backoff = min(MAX_RESEND_S, self.backoff * 2)
-        self.next_resend = time.monotonic() + self.backoff * random.uniform(0.75, 1.25)
+        self.backoff, wait = backoff_after(self.backoff)
+        self.next_resend = time.monotonic() + wait
 
     def load_data(self, num_labels: int, causal: bool = False) -> DeviceData:
         """The device's share, checked against the federation's model: prompt/response
@@ -585,19 +577,17 @@ class Device:
                      result: TrainResult) -> tuple[bytes, dict[str, torch.Tensor]]:
         """The round's update message and the codec's new residual: the trained delta
         through DP and the device's hooks, the codec, then secure-aggregation masking."""
-        # DP before the codec, so its residual never holds more (adaptive clipping: to the
-        # round's announced clip norm, and it reports whether the update was within it)
-        dp = round_dp_plan(config, header.dp_clip_norm)
-        draft = run_steps(Draft(shared_delta(new_shared, plan), result.samples),
-                          [dp_step(dp), hooks_step(self.hooks, header.round)])
+        residual = carry_residual(self.state.residual, plan.shared, shapes)
+        prepared = prepare_update(Draft(shared_delta(new_shared, plan), result.samples),
+                                  header, config, federation=self.spec.federation,
+                                  client=self.spec.client, region=self.spec.region,
+                                  residual=residual, result=result, hooks=self.hooks)
+        dp, draft = prepared.dp, prepared.draft
         if dp is not None and draft.dp_norm is not None:
             log.info("%s: update norm %.4g (clip norm %.4g)", self.spec.client, draft.dp_norm,
                      dp.clip_norm)
-        residual = carry_residual(self.state.residual, plan.shared, shapes)
-        codec_params, encoded = encode_update(draft, config, header.round, residual)
-        update = update_header(draft, header, self.spec.federation, self.spec.client,
-                               self.spec.region, config, codec_params, encoded, result, dp)
-        update, encoded = self.secagg.masked_update(update, encoded, draft.delta, residual)
+        update, encoded = self.secagg.masked_update(prepared.header, prepared.encoded,
+                                                    draft.delta, residual)
         return encode_message(update, encoded.tensors), dict(encoded.residual)
 
     def reset_local(self, plan: RoundPlan, shapes: dict[str, tuple[int, ...]],

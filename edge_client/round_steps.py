@@ -7,27 +7,24 @@ directory or its data.
 2. start values (``start_model``, ``own_shared_start``): the adapter at the round's global
    model, then shared tensors that were local here at their own value (adaptive split);
 3. train (``train_shared``): the round's local training, at its seed and learning rate;
-4. build the update: the trained change of the shared tensors (``shared_delta``) through the
-   update steps (``dp_step``: clip and noise, ``hooks_step``: what a simulated device does
-   to it), then the codec with its error-feedback residual (``encode_update``) and the
-   header (``update_header``).  Secure-aggregation masking comes last, by
-   ``DeviceSecAgg.masked_update`` (edge_client/secagg_client.py), which holds the round's
-   keys;
+4. build the update: the trained change of the shared tensors (``shared_delta``), then
+   ``prepare_update`` (edge_client/update_build.py, shared with the light devices of a load
+   run): the update steps (DP, the hooks), the codec with its error-feedback residual and
+   the header.  Secure-aggregation masking comes last, by ``DeviceSecAgg.masked_update``
+   (edge_client/secagg_client.py), which holds the round's keys;
 5. evaluate (``score_model``: accuracy, or for a causal language model exact match, loss
    and perplexity), the next local state (``next_state``) and the round's metrics
    (``round_metrics``).
 
 Steps are pure (values in, values out: no MQTT, no files) except those that move the
 adapter (``start_model``, ``train_shared``), which the caller runs under its model host's
-lock.  Each is a function of its own so that the device reads as the sequence, and so that
-the order that matters is in one place: DP before the codec (its residual never holds more
-than the clipped update), a simulated attack after DP (it poisons what an honest device
-would send), the sample count fixed before masking (secure aggregation weighs by it).
+lock.  Each is a function of its own so that the device reads as the sequence; the order
+that matters in building the update (DP before the codec, a simulated attack after DP) is
+kept in ``prepare_update``.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -36,16 +33,12 @@ import torch
 from edge_client.causal import evaluate_causal
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.personalize import proximal_for
-from edge_client.round_hooks import RoundHooks
 from edge_client.schedule import local_steps_for, round_lr_scale
-from edge_client.split_state import importance_report, round_split, shared_start
+from edge_client.split_state import round_split, shared_start
 from edge_client.state import DeviceState
 from edge_client.training import StepInfo, TokenizedSplit, TrainResult, evaluate, train_steps
-from fedsa_common.codec import get_codec
-from fedsa_common.codecs.common import EncodedDelta
 from fedsa_common.config import FederationConfig
-from fedsa_common.dp import DpPlan, privatize_update
-from fedsa_common.protocol import AnnounceHeader, Metrics, UpdateHeader
+from fedsa_common.protocol import AnnounceHeader, Metrics
 from fedsa_common.split import role, trainable_names
 from fedsa_common.tensors import Tensors
 from quant.adapters import AdapterModel
@@ -87,11 +80,6 @@ def has_global_model(local: list[str], trainable: list[str]) -> bool:
     return not any(role(n) in ("lora_A", "lora_B") for n in local if n in trained)
 
 
-def round_seed(seed: int, client: str, round_: int) -> int:
-    """The seed of one device's round: different per device and round, the same on replay."""
-    return (seed * 1_000_003 + zlib.crc32(client.encode()) * 31 + round_) % 2**31
-
-
 # 2. start values ----------------------------------------------------------------------
 def start_model(adapter: AdapterModel, plan: RoundPlan, local_values: Tensors) -> None:
     """Set the adapter to the round's global model (moves the adapter): this device's local
@@ -128,81 +116,9 @@ def train_shared(adapter: AdapterModel, data: TokenizedSplit, config: Federation
 
 
 # 4. build the update ------------------------------------------------------------------
-@dataclass(frozen=True)
-class Draft:
-    """The update on its way out, as one update step hands it to the next."""
-
-    delta: Tensors
-    samples: int  # the sample count the header declares (the update's weight)
-    dp_norm: float | None = None  # the norm before DP clipping (None without DP)
-
-
-UpdateStep = Callable[[Draft], Draft]
-
-
 def shared_delta(new_shared: Tensors, plan: RoundPlan) -> dict[str, torch.Tensor]:
     """What training changed of the shared tensors: the update before any update step."""
     return {n: new_shared[n] - plan.global_shared[n] for n in plan.shared}
-
-
-def dp_step(plan: DpPlan | None) -> UpdateStep:
-    """DP: clip (local mode: and noise) to the round's plan; keeps the norm before it."""
-    def step(draft: Draft) -> Draft:
-        delta, norm = privatize_update(draft.delta, plan)
-        return replace(draft, delta=delta, dp_norm=norm)
-    return step
-
-
-def hooks_step(hooks: RoundHooks, round_: int) -> UpdateStep:
-    """What the device's hooks make of the update (a simulated attack; a real device's
-    hooks leave it as it is)."""
-    def step(draft: Draft) -> Draft:
-        delta, samples = hooks.after_update(round_, draft.delta, draft.samples)
-        return replace(draft, delta=delta, samples=samples)
-    return step
-
-
-def run_steps(draft: Draft, steps: Sequence[UpdateStep]) -> Draft:
-    for step in steps:
-        draft = step(draft)
-    return draft
-
-
-def encode_update(draft: Draft, config: FederationConfig, round_: int,
-                  residual: Tensors | None) -> tuple[dict[str, object], EncodedDelta]:
-    """The round's codec parameters (randk: the round's shared seed, derived here and by
-    the hub from the same values) and the encoded delta with its new residual."""
-    comp = config.fedsa_lora.compression
-    params = comp.round_codec_params(config.federation.seed, round_)
-    return params, get_codec(comp.codec, **params).encode(draft.delta, residual)
-
-
-def update_header(draft: Draft, announce: AnnounceHeader, federation: str, client: str,
-                  region: str, config: FederationConfig, codec_params: dict[str, object],
-                  encoded: EncodedDelta, result: TrainResult, dp: DpPlan | None
-                  ) -> UpdateHeader:
-    """The update's header: identity, base version, codec, declared samples, the training
-    figures the configuration lets the device report, and (adaptive clipping) whether its
-    update was within the round's clip norm."""
-    return UpdateHeader(
-        federation=federation, round=announce.round, client=client, region=region,
-        base_version=announce.version, codec=config.fedsa_lora.compression.codec,
-        codec_params=codec_params, codec_meta=encoded.meta, num_samples=draft.samples,
-        **header_train_stats(config, result.loss, result.seconds),
-        importance=importance_report(result.importance),
-        dp_unclipped=dp.unclipped(draft.dp_norm) if dp is not None else None,
-    )
-
-
-def header_train_stats(config: FederationConfig, loss: float, seconds: float
-                       ) -> dict[str, float | None]:
-    """``train_loss`` and ``train_s`` for the update header: none under local DP, whose
-    report must reveal nothing but the noised update (both depend on the device's data and
-    would reach the broker and the hubs in the clear next to it)."""
-    dp = config.fedsa_lora.privacy.differential_privacy
-    if dp.enable and dp.mode == "local":
-        return {"train_loss": None, "train_s": None}
-    return {"train_loss": loss, "train_s": seconds}
 
 
 # 5. next local state ------------------------------------------------------------------

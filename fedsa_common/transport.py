@@ -83,6 +83,12 @@ _AUTH_REFUSALS = frozenset({"Bad user name or password", "Not authorized"})
 
 Handler = Callable[[str, bytes], None]
 
+# Sessions one process can hold: each runs paho's threaded loop, which watches its socket and
+# a loopback socket pair (three descriptors) with select(), and select() cannot watch a
+# descriptor numbered 1024 or more: a session past ~330 in one process never connects.
+# Hosts of many sessions (edge_client/light.py) stay under this, with room for the rest.
+MAX_SESSIONS_PER_PROCESS = 300
+
 
 class BrokerUnreachable(ConnectionError, UserError):
     """``connect()`` gave up: the broker was not reached (or refused the credentials)

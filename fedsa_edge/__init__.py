@@ -8,6 +8,7 @@
 Hubs and devices run in this process (``serve_cloud``, ``serve_regional``, ``join``: they
 block until the federation finishes and return the exit status) or as managed child
 processes (``start_hub``, ``start_device``: ``stop()``, ``wait()``, usable with ``with``);
+``load_devices`` and ``start_load_devices`` run many light devices (a load generator);
 ``start_broker`` starts Mosquitto (or the embedded broker) on a free local port.  Each call
 lives on the floor of what it wraps (``hub.api``, ``edge_client.api``, ``scenarios.api``);
 this package only gathers them and is imported by nothing inside fedsa-edge.  A mistake
@@ -16,7 +17,7 @@ raises a ``UserError`` (``fedsa_common.errors``) whose message names the field t
 
 from __future__ import annotations
 
-from edge_client.api import join, start_device
+from edge_client.api import join, load_devices, start_device, start_load_devices
 from fedsa_common.broker import start_broker
 from fedsa_common.errors import OptionError, UserError
 from hub.api import cloud_config, serve_cloud, serve_regional, start_hub, tune_process
@@ -28,6 +29,7 @@ __all__ = [
     "UserError",
     "cloud_config",
     "join",
+    "load_devices",
     "load_scenario",
     "run_scenario",
     "serve_cloud",
@@ -35,5 +37,6 @@ __all__ = [
     "start_broker",
     "start_device",
     "start_hub",
+    "start_load_devices",
     "tune_process",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_client.round_steps import header_train_stats
+from edge_client.update_build import header_train_stats
 from fedsa_common.config import FederationConfig
 from fedsa_common.protocol import UpdateHeader
 

@@ -11,18 +11,10 @@ import torch
 from edge_client.attack import Attack
 from edge_client.conditions import DeviceConditions
 from edge_client.round_hooks import NO_HOOKS
-from edge_client.round_steps import (
-    Draft,
-    RoundPlan,
-    dp_step,
-    hooks_step,
-    next_state,
-    round_seed,
-    run_steps,
-    shared_delta,
-)
+from edge_client.round_steps import RoundPlan, next_state, shared_delta
 from edge_client.simulation import Simulation
 from edge_client.state import DeviceState
+from edge_client.update_build import Draft, dp_step, hooks_step, round_seed, run_steps
 from fedsa_common.config import FederationConfig
 from fedsa_common.dp import DpPlan
 from fedsa_common.protocol import AnnounceHeader
