@@ -1,1 +1,1 @@
-"""Test fakes shared across the test tree (imported as ``tests.support``)."""
+"""Test fakes and helpers shared across the test tree (imported as ``tests.support``)."""
