@@ -10,7 +10,7 @@ and every presence, status and announcement filter of the protocol is one) nor a
 So a federation runs on RabbitMQ when every subscriber is up before what it must see is
 published, which the last test does with its hubs on one node and its devices on the other.
 
-Skipped where RabbitMQ is not installed; its two nodes start and join once for the module
+Runs under ``-m slow``; skipped where RabbitMQ is not installed; its two nodes start and join once for the module
 (20-60 s on 2 cores, by load) and are stopped after it.
 """
 
@@ -36,8 +36,11 @@ from fedsa_common.transport import MqttSession, Will
 from scenarios.monitor import Monitor
 from tests.support.rabbitmq import RabbitCluster, RabbitNode, rabbitmq_bin
 
+# under -m slow: CI does not install RabbitMQ (35 MB, ~70 s of tests), and the default suite
+# keeps to the broker the project ships with
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.slow,
     pytest.mark.skipif(rabbitmq_bin() is None,
                        reason="RabbitMQ not installed (apt-get install rabbitmq-server)"),
 ]
