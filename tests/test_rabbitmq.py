@@ -10,8 +10,8 @@ and every presence, status and announcement filter of the protocol is one) nor a
 So a federation runs on RabbitMQ when every subscriber is up before what it must see is
 published, which the last test does with its hubs on one node and its devices on the other.
 
-Runs under ``-m slow``; skipped where RabbitMQ is not installed; its two nodes start and join once for the module
-(20-60 s on 2 cores, by load) and are stopped after it.
+Runs under ``-m slow``; skipped where RabbitMQ is not installed; its two nodes start and join
+once for the module (20-60 s on 2 cores, by load) and are stopped after it.
 """
 
 from __future__ import annotations
