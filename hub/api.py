@@ -23,8 +23,8 @@ from fedsa_common.config import (
     NUM_LABELS_REQUIRED,
     ConfigError,
     FederationConfig,
+    federation_config_from,
     load_federation_config,
-    validate_model,
 )
 from fedsa_common.errors import OptionError
 from fedsa_common.managed import ManagedProcess, option_args
@@ -73,7 +73,7 @@ def cloud_config(config: CloudConfig, federation: str) -> FederationConfig:
     if isinstance(config, FederationConfig):
         cfg = config
     elif isinstance(config, Mapping):
-        cfg = validate_model(FederationConfig, dict(config))
+        cfg = federation_config_from(dict(config))
     else:
         cfg = load_federation_config(None if config is None else Path(config))
     if cfg.model.needs_num_labels:

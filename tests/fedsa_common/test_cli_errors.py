@@ -63,6 +63,12 @@ MISTAKES: dict[str, Mistake] = {
         "hub", lambda t: _serve(t, **{"--config": str(_write(t / "c.yaml", "rounds: 2\n"))}),
         lambda t: ["model.num_labels: required in a cloud hub's --config",
                    f"(--config {t / 'c.yaml'})"]),
+    "hub serve: a scenario file as config": (  # the tiny-test template, a scenario
+        "hub", lambda t: _serve(t, **{"--config": str(TINY)}),
+        lambda t: [f"{TINY} is a scenario file (it has a top-level scenario: section), not a "
+                   "cloud hub's configuration: play it with 'scenarios run FILE --out DIR'",
+                   "delete its scenario: and tune: sections and set model.num_labels",
+                   "(--config)"]),
     "hub serve: missing config": (
         "hub", lambda t: _serve(t, **{"--config": str(t / "nope.yaml")}),
         lambda t: [f"configuration file not found: {t / 'nope.yaml'}"]),
