@@ -162,15 +162,22 @@ def serve_cloud(config: CloudConfig, federation: str,
             started.stop()
 
 
-def start_hub(role: str, federation: str, state_dir: str | Path, *,
-              log_path: str | Path | None = None, **options: Any) -> ManagedProcess:
-    """Start ``hub serve --role ROLE`` as a child process (its output to ``log_path``);
-    ``options`` are ``hub serve`` options by their Python name (``broker``, ``region``,
-    ``config``, ``credentials``, ``metrics_port``, ...).  ``stop()`` (or leaving a ``with``
-    block) stops it cleanly, ``wait()`` returns its exit status."""
+def serve_args(role: str, federation: str, state_dir: str | Path, **options: Any
+               ) -> list[str]:
+    """``hub serve``'s arguments (after ``hub``) for a hub with these options, by their
+    Python name (``broker``, ``region``, ``config``, ``credentials``, ``metrics_port``,
+    ``hub_grace``, ...; None leaves one out)."""
     if role not in ("cloud", "regional"):
         raise OptionError(f"role {role!r} must be cloud or regional", "--role")
     _name("federation", federation, "--federation")
-    args = ["serve", *option_args({"role": role, "federation": federation,
+    return ["serve", *option_args({"role": role, "federation": federation,
                                    "state_dir": state_dir, **options})]
-    return ManagedProcess("hub", args, None if log_path is None else Path(log_path))
+
+
+def start_hub(role: str, federation: str, state_dir: str | Path, *,
+              log_path: str | Path | None = None, **options: Any) -> ManagedProcess:
+    """Start ``hub serve --role ROLE`` as a child process (its output to ``log_path``);
+    ``options`` as for ``serve_args``.  ``stop()`` (or leaving a ``with`` block) stops it
+    cleanly, ``wait()`` returns its exit status."""
+    return ManagedProcess("hub", serve_args(role, federation, state_dir, **options),
+                          None if log_path is None else Path(log_path))
