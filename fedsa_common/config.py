@@ -87,6 +87,7 @@ __all__ = [
     "TrainingSection",
     "TransportSection",
     "digest_of",
+    "federation_config_from",
     "format_validation_error",
     "load_federation_config",
     "read_yaml",
@@ -270,5 +271,21 @@ def yaml_where(err: yaml.YAMLError) -> str:
     return f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
+def federation_config_from(data: dict[str, Any], source: str = "the configuration"
+                           ) -> FederationConfig:
+    """A cloud hub's configuration from parsed YAML (or the API's dict).  A scenario file
+    (top-level ``scenario:``) is refused with how to use it instead: it is the one mistake
+    pydantic would word as a bare unknown key, leaving the operator to guess that a
+    scenario's body is a cloud configuration minus two sections."""
+    if "scenario" in data:
+        raise ConfigError(
+            f"{source} is a scenario file (it has a top-level scenario: section), not a cloud "
+            "hub's configuration: play it with 'scenarios run FILE --out DIR' (which writes "
+            "the cloud configuration it derives to DIR/federation.yaml), or delete its "
+            "scenario: and tune: sections and set model.num_labels")
+    return validate_model(FederationConfig, data)
+
+
 def load_federation_config(path: Path | None) -> FederationConfig:
-    return FederationConfig() if path is None else validate_model(FederationConfig, read_yaml(path))
+    return FederationConfig() if path is None else federation_config_from(read_yaml(path),
+                                                                           str(path))

@@ -255,18 +255,6 @@ class CompressionSection(CodecSection):
         return data
 
 
-def refuse_placeholder(field: str, enable: bool) -> bool:
-    """Refuse ``enable: true`` for a placeholder section.
-
-    The plan names these sections, so configurations may carry them, but nothing uses
-    them yet: accepting ``enable: true`` would promise a protection that does not exist.
-    """
-    if enable:
-        raise ValueError(f"not implemented yet: {field} cannot be enabled in this version; "
-                         "remove it or set enable: false")
-    return enable
-
-
 class LayerRule(Strict):
     """``layers`` (one index ``"3"`` or an inclusive range ``"0-2"``) share the LoRA roles in
     ``share`` (``[]``: those layers keep A and B local)."""

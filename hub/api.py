@@ -23,8 +23,8 @@ from fedsa_common.config import (
     NUM_LABELS_REQUIRED,
     ConfigError,
     FederationConfig,
+    federation_config_from,
     load_federation_config,
-    validate_model,
 )
 from fedsa_common.errors import OptionError
 from fedsa_common.managed import ManagedProcess, option_args
@@ -73,7 +73,7 @@ def cloud_config(config: CloudConfig, federation: str) -> FederationConfig:
     if isinstance(config, FederationConfig):
         cfg = config
     elif isinstance(config, Mapping):
-        cfg = validate_model(FederationConfig, dict(config))
+        cfg = federation_config_from(dict(config))
     else:
         cfg = load_federation_config(None if config is None else Path(config))
     if cfg.model.needs_num_labels:
@@ -162,15 +162,22 @@ def serve_cloud(config: CloudConfig, federation: str,
             started.stop()
 
 
-def start_hub(role: str, federation: str, state_dir: str | Path, *,
-              log_path: str | Path | None = None, **options: Any) -> ManagedProcess:
-    """Start ``hub serve --role ROLE`` as a child process (its output to ``log_path``);
-    ``options`` are ``hub serve`` options by their Python name (``broker``, ``region``,
-    ``config``, ``credentials``, ``metrics_port``, ...).  ``stop()`` (or leaving a ``with``
-    block) stops it cleanly, ``wait()`` returns its exit status."""
+def serve_args(role: str, federation: str, state_dir: str | Path, **options: Any
+               ) -> list[str]:
+    """``hub serve``'s arguments (after ``hub``) for a hub with these options, by their
+    Python name (``broker``, ``region``, ``config``, ``credentials``, ``metrics_port``,
+    ``hub_grace``, ...; None leaves one out)."""
     if role not in ("cloud", "regional"):
         raise OptionError(f"role {role!r} must be cloud or regional", "--role")
     _name("federation", federation, "--federation")
-    args = ["serve", *option_args({"role": role, "federation": federation,
+    return ["serve", *option_args({"role": role, "federation": federation,
                                    "state_dir": state_dir, **options})]
-    return ManagedProcess("hub", args, None if log_path is None else Path(log_path))
+
+
+def start_hub(role: str, federation: str, state_dir: str | Path, *,
+              log_path: str | Path | None = None, **options: Any) -> ManagedProcess:
+    """Start ``hub serve --role ROLE`` as a child process (its output to ``log_path``);
+    ``options`` as for ``serve_args``.  ``stop()`` (or leaving a ``with`` block) stops it
+    cleanly, ``wait()`` returns its exit status."""
+    return ManagedProcess("hub", serve_args(role, federation, state_dir, **options),
+                          None if log_path is None else Path(log_path))

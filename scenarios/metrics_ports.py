@@ -30,7 +30,3 @@ def allocate(names: Iterable[str], out: Path | None = None) -> dict[str, int]:
         (out / FILE_NAME).write_text(json.dumps(ports, indent=2))
     return ports
 
-
-def metrics_args(ports: dict[str, int], name: str) -> list[str]:
-    """``["--metrics-port", N]`` for a process that has a port, else nothing."""
-    return ["--metrics-port", str(ports[name])] if name in ports else []

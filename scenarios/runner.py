@@ -9,13 +9,12 @@ import json
 import logging
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
@@ -23,11 +22,13 @@ from edge_client.conditions import conditions_to_json
 from edge_client.data import load_pool
 from fedsa_common.atomic import write_json
 from fedsa_common.broker import BrokerProcess, start_broker
+from fedsa_common.managed import ManagedProcess, stop_all
+from hub.api import serve_args
 from scenarios.adversaries import choose_adversaries, honest_accuracy
 from scenarios.config import ScenarioConfig
 from scenarios.expect import check_expectations
 from scenarios.grammar import Fault, device_conditions
-from scenarios.metrics_ports import allocate, metrics_args
+from scenarios.metrics_ports import allocate
 from scenarios.monitor import Monitor
 from scenarios.report import build_report, round_row
 from scenarios.report_html import write_report_html
@@ -39,9 +40,7 @@ log = logging.getLogger("fedsa.scenarios")
 @dataclass
 class Proc:
     name: str
-    args: list[str]
-    popen: subprocess.Popen[bytes]
-    log: IO[bytes]
+    process: ManagedProcess  # its log: OUT/logs/NAME.log
     killed: bool = False  # stopped on purpose (a fault, or the final clean-up)
 
 
@@ -57,11 +56,12 @@ class Cluster:
     sites: SiteTopology | None = None  # scenario.topology.sites: a broker per site
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def spawn(self, name: str, args: list[str]) -> Proc:
-        log_file = open(self.out / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop
-        popen = subprocess.Popen([sys.executable, "-m", *args], stdout=log_file,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-        proc = Proc(name, args, popen, log_file)
+    def spawn(self, name: str, package: str, args: list[str]) -> Proc:
+        """``python -m PACKAGE ARGS`` as process ``name``."""
+        return self._add(name, ManagedProcess(package, args, self.out / "logs" / f"{name}.log"))
+
+    def _add(self, name: str, process: ManagedProcess) -> Proc:
+        proc = Proc(name, process)
         with self.lock:
             self.procs[name] = proc
         return proc
@@ -70,37 +70,26 @@ class Cluster:
         with self.lock:
             proc = self.procs[name]
             proc.killed = True
-        proc.popen.kill()
-        proc.popen.wait()
-        proc.log.close()
+        proc.process.kill()
 
     def respawn(self, name: str) -> Proc:
-        return self.spawn(name, self.procs[name].args)
+        return self._add(name, self.procs[name].process.restarted())
 
     def signal(self, name: str, sig: int) -> None:
-        self.procs[name].popen.send_signal(sig)
+        self.procs[name].process.send_signal(sig)
 
     def failed(self) -> list[Proc]:
         with self.lock:
             return [p for p in self.procs.values()
-                    if not p.killed and p.popen.poll() not in (None, 0)]
+                    if not p.killed and p.process.returncode not in (None, 0)]
 
     def stop(self, grace_s: float = 10.0) -> None:
         with self.lock:
             procs = list(self.procs.values())
         for p in procs:
-            if p.popen.poll() is None:
+            if p.process.returncode is None:
                 p.killed = True
-                p.popen.send_signal(signal.SIGCONT)
-                p.popen.send_signal(signal.SIGTERM)
-        until = time.time() + grace_s
-        for p in procs:
-            try:
-                p.popen.wait(timeout=max(0.1, until - time.time()))
-            except subprocess.TimeoutExpired:
-                p.popen.kill()
-                p.popen.wait()
-            p.log.close()
+        stop_all([p.process for p in procs], grace_s)
         if self.broker is not None:
             self.broker.stop()
         if self.sites is not None:
@@ -189,7 +178,8 @@ class FaultInjector(threading.Thread):
 
 
 def log_tail(proc: Proc, lines: int = 15) -> str:
-    text = (proc.log.name and Path(proc.log.name).read_text(errors="replace")) or ""
+    path = proc.process.log_path
+    text = path.read_text(errors="replace") if path is not None else ""
     return "\n".join(text.splitlines()[-lines:])
 
 
@@ -255,13 +245,13 @@ def _worker_chunks(devices: list[tuple[str, str]], size: int, per_region: bool
     return chunks
 
 
-def connect_args(sites: SiteTopology | None, broker_url: str
-                 ) -> Callable[[str | None], list[str]]:
-    """``hub serve``'s arguments to reach its broker, for the cloud hub (None) or a region's:
+def connect_options(sites: SiteTopology | None, broker_url: str
+                    ) -> Callable[[str | None], dict[str, Any]]:
+    """``hub serve``'s options to reach its broker, for the cloud hub (None) or a region's:
     the one broker's URL, or with sites the hub's provisioned credentials."""
     if sites is None:
-        return lambda _region: ["--broker", broker_url]
-    return sites.hub_args
+        return lambda _region: {"broker": broker_url}
+    return lambda region: {"credentials": sites.hub_credentials(region)}
 
 
 def print_progress(monitor: Monitor, total: int, echo: Callable[[str], None]
@@ -316,30 +306,29 @@ def run_scenario(config: ScenarioConfig, out: Path, broker_url: str | None = Non
                     broker_url = cluster.broker.url
                     echo(f"started {cluster.broker.kind} broker at {broker_url}")
             monitor = Monitor(broker_url, fed)
-        reach = connect_args(cluster.sites, broker_url)
+        reach = connect_options(cluster.sites, broker_url)
         monitor.on_round_done = print_progress(monitor, fed_config.rounds, echo)
         monitor.start()
         state = out / "state"
-        limit = str(fed_config.transport.payload_limit)
+        limit = fed_config.transport.payload_limit
         ports = allocate(["cloud", *(f"regional-{r}" for r in sc.topology.regions)], out)
-        cluster.spawn("cloud", [
-            "hub", "serve", "--role", "cloud", *reach(None), "--federation", fed,
-            "--state-dir", str(state / "cloud"), "--config", str(config_path),
-            "--payload-limit", limit, *metrics_args(ports, "cloud"),
+        cluster.spawn("cloud", "hub", serve_args(
+            "cloud", fed, state / "cloud", **reach(None), config=config_path,
+            payload_limit=limit, metrics_port=ports["cloud"],
             # every region's hub is started below: under load one may take long to come up,
             # and its devices must not be skipped meanwhile
-            "--hub-grace", str(sc.timeout_s)])
+            hub_grace=sc.timeout_s))
         for region in sc.topology.regions:
-            cluster.spawn(f"regional-{region}", [
-                "hub", "serve", "--role", "regional", "--region", region, *reach(region),
-                "--federation", fed, "--state-dir", str(state / f"regional-{region}"),
-                "--payload-limit", limit, *metrics_args(ports, f"regional-{region}")])
+            name = f"regional-{region}"
+            cluster.spawn(name, "hub", serve_args(
+                "regional", fed, state / name, region=region, **reach(region),
+                payload_limit=limit, metrics_port=ports[name]))
         t0 = time.time()
         specs = write_worker_specs(config, broker_url, out, t0) if cluster.sites is None \
             else write_worker_specs(config, cluster.sites.brokers.url, out, t0,
                                     credentials=cluster.sites.device_credentials)
         for path in specs:
-            cluster.spawn(path.stem, ["edge_client", "worker", "--spec", str(path)])
+            cluster.spawn(path.stem, "edge_client", ["worker", "--spec", str(path)])
         echo(f"scenario {sc.name}: {sc.topology.num_devices} devices in "
              f"{len(sc.topology.regions)} regions, {fed_config.rounds} rounds of "
              f"{fed_config.fedsa_lora.algorithm} ({fed_config.round_policy.mode})")
@@ -350,23 +339,23 @@ def run_scenario(config: ScenarioConfig, out: Path, broker_url: str | None = Non
         deadline = started + sc.timeout_s
         while True:
             cloud = cluster.procs["cloud"]
-            if cloud.popen.poll() is not None and not cloud.killed:
+            if cloud.process.returncode is not None and not cloud.killed:
                 break
             bad = cluster.failed()
             if bad:
-                raise RuntimeError(f"process {bad[0].name} exited with {bad[0].popen.returncode}:"
-                                   f"\n{log_tail(bad[0])}")
+                raise RuntimeError(f"process {bad[0].name} exited with "
+                                   f"{bad[0].process.returncode}:\n{log_tail(bad[0])}")
             if time.time() > deadline:
                 raise TimeoutError(f"scenario did not finish within {sc.timeout_s:.0f}s")
             time.sleep(0.5)
-        if cloud.popen.returncode != 0:
-            raise RuntimeError(f"cloud hub exited with {cloud.popen.returncode}:\n"
+        if cloud.process.returncode != 0:
+            raise RuntimeError(f"cloud hub exited with {cloud.process.returncode}:\n"
                                f"{log_tail(cloud)}")
         if faults is not None:
             faults.stopping.set()
         for p in list(cluster.procs.values()):  # the rest exit on the final announcement
             try:
-                p.popen.wait(timeout=30)
+                p.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 log.info("%s still running after the federation finished; stopping it", p.name)
         time.sleep(0.5)  # let the last metrics reach the monitor

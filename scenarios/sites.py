@@ -40,11 +40,11 @@ class SiteTopology:
     def cloud_url(self) -> str:
         return self.brokers.url()
 
-    def hub_args(self, region: str | None = None) -> list[str]:
+    def hub_credentials(self, region: str | None = None) -> Path:
         """How the cloud hub (``region`` None) or a regional hub reaches its broker: its
         provisioned credentials file (which names the broker's URL and CA)."""
         user = "hub-cloud" if region is None else f"hub-regional-{region}"
-        return ["--credentials", str(self.brokers.creds_path(user, region))]
+        return self.brokers.creds_path(user, region)
 
     def device_credentials(self, region: str, client: str) -> Path:
         return self.brokers.creds_path(client, region)

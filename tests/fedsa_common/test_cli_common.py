@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import warnings
 from importlib.metadata import version
 from typing import Any
@@ -18,6 +19,7 @@ from edge_client.cli import app as edge_app
 from fedsa_common import cli_common
 from hub.cli import app as hub_app
 from scenarios.cli import app as scenarios_app
+from tests.support.programs import program
 
 APPS = {"edge-client": edge_app, "hub": hub_app, "scenarios": scenarios_app}
 # the exact texts the libraries emit (bitsandbytes/backends/cpu/ops.py,
@@ -44,6 +46,26 @@ def test_version_prints_the_distribution_version(name: str) -> None:
     result = CliRunner().invoke(APPS[name], ["--version"])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"fedsa-edge {version('fedsa-edge')}"
+
+
+# a command of each program that takes --log-level
+LOGGING_COMMANDS = {"edge-client": "join", "hub": "serve", "scenarios": "run"}
+
+
+@pytest.mark.parametrize("name", list(LOGGING_COMMANDS))
+def test_each_installed_program_has_version_and_explains_log_level(name: str) -> None:
+    """Through the programs themselves (entry point, real streams and exit status)."""
+    shown = subprocess.run([*program(name), "--version"], capture_output=True, text=True,
+                           timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == f"fedsa-edge {version('fedsa-edge')}"
+    helped = subprocess.run([*program(name), LOGGING_COMMANDS[name], "--help"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "COLUMNS": "240"})
+    assert helped.returncode == 0, helped.stderr
+    text = " ".join(helped.stdout.replace("│", " ").split())
+    assert "--log-level" in text and "Least severe log level shown" in text, helped.stdout
+    assert "DEBUG also prints the traceback" in text
 
 
 def _commands(group: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -16,6 +16,7 @@ from edge_client.cli import app as edge_app
 from fedsa_common.cli_common import error_text
 from hub.cli import app as hub_app
 from scenarios.cli import app as scenarios_app
+from tests.support.programs import program
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "scenarios" / "tiny.yaml"
@@ -63,6 +64,12 @@ MISTAKES: dict[str, Mistake] = {
         "hub", lambda t: _serve(t, **{"--config": str(_write(t / "c.yaml", "rounds: 2\n"))}),
         lambda t: ["model.num_labels: required in a cloud hub's --config",
                    f"(--config {t / 'c.yaml'})"]),
+    "hub serve: a scenario file as config": (  # the tiny-test template, a scenario
+        "hub", lambda t: _serve(t, **{"--config": str(TINY)}),
+        lambda t: [f"{TINY} is a scenario file (it has a top-level scenario: section), not a "
+                   "cloud hub's configuration: play it with 'scenarios run FILE --out DIR'",
+                   "delete its scenario: and tune: sections and set model.num_labels",
+                   "(--config)"]),
     "hub serve: missing config": (
         "hub", lambda t: _serve(t, **{"--config": str(t / "nope.yaml")}),
         lambda t: [f"configuration file not found: {t / 'nope.yaml'}"]),
@@ -140,17 +147,36 @@ MISTAKES: dict[str, Mistake] = {
 }
 
 
+def assert_one_error_line(stderr: str, parts: list[str]) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+
+
 @pytest.mark.parametrize("case", list(MISTAKES))
 def test_a_user_mistake_is_one_line_naming_what_to_fix_and_exit_2(case: str,
                                                                    tmp_path: Path) -> None:
     app, argv, expected = MISTAKES[case]
     result = CliRunner().invoke(APPS[app], argv(tmp_path))
     assert result.exit_code == 2, (result.output, result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for part in expected(tmp_path):
-        assert part in lines[0], (part, lines[0])
+    assert_one_error_line(result.stderr, expected(tmp_path))
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("case", ["hub serve: a scenario file as config",
+                                  "edge-client join: missing data file",
+                                  "scenarios run: invalid field"])
+def test_each_installed_program_reports_a_mistake_the_same_way(case: str,
+                                                               tmp_path: Path) -> None:
+    """The same, one mistake per program, through the program itself: its entry point,
+    the real standard error and exit status."""
+    name, argv, expected = MISTAKES[case]
+    done = subprocess.run([*program(name), *argv(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert_one_error_line(done.stderr, expected(tmp_path))
+    assert done.stdout == ""
 
 
 def test_log_level_debug_adds_the_traceback_behind_the_message(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import fedsa_edge
 from fedsa_common.config import FederationConfig
@@ -101,3 +102,9 @@ def test_api_errors_name_the_option(tmp_path: Path) -> None:
         fedsa_edge.join("demo", "r1", "dev", str(tmp_path / "missing.csv"), tmp_path / "d")
     with pytest.raises(fedsa_edge.UserError, match="num_labels"):
         fedsa_edge.cloud_config(None, "demo")
+    scenario = yaml.safe_load(TINY.read_text())  # a scenario's body is a config, not it
+    with pytest.raises(fedsa_edge.UserError, match=r"is a scenario file .* delete its scenario:"):
+        fedsa_edge.cloud_config(scenario, "demo")
+    del scenario["scenario"]
+    assert fedsa_edge.cloud_config({**scenario, "model": {**scenario["model"], "num_labels": 3}},
+                                   "demo").rounds == scenario["rounds"]

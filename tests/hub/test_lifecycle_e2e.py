@@ -130,11 +130,14 @@ def test_extend_a_finished_federation_keeps_device_state(tmp_path: Path, broker,
 
 
 def ghost_online(url: str, federation: str) -> None:
-    """A retained presence of a device that never reports: the cloud selects it, and its
-    round waits for the deadline unless stopped."""
+    """A retained presence of a device that never reports, and a retained status of its
+    regional hub saying it serves (the cloud selects devices of served regions only): the
+    cloud selects it, and its round waits for the deadline unless stopped."""
     topics = Topics(federation)
     with MqttSession(url, client_id=f"t-{uuid.uuid4().hex[:8]}", clean_session=True) as s:
         s.connect(timeout=10)
+        s.publish_raw(topics.status("regional", "r1"), json.dumps({"online": True}).encode(),
+                      retain=True)
         s.publish_raw(topics.presence("r1", "ghost"),
                       encode_json(Presence(client="ghost", region="r1", online=True)),
                       retain=True)
