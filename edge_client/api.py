@@ -15,13 +15,13 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedsa_common.errors import OptionError
-from fedsa_common.managed import ManagedProcess, option_args
-from fedsa_common.names import check_name
+from fedsa_common.process.managed import ManagedProcess, option_args
+from fedsa_common.wire.errors import OptionError
+from fedsa_common.wire.names import check_name
 
 if TYPE_CHECKING:
-    from fedsa_common.broker_auth import BrokerAuth
-    from fedsa_common.secagg.identity import DeviceIdentity
+    from fedsa_common.net.broker_auth import BrokerAuth
+    from fedsa_common.privacy.secagg.identity import DeviceIdentity
 
 log = logging.getLogger("fedsa.device")
 

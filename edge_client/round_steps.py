@@ -41,13 +41,13 @@ from edge_client.schedule import local_steps_for, round_lr_scale
 from edge_client.split_state import importance_report, round_split, shared_start
 from edge_client.state import DeviceState
 from edge_client.training import StepInfo, TokenizedSplit, TrainResult, evaluate, train_steps
-from fedsa_common.codec import get_codec
-from fedsa_common.codecs.common import EncodedDelta
-from fedsa_common.config import FederationConfig
-from fedsa_common.dp import DpPlan, privatize_update
-from fedsa_common.protocol import AnnounceHeader, Metrics, UpdateHeader
-from fedsa_common.split import role, trainable_names
-from fedsa_common.tensors import Tensors
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.federation.split import role, trainable_names
+from fedsa_common.privacy.dp import DpPlan, privatize_update
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.codecs.common import EncodedDelta
+from fedsa_common.wire.protocol import AnnounceHeader, Metrics, UpdateHeader
+from fedsa_common.wire.tensors import Tensors
 from quant.adapters import AdapterModel
 
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from fedsa_common.broker import mosquitto_path
-from fedsa_common.broker_auth import BrokerAuth, load_credentials
-from fedsa_common.protocol import Topics
-from fedsa_common.transport import MqttSession
+from fedsa_common.net.broker import mosquitto_path
+from fedsa_common.net.broker_auth import BrokerAuth, load_credentials
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.protocol import Topics
 from hub.provision import ProvisionSpec, Site, mosquitto_password_line, provision, site_dir
 from hub.provision_bridge import bridge_client_id, bridge_user
 

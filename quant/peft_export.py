@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from peft import get_peft_model
 
-from fedsa_common.atomic import write_json
-from fedsa_common.config import ModelSection
+from fedsa_common.federation.config import ModelSection
+from fedsa_common.process.atomic import write_json
 from quant.adapters import AdapterModel, lora_config
 from quant.base_model import load_base_model, quantization_config
 

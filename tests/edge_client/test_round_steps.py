@@ -23,9 +23,9 @@ from edge_client.round_steps import (
 )
 from edge_client.simulation import Simulation
 from edge_client.state import DeviceState
-from fedsa_common.config import FederationConfig
-from fedsa_common.dp import DpPlan
-from fedsa_common.protocol import AnnounceHeader
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.privacy.dp import DpPlan
+from fedsa_common.wire.protocol import AnnounceHeader
 
 CLIP_1 = DpPlan(mode="central", clip_norm=1.0, noise_multiplier=1.0, sample_rate=1.0,
                 epsilon=1.0, delta=1e-5, rounds=1, calibrated=False)

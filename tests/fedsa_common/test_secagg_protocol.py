@@ -11,16 +11,16 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from fedsa_common.secagg import (
+from fedsa_common.privacy.secagg import (
     RoundContext,
     SecAggClient,
     SecAggError,
     SecAggParams,
     SecAggServer,
 )
-from fedsa_common.secagg.fixed_point import MOD, add_mod
-from fedsa_common.secagg.identity import Authority
-from fedsa_common.secagg.messages import (
+from fedsa_common.privacy.secagg.fixed_point import MOD, add_mod
+from fedsa_common.privacy.secagg.identity import Authority
+from fedsa_common.privacy.secagg.messages import (
     AdvertiseKeys,
     KeyAuth,
     MaskedInput,
@@ -32,7 +32,7 @@ from fedsa_common.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedsa_common.secagg.params import MIN_ROSTER
+from fedsa_common.privacy.secagg.params import MIN_ROSTER
 from hub.aggregation import RunningSum
 
 LENGTH = 40

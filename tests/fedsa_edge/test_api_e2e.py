@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import fedsa_edge
-from fedsa_common.config import FederationConfig
+from fedsa_common.federation.config import FederationConfig
 from hub.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedsa_common.atomic import read_tensors
-from fedsa_common.split import role
+from fedsa_common.federation.split import role
+from fedsa_common.process.atomic import read_tensors
 from scenarios.config import ScenarioConfig
 from scenarios.runner import run_scenario
 
