@@ -32,9 +32,9 @@ from typing import Any
 
 import yaml
 
-from fedsa_common.broker import free_port
-from fedsa_common.protocol import Topics
-from fedsa_common.transport import MqttSession
+from fedsa_common.net.broker import free_port
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.protocol import Topics
 from hub.bridge_traffic import Recorder, crossing_per_round
 from hub.checkpoint import load_checkpoint
 from hub.site_brokers import SiteBrokers, start_site_brokers

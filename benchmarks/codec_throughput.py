@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from benchmarks.common import machine, today
-from fedsa_common.codec import get_codec
-from fedsa_common.config import FederationConfig
-from fedsa_common.envelope import pack_tensors, unpack_tensors
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.envelope import pack_tensors, unpack_tensors
 from scenarios.bench_sweep import parse_compression
 
 CODECS = ["dense:fp32", "topk_int8:0.1", "topk:0.1:int8", "topk:0.1:int8:zstd",

@@ -45,17 +45,17 @@ import torch
 
 from benchmarks.codec_throughput import FEDERATION, REGION, ROUND, SETS, Setting, deltas, setting
 from benchmarks.common import machine, today
-from fedsa_common.broker import BrokerProcess, start_broker
-from fedsa_common.codec import get_codec
-from fedsa_common.config import RoundPolicySection
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import RoundPolicySection
+from fedsa_common.net.broker import BrokerProcess, start_broker
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.protocol import (
     AnnounceHeader,
     Topics,
     UpdateHeader,
     decode_message,
     encode_message,
 )
-from fedsa_common.transport import MqttSession
 from hub.intake import RegionIntake
 from quant.adapters import init_adapter_values
 

@@ -31,7 +31,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from edge_client.memory import PeakMeter, rss_bytes
     from edge_client.microbatch import MicroBatchPlanner
     from edge_client.training import tokenize, train_steps
-    from fedsa_common.config import ModelSection
+    from fedsa_common.federation.config import ModelSection
     from quant.adapters import build_adapter_model
 
     torch.set_num_threads(args.threads)

@@ -50,8 +50,8 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     from edge_client.snapshot import model_info, save_global
     from edge_client.state import DeviceState, StateDir
     from edge_client.training import tokenize, train_steps
-    from fedsa_common.config import FederationConfig
-    from fedsa_common.split import local_names, shared_names
+    from fedsa_common.federation.config import FederationConfig
+    from fedsa_common.federation.split import local_names, shared_names
     from quant.adapters import build_adapter_model
 
     torch.set_num_threads(args.threads)

@@ -44,18 +44,18 @@ import yaml
 
 from benchmarks.common import machine, today
 from edge_client.api import start_load_devices
-from fedsa_common.broker import start_broker
-from fedsa_common.config import FederationConfig
-from fedsa_common.errors import WireError
-from fedsa_common.managed import ManagedProcess
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.net.broker import start_broker
+from fedsa_common.net.transport import MAX_SESSIONS_PER_PROCESS, MqttSession
+from fedsa_common.process.managed import ManagedProcess
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import (
     PartialHeader,
     RoundSummary,
     Topics,
     decode_json,
     decode_message,
 )
-from fedsa_common.transport import MAX_SESSIONS_PER_PROCESS, MqttSession
 from hub.api import start_hub
 from hub.provision import MIN_QUEUED_MESSAGES, QUEUED_PER_DEVICE
 

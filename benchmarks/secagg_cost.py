@@ -1,6 +1,6 @@
 """Bytes per device per round and CPU time of secure aggregation, in memory (no broker).
 
-Drives the protocol library (fedsa_common.secagg) and its wire encoders for one region and
+Drives the protocol library (fedsa_common.privacy.secagg) and its wire encoders for one region and
 one round with a third of the roster dropping after sharing, as docs/security.md reports.
 Devices hold provisioned signing identities (the malicious-hub protocol: signed
 advertisements, roster verification, the consistency round); ``--unsigned`` measures the
@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from fedsa_common.protocol import UpdateHeader, encode_message
-from fedsa_common.secagg import RoundContext, SecAggClient, SecAggParams, SecAggServer, wire
-from fedsa_common.secagg.identity import Authority
+from fedsa_common.privacy.secagg import RoundContext, SecAggClient, SecAggParams, SecAggServer, wire
+from fedsa_common.privacy.secagg.identity import Authority
+from fedsa_common.wire.protocol import UpdateHeader, encode_message
 
 
 def run(n: int, length: int, drop: int, signed: bool = True

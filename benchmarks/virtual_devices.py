@@ -32,9 +32,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from edge_client.device import Device, DeviceSpec
     from edge_client.host import ModelHost
     from edge_client.memory import rss_bytes
-    from fedsa_common.config import FederationConfig
-    from fedsa_common.protocol import AnnounceHeader, decode_message, encode_message
-    from fedsa_common.split import shared_names
+    from fedsa_common.federation.config import FederationConfig
+    from fedsa_common.federation.split import shared_names
+    from fedsa_common.wire.protocol import AnnounceHeader, decode_message, encode_message
     from quant.adapters import adapter_shapes, init_adapter_values
 
     torch.set_num_threads(args.threads)

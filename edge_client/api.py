@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedsa_common.errors import OptionError
-from fedsa_common.managed import ManagedProcess, option_args
-from fedsa_common.names import check_name
+from fedsa_common.process.managed import ManagedProcess, option_args
+from fedsa_common.wire.errors import OptionError
+from fedsa_common.wire.names import check_name
 
 if TYPE_CHECKING:
-    from fedsa_common.broker_auth import BrokerAuth
-    from fedsa_common.secagg.identity import DeviceIdentity
+    from fedsa_common.net.broker_auth import BrokerAuth
+    from fedsa_common.privacy.secagg.identity import DeviceIdentity
 
 log = logging.getLogger("fedsa.device")
 
@@ -102,7 +102,7 @@ def load_devices(federation: str, regions: Sequence[str], devices: int, *,
     acknowledgements each, and send real encoded updates of synthesised deltas without a
     model: a load generator for hubs and brokers.  Client ids are ``CLIENT_PREFIX
     REGION-0000``, ...: give each load process its own prefix.  A process holds at most
-    ``fedsa_common.transport.MAX_SESSIONS_PER_PROCESS`` devices in all."""
+    ``fedsa_common.net.transport.MAX_SESSIONS_PER_PROCESS`` devices in all."""
     if not regions:
         raise OptionError("give at least one region", "--region")
     _check_names(("--federation", "federation", federation),
@@ -116,7 +116,7 @@ def load_devices(federation: str, regions: Sequence[str], devices: int, *,
         if value < 1:
             raise OptionError(f"{option.removeprefix('--')} must be at least 1, not {value}",
                               option)
-    from fedsa_common.transport import MAX_SESSIONS_PER_PROCESS
+    from fedsa_common.net.transport import MAX_SESSIONS_PER_PROCESS
 
     if devices * len(regions) > MAX_SESSIONS_PER_PROCESS:
         raise OptionError(

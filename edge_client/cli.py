@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fedsa_common import cli_auth, cli_common
+from fedsa_common.process import cli_auth, cli_common
 
 if TYPE_CHECKING:
     from edge_client.predict import OnnxClassifier, Prediction
@@ -78,7 +78,7 @@ def join(
     SIGTERM stops the device like Ctrl-C: it finishes its current step, says it is
     offline and exits; a second signal exits at once."""
     from edge_client.api import join as join_federation
-    from fedsa_common.logs import setup_logging
+    from fedsa_common.process.logs import setup_logging
 
     cli_common.stop_on_sigterm()
     setup_logging(log_level)
@@ -141,12 +141,12 @@ def load(
     import logging
 
     from edge_client.api import load_devices
-    from fedsa_common.logs import setup_logging
+    from fedsa_common.process.logs import setup_logging
 
     cli_common.stop_on_sigterm()
     setup_logging(log_level)
     if log_level != cli_common.Level.DEBUG:  # one line per session and reconnect otherwise
-        logging.getLogger("fedsa_common.transport").setLevel(logging.WARNING)
+        logging.getLogger("fedsa_common.net.transport").setLevel(logging.WARNING)
     conn = cli_auth.connection_from_options(
         broker, None, username, password_file, tls_ca, default_url=None,
         federation=federation, role="device")
@@ -166,7 +166,7 @@ def worker(
 
     from edge_client.host import ModelHost
     from edge_client.worker import read_worker_spec, run_devices
-    from fedsa_common.logs import setup_logging
+    from fedsa_common.process.logs import setup_logging
 
     setup_logging(log_level)
     broker, devices, raw = read_worker_spec(spec)
@@ -198,7 +198,7 @@ def export(
     (modules_to_save; a causal language model has none), the tokenizer and fedsa.json
     (task, labels, the precision the device trained with) in the directory OUT."""
     from edge_client.export import export_peft, export_state
-    from fedsa_common.logs import setup_logging
+    from fedsa_common.process.logs import setup_logging
 
     if export_format is ExportFormat.peft and int8:
         raise cli_common.usage_error("--int8 applies to the onnx format only", "--int8")

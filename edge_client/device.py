@@ -65,27 +65,26 @@ from edge_client.state import DeviceState, StateDir
 from edge_client.state_lock import DuplicateClientId
 from edge_client.training import TokenizedSplit, TrainResult, tokenize
 from edge_client.update_build import Draft, prepare_update, round_seed
-from fedsa_common.broker_auth import BrokerAuth
-from fedsa_common.config import FederationConfig, LoraInit
-from fedsa_common.envelope import Envelope
-from fedsa_common.errors import WireError
-from fedsa_common.liveness import Reminder, hub_serving
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import FederationConfig, LoraInit, announced_config
+from fedsa_common.net.broker_auth import BrokerAuth
+from fedsa_common.net.transport import MqttSession, Will
+from fedsa_common.privacy.secagg.identity import DeviceIdentity
+from fedsa_common.wire.envelope import Envelope
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.liveness import Reminder, hub_serving
+from fedsa_common.wire.protocol import (
     Ack,
     AnnounceHeader,
     GlobalHeader,
     Metrics,
     Presence,
     Topics,
-    announced_config,
     check_name,
     decode_json,
     decode_message,
     encode_json,
     encode_message,
 )
-from fedsa_common.secagg.identity import DeviceIdentity
-from fedsa_common.transport import MqttSession, Will
 from quant.adapters import AdapterModel, init_adapter_values
 
 log = logging.getLogger("fedsa.device")

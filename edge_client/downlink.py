@@ -7,7 +7,7 @@ edge_client/snapshot.py, so a rebooted device can still apply the next delta), a
 announcement, selected or not:
 
 * it holds version v already: it uses them;
-* it holds ``delta_from``: it applies the delta (``fedsa_common.downlink.apply_delta``,
+* it holds ``delta_from``: it applies the delta (``fedsa_common.wire.downlink.apply_delta``,
   the cloud's own computation, so the result is bit-identical; ``global_digest`` checks);
 * otherwise, or when the delta does not decode or check out: it fetches the full
   parameters retained on ``Topics.global_params`` (``check_fetched``).
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fedsa_common.downlink import apply_delta
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import AnnounceHeader, GlobalHeader, params_digest
-from fedsa_common.tensors import Tensors
+from fedsa_common.wire.downlink import apply_delta
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import AnnounceHeader, GlobalHeader, params_digest
+from fedsa_common.wire.tensors import Tensors
 
 
 @dataclass(frozen=True)

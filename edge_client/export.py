@@ -34,7 +34,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from edge_client.bundle import FORMAT, INPUTS, TOKENIZER_FILE, sidecar_path, tokenizer_dir
 from edge_client.snapshot import Snapshot, load_snapshot
-from fedsa_common.atomic import write_json
+from fedsa_common.process.atomic import write_json
 from quant.adapters import AdapterModel
 from quant.peft_export import PeftExport, bnb_settings, fp32_adapter, save_peft_adapter
 

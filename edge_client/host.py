@@ -10,7 +10,7 @@ import json
 import threading
 
 from edge_client.memory import release_free_memory
-from fedsa_common.config import FederationConfig, Precision
+from fedsa_common.federation.config import FederationConfig, Precision
 from quant.adapters import AdapterModel, build_adapter_model
 
 

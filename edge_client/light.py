@@ -45,15 +45,15 @@ from edge_client.resend import backoff_after
 from edge_client.round_hooks import NO_HOOKS
 from edge_client.state_lock import DuplicateClientId
 from edge_client.update_build import Draft, prepare_update, round_seed
-from fedsa_common.broker_auth import BrokerAuth
-from fedsa_common.config import FederationConfig
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import FederationConfig, announced_config
+from fedsa_common.net.broker_auth import BrokerAuth
+from fedsa_common.net.transport import MAX_SESSIONS_PER_PROCESS, MqttSession, Will
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import (
     Ack,
     AnnounceHeader,
     Presence,
     Topics,
-    announced_config,
     announced_shapes,
     check_name,
     decode_json,
@@ -61,7 +61,6 @@ from fedsa_common.protocol import (
     encode_json,
     encode_message,
 )
-from fedsa_common.transport import MAX_SESSIONS_PER_PROCESS, MqttSession, Will
 
 log = logging.getLogger("fedsa.device.light")
 

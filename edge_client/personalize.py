@@ -20,8 +20,8 @@ import torch
 
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.training import Proximal, TokenizedSplit, TrainResult, train_steps
-from fedsa_common.adaptive_split import head_names
-from fedsa_common.config import FederationConfig
+from fedsa_common.federation.adaptive_split import head_names
+from fedsa_common.federation.config import FederationConfig
 from quant.adapters import AdapterModel
 
 

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from edge_client.bundle import INPUTS, TOKENIZER_FILE, sidecar_path, tokenizer_dir
-from fedsa_common.errors import UserError
+from fedsa_common.wire.errors import UserError
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 

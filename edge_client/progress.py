@@ -3,7 +3,7 @@
 On a terminal a person is watching: one line, rewritten in place after every optimizer step
 and left on screen when the round ends.  Anywhere else (a service, a scenario worker whose
 stderr is a log file) the same figures go out as one structured log record per local round,
-which ``fedsa_common.logs`` writes as a JSON line with the figures as fields.
+which ``fedsa_common.process.logs`` writes as a JSON line with the figures as fields.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from fedsa_common.tensors import Tensors
+from fedsa_common.wire.tensors import Tensors
 
 DelayKind = Literal["download", "compute", "upload"]
 

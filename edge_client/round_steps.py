@@ -37,10 +37,10 @@ from edge_client.schedule import local_steps_for, round_lr_scale
 from edge_client.split_state import round_split, shared_start
 from edge_client.state import DeviceState
 from edge_client.training import StepInfo, TokenizedSplit, TrainResult, evaluate, train_steps
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import AnnounceHeader, Metrics
-from fedsa_common.split import role, trainable_names
-from fedsa_common.tensors import Tensors
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.federation.split import role, trainable_names
+from fedsa_common.wire.protocol import AnnounceHeader, Metrics
+from fedsa_common.wire.tensors import Tensors
 from quant.adapters import AdapterModel
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from fedsa_common.config import TrainingSection
+from fedsa_common.federation.config import TrainingSection
 
 Schedule = Literal["constant", "linear", "cosine"]
 

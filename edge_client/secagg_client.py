@@ -1,4 +1,4 @@
-"""A device's side of secure aggregation over MQTT (the protocol is in fedsa_common.secagg).
+"""A device's side of secure aggregation over MQTT (the protocol is in fedsa_common.privacy.secagg).
 
 With ``fedsa_lora.privacy.secure_aggregation`` enabled, a selected device, before it
 trains: advertises fresh keys, waits for the hub's roster, sends its encrypted shares and
@@ -42,27 +42,27 @@ from typing import Any
 
 import torch
 
-from fedsa_common.codecs.common import EncodedDelta, accumulate
-from fedsa_common.config import FederationConfig
-from fedsa_common.dp import clip_update
-from fedsa_common.envelope import Envelope
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import AnnounceHeader, Topics, UpdateHeader
-from fedsa_common.secagg import wire
-from fedsa_common.secagg.config_check import enabled, secagg_params
-from fedsa_common.secagg.errors import SecAggError
-from fedsa_common.secagg.identity import DeviceIdentity
-from fedsa_common.secagg.messages import (
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.privacy.dp import clip_update
+from fedsa_common.privacy.secagg import wire
+from fedsa_common.privacy.secagg.config_check import enabled, secagg_params
+from fedsa_common.privacy.secagg.errors import SecAggError
+from fedsa_common.privacy.secagg.identity import DeviceIdentity
+from fedsa_common.privacy.secagg.messages import (
     MaskingSet,
     Roster,
     ShareDelivery,
     SurvivorSet,
     UnmaskRequest,
 )
-from fedsa_common.secagg.params import STAGE_FRACTIONS, RoundContext
-from fedsa_common.secagg.protocol import SecAggClient
-from fedsa_common.secagg.vector import gather, residual, vector_length
-from fedsa_common.transport import MqttSession
+from fedsa_common.privacy.secagg.params import STAGE_FRACTIONS, RoundContext
+from fedsa_common.privacy.secagg.protocol import SecAggClient
+from fedsa_common.privacy.secagg.vector import gather, residual, vector_length
+from fedsa_common.wire.codecs.common import EncodedDelta, accumulate
+from fedsa_common.wire.envelope import Envelope
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import AnnounceHeader, Topics, UpdateHeader
 
 log = logging.getLogger("fedsa.device.secagg")
 

@@ -22,7 +22,7 @@ from edge_client.conditions import (
     transfer_delay,
 )
 from edge_client.round_hooks import DelayKind
-from fedsa_common.tensors import Tensors
+from fedsa_common.wire.tensors import Tensors
 
 log = logging.getLogger("fedsa.device")
 

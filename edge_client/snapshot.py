@@ -26,9 +26,9 @@ import torch
 
 from edge_client.downlink import HeldGlobal
 from edge_client.state import LOCAL
-from fedsa_common.atomic import read_json, read_tensors, write_json, write_tensors
-from fedsa_common.config import FederationConfig, ModelSection
-from fedsa_common.protocol import params_digest
+from fedsa_common.federation.config import FederationConfig, ModelSection
+from fedsa_common.process.atomic import read_json, read_tensors, write_json, write_tensors
+from fedsa_common.wire.protocol import params_digest
 
 GLOBAL = "global.safetensors"
 MODEL = "model.json"

@@ -27,11 +27,11 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from fedsa_common.adaptive_split import round_shared, shares_head
-from fedsa_common.config import FederationConfig
-from fedsa_common.errors import WireError
-from fedsa_common.split import role
-from fedsa_common.tensors import Tensors
+from fedsa_common.federation.adaptive_split import round_shared, shares_head
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.federation.split import role
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.tensors import Tensors
 
 LORA = ("lora_A", "lora_B")
 

@@ -14,7 +14,13 @@ from pathlib import Path
 import torch
 
 from edge_client.state_lock import META, check_owner
-from fedsa_common.atomic import read_json, read_tensors, write_bytes, write_json, write_tensors
+from fedsa_common.process.atomic import (
+    read_json,
+    read_tensors,
+    write_bytes,
+    write_json,
+    write_tensors,
+)
 
 LOCAL = "local.safetensors"
 RESIDUAL = "residual.safetensors"

@@ -25,7 +25,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from fedsa_common.errors import UserError
+from fedsa_common.wire.errors import UserError
 
 LOCK_FILE = "device.lock"
 META = "device.json"  # the device's identity and bookkeeping, written by ``state.StateDir``

@@ -37,7 +37,7 @@ import torch
 from edge_client.memory import PeakMeter, is_out_of_memory
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.schedule import Schedule, lr_multiplier
-from fedsa_common.split import role
+from fedsa_common.federation.split import role
 from quant.adapters import AdapterModel, set_gradient_checkpointing
 
 log = logging.getLogger("fedsa.device")

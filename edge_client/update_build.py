@@ -22,12 +22,12 @@ from typing import Protocol
 
 from edge_client.round_hooks import RoundHooks
 from edge_client.split_state import importance_report
-from fedsa_common.codec import get_codec
-from fedsa_common.codecs.common import EncodedDelta
-from fedsa_common.config import FederationConfig
-from fedsa_common.dp import DpPlan, privatize_update, round_dp_plan
-from fedsa_common.protocol import AnnounceHeader, UpdateHeader
-from fedsa_common.tensors import Tensors
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.privacy.dp import DpPlan, privatize_update, round_dp_plan
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.codecs.common import EncodedDelta
+from fedsa_common.wire.protocol import AnnounceHeader, UpdateHeader
+from fedsa_common.wire.tensors import Tensors
 
 
 def round_seed(seed: int, client: str, round_: int) -> int:

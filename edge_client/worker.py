@@ -21,8 +21,8 @@ from edge_client.device import Device, DeviceSpec
 from edge_client.host import ModelHost
 from edge_client.round_hooks import NO_HOOKS, RoundHooks
 from edge_client.simulation import Simulation
-from fedsa_common.broker_auth import credentials_auth, load_credentials
-from fedsa_common.errors import UserError
+from fedsa_common.net.broker_auth import credentials_auth, load_credentials
+from fedsa_common.wire.errors import UserError
 
 log = logging.getLogger("fedsa.device")
 

@@ -12,14 +12,14 @@ processes (``start_hub``, ``start_device``: ``stop()``, ``wait()``, usable with 
 ``start_broker`` starts Mosquitto (or the embedded broker) on a free local port.  Each call
 lives on the floor of what it wraps (``hub.api``, ``edge_client.api``, ``scenarios.api``);
 this package only gathers them and is imported by nothing inside fedsa-edge.  A mistake
-raises a ``UserError`` (``fedsa_common.errors``) whose message names the field to fix.
+raises a ``UserError`` (``fedsa_common.wire.errors``) whose message names the field to fix.
 """
 
 from __future__ import annotations
 
 from edge_client.api import join, load_devices, start_device, start_load_devices
-from fedsa_common.broker import start_broker
-from fedsa_common.errors import OptionError, UserError
+from fedsa_common.net.broker import start_broker
+from fedsa_common.wire.errors import OptionError, UserError
 from hub.api import cloud_config, serve_cloud, serve_regional, start_hub, tune_process
 from scenarios.api import load as load_scenario
 from scenarios.api import run as run_scenario

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedsa_common.codecs.layout import Layout
-from fedsa_common.dp import l2_norm
-from fedsa_common.tensors import Tensors
+from fedsa_common.privacy.dp import l2_norm
+from fedsa_common.wire.codecs.layout import Layout
+from fedsa_common.wire.tensors import Tensors
 
 __all__ = ["RunningSum", "apply_server_update", "fedavg", "l2_norm"]
 

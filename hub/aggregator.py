@@ -40,13 +40,13 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from fedsa_common.adaptive_split import ImportanceStats
-from fedsa_common.config import AggregationSection, RoundPolicySection
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import UpdateHeader
-from fedsa_common.secagg.messages import MaskedInput
-from fedsa_common.secagg.protocol import AggregateResult, SecAggServer
-from fedsa_common.secagg.vector import scatter
+from fedsa_common.federation.adaptive_split import ImportanceStats
+from fedsa_common.federation.config import AggregationSection, RoundPolicySection
+from fedsa_common.privacy.secagg.messages import MaskedInput
+from fedsa_common.privacy.secagg.protocol import AggregateResult, SecAggServer
+from fedsa_common.privacy.secagg.vector import scatter
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import UpdateHeader
 from hub.aggregation import RunningSum, l2_norm
 from hub.robust import clip_to_norm, robust_aggregate
 

@@ -3,7 +3,7 @@ runs, and the command is a thin layer over these calls), or start one as a manag
 process.
 
 ``serve_cloud`` and ``serve_regional`` block until the federation finishes and return the
-exit status; Ctrl-C (or SIGTERM after ``fedsa_common.cli_common.stop_on_sigterm``) stops
+exit status; Ctrl-C (or SIGTERM after ``fedsa_common.process.cli_common.stop_on_sigterm``) stops
 them with state as after the last persisted step.  Mistakes raise ``UserError`` types
 (``ConfigError``, ``LifecycleError``, ``OptionError``, ``BrokerUnreachable``) whose
 ``option`` names the ``hub serve`` option concerned.  The hub classes load when a hub
@@ -19,21 +19,21 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedsa_common.config import (
+from fedsa_common.federation.config import (
     NUM_LABELS_REQUIRED,
     ConfigError,
     FederationConfig,
     federation_config_from,
     load_federation_config,
 )
-from fedsa_common.errors import OptionError
-from fedsa_common.managed import ManagedProcess, option_args
-from fedsa_common.names import check_name
+from fedsa_common.process.managed import ManagedProcess, option_args
+from fedsa_common.wire.errors import OptionError
+from fedsa_common.wire.names import check_name
 from hub.metrics_devices import MAX_DEVICES
 
 if TYPE_CHECKING:
-    from fedsa_common.broker import BrokerProcess
-    from fedsa_common.broker_auth import BrokerAuth
+    from fedsa_common.net.broker import BrokerProcess
+    from fedsa_common.net.broker_auth import BrokerAuth
 
 log = logging.getLogger("fedsa.hub")
 
@@ -140,7 +140,7 @@ def serve_cloud(config: CloudConfig, federation: str,
     checkpoint; a configuration that does not fit it raises ``LifecycleError``.
     ``metrics_max_devices``: devices with per-device metric series (0: none)."""
     cfg = cloud_config(config, federation)
-    from fedsa_common.broker import start_broker
+    from fedsa_common.net.broker import start_broker
     from hub.cloud import CloudHub
 
     started = None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 
-from fedsa_common.protocol import Topics
+from fedsa_common.wire.protocol import Topics
 from hub.provision_bridge import bridge_topics
 
 Seen = list[tuple[float, str, int]]

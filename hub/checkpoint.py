@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from fedsa_common.atomic import read_json, read_tensors, write_json, write_tensors
+from fedsa_common.process.atomic import read_json, read_tensors, write_json, write_tensors
 from hub.downlink import DownlinkState
 from hub.lifecycle import CHECKPOINT_JSON
 from hub.server_optimizer import ServerOptimizerState

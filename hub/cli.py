@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fedsa_common import cli_auth, cli_common
-from fedsa_common.broker_auth import Credentials, read_authority_file
-from fedsa_common.config import ConfigError, load_federation_config
+from fedsa_common.federation.config import ConfigError, load_federation_config
+from fedsa_common.net.broker_auth import Credentials, read_authority_file
+from fedsa_common.process import cli_auth, cli_common
 from hub.metrics_devices import MAX_DEVICES
 
 if TYPE_CHECKING:
-    from fedsa_common.broker_auth import BrokerAuth
-    from fedsa_common.broker_auth import Role as Account
-    from fedsa_common.protocol import Control
-    from fedsa_common.transport import MqttSession
+    from fedsa_common.net.broker_auth import BrokerAuth
+    from fedsa_common.net.broker_auth import Role as Account
+    from fedsa_common.net.transport import MqttSession
+    from fedsa_common.wire.protocol import Control
     from hub.lifecycle import Retained
 
 app = typer.Typer(help="Regional and cloud hubs of a fedsa-edge federation.",
@@ -99,7 +99,7 @@ def serve(
     cli_common.check_names(("--federation", "federation", federation),
                            *([("--region", "region", region)] if region is not None else []))
     cli_common.usable_dir(state_dir, "--state-dir")
-    from fedsa_common.logs import setup_logging
+    from fedsa_common.process.logs import setup_logging
     from hub import api
 
     api.tune_process(torch_threads)
@@ -172,7 +172,7 @@ def status(
     broker cannot be reached."""
     import json
 
-    from fedsa_common.broker_auth import redact_url
+    from fedsa_common.net.broker_auth import redact_url
     from hub.status import collect, device_rows, duplicate_clients, render, unserved_regions
 
     url, auth = _connection_for(federation, broker, credentials, username, password_file,
@@ -216,7 +216,7 @@ def export(
     """Export the global shared parameters of the cloud's last checkpoint as a peft adapter
     (adapter_config.json + adapter_model.safetensors, for peft.PeftModel.from_pretrained);
     tensors the federation does not share are at their common initial values."""
-    from fedsa_common.logs import setup_logging
+    from fedsa_common.process.logs import setup_logging
     from hub.export import export_global_peft
 
     setup_logging(log_level)
@@ -387,7 +387,7 @@ def _serving_cloud(session: MqttSession, federation: str, timeout: float, action
                    ) -> Retained:
     """What is retained for ``federation``, after checking that its cloud hub serves; a
     finished federation or no cloud is a usage error saying what to do instead."""
-    from fedsa_common.protocol import Topics
+    from fedsa_common.wire.protocol import Topics
     from hub.lifecycle import collect_retained
 
     retained = collect_retained(session, Topics(federation), max_bytes=256_000_000,
@@ -412,7 +412,7 @@ def _serving_cloud(session: MqttSession, federation: str, timeout: float, action
 def _obey(session: MqttSession, control: Control, timeout: float) -> dict[str, Any]:
     """Send ``control`` to the running cloud and return its status answer (exit 1 without
     one, exit 2 when it refused)."""
-    from fedsa_common.protocol import Topics
+    from fedsa_common.wire.protocol import Topics
     from hub.lifecycle import send_control
 
     answer = send_control(session, Topics(control.federation), control, timeout)
@@ -473,7 +473,7 @@ def federation_extend(
         return
     import time
 
-    from fedsa_common.protocol import Control
+    from fedsa_common.wire.protocol import Control
 
     assert federation is not None
     url, auth = _connection_for(federation, broker, credentials, username, password_file,
@@ -512,7 +512,7 @@ def federation_stop(
     undoes it."""
     import time
 
-    from fedsa_common.protocol import Control
+    from fedsa_common.wire.protocol import Control
 
     url, auth = _connection_for(federation, broker, credentials, username, password_file,
                                 tls_ca)
@@ -545,7 +545,7 @@ def federation_reset(
     and regional hub status stay (they say who is online). Start the new run's regional hubs
     and devices with fresh --state-dir directories: one that ran the old run remembers its
     rounds and would sit out the new run's first ones."""
-    from fedsa_common.protocol import Topics
+    from fedsa_common.wire.protocol import Topics
     from hub.lifecycle import collect_retained, reset_retained
 
     url, auth = _connection_for(federation, broker, credentials, username, password_file,

@@ -37,14 +37,21 @@ from typing import Any
 
 import torch
 
-from fedsa_common.adaptive_split import split_changes
-from fedsa_common.atomic import read_json, read_tensors, write_bytes, write_json, write_tensors
-from fedsa_common.broker_auth import BrokerAuth
-from fedsa_common.chunking import split_payload
-from fedsa_common.config import NUM_LABELS_REQUIRED, ConfigError, FederationConfig
-from fedsa_common.errors import WireError
-from fedsa_common.liveness import Reminder, hub_serving
-from fedsa_common.protocol import (
+from fedsa_common.federation.adaptive_split import split_changes
+from fedsa_common.federation.config import NUM_LABELS_REQUIRED, ConfigError, FederationConfig
+from fedsa_common.net.broker_auth import BrokerAuth
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.process.atomic import (
+    read_json,
+    read_tensors,
+    write_bytes,
+    write_json,
+    write_tensors,
+)
+from fedsa_common.wire.chunking import split_payload
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.liveness import Reminder, hub_serving
+from fedsa_common.wire.protocol import (
     Ack,
     AnnounceHeader,
     Control,
@@ -58,7 +65,6 @@ from fedsa_common.protocol import (
     encode_message,
     params_digest,
 )
-from fedsa_common.transport import MqttSession
 from hub.aggregation import RunningSum, apply_server_update, l2_norm
 from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
 from hub.cloud_intake import DROPPED, CloudIntake

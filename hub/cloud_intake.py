@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
-from fedsa_common.adaptive_split import ImportanceStats
-from fedsa_common.config import AggregationSection, RoundPolicySection
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import Ack, PartialHeader
+from fedsa_common.federation.adaptive_split import ImportanceStats
+from fedsa_common.federation.config import AggregationSection, RoundPolicySection
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import Ack, PartialHeader
 from hub.aggregation import RunningSum
 from hub.robust import combine_estimates
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fedsa_common.codec import DeltaCodec, get_codec
-from fedsa_common.config import FederationConfig
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import AnnounceHeader, UpdateHeader
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.codec import DeltaCodec, get_codec
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import AnnounceHeader, UpdateHeader
 
 
 def announced_codec(header: AnnounceHeader) -> tuple[str, dict[str, Any]]:

@@ -1,5 +1,5 @@
 """``hub config validate``: check a federation configuration or a scenario file and name
-every problem at once, each in the words of ``fedsa_common.config_errors``.
+every problem at once, each in the words of ``fedsa_common.config.errors``.
 
 A file is a scenario when it has a top-level ``scenario:`` key, otherwise a cloud hub's
 ``--config``.  A scenario file is a ``ScenarioConfig``, which lives with the scenarios, a
@@ -19,8 +19,13 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from fedsa_common.config import NUM_LABELS_REQUIRED, ConfigError, FederationConfig, read_yaml
-from fedsa_common.config_errors import FieldError, describe_errors
+from fedsa_common.config.errors import FieldError, describe_errors
+from fedsa_common.federation.config import (
+    NUM_LABELS_REQUIRED,
+    ConfigError,
+    FederationConfig,
+    read_yaml,
+)
 
 Kind = Literal["federation", "scenario"]
 ENTRY_POINTS = "fedsa_edge.config_checks"  # name "scenario": check_data(dict) -> CheckResult

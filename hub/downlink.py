@@ -7,7 +7,7 @@ without them; ``server_lr * mean`` for the default sgd), encodes it with the dow
 codec and the cloud's own error-feedback residual, decodes that again exactly as a device
 will, and the new global is ``old + decoded`` in float32.  A device holding the previous
 version computes the same sum from the same tensors, so both ends agree bit for bit
-(``fedsa_common.protocol.params_digest`` checks it).  What the codec did not send stays in
+(``fedsa_common.wire.protocol.params_digest`` checks it).  What the codec did not send stays in
 the residual and goes out in later rounds, as on the devices' uplink.
 
 The announcement of version v carries the encoded delta v-1 -> v (``last``) while the
@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-from fedsa_common.codec import get_codec
-from fedsa_common.config import DownlinkSection
-from fedsa_common.downlink import apply_delta
-from fedsa_common.tensors import Tensors
+from fedsa_common.federation.config import DownlinkSection
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.downlink import apply_delta
+from fedsa_common.wire.tensors import Tensors
 
 
 @dataclass

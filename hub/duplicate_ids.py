@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from fedsa_common.protocol import Ack
+from fedsa_common.wire.protocol import Ack
 
 SESSIONS_KEPT = 4  # per client: enough to see any two that alternate
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fedsa_common.config import FederationConfig
+from fedsa_common.federation.config import FederationConfig
 from hub.checkpoint import load_checkpoint
 from quant.adapters import adapter_shapes, init_adapter_values
 from quant.peft_export import PeftExport, bnb_settings, fp32_adapter, save_peft_adapter

@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 import torch
 
-from fedsa_common.config import RoundPolicySection
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import AnnounceHeader, PartialHeader, UpdateHeader
+from fedsa_common.federation.config import RoundPolicySection
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import AnnounceHeader, PartialHeader, UpdateHeader
 from hub.aggregation import l2_norm
 from hub.aggregator import (
     AdmissionStep,

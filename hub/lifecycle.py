@@ -41,13 +41,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fedsa_common.atomic import read_json, write_json
-from fedsa_common.broker_auth import BrokerAuth
-from fedsa_common.chunking import Reassembler
-from fedsa_common.config import FederationConfig, digest_of, format_validation_error
-from fedsa_common.errors import UserError, WireError
-from fedsa_common.protocol import AnnounceHeader, Control, Topics, decode_message
-from fedsa_common.transport import MqttSession, chunk_filter
+from fedsa_common.federation.config import FederationConfig, digest_of, format_validation_error
+from fedsa_common.net.broker_auth import BrokerAuth
+from fedsa_common.net.transport import MqttSession, chunk_filter
+from fedsa_common.process.atomic import read_json, write_json
+from fedsa_common.wire.chunking import Reassembler
+from fedsa_common.wire.errors import UserError, WireError
+from fedsa_common.wire.protocol import AnnounceHeader, Control, Topics, decode_message
 
 CHECKPOINT_JSON = "checkpoint.json"
 CLOUD_LOCK = "cloud.lock"

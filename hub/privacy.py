@@ -1,4 +1,4 @@
-"""The hubs' part of differential privacy (the math is in fedsa_common/dp.py).
+"""The hubs' part of differential privacy (the math is in fedsa_common/privacy/dp.py).
 
 Regional hubs admit every update (``IntakeDp``, an admission step, hub/aggregator.py)
 with weight 1 (a device's ``num_samples`` would otherwise scale its influence, and the
@@ -6,10 +6,10 @@ sensitivity, without bound) and, in central mode, clip it again to ``clip_norm``
 decoding: the bound on one device's contribution then holds whatever a device sends,
 including codec rounding and the error-feedback residual.  The cloud adds the noise once
 to the round's sum (central mode) and divides by the number of updates the round was
-announced to wait for, never by the number that arrived (why: fedsa_common/dp.py), keeps
+announced to wait for, never by the number that arrived (why: fedsa_common/privacy/dp.py), keeps
 the privacy ledger, and states the epsilon spent in every round summary and its log.
 
-Adaptive clipping (fedsa_common/dp_adaptive.py): the cloud announces each round's clip
+Adaptive clipping (fedsa_common/privacy/dp_adaptive.py): the cloud announces each round's clip
 norm (``dp_clip_norm``); devices and regional hubs clip to it; each device says whether its
 update was within it, each region forwards how many of its updates were, and the cloud
 noises their sum, moves the clip, and records the clip in the round summary, from which a
@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.dp import (
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.privacy.dp import (
     DpPlan,
     PrivacyLedger,
     clip_update,
@@ -35,8 +35,8 @@ from fedsa_common.dp import (
     noisy_mean,
     round_dp_plan,
 )
-from fedsa_common.dp import secure_generator as _secure_generator
-from fedsa_common.dp_adaptive import adapt_clip, within_clip
+from fedsa_common.privacy.dp import secure_generator as _secure_generator
+from fedsa_common.privacy.dp_adaptive import adapt_clip, within_clip
 from hub.aggregation import RunningSum
 from hub.aggregator import Update
 
@@ -191,7 +191,7 @@ class CloudPrivacy:
 
     def adapt(self, rnd: int, denominator: int, applied: bool, unclipped: int, arrived: int
               ) -> dict[str, float]:
-        """The adaptive-clipping step of a closed round (fedsa_common/dp_adaptive.py): the
+        """The adaptive-clipping step of a closed round (fedsa_common/privacy/dp_adaptive.py): the
         summary's ``dp_clip_norm``, ``dp_unclipped_fraction`` and ``dp_next_clip_norm``."""
         assert self.plan is not None and self.plan.adaptive is not None
         assert self.clip_norm is not None

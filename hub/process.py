@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsa_common.broker_auth import BrokerAuth
-from fedsa_common.config import TransportSection
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import Presence, Topics
-from fedsa_common.transport import MqttSession, Will
+from fedsa_common.federation.config import TransportSection
+from fedsa_common.net.broker_auth import BrokerAuth
+from fedsa_common.net.transport import MqttSession, Will
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import Presence, Topics
 from hub.duplicate_ids import Duplicate, DuplicateWatch
 
 log = logging.getLogger("fedsa.hub")

@@ -48,16 +48,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedsa_common.atomic import write_bytes
-from fedsa_common.broker import mosquitto_path
-from fedsa_common.broker_auth import (
+from fedsa_common.net.broker import mosquitto_path
+from fedsa_common.net.broker_auth import (
     CREDENTIALS_FORMAT,
     Credentials,
     SecAggIdentityFields,
     load_credentials,
 )
-from fedsa_common.protocol import check_name
-from fedsa_common.secagg.identity import Authority, DeviceIdentity
+from fedsa_common.privacy.secagg.identity import Authority, DeviceIdentity
+from fedsa_common.process.atomic import write_bytes
+from fedsa_common.wire.protocol import check_name
 from hub.provision_acl import Account, federation_accounts, render_acl, site_accounts
 from hub.provision_bridge import BridgeLogin, BridgeTLS, bridge_user, render_bridge
 from hub.provision_tls import CertKey, check_ca_pair, issue_server_cert, new_ca

@@ -1,6 +1,6 @@
 """Broker accounts of one federation and what each may read and write (pure: no I/O).
 
-Derived from ``fedsa_common.protocol.Topics`` and ``fedsa_common.transport.chunk_filter``
+Derived from ``fedsa_common.wire.protocol.Topics`` and ``fedsa_common.net.transport.chunk_filter``
 so the ACL cannot drift from the topics the processes really use. Chunked messages travel on
 ``T/{frame}`` subtopics, so their rules end in ``/+``; raw JSON messages use the topic itself.
 
@@ -40,9 +40,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from fedsa_common.broker_auth import Role
-from fedsa_common.protocol import Topics, check_name
-from fedsa_common.transport import chunk_filter
+from fedsa_common.net.broker_auth import Role
+from fedsa_common.net.transport import chunk_filter
+from fedsa_common.wire.protocol import Topics, check_name
 from hub.provision_bridge import CLOUD_HUB_NAME, bridge_topics, bridge_user
 
 Access = Literal["read", "write"]

@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from fedsa_common.protocol import Topics
-from fedsa_common.transport import chunk_filter
+from fedsa_common.net.transport import chunk_filter
+from fedsa_common.wire.protocol import Topics
 
 Direction = Literal["in", "out"]
 CLOUD_HUB_NAME = "cloud"  # the name the cloud hub publishes its status under

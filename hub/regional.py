@@ -18,19 +18,19 @@ from pathlib import Path
 
 import torch
 
-from fedsa_common.atomic import read_json, read_tensors, write_json, write_tensors
-from fedsa_common.broker_auth import BrokerAuth
-from fedsa_common.config import TransportSection
-from fedsa_common.downlink import announced_delta
-from fedsa_common.errors import WireError
-from fedsa_common.liveness import Reminder
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import TransportSection, announced_config
+from fedsa_common.net.broker_auth import BrokerAuth
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.process.atomic import read_json, read_tensors, write_json, write_tensors
+from fedsa_common.wire.downlink import announced_delta
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.liveness import Reminder
+from fedsa_common.wire.protocol import (
     Ack,
     AnnounceHeader,
     PartialHeader,
     Presence,
     UpdateHeader,
-    announced_config,
     announced_shapes,
     check_name,
     decode_json,
@@ -38,7 +38,6 @@ from fedsa_common.protocol import (
     encode_json,
     encode_message,
 )
-from fedsa_common.transport import MqttSession
 from hub.aggregator import ImportanceReports
 from hub.duplicate_ids import notice
 from hub.intake import RegionIntake

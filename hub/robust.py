@@ -34,7 +34,7 @@ from typing import Literal
 
 import torch
 
-from fedsa_common.tensors import Tensors
+from fedsa_common.wire.tensors import Tensors
 from hub.aggregation import l2_norm
 
 RobustRule = Literal["median", "trimmed_mean"]

@@ -1,7 +1,7 @@
 """Secure aggregation inside a regional hub: drives one ``SecAggServer`` per round over MQTT.
 
 With ``fedsa_lora.privacy.secure_aggregation`` enabled, a round in this region runs the
-four stages of ``fedsa_common.secagg.protocol``: keys and shares are exchanged right after
+four stages of ``fedsa_common.privacy.secagg.protocol``: keys and shares are exchanged right after
 the announcement, devices train, send their masked vectors as ordinary updates (codec
 ``secagg``, acknowledged like any update) and answer the unmasking request.  The hub then
 knows only the sum of the survivors' weighted values and their total weight.  The round's
@@ -38,23 +38,23 @@ from typing import Any
 
 import torch
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import AnnounceHeader, Topics, UpdateHeader
-from fedsa_common.secagg import wire
-from fedsa_common.secagg.config_check import enabled, secagg_params
-from fedsa_common.secagg.errors import SecAggError
-from fedsa_common.secagg.messages import (
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.privacy.secagg import wire
+from fedsa_common.privacy.secagg.config_check import enabled, secagg_params
+from fedsa_common.privacy.secagg.errors import SecAggError
+from fedsa_common.privacy.secagg.messages import (
     AdvertiseKeys,
     ShareCheck,
     ShareKeys,
     SurvivorSignature,
     UnmaskResponse,
 )
-from fedsa_common.secagg.params import STAGE_FRACTIONS, RoundContext
-from fedsa_common.secagg.protocol import AggregateResult, SecAggServer
-from fedsa_common.secagg.vector import vector_length
-from fedsa_common.transport import MqttSession
+from fedsa_common.privacy.secagg.params import STAGE_FRACTIONS, RoundContext
+from fedsa_common.privacy.secagg.protocol import AggregateResult, SecAggServer
+from fedsa_common.privacy.secagg.vector import vector_length
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import AnnounceHeader, Topics, UpdateHeader
 from hub.aggregator import SecureSum, Update
 from hub.intake import RegionIntake
 from hub.process import Event

@@ -38,8 +38,8 @@ from typing import Any
 
 import torch
 
-from fedsa_common.config import ServerOptimizerSection
-from fedsa_common.tensors import Tensors
+from fedsa_common.federation.config import ServerOptimizerSection
+from fedsa_common.wire.tensors import Tensors
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedsa_common.tensors import Tensors
+from fedsa_common.wire.tensors import Tensors
 from hub.aggregator import Update
 from hub.weighting import agreement_factor, reference_direction
 

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from fedsa_common.broker import mosquitto_path
-from fedsa_common.broker_auth import BrokerAuth, load_credentials
-from fedsa_common.protocol import Topics
-from fedsa_common.transport import MqttSession
+from fedsa_common.net.broker import mosquitto_path
+from fedsa_common.net.broker_auth import BrokerAuth, load_credentials
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.process.atomic import write_bytes
+from fedsa_common.wire.protocol import Topics
 from hub.provision import ProvisionSpec, Site, mosquitto_password_line, provision, site_dir
 from hub.provision_bridge import bridge_client_id, bridge_user
 
@@ -198,11 +199,7 @@ def add_observer(broker_dir: Path, federation: str, password: str) -> None:
 
 def _replace(path: Path, text: str) -> None:
     """Write ``path`` whole (same mode), so a reloading broker never reads half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path.stat().st_mode & 0o777)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_bytes(path, text.encode(), mode=path.stat().st_mode & 0o777)
 
 
 def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Callable[[], str],

@@ -26,16 +26,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from fedsa_common.adaptive_split import (
+from fedsa_common.config.sections import warm_rounds_of
+from fedsa_common.federation.adaptive_split import (
     ImportanceStats,
     decide_shared,
     head_names,
     lora_names,
     round_shared,
 )
-from fedsa_common.config import FederationConfig
-from fedsa_common.config_sections import warm_rounds_of
-from fedsa_common.split import role, shared_names
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.federation.split import role, shared_names
 
 
 class SplitPolicy:

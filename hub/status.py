@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedsa_common.broker_auth import BrokerAuth
-from fedsa_common.errors import WireError
-from fedsa_common.liveness import status_serving
-from fedsa_common.protocol import AnnounceHeader, Topics, decode_message
-from fedsa_common.transport import MqttSession
+from fedsa_common.net.broker_auth import BrokerAuth
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.liveness import status_serving
+from fedsa_common.wire.protocol import AnnounceHeader, Topics, decode_message
 
 OVERDUE_FACTOR = 2.0  # a round running this many deadlines is reported as stalled
 DEVICE_LINES_MAX = 50  # more devices than this are listed by --json only

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from fedsa_common.tensors import Tensors
+from fedsa_common.wire.tensors import Tensors
 
 
 def cosine(a: Tensors, b: Tensors) -> float | None:

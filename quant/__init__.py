@@ -1,2 +1,2 @@
 """Base-model loading (bitsandbytes) and LoRA adapters; the delta codecs are wire formats
-and live in ``fedsa_common.codec`` below this package."""
+and live in ``fedsa_common.wire.codec`` below this package."""

@@ -22,8 +22,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from fedsa_common.config import LoraInit, ModelSection
-from fedsa_common.split import role
+from fedsa_common.federation.config import LoraInit, ModelSection
+from fedsa_common.federation.split import role
 from quant.base_model import HEAD_MODULES, load_base_model, resolve_model_path
 
 

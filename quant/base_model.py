@@ -28,8 +28,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from fedsa_common.atomic import write_dir
-from fedsa_common.config import Precision, Task
+from fedsa_common.federation.config import Precision, Task
+from fedsa_common.process.atomic import write_dir
 
 HEAD_MODULES = ["classifier", "score"]
 

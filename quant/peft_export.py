@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from fedsa_common.atomic import write_json
-from fedsa_common.config import ModelSection, Task
+from fedsa_common.federation.config import ModelSection, Task
+from fedsa_common.process.atomic import write_json
 from quant.adapters import AdapterModel, with_lora
 from quant.base_model import load_base_model, quantization_config
 

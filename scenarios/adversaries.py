@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from edge_client.attack import Attack, AttackKind
-from fedsa_common.config import Strict
+from fedsa_common.federation.config import Strict
 
 DEFAULTS: dict[str, Any] = {"fraction": 0.0, "devices": [], "attack": "sign_flip",
                             "factor": 10.0, "samples": None, "seed": None}

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedsa_common.broker_auth import parse_url
-from fedsa_common.errors import OptionError
+from fedsa_common.net.broker_auth import parse_url
+from fedsa_common.wire.errors import OptionError
 from scenarios.config import ScenarioConfig, load_scenario
 
 log = logging.getLogger("fedsa.scenarios")

@@ -21,10 +21,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fedsa_common.atomic import write_json
-from fedsa_common.broker import BrokerProcess, start_broker
-from fedsa_common.config import ConfigError, validate_model
-from fedsa_common.split import ALGORITHMS
+from fedsa_common.federation.config import ConfigError, validate_model
+from fedsa_common.federation.split import ALGORITHMS
+from fedsa_common.net.broker import BrokerProcess, start_broker
+from fedsa_common.process.atomic import write_json
 from scenarios.bench_metrics import (
     PAIRED_METRICS,
     accuracy_curve,

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedsa_common.config import CompressionSection, ConfigError, validate_model
+from fedsa_common.federation.config import CompressionSection, ConfigError, validate_model
 
 REFERENCE_ALGORITHM = "fedit"
 REFERENCE_COMPRESSION = "dense:fp32"

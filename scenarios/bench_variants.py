@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import get_args
 
-from fedsa_common.config import ConfigError, LoraInit
+from fedsa_common.federation.config import ConfigError, LoraInit
 from scenarios.overrides import parse_override
 
 BASE = "base"

@@ -34,8 +34,8 @@ import torch
 
 from edge_client.host import ModelHost
 from edge_client.training import StepInfo, TokenizedSplit, evaluate, tokenize, train_steps
-from fedsa_common.atomic import write_json
-from fedsa_common.config import validate_model
+from fedsa_common.federation.config import validate_model
+from fedsa_common.process.atomic import write_json
 from scenarios.config import ScenarioConfig
 from scenarios.references import (
     METHOD_VERSION,

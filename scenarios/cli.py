@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fedsa_common import cli_common
+from fedsa_common.process import cli_common
 
 app = typer.Typer(help="Replay federation scenarios against real broker, hub and device "
                        "processes.", no_args_is_help=True, add_completion=False,
@@ -36,8 +36,8 @@ def run(
     SIGTERM stops it like Ctrl-C: every process it started (broker, hubs, device workers)
     is stopped and no report is written."""
     from edge_client.data import DataError
-    from fedsa_common.config import ConfigError
-    from fedsa_common.logs import setup_logging
+    from fedsa_common.federation.config import ConfigError
+    from fedsa_common.process.logs import setup_logging
     from scenarios import api
 
     cli_common.stop_on_sigterm()
@@ -106,8 +106,8 @@ def bench(
     seed, and write OUT/bench.json, OUT/bench.md and plots. Finished runs and centralized
     references are reused on a rerun."""
     from edge_client.data import DataError
-    from fedsa_common.config import ConfigError
-    from fedsa_common.logs import setup_logging
+    from fedsa_common.federation.config import ConfigError
+    from fedsa_common.process.logs import setup_logging
     from scenarios import api
     from scenarios.bench import parse_algorithms, parse_seeds, plan_runs, run_bench
     from scenarios.bench_sweep import parse_compressions
@@ -165,8 +165,8 @@ def tune(
     """Search learning rate, LoRA rank, local steps and compression ratio with Optuna TPE,
     one real federation per trial; resumes an interrupted study from OUT/study.db."""
     from edge_client.data import DataError
-    from fedsa_common.config import ConfigError
-    from fedsa_common.logs import setup_logging
+    from fedsa_common.federation.config import ConfigError
+    from fedsa_common.process.logs import setup_logging
     from scenarios import api
     from scenarios.tune import run_tune
 

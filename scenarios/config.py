@@ -14,14 +14,14 @@ from pydantic import (
 )
 
 from edge_client.data import DataSpec, load_pool
-from fedsa_common.config import (
+from fedsa_common.federation.config import (
     ConfigError,
     FederationConfig,
     Strict,
     read_yaml,
     validate_model,
 )
-from fedsa_common.protocol import check_name
+from fedsa_common.wire.protocol import check_name
 from scenarios.adversaries import AdversarySection, choose_adversaries
 from scenarios.grammar import AvailabilitySection, ExpectSection, Fault, StragglerSection
 from scenarios.overrides import apply_overrides

@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge_client.data.spec import DataSpec
-from fedsa_common.config import ConfigError
-from fedsa_common.config_errors import FieldError, describe_errors
+from fedsa_common.config.errors import FieldError, describe_errors
+from fedsa_common.federation.config import ConfigError
 from hub import config_check
 from hub.config_check import CheckResult, describe
 from scenarios.config import ScenarioConfig

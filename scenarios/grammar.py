@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from edge_client.conditions import DeviceConditions
-from fedsa_common.config import Strict
+from fedsa_common.federation.config import Strict
 
 
 class ChurnSection(Strict):

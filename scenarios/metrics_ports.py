@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from fedsa_common.broker import free_port
+from fedsa_common.net.broker import free_port
 
 FILE_NAME = "metrics_ports.json"
 

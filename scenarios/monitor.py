@@ -14,9 +14,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fedsa_common.broker_auth import BrokerAuth
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import (
+from fedsa_common.net.broker_auth import BrokerAuth
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import (
     Ack,
     AnnounceHeader,
     Metrics,
@@ -27,7 +28,6 @@ from fedsa_common.protocol import (
     decode_json,
     decode_message,
 )
-from fedsa_common.transport import MqttSession
 
 log = logging.getLogger("fedsa.monitor")
 

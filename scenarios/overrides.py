@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from fedsa_common.config import ConfigError, yaml_where
+from fedsa_common.federation.config import ConfigError, yaml_where
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

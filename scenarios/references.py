@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_client.data import DeviceData, load_device_data
-from fedsa_common.atomic import write_json
-from fedsa_common.config import FederationConfig, TrainingSection
+from fedsa_common.federation.config import FederationConfig, TrainingSection
+from fedsa_common.process.atomic import write_json
 from scenarios.cli_lists import parse_names
 from scenarios.config import ScenarioConfig
 

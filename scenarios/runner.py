@@ -20,9 +20,9 @@ import yaml
 
 from edge_client.conditions import conditions_to_json
 from edge_client.data import load_pool
-from fedsa_common.atomic import write_json
-from fedsa_common.broker import BrokerProcess, start_broker
-from fedsa_common.managed import ManagedProcess, stop_all
+from fedsa_common.net.broker import BrokerProcess, start_broker
+from fedsa_common.process.atomic import write_json
+from fedsa_common.process.managed import ManagedProcess, stop_all
 from hub.api import serve_args
 from scenarios.adversaries import choose_adversaries, honest_accuracy
 from scenarios.config import ScenarioConfig

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsa_common.protocol import Topics
-from fedsa_common.transport import MqttSession
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.protocol import Topics
 from hub.bridge_traffic import Recorder, crossing_per_round
 from hub.site_brokers import SiteBrokers, start_site_brokers
 from scenarios.config import TopologySection

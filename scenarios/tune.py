@@ -25,9 +25,9 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from fedsa_common.atomic import write_bytes, write_json
-from fedsa_common.broker import BrokerProcess
-from fedsa_common.config import ConfigError, read_yaml, validate_model
+from fedsa_common.federation.config import ConfigError, read_yaml, validate_model
+from fedsa_common.net.broker import BrokerProcess
+from fedsa_common.process.atomic import write_bytes, write_json
 from scenarios.bench import broker_for, scenario_digest, start_bench_broker
 from scenarios.config import ScenarioConfig
 from scenarios.runner import run_scenario

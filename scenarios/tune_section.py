@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fedsa_common.config import Strict
+from fedsa_common.federation.config import Strict
 
 Param = Literal["lr", "lora_r", "local_steps", "compression_ratio"]
 PARAMS: tuple[str, ...] = ("lr", "lora_r", "local_steps", "compression_ratio")

@@ -13,7 +13,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fedsa_common.config import ConfigError
+from fedsa_common.federation.config import ConfigError
 from scenarios.config import ScenarioConfig
 from scenarios.tune_section import PARAMS, FloatRange, IntRange, TuneSection
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 import yaml
 
-from fedsa_common.broker import BrokerProcess, start_broker
-from fedsa_common.chunking import Reassembler
-from fedsa_common.codec import get_codec
-from fedsa_common.config import FederationConfig
-from fedsa_common.envelope import Envelope, unpack
-from fedsa_common.transport import MqttSession
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.net.broker import BrokerProcess, start_broker
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.chunking import Reassembler
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.envelope import Envelope, unpack
 
 StartHubs = Callable[..., list[subprocess.Popen]]
 

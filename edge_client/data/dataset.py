@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedsa_common.errors import UserError
+from fedsa_common.wire.errors import UserError
 
 
 class DataError(ValueError, UserError):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 
-from fedsa_common.atomic import write_bytes
+from fedsa_common.process.atomic import write_bytes
 
 from .dataset import DataError
 
@@ -64,7 +64,7 @@ def fetch_pinned_files(
     ``cache_dir`` replaces the cache root (as ``$FEDSA_CACHE_DIR`` does). The artifact is
     downloaded only when a file is missing or has the wrong size (a truncated file is
     fetched again rather than parsed); files are written atomically
-    (``fedsa_common.atomic.write_bytes``) so concurrent devices never see half a file. A
+    (``fedsa_common.process.atomic.write_bytes``) so concurrent devices never see half a file. A
     file whose content does not match its pinned sha256 is refused and nothing of it is
     written.
     """

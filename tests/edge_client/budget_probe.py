@@ -19,7 +19,7 @@ import torch
 from edge_client.memory import MiB, PeakMeter, rss_bytes
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.training import TokenizedSplit, train_steps
-from fedsa_common.config import ModelSection
+from fedsa_common.federation.config import ModelSection
 from quant.adapters import build_adapter_model
 
 

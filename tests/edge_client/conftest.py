@@ -9,8 +9,8 @@ import torch
 
 from edge_client.snapshot import model_info, save_global
 from edge_client.state import DeviceState, StateDir
-from fedsa_common.config import FederationConfig
-from fedsa_common.split import local_names, role, shared_names
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.federation.split import local_names, role, shared_names
 from quant.adapters import build_adapter_model
 
 TRAINED_LABELS = ["comp.graphics", "rec.autos", "sci.space"]

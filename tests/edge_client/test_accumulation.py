@@ -16,7 +16,7 @@ from edge_client.training import (
     evaluate,
     train_steps,
 )
-from fedsa_common.config import ModelSection
+from fedsa_common.federation.config import ModelSection
 from quant.adapters import AdapterModel, build_adapter_model
 
 OOM = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes."

@@ -23,7 +23,7 @@ from edge_client.causal import (
 from edge_client.data import DataError, check_device_data
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.training import IGNORE_INDEX, accumulate, label_tensor, row_weight
-from fedsa_common.config import ModelSection
+from fedsa_common.federation.config import ModelSection
 from quant.adapters import AdapterModel, build_adapter_model
 from quant.base_model import tiny_causal_path
 

@@ -15,11 +15,11 @@ from edge_client.device import Device, DeviceSpec
 from edge_client.downlink import HeldGlobal, check_fetched, from_announcement
 from edge_client.host import ModelHost
 from edge_client.snapshot import HELD, load_held, save_held
-from fedsa_common.atomic import write_tensors
-from fedsa_common.config import FederationConfig
-from fedsa_common.envelope import Envelope
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import AnnounceHeader, GlobalHeader, params_digest
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.process.atomic import write_tensors
+from fedsa_common.wire.envelope import Envelope
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import AnnounceHeader, GlobalHeader, params_digest
 from hub.downlink import DownlinkState, downlink_step
 
 CONFIG = FederationConfig.model_validate({

@@ -12,9 +12,9 @@ from edge_client.export import rebuild_adapter
 from edge_client.host import ModelHost
 from edge_client.snapshot import load_snapshot
 from edge_client.worker import read_worker_spec
-from fedsa_common.adaptive_split import round_shared
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import AnnounceHeader, decode_message, encode_message
+from fedsa_common.federation.adaptive_split import round_shared
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.protocol import AnnounceHeader, decode_message, encode_message
 from quant.adapters import adapter_shapes, init_adapter_values
 
 CONFIG = FederationConfig.model_validate({

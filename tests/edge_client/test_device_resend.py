@@ -10,7 +10,7 @@ from pathlib import Path
 from edge_client.data import DataSpec
 from edge_client.device import Device, DeviceSpec
 from edge_client.host import ModelHost
-from fedsa_common.protocol import Metrics, decode_json
+from fedsa_common.wire.protocol import Metrics, decode_json
 from tests.support.sessions import RecordingSession
 
 

@@ -16,9 +16,9 @@ from edge_client.data import DataSpec
 from edge_client.device import Device, DeviceSpec
 from edge_client.host import ModelHost
 from edge_client.state import StateDir
-from fedsa_common.atomic import read_tensors
-from fedsa_common.config import FederationConfig
-from fedsa_common.split import role
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.federation.split import role
+from fedsa_common.process.atomic import read_tensors
 
 pytestmark = pytest.mark.integration
 

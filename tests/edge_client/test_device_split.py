@@ -12,10 +12,10 @@ import torch
 from edge_client.data import DataSpec
 from edge_client.device import Device, DeviceSpec
 from edge_client.host import ModelHost
-from fedsa_common.atomic import read_tensors
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import AnnounceHeader, UpdateHeader, decode_message, encode_message
-from fedsa_common.split import role
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.federation.split import role
+from fedsa_common.process.atomic import read_tensors
+from fedsa_common.wire.protocol import AnnounceHeader, UpdateHeader, decode_message, encode_message
 from quant.adapters import adapter_shapes, init_adapter_values
 
 BASE = {

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from edge_client.update_build import header_train_stats
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import UpdateHeader
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.protocol import UpdateHeader
 
 
 def config(**dp) -> FederationConfig:

@@ -21,9 +21,9 @@ from edge_client.device import Device, DeviceSpec
 from edge_client.host import ModelHost
 from edge_client.simulation import Simulation
 from edge_client.snapshot import load_held
-from fedsa_common.atomic import read_json, read_tensors
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import params_digest
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.process.atomic import read_json, read_tensors
+from fedsa_common.wire.protocol import params_digest
 from scenarios.monitor import Monitor
 
 pytestmark = pytest.mark.integration

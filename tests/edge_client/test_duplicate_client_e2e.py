@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.config import FederationConfig
+from fedsa_common.federation.config import FederationConfig
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.errors import WireError
-from fedsa_common.hostile import WIRE_REASONS, hostile_message
-from fedsa_common.protocol import AnnounceHeader, announced_config, decode_message
+from fedsa_common.federation.config import FederationConfig, announced_config
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import AnnounceHeader, decode_message
+from tests.support.hostile import WIRE_REASONS, hostile_message
 
 CONFIG = FederationConfig.model_validate({
     "federation": {"name": "f", "seed": 5},

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from edge_client.memory import MiB
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.training import TokenizedSplit, collate, train_steps
-from fedsa_common.config import FederationConfig, format_validation_error
+from fedsa_common.federation.config import FederationConfig, format_validation_error
 from quant.adapters import AdapterModel, build_adapter_model, set_gradient_checkpointing
 
 

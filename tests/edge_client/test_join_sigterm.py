@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.transport import MqttSession
+from fedsa_common.net.transport import MqttSession
 
 pytestmark = pytest.mark.integration
 

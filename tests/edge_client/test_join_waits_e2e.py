@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.broker import free_port
+from fedsa_common.net.broker import free_port
 
 pytestmark = pytest.mark.integration
 

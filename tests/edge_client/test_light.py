@@ -12,10 +12,10 @@ import torch
 from edge_client.light import SYNTHESISED, Announcements, light_specs, synthetic_delta
 from edge_client.round_hooks import NO_HOOKS
 from edge_client.update_build import Draft, prepare_update
-from fedsa_common.codec import get_codec
-from fedsa_common.config import FederationConfig
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import (
     AnnounceHeader,
     UpdateHeader,
     decode_message,
@@ -105,8 +105,8 @@ def test_client_ids_carry_the_prefix_and_region():
 
 def test_a_load_past_the_sessions_one_process_holds_is_refused_naming_the_option():
     from edge_client.api import load_devices
-    from fedsa_common.errors import OptionError
-    from fedsa_common.transport import MAX_SESSIONS_PER_PROCESS
+    from fedsa_common.net.transport import MAX_SESSIONS_PER_PROCESS
+    from fedsa_common.wire.errors import OptionError
 
     with pytest.raises(OptionError, match="several load processes") as err:
         load_devices("lite", ["north", "south"], MAX_SESSIONS_PER_PROCESS // 2 + 1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.scale_rounds import run_scale
-from fedsa_common.broker import mosquitto_path
+from fedsa_common.net.broker import mosquitto_path
 
 pytestmark = [
     pytest.mark.integration,

@@ -10,8 +10,8 @@ from edge_client.data import DataSpec, load_device_data
 from edge_client.host import ModelHost
 from edge_client.personalize import finetune_local, proximal_for
 from edge_client.training import tokenize, train_steps
-from fedsa_common.config import FederationConfig
-from fedsa_common.split import local_names, shared_names, trainable_names
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.federation.split import local_names, shared_names, trainable_names
 
 MODEL = {"path": "tiny-bert", "precision": "nf4", "max_length": 32, "num_labels": 3}
 

@@ -8,7 +8,7 @@ import logging
 
 from edge_client.progress import RoundProgress
 from edge_client.training import StepInfo, TrainResult
-from fedsa_common.logs import JsonFormatter
+from fedsa_common.process.logs import JsonFormatter
 
 
 def steps(n: int) -> list[StepInfo]:

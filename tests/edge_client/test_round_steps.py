@@ -15,9 +15,9 @@ from edge_client.round_steps import RoundPlan, next_state, shared_delta
 from edge_client.simulation import Simulation
 from edge_client.state import DeviceState
 from edge_client.update_build import Draft, dp_step, hooks_step, round_seed, run_steps
-from fedsa_common.config import FederationConfig
-from fedsa_common.dp import DpPlan
-from fedsa_common.protocol import AnnounceHeader
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.privacy.dp import DpPlan
+from fedsa_common.wire.protocol import AnnounceHeader
 
 CLIP_1 = DpPlan(mode="central", clip_norm=1.0, noise_multiplier=1.0, sample_rate=1.0,
                 epsilon=1.0, delta=1e-5, rounds=1, calibrated=False)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from edge_client.schedule import local_steps_for, lr_multiplier, round_lr_scale
-from fedsa_common.config import FederationConfig, TrainingSection
+from fedsa_common.federation.config import FederationConfig, TrainingSection
 
 
 def test_fixed_steps_unless_epochs_are_set() -> None:
@@ -142,7 +142,7 @@ def test_train_steps_applies_the_schedule_to_both_groups(tiny) -> None:
 
 def test_b_lr_ratio_gives_every_lora_b_its_own_rate_and_nothing_else(tiny) -> None:
     from edge_client.training import train_steps
-    from fedsa_common.split import role
+    from fedsa_common.federation.split import role
 
     adapter, tokens = tiny
     rates: dict[str, float] = {}

@@ -13,8 +13,8 @@ from edge_client.split_state import (
     round_split,
     shared_start,
 )
-from fedsa_common.config import FederationConfig
-from fedsa_common.errors import WireError
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.errors import WireError
 
 NAMES = sorted([*(f"bert.encoder.layer.{i}.attention.self.query.lora_{ab}.weight"
                   for i in range(2) for ab in "AB"), "classifier.weight"])

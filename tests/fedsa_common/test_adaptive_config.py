@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedsa_common.config import ConfigError, FederationConfig, validate_model
+from fedsa_common.federation.config import ConfigError, FederationConfig, validate_model
 
 # re-pinned when server_lr and share_head_rounds became unset by default (their defaults
 # depend on the optimizer and the algorithm)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedsa_common.adaptive_split import (
+from fedsa_common.federation.adaptive_split import (
     ImportanceStats,
     consistency,
     decide_shared,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.atomic import write_bytes, write_dir
+from fedsa_common.process.atomic import write_bytes, write_dir
 from hub.provision import _write
 
 

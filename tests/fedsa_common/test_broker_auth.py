@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common import protocol
-from fedsa_common.broker_auth import (
+from fedsa_common.net.broker_auth import (
     NAME_RE,
     BrokerAuth,
     Credentials,
@@ -22,7 +21,8 @@ from fedsa_common.broker_auth import (
     resolve_endpoint,
     tls_context,
 )
-from fedsa_common.transport import MqttSession
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire import protocol
 
 
 def write_creds(path: Path, **overrides) -> Path:
@@ -78,10 +78,10 @@ def test_passwords_never_reach_messages():
     ("mqtt://dev-0@h:1883", None, False),  # a user name alone reveals no secret
 ])
 def test_a_password_over_plain_mqtt_is_warned_about(caplog, url, auth, warned):
-    with caplog.at_level("WARNING", logger="fedsa_common.broker_auth"):
+    with caplog.at_level("WARNING", logger="fedsa_common.net.broker_auth"):
         session = MqttSession(url, "plain-test", auth=auth)
         session.close()
-    lines = [r.getMessage() for r in caplog.records if r.name == "fedsa_common.broker_auth"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "fedsa_common.net.broker_auth"]
     assert any("clear text" in line for line in lines) == warned
     assert not any("hunter2" in line for line in lines)
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsa_common.chunking import (
+from fedsa_common.wire.chunking import (
     FRAME_HEADER_BYTES,
     FRAME_MAGIC,
     MIN_CHUNK_BYTES,
@@ -19,7 +19,7 @@ from fedsa_common.chunking import (
     parse_frame,
     split_payload,
 )
-from fedsa_common.errors import WireError
+from fedsa_common.wire.errors import WireError
 
 LIMIT = 1000
 CHUNK = LIMIT - FRAME_HEADER_BYTES

@@ -1,4 +1,4 @@
-"""What the three CLIs share (fedsa_common.cli_common): --version, --log-level, the filters
+"""What the three CLIs share (fedsa_common.process.cli_common): --version, --log-level, the filters
 for known third-party noise and SIGTERM as Ctrl-C; the CLI behaviour through the real apps."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from edge_client.cli import app as edge_app
-from fedsa_common import cli_common
+from fedsa_common.process import cli_common
 from hub.cli import app as hub_app
 from scenarios.cli import app as scenarios_app
 from tests.support.programs import program

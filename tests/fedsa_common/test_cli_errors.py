@@ -1,4 +1,4 @@
-"""One error style across edge-client, hub and scenarios (fedsa_common.cli_common): a user's
+"""One error style across edge-client, hub and scenarios (fedsa_common.process.cli_common): a user's
 mistake is one line ``error: WHAT (OPTION)`` and exit 2, the traceback only with
 --log-level DEBUG; a bug keeps its traceback and exits 1. Through the real apps."""
 
@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_client.cli import app as edge_app
-from fedsa_common.cli_common import error_text
+from fedsa_common.process.cli_common import error_text
 from hub.cli import app as hub_app
 from scenarios.cli import app as scenarios_app
 from tests.support.programs import program

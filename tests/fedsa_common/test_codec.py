@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsa_common.codec import CODECS, DenseCodec, TopKInt8Codec, get_codec, topk_count
-from fedsa_common.envelope import pack, unpack
-from fedsa_common.errors import WireError
+from fedsa_common.wire.codec import CODECS, DenseCodec, TopKInt8Codec, get_codec, topk_count
+from fedsa_common.wire.envelope import pack, unpack
+from fedsa_common.wire.errors import WireError
 
 Shapes = dict[str, tuple[int, ...]]
 

@@ -13,7 +13,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsa_common.codecs.indices import (
+from fedsa_common.wire.codecs.indices import (
     bitmap_len,
     check_counts,
     decode_support,
@@ -21,8 +21,8 @@ from fedsa_common.codecs.indices import (
     varint_decode,
     varint_encode,
 )
-from fedsa_common.codecs.sparsify import randk_support, round_seed
-from fedsa_common.codecs.values import (
+from fedsa_common.wire.codecs.sparsify import randk_support, round_seed
+from fedsa_common.wire.codecs.values import (
     QMAX,
     block_index,
     dequantize,
@@ -31,9 +31,9 @@ from fedsa_common.codecs.values import (
     quantize,
     unpack_int4,
 )
-from fedsa_common.codecs.zbody import ZSTD_TENSOR, compress_body, decompress_body
-from fedsa_common.envelope import pack_tensors
-from fedsa_common.errors import WireError
+from fedsa_common.wire.codecs.zbody import ZSTD_TENSOR, compress_body, decompress_body
+from fedsa_common.wire.envelope import pack_tensors
+from fedsa_common.wire.errors import WireError
 
 
 def _reason(fn: Any, *args: Any) -> str:

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsa_common.codec import (
+from fedsa_common.wire.codec import (
     RandKCodec,
     TopKCodec,
     get_codec,
@@ -22,13 +22,13 @@ from fedsa_common.codec import (
     round_seed,
     topk_count,
 )
-from fedsa_common.codecs.indices import bitmap_len, decode_support, varint_encode
-from fedsa_common.codecs.layout import Layout
-from fedsa_common.codecs.sparse import MAX_BODY_TENSORS, randk_flat_support
-from fedsa_common.codecs.values import QMAX, num_blocks
-from fedsa_common.codecs.zbody import ZSTD_TENSOR, compress_body, decompress_body
-from fedsa_common.envelope import pack, unpack
-from fedsa_common.errors import WireError
+from fedsa_common.wire.codecs.indices import bitmap_len, decode_support, varint_encode
+from fedsa_common.wire.codecs.layout import Layout
+from fedsa_common.wire.codecs.sparse import MAX_BODY_TENSORS, randk_flat_support
+from fedsa_common.wire.codecs.values import QMAX, num_blocks
+from fedsa_common.wire.codecs.zbody import ZSTD_TENSOR, compress_body, decompress_body
+from fedsa_common.wire.envelope import pack, unpack
+from fedsa_common.wire.errors import WireError
 
 Shapes = dict[str, tuple[int, ...]]
 SEED = round_seed(0, 1)
@@ -552,7 +552,7 @@ def test_zstd_codec_hostile() -> None:
 def test_body_limit_covers_the_largest_well_formed_body() -> None:
     """The zstd bound is not so tight that a legitimate body is refused: varint positions
     with the largest gaps, and a bitmap, at every value format."""
-    from fedsa_common.envelope import pack_tensors
+    from fedsa_common.wire.envelope import pack_tensors
 
     for values, block_size in VALUE_OPTIONS:
         codec = make("topk", values, block_size, True, ratio=0.1)

@@ -3,7 +3,7 @@ finished bench runs stay valid), round-trips when set, and its errors name the f
 
 import pytest
 
-from fedsa_common.config import (
+from fedsa_common.federation.config import (
     ConfigError,
     FederationConfig,
     RoundPolicySection,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedsa_common.config import ConfigError, FederationConfig, validate_model
+from fedsa_common.federation.config import ConfigError, FederationConfig, validate_model
 
 # the digest of the default configuration before model.task existed (main at ce7b96a)
 DEFAULT_DIGEST = "97cb68adf77dd6a1"

@@ -9,8 +9,8 @@ import ssl
 
 import pytest
 
-from fedsa_common.broker import free_port
-from fedsa_common.transport import BrokerUnreachable, MqttSession, describe_connect_error
+from fedsa_common.net.broker import free_port
+from fedsa_common.net.transport import BrokerUnreachable, MqttSession, describe_connect_error
 
 
 def verify_error() -> ssl.SSLCertVerificationError:
@@ -39,7 +39,7 @@ def test_waiting_for_an_unreachable_broker_says_why_then_gives_up(
     port = free_port()  # nothing listens there
     session = MqttSession(f"mqtt://127.0.0.1:{port}", client_id="lonely",
                           reconnect_min_s=0.1, reconnect_max_s=0.2)
-    with caplog.at_level(logging.WARNING, logger="fedsa_common.transport"), \
+    with caplog.at_level(logging.WARNING, logger="fedsa_common.net.transport"), \
             pytest.raises(BrokerUnreachable) as err:
         session.connect(timeout=1.5, report_every_s=0.3)
     assert f"mqtt://127.0.0.1:{port}" in str(err.value)

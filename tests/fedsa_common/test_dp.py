@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.dp import (
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.privacy.dp import (
     PrivacyLedger,
     calibrate_noise_multiplier,
     clip_update,

@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.dp import dp_plan, epsilon_spent
-from fedsa_common.dp_adaptive import (
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.privacy.dp import dp_plan, epsilon_spent
+from fedsa_common.privacy.dp_adaptive import (
     AdaptiveClipping,
     adapt_clip,
     next_clip,

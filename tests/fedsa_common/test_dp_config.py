@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.config import ConfigError, FederationConfig, validate_model
+from fedsa_common.federation.config import ConfigError, FederationConfig, validate_model
 from scenarios.config import load_scenario
 
 DP = "fedsa_lora.privacy.differential_privacy"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
-from fedsa_common.envelope import (
+from fedsa_common.wire.envelope import (
     MAGIC,
     PROTOCOL_VERSION,
     Envelope,
@@ -20,7 +20,7 @@ from fedsa_common.envelope import (
     unpack,
     unpack_tensors,
 )
-from fedsa_common.errors import WireError
+from fedsa_common.wire.errors import WireError
 
 ALL_DTYPES = [
     torch.float32,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedsa_common.adaptive_split import round_shared, shares_head, split_changes
-from fedsa_common.config import ConfigError, FederationConfig, validate_model
+from fedsa_common.federation.adaptive_split import round_shared, shares_head, split_changes
+from fedsa_common.federation.config import ConfigError, FederationConfig, validate_model
 
 NAMES = sorted([*(f"bert.encoder.layer.{i}.attention.self.query.lora_{ab}.weight"
                   for i in range(2) for ab in "AB"), "classifier.weight", "classifier.bias"])
@@ -117,7 +117,7 @@ def b_config(k: int, rounds: int = 4, algorithm: str = "fedsa", head: int = 0) -
 
 
 def test_b_is_shared_in_rounds_one_to_k_only() -> None:
-    from fedsa_common.adaptive_split import shares_b
+    from fedsa_common.federation.adaptive_split import shares_b
 
     cfg = b_config(2)
     assert [shares_b(cfg, r) for r in range(1, 5)] == [True, True, False, False]

@@ -8,15 +8,15 @@ import random
 import pytest
 import torch
 
-from fedsa_common.errors import WireError
-from fedsa_common.hostile import (
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.errors import WireError
+from tests.support.hostile import (
     FRAME_DEFECTS,
     WIRE_REASONS,
     broken_frame,
     hostile_json,
     hostile_message,
 )
-from fedsa_common.transport import MqttSession
 
 HEADER = {"proto": 1, "kind": "update", "round": 3, "client": "d1", "codec_params": {"r": 1}}
 TENSORS = {"a.val": torch.arange(6, dtype=torch.int8), "a.scale": torch.ones(1)}

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedsa_common.errors import WireError
-from fedsa_common.liveness import Reminder, hub_serving, status_serving
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.liveness import Reminder, hub_serving, status_serving
 
 
 @pytest.mark.parametrize(("payload", "serving"), [

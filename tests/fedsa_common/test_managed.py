@@ -1,4 +1,4 @@
-"""Managed child processes (fedsa_common.managed), which the library API and the scenario
+"""Managed child processes (fedsa_common.process.managed), which the library API and the scenario
 runner start every hub and device as: real processes of a probe package that answers
 SIGTERM as the kit's commands do (a clean exit of its own), or ignores it, so that a clean
 stop, the SIGKILL fallback and the SIGCONT for a frozen process can each be told apart by
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.managed import ManagedProcess, option_args, stop_all
+from fedsa_common.process.managed import ManagedProcess, option_args, stop_all
 
 pytestmark = pytest.mark.integration
 

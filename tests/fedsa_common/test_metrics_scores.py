@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import Metrics, decode_json, encode_json
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import Metrics, decode_json, encode_json
 
 BASE = {"federation": "f", "client": "c1", "region": "r1", "round": 2, "accuracy": 0.5,
         "n_test": 8}

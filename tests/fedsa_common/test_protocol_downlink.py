@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsa_common.codec import get_codec
-from fedsa_common.config import FederationConfig, validate_model
-from fedsa_common.downlink import apply_delta, decode_delta
-from fedsa_common.envelope import pack
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import FederationConfig, validate_model
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.downlink import apply_delta, decode_delta
+from fedsa_common.wire.envelope import pack
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import (
     AnnounceHeader,
     GlobalHeader,
     Topics,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import (
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import (
     MAX_IMPORTANCE,
     PartialHeader,
     RoundSummary,

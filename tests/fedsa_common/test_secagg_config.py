@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedsa_common.config import ConfigError, FederationConfig, validate_model
-from fedsa_common.secagg.config_check import secagg_params
+from fedsa_common.federation.config import ConfigError, FederationConfig, validate_model
+from fedsa_common.privacy.secagg.config_check import secagg_params
 
 ON = {"enable": True}
 

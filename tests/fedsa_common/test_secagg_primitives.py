@@ -9,9 +9,8 @@ import random
 import pytest
 import torch
 
-from fedsa_common.codec import RandKCodec, round_seed
-from fedsa_common.secagg.errors import SecAggError
-from fedsa_common.secagg.fixed_point import (
+from fedsa_common.privacy.secagg.errors import SecAggError
+from fedsa_common.privacy.secagg.fixed_point import (
     HALF,
     MOD,
     FixedPoint,
@@ -20,10 +19,11 @@ from fedsa_common.secagg.fixed_point import (
     to_signed,
     to_wire,
 )
-from fedsa_common.secagg.masks import pair_key, prg_words, self_key, signed_pair_mask
-from fedsa_common.secagg.params import RoundContext, SecAggParams, threshold_for
-from fedsa_common.secagg.shamir import combine_shares, split_secret
-from fedsa_common.secagg.vector import gather, residual, scatter, vector_length
+from fedsa_common.privacy.secagg.masks import pair_key, prg_words, self_key, signed_pair_mask
+from fedsa_common.privacy.secagg.params import RoundContext, SecAggParams, threshold_for
+from fedsa_common.privacy.secagg.shamir import combine_shares, split_secret
+from fedsa_common.privacy.secagg.vector import gather, residual, scatter, vector_length
+from fedsa_common.wire.codec import RandKCodec, round_seed
 
 # ------------------------------------------------------------------ fixed point
 

@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from fedsa_common.secagg import (
+from fedsa_common.privacy.secagg import (
     RoundContext,
     SecAggClient,
     SecAggError,
     SecAggParams,
     SecAggServer,
 )
-from fedsa_common.secagg.fixed_point import MOD, add_mod
-from fedsa_common.secagg.identity import Authority
-from fedsa_common.secagg.messages import (
+from fedsa_common.privacy.secagg.fixed_point import MOD, add_mod
+from fedsa_common.privacy.secagg.identity import Authority
+from fedsa_common.privacy.secagg.messages import (
     AdvertiseKeys,
     KeyAuth,
     MaskedInput,
@@ -35,8 +35,8 @@ from fedsa_common.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedsa_common.secagg.params import MIN_ROSTER
-from fedsa_common.secagg.protocol import keep_dealers
+from fedsa_common.privacy.secagg.params import MIN_ROSTER
+from fedsa_common.privacy.secagg.protocol import keep_dealers
 from hub.aggregation import RunningSum
 from tests.support.secagg import deliver_and_check
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import torch
 
-from fedsa_common.secagg import RoundContext, SecAggClient, SecAggParams, SecAggServer
-from fedsa_common.secagg.fixed_point import MOD, sub_mod
+from fedsa_common.privacy.secagg import RoundContext, SecAggClient, SecAggParams, SecAggServer
+from fedsa_common.privacy.secagg.fixed_point import MOD, sub_mod
 from tests.support.secagg import deliver_and_check
 
 LENGTH = 256 * 200  # 200 expected per bucket

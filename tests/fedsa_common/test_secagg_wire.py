@@ -12,12 +12,9 @@ import random
 import pytest
 import torch
 
-from fedsa_common.chunking import Reassembler, split_payload
-from fedsa_common.envelope import pack, unpack
-from fedsa_common.errors import WireError
-from fedsa_common.secagg import wire
-from fedsa_common.secagg.identity import Authority
-from fedsa_common.secagg.messages import (
+from fedsa_common.privacy.secagg import wire
+from fedsa_common.privacy.secagg.identity import Authority
+from fedsa_common.privacy.secagg.messages import (
     KeyAuth,
     Roster,
     ShareDelivery,
@@ -26,9 +23,12 @@ from fedsa_common.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedsa_common.secagg.params import MAX_ROSTER, RoundContext, threshold_for
-from fedsa_common.secagg.protocol import SecAggClient
-from fedsa_common.secagg.share_crypto import CIPHERTEXT_BYTES, COMMIT_BYTES
+from fedsa_common.privacy.secagg.params import MAX_ROSTER, RoundContext, threshold_for
+from fedsa_common.privacy.secagg.protocol import SecAggClient
+from fedsa_common.privacy.secagg.share_crypto import CIPHERTEXT_BYTES, COMMIT_BYTES
+from fedsa_common.wire.chunking import Reassembler, split_payload
+from fedsa_common.wire.envelope import pack, unpack
+from fedsa_common.wire.errors import WireError
 
 HEADER_LIMIT = 65_536  # envelope.unpack's max_header_bytes
 FRAME_LIMIT = 256_000  # a broker packet limit well below the messages' size

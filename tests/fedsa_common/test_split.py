@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedsa_common.split import local_names, role, shared_names, trainable_names
+from fedsa_common.federation.split import local_names, role, shared_names, trainable_names
 
 NAMES = [
     "bert.encoder.layer.0.attention.self.query.lora_A.weight",

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from fedsa_common.broker import (
+from fedsa_common.net.broker import (
     BrokerProcess,
     free_port,
     mosquitto_path,
@@ -26,9 +26,9 @@ from fedsa_common.broker import (
     parse_broker_url,
     start_broker,
 )
-from fedsa_common.chunking import split_payload
-from fedsa_common.errors import WireError
-from fedsa_common.transport import MqttSession, Will
+from fedsa_common.net.transport import MqttSession, Will
+from fedsa_common.wire.chunking import split_payload
+from fedsa_common.wire.errors import WireError
 
 pytestmark = pytest.mark.integration
 
@@ -236,7 +236,7 @@ def test_unsubscribe_stops_delivery_and_a_new_subscription_gets_the_retained_aga
 
 CHILD = """
 import sys, time
-from fedsa_common.transport import MqttSession, Will
+from fedsa_common.net.transport import MqttSession, Will
 session = MqttSession(sys.argv[1], sys.argv[2], will=Will(sys.argv[3], b"gone"), keepalive=5)
 session.connect(timeout=10)
 print("ready", flush=True)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import fedsa_edge
-from fedsa_common.config import FederationConfig
+from fedsa_common.federation.config import FederationConfig
 from hub.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.integration

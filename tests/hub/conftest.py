@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.broker import free_port, mosquitto_path
-from fedsa_common.broker_auth import Credentials, load_credentials
+from fedsa_common.net.broker import free_port, mosquitto_path
+from fedsa_common.net.broker_auth import Credentials, load_credentials
 from hub.provision import ProvisionSpec, provision
 
 

@@ -11,11 +11,11 @@ import random
 import pytest
 import torch
 
-from fedsa_common.adaptive_split import ImportanceStats
-from fedsa_common.config import AggregationSection, RoundPolicySection
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import UpdateHeader
-from fedsa_common.secagg import RoundContext, SecAggClient, SecAggParams, SecAggServer
+from fedsa_common.federation.adaptive_split import ImportanceStats
+from fedsa_common.federation.config import AggregationSection, RoundPolicySection
+from fedsa_common.privacy.secagg import RoundContext, SecAggClient, SecAggParams, SecAggServer
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import UpdateHeader
 from hub.aggregation import fedavg, l2_norm
 from hub.aggregator import (
     FLOAT32_LIMIT,

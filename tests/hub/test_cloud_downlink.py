@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from edge_client.downlink import HeldGlobal, from_announcement
-from fedsa_common.codec import round_seed
-from fedsa_common.config import DownlinkSection, FederationConfig, ServerOptimizerSection
-from fedsa_common.downlink import apply_delta
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import DownlinkSection, FederationConfig, ServerOptimizerSection
+from fedsa_common.wire.codec import round_seed
+from fedsa_common.wire.downlink import apply_delta
+from fedsa_common.wire.protocol import (
     AnnounceHeader,
     GlobalHeader,
     decode_message,

@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.split import role, shared_names, shared_roles
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.federation.split import role, shared_names, shared_roles
 from hub.checkpoint import CloudState, save_checkpoint
 from hub.cli import app
 from quant.adapters import adapter_shapes, init_adapter_values, wire_name

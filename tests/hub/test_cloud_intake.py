@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from fedsa_common.config import RoundPolicySection
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import PartialHeader
+from fedsa_common.federation.config import RoundPolicySection
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import PartialHeader
 from hub.aggregation import RunningSum
 from hub.cloud_intake import CloudIntake, staleness_weight
 

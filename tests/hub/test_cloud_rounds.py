@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import torch
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.protocol import (
     Ack,
     PartialHeader,
     RoundSummary,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import RoundSummary, decode_json
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.protocol import RoundSummary, decode_json
 from hub.cloud import CloudHub
 
 

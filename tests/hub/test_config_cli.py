@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fedsa_common.config import FederationConfig
+from fedsa_common.federation.config import FederationConfig
 from hub.cli import app
 from hub.templates import TEMPLATES
 

@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import Presence, Topics, encode_json
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.protocol import Presence, Topics, encode_json
 from hub.checkpoint import CloudState
 from hub.cloud import CloudHub
 from hub.process import Event

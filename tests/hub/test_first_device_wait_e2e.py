@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import AnnounceHeader, Presence, Topics, decode_message, encode_json
-from fedsa_common.transport import MqttSession
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.protocol import AnnounceHeader, Presence, Topics, decode_message, encode_json
 
 pytestmark = pytest.mark.integration
 

@@ -26,10 +26,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedsa_common.chunking import split_payload
-from fedsa_common.config import FederationConfig
-from fedsa_common.envelope import pack_tensors
-from fedsa_common.hostile import (
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.chunking import split_payload
+from fedsa_common.wire.envelope import pack_tensors
+from fedsa_common.wire.protocol import PartialHeader, Presence, Topics, decode_json, encode_message
+from hub.aggregation import RunningSum
+from hub.checkpoint import CloudState
+from hub.cloud import CloudHub
+from hub.cloud_intake import CloudIntake
+from tests.support.hostile import (
     WIRE_REASONS,
     broken_frame,
     envelope,
@@ -39,11 +44,6 @@ from fedsa_common.hostile import (
     msg_id,
     mutate_bytes,
 )
-from fedsa_common.protocol import PartialHeader, Presence, Topics, decode_json, encode_message
-from hub.aggregation import RunningSum
-from hub.checkpoint import CloudState
-from hub.cloud import CloudHub
-from hub.cloud_intake import CloudIntake
 
 SHAPES = {"l0.lora_A.weight": (2, 8), "l1.lora_A.weight": (3, 5)}
 TOPICS = Topics("f")

@@ -5,7 +5,7 @@ hands it a real announcement of round 3, then delivers one message the way paho 
 MQTT frames through the session's frame dispatch (chunk subtopic, reassembly) into the
 hub's event queue and ``RegionalHub.handle`` -- the code a running hub executes for every
 update and presence message.  The messages are valid updates (sometimes), and mutations of
-them from ``fedsa_common.hostile`` (mostly).
+them from ``tests.support.hostile`` (mostly).
 
 Properties: nothing but ``WireError`` ever escapes (the hub would die); every message is
 accepted, or refused under exactly one counted reason from ``WIRE_REASONS``, or visibly held
@@ -28,19 +28,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedsa_common.chunking import split_payload
-from fedsa_common.codec import get_codec
-from fedsa_common.config import FederationConfig
-from fedsa_common.hostile import (
-    WIRE_REASONS,
-    broken_frame,
-    frame,
-    hostile_json,
-    hostile_message,
-    msg_id,
-    mutate_bytes,
-)
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.chunking import split_payload
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.protocol import (
     AnnounceHeader,
     Presence,
     Topics,
@@ -52,6 +43,15 @@ from fedsa_common.protocol import (
 from hub.intake import RoundInfo
 from hub.process import Event
 from hub.regional import RegionalHub
+from tests.support.hostile import (
+    WIRE_REASONS,
+    broken_frame,
+    frame,
+    hostile_json,
+    hostile_message,
+    msg_id,
+    mutate_bytes,
+)
 
 SHAPES = {"l0.lora_A.weight": (2, 8), "l1.lora_A.weight": (3, 5)}
 SELECTED = ["d1", "d2", "ghost"]  # ghost never reports, so the round never closes (no sends)

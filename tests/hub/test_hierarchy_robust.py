@@ -16,9 +16,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsa_common.codec import get_codec
-from fedsa_common.config import AggregationSection, FederationConfig, RoundPolicySection
-from fedsa_common.protocol import AnnounceHeader, UpdateHeader
+from fedsa_common.federation.config import AggregationSection, FederationConfig, RoundPolicySection
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.protocol import AnnounceHeader, UpdateHeader
 from hub.aggregation import RunningSum
 from hub.cloud_intake import CloudIntake
 from hub.intake import RegionIntake

@@ -4,10 +4,10 @@ the round policy, and the whole intake survives a round trip through its persist
 import pytest
 import torch
 
-from fedsa_common.codec import get_codec
-from fedsa_common.config import AggregationSection, FederationConfig, RoundPolicySection
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import AnnounceHeader, UpdateHeader
+from fedsa_common.federation.config import AggregationSection, FederationConfig, RoundPolicySection
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import AnnounceHeader, UpdateHeader
 from hub.aggregation import fedavg
 from hub.aggregator import ImportanceReports
 from hub.intake import RegionIntake

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import torch
 
-from fedsa_common.codec import get_codec, round_codec_params, round_seed
-from fedsa_common.config import FederationConfig, RoundPolicySection
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import AnnounceHeader, UpdateHeader
+from fedsa_common.federation.config import FederationConfig, RoundPolicySection
+from fedsa_common.wire.codec import get_codec, round_codec_params, round_seed
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import AnnounceHeader, UpdateHeader
 from hub.codec_check import check_declared
 from hub.intake import RegionIntake
 

@@ -6,10 +6,10 @@ norms by scaling for every rule, the mean included."""
 import pytest
 import torch
 
-from fedsa_common.codec import get_codec
-from fedsa_common.config import AggregationSection, FederationConfig, RoundPolicySection
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import AnnounceHeader, UpdateHeader
+from fedsa_common.federation.config import AggregationSection, FederationConfig, RoundPolicySection
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import AnnounceHeader, UpdateHeader
 from hub.aggregation import fedavg, l2_norm
 from hub.aggregator import RunningMean
 from hub.intake import RegionIntake

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import Control
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.protocol import Control
 from hub.checkpoint import CloudState, load_checkpoint, save_checkpoint
 from hub.cli import app
 from hub.cloud import CloudHub, initial_global

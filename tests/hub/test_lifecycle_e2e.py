@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedsa_common.atomic import read_tensors
-from fedsa_common.protocol import Presence, Topics, encode_json
-from fedsa_common.transport import MqttSession
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.process.atomic import read_tensors
+from fedsa_common.wire.protocol import Presence, Topics, encode_json
 from hub.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

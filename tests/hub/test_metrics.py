@@ -11,12 +11,12 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import AnnounceHeader
-from fedsa_common.secagg import SecAggClient, SecAggError, wire
-from fedsa_common.secagg.identity import Authority
-from fedsa_common.secagg.messages import SurvivorSignature
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.privacy.secagg import SecAggClient, SecAggError, wire
+from fedsa_common.privacy.secagg.identity import Authority
+from fedsa_common.privacy.secagg.messages import SurvivorSignature
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import AnnounceHeader
 from hub.metrics import METRIC_NAMES, histogram_buckets, registry_for, serve_metrics
 from hub.process import Event, HubProcess
 from hub.secagg_region import RegionSecAgg

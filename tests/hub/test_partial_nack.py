@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import Ack, PartialHeader, Topics, encode_json, encode_message
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import Ack, PartialHeader, Topics, encode_json, encode_message
 from hub.aggregation import RunningSum
 from hub.checkpoint import CloudState
 from hub.cloud import CloudHub

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedsa_common.codec import get_codec
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.protocol import (
     Ack,
     AnnounceHeader,
     PartialHeader,
@@ -34,7 +35,6 @@ from fedsa_common.protocol import (
     encode_json,
     encode_message,
 )
-from fedsa_common.transport import MqttSession
 from hub.cloud import initial_global
 from hub.regional import RegionalHub
 

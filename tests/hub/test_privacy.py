@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsa_common.codec import get_codec
-from fedsa_common.config import FederationConfig, RoundPolicySection
-from fedsa_common.dp import epsilon_spent, l2_norm
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import FederationConfig, RoundPolicySection
+from fedsa_common.privacy.dp import epsilon_spent, l2_norm
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.protocol import (
     AnnounceHeader,
     RoundSummary,
     UpdateHeader,

@@ -13,11 +13,11 @@ import math
 import pytest
 import torch
 
-from fedsa_common.codec import get_codec
-from fedsa_common.config import FederationConfig, RoundPolicySection
-from fedsa_common.dp import dp_plan, l2_norm, privatize_update, round_dp_plan
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import FederationConfig, RoundPolicySection
+from fedsa_common.privacy.dp import dp_plan, l2_norm, privatize_update, round_dp_plan
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import (
     AnnounceHeader,
     PartialHeader,
     RoundSummary,

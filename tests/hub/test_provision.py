@@ -21,10 +21,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from typer.testing import CliRunner
 
-from fedsa_common.broker import mosquitto_path, mqtt_ping
-from fedsa_common.broker_auth import BrokerAuth
-from fedsa_common.protocol import Topics
-from fedsa_common.transport import MqttSession
+from fedsa_common.net.broker import mosquitto_path, mqtt_ping
+from fedsa_common.net.broker_auth import BrokerAuth
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.protocol import Topics
 from hub.cli import app
 from hub.provision_acl import federation_accounts, rules_for
 from hub.provision_tls import new_ca

@@ -12,8 +12,8 @@ import stat
 import paho.mqtt.client as mqtt
 import pytest
 
-from fedsa_common.broker_auth import load_credentials
-from fedsa_common.protocol import Topics
+from fedsa_common.net.broker_auth import load_credentials
+from fedsa_common.wire.protocol import Topics
 from hub.provision import ProvisionSpec, Site, parse_site_options, provision
 from hub.provision_acl import Account, rules_for, site_accounts
 from hub.provision_bridge import BridgeLogin, BridgeTLS, bridge_topics, render_bridge

@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedsa_common.broker_auth import load_credentials
-from fedsa_common.secagg.identity import Authority
+from fedsa_common.net.broker_auth import load_credentials
+from fedsa_common.privacy.secagg.identity import Authority
 from hub.checkpoint import load_checkpoint
 from scenarios.config import ScenarioConfig, load_scenario
 from scenarios.runner import count_labels, write_worker_specs

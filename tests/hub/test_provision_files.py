@@ -17,10 +17,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from fedsa_common.broker_auth import AUTHORITY_KEY_BYTES, load_credentials, read_authority_file
-from fedsa_common.protocol import Topics
-from fedsa_common.secagg.errors import SecAggError
-from fedsa_common.secagg.identity import PUBLIC_BYTES
+from fedsa_common.net.broker_auth import AUTHORITY_KEY_BYTES, load_credentials, read_authority_file
+from fedsa_common.privacy.secagg.errors import SecAggError
+from fedsa_common.privacy.secagg.identity import PUBLIC_BYTES
+from fedsa_common.wire.protocol import Topics
 from hub.provision import (
     AUTHORITY_KEY,
     AUTHORITY_PUB,

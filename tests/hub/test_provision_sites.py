@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.broker import free_port, mosquitto_path
-from fedsa_common.broker_auth import BrokerAuth
-from fedsa_common.protocol import Topics
-from fedsa_common.transport import MqttSession
+from fedsa_common.net.broker import free_port, mosquitto_path
+from fedsa_common.net.broker_auth import BrokerAuth
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.protocol import Topics
 from hub.site_brokers import SiteBrokers, start_site_brokers
 
 pytestmark = [

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import Presence, Topics, encode_json
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.protocol import Presence, Topics, encode_json
 from hub.checkpoint import CloudState
 from hub.cloud import CloudHub
 from hub.process import Event

@@ -9,8 +9,8 @@ from collections import Counter
 from types import SimpleNamespace
 
 import hub.regional as regional
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import AnnounceHeader, Topics
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.protocol import AnnounceHeader, Topics
 from hub.intake import RegionIntake
 from hub.regional import RegionalHub
 from hub.secagg_region import RegionSecAgg

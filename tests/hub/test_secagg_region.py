@@ -24,10 +24,17 @@ import pytest
 import torch
 
 from edge_client.secagg_client import DeviceSecAgg
-from fedsa_common.codecs.common import EncodedDelta
-from fedsa_common.config import FederationConfig
-from fedsa_common.envelope import Envelope
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.net.transport import MqttSession, Will
+from fedsa_common.privacy.secagg import wire
+from fedsa_common.privacy.secagg.config_check import secagg_params
+from fedsa_common.privacy.secagg.identity import Authority
+from fedsa_common.privacy.secagg.messages import Roster, ShareKeys
+from fedsa_common.privacy.secagg.protocol import SecAggClient
+from fedsa_common.privacy.secagg.vector import gather, scatter
+from fedsa_common.wire.codecs.common import EncodedDelta
+from fedsa_common.wire.envelope import Envelope
+from fedsa_common.wire.protocol import (
     Ack,
     AnnounceHeader,
     PartialHeader,
@@ -39,13 +46,6 @@ from fedsa_common.protocol import (
     encode_json,
     encode_message,
 )
-from fedsa_common.secagg import wire
-from fedsa_common.secagg.config_check import secagg_params
-from fedsa_common.secagg.identity import Authority
-from fedsa_common.secagg.messages import Roster, ShareKeys
-from fedsa_common.secagg.protocol import SecAggClient
-from fedsa_common.secagg.vector import gather, scatter
-from fedsa_common.transport import MqttSession, Will
 from hub.regional import RegionalHub
 
 pytestmark = pytest.mark.integration

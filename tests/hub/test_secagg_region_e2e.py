@@ -18,12 +18,12 @@ import torch
 from edge_client.data import DataSpec
 from edge_client.device import Device, DeviceSpec
 from edge_client.host import ModelHost
-from fedsa_common.codec import round_codec_params
-from fedsa_common.config import FederationConfig
-from fedsa_common.secagg.config_check import secagg_params
-from fedsa_common.secagg.fixed_point import to_wire
-from fedsa_common.secagg.identity import Authority
-from fedsa_common.secagg.vector import gather, scatter
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.privacy.secagg.config_check import secagg_params
+from fedsa_common.privacy.secagg.fixed_point import to_wire
+from fedsa_common.privacy.secagg.identity import Authority
+from fedsa_common.privacy.secagg.vector import gather, scatter
+from fedsa_common.wire.codec import round_codec_params
 
 pytestmark = pytest.mark.integration
 

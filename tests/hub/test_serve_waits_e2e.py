@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.broker import free_port
+from fedsa_common.net.broker import free_port
 from hub.provision_tls import new_ca
 
 pytestmark = pytest.mark.integration

@@ -19,25 +19,25 @@ import pytest
 import torch
 import yaml
 
-from fedsa_common.config import (
+from fedsa_common.federation.config import (
     ConfigError,
     FederationConfig,
     ServerOptimizerSection,
+    announced_config,
     validate_model,
 )
-from fedsa_common.protocol import (
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.protocol import (
     AnnounceHeader,
     PartialHeader,
     Presence,
     RoundSummary,
     Topics,
-    announced_config,
     decode_json,
     decode_message,
     encode_json,
     encode_message,
 )
-from fedsa_common.transport import MqttSession
 from hub.aggregation import RunningSum, apply_server_update
 from hub.checkpoint import CHECKPOINT_JSON, CloudState, load_checkpoint, save_checkpoint
 from hub.cloud import CloudHub, initial_global

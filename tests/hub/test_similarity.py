@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsa_common.codec import get_codec
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import AnnounceHeader, UpdateHeader
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.protocol import AnnounceHeader, UpdateHeader
 from hub.intake import RegionIntake
 from hub.similarity import SimilarityWeighting, similarity_for
 

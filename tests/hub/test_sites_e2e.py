@@ -16,8 +16,8 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.bridge_bytes import run_federation
-from fedsa_common.broker import mosquitto_path
-from fedsa_common.protocol import Topics
+from fedsa_common.net.broker import mosquitto_path
+from fedsa_common.wire.protocol import Topics
 
 pytestmark = [
     pytest.mark.integration,

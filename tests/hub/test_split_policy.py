@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from fedsa_common.adaptive_split import ImportanceStats
-from fedsa_common.codec import get_codec
-from fedsa_common.config import FederationConfig
-from fedsa_common.errors import WireError
-from fedsa_common.protocol import (
+from fedsa_common.federation.adaptive_split import ImportanceStats
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import (
     AnnounceHeader,
     PartialHeader,
     Topics,

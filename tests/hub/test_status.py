@@ -76,8 +76,8 @@ def test_cli_rejects_a_bad_federation_name():
 
 @pytest.mark.integration
 def test_status_cli_reads_retained_messages(broker):
-    from fedsa_common.protocol import Topics
-    from fedsa_common.transport import MqttSession
+    from fedsa_common.net.transport import MqttSession
+    from fedsa_common.wire.protocol import Topics
 
     topics = Topics("statusfed")
     with MqttSession(broker.url, client_id="status-test-pub") as pub:

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from fedsa_common.config import ConfigError, FederationConfig
-from fedsa_common.split import role
+from fedsa_common.federation.config import ConfigError, FederationConfig
+from fedsa_common.federation.split import role
 from hub.cloud import initial_global
 from quant.adapters import init_adapter_values
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import GPT2Config, LlamaConfig
 
-from fedsa_common.config import FederationConfig, ModelSection
-from fedsa_common.split import role
+from fedsa_common.federation.config import FederationConfig, ModelSection
+from fedsa_common.federation.split import role
 from hub.cloud import initial_global
 from quant.adapters import adapter_shapes, build_adapter_model
 

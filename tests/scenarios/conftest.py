@@ -72,7 +72,7 @@ def live_tiny_run(tmp_path_factory, broker_spy) -> LiveRun:
     """``scenarios/tiny.yaml`` for LIVE_ROUNDS rounds against a real broker (Mosquitto when
     installed, else embedded amqtt), with real hub and device processes, while a spy
     subscribed to ``#`` keeps every payload and the hubs' metrics and status are read."""
-    from fedsa_common.broker import start_broker
+    from fedsa_common.net.broker import start_broker
     from hub.status import collect, render
     from scenarios.config import load_scenario
     from scenarios.runner import run_scenario

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.atomic import read_json
-from fedsa_common.envelope import Envelope
-from fedsa_common.split import role
+from fedsa_common.federation.split import role
+from fedsa_common.process.atomic import read_json
+from fedsa_common.wire.envelope import Envelope
 from scenarios.config import load_scenario
 from scenarios.runner import run_scenario
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, broker_spy):
-    from fedsa_common.broker import start_broker
+    from fedsa_common.net.broker import start_broker
 
     out = tmp_path_factory.mktemp("adaptive")
     with start_broker("auto") as broker:

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_client.attack import Attack
-from fedsa_common.config import ConfigError
+from fedsa_common.federation.config import ConfigError
 from scenarios.adversaries import AdversarySection, choose_adversaries, honest_accuracy
 from scenarios.bench import scenario_digest
 from scenarios.cli import app

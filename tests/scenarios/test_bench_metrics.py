@@ -116,8 +116,8 @@ def test_mean_curve_over_seeds():
 
 def test_from_observed_metrics_to_bench_numbers():
     """report.round_row carries per-device and global accuracy through to the bench."""
-    from fedsa_common.config import FederationConfig
-    from fedsa_common.protocol import AnnounceHeader, Metrics
+    from fedsa_common.federation.config import FederationConfig
+    from fedsa_common.wire.protocol import AnnounceHeader, Metrics
     from scenarios.monitor import Observations
     from scenarios.report import build_report
 

@@ -17,8 +17,8 @@ import torch
 import yaml
 from transformers import AutoConfig
 
-from fedsa_common.atomic import read_tensors
-from fedsa_common.split import ALGORITHMS, role, shared_roles, trainable_names
+from fedsa_common.federation.split import ALGORITHMS, role, shared_roles, trainable_names
+from fedsa_common.process.atomic import read_tensors
 from quant.adapters import adapter_shapes, init_adapter_values
 from quant.base_model import tiny_causal_path
 from scenarios.config import ScenarioConfig

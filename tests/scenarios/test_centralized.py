@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.config import validate_model
+from fedsa_common.federation.config import validate_model
 from scenarios.config import ScenarioConfig
 
 FRUIT = ["apple", "banana", "cherry", "grape", "lemon", "melon"]

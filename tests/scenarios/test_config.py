@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedsa_common.config import ConfigError
+from fedsa_common.federation.config import ConfigError
 from scenarios.cli import app
 from scenarios.config import load_scenario
 

@@ -11,9 +11,9 @@ import json
 import pytest
 import yaml
 
-from fedsa_common.atomic import read_tensors
-from fedsa_common.config import FederationConfig
-from fedsa_common.dp import dp_plan, l2_norm
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.privacy.dp import dp_plan, l2_norm
+from fedsa_common.process.atomic import read_tensors
 from hub.cloud import initial_global
 
 EPSILON, CLIP = 20.0, 0.02

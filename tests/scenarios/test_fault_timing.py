@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fedsa_common.protocol import Ack, encode_json
+from fedsa_common.wire.protocol import Ack, encode_json
 from scenarios.grammar import Fault
 from scenarios.monitor import Monitor
 from scenarios.runner import Cluster, FaultInjector

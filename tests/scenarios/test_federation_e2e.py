@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import torch
 
-from fedsa_common.atomic import read_tensors
-from fedsa_common.envelope import unpack
-from fedsa_common.errors import WireError
-from fedsa_common.split import role
-from fedsa_common.transport import MqttSession
+from fedsa_common.federation.split import role
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.process.atomic import read_tensors
+from fedsa_common.wire.envelope import unpack
+from fedsa_common.wire.errors import WireError
 from scenarios.config import load_scenario
 from scenarios.runner import run_scenario
 
@@ -106,8 +106,8 @@ def test_device_b_stays_private_and_differs(federation):
 def test_hostile_messages_are_refused_and_round_still_completes(tmp_path):
     """Garbage, truncated and forged updates on the real topics are counted and logged; the
     federation still finishes with every genuine update."""
-    from fedsa_common.broker import start_broker
-    from fedsa_common.protocol import Topics
+    from fedsa_common.net.broker import start_broker
+    from fedsa_common.wire.protocol import Topics
 
     config = load_scenario(TINY)
     with start_broker("auto") as broker:

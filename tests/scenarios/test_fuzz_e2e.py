@@ -3,7 +3,7 @@
 Starts a real broker (Mosquitto when installed, else embedded amqtt) and, through the
 scenario runner, a cloud hub, two regional hubs and four devices (tiny random BERT) as OS
 processes for three rounds.  Once round 1 is announced an attacker publishes a few thousand
-payloads from ``fedsa_common.hostile`` onto the topics a device can write: update topics
+payloads from ``tests.support.hostile`` onto the topics a device can write: update topics
 (well-formed frames of mutated updates, broken frames, raw garbage), presence, metrics, and
 the cloud's partial topic.
 
@@ -32,20 +32,13 @@ import torch
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedsa_common.broker import start_broker
-from fedsa_common.chunking import FRAME_MAGIC
-from fedsa_common.codec import get_codec
-from fedsa_common.config import FederationConfig
-from fedsa_common.errors import WireError
-from fedsa_common.hostile import (
-    WIRE_REASONS,
-    broken_frame,
-    frame,
-    hostile_json,
-    hostile_message,
-    random_bytes,
-)
-from fedsa_common.protocol import (
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.net.broker import start_broker
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.chunking import FRAME_MAGIC
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.errors import WireError
+from fedsa_common.wire.protocol import (
     AnnounceHeader,
     Metrics,
     PartialHeader,
@@ -55,10 +48,17 @@ from fedsa_common.protocol import (
     decode_json,
     decode_message,
 )
-from fedsa_common.transport import MqttSession
 from hub.cloud import initial_global
 from scenarios.config import ScenarioConfig
 from scenarios.runner import count_labels, run_scenario
+from tests.support.hostile import (
+    WIRE_REASONS,
+    broken_frame,
+    frame,
+    hostile_json,
+    hostile_message,
+    random_bytes,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ import torch
 
 from edge_client.data import DataSpec, load_device_data
 from edge_client.schedule import local_steps_for
-from fedsa_common.atomic import read_tensors
-from fedsa_common.envelope import Envelope
-from fedsa_common.split import role
+from fedsa_common.federation.split import role
+from fedsa_common.process.atomic import read_tensors
+from fedsa_common.wire.envelope import Envelope
 from scenarios.config import load_scenario
 from scenarios.runner import run_scenario
 
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, broker_spy):
-    from fedsa_common.broker import start_broker
+    from fedsa_common.net.broker import start_broker
 
     out = tmp_path_factory.mktemp("levers")
     scenario = load_scenario(TINY, OVERRIDES)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_common.broker import mosquitto_path
+from fedsa_common.net.broker import mosquitto_path
 from scenarios.config import load_scenario
 from scenarios.runner import run_scenario
 

@@ -3,7 +3,7 @@ from the monitor's observations and the fault log (pure)."""
 
 from __future__ import annotations
 
-from fedsa_common.protocol import AnnounceHeader
+from fedsa_common.wire.protocol import AnnounceHeader
 from scenarios.config import TopologySection
 from scenarios.monitor import Observations
 from scenarios.sites import link_outages

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedsa_common.config import FederationConfig
+from fedsa_common.federation.config import FederationConfig
 from scenarios.references import (
     curve_rounds,
     devices_per_round,

@@ -1,7 +1,7 @@
 """report.json rows are computed from what the monitor saw on the broker."""
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import AnnounceHeader, Metrics, PartialHeader
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.protocol import AnnounceHeader, Metrics, PartialHeader
 from scenarios.monitor import Observations
 from scenarios.report import build_report
 
@@ -36,7 +36,7 @@ def test_report_rows():
 
 
 def test_step_norms_reach_the_report_and_bound_the_expectation():
-    from fedsa_common.protocol import RoundSummary
+    from fedsa_common.wire.protocol import RoundSummary
     from scenarios.expect import check_expectations
     from scenarios.grammar import ExpectSection
 

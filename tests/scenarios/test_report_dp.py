@@ -1,8 +1,8 @@
 """report.json carries the epsilon the cloud's round summaries state, and only when the
 federation runs with differential privacy."""
 
-from fedsa_common.config import FederationConfig
-from fedsa_common.protocol import AnnounceHeader, RoundSummary
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.wire.protocol import AnnounceHeader, RoundSummary
 from scenarios.monitor import Observations
 from scenarios.report import build_report
 

@@ -9,7 +9,7 @@ import optuna
 import pytest
 import yaml
 
-from fedsa_common.config import ConfigError, read_yaml
+from fedsa_common.federation.config import ConfigError, read_yaml
 from scenarios.config import ScenarioConfig
 from scenarios.config_check import check_data
 from scenarios.tune import (

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedsa_common.broker import BrokerStartError, free_port, mqtt_ping
+from fedsa_common.net.broker import BrokerStartError, free_port, mqtt_ping
 
 _BIN = Path("/usr/lib/rabbitmq/bin")
 # One scheduler and no busy-waiting: a test node moves little traffic and must not take

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from fedsa_common.secagg.errors import SecAggError
-from fedsa_common.secagg.protocol import SecAggClient, SecAggServer
+from fedsa_common.privacy.secagg.errors import SecAggError
+from fedsa_common.privacy.secagg.protocol import SecAggClient, SecAggServer
 
 
 def deliver_and_check(server: SecAggServer, clients: Mapping[str, SecAggClient],
