@@ -35,6 +35,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from edge_client.bundle import FORMAT, INPUTS, TOKENIZER_FILE, sidecar_path, tokenizer_dir
 from edge_client.snapshot import Snapshot, load_snapshot
 from fedsa_common.process.atomic import write_json
+from fedsa_common.wire.errors import require_extra
 from quant.adapters import AdapterModel
 from quant.peft_export import PeftExport, bnb_settings, fp32_adapter, save_peft_adapter
 
@@ -77,6 +78,8 @@ class _Logits(torch.nn.Module):
 def export_onnx(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, *,
                 int8: bool = False) -> int:
     """Write ``out`` (a single self-contained .onnx file); returns its size in bytes."""
+    for module in ("onnx", "onnxscript"):  # torch.onnx's dynamo exporter imports them
+        require_extra(module, "export", "the ONNX export")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sample = tokenizer(["an example", "a somewhat longer example sentence"], padding=True,

@@ -167,7 +167,10 @@ def tune(
     from edge_client.data import DataError
     from fedsa_common.federation.config import ConfigError
     from fedsa_common.process.logs import setup_logging
+    from fedsa_common.wire.errors import require_extra
     from scenarios import api
+
+    require_extra("optuna", "tune", "scenarios tune")  # before scenarios.tune imports it
     from scenarios.tune import run_tune
 
     cli_common.stop_on_sigterm()

@@ -38,3 +38,18 @@ class OptionError(ValueError, UserError):
     def __init__(self, message: str, option: str | None = None) -> None:
         super().__init__(message)
         self.option = option
+
+
+class MissingExtra(ImportError, UserError):
+    """A feature's package is not installed because it lives in an install extra (the base
+    install is what a device needs to join plus the quickstart; pyproject.toml)."""
+
+
+def require_extra(module: str, extra: str, feature: str) -> None:
+    """Fail in one line naming the extra that provides ``module`` when it is missing, so a
+    slim device install reports ``pip install 'fedsa-edge[EXTRA]'`` instead of a traceback."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtra(f"{feature} needs {module}, which is not installed: "
+                           f"pip install 'fedsa-edge[{extra}]'")
