@@ -196,6 +196,18 @@ def expected_sum(devices: list[ScriptedDevice], rnd: int) -> dict[str, torch.Ten
     return expected
 
 
+def assert_partial_is_their_sum(header: PartialHeader, tensors: dict[str, torch.Tensor],
+                                devices: list[ScriptedDevice], rnd: int, roster: int) -> None:
+    """The partial's weight is ``devices``' samples and its tensors their plain weighted sum,
+    within the fixed-point rounding of a ``roster``-member round."""
+    assert header.weight == sum(d.samples for d in devices)
+    expected = expected_sum(devices, rnd)
+    fp = secagg_params(CONFIG).fixed_point(roster)
+    tol = 4 / 2 ** (fp.frac_bits + 1) + 1e-6
+    for n in SHAPES:
+        assert torch.allclose(tensors[n].double(), expected[n], atol=tol)
+
+
 def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker):
     hub, hub_thread, cloud, partials = serve_region(broker.url, tmp_path / "hub")
     everyone = []
@@ -231,12 +243,7 @@ def test_failed_round_forwards_nothing_and_the_next_round_sums(tmp_path, broker)
         for t in threads:
             t.join(timeout=30)
         assert header.count == 4 and header.accepted == ["b1:2", "b2:2", "b3:2", "b4:2"]
-        expected = expected_sum(devices, 2)
-        assert header.weight == sum(d.samples for d in devices)
-        fp = secagg_params(CONFIG).fixed_point(4)
-        tol = 4 / 2 ** (fp.frac_bits + 1) + 1e-6
-        for n in SHAPES:
-            assert torch.allclose(tensors[n].double(), expected[n], atol=tol)
+        assert_partial_is_their_sum(header, tensors, devices, 2, roster=4)
         assert hub.counters["secagg.failed"] == 1 and hub.counters["secagg.completed"] == 1
         assert hub.counters["secagg.failed.secagg_too_few"] == 1  # by reason, for metrics
         assert not any(k.startswith("secagg.excluded.") for k in hub.counters)  # all honest
@@ -270,12 +277,7 @@ def test_the_hub_leaves_a_device_with_a_bad_certificate_out_and_the_round_goes_o
             t.join(timeout=60)
         honest = [d for d in devices if d.client != "c3"]
         assert header.count == 4 and header.accepted == ["c1:1", "c2:1", "c4:1", "c5:1"]
-        assert header.weight == sum(d.samples for d in honest)
-        fp = secagg_params(CONFIG).fixed_point(4)
-        expected = expected_sum(honest, 1)
-        for n in SHAPES:
-            assert torch.allclose(tensors[n].double(), expected[n],
-                                  atol=4 / 2 ** (fp.frac_bits + 1) + 1e-6)
+        assert_partial_is_their_sum(header, tensors, honest, 1, roster=4)
         assert hub.counters["secagg.excluded.secagg_unauthenticated"] == 1
         assert hub.counters["secagg.completed"] == 1
         assert "c3 left out of the secure round at stage keys: secagg_unauthenticated: " \
@@ -312,12 +314,7 @@ def test_a_device_dealing_garbage_shares_is_named_and_left_out_and_the_round_goe
             t.join(timeout=60)
         honest = [d for d in devices if d.client != "g2"]
         assert header.count == 4 and header.accepted == ["g1:1", "g3:1", "g4:1", "g5:1"]
-        assert header.weight == sum(d.samples for d in honest)
-        fp = secagg_params(CONFIG).fixed_point(5)
-        expected = expected_sum(honest, 1)
-        for n in SHAPES:
-            assert torch.allclose(tensors[n].double(), expected[n],
-                                  atol=4 / 2 ** (fp.frac_bits + 1) + 1e-6)
+        assert_partial_is_their_sum(header, tensors, honest, 1, roster=5)
         assert hub.counters["secagg.excluded.secagg_bad_dealing"] == 1
         assert hub.counters["secagg.completed"] == 1
         assert ("g2 left out of the secure round at stage checks: secagg_bad_dealing: "
