@@ -1,5 +1,6 @@
 """``scenarios bench`` end to end on the tiny scenario (real broker, hubs and devices), and
-its argument checks, which must fail before anything starts."""
+its argument checks, which must fail before anything starts.  The end-to-end runs share one
+bench of two algorithms (about a minute), so they are marked slow."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def bench_dir(tmp_path_factory):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_bench_json_has_both_algorithms(bench_dir):
     bench = json.loads((bench_dir / "bench.json").read_text())
     assert bench["algorithms"] == ["fedsa", "fedit"] and bench["seeds"] == [0]
@@ -93,6 +95,7 @@ def test_bench_json_has_both_algorithms(bench_dir):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_bench_has_both_references_on_the_runs_devices(bench_dir):
     bench = json.loads((bench_dir / "bench.json").read_text())
     assert bench["references"] == ["centralized", "majority"]
@@ -112,6 +115,7 @@ def test_bench_has_both_references_on_the_runs_devices(bench_dir):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_bench_md_and_plots(bench_dir):
     md = (bench_dir / "bench.md").read_text()
     for alg in ("fedsa", "fedit", "centralized (reference)", "majority (reference)"):
@@ -129,6 +133,7 @@ def test_bench_md_and_plots(bench_dir):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_rerun_reuses_finished_runs(bench_dir):
     reports = sorted((bench_dir / "runs").glob("*/report.json"))
     assert len(reports) == 2

@@ -104,6 +104,7 @@ def test_cli_bad_compression_exits_2(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_sweep_end_to_end(tmp_path: Path) -> None:
     """randk through the real broker, hubs and devices: the hub accepts every update (device
     and hub agree on the round's seed), and the frontier plot is drawn."""

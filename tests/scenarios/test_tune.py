@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from scenarios.cli import app
 from scenarios.config_check import check_data
 
-pytestmark = pytest.mark.integration
+# The tuner end to end runs two trials of the tiny federation (about a minute): slow.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
 
