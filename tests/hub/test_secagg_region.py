@@ -47,6 +47,7 @@ from fedsa_common.wire.protocol import (
     encode_message,
 )
 from hub.regional import RegionalHub
+from tests.support.secagg import deal_off_polynomial
 
 pytestmark = pytest.mark.integration
 
@@ -139,18 +140,28 @@ class GarbageDealer(DeviceSecAgg):
         if isinstance(msg, ShareKeys):
             msg = ShareKeys(msg.client, {v: bytes(len(ct)) if v != self.client else ct
                                          for v, ct in msg.ciphertexts.items()},
-                            msg.commitments)
+                            msg.commitments, msg.vss)
+        super()._send(r, stage, msg)
+
+
+class OffPolynomialDealer(DeviceSecAgg):
+    """A real device driver whose shares for every other member authenticate and match
+    its SHA-256 commitments but lie off the polynomial of its Feldman commitments."""
+
+    def _send(self, r, stage, msg):  # type: ignore[no-untyped-def]
+        if isinstance(msg, ShareKeys):
+            msg = deal_off_polynomial(r.client, msg, set(msg.ciphertexts) - {self.client})
         super()._send(r, stage, msg)
 
 
 def run_round(url: str, cloud: MqttSession, rnd: int, names: list[str], vanish: set[str],
               selected: list[str] | None = None, stale: frozenset[str] = frozenset(),
-              garbage: frozenset[str] = frozenset()
+              garbage: frozenset[str] = frozenset(), dealer: type[DeviceSecAgg] = GarbageDealer
               ) -> tuple[list[ScriptedDevice], list[threading.Thread], threading.Event]:
     """``stale``: devices certified by another authority (an earlier provisioning's);
-    ``garbage``: devices that deal garbage shares."""
+    ``garbage``: devices that deal bad shares (as ``dealer`` does)."""
     devices = [ScriptedDevice(url, c, STALE_AUTHORITY if c in stale else AUTHORITY,
-                              GarbageDealer if c in garbage else DeviceSecAgg)
+                              dealer if c in garbage else DeviceSecAgg)
                for c in names]
     header, env = announce(cloud, rnd, selected or names)
     stop = threading.Event()
@@ -294,19 +305,23 @@ def test_the_hub_leaves_a_device_with_a_bad_certificate_out_and_the_round_goes_o
     assert not hub_thread.is_alive()
 
 
+@pytest.mark.parametrize("dealer", [GarbageDealer, OffPolynomialDealer],
+                         ids=["garbage", "off_polynomial"])
 def test_a_device_dealing_garbage_shares_is_named_and_left_out_and_the_round_goes_on(
-        tmp_path, broker, caplog):
+        tmp_path, broker, caplog, dealer):
     """Issue 15, finding 4 from the dealer's side, over the real broker: one device sends
     every other member garbage share ciphertexts.  On 57270fd (and until now) each member
     then sat the round out and the region lost it, the hub unable to say why.  Now each
     member names that dealer in its share check; the hub leaves it out of the masking set,
     names it (log and ``secagg.excluded.secagg_bad_dealing``), and forwards the sum of the
-    other four."""
+    other four.  ``off_polynomial`` (issue 15, verifiable secret sharing): shares that
+    decrypt and match their SHA-256 commitments but lie off the dealer's Feldman-committed
+    polynomial, which before VSS no member could see and the unmasking failed on."""
     hub, hub_thread, cloud, partials = serve_region(broker.url, tmp_path / "hub",
                                                     AUTHORITY.public)
     names = ["g1", "g2", "g3", "g4", "g5"]
     devices, threads, stop = run_round(broker.url, cloud, 1, names, set(),
-                                       garbage=frozenset({"g2"}))
+                                       garbage=frozenset({"g2"}), dealer=dealer)
     try:
         header, tensors = wait_partial(partials, 1)
         stop.set()

@@ -26,6 +26,7 @@ from fedsa_common.privacy.secagg.identity import PUBLIC_BYTES, SIGNATURE_BYTES
 from fedsa_common.privacy.secagg.params import MAX_ROSTER, NAME_RE
 from fedsa_common.privacy.secagg.shamir import SHARE_BYTES
 from fedsa_common.privacy.secagg.share_crypto import CIPHERTEXT_BYTES, COMMIT_BYTES, KEY_BYTES
+from fedsa_common.privacy.secagg.vss import POINT_BYTES
 
 
 def _bad(detail: str) -> SecAggError:
@@ -72,6 +73,16 @@ def _names(value: Any, what: str) -> tuple[str, ...]:
     if list(names) != sorted(set(names)):
         raise _bad(f"{what} must be sorted and without duplicates")
     return names
+
+
+def _points(value: Any, what: str) -> tuple[bytes, ...]:
+    """A dealer's Feldman commitments: at most ``2 * MAX_ROSTER`` 32-byte points (two
+    polynomials of degree below the roster size).  Only sizes here: whether they are
+    points of the group is the protocol's check (``vss.check_points``), so a bad one
+    costs only its dealer its place, not the whole message."""
+    if not isinstance(value, list | tuple) or len(value) > 2 * MAX_ROSTER:
+        raise _bad(f"{what} must be a list of at most {2 * MAX_ROSTER} points")
+    return tuple(_bytes(v, f"{what}[{j}]", POINT_BYTES) for j, v in enumerate(value))
 
 
 def _by_name(value: Any, what: str, size: int) -> dict[str, bytes]:
@@ -176,45 +187,58 @@ class Roster:
 @dataclass(frozen=True)
 class ShareKeys:
     """Stage 1, client -> hub: one ciphertext of shares per roster member (itself too),
-    and the commitments to each member's shares (``share_crypto.commit_shares``)."""
+    the commitments to each member's shares (``share_crypto.commit_shares``), and the
+    Feldman commitments to its two sharing polynomials (``vss``: ``t`` points for s_sk,
+    then ``t`` for b), which every holder checks its shares against."""
 
     client: str
     ciphertexts: dict[str, bytes]  # recipient -> ciphertext
     commitments: dict[str, bytes] = field(default_factory=dict)  # recipient -> commitments
+    vss: tuple[bytes, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"client": self.client, "ciphertexts": dict(sorted(self.ciphertexts.items())),
-                "commitments": dict(sorted(self.commitments.items()))}
+                "commitments": dict(sorted(self.commitments.items())),
+                "vss": list(self.vss)}
 
     @classmethod
     def from_dict(cls, raw: Any) -> ShareKeys:
-        d = _fields(raw, "share_keys", {"client", "ciphertexts", "commitments"})
+        d = _fields(raw, "share_keys", {"client", "ciphertexts", "commitments", "vss"})
         return cls(_name(d["client"], "client"),
                    _by_name(d["ciphertexts"], "ciphertexts", CIPHERTEXT_BYTES),
-                   _by_name(d["commitments"], "commitments", COMMIT_BYTES))
+                   _by_name(d["commitments"], "commitments", COMMIT_BYTES),
+                   _points(d["vss"], "vss"))
 
 
 @dataclass(frozen=True)
 class ShareDelivery:
-    """Stage 2, hub -> one client: who sent shares (U2) and their ciphertexts for it."""
+    """Stage 2, hub -> one client: who sent shares (U2), their ciphertexts for it, their
+    commitments to its shares, and every sender's Feldman commitments (``vss``, the same
+    for every recipient; survivors later sign their digest)."""
 
     recipient: str
     members: tuple[str, ...]  # U2, sorted
     ciphertexts: dict[str, bytes]  # sender -> ciphertext
     commitments: dict[str, bytes] = field(default_factory=dict)  # sender -> its commitments
+    vss: dict[str, tuple[bytes, ...]] = field(default_factory=dict)  # sender -> its points
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipient": self.recipient, "members": list(self.members),
                 "ciphertexts": dict(sorted(self.ciphertexts.items())),
-                "commitments": dict(sorted(self.commitments.items()))}
+                "commitments": dict(sorted(self.commitments.items())),
+                "vss": {u: list(p) for u, p in sorted(self.vss.items())}}
 
     @classmethod
     def from_dict(cls, raw: Any) -> ShareDelivery:
         d = _fields(raw, "share_delivery", {"recipient", "members", "ciphertexts",
-                                            "commitments"})
+                                            "commitments", "vss"})
+        vss_raw = _mapping(d["vss"], "vss")
+        if len(vss_raw) > MAX_ROSTER:
+            raise _bad(f"vss has more than {MAX_ROSTER} entries")
         return cls(_name(d["recipient"], "recipient"), _names(d["members"], "members"),
                    _by_name(d["ciphertexts"], "ciphertexts", CIPHERTEXT_BYTES),
-                   _by_name(d["commitments"], "commitments", COMMIT_BYTES))
+                   _by_name(d["commitments"], "commitments", COMMIT_BYTES),
+                   {_name(u, "vss key"): _points(p, f"vss[{u}]") for u, p in vss_raw.items()})
 
 
 @dataclass(frozen=True)

@@ -68,8 +68,13 @@ Message = (AdvertiseKeys | Roster | ShareKeys | ShareDelivery | ShareCheck | Mas
 BODY_TENSOR = "msg"
 #: The largest message body: a signed roster of ``MAX_ROSTER`` devices is about 350 bytes of
 #: JSON a device (ids, two keys, signing key, certificate, signature in base64); 1 KiB a
-#: device leaves room for long ids.
-MAX_BODY_BYTES = 1024 * MAX_ROSTER + 4096
+#: device leaves room for long ids.  A share delivery also carries every dealer's Feldman
+#: commitments, ``2t`` points of 32 bytes (47 bytes of JSON each, 48 allowed), the same
+#: list to every member: ``96 * n * t`` bytes at most, quadratic in the region (about
+#: 63 MB at ``MAX_ROSTER``; the transport's message limit, 16 MB on a device, is then what
+#: binds: see docs/security.md for the region sizes that fit).
+VSS_BODY_BYTES = 96 * MAX_ROSTER * MAX_ROSTER
+MAX_BODY_BYTES = 1024 * MAX_ROSTER + 4096 + VSS_BODY_BYTES
 
 
 class SecAggHeader(Header):
