@@ -446,6 +446,20 @@ def test_a_dealer_whose_shares_authenticate_but_lie_on_no_polynomial_is_left_out
     assert torch.equal(result.words, _encodings(r, told.survivors, 6))
 
 
+def test_the_hub_refuses_commitments_that_are_not_group_points_by_name():
+    r = Round(5, seed=16)  # t = 4
+    roster = r.keys()
+    msg = r.clients["dev01"].share_keys(roster)
+    low_order = bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a")
+    for points, match in (((*msg.vss[:2], low_order, *msg.vss[3:]),
+                           r"vss of dev01\[2\] is not a point of the prime-order group"),
+                          (msg.vss[:-1], "vss has 7 points, expected 8")):
+        with pytest.raises(SecAggError, match=match) as err:
+            r.server.add_shares(ShareKeys("dev01", msg.ciphertexts, msg.commitments, points))
+        assert err.value.reason == "secagg_bad_message"
+    assert r.server.add_shares(msg)  # the honest message still goes in
+
+
 def test_a_holder_colluding_with_a_bad_dealer_cannot_spoil_the_unmasking():
     """A holder that accepts an off-polynomial share (and returns it at unmasking: its
     SHA-256 commitment matches) is caught by the hub's check against the dealer's Feldman

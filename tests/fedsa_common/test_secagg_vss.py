@@ -6,7 +6,6 @@ commitments."""
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -38,10 +37,9 @@ def test_honest_shares_verify_and_any_t_reconstruct():
         secret)  # C_0 = secret·G
     for x, share in enumerate(d.shares, start=1):
         assert vss.verify_share(points, x, share)
-    shares = dict(enumerate(d.shares, start=1))
-    assert vss.batch_verify(points, shares, os.urandom)
-    assert vss.bad_shares(points, shares, os.urandom) == []
-    assert combine_shares({2: d.shares[1], 4: d.shares[3], 5: d.shares[4]}, 3) == secret
+    assert vss.bad_shares(points, dict(enumerate(d.shares, start=1))) == []
+    rebuilt = combine_shares({2: d.shares[1], 4: d.shares[3], 5: d.shares[4]}, 3)
+    assert rebuilt == secret and vss.opens(points, rebuilt)
 
 
 def test_shares_on_no_single_polynomial_are_caught():
@@ -51,11 +49,11 @@ def test_shares_on_no_single_polynomial_are_caught():
     shares = dict(enumerate(d.shares, start=1))
     shares[4] = encode_scalar(decode_scalar(shares[4], "s") + 1)
     assert combine_shares({1: shares[1], 2: shares[2], 3: shares[3]}, 3) == secret
-    assert combine_shares({2: shares[2], 3: shares[3], 4: shares[4]}, 3) != secret
+    wrong = combine_shares({2: shares[2], 3: shares[3], 4: shares[4]}, 3)
+    assert wrong != secret and not vss.opens(points, wrong)  # the hub's unmasking check
     assert not vss.verify_share(points, 4, shares[4])
     assert all(vss.verify_share(points, x, shares[x]) for x in (1, 2, 3, 5))
-    assert not vss.batch_verify(points, shares, os.urandom)
-    assert vss.bad_shares(points, shares, os.urandom) == [4]
+    assert vss.bad_shares(points, shares) == [4]
 
 
 def test_a_share_checked_at_the_wrong_x_or_against_other_commitments_fails():
@@ -81,6 +79,10 @@ def test_points_outside_the_prime_order_group_are_refused_by_name(how):
     with pytest.raises(SecAggError, match=r"vss of dev03\[1\] is not a point") as err:
         vss.check_points((points[0], bad, points[2]), "vss of dev03")
     assert err.value.reason == "secagg_bad_message"
+    # a holder given such a point (by a hub that let it through) refuses the share
+    _, d, _ = _dealing(seed=4)
+    assert not vss.verify_share((points[0], bad, points[2]), 1, d.shares[0])
+    assert not vss.opens((bad, *points[1:]), bytes(32))
 
 
 def test_the_transcript_digest_binds_every_dealers_commitments():

@@ -295,7 +295,9 @@ class SecAggClient:
         if len(points) != 2 * t:
             raise SecAggError("secagg_bad_share", f"vss of {u}: {len(points)} points, "
                               f"expected {2 * t}")
-        vss.check_points(points, f"vss of {u}")
+        # no point validation here: the hub refuses invalid points (add_shares), and a
+        # share that passes against points with a small-order part still lies on the
+        # prime-order part's polynomial; invalid encodings simply fail the check
         x = self.roster.index(self.client)
         if not (vss.verify_share(points[:t], x, pt[:SHARE_BYTES])
                 and vss.verify_share(points[t:], x, pt[SHARE_BYTES:])):
@@ -736,21 +738,25 @@ class SecAggServer:
         return None
 
     def _reconstruct(self, kind: str, v: str) -> bytes:
-        """``v``'s secret of ``kind`` ("b" or "s") from the answers' shares that lie on its
-        committed polynomial.  Why check again after the holders did: a holder colluding
-        with ``v`` could have accepted shares off the polynomial and return one now (the
-        SHA-256 commitment only proves ``v`` dealt it).  One batched check per secret; a
-        bad share is left out and its holder counted in ``bad_unmask``."""
+        """``v``'s secret of ``kind`` ("b" or "s") from the answers' shares, checked against
+        its Feldman commitment ``C_0`` (``vss.opens``).  Why check again after the holders
+        did: a holder colluding with ``v`` could have accepted a share off the polynomial
+        and return it now (the SHA-256 commitment only proves ``v`` dealt it).  When the
+        check fails, each share is checked, the bad ones are left out (their holders
+        counted in ``bad_unmask``) and the secret is rebuilt from the rest."""
         assert self.roster is not None
         t = self.threshold
-        holders = {self.roster.index(c): c for c, a in self.answers.items()
-                   if v in (a.b_shares if kind == "b" else a.s_shares)}
-        shares = {x: (self.answers[c].b_shares if kind == "b" else self.answers[c].s_shares)[v]
-                  for x, c in holders.items()}
+        shares = {self.roster.index(c): (a.b_shares if kind == "b" else a.s_shares)[v]
+                  for c, a in self.answers.items()
+                  if v in (a.b_shares if kind == "b" else a.s_shares)}
         points = self.shares[v].vss[:t] if kind == "s" else self.shares[v].vss[t:]
-        for x in vss.bad_shares(points, shares, os.urandom):
+        secret = combine_shares(shares, t)
+        if vss.opens(points, secret):
+            return secret
+        members = self.roster.members
+        for x in vss.bad_shares(points, shares):
             del shares[x]
-            self.bad_unmask[holders[x]] = self.bad_unmask.get(holders[x], 0) + 1
+            self.bad_unmask[members[x - 1]] = self.bad_unmask.get(members[x - 1], 0) + 1
         if len(shares) < t:
             self.fail()
             raise _too_few(f"shares of {kind} of {v} on its committed polynomial",
