@@ -16,6 +16,7 @@ reconstruct ``f(0)``; ``t - 1`` reveal nothing (the other coefficients are unifo
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -109,13 +110,21 @@ def combine_shares(shares: Mapping[int, bytes], threshold: int) -> bytes:
         if isinstance(x, bool) or not isinstance(x, int) or not 1 <= x < ORDER:
             raise SecAggError("secagg_bad_share", f"share x coordinate {x!r}")
         values[x] = decode_scalar(share, f"share of x={x}")
-    xs = sorted(values)[:threshold]
-    secret = 0
-    for x in xs:  # Lagrange basis at 0: prod_{y != x} y / (y - x)
+    xs = tuple(sorted(values)[:threshold])
+    return encode_scalar(sum(values[x] * c for x, c in zip(xs, _lagrange_at_zero(xs),
+                                                           strict=True)) % ORDER)
+
+
+@functools.lru_cache(maxsize=64)
+def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """``prod_{y != x} y / (y - x)`` for each ``x``: O(t^2), and the same for every secret
+    the hub rebuilds from one set of answers, hence cached."""
+    coefficients = []
+    for x in xs:
         num, den = 1, 1
         for y in xs:
             if y != x:
                 num = num * y % ORDER
                 den = den * (y - x) % ORDER
-        secret = (secret + values[x] * num * pow(den, -1, ORDER)) % ORDER
-    return encode_scalar(secret)
+        coefficients.append(num * pow(den, -1, ORDER) % ORDER)
+    return tuple(coefficients)
