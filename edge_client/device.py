@@ -13,9 +13,9 @@ metrics counts every announcement and fetch payload it received since its last r
 
 A round's work is the sequence of named steps in edge_client/round_steps.py; this module
 keeps what needs the device's session, state directory, data and shared model host.  What
-a scenario simulates of a device (a poisoned update, slow compute and links) comes in as
-its hooks (edge_client/round_hooks.py), its session may be given (a test's recording fake),
-and hosting devices in a process is edge_client/worker.py.
+a scenario simulates of a device (a poisoned update, slow compute and links, a link that
+loses messages) comes in as its hooks (edge_client/round_hooks.py), its session may be
+given (a test's recording fake), and hosting devices in a process is edge_client/worker.py.
 """
 
 from __future__ import annotations
@@ -175,8 +175,8 @@ class Device:
         self.heard_at = time.monotonic()  # when one last arrived (or the announcements were
         self.silence_s = DEFAULT_SILENCE_S  # read again), and how long a silence may last
         self.federation_wait = Reminder(spec.report_every_s, time.monotonic())
-        self.session = (session if session is not None
-                        else self._own_session(broker_url, payload_limit))
+        self.session = hooks.over_link(session if session is not None
+                                       else self._own_session(broker_url, payload_limit))
         self.session.subscribe(self.topics.announce, self._on_announce)
         self.session.subscribe_raw(self.topics.ack(spec.region, spec.client), self._on_ack)
         self.session.subscribe_raw(self.topics.status("regional", spec.region),
