@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -64,7 +65,7 @@ class SwitchedLink(NoHooks):
         return self.link  # type: ignore[return-value]
 
 
-def wait_until(check, timeout: float = 60.0) -> None:
+def wait_until(check: Callable[[], bool], timeout: float = 60.0) -> None:
     until = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < until, "timed out"
@@ -88,7 +89,8 @@ def test_a_final_announcement_lost_on_the_link_is_read_again(tmp_path, broker):
         assert hooks.link is not None
         hooks.down()
         cloud.publish(topic, announcement("finished"), retain=True)
-        wait_until(lambda: hooks.link.dropped["received"] >= 1)  # the link lost it
+        link = hooks.link
+        wait_until(lambda: link.dropped["received"] >= 1)  # the link lost it
         hooks.up()
         thread.join(timeout=60)  # waits for ever without the reading again
         assert not thread.is_alive()
