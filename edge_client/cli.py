@@ -165,14 +165,19 @@ def worker(
     import torch
 
     from edge_client.host import ModelHost
-    from edge_client.worker import read_worker_spec, run_devices
+    from edge_client.worker import read_worker_spec, run_devices, write_link_report
     from fedsa_common.process.logs import setup_logging
 
     setup_logging(log_level)
     broker, devices, raw = read_worker_spec(spec)
     torch.set_num_threads(int(raw.get("threads", 1)))
-    sys.exit(run_devices(devices, broker, ModelHost(raw.get("precision")),
-                         int(raw.get("payload_limit", 1_000_000))))
+    try:
+        code = run_devices(devices, broker, ModelHost(raw.get("precision")),
+                           int(raw.get("payload_limit", 1_000_000)))
+    finally:  # also when stopped: what the links lost until then
+        if raw.get("link_report"):
+            write_link_report(Path(raw["link_report"]), devices)
+    sys.exit(code)
 
 
 @app.command()

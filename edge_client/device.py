@@ -13,9 +13,9 @@ metrics counts every announcement and fetch payload it received since its last r
 
 A round's work is the sequence of named steps in edge_client/round_steps.py; this module
 keeps what needs the device's session, state directory, data and shared model host.  What
-a scenario simulates of a device (a poisoned update, slow compute and links) comes in as
-its hooks (edge_client/round_hooks.py), its session may be given (a test's recording fake),
-and hosting devices in a process is edge_client/worker.py.
+a scenario simulates of a device (a poisoned update, slow compute and links, a link that
+loses messages) comes in as its hooks (edge_client/round_hooks.py), its session may be
+given (a test's recording fake), and hosting devices in a process is edge_client/worker.py.
 """
 
 from __future__ import annotations
@@ -115,6 +115,10 @@ class Abandoned(Exception):
 
 MAX_ANNOUNCE_BYTES = 64_000_000
 FETCH_TIMEOUT_S = 30.0  # waiting for the retained full global of an announced version
+# silence, in round deadlines, after which the retained announcement is read again; before
+# the first announcement the default deadline counts
+SILENCE_DEADLINES = 2
+DEFAULT_SILENCE_S = SILENCE_DEADLINES * 300.0
 
 
 @dataclass
@@ -168,9 +172,11 @@ class Device:
         self.hub_missing_since: float | None = None
         self.hub_warned = False
         self.announced = False  # an announcement of the federation arrived (network thread)
+        self.heard_at = time.monotonic()  # when one last arrived (or the announcements were
+        self.silence_s = DEFAULT_SILENCE_S  # read again), and how long a silence may last
         self.federation_wait = Reminder(spec.report_every_s, time.monotonic())
-        self.session = (session if session is not None
-                        else self._own_session(broker_url, payload_limit))
+        self.session = hooks.over_link(session if session is not None
+                                       else self._own_session(broker_url, payload_limit))
         self.session.subscribe(self.topics.announce, self._on_announce)
         self.session.subscribe_raw(self.topics.ack(spec.region, spec.client), self._on_ack)
         self.session.subscribe_raw(self.topics.status("regional", spec.region),
@@ -211,6 +217,7 @@ class Device:
     def _on_announce(self, _topic: str, payload: bytes) -> None:
         if payload:
             self.announced = True
+            self.heard_at = time.monotonic()
             self.inbox.put((payload, time.time()))
 
     def _on_hub_status(self, _topic: str, payload: bytes) -> None:
@@ -260,6 +267,7 @@ class Device:
         try:
             while not (self.done.is_set() or self.gone.is_set() or self.stopping.is_set()):
                 self.report_waits(time.monotonic())
+                self.reread_if_silent(time.monotonic())
                 self.handle_acks()
                 self.resend_pending()
                 self.secagg.poll()  # e.g. answer a secure-aggregation unmasking request
@@ -275,6 +283,7 @@ class Device:
                     header, env = decode_message(AnnounceHeader, payload,
                                                  max_bytes=MAX_ANNOUNCE_BYTES)
                     announced_config(header)  # a config that does not validate is bad input
+                    self.silence_s = SILENCE_DEADLINES * header.deadline_s
                 except WireError as err:
                     log.warning("%s: ignored bad announcement: %s", self.spec.client, err)
                     continue
@@ -334,6 +343,28 @@ class Device:
                     "--region %s`, or check --region", self.spec.client, self.spec.region,
                     self.session.broker_url, why, self.spec.region)
 
+    def reread_if_silent(self, now: float) -> None:
+        """After ``silence_s`` without an announcement, subscribe to the announcements anew,
+        so that the broker sends the retained one again.
+
+        Why: an announcement lost on the way without the connection closing (a link that
+        dropped it; a reconnect would subscribe again by itself) is never sent again, and a
+        lost final one would leave the device waiting for ever for a federation that
+        finished, without its final global parameters.  While rounds go on, each is
+        announced within a deadline, so this does not happen then; when it does, the
+        announcement read again is one the device may already have followed, which is
+        harmless (a round is trained once)."""
+        if now - self.heard_at < self.silence_s:
+            return
+        self.heard_at = now
+        log.info("%s: no announcement for %.0fs; reading the retained one again",
+                 self.spec.client, self.silence_s)
+        try:  # unsubscribing first makes the session deliver a message it saw before
+            self.session.unsubscribe(self.topics.announce, self._on_announce)
+            self.session.subscribe(self.topics.announce, self._on_announce)
+        except (TimeoutError, ConnectionError, RuntimeError) as err:
+            log.warning("%s: announcements not read again: %s", self.spec.client, err)
+
     def on_round(self, header: AnnounceHeader, env: Envelope, bytes_down: int) -> None:
         """Follow one announcement: keep the final global and stop when the federation
         finished; train and send an update when selected for a round not yet trained."""
@@ -365,15 +396,28 @@ class Device:
 
     def send(self, round_: int, payload: bytes, metrics: Metrics) -> None:
         """Publish the round's update (kept for resending until acknowledged), then its
-        metrics with the bytes sent."""
-        bytes_up = self.session.publish(self.topics.update(self.spec.region, self.spec.client),
-                                        payload)
+        metrics with the bytes sent.
+
+        A publish the broker does not acknowledge in time (an outage longer than the
+        timeout) is logged, not raised: raising would end the device's run, while the
+        update is already kept as pending and the resends (``resend_pending``) carry it
+        once the link is back."""
         self.pending, self.pending_round = payload, round_
         self.backoff = self.resend_s
         self.next_resend = time.monotonic() + self.backoff
+        try:
+            bytes_up = self.session.publish(
+                self.topics.update(self.spec.region, self.spec.client), payload)
+        except (TimeoutError, ConnectionError) as err:
+            log.warning("%s: round %d update not acknowledged by the broker (%s); it is "
+                        "resent until its hub acknowledges it", self.spec.client, round_, err)
+            bytes_up = len(payload)  # handed to the link, and sent again later
         metrics = metrics.model_copy(update={"bytes_up": bytes_up})
-        self.session.publish_raw(self.topics.metrics(self.spec.region, self.spec.client),
-                                 encode_json(metrics))
+        try:
+            self.session.publish_raw(self.topics.metrics(self.spec.region, self.spec.client),
+                                     encode_json(metrics))
+        except (TimeoutError, ConnectionError) as err:
+            log.warning("%s: round %d metrics not sent: %s", self.spec.client, round_, err)
         self.down_unreported = 0
         held_out = ("" if metrics.loss is None else
                     f", held-out loss {metrics.loss:.3f} (perplexity {metrics.perplexity:.4g})")

@@ -78,7 +78,7 @@ class _Logits(torch.nn.Module):
 def export_onnx(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, *,
                 int8: bool = False) -> int:
     """Write ``out`` (a single self-contained .onnx file); returns its size in bytes."""
-    for module in ("onnx", "onnxscript"):  # torch.onnx's dynamo exporter imports them
+    for module in ("onnx", "onnxscript", "onnxruntime"):  # the exporter and int8 and the check
         require_extra(module, "export", "the ONNX export")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from edge_client.bundle import INPUTS, TOKENIZER_FILE, sidecar_path, tokenizer_dir
-from fedsa_common.wire.errors import UserError
+from fedsa_common.wire.errors import UserError, require_extra
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
@@ -97,6 +97,7 @@ def load_tokenizer(directory: Path, max_length: int) -> Any:
 
 class OnnxClassifier:
     def __init__(self, model_path: Path, threads: int = 0) -> None:
+        require_extra("onnxruntime", "predict", "edge-client predict")
         import onnxruntime as ort
 
         model_path = Path(model_path)

@@ -2,7 +2,8 @@
 
 A real device sends the update it trained and waits only as long as its work and its link
 really take.  A scenario worker also hosts *simulated* devices: malicious ones that replace
-the update they send, slow ones whose compute or link takes longer.  Those are objects that
+the update they send, slow ones whose compute or link takes longer, ones whose link goes
+down or lags (their session seen through a ``SimulatedLink``).  Those are objects that
 follow ``RoundHooks`` (edge_client/simulation.py builds them from the worker spec file),
 handed to the device when it is built, so that the device has no branch for any of it; a
 real device gets ``NO_HOOKS``.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
+from fedsa_common.net.transport import MqttSession
 from fedsa_common.wire.tensors import Tensors
 
 DelayKind = Literal["download", "compute", "upload"]
@@ -29,6 +31,11 @@ class RoundHooks(Protocol):
         bytes, ``compute`` after ``amount`` seconds of real training."""
         ...
 
+    def over_link(self, session: MqttSession) -> MqttSession:
+        """The session the device uses: its own, or that session seen through a simulated
+        link (called once per session, before it connects)."""
+        ...
+
 
 class NoHooks:
     """A real device: its own update, no added delay."""
@@ -39,6 +46,9 @@ class NoHooks:
 
     def delay(self, kind: DelayKind, amount: float) -> float:
         return 0.0
+
+    def over_link(self, session: MqttSession) -> MqttSession:
+        return session
 
 
 NO_HOOKS = NoHooks()

@@ -22,6 +22,7 @@ from edge_client.host import ModelHost
 from edge_client.round_hooks import NO_HOOKS, RoundHooks
 from edge_client.simulation import Simulation
 from fedsa_common.net.broker_auth import credentials_auth, load_credentials
+from fedsa_common.process.atomic import write_json
 from fedsa_common.wire.errors import UserError
 
 log = logging.getLogger("fedsa.device")
@@ -130,3 +131,10 @@ def read_worker_spec(path: Path) -> tuple[str, list[Hosted], dict[str, Any]]:
         simulation = Simulation.from_json(d)
         devices.append(Hosted(spec, simulation, simulation.conditions.online))
     return raw["broker"], devices, raw
+
+
+def write_link_report(path: Path, devices: list[Hosted]) -> None:
+    """What each device's simulated link lost (``published`` and ``received`` messages, over
+    all its sessions), for the scenario report; devices without one are left out."""
+    write_json(path, {h.spec.client: h.hooks.link_dropped() for h in devices
+                      if isinstance(h.hooks, Simulation) and h.hooks.link is not None})

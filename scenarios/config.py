@@ -24,6 +24,7 @@ from fedsa_common.federation.config import (
 from fedsa_common.wire.protocol import check_name
 from scenarios.adversaries import AdversarySection, choose_adversaries
 from scenarios.grammar import AvailabilitySection, ExpectSection, Fault, StragglerSection
+from scenarios.links import LinksSection
 from scenarios.overrides import apply_overrides
 from scenarios.tune_section import TuneSection
 
@@ -77,10 +78,16 @@ class ScenarioSection(Strict):
     faults: list[Fault] = Field(default_factory=list)
     expect: ExpectSection = ExpectSection()
     adversaries: AdversarySection = AdversarySection()
+    links: LinksSection = LinksSection()  # devices whose link goes down or lags
 
     @model_validator(mode="after")
     def _adversaries_exist(self) -> ScenarioSection:
         choose_adversaries([c for _, c in self.topology.devices()], self.adversaries, self.seed)
+        return self
+
+    @model_validator(mode="after")
+    def _links_exist(self) -> ScenarioSection:
+        self.links.check_names(self.topology.devices())
         return self
 
     @model_validator(mode="after")
@@ -107,12 +114,15 @@ class ScenarioSection(Strict):
         return self
 
     @model_serializer(mode="wrap")
-    def _omit_unused_adversaries(self, handler: SerializerFunctionWrapHandler
+    def _omit_unused_sections(self, handler: SerializerFunctionWrapHandler
                                  ) -> dict[str, Any]:
-        """No ``adversaries`` key unless set, so existing scenario digests do not change."""
+        """No ``adversaries`` or ``links`` key unless set, so existing scenario digests do
+        not change."""
         data = handler(self)
         if data.get("adversaries") == {}:
             del data["adversaries"]
+        if not self.links.used:
+            data.pop("links", None)
         return data
 
     @field_validator("broker")

@@ -21,13 +21,14 @@ import yaml
 from edge_client.conditions import conditions_to_json
 from edge_client.data import load_pool
 from fedsa_common.net.broker import BrokerProcess, start_broker
-from fedsa_common.process.atomic import write_json
+from fedsa_common.process.atomic import read_json, write_json
 from fedsa_common.process.managed import ManagedProcess, stop_all
 from hub.api import serve_args
 from scenarios.adversaries import choose_adversaries, honest_accuracy
 from scenarios.config import ScenarioConfig
 from scenarios.expect import check_expectations
 from scenarios.grammar import Fault, device_conditions
+from scenarios.links import link_schedules
 from scenarios.metrics_ports import allocate
 from scenarios.monitor import Monitor
 from scenarios.report import build_report, round_row
@@ -199,10 +200,12 @@ def write_worker_specs(config: ScenarioConfig, broker_url: str | Callable[[str],
     conditions = device_conditions(devices, sc.availability, sc.stragglers, t0, sc.timeout_s,
                                    sc.seed)
     attacks = choose_adversaries([c for _, c in devices], sc.adversaries, sc.seed)
+    links = link_schedules(devices, sc.links, sc.seed)
     per_region = callable(broker_url)
     paths = []
     for w, (start, chunk) in enumerate(_worker_chunks(devices, sc.devices_per_worker,
                                                       per_region)):
+        path = out / "workers" / f"worker-{w}.json"
         spec = {
             "broker": broker_url(chunk[0][0]) if callable(broker_url) else broker_url,
             "federation": config.federation.name,
@@ -217,17 +220,28 @@ def write_worker_specs(config: ScenarioConfig, broker_url: str | Callable[[str],
                     "conditions": conditions_to_json(conditions[client]),
                     "memory_mb": sc.memory_mb,
                     **({"attack": attacks[client].to_json()} if client in attacks else {}),
+                    **({"link": links[client].to_json()} if client in links else {}),
                     **({"credentials": str(credentials(region, client))}
                        if credentials is not None else {}),
                 }
                 for i, (region, client) in enumerate(chunk)
             ],
         }
-        path = out / "workers" / f"worker-{w}.json"
+        if any(client in links for _, client in chunk):  # what they lost, for the report
+            spec["link_report"] = str(path.parent / f"links-{w}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(spec, indent=2))
         paths.append(path)
     return paths
+
+
+def device_links(out: Path) -> dict[str, dict[str, int]]:
+    """Per device with a simulated link, the messages it lost (``published``, ``received``),
+    as its worker wrote them on leaving."""
+    found: dict[str, dict[str, int]] = {}
+    for path in sorted((out / "workers").glob("links-*.json")):
+        found.update(read_json(path))
+    return found
 
 
 def _worker_chunks(devices: list[tuple[str, str]], size: int, per_region: bool
@@ -382,6 +396,8 @@ def run_scenario(config: ScenarioConfig, out: Path, broker_url: str | None = Non
         if faults is not None:
             with monitor.lock:
                 report["links"] = link_outages(monitor.obs, faults.log, sc.topology, t0)
+    if sc.links.used:
+        report["device_links"] = device_links(out)
     if sc.adversaries.used:
         attacks = choose_adversaries([c for _, c in sc.topology.devices()], sc.adversaries,
                                      sc.seed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import Any
 
 Window = tuple[float, float]
 
@@ -53,6 +54,22 @@ class LinkSchedule:
             return self.publish_delay_s
         return self.publish_delay_s + random.Random(f"{self.seed}:{index}").uniform(
             0.0, self.delay_jitter_s)
+
+    def to_json(self) -> dict[str, Any]:
+        """The schedule as a scenario runner writes it into a worker spec file."""
+        return {"offline": [list(w) for w in self.offline],
+                "publish_delay_s": self.publish_delay_s,
+                "delay_jitter_s": self.delay_jitter_s, "seed": self.seed}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any] | None) -> LinkSchedule | None:
+        """A schedule written by ``to_json`` (None: none given, the link is not simulated)."""
+        if raw is None:
+            return None
+        return cls(offline=tuple((float(a), float(b)) for a, b in raw.get("offline", ())),
+                   publish_delay_s=float(raw.get("publish_delay_s", 0.0)),
+                   delay_jitter_s=float(raw.get("delay_jitter_s", 0.0)),
+                   seed=int(raw.get("seed", 0)))
 
     @classmethod
     def churning(cls, *, seed: int, horizon_s: float, online_mean_s: float,

@@ -57,6 +57,7 @@ import torch
 
 from fedsa_common.config.sections import FederationSections
 from fedsa_common.privacy.dp_adaptive import AdaptiveClipping, within_clip
+from fedsa_common.wire.errors import require_extra
 from fedsa_common.wire.tensors import Tensors
 
 Mode = Literal["central", "local"]
@@ -157,6 +158,13 @@ def expected_updates(selected: int, clients_per_round: int | None, over_select: 
 
 
 # ------------------------------------------------------------------ accounting
+def require_accountant() -> None:
+    """opacus's RDP accountant is the ``dp`` install extra: a federation with differential
+    privacy on says so in one line at start-up (``dp_plan``) instead of a traceback at the
+    first round's accounting."""
+    require_extra("opacus", "dp", "differential privacy (its accountant)")
+
+
 def epsilon_spent(steps: Sequence[tuple[float, float]], delta: float) -> float:
     """Epsilon after the given steps, each (noise_multiplier, sample_rate), at ``delta``.
 
@@ -179,6 +187,7 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
     Deterministic, so the cloud and every device derive the same value from the same
     configuration without it travelling separately.
     """
+    require_accountant()
     from opacus.accountants.utils import get_noise_multiplier
 
     if not 0 < sample_rate <= 1:
@@ -377,6 +386,7 @@ def dp_plan(config: FederationSections) -> DpPlan | None:
     dp = config.fedsa_lora.privacy.differential_privacy
     if not dp.enable:
         return None
+    require_accountant()
     q = planned_sample_rate(config)
     z, calibrated = _noise_multiplier(config)
     return DpPlan(mode=dp.mode, clip_norm=dp.clip_norm, noise_multiplier=z, sample_rate=q,

@@ -48,3 +48,41 @@ def test_a_sent_update_waits_for_its_ack_and_its_metrics_count_the_bytes(tmp_pat
     assert topic == dev.topics.metrics("eu", "d1")
     assert decode_json(Metrics, body).bytes_up == len(b"payload")
     assert (dev.pending, dev.pending_round) == (b"payload", 2)
+
+
+class TimingOutSession(RecordingSession):
+    """A broker that acknowledges nothing while ``down`` (an outage longer than the
+    publish timeout): publishes raise ``TimeoutError`` as ``MqttSession``'s do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    def publish(self, topic: str, payload: bytes, **kw: object) -> int:
+        if self.down:
+            raise TimeoutError(f"publish {topic!r}: only 0 of 1 frames acknowledged")
+        return super().publish(topic, payload)
+
+    def publish_raw(self, topic: str, payload: bytes, **kw: object) -> int:
+        if self.down:
+            raise TimeoutError(f"publish_raw {topic!r}: not acknowledged")
+        return super().publish_raw(topic, payload)
+
+
+def test_an_update_whose_publish_times_out_is_kept_and_resent(tmp_path):
+    """An outage outlasting the publish timeout must not end the device's run: the update
+    stays pending and the resend carries it once the link is back."""
+    session = TimingOutSession()
+    spec = DeviceSpec(client="d1", region="eu", federation="f",
+                      data=DataSpec(source="20newsgroups"), state_dir=tmp_path)
+    dev = Device(spec, "mqtt://127.0.0.1:1", ModelHost(),
+                 session=session)  # type: ignore[arg-type]
+    metrics = Metrics(federation="f", client="d1", region="eu", round=1, accuracy=0.5,
+                      n_test=4)
+    dev.send(1, b"payload", metrics)  # raised out of run() before
+    assert (dev.pending, dev.pending_round) == (b"payload", 1)
+    assert session.sent == []
+    session.down = False
+    dev.next_resend = 0.0  # due now
+    dev.resend_pending()
+    assert session.published == [(dev.topics.update("eu", "d1"), b"payload")]

@@ -8,7 +8,7 @@ import pytest
 
 from fedsa_common.wire.errors import MissingExtra, UserError, require_extra
 
-EXTRA_PACKAGES = ("optuna", "onnx", "onnxscript")
+EXTRA_PACKAGES = ("optuna", "onnx", "onnxscript", "onnxruntime", "opacus")
 
 
 def test_join_import_graph_has_no_extra_package() -> None:
@@ -25,3 +25,24 @@ def test_missing_extra_names_the_pip_command() -> None:
     assert isinstance(err.value, UserError)
     assert "pip install 'fedsa-edge[tune]'" in str(err.value)
     require_extra("json", "tune", "scenarios tune")  # present: no error
+
+
+def test_a_federation_with_dp_needs_the_dp_extra_from_the_start(monkeypatch) -> None:
+    from fedsa_common.federation.config import FederationConfig
+    from fedsa_common.privacy.dp import dp_plan
+
+    config = FederationConfig.model_validate(
+        {"rounds": 4, "fedsa_lora": {"privacy": {"differential_privacy": {
+            "enable": True, "noise_multiplier": 1.0}}}})
+    monkeypatch.setitem(sys.modules, "opacus", None)  # as if not installed
+    assert dp_plan(FederationConfig()) is None  # without DP nothing is needed
+    with pytest.raises(MissingExtra, match=r"fedsa-edge\[dp\]"):
+        dp_plan(config)  # a configured multiplier is not calibrated: checked all the same
+
+
+def test_predict_without_onnxruntime_names_the_predict_extra(monkeypatch, tmp_path) -> None:
+    from edge_client.predict import OnnxClassifier
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingExtra, match=r"fedsa-edge\[predict\]"):
+        OnnxClassifier(tmp_path / "model.onnx")
