@@ -5,8 +5,10 @@ one round with a third of the roster dropping after sharing, as docs/security.md
 Devices hold provisioned signing identities (the malicious-hub protocol: signed
 advertisements, roster verification, the consistency round); ``--unsigned`` measures the
 unauthenticated mode for comparison.  ``--vss`` measures only the verifiable secret
-sharing for the larger regions the configuration allows (up to ``MAX_ROSTER``), per dealer
-and scaled by n, since one round of a thousand in memory would take hours here:
+sharing for the larger regions the configuration allows (up to ``MAX_ROSTER``; rounds use
+VSS only up to ``VSS_MAX_ROSTER``, chosen from these figures), per dealer and scaled by n,
+since one round of a thousand in memory would take hours here (the message sizes of a
+1,000-device round without VSS are checked in tests/fedsa_common/test_secagg_wire.py):
 
     python -m benchmarks.secagg_cost [--unsigned | --vss]
 """

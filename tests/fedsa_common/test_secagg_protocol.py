@@ -21,8 +21,9 @@ from fedsa_common.privacy.secagg import (
     share_crypto,
     vss,
 )
+from fedsa_common.privacy.secagg import params as params_module
 from fedsa_common.privacy.secagg.fixed_point import MOD, add_mod
-from fedsa_common.privacy.secagg.identity import Authority
+from fedsa_common.privacy.secagg.identity import Authority, verify
 from fedsa_common.privacy.secagg.messages import (
     AdvertiseKeys,
     KeyAuth,
@@ -116,7 +117,8 @@ class Round:
 def test_unmasked_sum_equals_plain_sum_with_a_third_dropping(seed):
     rng = random.Random(1000 + seed)
     n = rng.randint(4, 12)
-    r = Round(n, seed, signed=seed % 2 == 0)
+    verifiable = seed < 4  # both settings of verifiable_shares, signed and unsigned
+    r = Round(n, seed, SecAggParams(verifiable_shares=verifiable), signed=seed % 2 == 0)
     names = sorted(r.clients)
     dropouts = rng.sample(names, n // 3)
     split = rng.randint(0, len(dropouts))
@@ -140,6 +142,8 @@ def test_unmasked_sum_equals_plain_sum_with_a_third_dropping(seed):
     # and the survivors' own view of what they sent adds up to the same sum
     sent = sum(r.clients[c].sent_values * r.clients[c].weight for c in survivors)
     assert torch.allclose(result.sums, sent, atol=1e-9)
+    assert r.server.verifiable is verifiable
+    assert all(bool(m.vss) is verifiable for m in r.server.shares.values())
 
 
 def test_survivors_that_miss_unmasking_are_not_needed():
@@ -255,17 +259,19 @@ def test_client_checks_the_roster():
 # ------------------------------------------------------------------ tampered shares
 
 
-def _deliveries(n: int = 4, seed: int = 8) -> tuple[Round, dict[str, ShareDelivery]]:
-    r = Round(n, seed)
+def _deliveries(n: int = 4, seed: int = 8, verifiable: bool = True
+                ) -> tuple[Round, dict[str, ShareDelivery]]:
+    r = Round(n, seed, SecAggParams(verifiable_shares=verifiable))
     roster = r.keys()
     for c in roster.members:
         r.server.add_shares(r.clients[c].share_keys(roster))
     return r, r.server.close_shares()
 
 
+@pytest.mark.parametrize("verifiable", [True, False])
 @pytest.mark.parametrize("how", ["flip", "garbage", "swap", "short"])
-def test_tampered_share_ciphertexts_are_refused_in_the_share_check(how):
-    r, deliveries = _deliveries()
+def test_tampered_share_ciphertexts_are_refused_in_the_share_check(how, verifiable):
+    r, deliveries = _deliveries(verifiable=verifiable)
     d = deliveries["dev02"]
     cts = dict(d.ciphertexts)
     if how == "flip":
@@ -287,8 +293,9 @@ def test_tampered_share_ciphertexts_are_refused_in_the_share_check(how):
     assert client.receive_shares(d) == check  # the answer to a resend does not change
 
 
-def test_share_for_another_recipient_is_rejected():
-    r, deliveries = _deliveries()
+@pytest.mark.parametrize("verifiable", [True, False])
+def test_share_for_another_recipient_is_rejected(verifiable):
+    r, deliveries = _deliveries(verifiable=verifiable)
     other = deliveries["dev03"]  # dev03's ciphertexts handed to dev02
     with pytest.raises(SecAggError, match="secagg_bad_share"):
         r.clients["dev02"].receive_shares(ShareDelivery("dev02", other.members,
@@ -444,6 +451,69 @@ def test_a_dealer_whose_shares_authenticate_but_lie_on_no_polynomial_is_left_out
     told = r.masked(absent={"dev00"})
     result = r.unmask(told)
     assert torch.equal(result.words, _encodings(r, told.survivors, 6))
+
+
+def test_without_vss_a_round_is_the_pre_vss_protocol():
+    """``verifiable_shares: false``: no Feldman commitments in any message (the field is
+    left out of the JSON), survivors sign the pre-VSS statement, and commitments sent
+    anyway are refused by the hub and by a holder."""
+    r = Round(5, seed=17, params=SecAggParams(verifiable_shares=False))  # t = 4
+    roster = r.keys()
+    msg = r.clients["dev01"].share_keys(roster)
+    assert msg.vss == () and "vss" not in msg.to_dict()
+    with pytest.raises(SecAggError, match="vss has 8 points, expected 0"):
+        r.server.add_shares(ShareKeys("dev01", msg.ciphertexts, msg.commitments,
+                                      (vss.commit([1, 2, 3, 4]) * 2)))
+    for c in roster.members:
+        r.server.add_shares(r.clients[c].share_keys(roster))
+    deliveries = r.server.close_shares()
+    d = deliveries["dev02"]
+    assert d.vss == {} and "vss" not in d.to_dict() and r.server.dealt == b""
+    with pytest.raises(SecAggError, match="a round without vss"):
+        r.clients["dev02"].receive_shares(ShareDelivery(
+            "dev02", d.members, d.ciphertexts, d.commitments,
+            {u: vss.commit([1, 2, 3, 4]) * 2 for u in d.members}))
+    for v, delivery in deliveries.items():
+        r.server.add_check(r.clients[v].receive_shares(delivery))
+    for v, masking in r.server.close_checks().items():
+        r.clients[v].mask_with(masking)
+    told = r.masked(absent={"dev04"})
+    signed = r.clients["dev00"].sign_survivors(told)
+    pre_vss = r.ctx.info("survivors", ",".join(told.survivors), ",".join(told.dropped))
+    verify(r.clients["dev00"].identity.public, signed.signature, pre_vss, "pre-VSS statement")
+    result = r.unmask(told)
+    assert torch.equal(result.words, _encodings(r, told.survivors, 5))
+
+
+def test_without_vss_an_off_polynomial_dealer_is_not_caught_and_the_round_fails():
+    """What ``verifiable_shares: false`` gives up (docs/security.md): shares that
+    authenticate and match their SHA-256 commitments but lie on no one polynomial pass
+    the share check, and the hub's unmasking fails instead of leaving the dealer out."""
+    r = Round(6, seed=13, params=SecAggParams(verifiable_shares=False))  # t = 4
+    roster = r.keys()
+    _deal_off_polynomial(r, roster, "dev00", {"dev01", "dev02", "dev03"})
+    deliver_and_check(r.server, r.clients)
+    assert all(c.rejected == {} for c in r.clients.values()) and r.server.cheaters == {}
+    told = r.masked()
+    with pytest.raises(SecAggError) as err:
+        r.unmask(told)
+    assert err.value.reason == "secagg_out_of_range"
+
+
+def test_a_roster_above_the_vss_bound_shares_without_vss(monkeypatch):
+    """Hub and devices derive from the roster's size alone whether it shares verifiably
+    (``SecAggParams.vss``); the bound is lowered here so that a round stays cheap."""
+    monkeypatch.setattr(params_module, "VSS_MAX_ROSTER", 4)
+    assert SecAggParams().vss(4) and not SecAggParams().vss(5)
+    assert not SecAggParams(verifiable_shares=False).vss(4)
+    r = Round(5, seed=18)
+    result = r.play(after_shares={"dev03"})
+    assert not r.server.verifiable and r.server.dealt == b""
+    assert all(m.vss == () for m in r.server.shares.values())
+    assert torch.equal(result.words, _encodings(r, result.survivors, 5))
+    small = Round(4, seed=18)
+    small.play()
+    assert small.server.verifiable and all(m.vss for m in small.server.shares.values())
 
 
 def test_the_hub_refuses_commitments_that_are_not_group_points_by_name():

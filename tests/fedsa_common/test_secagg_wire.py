@@ -12,6 +12,7 @@ import random
 import pytest
 import torch
 
+from edge_client.secagg_client import MAX_MESSAGE_BYTES
 from fedsa_common.privacy.secagg import SecAggError, wire
 from fedsa_common.privacy.secagg.identity import Authority
 from fedsa_common.privacy.secagg.messages import (
@@ -23,7 +24,12 @@ from fedsa_common.privacy.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedsa_common.privacy.secagg.params import MAX_ROSTER, RoundContext, threshold_for
+from fedsa_common.privacy.secagg.params import (
+    MAX_ROSTER,
+    VSS_MAX_ROSTER,
+    RoundContext,
+    threshold_for,
+)
 from fedsa_common.privacy.secagg.protocol import SecAggClient
 from fedsa_common.privacy.secagg.share_crypto import CIPHERTEXT_BYTES, COMMIT_BYTES
 from fedsa_common.wire.chunking import Reassembler, split_payload
@@ -90,6 +96,26 @@ def test_a_region_of_1000_round_trips_every_message():
     assert sizes["roster"] > 5 * HEADER_LIMIT
     assert sizes["share_delivery"] > 2 * HEADER_LIMIT
     assert sizes["unmask_request"] > HEADER_LIMIT
+    # a round of MAX_ROSTER shares without VSS (above VSS_MAX_ROSTER): every message fits
+    # a device's message limit, the largest (the share delivery) with room to spare
+    assert max(sizes.values()) < MAX_MESSAGE_BYTES / 20
+    assert b'"vss"' not in wire.encode("fed", 3, "r1", names[0], "share_delivery", delivery)
+
+
+def test_the_largest_delivery_with_vss_fits_a_devices_message_limit():
+    """At ``VSS_MAX_ROSTER`` (t = 200) every dealer's 400 points come down to each
+    member: about 5.6 MB, within ``MAX_BODY_BYTES`` and a device's 16 MB limit."""
+    n = VSS_MAX_ROSTER
+    names, _, _ = _region(n)
+    t = threshold_for(n, 2 / 3)
+    rng = random.Random(5)
+    delivery = ShareDelivery(names[0], tuple(names),
+                             {c: rng.randbytes(CIPHERTEXT_BYTES) for c in names},
+                             {c: rng.randbytes(COMMIT_BYTES) for c in names},
+                             {c: tuple(rng.randbytes(32) for _ in range(2 * t)) for c in names})
+    size = len(wire.encode("fed", 3, "r1", names[0], "share_delivery", delivery))
+    assert 2 * t * n * 32 < size < min(wire.MAX_BODY_BYTES, MAX_MESSAGE_BYTES)
+    assert _through_the_wire("share_delivery", names[0], delivery) == delivery
 
 
 def test_a_real_signed_advertisement_and_share_message_round_trip():

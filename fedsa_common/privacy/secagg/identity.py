@@ -64,9 +64,11 @@ def survivors_statement(ctx: RoundContext, survivors: tuple[str, ...],
     """What a survivor signs in the consistency round: the set it was told (U3), the
     dropped set (D), and the digest of every dealer's Feldman commitments it was shown
     (``vss.transcript_digest``, fixed size), so ``t`` signatures over one statement also
-    prove that the hub showed them all the same commitments.  Ids are sorted and '|'-free,
-    so the encoding is injective."""
-    return ctx.info("survivors", ",".join(survivors), ",".join(dropped)) + b"|" + dealt
+    prove that the hub showed them all the same commitments.  ``dealt`` is empty in a
+    round without VSS, which signs the pre-VSS statement.  Ids are sorted and '|'-free,
+    so the encoding is injective (whether a round has VSS is fixed by its roster)."""
+    statement = ctx.info("survivors", ",".join(survivors), ",".join(dropped))
+    return statement + b"|" + dealt if dealt else statement
 
 
 def check_certificate(authority: bytes, federation: str, region: str, client: str,

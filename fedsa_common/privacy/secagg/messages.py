@@ -23,7 +23,7 @@ from torch import Tensor
 from fedsa_common.privacy.secagg.errors import SecAggError
 from fedsa_common.privacy.secagg.fixed_point import MOD
 from fedsa_common.privacy.secagg.identity import PUBLIC_BYTES, SIGNATURE_BYTES
-from fedsa_common.privacy.secagg.params import MAX_ROSTER, NAME_RE
+from fedsa_common.privacy.secagg.params import MAX_ROSTER, NAME_RE, VSS_MAX_ROSTER
 from fedsa_common.privacy.secagg.shamir import SHARE_BYTES
 from fedsa_common.privacy.secagg.share_crypto import CIPHERTEXT_BYTES, COMMIT_BYTES, KEY_BYTES
 from fedsa_common.privacy.secagg.vss import POINT_BYTES
@@ -39,10 +39,14 @@ def _mapping(raw: Any, what: str) -> Mapping[str, Any]:
     return raw
 
 
-def _fields(raw: Any, what: str, keys: set[str]) -> Mapping[str, Any]:
+def _fields(raw: Any, what: str, keys: set[str], optional: frozenset[str] = frozenset()
+            ) -> Mapping[str, Any]:
+    """``raw`` as a mapping with exactly ``keys``, plus any of ``optional`` (fields a
+    message leaves out when empty, so it is byte for byte the older message)."""
     d = _mapping(raw, what)
-    if set(d) != keys:
-        raise _bad(f"{what} keys {sorted(map(str, d))} != {sorted(keys)}")
+    if not keys <= set(d) <= keys | optional:
+        raise _bad(f"{what} keys {sorted(map(str, d))} != {sorted(keys)}"
+                   + (f" (optional: {sorted(optional)})" if optional else ""))
     return d
 
 
@@ -76,12 +80,13 @@ def _names(value: Any, what: str) -> tuple[str, ...]:
 
 
 def _points(value: Any, what: str) -> tuple[bytes, ...]:
-    """A dealer's Feldman commitments: at most ``2 * MAX_ROSTER`` 32-byte points (two
-    polynomials of degree below the roster size).  Only sizes here: whether they are
-    points of the group is the protocol's check (``vss.check_points``), so a bad one
-    costs only its dealer its place, not the whole message."""
-    if not isinstance(value, list | tuple) or len(value) > 2 * MAX_ROSTER:
-        raise _bad(f"{what} must be a list of at most {2 * MAX_ROSTER} points")
+    """A dealer's Feldman commitments: at most ``2 * VSS_MAX_ROSTER`` 32-byte points (two
+    polynomials of degree below the roster size; larger rosters share without VSS).  Only
+    sizes here: whether they are points of the group is the protocol's check
+    (``vss.check_points``), so a bad one costs only its dealer its place, not the whole
+    message."""
+    if not isinstance(value, list | tuple) or len(value) > 2 * VSS_MAX_ROSTER:
+        raise _bad(f"{what} must be a list of at most {2 * VSS_MAX_ROSTER} points")
     return tuple(_bytes(v, f"{what}[{j}]", POINT_BYTES) for j, v in enumerate(value))
 
 
@@ -189,7 +194,8 @@ class ShareKeys:
     """Stage 1, client -> hub: one ciphertext of shares per roster member (itself too),
     the commitments to each member's shares (``share_crypto.commit_shares``), and the
     Feldman commitments to its two sharing polynomials (``vss``: ``t`` points for s_sk,
-    then ``t`` for b), which every holder checks its shares against."""
+    then ``t`` for b), which every holder checks its shares against; empty, and left out
+    of the message, in a round without VSS (``SecAggParams.vss``)."""
 
     client: str
     ciphertexts: dict[str, bytes]  # recipient -> ciphertext
@@ -197,24 +203,29 @@ class ShareKeys:
     vss: tuple[bytes, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"client": self.client, "ciphertexts": dict(sorted(self.ciphertexts.items())),
-                "commitments": dict(sorted(self.commitments.items())),
-                "vss": list(self.vss)}
+        d: dict[str, Any] = {"client": self.client,
+                             "ciphertexts": dict(sorted(self.ciphertexts.items())),
+                             "commitments": dict(sorted(self.commitments.items()))}
+        if self.vss:
+            d["vss"] = list(self.vss)
+        return d
 
     @classmethod
     def from_dict(cls, raw: Any) -> ShareKeys:
-        d = _fields(raw, "share_keys", {"client", "ciphertexts", "commitments", "vss"})
+        d = _fields(raw, "share_keys", {"client", "ciphertexts", "commitments"},
+                    frozenset({"vss"}))
         return cls(_name(d["client"], "client"),
                    _by_name(d["ciphertexts"], "ciphertexts", CIPHERTEXT_BYTES),
                    _by_name(d["commitments"], "commitments", COMMIT_BYTES),
-                   _points(d["vss"], "vss"))
+                   _points(d.get("vss", []), "vss"))
 
 
 @dataclass(frozen=True)
 class ShareDelivery:
     """Stage 2, hub -> one client: who sent shares (U2), their ciphertexts for it, their
     commitments to its shares, and every sender's Feldman commitments (``vss``, the same
-    for every recipient; survivors later sign their digest)."""
+    for every recipient; survivors later sign their digest; left out of the message in a
+    round without VSS)."""
 
     recipient: str
     members: tuple[str, ...]  # U2, sorted
@@ -223,18 +234,20 @@ class ShareDelivery:
     vss: dict[str, tuple[bytes, ...]] = field(default_factory=dict)  # sender -> its points
 
     def to_dict(self) -> dict[str, Any]:
-        return {"recipient": self.recipient, "members": list(self.members),
-                "ciphertexts": dict(sorted(self.ciphertexts.items())),
-                "commitments": dict(sorted(self.commitments.items())),
-                "vss": {u: list(p) for u, p in sorted(self.vss.items())}}
+        d: dict[str, Any] = {"recipient": self.recipient, "members": list(self.members),
+                             "ciphertexts": dict(sorted(self.ciphertexts.items())),
+                             "commitments": dict(sorted(self.commitments.items()))}
+        if self.vss:
+            d["vss"] = {u: list(p) for u, p in sorted(self.vss.items())}
+        return d
 
     @classmethod
     def from_dict(cls, raw: Any) -> ShareDelivery:
         d = _fields(raw, "share_delivery", {"recipient", "members", "ciphertexts",
-                                            "commitments", "vss"})
-        vss_raw = _mapping(d["vss"], "vss")
-        if len(vss_raw) > MAX_ROSTER:
-            raise _bad(f"vss has more than {MAX_ROSTER} entries")
+                                            "commitments"}, frozenset({"vss"}))
+        vss_raw = _mapping(d.get("vss", {}), "vss")
+        if len(vss_raw) > VSS_MAX_ROSTER:
+            raise _bad(f"vss has more than {VSS_MAX_ROSTER} entries")
         return cls(_name(d["recipient"], "recipient"), _names(d["members"], "members"),
                    _by_name(d["ciphertexts"], "ciphertexts", CIPHERTEXT_BYTES),
                    _by_name(d["commitments"], "commitments", COMMIT_BYTES),

@@ -48,6 +48,12 @@ against the commitments (``SecAggServer.bad_unmask``).  The hub relays the commi
 but cannot show members different ones: the survivors sign their digest, so a member
 shown other commitments refuses the others' signatures before any share is revealed.
 
+Feldman VSS is on when the round's parameters ask for it and the roster is within
+``params.VSS_MAX_ROSTER`` (``SecAggParams.vss``, which hub and clients derive alike from
+the roster); otherwise no commitments are sent, survivors sign only (U3, D), and a dealer
+of shares on no one polynomial fails the round at unmasking, as before issue 15.  The
+privacy argument below does not depend on VSS.
+
 A client never reveals both kinds of share of the same client, signs one survivor set
 only, and reveals only for the set it signed once ``t`` members proved they saw it too,
 so the hub cannot strip both masks of anyone who sent y.  Without an identity (the
@@ -185,7 +191,8 @@ class SecAggClient:
         s_deal = deal(self._s_secret, t, n, self._rand)
         b_deal = deal(self._seed, t, n, self._rand)
         s_shares, b_shares = s_deal.shares, b_deal.shares
-        self._vss = vss.commit(s_deal.coefficients) + vss.commit(b_deal.coefficients)
+        if self.ctx.params.vss(n):
+            self._vss = vss.commit(s_deal.coefficients) + vss.commit(b_deal.coefficients)
         cts, commitments = {}, {}
         for i, v in enumerate(members):
             plaintext = s_shares[i] + b_shares[i]
@@ -253,9 +260,11 @@ class SecAggClient:
             raise SecAggError("secagg_refused", "members are not a roster subset with us in it")
         if len(members) < self.roster.threshold:
             raise _too_few("members with shares", len(members), self.roster.threshold)
-        if set(delivery.ciphertexts) != set(members) or set(delivery.vss) != set(members):
+        verifiable = self.ctx.params.vss(len(self.roster.keys))
+        if set(delivery.ciphertexts) != set(members) or set(delivery.vss) != (
+                set(members) if verifiable else set()):
             raise SecAggError("secagg_refused", "ciphertexts or vss commitments do not match "
-                              "the members")
+                              "the members" + ("" if verifiable else " (a round without vss)"))
         held, rejected = {}, {}
         for u in members:
             try:
@@ -269,7 +278,7 @@ class SecAggClient:
         self._held = held
         self.rejected = rejected
         self._delivered = members
-        self._dealt = vss.transcript_digest(delivery.vss)
+        self._dealt = vss.transcript_digest(delivery.vss) if verifiable else b""
         self.stage = "checked"
         msg = ShareCheck(self.client, tuple(sorted(rejected)))
         self._sent["share_check"] = msg
@@ -285,12 +294,14 @@ class SecAggClient:
         if commitment != share_crypto.commit_shares(self.ctx, u, self.client, pt):
             raise SecAggError("secagg_bad_share", f"shares from {u} do not match its "
                               "commitments (we could be blamed for them at unmasking)")
-        points = delivery.vss[u]
+        points = delivery.vss.get(u, ())
         if u == self.client:
             if pt != self._own_share or points != self._vss:
                 raise SecAggError("secagg_bad_share", "our own share or commitments came "
                                   "back altered")
             return pt
+        if not self.ctx.params.vss(len(self.roster.keys)):
+            return pt  # the SHA-256 commitment is the whole check (the pre-VSS protocol)
         t = self.roster.threshold
         if len(points) != 2 * t:
             raise SecAggError("secagg_bad_share", f"vss of {u}: {len(points)} points, "
@@ -520,6 +531,12 @@ class SecAggServer:
     def threshold(self) -> int:
         return self.roster.threshold if self.roster is not None else 0
 
+    @property
+    def verifiable(self) -> bool:
+        """Whether this round's roster shares verifiably (``SecAggParams.vss``); False
+        before the roster is closed."""
+        return self.roster is not None and self.ctx.params.vss(len(self.roster.keys))
+
     def fail(self) -> None:
         """Abandon the round (a transport deadline with too few participants)."""
         self.stage = "failed"
@@ -573,9 +590,10 @@ class SecAggServer:
                 self.roster.keys):
             raise SecAggError("secagg_bad_message", f"{msg.client}: ciphertexts or "
                               "commitments do not address exactly the roster")
-        if len(msg.vss) != 2 * self.threshold:
+        expected = 2 * self.threshold if self.verifiable else 0
+        if len(msg.vss) != expected:
             raise SecAggError("secagg_bad_message", f"{msg.client}: vss has {len(msg.vss)} "
-                              f"points, expected {2 * self.threshold}")
+                              f"points, expected {expected}")
         old = self.shares.get(msg.client)
         if old is not None:
             if old != msg:
@@ -594,8 +612,8 @@ class SecAggServer:
             raise _too_few("clients with shares", len(members), self.threshold)
         self.delivered = members
         self.stage = "checks"
-        dealt = {u: self.shares[u].vss for u in members}
-        self.dealt = vss.transcript_digest(dealt)
+        dealt = {u: self.shares[u].vss for u in members} if self.verifiable else {}
+        self.dealt = vss.transcript_digest(dealt) if self.verifiable else b""
         return {v: ShareDelivery(v, members, {u: self.shares[u].ciphertexts[v] for u in members},
                                  {u: self.shares[u].commitments[v] for u in members}, dealt)
                 for v in members}
@@ -749,8 +767,10 @@ class SecAggServer:
         shares = {self.roster.index(c): (a.b_shares if kind == "b" else a.s_shares)[v]
                   for c, a in self.answers.items()
                   if v in (a.b_shares if kind == "b" else a.s_shares)}
-        points = self.shares[v].vss[:t] if kind == "s" else self.shares[v].vss[t:]
         secret = combine_shares(shares, t)
+        if not self.verifiable:
+            return secret  # checked only against the advertised s_pk (s) or not at all (b)
+        points = self.shares[v].vss[:t] if kind == "s" else self.shares[v].vss[t:]
         if vss.opens(points, secret):
             return secret
         members = self.roster.members
