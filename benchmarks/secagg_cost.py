@@ -4,21 +4,35 @@ Drives the protocol library (fedsa_common.privacy.secagg) and its wire encoders 
 one round with a third of the roster dropping after sharing, as docs/security.md reports.
 Devices hold provisioned signing identities (the malicious-hub protocol: signed
 advertisements, roster verification, the consistency round); ``--unsigned`` measures the
-unauthenticated mode for comparison:
+unauthenticated mode for comparison.  ``--vss`` measures only the verifiable secret
+sharing for the larger regions the configuration allows (up to ``MAX_ROSTER``; rounds use
+VSS only up to ``VSS_MAX_ROSTER``, chosen from these figures), per dealer and scaled by n,
+since one round of a thousand in memory would take hours here (the message sizes of a
+1,000-device round without VSS are checked in tests/fedsa_common/test_secagg_wire.py):
 
-    python -m benchmarks.secagg_cost [--unsigned]
+    python -m benchmarks.secagg_cost [--unsigned | --vss]
 """
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
 
 import torch
 
-from fedsa_common.privacy.secagg import RoundContext, SecAggClient, SecAggParams, SecAggServer, wire
+from fedsa_common.privacy.secagg import (
+    RoundContext,
+    SecAggClient,
+    SecAggParams,
+    SecAggServer,
+    vss,
+    wire,
+)
 from fedsa_common.privacy.secagg.identity import Authority
+from fedsa_common.privacy.secagg.messages import to_json
+from fedsa_common.privacy.secagg.shamir import combine_shares, deal, random_secret
 from fedsa_common.wire.protocol import UpdateHeader, encode_message
 
 
@@ -103,8 +117,47 @@ def run(n: int, length: int, drop: int, signed: bool = True
                    "finish (hub)": t_finish}
 
 
+def vss_cost(n: int) -> dict[str, float]:
+    """The verifiable secret sharing's share of a round of ``n`` (threshold 2/3): bytes
+    of commitments per device (up: its own ``2t`` points; down: every dealer's, in the
+    delivery's JSON) and CPU, measured on one dealer and scaled: a dealer commits to two
+    polynomials (2t base-point multiplications), a member checks n dealers (2t point
+    validations at the hub, two Horner evaluations of t multiplications at each member),
+    the hub checks each rebuilt secret against its ``C_0`` at unmasking (reconstruction
+    included; n secrets)."""
+    t = SecAggParams().threshold(n)
+    polys = [deal(random_secret(), t, n) for _ in range(2)]
+    t0 = time.perf_counter()
+    points = vss.commit(polys[0].coefficients) + vss.commit(polys[1].coefficients)
+    t_commit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    vss.check_points(points, "vss")
+    t_hub_points = (time.perf_counter() - t0) * n
+    t0 = time.perf_counter()
+    assert vss.verify_share(points[:t], n, polys[0].shares[n - 1])
+    assert vss.verify_share(points[t:], n, polys[1].shares[n - 1])
+    t_member = (time.perf_counter() - t0) * n
+    shares = {x: polys[1].shares[x - 1] for x in range(1, t + 1)}
+    t0 = time.perf_counter()
+    combine_shares(shares, t)  # the Lagrange coefficients, once per set of answers
+    t_cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    assert vss.opens(points[t:], combine_shares(shares, t))
+    t_hub = t_cold + (time.perf_counter() - t0) * n
+    point_json = len(json.dumps(to_json(list(points)), separators=(",", ":")))
+    return {"t": t, "up bytes": point_json, "down bytes": point_json * n,
+            "dealer commit s": t_commit, "member check s": t_member,
+            "hub point checks s": t_hub_points, "hub rebuild+check s": t_hub}
+
+
 def main() -> None:
     torch.set_num_threads(1)
+    if "--vss" in sys.argv[1:]:
+        for n in (12, 30, 100, 300, 1000):
+            cost = vss_cost(n)
+            print(f"n={n}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else
+                                         f"{k}={v}" for k, v in cost.items()))
+        return
     signed = "--unsigned" not in sys.argv[1:]
     for n, length in ((5, 3687), (12, 3687), (30, 3687), (12, 36864)):
         drop = n // 3

@@ -176,7 +176,10 @@ def _secagg_families(values: list[str], counters: Mapping[str, int]) -> Iterator
             ("secagg_rounds", "Secure-aggregation rounds started in this region.",
              "secagg.rounds"),
             ("secagg_rounds_completed", "Secure-aggregation rounds whose sum was unmasked.",
-             "secagg.completed")):
+             "secagg.completed"),
+            ("secagg_rounds_without_vss", "Secure-aggregation rounds configured with "
+             "verifiable_shares whose roster was above VSS_MAX_ROSTER, so they shared "
+             "without VSS.", "secagg.without_vss")):
         m = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=LABELS)
         m.add_metric(values, counters.get(key, 0))
         yield m

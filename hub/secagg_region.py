@@ -50,7 +50,7 @@ from fedsa_common.privacy.secagg.messages import (
     SurvivorSignature,
     UnmaskResponse,
 )
-from fedsa_common.privacy.secagg.params import STAGE_FRACTIONS, RoundContext
+from fedsa_common.privacy.secagg.params import STAGE_FRACTIONS, VSS_MAX_ROSTER, RoundContext
 from fedsa_common.privacy.secagg.protocol import AggregateResult, SecAggServer
 from fedsa_common.privacy.secagg.vector import vector_length
 from fedsa_common.wire.errors import WireError
@@ -300,6 +300,12 @@ class RegionSecAgg:
             roster = s.close_keys()
             log.info("round %d: roster of %d, threshold %d", r.round, len(roster.keys),
                      roster.threshold)
+            if s.ctx.params.verifiable_shares and not s.verifiable:
+                self.counters["secagg.without_vss"] += 1
+                log.warning("round %d: roster of %d is above %d: this round shares without "
+                            "verifiable secret sharing (configured on); a dealer's "
+                            "inconsistent shares fail the round instead of leaving it out "
+                            "(docs/security.md)", r.round, len(roster.keys), VSS_MAX_ROSTER)
             self._post(r, {c: ("roster", roster) for c in roster.members})
         elif s.stage == "shares":
             deliveries = s.close_shares()

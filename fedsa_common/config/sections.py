@@ -445,8 +445,13 @@ class SecureAggregationSection(Strict):
     sum of its region's updates.  ``threshold_fraction`` of a region's roster must stay to
     the end (default 2/3: up to a third may drop out); ``clip`` bounds every sent value and
     ``max_weight`` every device's weight (its sample count) in the fixed-point encoding.
+    ``verifiable_shares`` (default true): Feldman verifiable secret sharing, so a dealer
+    whose shares lie on no one polynomial is caught at the share check; it applies to
+    rosters of up to ``secagg.params.VSS_MAX_ROSTER`` (300) devices, larger ones run
+    without it (logged and counted by the hub; docs/security.md).
     Needs compression randk or dense; checked in fedsa_common/privacy/secagg/config_check.py.
-    Dumped only when enabled, so a configuration without it digests as before.
+    Dumped only when enabled, and ``verifiable_shares`` only when false, so a configuration
+    without them digests as before.
     """
 
     enable: bool = False
@@ -454,10 +459,16 @@ class SecureAggregationSection(Strict):
     min_clients: int = Field(4, ge=4)  # secagg.params.MIN_ROSTER: why 4
     clip: float = Field(1.0, gt=0)
     max_weight: int = Field(4096, ge=1)
+    verifiable_shares: bool = True
 
     @model_serializer(mode="wrap")
     def _dump_only_enabled(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return handler(self) if self.enable else {}
+        if not self.enable:
+            return {}
+        data = handler(self)
+        if data.get("verifiable_shares") is True:
+            del data["verifiable_shares"]
+        return data
 
 
 class PrivacySection(Strict):

@@ -63,3 +63,24 @@ def test_threshold_must_be_a_majority():
         validate_model(FederationConfig, _config({"enable": True, "threshold_fraction": 0.5}))
     with pytest.raises(ConfigError, match="min_clients"):
         validate_model(FederationConfig, _config({"enable": True, "min_clients": 1}))
+
+
+def test_verifiable_shares_is_carried_and_dumped_only_when_off():
+    """On by default and then not dumped (a secure configuration digests as before VSS
+    became optional); off is dumped, so devices learn it from the announced config."""
+    on = validate_model(FederationConfig, _config(ON))
+    explicit = validate_model(FederationConfig, _config({**ON, "verifiable_shares": True}))
+    off = validate_model(FederationConfig, _config({**ON, "verifiable_shares": False}))
+    assert secagg_params(on).verifiable_shares is True
+    assert secagg_params(off).verifiable_shares is False
+    assert "verifiable_shares" not in on.model_dump()["fedsa_lora"]["privacy"][
+        "secure_aggregation"]
+    assert explicit.digest() == on.digest() != off.digest()
+    dumped = off.model_dump(mode="json")
+    assert dumped["fedsa_lora"]["privacy"]["secure_aggregation"]["verifiable_shares"] is False
+    assert secagg_params(FederationConfig.model_validate(dumped)).verifiable_shares is False
+
+
+def test_a_bad_verifiable_shares_names_the_field():
+    with pytest.raises(ConfigError, match="verifiable_shares"):
+        validate_model(FederationConfig, _config({**ON, "verifiable_shares": "sometimes"}))

@@ -21,7 +21,7 @@ from fedsa_common.privacy.secagg.fixed_point import (
 )
 from fedsa_common.privacy.secagg.masks import pair_key, prg_words, self_key, signed_pair_mask
 from fedsa_common.privacy.secagg.params import RoundContext, SecAggParams, threshold_for
-from fedsa_common.privacy.secagg.shamir import combine_shares, split_secret
+from fedsa_common.privacy.secagg.shamir import combine_shares, random_secret, split_secret
 from fedsa_common.privacy.secagg.vector import gather, residual, scatter, vector_length
 from fedsa_common.wire.codec import RandKCodec, round_seed
 
@@ -132,7 +132,7 @@ def test_pairwise_masks_cancel_and_keys_bind_the_round():
 def test_any_threshold_subset_reconstructs(n):
     t = threshold_for(n, 2 / 3)
     assert t == n - n // 3
-    secret = os.urandom(32)
+    secret = random_secret()
     shares = split_secret(secret, t, n)
     assert all(len(s) == 32 for s in shares)
     rng = random.Random(n)
@@ -145,6 +145,14 @@ def test_any_threshold_subset_reconstructs(n):
     # t-1 shares interpolated as if they were enough give an unrelated value
     if t > 2:
         assert combine_shares(fewer, t - 1) != secret
+
+
+def test_a_secret_that_is_not_a_scalar_is_refused():
+    """Secrets live in Z_L (``shamir.ORDER``): 32 bytes at or above L are not one."""
+    with pytest.raises(ValueError, match="not a scalar"):
+        split_secret(b"\xff" * 32, 2, 3)
+    with pytest.raises(SecAggError, match="share of x=2"):
+        combine_shares({1: bytes(32), 2: b"\xff" * 32}, 2)
 
 
 def test_threshold_is_a_strict_majority():

@@ -18,9 +18,12 @@ from fedsa_common.privacy.secagg import (
     SecAggError,
     SecAggParams,
     SecAggServer,
+    share_crypto,
+    vss,
 )
+from fedsa_common.privacy.secagg import params as params_module
 from fedsa_common.privacy.secagg.fixed_point import MOD, add_mod
-from fedsa_common.privacy.secagg.identity import Authority
+from fedsa_common.privacy.secagg.identity import Authority, verify
 from fedsa_common.privacy.secagg.messages import (
     AdvertiseKeys,
     KeyAuth,
@@ -37,8 +40,9 @@ from fedsa_common.privacy.secagg.messages import (
 )
 from fedsa_common.privacy.secagg.params import MIN_ROSTER
 from fedsa_common.privacy.secagg.protocol import keep_dealers
+from fedsa_common.privacy.secagg.shamir import deal
 from hub.aggregation import RunningSum
-from tests.support.secagg import deliver_and_check
+from tests.support.secagg import deal_off_polynomial, deliver_and_check
 
 LENGTH = 40
 AUTHORITY = Authority.generate()
@@ -113,7 +117,8 @@ class Round:
 def test_unmasked_sum_equals_plain_sum_with_a_third_dropping(seed):
     rng = random.Random(1000 + seed)
     n = rng.randint(4, 12)
-    r = Round(n, seed, signed=seed % 2 == 0)
+    verifiable = seed < 4  # both settings of verifiable_shares, signed and unsigned
+    r = Round(n, seed, SecAggParams(verifiable_shares=verifiable), signed=seed % 2 == 0)
     names = sorted(r.clients)
     dropouts = rng.sample(names, n // 3)
     split = rng.randint(0, len(dropouts))
@@ -137,6 +142,8 @@ def test_unmasked_sum_equals_plain_sum_with_a_third_dropping(seed):
     # and the survivors' own view of what they sent adds up to the same sum
     sent = sum(r.clients[c].sent_values * r.clients[c].weight for c in survivors)
     assert torch.allclose(result.sums, sent, atol=1e-9)
+    assert r.server.verifiable is verifiable
+    assert all(bool(m.vss) is verifiable for m in r.server.shares.values())
 
 
 def test_survivors_that_miss_unmasking_are_not_needed():
@@ -252,17 +259,19 @@ def test_client_checks_the_roster():
 # ------------------------------------------------------------------ tampered shares
 
 
-def _deliveries(n: int = 4, seed: int = 8) -> tuple[Round, dict[str, ShareDelivery]]:
-    r = Round(n, seed)
+def _deliveries(n: int = 4, seed: int = 8, verifiable: bool = True
+                ) -> tuple[Round, dict[str, ShareDelivery]]:
+    r = Round(n, seed, SecAggParams(verifiable_shares=verifiable))
     roster = r.keys()
     for c in roster.members:
         r.server.add_shares(r.clients[c].share_keys(roster))
     return r, r.server.close_shares()
 
 
+@pytest.mark.parametrize("verifiable", [True, False])
 @pytest.mark.parametrize("how", ["flip", "garbage", "swap", "short"])
-def test_tampered_share_ciphertexts_are_refused_in_the_share_check(how):
-    r, deliveries = _deliveries()
+def test_tampered_share_ciphertexts_are_refused_in_the_share_check(how, verifiable):
+    r, deliveries = _deliveries(verifiable=verifiable)
     d = deliveries["dev02"]
     cts = dict(d.ciphertexts)
     if how == "flip":
@@ -276,19 +285,22 @@ def test_tampered_share_ciphertexts_are_refused_in_the_share_check(how):
     else:
         cts["dev00"] = cts["dev00"][:-1]
     client = r.clients["dev02"]
-    check = client.receive_shares(ShareDelivery("dev02", d.members, cts, d.commitments))
+    check = client.receive_shares(ShareDelivery("dev02", d.members, cts, d.commitments,
+                                                   d.vss))
     refused = ("dev00", "dev01") if how == "swap" else ("dev00",)
     assert check.client == "dev02" and check.rejected == refused
     assert all("secagg_bad_share" in client.rejected[u] for u in refused)
     assert client.receive_shares(d) == check  # the answer to a resend does not change
 
 
-def test_share_for_another_recipient_is_rejected():
-    r, deliveries = _deliveries()
+@pytest.mark.parametrize("verifiable", [True, False])
+def test_share_for_another_recipient_is_rejected(verifiable):
+    r, deliveries = _deliveries(verifiable=verifiable)
     other = deliveries["dev03"]  # dev03's ciphertexts handed to dev02
     with pytest.raises(SecAggError, match="secagg_bad_share"):
         r.clients["dev02"].receive_shares(ShareDelivery("dev02", other.members,
-                                                        other.ciphertexts))
+                                                        other.ciphertexts, {},
+                                                        other.vss))
 
 
 def test_a_garbage_share_identifies_its_sender_and_the_round_goes_on():
@@ -326,13 +338,14 @@ def test_a_delivery_with_altered_commitments_refuses_that_dealer():
     commitments = dict(d.commitments)
     commitments["dev01"] = bytes(64)
     check = r.clients["dev02"].receive_shares(ShareDelivery("dev02", d.members,
-                                                            d.ciphertexts, commitments))
+                                                            d.ciphertexts, commitments,
+                                                            d.vss))
     assert check.rejected == ("dev01",)
     # our own share altered is the hub's doing: then we sit the round out
     with pytest.raises(SecAggError, match="secagg_bad_share"):
         r.clients["dev03"].receive_shares(ShareDelivery(
             "dev03", d.members, deliveries["dev03"].ciphertexts,
-            {**deliveries["dev03"].commitments, "dev03": bytes(64)}))
+            {**deliveries["dev03"].commitments, "dev03": bytes(64)}, d.vss))
 
 
 def _deal_garbage(r: Round, roster: Roster, dealer: str, victims: set[str]) -> None:
@@ -343,7 +356,8 @@ def _deal_garbage(r: Round, roster: Roster, dealer: str, victims: set[str]) -> N
         msg = r.clients[c].share_keys(roster)
         if c == dealer:
             msg = ShareKeys(c, {v: junk.randbytes(len(ct)) if v in victims else ct
-                                for v, ct in msg.ciphertexts.items()}, msg.commitments)
+                                for v, ct in msg.ciphertexts.items()}, msg.commitments,
+                           msg.vss)
         r.server.add_shares(msg)
 
 
@@ -409,6 +423,175 @@ def test_garbage_to_a_few_holders_keeps_the_dealer_and_they_return_none_of_its_s
     deliver_and_check(r2.server, r2.clients)
     result = r2.unmask(r2.masked())
     assert torch.equal(result.words, _encodings(r2, result.survivors, 6))
+
+
+def _deal_off_polynomial(r: Round, roster: Roster, dealer: str, victims: set[str]) -> None:
+    """Every client shares; ``dealer`` gives ``victims`` b shares off its committed
+    polynomial that still authenticate and match their SHA-256 commitments (the hole VSS
+    closes: the shares lie on no one polynomial of degree t - 1)."""
+    sent = {c: r.clients[c].share_keys(roster) for c in roster.members}
+    for c, msg in sent.items():
+        r.server.add_shares(deal_off_polynomial(r.clients[c], msg, victims)
+                            if c == dealer else msg)
+
+
+def test_a_dealer_whose_shares_authenticate_but_lie_on_no_polynomial_is_left_out():
+    """The documented hole before VSS: shares that decrypt and match their SHA-256
+    commitments but are not one polynomial made different t-subsets reconstruct different
+    seeds, and the round was lost.  Now each holder checks its share against the dealer's
+    Feldman commitments, names it in the share check, and the hub leaves it out."""
+    r = Round(6, seed=13)  # t = 4: three refusals leave dev00 three usable holders
+    roster = r.keys()
+    _deal_off_polynomial(r, roster, "dev00", {"dev03", "dev04", "dev05"})
+    deliver_and_check(r.server, r.clients)
+    assert "not on the polynomials it committed to" in r.clients["dev03"].rejected["dev00"]
+    assert r.clients["dev01"].rejected == {}  # its share was honest
+    assert r.server.cheaters == {"dev00": 3}
+    assert r.server.members == ("dev01", "dev02", "dev03", "dev04", "dev05")
+    told = r.masked(absent={"dev00"})
+    result = r.unmask(told)
+    assert torch.equal(result.words, _encodings(r, told.survivors, 6))
+
+
+def test_without_vss_a_round_is_the_pre_vss_protocol():
+    """``verifiable_shares: false``: no Feldman commitments in any message (the field is
+    left out of the JSON), survivors sign the pre-VSS statement, and commitments sent
+    anyway are refused by the hub and by a holder."""
+    r = Round(5, seed=17, params=SecAggParams(verifiable_shares=False))  # t = 4
+    roster = r.keys()
+    msg = r.clients["dev01"].share_keys(roster)
+    assert msg.vss == () and "vss" not in msg.to_dict()
+    with pytest.raises(SecAggError, match="vss has 8 points, expected 0"):
+        r.server.add_shares(ShareKeys("dev01", msg.ciphertexts, msg.commitments,
+                                      (vss.commit([1, 2, 3, 4]) * 2)))
+    for c in roster.members:
+        r.server.add_shares(r.clients[c].share_keys(roster))
+    deliveries = r.server.close_shares()
+    d = deliveries["dev02"]
+    assert d.vss == {} and "vss" not in d.to_dict() and r.server.dealt == b""
+    with pytest.raises(SecAggError, match="a round without vss"):
+        r.clients["dev02"].receive_shares(ShareDelivery(
+            "dev02", d.members, d.ciphertexts, d.commitments,
+            {u: vss.commit([1, 2, 3, 4]) * 2 for u in d.members}))
+    for v, delivery in deliveries.items():
+        r.server.add_check(r.clients[v].receive_shares(delivery))
+    for v, masking in r.server.close_checks().items():
+        r.clients[v].mask_with(masking)
+    told = r.masked(absent={"dev04"})
+    signed = r.clients["dev00"].sign_survivors(told)
+    pre_vss = r.ctx.info("survivors", ",".join(told.survivors), ",".join(told.dropped))
+    verify(r.clients["dev00"].identity.public, signed.signature, pre_vss, "pre-VSS statement")
+    result = r.unmask(told)
+    assert torch.equal(result.words, _encodings(r, told.survivors, 5))
+
+
+def test_without_vss_an_off_polynomial_dealer_is_not_caught_and_the_round_fails():
+    """What ``verifiable_shares: false`` gives up (docs/security.md): shares that
+    authenticate and match their SHA-256 commitments but lie on no one polynomial pass
+    the share check, and the hub's unmasking fails instead of leaving the dealer out."""
+    r = Round(6, seed=13, params=SecAggParams(verifiable_shares=False))  # t = 4
+    roster = r.keys()
+    _deal_off_polynomial(r, roster, "dev00", {"dev01", "dev02", "dev03"})
+    deliver_and_check(r.server, r.clients)
+    assert all(c.rejected == {} for c in r.clients.values()) and r.server.cheaters == {}
+    told = r.masked()
+    with pytest.raises(SecAggError) as err:
+        r.unmask(told)
+    assert err.value.reason == "secagg_out_of_range"
+
+
+def test_a_roster_above_the_vss_bound_shares_without_vss(monkeypatch):
+    """Hub and devices derive from the roster's size alone whether it shares verifiably
+    (``SecAggParams.vss``); the bound is lowered here so that a round stays cheap."""
+    monkeypatch.setattr(params_module, "VSS_MAX_ROSTER", 4)
+    assert SecAggParams().vss(4) and not SecAggParams().vss(5)
+    assert not SecAggParams(verifiable_shares=False).vss(4)
+    r = Round(5, seed=18)
+    result = r.play(after_shares={"dev03"})
+    assert not r.server.verifiable and r.server.dealt == b""
+    assert all(m.vss == () for m in r.server.shares.values())
+    assert torch.equal(result.words, _encodings(r, result.survivors, 5))
+    small = Round(4, seed=18)
+    small.play()
+    assert small.server.verifiable and all(m.vss for m in small.server.shares.values())
+
+
+def test_the_hub_refuses_commitments_that_are_not_group_points_by_name():
+    r = Round(5, seed=16)  # t = 4
+    roster = r.keys()
+    msg = r.clients["dev01"].share_keys(roster)
+    low_order = bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a")
+    for points, match in (((*msg.vss[:2], low_order, *msg.vss[3:]),
+                           r"vss of dev01\[2\] is not a point of the prime-order group"),
+                          (msg.vss[:-1], "vss has 7 points, expected 8")):
+        with pytest.raises(SecAggError, match=match) as err:
+            r.server.add_shares(ShareKeys("dev01", msg.ciphertexts, msg.commitments, points))
+        assert err.value.reason == "secagg_bad_message"
+    assert r.server.add_shares(msg)  # the honest message still goes in
+
+
+def test_a_holder_colluding_with_a_bad_dealer_cannot_spoil_the_unmasking():
+    """A holder that accepts an off-polynomial share (and returns it at unmasking: its
+    SHA-256 commitment matches) is caught by the hub's check against the dealer's Feldman
+    commitments; the share is left out and the secret comes from the others.  dev01 holds
+    x = 2, so without the check its share would be among the t used."""
+    r = Round(6, seed=14)  # t = 4
+    roster = r.keys()
+    _deal_off_polynomial(r, roster, "dev00", {"dev01"})
+    for v, delivery in r.server.close_shares().items():
+        check = r.clients[v].receive_shares(delivery)
+        if v == "dev01":  # the accomplice keeps the bad share and refuses nobody
+            assert check.rejected == ("dev00",)
+            accomplice = r.clients[v]
+            pt = share_crypto.decrypt_shares(r.ctx, accomplice._c_sk, roster.keys["dev00"][0],
+                                             "dev00", v, delivery.ciphertexts["dev00"])
+            accomplice._held["dev00"] = (pt[:32], pt[32:])
+            accomplice.rejected = {}
+            accomplice._sent["share_check"] = check = ShareCheck(v, ())
+        r.server.add_check(check)
+    for v, masking in r.server.close_checks().items():
+        r.clients[v].mask_with(masking)
+    told = r.masked(absent={"dev05"})
+    result = r.unmask(told)
+    assert r.server.bad_unmask == {"dev01": 1}  # its b share of dev00, left out
+    assert torch.equal(result.words, _encodings(r, told.survivors, 6))
+
+
+def test_a_hub_that_shows_holders_different_commitments_is_caught_before_unmasking():
+    """The hub relays the commitments, so it could show one holder a dealer's other
+    polynomial (here the dealer colludes: dev02 gets a share of that polynomial, so it
+    accepts).  Survivors sign the digest of the commitments they saw, so dev02's
+    signature does not verify for the others, and dev02 refuses the others' signatures."""
+    r, deliveries = _deliveries(n=6, seed=15)  # t = 4
+    roster = r.server.roster
+    assert roster is not None
+    dealer = r.clients["dev00"]
+    twin = deal(dealer._seed, 4, 6, random.Random(1).randbytes)
+    other = dealer._vss[:4] + vss.commit(twin.coefficients)
+    d = deliveries["dev02"]
+    plain = r.clients["dev02"]._open_share(d, "dev00")[:32] + twin.shares[2]
+    c_pk = roster.keys["dev02"][0]
+    ct = share_crypto.encrypt_shares(r.ctx, dealer._c_sk, c_pk, "dev00", "dev02", plain,
+                                     random.Random(2).randbytes)
+    commitment = share_crypto.commit_shares(r.ctx, "dev00", "dev02", plain)
+    forged = ShareDelivery("dev02", d.members, {**d.ciphertexts, "dev00": ct},
+                           {**d.commitments, "dev00": commitment}, {**d.vss, "dev00": other})
+    for v, delivery in deliveries.items():
+        check = r.clients[v].receive_shares(forged if v == "dev02" else delivery)
+        assert check.rejected == ()  # every holder accepts what it was shown
+        r.server.add_check(check)
+    for v, masking in r.server.close_checks().items():
+        r.clients[v].mask_with(masking)
+    told = r.masked()
+    signed = r.clients["dev02"].sign_survivors(told)
+    with pytest.raises(SecAggError, match="survivor set signed by dev02") as err:
+        r.server.add_signature(signed)
+    assert err.value.reason == "secagg_unauthenticated"
+    request = r.consistency(told, absent={"dev02"})
+    request = UnmaskRequest(request.survivors, request.dropped,  # as a hub would pass it on
+                            {**request.signatures, "dev02": signed.signature})
+    with pytest.raises(SecAggError, match="secagg_unauthenticated"):
+        r.clients["dev02"].unmask(request)  # the others signed commitments it never saw
 
 
 @pytest.mark.parametrize(("refusals", "kept"), [(2, True), (3, False)])

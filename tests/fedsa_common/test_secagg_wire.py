@@ -12,7 +12,8 @@ import random
 import pytest
 import torch
 
-from fedsa_common.privacy.secagg import wire
+from edge_client.secagg_client import MAX_MESSAGE_BYTES
+from fedsa_common.privacy.secagg import SecAggError, wire
 from fedsa_common.privacy.secagg.identity import Authority
 from fedsa_common.privacy.secagg.messages import (
     KeyAuth,
@@ -23,7 +24,12 @@ from fedsa_common.privacy.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedsa_common.privacy.secagg.params import MAX_ROSTER, RoundContext, threshold_for
+from fedsa_common.privacy.secagg.params import (
+    MAX_ROSTER,
+    VSS_MAX_ROSTER,
+    RoundContext,
+    threshold_for,
+)
 from fedsa_common.privacy.secagg.protocol import SecAggClient
 from fedsa_common.privacy.secagg.share_crypto import CIPHERTEXT_BYTES, COMMIT_BYTES
 from fedsa_common.wire.chunking import Reassembler, split_payload
@@ -90,6 +96,26 @@ def test_a_region_of_1000_round_trips_every_message():
     assert sizes["roster"] > 5 * HEADER_LIMIT
     assert sizes["share_delivery"] > 2 * HEADER_LIMIT
     assert sizes["unmask_request"] > HEADER_LIMIT
+    # a round of MAX_ROSTER shares without VSS (above VSS_MAX_ROSTER): every message fits
+    # a device's message limit, the largest (the share delivery) with room to spare
+    assert max(sizes.values()) < MAX_MESSAGE_BYTES / 20
+    assert b'"vss"' not in wire.encode("fed", 3, "r1", names[0], "share_delivery", delivery)
+
+
+def test_the_largest_delivery_with_vss_fits_a_devices_message_limit():
+    """At ``VSS_MAX_ROSTER`` (t = 200) every dealer's 400 points come down to each
+    member: about 5.6 MB, within ``MAX_BODY_BYTES`` and a device's 16 MB limit."""
+    n = VSS_MAX_ROSTER
+    names, _, _ = _region(n)
+    t = threshold_for(n, 2 / 3)
+    rng = random.Random(5)
+    delivery = ShareDelivery(names[0], tuple(names),
+                             {c: rng.randbytes(CIPHERTEXT_BYTES) for c in names},
+                             {c: rng.randbytes(COMMIT_BYTES) for c in names},
+                             {c: tuple(rng.randbytes(32) for _ in range(2 * t)) for c in names})
+    size = len(wire.encode("fed", 3, "r1", names[0], "share_delivery", delivery))
+    assert 2 * t * n * 32 < size < min(wire.MAX_BODY_BYTES, MAX_MESSAGE_BYTES)
+    assert _through_the_wire("share_delivery", names[0], delivery) == delivery
 
 
 def test_a_real_signed_advertisement_and_share_message_round_trip():
@@ -118,3 +144,27 @@ def test_a_malformed_body_is_a_wire_error(body):
         wire.decode(data, MAX_BYTES)
     assert err.value.reason in ("unexpected_tensor", "bad_tensor", "bad_body", "too_large",
                                 "secagg_bad_message")
+
+
+def test_feldman_commitments_round_trip_and_a_short_point_is_named():
+    """Every dealer's ``2t`` commitment points travel in ``share_keys`` and, for all
+    dealers, in each ``share_delivery``; the body stays within the ``VSS_BODY_BYTES``
+    budget per (dealer, point) and a point of the wrong size names its field."""
+    n = 60
+    names, _, _ = _region(n)
+    t = threshold_for(n, 2 / 3)
+    rng = random.Random(3)
+    points = {c: tuple(rng.randbytes(32) for _ in range(2 * t)) for c in names}
+    delivery = ShareDelivery(names[0], tuple(names),
+                             {c: rng.randbytes(CIPHERTEXT_BYTES) for c in names},
+                             {c: rng.randbytes(COMMIT_BYTES) for c in names}, points)
+    share_keys = ShareKeys(names[1], dict(delivery.ciphertexts), dict(delivery.commitments),
+                           points[names[1]])
+    assert _through_the_wire("share_delivery", names[0], delivery) == delivery
+    assert _through_the_wire("share_keys", names[1], share_keys) == share_keys
+    size = len(wire.encode("fed", 3, "r1", names[0], "share_delivery", delivery))
+    assert 2 * t * n * 32 < size < 1024 * n + 4096 + 96 * n * t
+    raw = share_keys.to_dict()
+    raw["vss"] = [*raw["vss"][:3], b"\x01" * 31]
+    with pytest.raises(SecAggError, match=r"vss\[3\] must be 32 bytes"):
+        ShareKeys.from_dict(raw)

@@ -26,6 +26,7 @@ import torch
 from edge_client.secagg_client import DeviceSecAgg
 from fedsa_common.federation.config import FederationConfig
 from fedsa_common.net.transport import MqttSession, Will
+from fedsa_common.privacy.secagg import params as secagg_params_module
 from fedsa_common.privacy.secagg import wire
 from fedsa_common.privacy.secagg.config_check import secagg_params
 from fedsa_common.privacy.secagg.identity import Authority
@@ -47,6 +48,7 @@ from fedsa_common.wire.protocol import (
     encode_message,
 )
 from hub.regional import RegionalHub
+from tests.support.secagg import deal_off_polynomial
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +61,10 @@ CONFIG = FederationConfig.model_validate({
                    "privacy": {"secure_aggregation": {"enable": True}}},
     "round_policy": {"deadline_s": 60, "resend_s": 1.0},
 })
+#: the same with ``verifiable_shares: false``: devices learn it from the announcement only
+NO_VSS = FederationConfig.model_validate({**CONFIG.model_dump(mode="json"), "fedsa_lora": {
+    **CONFIG.model_dump(mode="json")["fedsa_lora"],
+    "privacy": {"secure_aggregation": {"enable": True, "verifiable_shares": False}}}})
 AUTHORITY = Authority.generate()  # what `hub provision` holds
 STALE_AUTHORITY = Authority.generate()  # one that an earlier provisioning directory held
 
@@ -88,7 +94,9 @@ class ScriptedDevice:
 
     def play(self, header: AnnounceHeader, env: Envelope, vanish: bool,
              stop: threading.Event) -> None:
-        self.began = self.secagg.begin(header, CONFIG, env)
+        # the configuration as a real device has it: from the announcement
+        self.began = self.secagg.begin(header, FederationConfig.model_validate(header.config),
+                                       env)
         if vanish:
             self.gone.set()
             self.session.drop()  # the broker publishes the offline will
@@ -107,11 +115,11 @@ class ScriptedDevice:
             time.sleep(0.1)
 
 
-def announce(session: MqttSession, rnd: int, selected: list[str], status: str = "running"
-             ) -> tuple[AnnounceHeader, Envelope]:
+def announce(session: MqttSession, rnd: int, selected: list[str], status: str = "running",
+             config: FederationConfig = CONFIG) -> tuple[AnnounceHeader, Envelope]:
     header = AnnounceHeader(federation=FED, round=rnd, version=rnd - 1, status=status,
-                            selected={REGION: selected}, config=CONFIG.model_dump(mode="json"),
-                            config_hash=CONFIG.digest(), deadline_s=60.0,
+                            selected={REGION: selected}, config=config.model_dump(mode="json"),
+                            config_hash=config.digest(), deadline_s=60.0,
                             issued_at=time.time(), shared=sorted(SHAPES))
     tensors = {n: torch.zeros(s) for n, s in SHAPES.items()}
     session.publish(Topics(FED).announce, encode_message(header, tensors), retain=True)
@@ -139,20 +147,31 @@ class GarbageDealer(DeviceSecAgg):
         if isinstance(msg, ShareKeys):
             msg = ShareKeys(msg.client, {v: bytes(len(ct)) if v != self.client else ct
                                          for v, ct in msg.ciphertexts.items()},
-                            msg.commitments)
+                            msg.commitments, msg.vss)
+        super()._send(r, stage, msg)
+
+
+class OffPolynomialDealer(DeviceSecAgg):
+    """A real device driver whose shares for every other member authenticate and match
+    its SHA-256 commitments but lie off the polynomial of its Feldman commitments."""
+
+    def _send(self, r, stage, msg):  # type: ignore[no-untyped-def]
+        if isinstance(msg, ShareKeys):
+            msg = deal_off_polynomial(r.client, msg, set(msg.ciphertexts) - {self.client})
         super()._send(r, stage, msg)
 
 
 def run_round(url: str, cloud: MqttSession, rnd: int, names: list[str], vanish: set[str],
               selected: list[str] | None = None, stale: frozenset[str] = frozenset(),
-              garbage: frozenset[str] = frozenset()
+              garbage: frozenset[str] = frozenset(), dealer: type[DeviceSecAgg] = GarbageDealer,
+              config: FederationConfig = CONFIG
               ) -> tuple[list[ScriptedDevice], list[threading.Thread], threading.Event]:
     """``stale``: devices certified by another authority (an earlier provisioning's);
-    ``garbage``: devices that deal garbage shares."""
+    ``garbage``: devices that deal bad shares (as ``dealer`` does)."""
     devices = [ScriptedDevice(url, c, STALE_AUTHORITY if c in stale else AUTHORITY,
-                              GarbageDealer if c in garbage else DeviceSecAgg)
+                              dealer if c in garbage else DeviceSecAgg)
                for c in names]
-    header, env = announce(cloud, rnd, selected or names)
+    header, env = announce(cloud, rnd, selected or names, config=config)
     stop = threading.Event()
     threads = [threading.Thread(target=d.play, args=(header, env, d.client in vanish, stop))
                for d in devices]
@@ -294,19 +313,33 @@ def test_the_hub_leaves_a_device_with_a_bad_certificate_out_and_the_round_goes_o
     assert not hub_thread.is_alive()
 
 
+@pytest.mark.parametrize(("dealer", "config", "vss_bound"), [
+    (GarbageDealer, CONFIG, None), (OffPolynomialDealer, CONFIG, None),
+    (GarbageDealer, NO_VSS, None), (GarbageDealer, CONFIG, 4)],
+    ids=["garbage", "off_polynomial", "garbage_without_vss", "garbage_above_vss_bound"])
 def test_a_device_dealing_garbage_shares_is_named_and_left_out_and_the_round_goes_on(
-        tmp_path, broker, caplog):
+        tmp_path, broker, caplog, monkeypatch, dealer, config, vss_bound):
     """Issue 15, finding 4 from the dealer's side, over the real broker: one device sends
     every other member garbage share ciphertexts.  On 57270fd (and until now) each member
     then sat the round out and the region lost it, the hub unable to say why.  Now each
     member names that dealer in its share check; the hub leaves it out of the masking set,
     names it (log and ``secagg.excluded.secagg_bad_dealing``), and forwards the sum of the
-    other four."""
+    other four.  ``off_polynomial`` (issue 15, verifiable secret sharing): shares that
+    decrypt and match their SHA-256 commitments but lie off the dealer's Feldman-committed
+    polynomial, which before VSS no member could see and the unmasking failed on.
+    ``garbage_without_vss``: the announced ``verifiable_shares: false`` reaches the
+    devices (no commitments sent; the hub would refuse them) and the SHA-256 commitments
+    still catch garbage.  ``garbage_above_vss_bound``: VSS configured on, but the roster
+    of 5 is above the bound (lowered to 4 here): hub and devices both run the round
+    without it, and the hub logs and counts that."""
+    if vss_bound is not None:
+        monkeypatch.setattr(secagg_params_module, "VSS_MAX_ROSTER", vss_bound)
+    verifiable = config is CONFIG and vss_bound is None
     hub, hub_thread, cloud, partials = serve_region(broker.url, tmp_path / "hub",
                                                     AUTHORITY.public)
     names = ["g1", "g2", "g3", "g4", "g5"]
     devices, threads, stop = run_round(broker.url, cloud, 1, names, set(),
-                                       garbage=frozenset({"g2"}))
+                                       garbage=frozenset({"g2"}), dealer=dealer, config=config)
     try:
         header, tensors = wait_partial(partials, 1)
         stop.set()
@@ -317,6 +350,12 @@ def test_a_device_dealing_garbage_shares_is_named_and_left_out_and_the_round_goe
         assert_partial_is_their_sum(header, tensors, honest, 1, roster=5)
         assert hub.counters["secagg.excluded.secagg_bad_dealing"] == 1
         assert hub.counters["secagg.completed"] == 1
+        # reported only when configured on and left off for the roster's size
+        assert hub.counters["secagg.without_vss"] == (vss_bound is not None)
+        assert ("this round shares without verifiable secret sharing" in caplog.text) is (
+            vss_bound is not None)
+        assert all(bool(d.secagg.rounds[1].client._sent["share_keys"].vss) is verifiable
+                   for d in honest)  # no commitments sent in a round without VSS
         assert ("g2 left out of the secure round at stage checks: secagg_bad_dealing: "
                 "4 of 5 holders could not use its shares") in caplog.text
         assert [d.began for d in devices] == [True, False, True, True, True]

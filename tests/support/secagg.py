@@ -6,10 +6,14 @@ Every in-memory round (protocol, aggregator and uniformity tests) takes the same
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Mapping
 
+from fedsa_common.privacy.secagg import share_crypto
 from fedsa_common.privacy.secagg.errors import SecAggError
+from fedsa_common.privacy.secagg.messages import ShareKeys
 from fedsa_common.privacy.secagg.protocol import SecAggClient, SecAggServer
+from fedsa_common.privacy.secagg.shamir import SHARE_BYTES, decode_scalar, encode_scalar
 
 
 def deliver_and_check(server: SecAggServer, clients: Mapping[str, SecAggClient],
@@ -27,3 +31,22 @@ def deliver_and_check(server: SecAggServer, clients: Mapping[str, SecAggClient],
         except SecAggError as err:
             if err.reason != "secagg_excluded":
                 raise
+
+
+def deal_off_polynomial(client: SecAggClient, msg: ShareKeys, victims: Collection[str]
+                        ) -> ShareKeys:
+    """``client``'s shares as a cheating dealer would send them: each of ``victims`` gets
+    a b share one off the committed polynomial, encrypted and SHA-256-committed properly
+    (so it authenticates and matches; only the Feldman check catches it).  The dealer can
+    open its own ciphertexts: the X25519 key it encrypted under is symmetric."""
+    roster, ctx, dealer = client.roster, client.ctx, client.client
+    assert roster is not None
+    cts, commitments = dict(msg.ciphertexts), dict(msg.commitments)
+    for v in victims:
+        c_pk = roster.keys[v][0]
+        pt = share_crypto.decrypt_shares(ctx, client._c_sk, c_pk, dealer, v, cts[v])
+        plain = pt[:SHARE_BYTES] + encode_scalar(decode_scalar(pt[SHARE_BYTES:], "b") + 1)
+        cts[v] = share_crypto.encrypt_shares(ctx, client._c_sk, c_pk, dealer, v, plain,
+                                             os.urandom)
+        commitments[v] = share_crypto.commit_shares(ctx, dealer, v, plain)
+    return ShareKeys(dealer, cts, commitments, msg.vss)

@@ -3,7 +3,8 @@
 The hub learns only the weighted sum of its region's updates and the total weight.  One
 module per concern: ``fixed_point`` (floats <-> words mod 2^32 without wrap-around),
 ``masks`` (HKDF key derivation, ChaCha20 mask streams), ``shamir`` (t-of-n sharing of
-32-byte secrets), ``share_crypto`` (X25519 + AES-GCM for shares in transit), ``params``
+32-byte secrets over the edwards25519 scalar field), ``vss`` (Feldman commitments that
+let a holder check its share), ``share_crypto`` (X25519 + AES-GCM for shares in transit), ``params``
 (threshold, fixed-point range, round context), ``vector`` (which coordinates of an
 A-delta are masked: dense or the round's random-k support), ``messages`` (the wire
 messages as dicts) and ``protocol`` (client and hub state machines).  No I/O here; the

@@ -29,7 +29,8 @@ def enabled(config: FederationSections) -> bool:
 def secagg_params(config: FederationSections) -> SecAggParams:
     s = config.fedsa_lora.privacy.secure_aggregation
     return SecAggParams(threshold_fraction=s.threshold_fraction, min_clients=s.min_clients,
-                        clip=s.clip, max_weight=s.max_weight)
+                        clip=s.clip, max_weight=s.max_weight,
+                        verifiable_shares=s.verifiable_shares)
 
 
 def secagg_conflicts(config: FederationSections) -> list[str]:

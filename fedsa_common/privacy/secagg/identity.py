@@ -60,10 +60,15 @@ def advertise_statement(ctx: RoundContext, client: str, c_pk: bytes, s_pk: bytes
 
 
 def survivors_statement(ctx: RoundContext, survivors: tuple[str, ...],
-                        dropped: tuple[str, ...]) -> bytes:
-    """What a survivor signs in the consistency round: the set it was told (U3) and the
-    dropped set (D); ids are sorted and '|'-free, so the encoding is injective."""
-    return ctx.info("survivors", ",".join(survivors), ",".join(dropped))
+                        dropped: tuple[str, ...], dealt: bytes) -> bytes:
+    """What a survivor signs in the consistency round: the set it was told (U3), the
+    dropped set (D), and the digest of every dealer's Feldman commitments it was shown
+    (``vss.transcript_digest``, fixed size), so ``t`` signatures over one statement also
+    prove that the hub showed them all the same commitments.  ``dealt`` is empty in a
+    round without VSS, which signs the pre-VSS statement.  Ids are sorted and '|'-free,
+    so the encoding is injective (whether a round has VSS is fixed by its roster)."""
+    statement = ctx.info("survivors", ",".join(survivors), ",".join(dropped))
+    return statement + b"|" + dealt if dealt else statement
 
 
 def check_certificate(authority: bytes, federation: str, region: str, client: str,

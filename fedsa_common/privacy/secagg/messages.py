@@ -23,9 +23,10 @@ from torch import Tensor
 from fedsa_common.privacy.secagg.errors import SecAggError
 from fedsa_common.privacy.secagg.fixed_point import MOD
 from fedsa_common.privacy.secagg.identity import PUBLIC_BYTES, SIGNATURE_BYTES
-from fedsa_common.privacy.secagg.params import MAX_ROSTER, NAME_RE
+from fedsa_common.privacy.secagg.params import MAX_ROSTER, NAME_RE, VSS_MAX_ROSTER
 from fedsa_common.privacy.secagg.shamir import SHARE_BYTES
 from fedsa_common.privacy.secagg.share_crypto import CIPHERTEXT_BYTES, COMMIT_BYTES, KEY_BYTES
+from fedsa_common.privacy.secagg.vss import POINT_BYTES
 
 
 def _bad(detail: str) -> SecAggError:
@@ -38,10 +39,14 @@ def _mapping(raw: Any, what: str) -> Mapping[str, Any]:
     return raw
 
 
-def _fields(raw: Any, what: str, keys: set[str]) -> Mapping[str, Any]:
+def _fields(raw: Any, what: str, keys: set[str], optional: frozenset[str] = frozenset()
+            ) -> Mapping[str, Any]:
+    """``raw`` as a mapping with exactly ``keys``, plus any of ``optional`` (fields a
+    message leaves out when empty, so it is byte for byte the older message)."""
     d = _mapping(raw, what)
-    if set(d) != keys:
-        raise _bad(f"{what} keys {sorted(map(str, d))} != {sorted(keys)}")
+    if not keys <= set(d) <= keys | optional:
+        raise _bad(f"{what} keys {sorted(map(str, d))} != {sorted(keys)}"
+                   + (f" (optional: {sorted(optional)})" if optional else ""))
     return d
 
 
@@ -72,6 +77,17 @@ def _names(value: Any, what: str) -> tuple[str, ...]:
     if list(names) != sorted(set(names)):
         raise _bad(f"{what} must be sorted and without duplicates")
     return names
+
+
+def _points(value: Any, what: str) -> tuple[bytes, ...]:
+    """A dealer's Feldman commitments: at most ``2 * VSS_MAX_ROSTER`` 32-byte points (two
+    polynomials of degree below the roster size; larger rosters share without VSS).  Only
+    sizes here: whether they are points of the group is the protocol's check
+    (``vss.check_points``), so a bad one costs only its dealer its place, not the whole
+    message."""
+    if not isinstance(value, list | tuple) or len(value) > 2 * VSS_MAX_ROSTER:
+        raise _bad(f"{what} must be a list of at most {2 * VSS_MAX_ROSTER} points")
+    return tuple(_bytes(v, f"{what}[{j}]", POINT_BYTES) for j, v in enumerate(value))
 
 
 def _by_name(value: Any, what: str, size: int) -> dict[str, bytes]:
@@ -176,45 +192,66 @@ class Roster:
 @dataclass(frozen=True)
 class ShareKeys:
     """Stage 1, client -> hub: one ciphertext of shares per roster member (itself too),
-    and the commitments to each member's shares (``share_crypto.commit_shares``)."""
+    the commitments to each member's shares (``share_crypto.commit_shares``), and the
+    Feldman commitments to its two sharing polynomials (``vss``: ``t`` points for s_sk,
+    then ``t`` for b), which every holder checks its shares against; empty, and left out
+    of the message, in a round without VSS (``SecAggParams.vss``)."""
 
     client: str
     ciphertexts: dict[str, bytes]  # recipient -> ciphertext
     commitments: dict[str, bytes] = field(default_factory=dict)  # recipient -> commitments
+    vss: tuple[bytes, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"client": self.client, "ciphertexts": dict(sorted(self.ciphertexts.items())),
-                "commitments": dict(sorted(self.commitments.items()))}
+        d: dict[str, Any] = {"client": self.client,
+                             "ciphertexts": dict(sorted(self.ciphertexts.items())),
+                             "commitments": dict(sorted(self.commitments.items()))}
+        if self.vss:
+            d["vss"] = list(self.vss)
+        return d
 
     @classmethod
     def from_dict(cls, raw: Any) -> ShareKeys:
-        d = _fields(raw, "share_keys", {"client", "ciphertexts", "commitments"})
+        d = _fields(raw, "share_keys", {"client", "ciphertexts", "commitments"},
+                    frozenset({"vss"}))
         return cls(_name(d["client"], "client"),
                    _by_name(d["ciphertexts"], "ciphertexts", CIPHERTEXT_BYTES),
-                   _by_name(d["commitments"], "commitments", COMMIT_BYTES))
+                   _by_name(d["commitments"], "commitments", COMMIT_BYTES),
+                   _points(d.get("vss", []), "vss"))
 
 
 @dataclass(frozen=True)
 class ShareDelivery:
-    """Stage 2, hub -> one client: who sent shares (U2) and their ciphertexts for it."""
+    """Stage 2, hub -> one client: who sent shares (U2), their ciphertexts for it, their
+    commitments to its shares, and every sender's Feldman commitments (``vss``, the same
+    for every recipient; survivors later sign their digest; left out of the message in a
+    round without VSS)."""
 
     recipient: str
     members: tuple[str, ...]  # U2, sorted
     ciphertexts: dict[str, bytes]  # sender -> ciphertext
     commitments: dict[str, bytes] = field(default_factory=dict)  # sender -> its commitments
+    vss: dict[str, tuple[bytes, ...]] = field(default_factory=dict)  # sender -> its points
 
     def to_dict(self) -> dict[str, Any]:
-        return {"recipient": self.recipient, "members": list(self.members),
-                "ciphertexts": dict(sorted(self.ciphertexts.items())),
-                "commitments": dict(sorted(self.commitments.items()))}
+        d: dict[str, Any] = {"recipient": self.recipient, "members": list(self.members),
+                             "ciphertexts": dict(sorted(self.ciphertexts.items())),
+                             "commitments": dict(sorted(self.commitments.items()))}
+        if self.vss:
+            d["vss"] = {u: list(p) for u, p in sorted(self.vss.items())}
+        return d
 
     @classmethod
     def from_dict(cls, raw: Any) -> ShareDelivery:
         d = _fields(raw, "share_delivery", {"recipient", "members", "ciphertexts",
-                                            "commitments"})
+                                            "commitments"}, frozenset({"vss"}))
+        vss_raw = _mapping(d.get("vss", {}), "vss")
+        if len(vss_raw) > VSS_MAX_ROSTER:
+            raise _bad(f"vss has more than {VSS_MAX_ROSTER} entries")
         return cls(_name(d["recipient"], "recipient"), _names(d["members"], "members"),
                    _by_name(d["ciphertexts"], "ciphertexts", CIPHERTEXT_BYTES),
-                   _by_name(d["commitments"], "commitments", COMMIT_BYTES))
+                   _by_name(d["commitments"], "commitments", COMMIT_BYTES),
+                   {_name(u, "vss key"): _points(p, f"vss[{u}]") for u, p in vss_raw.items()})
 
 
 @dataclass(frozen=True)

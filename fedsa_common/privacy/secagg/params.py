@@ -16,6 +16,14 @@ from fedsa_common.privacy.secagg.masks import info
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_ROSTER = 1000  # Shamir reconstruction costs O(t^2) per secret; regions are smaller
+#: The largest roster whose round uses Feldman verifiable secret sharing (``vss``) when the
+#: configuration asks for it.  Each device checks ``2t`` commitment points of every one of
+#: ``n`` dealers, ``n·2t`` variable-base multiplications: measured about 60 s per device at
+#: n = 300 (5.6 MB of commitments in its share delivery), 600 s and 63 MB at n = 1000,
+#: which no longer fits a device's 16 MB message limit (docs/security.md).  A larger roster
+#: runs its round without VSS; hub and devices both derive that from the roster's size
+#: (``SecAggParams.vss``), so neither decides it alone and the hub logs and counts it.
+VSS_MAX_ROSTER = 300
 #: The smallest roster a device takes part in, whatever the announced configuration says
 #: (a hub could announce a smaller ``min_clients``).  A malicious hub that gives honest
 #: survivors different survivor sets can collect both kinds of share of one device only if
@@ -48,12 +56,14 @@ class SecAggParams:
     """``threshold_fraction``: fraction of the roster whose shares reconstruct a secret
     (> 1/2; default 2/3 tolerates a third dropping out); ``min_clients``: smallest roster
     a round may run with (a sum of one or two updates protects nobody); ``clip`` and
-    ``max_weight``: the fixed-point range (see ``fixed_point``)."""
+    ``max_weight``: the fixed-point range (see ``fixed_point``); ``verifiable_shares``:
+    Feldman VSS for rosters up to ``VSS_MAX_ROSTER`` (``vss``)."""
 
     threshold_fraction: float = 2 / 3
     min_clients: int = MIN_ROSTER
     clip: float = 1.0
     max_weight: int = 4096
+    verifiable_shares: bool = True
 
     def __post_init__(self) -> None:
         if not 0.5 < self.threshold_fraction <= 1.0:
@@ -68,6 +78,13 @@ class SecAggParams:
 
     def threshold(self, n: int) -> int:
         return threshold_for(n, self.threshold_fraction)
+
+    def vss(self, n: int) -> bool:
+        """Whether a roster of ``n`` shares verifiably: asked for, and ``n`` within
+        ``VSS_MAX_ROSTER``.  Without it a dealer's inconsistent shares are not caught at the
+        share check (the round fails at unmasking); the masks' privacy does not depend on
+        it."""
+        return self.verifiable_shares and n <= VSS_MAX_ROSTER
 
     def fixed_point(self, n: int) -> FixedPoint:
         """Encoding for a roster of ``n``: the unmasked sum covers at most ``n`` devices."""

@@ -11,33 +11,48 @@ region)::
                    signed with its provisioned key and sent with its certificate
   1 ShareKeys      hub -> roster U1 + threshold t; client checks that every member was
                    announced as selected, every entry's certificate and signature,
-                   then Shamir-shares s_sk and its self-mask seed b to every member,
-                   each encrypted to that member, with SHA-256 commitments to each
-                   member's shares (the member and later the hub check shares against
-                   them)
-  2 ShareCheck     hub -> each member of U2 (who sent shares) its ciphertexts; client opens
-                   them and names the dealers whose shares it cannot use (no decryption,
-                   or not the dealer's commitment); hub keeps the members every one of
-                   whose shares at least t kept holders can use (``keep_dealers``) and
+                   then Shamir-shares (over Z_L, ``shamir``) the scalar s_sk is derived
+                   from and its self-mask seed b to every member, each encrypted to that
+                   member, with SHA-256 commitments to each member's shares (the member
+                   and later the hub check shares against them) and Feldman commitments
+                   to both polynomials (``vss``; 2t points, the same for every member)
+  2 ShareCheck     hub -> each member of U2 (who sent shares) its ciphertexts and every
+                   dealer's Feldman commitments; client opens them and names the dealers
+                   whose shares it cannot use (no decryption, not the dealer's SHA-256
+                   commitment, or off its committed polynomial); hub keeps the members
+                   every one of whose shares at least t kept holders can use
+                   (``keep_dealers``) and
                    tells each checker that masking set (U2 from here on)
     MaskedInput    client: y = enc(x, w) + PRG(b) + sum_{v in U2} sign(u,v) PRG(s_uv) mod 2^32
   3 Consistency    hub -> survivors U3 (who sent y) and dropped D = U2 \\ U3; each
-                   survivor signs (U3, D), once
+                   survivor signs (U3, D) and the digest of the Feldman commitments it
+                   was shown, once
   4 Unmasking      hub -> signers: (U3, D) with >= t valid signatures over it; each
                    signer checks them, then returns its shares of b_v (v in U3) and of
                    s_sk_v (v in D)
-    finish         hub reconstructs b_v and s_sk_v from >= t answers holding a share of
-                   it, removes PRG(b_v) and the dropped clients' pairwise masks:
+    finish         hub checks the answers' shares against the Feldman commitments (one
+                   batched check per secret), reconstructs b_v and s_sk_v from >= t
+                   shares on the polynomial, removes PRG(b_v) and the dropped clients'
+                   pairwise masks:
                    sum_{U3} enc(x, w) mod 2^32
 
-A dealer that sends its holders garbage (a ciphertext that does not decrypt, or a share
-that is not the one it committed to) is named and left out at the share check once fewer
-than ``t`` holders can use its shares, and the round goes on without it; a holder that
-refuses a dealer's shares (rightly or not) simply returns none of them.  Leaving an
-honest dealer out takes more than ``n - t`` false refusals, as many devices as could fail
-the round by going silent.  Not covered: a dealer whose shares match its commitments but
-are not on one polynomial (that needs verifiable secret sharing); its secrets do not
-reconstruct and the round fails.
+A dealer that sends its holders garbage (a ciphertext that does not decrypt, a share
+that is not the one it committed to, or shares that authenticate but lie on no one
+polynomial of degree ``t - 1``: Feldman VSS, ``vss``) is named and left out at the share
+check once fewer than ``t`` holders can use its shares, and the round goes on without
+it; a holder that refuses a dealer's shares (rightly or not) simply returns none of
+them.  Leaving an honest dealer out takes more than ``n - t`` false refusals, as many
+devices as could fail the round by going silent.  A holder that colludes with a bad
+dealer and returns an off-polynomial share at unmasking is caught by the hub's check
+against the commitments (``SecAggServer.bad_unmask``).  The hub relays the commitments
+but cannot show members different ones: the survivors sign their digest, so a member
+shown other commitments refuses the others' signatures before any share is revealed.
+
+Feldman VSS is on when the round's parameters ask for it and the roster is within
+``params.VSS_MAX_ROSTER`` (``SecAggParams.vss``, which hub and clients derive alike from
+the roster); otherwise no commitments are sent, survivors sign only (U3, D), and a dealer
+of shares on no one polynomial fails the round at unmasking, as before issue 15.  The
+privacy argument below does not depend on VSS.
 
 A client never reveals both kinds of share of the same client, signs one survivor set
 only, and reveals only for the set it signed once ``t`` members proved they saw it too,
@@ -62,7 +77,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fedsa_common.privacy.secagg import share_crypto
+from fedsa_common.privacy.secagg import share_crypto, vss
 from fedsa_common.privacy.secagg.errors import SecAggError
 from fedsa_common.privacy.secagg.fixed_point import add_mod, sub_mod
 from fedsa_common.privacy.secagg.identity import (
@@ -89,12 +104,7 @@ from fedsa_common.privacy.secagg.messages import (
     UnmaskResponse,
 )
 from fedsa_common.privacy.secagg.params import MIN_ROSTER, RoundContext
-from fedsa_common.privacy.secagg.shamir import (
-    SECRET_BYTES,
-    SHARE_BYTES,
-    combine_shares,
-    split_secret,
-)
+from fedsa_common.privacy.secagg.shamir import SHARE_BYTES, combine_shares, deal, random_secret
 
 RandBytes = Callable[[int], bytes]
 UNSIGNED = bytes(SIGNATURE_BYTES)  # the "signature" of unauthenticated mode
@@ -138,8 +148,11 @@ class SecAggClient:
         self.selected = None if selected is None else frozenset(selected)
         self._rand = randbytes
         self._c_sk = share_crypto.new_private_key(randbytes)
-        self._s_sk = share_crypto.new_private_key(randbytes)
-        self._seed = randbytes(SECRET_BYTES)  # b_u
+        self._s_secret = random_secret(randbytes)  # shared; s_sk is derived from it
+        self._s_sk = share_crypto.mask_private_key(ctx, client, self._s_secret)
+        self._seed = random_secret(randbytes)  # b_u
+        self._vss: tuple[bytes, ...] = ()  # our Feldman commitments (s polynomial, then b)
+        self._dealt = b""  # digest of every dealer's commitments we were shown
         self.stage = "keys"
         self.roster: Roster | None = None
         self.members: tuple[str, ...] = ()  # U2: the masking set once the hub sent it
@@ -175,8 +188,11 @@ class SecAggClient:
         self._check_roster(roster)
         members = roster.members
         n, t = len(members), roster.threshold
-        s_shares = split_secret(share_crypto.private_bytes(self._s_sk), t, n)
-        b_shares = split_secret(self._seed, t, n)
+        s_deal = deal(self._s_secret, t, n, self._rand)
+        b_deal = deal(self._seed, t, n, self._rand)
+        s_shares, b_shares = s_deal.shares, b_deal.shares
+        if self.ctx.params.vss(n):
+            self._vss = vss.commit(s_deal.coefficients) + vss.commit(b_deal.coefficients)
         cts, commitments = {}, {}
         for i, v in enumerate(members):
             plaintext = s_shares[i] + b_shares[i]
@@ -187,7 +203,7 @@ class SecAggClient:
             commitments[v] = share_crypto.commit_shares(self.ctx, self.client, v, plaintext)
         self.roster = roster
         self.stage = "shares"
-        msg = ShareKeys(self.client, cts, commitments)
+        msg = ShareKeys(self.client, cts, commitments, self._vss)
         self._sent["share_keys"] = msg
         return msg
 
@@ -226,8 +242,9 @@ class SecAggClient:
     # -- stage 2 (first half: before training) ------------------------------------
     def receive_shares(self, delivery: ShareDelivery) -> ShareCheck:
         """Decrypt and keep the shares the other members sent us, and say which dealers'
-        shares we cannot use (``rejected``): they do not authenticate, or are not the ones
-        their dealer committed to.  Why not sit the round out, as before: then a dealer
+        shares we cannot use (``rejected``): they do not authenticate, are not the ones
+        their dealer committed to, or are not on the polynomials of its Feldman
+        commitments (``vss``).  Why not sit the round out, as before: then a dealer
         that sent everyone garbage failed the region's round.  Our own share coming back
         altered is the hub's doing: then we do sit it out."""
         if "share_check" in self._sent:
@@ -243,8 +260,11 @@ class SecAggClient:
             raise SecAggError("secagg_refused", "members are not a roster subset with us in it")
         if len(members) < self.roster.threshold:
             raise _too_few("members with shares", len(members), self.roster.threshold)
-        if set(delivery.ciphertexts) != set(members):
-            raise SecAggError("secagg_refused", "ciphertexts do not match the members")
+        verifiable = self.ctx.params.vss(len(self.roster.keys))
+        if set(delivery.ciphertexts) != set(members) or set(delivery.vss) != (
+                set(members) if verifiable else set()):
+            raise SecAggError("secagg_refused", "ciphertexts or vss commitments do not match "
+                              "the members" + ("" if verifiable else " (a round without vss)"))
         held, rejected = {}, {}
         for u in members:
             try:
@@ -258,6 +278,7 @@ class SecAggClient:
         self._held = held
         self.rejected = rejected
         self._delivered = members
+        self._dealt = vss.transcript_digest(delivery.vss) if verifiable else b""
         self.stage = "checked"
         msg = ShareCheck(self.client, tuple(sorted(rejected)))
         self._sent["share_check"] = msg
@@ -273,8 +294,26 @@ class SecAggClient:
         if commitment != share_crypto.commit_shares(self.ctx, u, self.client, pt):
             raise SecAggError("secagg_bad_share", f"shares from {u} do not match its "
                               "commitments (we could be blamed for them at unmasking)")
-        if u == self.client and pt != self._own_share:
-            raise SecAggError("secagg_bad_share", "our own share came back altered")
+        points = delivery.vss.get(u, ())
+        if u == self.client:
+            if pt != self._own_share or points != self._vss:
+                raise SecAggError("secagg_bad_share", "our own share or commitments came "
+                                  "back altered")
+            return pt
+        if not self.ctx.params.vss(len(self.roster.keys)):
+            return pt  # the SHA-256 commitment is the whole check (the pre-VSS protocol)
+        t = self.roster.threshold
+        if len(points) != 2 * t:
+            raise SecAggError("secagg_bad_share", f"vss of {u}: {len(points)} points, "
+                              f"expected {2 * t}")
+        # no point validation here: the hub refuses invalid points (add_shares), and a
+        # share that passes against points with a small-order part still lies on the
+        # prime-order part's polynomial; invalid encodings simply fail the check
+        x = self.roster.index(self.client)
+        if not (vss.verify_share(points[:t], x, pt[:SHARE_BYTES])
+                and vss.verify_share(points[t:], x, pt[SHARE_BYTES:])):
+            raise SecAggError("secagg_bad_share", f"shares from {u} are not on the "
+                              "polynomials it committed to (vss)")
         return pt
 
     def mask_with(self, told: MaskingSet) -> None:
@@ -355,7 +394,7 @@ class SecAggClient:
         if len(survivors) < self.roster.threshold:
             raise _too_few("survivors", len(survivors), self.roster.threshold)
         sig = UNSIGNED if self.identity is None else self.identity.sign(
-            survivors_statement(self.ctx, told.survivors, told.dropped))
+            survivors_statement(self.ctx, told.survivors, told.dropped, self._dealt))
         msg = SurvivorSignature(self.client, sig)
         self._signed = told
         self._sent["survivors"] = msg
@@ -382,7 +421,8 @@ class SecAggClient:
         if len(signers) < self.roster.threshold:
             raise _too_few("survivor signatures", len(signers), self.roster.threshold)
         if self.identity is not None:
-            statement = survivors_statement(self.ctx, told.survivors, told.dropped)
+            statement = survivors_statement(self.ctx, told.survivors, told.dropped,
+                                            self._dealt)
             for v in sorted(signers):
                 auth = self.roster.auth[v]  # present: the roster was authenticated
                 verify(auth.signing_pk, request.signatures[v], statement,
@@ -475,6 +515,8 @@ class SecAggServer:
         self.roster: Roster | None = None
         self.shares: dict[str, ShareKeys] = {}
         self.delivered: tuple[str, ...] = ()  # who sent shares
+        self.dealt = b""  # digest of the Feldman commitments delivered (survivors sign it)
+        self.bad_unmask: dict[str, int] = {}  # holder -> shares off their polynomial
         self.checks: dict[str, frozenset[str]] = {}  # checker -> dealers it refused
         self.cheaters: dict[str, int] = {}  # dealer left out -> how many refused it
         self.members: tuple[str, ...] = ()  # U2: the masking set
@@ -488,6 +530,12 @@ class SecAggServer:
     @property
     def threshold(self) -> int:
         return self.roster.threshold if self.roster is not None else 0
+
+    @property
+    def verifiable(self) -> bool:
+        """Whether this round's roster shares verifiably (``SecAggParams.vss``); False
+        before the roster is closed."""
+        return self.roster is not None and self.ctx.params.vss(len(self.roster.keys))
 
     def fail(self) -> None:
         """Abandon the round (a transport deadline with too few participants)."""
@@ -542,11 +590,16 @@ class SecAggServer:
                 self.roster.keys):
             raise SecAggError("secagg_bad_message", f"{msg.client}: ciphertexts or "
                               "commitments do not address exactly the roster")
+        expected = 2 * self.threshold if self.verifiable else 0
+        if len(msg.vss) != expected:
+            raise SecAggError("secagg_bad_message", f"{msg.client}: vss has {len(msg.vss)} "
+                              f"points, expected {expected}")
         old = self.shares.get(msg.client)
         if old is not None:
             if old != msg:
                 raise SecAggError("secagg_conflict", f"{msg.client} sent other shares")
             return False
+        vss.check_points(msg.vss, f"vss of {msg.client}")
         self.shares[msg.client] = msg
         return True
 
@@ -559,8 +612,10 @@ class SecAggServer:
             raise _too_few("clients with shares", len(members), self.threshold)
         self.delivered = members
         self.stage = "checks"
+        dealt = {u: self.shares[u].vss for u in members} if self.verifiable else {}
+        self.dealt = vss.transcript_digest(dealt) if self.verifiable else b""
         return {v: ShareDelivery(v, members, {u: self.shares[u].ciphertexts[v] for u in members},
-                                 {u: self.shares[u].commitments[v] for u in members})
+                                 {u: self.shares[u].commitments[v] for u in members}, dealt)
                 for v in members}
 
     # -- stage 2 ------------------------------------------------------------------
@@ -637,7 +692,7 @@ class SecAggServer:
         if auth is not None:
             verify(auth.signing_pk, msg.signature,
                    survivors_statement(self.ctx, self.survivor_set.survivors,
-                                       self.survivor_set.dropped),
+                                       self.survivor_set.dropped, self.dealt),
                    f"survivor set signed by {msg.client}")
         self.signatures[msg.client] = msg.signature
         return True
@@ -700,6 +755,34 @@ class SecAggServer:
                     return (f"{kind} of {v}", have)
         return None
 
+    def _reconstruct(self, kind: str, v: str) -> bytes:
+        """``v``'s secret of ``kind`` ("b" or "s") from the answers' shares, checked against
+        its Feldman commitment ``C_0`` (``vss.opens``).  Why check again after the holders
+        did: a holder colluding with ``v`` could have accepted a share off the polynomial
+        and return it now (the SHA-256 commitment only proves ``v`` dealt it).  When the
+        check fails, each share is checked, the bad ones are left out (their holders
+        counted in ``bad_unmask``) and the secret is rebuilt from the rest."""
+        assert self.roster is not None
+        t = self.threshold
+        shares = {self.roster.index(c): (a.b_shares if kind == "b" else a.s_shares)[v]
+                  for c, a in self.answers.items()
+                  if v in (a.b_shares if kind == "b" else a.s_shares)}
+        secret = combine_shares(shares, t)
+        if not self.verifiable:
+            return secret  # checked only against the advertised s_pk (s) or not at all (b)
+        points = self.shares[v].vss[:t] if kind == "s" else self.shares[v].vss[t:]
+        if vss.opens(points, secret):
+            return secret
+        members = self.roster.members
+        for x in vss.bad_shares(points, shares):
+            del shares[x]
+            self.bad_unmask[members[x - 1]] = self.bad_unmask.get(members[x - 1], 0) + 1
+        if len(shares) < t:
+            self.fail()
+            raise _too_few(f"shares of {kind} of {v} on its committed polynomial",
+                           len(shares), t)
+        return combine_shares(shares, t)
+
     def finish(self) -> AggregateResult:
         """Reconstruct, remove the masks, decode.  ``secagg_too_few`` with fewer than ``t``
         answers; ``secagg_reconstruct`` if the secrets do not fit what was advertised."""
@@ -711,17 +794,14 @@ class SecAggServer:
             self.fail()
             raise _too_few(f"unmasking answers with a share of {short[0]}", short[1], t)
         ctx, n_words = self.ctx, self.ctx.words
-        xs = {c: self.roster.index(c) for c in self.answers}
         z = self.total.clone()
         for v in self.request.survivors:
-            seed = combine_shares({xs[c]: a.b_shares[v] for c, a in self.answers.items()
-                                   if v in a.b_shares}, t)
+            seed = self._reconstruct("b", v)
             z = sub_mod(z, prg_words(self_key(seed, ctx.federation, ctx.round, ctx.region, v),
                                      n_words))
         for v in self.request.dropped:
-            s_sk = combine_shares({xs[c]: a.s_shares[v] for c, a in self.answers.items()
-                                   if v in a.s_shares}, t)
-            if share_crypto.public_of(s_sk) != self.roster.keys[v][1]:
+            s_sk = share_crypto.mask_private_key(ctx, v, self._reconstruct("s", v))
+            if share_crypto.public_bytes(s_sk) != self.roster.keys[v][1]:
                 self.fail()
                 raise SecAggError("secagg_reconstruct", f"s_sk of {v} does not match s_pk")
             for u in self.request.survivors:

@@ -38,13 +38,14 @@ def public_bytes(key: X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes_raw()
 
 
-def public_of(private: bytes) -> bytes:
-    """The public key of a raw 32-byte private key (checks a reconstructed key)."""
-    return public_bytes(X25519PrivateKey.from_private_bytes(private))
-
-
-def private_bytes(key: X25519PrivateKey) -> bytes:
-    return key.private_bytes_raw()
+def mask_private_key(ctx: RoundContext, client: str, secret: bytes) -> X25519PrivateKey:
+    """``client``'s X25519 mask key, derived from the scalar it Shamir-shares
+    (``shamir.random_secret``).  Why derived and not the scalar itself: the scalar's
+    Feldman commitment is ``secret·G`` on edwards25519, and using the same number as the
+    X25519 key would tie the two public values together; through HKDF they are unrelated.
+    The hub applies the same derivation to the secret it reconstructs for a dropped
+    client and checks the public key against the advertised one."""
+    return X25519PrivateKey.from_private_bytes(derive_key(secret, ctx.info("s_sk", client)))
 
 
 def agree(private: X25519PrivateKey | bytes, peer_public: bytes, what: str) -> bytes:

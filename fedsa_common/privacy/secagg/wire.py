@@ -40,7 +40,7 @@ from fedsa_common.privacy.secagg.messages import (
     UnmaskResponse,
     to_json,
 )
-from fedsa_common.privacy.secagg.params import MAX_ROSTER
+from fedsa_common.privacy.secagg.params import MAX_ROSTER, VSS_MAX_ROSTER
 from fedsa_common.wire.envelope import loads_strict
 from fedsa_common.wire.errors import WireError
 from fedsa_common.wire.protocol import NAME_RE, Header, UpdateHeader, decode_message, encode_message
@@ -68,8 +68,12 @@ Message = (AdvertiseKeys | Roster | ShareKeys | ShareDelivery | ShareCheck | Mas
 BODY_TENSOR = "msg"
 #: The largest message body: a signed roster of ``MAX_ROSTER`` devices is about 350 bytes of
 #: JSON a device (ids, two keys, signing key, certificate, signature in base64); 1 KiB a
-#: device leaves room for long ids.
-MAX_BODY_BYTES = 1024 * MAX_ROSTER + 4096
+#: device leaves room for long ids.  A share delivery of a round with VSS also carries
+#: every dealer's Feldman commitments, ``2t`` points of 32 bytes (47 bytes of JSON each, 48
+#: allowed), the same list to every member: ``96 * n * t`` bytes at most, quadratic in the
+#: region; VSS stops at ``VSS_MAX_ROSTER`` (8.6 MB at most, under a device's 16 MB limit).
+VSS_BODY_BYTES = 96 * VSS_MAX_ROSTER * VSS_MAX_ROSTER
+MAX_BODY_BYTES = 1024 * MAX_ROSTER + 4096 + VSS_BODY_BYTES
 
 
 class SecAggHeader(Header):
