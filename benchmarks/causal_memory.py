@@ -38,7 +38,9 @@ FP32 = 4  # bytes
 # an fp32 scale per row (negligible).  Embeddings, norms and biases stay fp32.
 WEIGHT_BYTES = {"fp32": 4.0, "int8": 1.0, "nf4": 0.5 + 4 / 64}
 LORA_STATE_BYTES = 16  # per LoRA parameter: fp32 value, gradient, AdamW's two moments
-LOGITS_COPIES = 3  # logits, their log-softmax (saved for backward), the gradient flowing back
+# The loss's backward holds four vocab-wide copies per position at once: the logits (kept
+# in the output), their log-softmax (saved for backward), its gradient and the logits'.
+LOGITS_COPIES = 4
 
 
 @dataclass(frozen=True)
@@ -195,9 +197,17 @@ def main() -> None:
                     help="keep the written models here and reuse them (default: a temporary "
                          "directory, removed at the end)")
     ap.add_argument("--out", type=Path, default=Path("runs/causal_memory.json"))
+    ap.add_argument("--table", type=Path, nargs="+", metavar="JSON",
+                    help="run nothing: print one table of these earlier --out files' rows, "
+                         "their predictions recomputed with the current formula")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args)), flush=True)
+        return
+    if args.table:
+        rows = [with_prediction(row) for path in args.table
+                for row in json.loads(path.read_text())["rows"]]
+        print(table(rows))
         return
     unknown = sorted(set(args.models.split(",")) - set(SHAPES))
     if unknown:
@@ -222,13 +232,7 @@ def main() -> None:
                                 "--checkpoint", checkpoint, "--batch", str(batch),
                                 "--max-length", str(seq), "--steps", str(args.steps),
                                 "--threads", str(args.threads)], args.timeout)
-                            row = {**key, **got}
-                            if "runtime_mb" in got:
-                                row.update(predicted_peak_mb(shape, precision, batch, seq,
-                                                             CHECKPOINTING[checkpoint],
-                                                             got["runtime_mb"]))
-                                row["measured_vs_predicted"] = round(
-                                    got["train_peak_mb"] / row["predicted_mb"], 2)
+                            row = with_prediction({**key, **got})
                             print(json.dumps(row), flush=True)
                             rows.append(row)
     finally:
@@ -241,14 +245,29 @@ def main() -> None:
               "machine": machine(), "date": today(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    print(markdown_table(rows, [
+    print(table(rows))
+
+
+def with_prediction(row: dict[str, Any]) -> dict[str, Any]:
+    """A measured row with what ``predicted_peak_mb`` expects for it, and the ratio."""
+    if "runtime_mb" not in row:  # failed or skipped
+        return row
+    row = {**row, **predicted_peak_mb(SHAPES[row["model"]], row["precision"], row["batch"],
+                                      row["seq"], CHECKPOINTING[row["checkpointing"]],
+                                      row["runtime_mb"])}
+    row["measured_vs_predicted"] = round(row["train_peak_mb"] / row["predicted_mb"], 2)
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    return markdown_table(rows, [
         ("model", "model"), ("params_m", "params M"), ("precision", "base"), ("seq", "seq"),
         ("batch", "batch"), ("checkpointing", "checkpointing"),
         ("weights_mb", "weights MiB"), ("rss_loaded_mb", "RSS loaded MiB"),
         ("train_peak_mb", "peak train MiB"), ("predicted_mb", "predicted MiB"),
         ("measured_vs_predicted", "measured/predicted"),
         ("cpu_s_per_sample", "CPU s/sample"), ("samples_per_s", "samples/s"),
-        ("load1", "load avg"), ("error", "error")]))
+        ("load1", "load avg"), ("error", "error")])
 
 
 if __name__ == "__main__":
