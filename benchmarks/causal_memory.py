@@ -264,7 +264,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         ("model", "model"), ("params_m", "params M"), ("precision", "base"), ("seq", "seq"),
         ("batch", "batch"), ("checkpointing", "checkpointing"),
         ("weights_mb", "weights MiB"), ("rss_loaded_mb", "RSS loaded MiB"),
-        ("train_peak_mb", "peak train MiB"), ("predicted_mb", "predicted MiB"),
+        ("load_peak_mb", "peak load MiB"), ("train_peak_mb", "peak train MiB"),
+        ("predicted_mb", "predicted MiB"),
         ("measured_vs_predicted", "measured/predicted"),
         ("cpu_s_per_sample", "CPU s/sample"), ("samples_per_s", "samples/s"),
         ("load1", "load avg"), ("error", "error")])
