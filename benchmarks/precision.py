@@ -22,10 +22,15 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import machine, markdown_table, run_child, today
+
+if TYPE_CHECKING:
+    from edge_client.training import TokenizedSplit
+    from quant.adapters import AdapterModel
 
 PRECISIONS = ("nf4", "fp4", "int8", "fp16", "bf16", "fp32")
 AUTOCASTS = ("none", "bf16")
@@ -56,8 +61,7 @@ def texts(n: int) -> tuple[list[str], list[int]]:
 def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from edge_client.memory import PeakMeter, peak_rss_bytes, release_free_memory, rss_bytes
-    from edge_client.training import tokenize, train_steps
+    from edge_client.training import tokenize
     from fedsa_common.federation.config import ModelSection
     from quant.adapters import build_adapter_model
 
@@ -67,17 +71,31 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                         num_labels=4)
     adapter = build_adapter_model(spec, 4, seed=0)
     load_s = time.perf_counter() - start
+    return measure_training(
+        adapter, lambda: tokenize(adapter, *texts(max(64, args.batch * (args.steps + 1)))),
+        steps=args.steps, load_s=load_s, batch_size=args.batch, lr=1e-4,
+        autocast=args.autocast, gradient_checkpointing=CHECKPOINTING[args.checkpoint])
+
+
+def measure_training(adapter: AdapterModel, data: Callable[[], TokenizedSplit], *, steps: int,
+                     load_s: float, **train: Any) -> dict[str, Any]:
+    """Memory and speed of the device's ``train_steps`` on a freshly loaded ``adapter``:
+    the RSS once loading's freed memory is returned (as ``ModelHost`` does), the peak of
+    loading, then the peak of a warm-up step (kernels, allocator) and ``steps`` timed steps,
+    which alone give samples/s.  ``data`` is built after the loaded RSS is read, so that
+    tokenizing does not count as the model's."""
+    from edge_client.memory import PeakMeter, peak_rss_bytes, release_free_memory, rss_bytes
+    from edge_client.training import train_steps
+
     release_free_memory()  # as ModelHost does after building the model
     load_peak, loaded = peak_rss_bytes(), rss_bytes()
     tensors = [*adapter.model.parameters(), *adapter.model.buffers()]
     weights = sum(t.numel() * t.element_size() for t in tensors)
-    data = tokenize(adapter, *texts(max(64, args.batch * (args.steps + 1))))
-    kw = {"batch_size": args.batch, "lr": 1e-4, "autocast": args.autocast,
-          "gradient_checkpointing": CHECKPOINTING[args.checkpoint]}
+    rows = data()
     with PeakMeter() as meter:  # resets the high-water mark: training's peak alone
-        train_steps(adapter, data, steps=1, seed=1, **kw)  # warm-up: kernels, allocator
+        train_steps(adapter, rows, steps=1, seed=1, **train)  # warm-up: kernels, allocator
         t, cpu = time.perf_counter(), time.process_time()
-        result = train_steps(adapter, data, steps=args.steps, seed=2, **kw)
+        result = train_steps(adapter, rows, steps=steps, seed=2, **train)
         seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
         meter.read()
     return {

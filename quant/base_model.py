@@ -52,6 +52,15 @@ def _build_tiny(name: str, make: Callable[[PreTrainedTokenizerBase], PreTrainedM
     out = cache_dir() / "models" / name
     if (out / "config.json").exists():
         return out
+    return write_random_model(out, make)
+
+
+def write_random_model(out: Path, make: Callable[[PreTrainedTokenizerBase], PreTrainedModel]
+                       ) -> Path:
+    """Write the model ``make`` builds from the MiniLM tokenizer after a fixed seed, with that
+    tokenizer, to ``out``: a local model directory the kit loads like any other.  Also how
+    benchmarks build random models of real architectures' shapes (weight values do not change
+    memory or speed)."""
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     torch.manual_seed(1234)
     model = make(tokenizer)
@@ -59,6 +68,15 @@ def _build_tiny(name: str, make: Callable[[PreTrainedTokenizerBase], PreTrainedM
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out
+
+
+def causal_special_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """Make the MiniLM tokenizer's [CLS] and [SEP] its begin and end of sequence (a causal
+    model starts prompts and ends answers with them) and return the token ids a causal
+    model's config needs."""
+    tokenizer.bos_token, tokenizer.eos_token = tokenizer.cls_token, tokenizer.sep_token
+    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
 
 
 def _tiny_bert(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
@@ -73,7 +91,7 @@ def _tiny_bert(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
 
 
 def _tiny_llama(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    tokenizer.bos_token, tokenizer.eos_token = tokenizer.cls_token, tokenizer.sep_token
+    ids = causal_special_tokens(tokenizer)
     return LlamaForCausalLM(LlamaConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=64,
@@ -83,9 +101,7 @@ def _tiny_llama(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
         num_key_value_heads=2,
         max_position_embeddings=512,
         tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **ids,
     ))
 
 
