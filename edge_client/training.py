@@ -262,7 +262,7 @@ def train_steps(
     ``gradient_checkpointing``: on, off, or ``auto`` (the planner's choice under a budget).
     ``meta`` (Per-FedAvg, edge_client/meta.py): each step takes two batches, the first for
     the inner step, the second for the gradient the optimizer applies; the loss reported is
-    the second's, the samples both.
+    the second's (and so is ``importance``), the samples both.
     """
     if len(data) == 0:
         raise ValueError("no training data on this device")
