@@ -10,6 +10,8 @@
   hold next.  While the head is shared (``share_head_rounds``) the fine-tuned head is only
   evaluated, not kept: the next round starts from the global head again (a shared head
   plus local fine-tuning, as FedBABU evaluates).
+* Per-FedAvg (``meta: per_fedavg``, edge_client/meta.py): local training meta-trains for
+  that fine-tuning, its inner step adapting the same tensors.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from edge_client.meta import PerFedAvg
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.training import Proximal, TokenizedSplit, TrainResult, train_steps
 from fedsa_common.federation.adaptive_split import head_names
@@ -34,6 +37,22 @@ def proximal_for(config: FederationConfig, anchors: Mapping[str, torch.Tensor]
     return Proximal(mu, {n: t.detach().to(torch.float32) for n, t in anchors.items()})
 
 
+def adapted_names(local: Sequence[str], trainable: Sequence[str]) -> list[str]:
+    """The tensors a device adapts on its own data before it evaluates: its local
+    trainable tensors and its head (B and the head under fedsa)."""
+    return sorted((set(local) | set(head_names(trainable))) & set(trainable))
+
+
+def meta_for(config: FederationConfig, local: Sequence[str], trainable: Sequence[str]
+             ) -> PerFedAvg | None:
+    """This round's Per-FedAvg step (None unless ``meta: per_fedavg``): its inner step
+    adapts what ``finetune_local`` adapts (edge_client/meta.py says why)."""
+    personal = config.fedsa_lora.personalization
+    if personal.meta != "per_fedavg":
+        return None
+    return PerFedAvg(personal.inner_lr, frozenset(adapted_names(local, trainable)))
+
+
 def finetune_local(adapter: AdapterModel, data: TokenizedSplit, config: FederationConfig,
                    local: Sequence[str], trainable: Sequence[str], *, seed: int,
                    planner: MicroBatchPlanner | None = None) -> TrainResult | None:
@@ -41,7 +60,7 @@ def finetune_local(adapter: AdapterModel, data: TokenizedSplit, config: Federati
     (None when there are no steps or no such tensors).  Leaves only those tensors
     trainable; the caller re-enables the rest."""
     steps = config.fedsa_lora.personalization.finetune_steps
-    names = sorted((set(local) | set(head_names(trainable))) & set(trainable))
+    names = adapted_names(local, trainable)
     if steps <= 0 or not names:
         return None
     tr = config.training

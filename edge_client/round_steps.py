@@ -32,7 +32,7 @@ import torch
 
 from edge_client.causal import evaluate_causal
 from edge_client.microbatch import MicroBatchPlanner
-from edge_client.personalize import proximal_for
+from edge_client.personalize import meta_for, proximal_for
 from edge_client.schedule import local_steps_for, round_lr_scale
 from edge_client.split_state import round_split, shared_start
 from edge_client.state import DeviceState
@@ -101,7 +101,8 @@ def train_shared(adapter: AdapterModel, data: TokenizedSplit, config: Federation
                  planner: MicroBatchPlanner | None,
                  on_step: Callable[[StepInfo], None] | None) -> TrainResult:
     """The round's local training (moves the adapter): the configured steps at the round's
-    learning-rate scale, pulled towards the global shared values under FedProx."""
+    learning-rate scale, pulled towards the global shared values under FedProx, as
+    Per-FedAvg steps under ``personalization.meta``."""
     tr = config.training
     scale = round_lr_scale(config.round_lr_decay, round_, tr.round_lr_floor)
     return train_steps(adapter, data, steps=local_steps_for(tr, len(data)),
@@ -112,7 +113,8 @@ def train_shared(adapter: AdapterModel, data: TokenizedSplit, config: Federation
                        on_step=on_step, proximal=proximal_for(config, plan.global_shared),
                        importance=config.fedsa_lora.adaptive_split.importance_based,
                        warmup_steps=tr.warmup_steps, lr_schedule=tr.lr_schedule,
-                       gradient_checkpointing=tr.gradient_checkpointing)
+                       gradient_checkpointing=tr.gradient_checkpointing,
+                       meta=meta_for(config, plan.local, plan.trainable))
 
 
 # 4. build the update ------------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import Literal
 import torch
 
 from edge_client.memory import PeakMeter, is_out_of_memory
+from edge_client.meta import PerFedAvg, meta_backward
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.schedule import Schedule, lr_multiplier
 from fedsa_common.federation.split import role
@@ -247,6 +248,7 @@ def train_steps(
     warmup_steps: int = 0,
     lr_schedule: Schedule = "constant",
     gradient_checkpointing: Checkpointing = "auto",
+    meta: PerFedAvg | None = None,
 ) -> TrainResult:
     """Run ``steps`` optimizer steps on the currently trainable adapter parameters.
 
@@ -258,6 +260,9 @@ def train_steps(
     ``warmup_steps``/``lr_schedule`` scale every learning rate step by step
     (``schedule.lr_multiplier``; the defaults keep them constant).
     ``gradient_checkpointing``: on, off, or ``auto`` (the planner's choice under a budget).
+    ``meta`` (Per-FedAvg, edge_client/meta.py): each step takes two batches, the first for
+    the inner step, the second for the gradient the optimizer applies; the loss reported is
+    the second's (and so is ``importance``), the samples both.
     """
     if len(data) == 0:
         raise ValueError("no training data on this device")
@@ -270,9 +275,11 @@ def train_steps(
     start = time.perf_counter()
     trainable = adapter.trainable()
     rates = {"head": head_lr or lr, "lora_B": lr * b_lr_ratio}  # the rest (A): lr
+    rate_of = {n: rates.get(role(n), lr) for n in trainable}
     groups: dict[float, list[torch.nn.Parameter]] = {}
     for n, p in trainable.items():
-        groups.setdefault(rates.get(role(n), lr), []).append(p)
+        groups.setdefault(rate_of[n], []).append(p)
+    inner_rates = meta.inner_rates(rate_of, lr) if meta is not None else {}
     optimizer = torch.optim.AdamW(
         [{"params": ps, "lr": rate} for rate, ps in groups.items()], lr=lr,
         weight_decay=weight_decay)
@@ -285,15 +292,15 @@ def train_steps(
     total, samples, weight, largest = 0.0, 0, 0, 0
     fisher = {n: 0.0 for n in trainable} if importance else None
     with PeakMeter() if planner.measuring else contextlib.nullcontext() as meter:
-        for step in range(steps):
-            idx = next(batches)
+        def backward(idx: list[int]) -> tuple[float, int]:
+            """The batch's gradient in ``.grad`` (retried with smaller micro-batches on
+            out-of-memory errors): its summed loss and largest micro-batch."""
             rows = [data.input_ids[i] for i in idx]
             labels = [data.labels[i] for i in idx]
             while True:
                 try:
-                    step_loss, used = accumulate(adapter, rows, labels, pad_id=pad_id,
-                                                 planner=planner, meter=meter, amp=amp)
-                    break
+                    return accumulate(adapter, rows, labels, pad_id=pad_id,
+                                      planner=planner, meter=meter, amp=amp)
                 except MicroBatchOutOfMemory as oom:
                     optimizer.zero_grad(set_to_none=True)
                     if not planner.out_of_memory(oom.size):
@@ -301,6 +308,19 @@ def train_steps(
                     if planner.checkpointing:  # auto: switched on for lack of memory
                         set_gradient_checkpointing(adapter.model, True)
                 gc.collect()  # outside the handler: the failed step's tensors are gone now
+
+        for step in range(steps):
+            idx = next(batches)
+            if meta is not None:
+                first = idx
+                idx = next(batches)
+                samples += len(first)
+                step_loss, used = meta_backward(trainable, inner_rates,
+                                                lambda b=first: backward(b),
+                                                lambda b=idx: backward(b))
+            else:
+                step_loss, used = backward(idx)
+            labels = [data.labels[i] for i in idx]
             if fisher is not None:
                 accumulate_importance(fisher, trainable)
             if proximal is not None:

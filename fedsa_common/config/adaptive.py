@@ -14,6 +14,9 @@ with (hooked into ``FederationConfig`` like the DP and secure-aggregation checks
   count: not with differential privacy (unit weights, clipped sensitivity) nor secure
   aggregation (the hub sees only the masked sum).
 * ``proximal_mu`` pulls shared tensors towards the global ones: ``local`` has none.
+* ``meta: per_fedavg`` meta-trains the shared tensors for the adaptation a device makes
+  before it evaluates (``finetune_steps``): it needs that adaptation and something shared;
+  ``meta_inner_lr`` is its inner rate and means nothing without it.
 * ``share_head_rounds`` K adds the head to the shared set of rounds 1..K: not with
   ``importance_based`` (whose decisions cover LoRA tensors only), and for K < ``rounds``
   (the set changes at K+1) an update must again be folded into its own round: synchronous
@@ -67,12 +70,29 @@ def adaptive_conflicts(config: FederationSections) -> list[str]:
         out.append("fedsa_lora.personalization.proximal_mu: algorithm local shares nothing "
                    "to stay near")
     personal = config.fedsa_lora.personalization
+    out.extend(_meta_conflicts(config))
     out.extend(_warm_sharing_conflicts(config, "share_head_rounds"))
     out.extend(_warm_sharing_conflicts(config, "share_b_rounds"))
     if personal.share_b_rounds != 0 and algorithm != "fedsa":
         out.append(f"fedsa_lora.personalization.share_b_rounds: only fedsa keeps B local "
                    f"(algorithm {algorithm} "
                    f"{'shares nothing' if algorithm == 'local' else 'already shares B'})")
+    return out
+
+
+def _meta_conflicts(config: FederationSections) -> list[str]:
+    """Conflicts of Per-FedAvg (``personalization.meta``) and its inner rate."""
+    personal = config.fedsa_lora.personalization
+    where = "fedsa_lora.personalization"
+    if personal.meta == "none":
+        return ([f"{where}.meta_inner_lr: only for meta per_fedavg"]
+                if personal.meta_inner_lr is not None else [])
+    out = []
+    if personal.finetune_steps == 0:
+        out.append(f"{where}.meta: per_fedavg trains for the adaptation a device makes "
+                   f"before it evaluates; set {where}.finetune_steps > 0")
+    if config.fedsa_lora.algorithm == "local":
+        out.append(f"{where}.meta: algorithm local shares nothing to meta-train")
     return out
 
 

@@ -331,6 +331,9 @@ class AdaptiveSplitSection(Strict):
 WarmRounds = Annotated[int, Field(ge=0, le=1_000_000)] | Literal["all"]
 
 
+DEFAULT_META_INNER_LR = 0.1  # Per-FedAvg's α when meta_inner_lr is unset (docs/personalization.md)
+
+
 class PersonalizationSection(Strict):
     """Optional personalization of local training (edge_client/personalize.py).
 
@@ -348,7 +351,12 @@ class PersonalizationSection(Strict):
     (K, fedsa only) does the same for every LoRA B: rounds 1..K average B like FedIT (a
     device with a few dozen texts cannot learn B alone, and FedSA's A is only as good as
     the B it is paired with), then B is the device's own again, starting from the last
-    global B.  B then leaves the device in rounds 1..K.  Left out of dumps when unset or 0.
+    global B.  B then leaves the device in rounds 1..K.  ``meta: per_fedavg``: each local
+    step is a first-order Per-FedAvg step (edge_client/meta.py): an inner step at rate
+    ``meta_inner_lr`` (α, default ``DEFAULT_META_INNER_LR``) on one batch, then the
+    gradient on a second batch at the adapted point, so the shared tensors learn a start
+    that adapts well in the ``finetune_steps`` (required > 0) the device takes before it
+    evaluates.  Left out of dumps when unset, 0 or ``none``.
     """
 
     proximal_mu: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False)
@@ -357,14 +365,25 @@ class PersonalizationSection(Strict):
     # under ``importance_based`` (``resolved_head_rounds``)
     share_head_rounds: WarmRounds | None = None
     share_b_rounds: WarmRounds = 0
+    meta: Literal["none", "per_fedavg"] = "none"
+    # None (unset): DEFAULT_META_INNER_LR under per_fedavg (``inner_lr``); refused otherwise
+    meta_inner_lr: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False)
+
+    @property
+    def inner_lr(self) -> float:
+        """Per-FedAvg's inner rate α in force."""
+        return (self.meta_inner_lr if self.meta_inner_lr is not None
+                else DEFAULT_META_INNER_LR)
 
     @model_serializer(mode="wrap")
     def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """Dump what was set: an unset head sharing stays unset (its meaning depends on the
-        algorithm), the other fields only when not 0."""
+        algorithm), as does an unset inner rate; ``meta`` only when not ``none``; the
+        other fields only when not 0."""
         data = handler(self)
         return {k: v for k, v in data.items()
-                if (v is not None if k == "share_head_rounds" else v != 0)}
+                if (v is not None if k in ("share_head_rounds", "meta_inner_lr")
+                    else v != "none" if k == "meta" else v != 0)}
 
 
 WarmField = Literal["share_head_rounds", "share_b_rounds"]

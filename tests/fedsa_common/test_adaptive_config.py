@@ -31,7 +31,8 @@ def test_defaults_written_out_keep_the_default_digest() -> None:
     assert FederationConfig().digest() == DEFAULT_DIGEST
     spelled = config(fedsa_lora={"adaptive_split": {"enable": False, "strategy": "layer_wise",
                                                     "threshold": 0.3},
-                                 "personalization": {"proximal_mu": 0.0, "finetune_steps": 0}},
+                                 "personalization": {"proximal_mu": 0.0, "finetune_steps": 0,
+                                                     "meta": "none"}},
                      round_policy={"aggregation": {"weighting": "samples"}})
     assert spelled.digest() == DEFAULT_DIGEST
     dumped = spelled.model_dump(mode="json")
@@ -45,6 +46,9 @@ def test_defaults_written_out_keep_the_default_digest() -> None:
     {"fedsa_lora": {"adaptive_split": IMPORTANCE}},
     {"fedsa_lora": {"personalization": {"proximal_mu": 0.01}}},
     {"fedsa_lora": {"personalization": {"finetune_steps": 2}}},
+    {"fedsa_lora": {"personalization": {"finetune_steps": 2, "meta": "per_fedavg"}}},
+    {"fedsa_lora": {"personalization": {"finetune_steps": 2, "meta": "per_fedavg",
+                                        "meta_inner_lr": 0.05}}},
     {"round_policy": {"aggregation": {"weighting": "similarity", "similarity_floor": 0.2}}},
 ])
 def test_options_in_use_are_dumped_and_survive_the_announcement(sections) -> None:
@@ -125,6 +129,19 @@ SIMILARITY = {"aggregation": {"weighting": "similarity"}}
      "fedsa_lora.personalization.proximal_mu: algorithm local shares nothing"),
     ({"fedsa_lora": {"personalization": {"finetune_steps": -1}}},
      "fedsa_lora.personalization.finetune_steps"),
+    ({"fedsa_lora": {"personalization": {"meta": "per_fedavg"}}},
+     "fedsa_lora.personalization.meta: per_fedavg trains for the adaptation a device makes "
+     "before it evaluates; set fedsa_lora.personalization.finetune_steps > 0"),
+    ({"fedsa_lora": {"algorithm": "local",
+                     "personalization": {"meta": "per_fedavg", "finetune_steps": 1}}},
+     "fedsa_lora.personalization.meta: algorithm local shares nothing to meta-train"),
+    ({"fedsa_lora": {"personalization": {"finetune_steps": 1, "meta_inner_lr": 0.1}}},
+     "fedsa_lora.personalization.meta_inner_lr: only for meta per_fedavg"),
+    ({"fedsa_lora": {"personalization": {"meta": "per_fedavg", "finetune_steps": 1,
+                                         "meta_inner_lr": 0}}},
+     "fedsa_lora.personalization.meta_inner_lr"),
+    ({"fedsa_lora": {"personalization": {"meta": "reptile", "finetune_steps": 1}}},
+     "fedsa_lora.personalization.meta"),
 ])
 def test_conflicts_name_the_fields(sections, expected) -> None:
     assert expected in error(**sections)
