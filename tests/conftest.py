@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -58,6 +59,20 @@ class BrokerSpy:
             if whole is not None:
                 out.append((logical, unpack(whole, max_bytes=64_000_000)))
         return out
+
+    @classmethod
+    def record_run(cls, scenario: Any, out: Path) -> tuple[dict[str, Any], BrokerSpy]:
+        """Run ``scenario`` on a fresh broker with a spy connected first, so that every
+        frame of the federation is kept: (the run's report, the spy)."""
+        from scenarios.runner import run_scenario
+
+        with start_broker("auto") as running:
+            spy = cls(running.url)
+            spy.session.connect()
+            report = run_scenario(scenario, out, running.url, echo=lambda _: None)
+            time.sleep(0.5)  # the last frames in flight
+            spy.session.close()
+        return report, spy
 
     @staticmethod
     def decode_update(env: Envelope, shapes: dict[str, tuple[int, ...]]

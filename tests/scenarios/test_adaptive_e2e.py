@@ -7,7 +7,6 @@ from round 2 on, and announcements, updates and the report must follow that deci
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from itertools import pairwise
 from pathlib import Path
@@ -18,7 +17,6 @@ from fedsa_common.federation.split import role
 from fedsa_common.process.atomic import read_json
 from fedsa_common.wire.envelope import Envelope
 from scenarios.config import load_scenario
-from scenarios.runner import run_scenario
 
 TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
 OVERRIDES = ["rounds=3", "fedsa_lora.adaptive_split={enable: true, "
@@ -29,16 +27,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, broker_spy):
-    from fedsa_common.net.broker import start_broker
-
     out = tmp_path_factory.mktemp("adaptive")
-    with start_broker("auto") as broker:
-        spy = broker_spy(broker.url)
-        spy.session.connect()
-        report = run_scenario(load_scenario(TINY, OVERRIDES), out, broker.url,
-                              echo=lambda _: None)
-        time.sleep(0.5)
-        spy.session.close()
+    report, spy = broker_spy.record_run(load_scenario(TINY, OVERRIDES), out)
     return report, spy, out
 
 

@@ -9,7 +9,6 @@ shares A only, and each device's head and B are its own again."""
 from __future__ import annotations
 
 import json
-import time
 from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
@@ -23,7 +22,6 @@ from fedsa_common.federation.split import role
 from fedsa_common.process.atomic import read_tensors
 from fedsa_common.wire.envelope import Envelope
 from scenarios.config import load_scenario
-from scenarios.runner import run_scenario
 
 TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
 OVERRIDES = ["rounds=2", "scenario.data.max_train=32",
@@ -37,16 +35,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, broker_spy):
-    from fedsa_common.net.broker import start_broker
-
     out = tmp_path_factory.mktemp("levers")
     scenario = load_scenario(TINY, OVERRIDES)
-    with start_broker("auto") as broker:
-        spy = broker_spy(broker.url)
-        spy.session.connect()
-        report = run_scenario(scenario, out, broker.url, echo=lambda _: None)
-        time.sleep(0.5)
-        spy.session.close()
+    report, spy = broker_spy.record_run(scenario, out)
     return report, spy, out, scenario
 
 

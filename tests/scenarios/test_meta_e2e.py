@@ -7,7 +7,6 @@ A only, as without the option."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from edge_client.data import DataSpec, load_device_data
 from edge_client.schedule import local_steps_for
 from fedsa_common.federation.split import role
 from scenarios.config import load_scenario
-from scenarios.runner import run_scenario
 
 TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
 OVERRIDES = ["rounds=1", "fedsa_lora.personalization.meta=per_fedavg",
@@ -28,16 +26,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, broker_spy):
-    from fedsa_common.net.broker import start_broker
-
     out = tmp_path_factory.mktemp("meta")
     scenario = load_scenario(TINY, OVERRIDES)
-    with start_broker("auto") as broker:
-        spy = broker_spy(broker.url)
-        spy.session.connect()
-        report = run_scenario(scenario, out, broker.url, echo=lambda _: None)
-        time.sleep(0.5)
-        spy.session.close()
+    report, spy = broker_spy.record_run(scenario, out)
     return report, spy, out, scenario
 
 
