@@ -30,6 +30,7 @@ from transformers import (
 
 from fedsa_common.federation.config import Precision, Task
 from fedsa_common.process.atomic import write_dir
+from quant.owned_tensors import own_unquantized_tensors
 
 HEAD_MODULES = ["classifier", "score"]
 
@@ -161,31 +162,6 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-
-
-def own_unquantized_tensors(model: torch.nn.Module) -> int:
-    """Copy the parameters and buffers that loading left unquantized (embeddings, norms,
-    biases, the head) into the process's own memory, so that the checkpoint file's memory
-    mapping is released; returns how many tensors were copied.
-
-    transformers memory-maps a safetensors checkpoint and, where a tensor's dtype already
-    matches, keeps it as a view of that mapping.  On a quantized base those few views keep
-    the whole full-precision file mapped, and every page that packing read stays resident:
-    for a 4-bit BERT-base the 92 MiB of unquantized tensors held about 330 MiB more in the
-    loaded process and during training (docs/benchmarks.md, issue 18).  The copies are
-    bit-identical, so training is unchanged.  Not done on a full-precision base, whose
-    weights are all views: copying them would only move them from reclaimable file pages
-    into anonymous memory."""
-    copied = 0
-    with torch.no_grad():
-        for module in model.modules():
-            for tensors in (module._parameters, module._buffers):
-                for tensor in tensors.values():
-                    if tensor is None or not tensor.is_floating_point():
-                        continue  # packed 4-bit and int8 weights are new tensors already
-                    tensor.data = tensor.data.clone()
-                    copied += 1
-    return copied
 
 
 def load_base_model(

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from quant.base_model import load_base_model, own_unquantized_tensors, tiny_bert_path
+from quant.base_model import load_base_model, tiny_bert_path
+from quant.owned_tensors import own_unquantized_tensors
 
 
 def test_own_unquantized_tensors_copies_floats_bit_identically_and_leaves_packed_ones():
@@ -48,3 +49,15 @@ def test_nf4_base_keeps_no_mapping_of_its_checkpoint_and_the_fp32_values():
     del full, full_state  # the fp32 base's weights are views of the mapping
     gc.collect()
     assert checkpoint not in Path("/proc/self/maps").read_text()
+
+
+def test_chunked_copy_of_a_large_tensor_is_bit_identical_and_its_source_still_readable():
+    from quant.owned_tensors import _copy_dropping_source_pages
+
+    src = torch.randn(3 * 2**20 + 7)  # 12 MiB: two chunks and a tail, pages paged out
+    expected = src.clone()
+    out = _copy_dropping_source_pages(src)
+    assert out.data_ptr() != src.data_ptr()
+    assert torch.equal(out, expected) and torch.equal(src, expected)  # paged out, not lost
+    strided = torch.randn(8, 4).t()
+    assert torch.equal(_copy_dropping_source_pages(strided), strided)
