@@ -59,19 +59,19 @@ def own_unquantized_tensors(model: torch.nn.Module) -> int:
     transformers memory-maps a safetensors checkpoint and, where a tensor's dtype already
     matches, keeps it as a view of that mapping.  On a quantized base those few views keep
     the whole full-precision file mapped, and every page that packing read stays resident:
-    for a 4-bit BERT-base the 92 MiB of unquantized tensors held about 330 MiB more in the
-    loaded process and during training (docs/benchmarks.md, issue 18).  The copies are
+    for a 4-bit BERT-base the 92 MiB of unquantized tensors held about 240 MiB more in the
+    loaded process and 340 MiB more during training (docs/benchmarks.md, issue 18).  The copies are
     bit-identical, so training is unchanged.  Not done on a full-precision base, whose
     weights are all views: copying them would only move them from reclaimable file pages
     into anonymous memory.  Reading a tensor to copy it pages it in; the source pages are
     handed back as each chunk is copied, so the copies do not double the load peak."""
-    copied = 0
+    seen: set[int] = set()  # a tensor shared by modules (tied weights) is copied once
     with torch.no_grad():
         for module in model.modules():
             for tensors in (module._parameters, module._buffers):
                 for tensor in tensors.values():
-                    if tensor is None or not tensor.is_floating_point():
+                    if tensor is None or not tensor.is_floating_point() or id(tensor) in seen:
                         continue  # packed 4-bit and int8 weights are new tensors already
+                    seen.add(id(tensor))
                     tensor.data = _copy_dropping_source_pages(tensor.data)
-                    copied += 1
-    return copied
+    return len(seen)

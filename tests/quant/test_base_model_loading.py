@@ -61,3 +61,11 @@ def test_chunked_copy_of_a_large_tensor_is_bit_identical_and_its_source_still_re
     assert torch.equal(out, expected) and torch.equal(src, expected)  # paged out, not lost
     strided = torch.randn(8, 4).t()
     assert torch.equal(_copy_dropping_source_pages(strided), strided)
+
+
+def test_a_tensor_shared_by_two_modules_is_copied_once_and_stays_shared():
+    shared = torch.nn.Linear(4, 4, bias=False)
+    model = torch.nn.Sequential(shared, torch.nn.Linear(4, 4, bias=False))
+    model[1].weight = shared.weight  # tied
+    assert own_unquantized_tensors(model) == 1
+    assert model[0].weight is model[1].weight
