@@ -158,11 +158,12 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     from benchmarks.precision import measure_training
     from edge_client.causal import tokenize_pairs
-    from edge_client.memory import rss_bytes
+    from edge_client.memory import return_large_frees, rss_bytes
     from fedsa_common.federation.config import ModelSection
     from quant.adapters import build_adapter_model
 
     torch.set_num_threads(args.threads)
+    return_large_frees()  # as ModelHost does before building the model
     runtime = rss_bytes()  # torch, transformers, peft and bitsandbytes imported
     start = time.perf_counter()
     spec = ModelSection(task="causal_lm", path=args.model, precision=args.precision,

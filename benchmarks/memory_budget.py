@@ -28,13 +28,14 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from benchmarks.precision import texts
-    from edge_client.memory import PeakMeter, rss_bytes
+    from edge_client.memory import PeakMeter, return_large_frees, rss_bytes
     from edge_client.microbatch import MicroBatchPlanner
     from edge_client.training import tokenize, train_steps
     from fedsa_common.federation.config import ModelSection
     from quant.adapters import build_adapter_model
 
     torch.set_num_threads(args.threads)
+    return_large_frees()  # as ModelHost does before building the model
     spec = ModelSection(path=args.model, precision=args.precision, max_length=args.max_length,
                         num_labels=4)
     adapter = build_adapter_model(spec, 4, seed=0)

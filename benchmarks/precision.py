@@ -61,11 +61,13 @@ def texts(n: int) -> tuple[list[str], list[int]]:
 def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from edge_client.memory import return_large_frees
     from edge_client.training import tokenize
     from fedsa_common.federation.config import ModelSection
     from quant.adapters import build_adapter_model
 
     torch.set_num_threads(args.threads)
+    return_large_frees()  # as ModelHost does before building the model
     start = time.perf_counter()
     spec = ModelSection(path=args.model, precision=args.precision, max_length=args.max_length,
                         num_labels=4)

@@ -10,6 +10,8 @@ with psutil, which can miss short spikes; the budget's safety margin absorbs tha
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import sys
 import threading
@@ -36,20 +38,42 @@ def release_free_memory() -> int:
     glibc keeps much of that in its heap, so a 4-bit BERT-base process stays ~270 MB larger
     than it needs to.  Returns the bytes of RSS released (0 where unsupported).
     """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
-        return 0
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+    trim = getattr(_glibc(), "malloc_trim", None)
+    if trim is None:
         return 0
     gc.collect()
     before = rss_bytes()
     trim(0)
     return max(0, before - rss_bytes())
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def return_large_frees(threshold: int = MiB) -> bool:
+    """Serve allocations of ``threshold`` bytes and more with their own memory mappings, so
+    that freeing them returns the memory to the OS at once (glibc only; returns whether set).
+
+    glibc raises its mmap threshold (from 128 KiB up to 32 MiB) each time a mapped block is
+    freed, after which a training step's activations, gradients and bitsandbytes' per-call
+    dequantized weights come from the heap, which fragments and keeps the freed blocks: on a
+    4-bit BERT-base with activation checkpointing that retention was ~500 MiB of a 1.3 GiB
+    peak, each checkpointed layer's recomputation leaving ~40 MiB behind (docs/benchmarks.md,
+    issue 18).  A fixed threshold also stops that adjustment.  It changes where memory comes
+    from, never values, so training is unchanged; each large allocation costs a fresh
+    mapping and zeroed pages (some CPU time per step).  Set it before loading the model."""
+    mallopt = getattr(_glibc(), "mallopt", None)
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def _read_hwm() -> int | None:

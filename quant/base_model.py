@@ -30,6 +30,7 @@ from transformers import (
 
 from fedsa_common.federation.config import Precision, Task
 from fedsa_common.process.atomic import write_dir
+from quant.owned_tensors import own_unquantized_tensors
 
 HEAD_MODULES = ["classifier", "score"]
 
@@ -184,6 +185,8 @@ def load_base_model(
             dtype=dtype,
             ignore_mismatched_sizes=True,
         )
+    if quantization is not None:
+        own_unquantized_tensors(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if task == "causal_lm" and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
