@@ -163,7 +163,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from quant.adapters import build_adapter_model
 
     torch.set_num_threads(args.threads)
-    return_large_frees()  # as ModelHost does before building the model
+    return_large_frees()  # as a device with a memory budget does before loading
     runtime = rss_bytes()  # torch, transformers, peft and bitsandbytes imported
     start = time.perf_counter()
     spec = ModelSection(task="causal_lm", path=args.model, precision=args.precision,

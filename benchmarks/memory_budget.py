@@ -35,7 +35,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from quant.adapters import build_adapter_model
 
     torch.set_num_threads(args.threads)
-    return_large_frees()  # as ModelHost does before building the model
+    return_large_frees()  # as a device with a memory budget does before loading
     spec = ModelSection(path=args.model, precision=args.precision, max_length=args.max_length,
                         num_labels=4)
     adapter = build_adapter_model(spec, 4, seed=0)

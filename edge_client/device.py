@@ -35,6 +35,7 @@ from edge_client.causal import tokenize_pairs
 from edge_client.data import DataSpec, DeviceData, load_device_data
 from edge_client.downlink import HeldGlobal, check_fetched, from_announcement
 from edge_client.host import ModelHost
+from edge_client.memory import return_large_frees
 from edge_client.microbatch import MicroBatchPlanner
 from edge_client.personalize import finetune_local
 from edge_client.progress import RoundProgress
@@ -162,6 +163,8 @@ class Device:
         self.data: DeviceData | None = None
         self.tokens: Tokenized | None = None
         self.planner = MicroBatchPlanner.for_budget(spec.memory_mb)  # learns across rounds
+        if spec.memory_mb is not None:  # before the model loads (on the first round)
+            return_large_frees()  # memory over CPU time, as the budget asks (memory.py)
         self.held: HeldGlobal | None = load_held(self.store.path)  # downlink deltas
         self.downlink = Counter[str]()  # how announced globals were obtained, and failures
         self.down_unreported = 0  # payload bytes received since the last metrics report

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 
-from edge_client.memory import release_free_memory, return_large_frees
+from edge_client.memory import release_free_memory
 from fedsa_common.federation.config import FederationConfig, Precision
 from quant.adapters import AdapterModel, build_adapter_model
 
@@ -30,7 +30,6 @@ class ModelHost:
         if self._adapter is None:
             if spec.needs_num_labels:
                 raise ValueError("announcement config lacks model.num_labels")
-            return_large_frees()  # before loading: a step's freed tensors leave the heap
             self._adapter = build_adapter_model(spec, spec.num_labels or 0,
                                                 config.federation.seed,
                                                 config.lora_init)

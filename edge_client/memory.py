@@ -71,7 +71,10 @@ def return_large_frees(threshold: int = MiB) -> bool:
     peak, each checkpointed layer's recomputation leaving ~40 MiB behind (docs/benchmarks.md,
     issue 18).  A fixed threshold also stops that adjustment.  It changes where memory comes
     from, never values, so training is unchanged; each large allocation costs a fresh
-    mapping and zeroed pages (some CPU time per step).  Set it before loading the model."""
+    mapping and zeroed pages: 25-40 % more CPU time per training sample, measured under
+    load.  So a device sets it only when it has a memory budget (``--memory-mb``), as the
+    planner switches checkpointing on only for one; it is process-wide, so in a worker one
+    budgeted virtual device sets it for all.  Set it before loading the model."""
     mallopt = getattr(_glibc(), "mallopt", None)
     return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
