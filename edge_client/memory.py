@@ -10,16 +10,15 @@ with psutil, which can miss short spikes; the budget's safety margin absorbs tha
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
-import sys
 import threading
 from pathlib import Path
 from types import TracebackType
 
 import psutil
 import torch
+
+from fedsa_common.process.libc import glibc
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -38,7 +37,7 @@ def release_free_memory() -> int:
     glibc keeps much of that in its heap, so a 4-bit BERT-base process stays ~270 MB larger
     than it needs to.  Returns the bytes of RSS released (0 where unsupported).
     """
-    trim = getattr(_glibc(), "malloc_trim", None)
+    trim = getattr(glibc(), "malloc_trim", None)
     if trim is None:
         return 0
     gc.collect()
@@ -48,16 +47,6 @@ def release_free_memory() -> int:
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
-
-
-def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(name)
-    except OSError:
-        return None
 
 
 def return_large_frees(threshold: int = MiB) -> bool:
@@ -75,7 +64,7 @@ def return_large_frees(threshold: int = MiB) -> bool:
     load.  So a device sets it only when it has a memory budget (``--memory-mb``), as the
     planner switches checkpointing on only for one; it is process-wide, so in a worker one
     budgeted virtual device sets it for all.  Set it before loading the model."""
-    mallopt = getattr(_glibc(), "mallopt", None)
+    mallopt = getattr(glibc(), "mallopt", None)
     return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
 

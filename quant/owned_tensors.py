@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
-import sys
 
 import torch
+
+from fedsa_common.process.libc import glibc
 
 _MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages now; data is never lost
 _CHUNK = 8 * 2**20
 
 
 def _madvise() -> ctypes._CFuncPtr | None:
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(name, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn = getattr(glibc(), "madvise", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return fn
 
 
