@@ -36,7 +36,7 @@ from edge_client.bundle import FORMAT, INPUTS, TOKENIZER_FILE, sidecar_path, tok
 from edge_client.snapshot import Snapshot, load_snapshot
 from fedsa_common.process.atomic import write_json
 from fedsa_common.wire.errors import require_extra
-from quant.adapters import AdapterModel
+from quant.adapters import AdapterModel, fold_personal_head
 from quant.peft_export import PeftExport, bnb_settings, fp32_adapter, save_peft_adapter
 
 log = logging.getLogger("fedsa.export")
@@ -52,9 +52,10 @@ class ExportResult:
 
 
 def rebuild_adapter(snapshot: Snapshot) -> AdapterModel:
-    """The device's personalized model, unmerged, on an fp32 base (for export and tests)."""
+    """The device's personalized model, unmerged, on an fp32 base (for export and tests),
+    with a personal head folded into its head (the formats know one head)."""
     return fp32_adapter(snapshot.model, snapshot.num_labels,
-                        {**snapshot.local, **snapshot.global_shared})
+                        fold_personal_head({**snapshot.local, **snapshot.global_shared}))
 
 
 def merged_model(snapshot: Snapshot) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, int]:

@@ -26,13 +26,16 @@ class ModelHost:
         spec = config.model
         if self.precision is not None:
             spec = spec.model_copy(update={"precision": self.precision})
-        key = json.dumps([spec.model_dump(mode="json"), config.federation.seed])
+        personal_head = config.fedsa_lora.personalization.personal_head
+        key = json.dumps([spec.model_dump(mode="json"), config.federation.seed,
+                          personal_head])
         if self._adapter is None:
             if spec.needs_num_labels:
                 raise ValueError("announcement config lacks model.num_labels")
             self._adapter = build_adapter_model(spec, spec.num_labels or 0,
                                                 config.federation.seed,
-                                                config.lora_init)
+                                                config.lora_init,
+                                                personal_head=personal_head)
             self._key = key
             release_free_memory()  # the full-precision staging copies of quantized weights
         elif key != self._key:

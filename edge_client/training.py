@@ -274,7 +274,8 @@ def train_steps(
     amp = compute_context(autocast, adapter.model)
     start = time.perf_counter()
     trainable = adapter.trainable()
-    rates = {"head": head_lr or lr, "lora_B": lr * b_lr_ratio}  # the rest (A): lr
+    rates = {"head": head_lr or lr, "personal": head_lr or lr,
+             "lora_B": lr * b_lr_ratio}  # the rest (A): lr
     rate_of = {n: rates.get(role(n), lr) for n in trainable}
     groups: dict[float, list[torch.nn.Parameter]] = {}
     for n, p in trainable.items():

@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from fedsa_common.federation.config import LoraInit, ModelSection
-from fedsa_common.federation.split import role
+from fedsa_common.federation.split import PERSONAL_HEAD, role
 from quant.base_model import HEAD_MODULES, load_base_model, resolve_model_path
 
 
@@ -64,7 +64,8 @@ def init_adapter_values(
     shapes: Mapping[str, tuple[int, ...]], seed: int, init: LoraInit = "a_random"
 ) -> dict[str, torch.Tensor]:
     """Deterministic initial adapter values, each from its own seeded generator: head
-    weight N(0, 0.02) and bias zero; under ``a_random`` A as peft does (Kaiming-uniform,
+    weight N(0, 0.02) and bias zero, a personal head zero (the device starts from the
+    shared head alone); under ``a_random`` A as peft does (Kaiming-uniform,
     a=sqrt(5)) and B zero; under ``b_random`` A zero and B uniform with the bound peft gives
     A (1/sqrt(width), the width being B's rows), so the adapter's first steps are as large
     as under peft's init rather than r/width times larger."""
@@ -196,11 +197,65 @@ def set_gradient_checkpointing(model: PeftModel, on: bool) -> None:
         base.disable_input_require_grads()  # enable's hook (needed by reentrant checkpoints)
 
 
+def _head_wrapper(model: PeftModel) -> ModulesToSaveWrapper:
+    """The peft wrapper around the classifier's head (``modules_to_save``)."""
+    for name in HEAD_MODULES:
+        module = getattr(model.get_base_model(), name, None)
+        if isinstance(module, ModulesToSaveWrapper):
+            return module
+    raise ValueError("fedsa_lora.personalization.personal_head: the model has no "
+                     f"classification head among {HEAD_MODULES}")
+
+
+def add_personal_head(model: PeftModel) -> None:
+    """A personal head beside the classifier's head: a linear map of the head's input,
+    initialised at zero, whose output is added to the head's logits (so the model is
+    unchanged until it trains).  It is a module of the base model named ``PERSONAL_HEAD``,
+    so its tensors have the wire names ``personal_head.weight`` and ``.bias`` (role
+    ``personal``: never shared).  Heads that are one linear layer only (BERT's and its
+    relatives'): a head whose input is not the features its output is linear in (RoBERTa's
+    dense + projection) would need a personal copy of its whole structure."""
+    wrapper = _head_wrapper(model)
+    head = wrapper.modules_to_save[wrapper.active_adapter]
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError("fedsa_lora.personalization.personal_head: supported for a "
+                         f"classification head that is one linear layer, not "
+                         f"{type(head).__name__}")
+    personal = torch.nn.Linear(head.in_features, head.out_features, dtype=torch.float32,
+                               device=head.weight.device)
+    torch.nn.init.zeros_(personal.weight)
+    torch.nn.init.zeros_(personal.bias)
+    model.get_base_model().add_module(PERSONAL_HEAD, personal)
+
+    def add_personal_logits(_module: torch.nn.Module, args: tuple,
+                            logits: torch.Tensor) -> torch.Tensor:
+        return logits + personal(args[0].to(torch.float32)).to(logits.dtype)
+
+    wrapper.register_forward_hook(add_personal_logits)
+
+
+def fold_personal_head(values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same model with the personal head added into the head: logits are linear in
+    both, so ``W x + b + W' x + b'`` is one head ``(W + W') x + (b + b')``.  What exports
+    write (peft's format and ONNX know one head); values without a personal head are
+    returned as they are."""
+    out = {n: v for n, v in values.items() if role(n) != "personal"}
+    for name, value in values.items():
+        if role(name) == "personal":
+            target = next((f"{h}.{name.split('.')[-1]}" for h in HEAD_MODULES
+                           if f"{h}.{name.split('.')[-1]}" in out), None)
+            if target is None:
+                raise ValueError(f"{name}: a personal head without a head to fold it into")
+            out[target] = out[target] + value.to(out[target].dtype)
+    return out
+
+
 def build_adapter_model(spec: ModelSection, num_labels: int, seed: int,
-                        init: LoraInit = "a_random") -> AdapterModel:
-    """The device's model (a causal model ignores ``num_labels``); activation checkpointing
-    is off here and chosen per training run (``set_gradient_checkpointing``, from
-    ``training.gradient_checkpointing``)."""
+                        init: LoraInit = "a_random", *,
+                        personal_head: bool = False) -> AdapterModel:
+    """The device's model (a causal model ignores ``num_labels``), with a personal head
+    when asked (``add_personal_head``); activation checkpointing is off here and chosen per
+    training run (``set_gradient_checkpointing``, from ``training.gradient_checkpointing``)."""
     base, tokenizer = load_base_model(spec.path, num_labels, spec.precision, spec.task)
     keep_4bit_layout_trainable(base)
     if spec.precision in ("nf4", "fp4", "int8"):
@@ -208,6 +263,8 @@ def build_adapter_model(spec: ModelSection, num_labels: int, seed: int,
     model = with_lora(base, spec)
     if spec.precision in ("fp16", "bf16"):
         keep_head_fp32(model)
+    if personal_head:
+        add_personal_head(model)
     adapter = AdapterModel(model, tokenizer, spec.max_length, causal=spec.causal)
     adapter.set(init_adapter_values(adapter.shapes(), seed, init))
     return adapter

@@ -24,6 +24,9 @@ with (hooked into ``FederationConfig`` like the DP and secure-aggregation checks
   the set changes, secure aggregation and DP work on whatever the round shares.
 * ``share_b_rounds`` K adds every LoRA B to rounds 1..K, with the same conditions, and
   only under ``fedsa`` (the other algorithms share B already or share nothing).
+* ``personal_head`` corrects a shared head: it needs the head shared in some round
+  (``share_head_rounds`` > 0, which ``local`` and ``importance_based`` do not do); where the
+  head is the device's own throughout, a second head of the device's own adds nothing.
 """
 
 from __future__ import annotations
@@ -71,6 +74,10 @@ def adaptive_conflicts(config: FederationSections) -> list[str]:
                    "to stay near")
     personal = config.fedsa_lora.personalization
     out.extend(_meta_conflicts(config))
+    if personal.personal_head and warm_rounds_of(config, "share_head_rounds") == 0:
+        out.append("fedsa_lora.personalization.personal_head: corrects a shared head, and "
+                   f"this configuration never shares it (algorithm {algorithm}, "
+                   "share_head_rounds 0): the head is already the device's own")
     out.extend(_warm_sharing_conflicts(config, "share_head_rounds"))
     out.extend(_warm_sharing_conflicts(config, "share_b_rounds"))
     if personal.share_b_rounds != 0 and algorithm != "fedsa":

@@ -356,7 +356,13 @@ class PersonalizationSection(Strict):
     ``meta_inner_lr`` (α, default ``DEFAULT_META_INNER_LR``) on one batch, then the
     gradient on a second batch at the adapted point, so the shared tensors learn a start
     that adapts well in the ``finetune_steps`` (required > 0) the device takes before it
-    evaluates.  Left out of dumps when unset, 0 or ``none``.
+    evaluates.  ``personal_head`` (classifiers): a second, personal classification head
+    beside the head, initialised at zero, whose logits are added to the head's and which
+    never leaves the device (FedRoD's generic plus personalized head, Chen & Chao, ICLR
+    2022).  While the head is shared it learns what the devices have in common and the
+    personal head what this device's labels add (its label prior, its own classes), so a
+    device with data enough to learn a head alone is not set back by the averaged one
+    (docs/personalization.md).  Left out of dumps when unset, 0, ``none`` or false.
     """
 
     proximal_mu: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False)
@@ -366,6 +372,7 @@ class PersonalizationSection(Strict):
     share_head_rounds: WarmRounds | None = None
     share_b_rounds: WarmRounds = 0
     meta: Literal["none", "per_fedavg"] = "none"
+    personal_head: bool = False
     # None (unset): DEFAULT_META_INNER_LR under per_fedavg (``inner_lr``); refused otherwise
     meta_inner_lr: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False)
 

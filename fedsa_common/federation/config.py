@@ -176,9 +176,10 @@ class FederationConfig(Strict):
         if self.training.head_lr is not None:
             problems.append("training.head_lr: not used with model.task causal_lm (no "
                             "classification head)")
-        if self.fedsa_lora.personalization.share_head_rounds is not None:
-            problems.append("fedsa_lora.personalization.share_head_rounds: not used with "
-                            "model.task causal_lm (no classification head)")
+        for field in ("share_head_rounds", "personal_head"):
+            if getattr(self.fedsa_lora.personalization, field) not in (None, False):
+                problems.append(f"fedsa_lora.personalization.{field}: not used with "
+                                "model.task causal_lm (no classification head)")
         if problems:
             raise ValueError("; ".join(problems))
         return self

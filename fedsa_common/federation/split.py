@@ -6,7 +6,9 @@ The baselines are other points of the same split: ``fedit`` shares A and B (plai
 LoRA), ``ffa`` freezes A at its common initialisation and shares B (FFA-LoRA), ``local``
 shares nothing.  The classification head is local in every algorithm (unless
 ``fedsa_lora.personalization.share_head_rounds`` shares it in the first rounds; see
-``adaptive_split.round_shared``, which decides a round's set from these functions).
+``adaptive_split.round_shared``, which decides a round's set from these functions).  A
+personal head (``fedsa_lora.personalization.personal_head``, role ``personal``) is never
+shared by any algorithm or option: it is the device's own correction of the shared head.
 
 Names here are *wire names* (see ``quant.model.wire_name``), e.g.
 ``bert.encoder.layer.0.attention.self.query.lora_A.weight`` or ``classifier.weight``.
@@ -17,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
-Role = Literal["lora_A", "lora_B", "head"]
+Role = Literal["lora_A", "lora_B", "head", "personal"]
+PERSONAL_HEAD = "personal_head"  # the module (and wire-name prefix) of the personal head
 ALGORITHMS: tuple[str, ...] = ("fedsa", "fedit", "ffa", "local")
 
 _SHARED: dict[str, frozenset[Role]] = {
@@ -31,6 +34,8 @@ _FROZEN: dict[str, frozenset[Role]] = {"ffa": frozenset({"lora_A"})}
 
 def role(name: str) -> Role:
     parts = name.split(".")
+    if parts[0] == PERSONAL_HEAD:
+        return "personal"
     if "lora_A" in parts:
         return "lora_A"
     if "lora_B" in parts:
