@@ -19,6 +19,8 @@ scenarios/overrides.py, applied to every run of the variant) or a preset:
   rounds 1..K);
 * ``init:INIT``: ``model.lora.init=INIT`` (``a_random`` or ``b_random``: which LoRA matrix
   starts random);
+* ``personal``: ``fedsa_lora.personalization.personal_head=true`` (a personal head beside
+  the shared one);
 * ``epochs:E``: ``training.local_epochs=E`` (local work in passes over the device's data);
 * ``cosine:WARMUP``: ``training.lr_schedule=cosine`` after ``warmup_steps=WARMUP``.
 
@@ -94,6 +96,8 @@ def _preset(item: str) -> Variant:
     if head == "ft" and arg:
         steps = _number(item, arg, int)
         return Variant(f"ft-{steps}", (f"fedsa_lora.personalization.finetune_steps={steps}",))
+    if head == "personal" and not arg:
+        return Variant("personal", ("fedsa_lora.personalization.personal_head=true",))
     if head == "sim":
         out = ["round_policy.aggregation.weighting=similarity"]
         if arg:

@@ -33,6 +33,7 @@ TINY = Path(__file__).parents[2] / "scenarios" / "tiny.yaml"
     ("headshare:3", "headshare-3", ("fedsa_lora.personalization.share_head_rounds=3",)),
     ("headshare:all", "headshare-all", ("fedsa_lora.personalization.share_head_rounds=all",)),
     ("epochs:0.5", "epochs-0.5", ("training.local_epochs=0.5",)),
+    ("personal", "personal", ("fedsa_lora.personalization.personal_head=true",)),
     ("init:b_random", "init-b_random", ("model.lora.init=b_random",)),
     ("cosine:2", "cosine-2", ("training.lr_schedule=cosine", "training.warmup_steps=2")),
     ("mine:training.lr=0.01, fedsa_lora.adaptive_split={enable: true, strategy: layer_wise, "
