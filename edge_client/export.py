@@ -36,8 +36,9 @@ from edge_client.bundle import FORMAT, INPUTS, TOKENIZER_FILE, sidecar_path, tok
 from edge_client.snapshot import Snapshot, load_snapshot
 from fedsa_common.process.atomic import write_json
 from fedsa_common.wire.errors import require_extra
-from quant.adapters import AdapterModel, fold_personal_head
+from quant.adapters import AdapterModel
 from quant.peft_export import PeftExport, bnb_settings, fp32_adapter, save_peft_adapter
+from quant.personal_head import fold_personal_head
 
 log = logging.getLogger("fedsa.export")
 

@@ -214,7 +214,9 @@ def accumulate(
         try:
             with amp():
                 out = adapter.model(input_ids=ids, attention_mask=mask, labels=y)
-            loss = out.loss if len(part) == n else out.loss * (part_weight / weight)
+                generic = adapter.generic_loss(y)  # a personal head's shared model
+            loss = out.loss if generic is None else out.loss + generic
+            loss = loss if len(part) == n else loss * (part_weight / weight)
             loss.backward()
         except (RuntimeError, MemoryError) as err:
             if is_out_of_memory(err):

@@ -23,8 +23,9 @@ from transformers import (
 )
 
 from fedsa_common.federation.config import LoraInit, ModelSection
-from fedsa_common.federation.split import PERSONAL_HEAD, role
+from fedsa_common.federation.split import role
 from quant.base_model import HEAD_MODULES, load_base_model, resolve_model_path
+from quant.personal_head import PersonalHead, add_personal_head, personal_head_of
 
 
 def wire_name(param_name: str) -> str:
@@ -118,6 +119,12 @@ class AdapterModel:
         self.params: dict[str, torch.nn.Parameter] = {
             wire_name(n): p for n, p in model.named_parameters() if p.requires_grad
         }
+        self.personal_head: PersonalHead | None = personal_head_of(model)
+
+    def generic_loss(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """With a personal head, the shared model's own loss on the last training forward
+        (quant/personal_head.py says why it is separate); None without one."""
+        return None if self.personal_head is None else self.personal_head.generic_loss(labels)
 
     @property
     def names(self) -> list[str]:
@@ -195,59 +202,6 @@ def set_gradient_checkpointing(model: PeftModel, on: bool) -> None:
     else:
         base.activation_checkpointing_disable()
         base.disable_input_require_grads()  # enable's hook (needed by reentrant checkpoints)
-
-
-def _head_wrapper(model: PeftModel) -> ModulesToSaveWrapper:
-    """The peft wrapper around the classifier's head (``modules_to_save``)."""
-    for name in HEAD_MODULES:
-        module = getattr(model.get_base_model(), name, None)
-        if isinstance(module, ModulesToSaveWrapper):
-            return module
-    raise ValueError("fedsa_lora.personalization.personal_head: the model has no "
-                     f"classification head among {HEAD_MODULES}")
-
-
-def add_personal_head(model: PeftModel) -> None:
-    """A personal head beside the classifier's head: a linear map of the head's input,
-    initialised at zero, whose output is added to the head's logits (so the model is
-    unchanged until it trains).  It is a module of the base model named ``PERSONAL_HEAD``,
-    so its tensors have the wire names ``personal_head.weight`` and ``.bias`` (role
-    ``personal``: never shared).  Heads that are one linear layer only (BERT's and its
-    relatives'): a head whose input is not the features its output is linear in (RoBERTa's
-    dense + projection) would need a personal copy of its whole structure."""
-    wrapper = _head_wrapper(model)
-    head = wrapper.modules_to_save[wrapper.active_adapter]
-    if not isinstance(head, torch.nn.Linear):
-        raise ValueError("fedsa_lora.personalization.personal_head: supported for a "
-                         f"classification head that is one linear layer, not "
-                         f"{type(head).__name__}")
-    personal = torch.nn.Linear(head.in_features, head.out_features, dtype=torch.float32,
-                               device=head.weight.device)
-    torch.nn.init.zeros_(personal.weight)
-    torch.nn.init.zeros_(personal.bias)
-    model.get_base_model().add_module(PERSONAL_HEAD, personal)
-
-    def add_personal_logits(_module: torch.nn.Module, args: tuple,
-                            logits: torch.Tensor) -> torch.Tensor:
-        return logits + personal(args[0].to(torch.float32)).to(logits.dtype)
-
-    wrapper.register_forward_hook(add_personal_logits)
-
-
-def fold_personal_head(values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The same model with the personal head added into the head: logits are linear in
-    both, so ``W x + b + W' x + b'`` is one head ``(W + W') x + (b + b')``.  What exports
-    write (peft's format and ONNX know one head); values without a personal head are
-    returned as they are."""
-    out = {n: v for n, v in values.items() if role(n) != "personal"}
-    for name, value in values.items():
-        if role(name) == "personal":
-            target = next((f"{h}.{name.split('.')[-1]}" for h in HEAD_MODULES
-                           if f"{h}.{name.split('.')[-1]}" in out), None)
-            if target is None:
-                raise ValueError(f"{name}: a personal head without a head to fold it into")
-            out[target] = out[target] + value.to(out[target].dtype)
-    return out
 
 
 def build_adapter_model(spec: ModelSection, num_labels: int, seed: int,

@@ -11,8 +11,9 @@ import torch
 from fedsa_common.federation.adaptive_split import round_shared
 from fedsa_common.federation.config import FederationConfig
 from fedsa_common.federation.split import ALGORITHMS, local_names, role, shared_names
-from quant.adapters import build_adapter_model, fold_personal_head
+from quant.adapters import build_adapter_model
 from quant.peft_export import fp32_adapter
+from quant.personal_head import fold_personal_head
 
 SPEC_FIELDS = {"path": "tiny-bert", "precision": "fp32", "max_length": 16, "num_labels": 3}
 
@@ -116,3 +117,26 @@ def test_a_personal_head_without_a_shared_head_is_refused_naming_the_field(
     with pytest.raises(ValueError, match=rf"fedsa_lora\.personalization\.personal_head.*"
                                          rf"{message}|{message}.*personal_head"):
         FederationConfig.model_validate(raw)
+
+
+def test_the_shared_model_trains_as_without_a_personal_head() -> None:
+    """FedRoD's separate losses: the LoRA tensors and the shared head end where they end
+    without a personal head (the personal head takes none of their gradient), while the
+    personal head learns; trained on the sum alone, the shared tensors would differ."""
+    from edge_client.training import tokenize, train_steps
+
+    spec = config().model
+    texts = [f"text number {i} about {'cats' if i % 3 else 'dogs'}" for i in range(24)]
+    labels = [i % 3 for i in range(24)]
+    ends = []
+    for personal in (False, True):
+        adapter = build_adapter_model(spec, 3, seed=5, init="b_random", personal_head=personal)
+        adapter.enable_all()
+        train_steps(adapter, tokenize(adapter, texts, labels), steps=4, batch_size=8,
+                    lr=1e-2, head_lr=3e-2, seed=1)
+        ends.append(adapter.get())
+    plain, with_personal = ends
+    for name, value in plain.items():
+        assert torch.allclose(value, with_personal[name], atol=1e-6), name
+    assert all(torch.count_nonzero(with_personal[n]) > 0
+               for n in ("personal_head.weight", "personal_head.bias"))
