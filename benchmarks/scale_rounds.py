@@ -13,9 +13,11 @@ sized as ``hub provision`` sizes it: 8 messages per device of the largest region
 hub and one regional hub per region (``hub serve``, real processes), and the devices as
 light devices (``edge-client load``, edge_client/light.py: each its own MQTT session,
 presence and acknowledgements, real encoded updates of synthesised deltas of the model's
-shared tensors, no training) spread over load processes of at most ``--per-process``
-devices.  Every device is selected every round (``min_clients`` = all of them, so round 1
-starts once all are online).
+shared tensors, no training; one network thread per load process serves all its sessions)
+spread over load processes of at most ``--per-process`` devices.  This process raises its
+file-descriptor limit for the broker's connections first (Mosquitto inherits it).  Every
+device is selected every round (``min_clients`` = all of them, so round 1 starts once all
+are online).
 
 Per point: the round time (the cloud's own ``duration_s``: from its announcement to the
 round's close after the last region's partial), the updates applied per round, what the
@@ -46,7 +48,8 @@ from benchmarks.common import machine, today
 from edge_client.api import start_load_devices
 from fedsa_common.federation.config import FederationConfig
 from fedsa_common.net.broker import start_broker
-from fedsa_common.net.transport import MAX_SESSIONS_PER_PROCESS, MqttSession
+from fedsa_common.net.fd_limit import ensure_sessions_fit
+from fedsa_common.net.transport import MqttSession
 from fedsa_common.process.managed import ManagedProcess
 from fedsa_common.wire.errors import WireError
 from fedsa_common.wire.protocol import (
@@ -60,6 +63,7 @@ from hub.api import start_hub
 from hub.provision import MIN_QUEUED_MESSAGES, QUEUED_PER_DEVICE
 
 FEDERATION = "scale"
+PER_PROCESS = 2_500  # light devices a load process hosts by default
 
 
 def federation_config(devices: int, rounds: int, model: str, codec: str,
@@ -135,7 +139,7 @@ def split_devices(regions: Sequence[str], per_region: int, per_process: int
 
 
 def run_scale(out: Path, *, regions: Sequence[str], per_region: int, rounds: int,
-              per_process: int = MAX_SESSIONS_PER_PROCESS, model: str = "minilm",
+              per_process: int = PER_PROCESS, model: str = "minilm",
               codec: str = "topk", workers: int = 4, timeout_s: float = 1800.0,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     """One federation of ``per_region`` light devices in each region; returns the cloud's
@@ -147,6 +151,9 @@ def run_scale(out: Path, *, regions: Sequence[str], per_region: int, rounds: int
     config_path = out / "federation.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     queued = max(MIN_QUEUED_MESSAGES, QUEUED_PER_DEVICE * per_region)
+    # the broker's connections: every device, every hub, the observer
+    ensure_sessions_fit(total + len(regions) + 2, option="--devices",
+                        what="broker connections")
     hubs: dict[str, ManagedProcess] = {}
     loads: list[ManagedProcess] = []
     with start_broker("mosquitto", workdir=out / "broker", max_queued_messages=queued,
@@ -236,9 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="total devices of each point (spread evenly over the regions)")
     ap.add_argument("--regions", type=int, default=10, help="regional hubs")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--per-process", type=int, default=MAX_SESSIONS_PER_PROCESS,
-                    help="most light devices one load process hosts (at most "
-                         f"{MAX_SESSIONS_PER_PROCESS})")
+    ap.add_argument("--per-process", type=int, default=PER_PROCESS,
+                    help="most light devices one load process hosts (each process needs "
+                         "a file descriptor per device: ulimit -Hn)")
     ap.add_argument("--workers", type=int, default=4, help="update threads per load process")
     ap.add_argument("--model", default="minilm", help="model.path (its real LoRA shapes)")
     ap.add_argument("--codec", default="topk", help="fedsa_lora.compression.method")
