@@ -144,7 +144,9 @@ class Announcements:
                 while len(self.known) > self.keep:
                     self.known.popitem(last=False)
         if isinstance(got, WireError):
-            raise got
+            # a fresh error per device: raising the cached one again would chain every
+            # device's traceback (and the payload in its frame) onto it
+            raise WireError(got.reason, got.detail)
         return got
 
     @staticmethod

@@ -90,10 +90,15 @@ def test_an_announcement_is_decoded_once_however_many_devices_receive_it():
 
 def test_a_bad_announcement_is_refused_for_every_device_alike():
     cache = Announcements()
+    errors = []
     for _ in range(3):
-        with pytest.raises(WireError):
+        with pytest.raises(WireError) as err:
             cache.read(b"not an envelope")
+        errors.append(err.value)
     assert cache.decoded == 1
+    # each device gets its own error: one re-raised object would chain every device's
+    # traceback, and the payload in each frame, onto it
+    assert len({id(e) for e in errors}) == 3 and len({str(e) for e in errors}) == 1
 
 
 def test_client_ids_carry_the_prefix_and_region():
