@@ -9,7 +9,8 @@ active and Mosquitto installed:
     python -m benchmarks.scale_rounds --devices 100 1000 --regions 10 --rounds 3
 
 Every point is a fresh federation on this machine: one Mosquitto (its queue for a client
-sized as ``hub provision`` sizes it: 8 messages per device of the largest region), the cloud
+sized as ``hub provision`` sizes it: 8 messages per device of the largest region, and
+at least one per device of the federation for the cloud's retained presences), the cloud
 hub and one regional hub per region (``hub serve``, real processes), and the devices as
 light devices (``edge-client load``, edge_client/light.py: each its own MQTT session,
 presence and acknowledgements, real encoded updates of synthesised deltas of the model's
@@ -60,7 +61,7 @@ from fedsa_common.wire.protocol import (
     decode_message,
 )
 from hub.api import start_hub
-from hub.provision import MIN_QUEUED_MESSAGES, QUEUED_PER_DEVICE
+from hub.provision import queued_messages
 
 FEDERATION = "scale"
 PER_PROCESS = 2_500  # light devices a load process hosts by default
@@ -150,7 +151,7 @@ def run_scale(out: Path, *, regions: Sequence[str], per_region: int, rounds: int
     config = federation_config(total, rounds, model, codec, deadline_s=timeout_s / 2)
     config_path = out / "federation.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    queued = max(MIN_QUEUED_MESSAGES, QUEUED_PER_DEVICE * per_region)
+    queued = queued_messages(per_region, total)
     # the broker's connections: every device, every hub, the observer
     ensure_sessions_fit(total + len(regions) + 2, option="--devices",
                         what="broker connections")
