@@ -24,8 +24,10 @@ Per point: the round time (the cloud's own ``duration_s``: from its announcement
 round's close after the last region's partial), the updates applied per round, what the
 cloud took in per round (partial messages seen on the broker, and the CPU seconds of the
 cloud process between its round summaries) and of a regional hub (CPU seconds per round,
-the busiest), and the wall time from starting the processes to round 1's announcement
-(process starts and every device joining).  Nothing leaves the machine.
+the busiest), the CPU seconds per round of all regional hubs, all load processes and the
+broker together (where a round's time goes), and the wall time from starting the processes
+to round 1's announcement (process starts and every device joining).  Nothing leaves the
+machine.
 """
 
 from __future__ import annotations
@@ -159,7 +161,14 @@ def run_scale(out: Path, *, regions: Sequence[str], per_region: int, rounds: int
     loads: list[ManagedProcess] = []
     with start_broker("mosquitto", workdir=out / "broker", max_queued_messages=queued,
                       log_path=out / "logs" / "mosquitto.log") as broker:
-        observer = Observer(broker.url, lambda: {k: p.pid for k, p in hubs.items()})
+        def procs() -> dict[str, int]:  # whose CPU time is read at each round summary
+            pids = {k: p.pid for k, p in hubs.items()}
+            pids.update({f"load-{i}": p.pid for i, p in enumerate(loads)})
+            if broker.process is not None:
+                pids["broker"] = broker.process.pid
+            return pids
+
+        observer = Observer(broker.url, procs)
         observer.session.connect()
         started = time.time()
         try:
@@ -233,9 +242,20 @@ def row(res: dict[str, Any]) -> dict[str, Any]:
         if cpu_later else None,
         "regional_cpu_s_per_round": round(statistics.median(
             max(c.get(r, 0.0) for r in regions) for c in cpu_later), 3) if cpu_later else None,
+        # where a round's CPU goes: all regional hubs, all load processes, the broker
+        "regionals_cpu_s_per_round": _median_sum(cpu_later, lambda k: k in regions),
+        "load_cpu_s_per_round": _median_sum(cpu_later, lambda k: k.startswith("load-")),
+        "broker_cpu_s_per_round": _median_sum(cpu_later, lambda k: k == "broker"),
         "setup_s": round(res["setup_s"], 1) if res["setup_s"] is not None else None,
         "exit": {"load": res["load_codes"], "hubs": sorted(set(res["hub_codes"].values()))},
     }
+
+
+def _median_sum(cpu: list[dict[str, float]], which: Callable[[str], bool]) -> float | None:
+    """The median over rounds of the CPU seconds of the processes ``which`` picks."""
+    if not cpu:
+        return None
+    return round(statistics.median(sum(v for k, v in c.items() if which(k)) for c in cpu), 3)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -273,11 +293,18 @@ def main(argv: Sequence[str] | None = None) -> int:
           "round | partials at the cloud per round | cloud CPU s per round | busiest "
           "regional hub CPU s per round | start to round 1 (s) |")
     print("|---|---|---|---|---|---|---|---|")
+    table = []
     for r in rows:
         print(f"| {r['devices']:,} | {r['load_processes']} | {r['round_s_median']} / "
               f"{r['round_s_max']} | {r['applied_per_round']} | {r['partials_per_round']} | "
               f"{r['cloud_cpu_s_per_round']} | {r['regional_cpu_s_per_round']} | "
               f"{r['setup_s']} |")
+        table.append(f"| {r['devices']:,} | {r['regionals_cpu_s_per_round']} | "
+                     f"{r['load_cpu_s_per_round']} | {r['broker_cpu_s_per_round']} |")
+    print("\nCPU seconds per round (median over rounds 2..), all processes of a kind:\n")
+    print("| devices | regional hubs | load processes | broker |")
+    print("|---|---|---|---|")
+    print("\n".join(table))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
