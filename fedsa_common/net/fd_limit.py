@@ -56,9 +56,9 @@ def plan_fd_limit(sessions: int, soft: int, hard: int, *, option: str = "--devic
     room = max(0, hard - FD_RESERVE)
     raise FdLimitError(
         f"{sessions} {what} need {needed} file descriptors (one each plus {FD_RESERVE} for "
-        f"the rest) but this process may open at most {hard} (its hard limit, ulimit -Hn): "
-        f"give {option} at most {room} and run several processes, or raise the hard limit "
-        "(limits.conf nofile, systemd LimitNOFILE=, docker --ulimit nofile=)", option)
+        f"the rest) but this process may open at most {hard} (its hard limit, ulimit -Hn), "
+        f"room for {room}: lower {option} and run several processes, or raise the hard "
+        "limit (limits.conf nofile, systemd LimitNOFILE=, docker --ulimit nofile=)", option)
 
 
 def ensure_sessions_fit(sessions: int, *, option: str = "--devices",
@@ -73,7 +73,8 @@ def ensure_sessions_fit(sessions: int, *, option: str = "--devices",
         except (ValueError, OSError) as err:
             raise FdLimitError(
                 f"{sessions} {what} need {plan.needed} file descriptors; raising this "
-                f"process's limit from {soft} to {plan.soft} failed ({err}): give {option} "
-                f"at most {max(0, soft - FD_RESERVE)} and run several processes", option
+                f"process's limit from {soft} to {plan.soft} failed ({err}), room for "
+                f"{max(0, soft - FD_RESERVE)}: lower {option} and run several processes",
+                option
             ) from err
     return plan

@@ -48,7 +48,7 @@ def test_more_than_the_hard_limit_holds_is_refused_naming_the_option_and_the_roo
     message = str(err.value)
     assert "10000 light devices need 10128 file descriptors" in message
     assert "at most 4096" in message
-    assert f"--per-process at most {4096 - FD_RESERVE}" in message
+    assert f"room for {4096 - FD_RESERVE}: lower --per-process" in message
     with pytest.raises(FdLimitError, match="at most 4096"):  # one past the edge
         plan_fd_limit(4096 - FD_RESERVE + 1, soft=1024, hard=4096)
 
