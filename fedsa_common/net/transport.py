@@ -21,7 +21,9 @@ Threading: handlers, ``on_connect`` and ``on_reject`` run on paho's network thre
 runs, no other message is received and no keepalive is answered, so callers must hand long work
 (training, aggregation, disk I/O) to another thread or queue. ``publish``/``subscribe`` called
 from that thread cannot wait for acknowledgements (the thread that would receive them is busy),
-so there they only queue the packets and return.
+so there they only queue the packets and return.  A ``session_loop.LoopSession`` is the same
+session with its network driven by a loop thread shared by many sessions (one epoll
+selector): the same holds for that thread.
 
 We speak MQTT 3.1.1, which both Mosquitto and the embedded amqtt broker support (amqtt has no
 MQTT 5).
