@@ -9,20 +9,25 @@ active and Mosquitto installed:
     python -m benchmarks.scale_rounds --devices 100 1000 --regions 10 --rounds 3
 
 Every point is a fresh federation on this machine: one Mosquitto (its queue for a client
-sized as ``hub provision`` sizes it: 8 messages per device of the largest region), the cloud
+sized as ``hub provision`` sizes it: 8 messages per device of the largest region, and
+at least one per device of the federation for the cloud's retained presences), the cloud
 hub and one regional hub per region (``hub serve``, real processes), and the devices as
 light devices (``edge-client load``, edge_client/light.py: each its own MQTT session,
 presence and acknowledgements, real encoded updates of synthesised deltas of the model's
-shared tensors, no training) spread over load processes of at most ``--per-process``
-devices.  Every device is selected every round (``min_clients`` = all of them, so round 1
-starts once all are online).
+shared tensors, no training; one network thread per load process serves all its sessions)
+spread over load processes of at most ``--per-process`` devices.  This process raises its
+file-descriptor limit for the broker's connections first (Mosquitto inherits it).  Every
+device is selected every round (``min_clients`` = all of them, so round 1 starts once all
+are online).
 
 Per point: the round time (the cloud's own ``duration_s``: from its announcement to the
 round's close after the last region's partial), the updates applied per round, what the
 cloud took in per round (partial messages seen on the broker, and the CPU seconds of the
 cloud process between its round summaries) and of a regional hub (CPU seconds per round,
-the busiest), and the wall time from starting the processes to round 1's announcement
-(process starts and every device joining).  Nothing leaves the machine.
+the busiest), the CPU seconds per round of all regional hubs, all load processes and the
+broker together (where a round's time goes), and the wall time from starting the processes
+to round 1's announcement (process starts and every device joining).  Nothing leaves the
+machine.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from benchmarks.common import machine, today
 from edge_client.api import start_load_devices
 from fedsa_common.federation.config import FederationConfig
 from fedsa_common.net.broker import start_broker
-from fedsa_common.net.transport import MAX_SESSIONS_PER_PROCESS, MqttSession
+from fedsa_common.net.fd_limit import ensure_sessions_fit
+from fedsa_common.net.transport import MqttSession
 from fedsa_common.process.managed import ManagedProcess
 from fedsa_common.wire.errors import WireError
 from fedsa_common.wire.protocol import (
@@ -57,9 +63,10 @@ from fedsa_common.wire.protocol import (
     decode_message,
 )
 from hub.api import start_hub
-from hub.provision import MIN_QUEUED_MESSAGES, QUEUED_PER_DEVICE
+from hub.provision import queued_messages
 
 FEDERATION = "scale"
+PER_PROCESS = 2_500  # light devices a load process hosts by default
 
 
 def federation_config(devices: int, rounds: int, model: str, codec: str,
@@ -135,7 +142,7 @@ def split_devices(regions: Sequence[str], per_region: int, per_process: int
 
 
 def run_scale(out: Path, *, regions: Sequence[str], per_region: int, rounds: int,
-              per_process: int = MAX_SESSIONS_PER_PROCESS, model: str = "minilm",
+              per_process: int = PER_PROCESS, model: str = "minilm",
               codec: str = "topk", workers: int = 4, timeout_s: float = 1800.0,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     """One federation of ``per_region`` light devices in each region; returns the cloud's
@@ -146,12 +153,22 @@ def run_scale(out: Path, *, regions: Sequence[str], per_region: int, rounds: int
     config = federation_config(total, rounds, model, codec, deadline_s=timeout_s / 2)
     config_path = out / "federation.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    queued = max(MIN_QUEUED_MESSAGES, QUEUED_PER_DEVICE * per_region)
+    queued = queued_messages(per_region, total)
+    # the broker's connections: every device, every hub, the observer
+    ensure_sessions_fit(total + len(regions) + 2, option="--devices",
+                        what="broker connections")
     hubs: dict[str, ManagedProcess] = {}
     loads: list[ManagedProcess] = []
     with start_broker("mosquitto", workdir=out / "broker", max_queued_messages=queued,
                       log_path=out / "logs" / "mosquitto.log") as broker:
-        observer = Observer(broker.url, lambda: {k: p.pid for k, p in hubs.items()})
+        def procs() -> dict[str, int]:  # whose CPU time is read at each round summary
+            pids = {k: p.pid for k, p in hubs.items()}
+            pids.update({f"load-{i}": p.pid for i, p in enumerate(loads)})
+            if broker.process is not None:
+                pids["broker"] = broker.process.pid
+            return pids
+
+        observer = Observer(broker.url, procs)
         observer.session.connect()
         started = time.time()
         try:
@@ -225,9 +242,20 @@ def row(res: dict[str, Any]) -> dict[str, Any]:
         if cpu_later else None,
         "regional_cpu_s_per_round": round(statistics.median(
             max(c.get(r, 0.0) for r in regions) for c in cpu_later), 3) if cpu_later else None,
+        # where a round's CPU goes: all regional hubs, all load processes, the broker
+        "regionals_cpu_s_per_round": _median_sum(cpu_later, lambda k: k in regions),
+        "load_cpu_s_per_round": _median_sum(cpu_later, lambda k: k.startswith("load-")),
+        "broker_cpu_s_per_round": _median_sum(cpu_later, lambda k: k == "broker"),
         "setup_s": round(res["setup_s"], 1) if res["setup_s"] is not None else None,
         "exit": {"load": res["load_codes"], "hubs": sorted(set(res["hub_codes"].values()))},
     }
+
+
+def _median_sum(cpu: list[dict[str, float]], which: Callable[[str], bool]) -> float | None:
+    """The median over rounds of the CPU seconds of the processes ``which`` picks."""
+    if not cpu:
+        return None
+    return round(statistics.median(sum(v for k, v in c.items() if which(k)) for c in cpu), 3)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,9 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="total devices of each point (spread evenly over the regions)")
     ap.add_argument("--regions", type=int, default=10, help="regional hubs")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--per-process", type=int, default=MAX_SESSIONS_PER_PROCESS,
-                    help="most light devices one load process hosts (at most "
-                         f"{MAX_SESSIONS_PER_PROCESS})")
+    ap.add_argument("--per-process", type=int, default=PER_PROCESS,
+                    help="most light devices one load process hosts (each process needs "
+                         "a file descriptor per device: ulimit -Hn)")
     ap.add_argument("--workers", type=int, default=4, help="update threads per load process")
     ap.add_argument("--model", default="minilm", help="model.path (its real LoRA shapes)")
     ap.add_argument("--codec", default="topk", help="fedsa_lora.compression.method")
@@ -265,11 +293,18 @@ def main(argv: Sequence[str] | None = None) -> int:
           "round | partials at the cloud per round | cloud CPU s per round | busiest "
           "regional hub CPU s per round | start to round 1 (s) |")
     print("|---|---|---|---|---|---|---|---|")
+    table = []
     for r in rows:
         print(f"| {r['devices']:,} | {r['load_processes']} | {r['round_s_median']} / "
               f"{r['round_s_max']} | {r['applied_per_round']} | {r['partials_per_round']} | "
               f"{r['cloud_cpu_s_per_round']} | {r['regional_cpu_s_per_round']} | "
               f"{r['setup_s']} |")
+        table.append(f"| {r['devices']:,} | {r['regionals_cpu_s_per_round']} | "
+                     f"{r['load_cpu_s_per_round']} | {r['broker_cpu_s_per_round']} |")
+    print("\nCPU seconds per round (median over rounds 2..), all processes of a kind:\n")
+    print("| devices | regional hubs | load processes | broker |")
+    print("|---|---|---|---|")
+    print("\n".join(table))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -101,8 +101,10 @@ def load_devices(federation: str, regions: Sequence[str], devices: int, *,
     Light devices (edge_client/light.py) join like real ones, with a session, presence and
     acknowledgements each, and send real encoded updates of synthesised deltas without a
     model: a load generator for hubs and brokers.  Client ids are ``CLIENT_PREFIX
-    REGION-0000``, ...: give each load process its own prefix.  A process holds at most
-    ``fedsa_common.net.transport.MAX_SESSIONS_PER_PROCESS`` devices in all."""
+    REGION-0000``, ...: give each load process its own prefix.  A process holds as many
+    devices as its file-descriptor limit allows (one each, plus a reserve; the soft limit is
+    raised to the hard one where needed, ``fedsa_common.net.fd_limit``): more are refused
+    with an ``OptionError`` naming ``--devices``."""
     if not regions:
         raise OptionError("give at least one region", "--region")
     _check_names(("--federation", "federation", federation),
@@ -116,15 +118,11 @@ def load_devices(federation: str, regions: Sequence[str], devices: int, *,
         if value < 1:
             raise OptionError(f"{option.removeprefix('--')} must be at least 1, not {value}",
                               option)
-    from fedsa_common.net.transport import MAX_SESSIONS_PER_PROCESS
+    from fedsa_common.net.fd_limit import ensure_sessions_fit
 
-    if devices * len(regions) > MAX_SESSIONS_PER_PROCESS:
-        raise OptionError(
-            f"{devices} devices in each of {len(regions)} regions are "
-            f"{devices * len(regions)} MQTT sessions; one process holds at most "
-            f"{MAX_SESSIONS_PER_PROCESS} (paho's network loop uses select(), which cannot "
-            "watch file descriptors past 1023): run several load processes, each with its "
-            "own --client-prefix", "--devices")
+    ensure_sessions_fit(devices * len(regions), option="--devices",
+                        what=f"light devices ({devices} in each of {len(regions)} regions, "
+                             "an MQTT session each)")
     from edge_client.light import light_specs, run_light_devices
 
     specs = light_specs(federation, dict.fromkeys(regions, devices), prefix=client_prefix,

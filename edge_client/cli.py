@@ -109,7 +109,8 @@ def load(
     region: Annotated[list[str], typer.Option(
         help="Region of the devices (repeat for several: --devices in each).")],
     devices: Annotated[int, typer.Option(
-        min=1, help="Light devices in each region (one process holds at most 300 in all).")],
+        min=1, help="Light devices in each region (one process holds as many as its "
+        "file-descriptor limit, ulimit -Hn, allows: one each).")],
     broker: Annotated[str, typer.Option(
         help="mqtt://HOST:PORT or mqtts://HOST:PORT (TLS) of the regions' broker.")]
     = "mqtt://127.0.0.1:1883",

@@ -18,12 +18,16 @@ per device), state on disk (a restarted load run starts fresh), the regional hub
 (a real device only warns when none serves) and secure aggregation (a light device sits
 such rounds out, saying why).
 
-Why light devices do not each have a thread of their own doing the work: a process hosts
-hundreds of them (at most ``MAX_SESSIONS_PER_PROCESS``: paho's threaded loop watches its
-descriptors with select(), which stops at 1023).  Each session's paho thread only reads;
-an announcement is decoded once per process (``Announcements``: the same payload reaches
-every device), and updates are built and published by a small pool of worker threads
-(``LightHost``), which also resends what is unacknowledged.
+Why light devices do not each have a thread of their own: a process hosts thousands of them.
+Their sessions (``LoopSession``, the same configuration as a real device's ``MqttSession``)
+share one network thread and one epoll selector (fedsa_common/net/session_loop.py), so a
+process holds as many as its file-descriptor limit allows (fedsa_common/net/fd_limit.py
+raises the soft limit to the hard one where needed, and refuses by name what cannot fit),
+where paho's thread per session, watching with select(), stopped at ~330.  The network
+thread only reads and queues: an announcement is decoded once per process
+(``Announcements``: the same payload reaches every device), and updates are built and
+published by a small pool of worker threads (``LightHost``), which also resends what is
+unacknowledged.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ from edge_client.state_lock import DuplicateClientId
 from edge_client.update_build import Draft, prepare_update, round_seed
 from fedsa_common.federation.config import FederationConfig, announced_config
 from fedsa_common.net.broker_auth import BrokerAuth
-from fedsa_common.net.transport import MAX_SESSIONS_PER_PROCESS, MqttSession, Will
+from fedsa_common.net.fd_limit import ensure_sessions_fit
+from fedsa_common.net.session_loop import LoopSession, SessionLoop
+from fedsa_common.net.transport import Will
 from fedsa_common.wire.errors import WireError
 from fedsa_common.wire.protocol import (
     Ack,
@@ -138,7 +144,9 @@ class Announcements:
                 while len(self.known) > self.keep:
                     self.known.popitem(last=False)
         if isinstance(got, WireError):
-            raise got
+            # a fresh error per device: raising the cached one again would chain every
+            # device's traceback (and the payload in its frame) onto it
+            raise WireError(got.reason, got.detail)
         return got
 
     @staticmethod
@@ -169,7 +177,8 @@ class _Pending:
 
 class LightDevice:
     """One light device: its session and the state of its current update.  Built and run by
-    ``LightHost``; its paho thread only reads and hands work to the host."""
+    ``LightHost``; its handlers run on the host's network thread, only read and hand work to
+    the host."""
 
     def __init__(self, spec: LightSpec, host: LightHost) -> None:
         check_name("client id", spec.client)
@@ -185,9 +194,9 @@ class LightDevice:
         self.done = threading.Event()
         self.duplicate: str | None = None  # a hub's word that this client id runs twice
         offline = self.presence(online=False)
-        self.session = MqttSession(
+        self.session = LoopSession(
             host.broker_url, client_id=f"dev-{spec.federation}-{spec.client}",
-            payload_limit=host.payload_limit,
+            loop=host.loop, payload_limit=host.payload_limit,
             will=Will(self.topics.presence(spec.region, spec.client), encode_json(offline)),
             on_connect=self._on_connect, auth=host.auth)
         self.session.subscribe(self.topics.announce, self._on_announce)
@@ -268,6 +277,9 @@ class LightDevice:
 
     def resend_if_due(self, now: float) -> bytes | None:
         """The update to send again when its time came (and the next time set), else None."""
+        p = self.pending  # a read without the lock first: most devices have nothing due
+        if p is None or now < p.next_at:
+            return None
         with self.lock:
             p = self.pending
             if p is None or now < p.next_at:
@@ -317,11 +329,9 @@ class LightHost:
                  workers: int = 4, scale: float = DEFAULT_SCALE) -> None:
         if not specs:
             raise ValueError("no light devices to host")
-        if len(specs) > MAX_SESSIONS_PER_PROCESS:
-            raise ValueError(f"{len(specs)} light devices: one process holds at most "
-                             f"{MAX_SESSIONS_PER_PROCESS} MQTT sessions")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, not {workers}")
+        ensure_sessions_fit(len(specs), what="light devices (an MQTT session each)")
         self.broker_url = broker_url
         self.auth = auth
         self.payload_limit = payload_limit
@@ -333,6 +343,7 @@ class LightHost:
         self.rounds: dict[int, RoundCounts] = {}
         self.workers = [threading.Thread(target=self._work, name=f"light-worker-{i}",
                                          daemon=True) for i in range(workers)]
+        self.loop = SessionLoop(name="light-devices-net")
         self.devices = [LightDevice(spec, self) for spec in specs]
 
     def submit(self, job: Callable[[], None]) -> None:
@@ -377,15 +388,19 @@ class LightHost:
                 self.work.put(None)
             with ThreadPoolExecutor(max_workers=min(32, len(self.devices))) as pool:
                 list(pool.map(LightDevice.leave, self.devices))
+            if not self.loop.close(timeout=30.0):
+                log.warning("%d light devices had not closed their sessions after 30 s; "
+                            "cut", self.loop.sessions)
 
     def _connect_all(self, timeout: float, report_every_s: float) -> None:
-        """Connect the sessions side by side (each waits for its broker round trips)."""
-        def connect(device: LightDevice) -> None:
-            device.session.connect(timeout=timeout, report_every_s=report_every_s)
-
-        with ThreadPoolExecutor(max_workers=min(32, len(self.devices))) as pool:
-            for future in [pool.submit(connect, d) for d in self.devices]:
-                future.result()  # the first BrokerUnreachable is raised here
+        """Start every session (the loop paces the connection attempts), then wait for each
+        in turn; the first ``BrokerUnreachable`` is raised."""
+        for device in self.devices:
+            device.session.start()
+        deadline = time.monotonic() + timeout
+        for device in self.devices:
+            device.session.await_connected(max(0.1, deadline - time.monotonic()),
+                                           report_every_s=report_every_s)
 
     def _serve(self) -> int:
         while True:

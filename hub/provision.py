@@ -238,17 +238,32 @@ def mosquitto_password_line(username: str, password: str, *, salt: bytes | None 
 # (one for a compressed update, a few for a dense one) from its session's queue; 8 leaves room
 # for resends and a round of async updates. Mosquitto's default (1,000) drops the rest, which
 # devices then resend, one backoff later.
+# The cloud hub subscribes to every device's retained presence: when it connects (or
+# reconnects) after the devices, the broker hands it one per device of the whole federation
+# at once, past its in-flight window into its queue, plus the hubs' retained statuses; a
+# queue shorter than that drops the rest (at 10 regions of 1,000 devices, 8 per device of a
+# region held 8,000: the regional hubs' statuses were dropped and round 1 never started).
 QUEUED_PER_DEVICE = 8
 MIN_QUEUED_MESSAGES = 1000
+QUEUED_RETAINED_MARGIN = 100  # hub statuses and the other retained messages per federation
 # Seconds between Mosquitto writes of its persistence file (default 1800): what was queued
 # since the last write is lost if the broker machine crashes.
 AUTOSAVE_INTERVAL_S = 60
 
 
 def queued_messages_for(spec: ProvisionSpec) -> int:
-    """``max_queued_messages`` for the federation: sized by its largest region."""
-    largest = max(len(devices) for devices in spec.regions.values())
-    return max(MIN_QUEUED_MESSAGES, QUEUED_PER_DEVICE * largest)
+    """``max_queued_messages`` for the federation: sized by its largest region and by its
+    devices in all."""
+    return queued_messages(max(len(devices) for devices in spec.regions.values()),
+                           sum(len(devices) for devices in spec.regions.values()))
+
+
+def queued_messages(largest_region: int, devices: int) -> int:
+    """``max_queued_messages`` for a federation of ``devices`` whose largest region has
+    ``largest_region``: a regional hub's updates of a round, and the cloud's retained
+    presences of every device (see above)."""
+    return max(MIN_QUEUED_MESSAGES, QUEUED_PER_DEVICE * largest_region,
+               devices + QUEUED_RETAINED_MARGIN)
 
 
 def render_mosquitto_conf(spec: ProvisionSpec, out: Path, *, port: int | None = None,

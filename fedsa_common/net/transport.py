@@ -21,7 +21,9 @@ Threading: handlers, ``on_connect`` and ``on_reject`` run on paho's network thre
 runs, no other message is received and no keepalive is answered, so callers must hand long work
 (training, aggregation, disk I/O) to another thread or queue. ``publish``/``subscribe`` called
 from that thread cannot wait for acknowledgements (the thread that would receive them is busy),
-so there they only queue the packets and return.
+so there they only queue the packets and return.  A ``session_loop.LoopSession`` is the same
+session with its network driven by a loop thread shared by many sessions (one epoll
+selector): the same holds for that thread.
 
 We speak MQTT 3.1.1, which both Mosquitto and the embedded amqtt broker support (amqtt has no
 MQTT 5).
@@ -84,10 +86,11 @@ _AUTH_REFUSALS = frozenset({"Bad user name or password", "Not authorized"})
 
 Handler = Callable[[str, bytes], None]
 
-# Sessions one process can hold: each runs paho's threaded loop, which watches its socket and
-# a loopback socket pair (three descriptors) with select(), and select() cannot watch a
-# descriptor numbered 1024 or more: a session past ~330 in one process never connects.
-# Hosts of many sessions (edge_client/light.py) stay under this, with room for the rest.
+# Threaded sessions one process can hold: each runs paho's threaded loop, which watches its
+# socket and a loopback socket pair (three descriptors) with select(), and select() cannot
+# watch a descriptor numbered 1024 or more: a session past ~330 in one process never
+# connects.  Hosts of many sessions (edge_client/light.py) drive them from one epoll loop
+# instead (fedsa_common/net/session_loop.py), limited by the file descriptors only.
 MAX_SESSIONS_PER_PROCESS = 300
 
 
@@ -320,12 +323,31 @@ class MqttSession:
         process waiting for a broker is never silent. Once connected, paho reconnects on its
         own after any drop. Call at most once per session.
         """
+        self.start()
+        self.await_connected(timeout, report_every_s=report_every_s)
+
+    def start(self) -> None:
+        """Begin connecting (in the background) without waiting: ``await_connected`` waits.
+        ``connect()`` is the two in one; a host of many sessions starts them all first."""
         self._ensure_open()
         if self._started:
             raise RuntimeError("connect() may be called only once per MqttSession")
         self._started = True
         self._client.connect_async(self._host, self._port, self._keepalive)
+        self._start_network()
+
+    def _start_network(self) -> None:
+        """Drive the client's network traffic: here paho's own thread (``loop_start``),
+        which also reconnects; ``session_loop.LoopSession`` hands it to a shared loop."""
         self._client.loop_start()
+
+    def _stop_network(self) -> None:
+        """Stop driving the network once closed (``loop_stop`` joins paho's thread)."""
+        self._client.loop_stop()
+
+    def await_connected(self, timeout: float = 30.0, *,
+                        report_every_s: float | None = None) -> None:
+        """Wait as ``connect()`` does for a session ``start()`` started."""
         deadline = time.monotonic() + timeout
         refused = False
         while (left := deadline - time.monotonic()) > 0:
@@ -359,7 +381,7 @@ class MqttSession:
         self._stopping.set()
         self._client.disconnect()
         if self._started:
-            self._client.loop_stop()
+            self._stop_network()
 
     def drop(self) -> None:
         """Vanish without a DISCONNECT, as a device does when its battery or radio dies: the
@@ -370,7 +392,7 @@ class MqttSession:
         self._stopping.set()
         sock = self._client.socket()
         if self._started:
-            self._client.loop_stop()
+            self._stop_network()
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -570,10 +592,24 @@ class MqttSession:
         attempt = self._attempts
         self._attempts += 1
         if attempt:
-            # paho already waited its exponential delay; add jitter so that many clients
-            # dropped by the same broker restart do not all come back in the same instant.
-            ceiling = min(self._reconnect_max_s, self._reconnect_min_s * 2 ** min(attempt, 16))
-            self._stopping.wait(random.uniform(0.0, ceiling / 2))
+            self._pause_before_reconnect(attempt)
+
+    def _pause_before_reconnect(self, attempt: int) -> None:
+        """paho's thread already waited its exponential delay; add jitter so that many
+        clients dropped by the same broker restart do not all come back in the same instant
+        (a shared loop, which must not block, waits both before reconnecting instead)."""
+        self._stopping.wait(self.reconnect_jitter(attempt))
+
+    def reconnect_jitter(self, attempt: int) -> float:
+        """Seconds of random wait added to the exponential delay before reconnect
+        ``attempt`` (1, 2, ...)."""
+        ceiling = min(self._reconnect_max_s, self._reconnect_min_s * 2 ** min(attempt, 16))
+        return random.uniform(0.0, ceiling / 2)
+
+    def reconnect_delay(self, attempt: int) -> float:
+        """paho's exponential delay before reconnect ``attempt`` (1, 2, ...: the minimum,
+        doubling up to the maximum), for a loop that reconnects the session itself."""
+        return min(self._reconnect_max_s, self._reconnect_min_s * 2 ** min(attempt - 1, 16))
 
     def _handle_connect(
         self,

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import torch
 from pydantic import (
@@ -136,11 +136,16 @@ def _omit_none(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 
 class Header(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # the longest JSON header ``decode_message`` parses (the envelope's own default): a
+    # bound on what hostile input costs before any validation
+    MAX_HEADER_BYTES: ClassVar[int] = 65_536
     proto: int = PROTOCOL_VERSION
     federation: str = Field(pattern=NAME_RE)
     round: int = Field(ge=0, le=MAX_WIRE_INT)
 
 
+#: The header limit of the messages that list device ids (announcements, partials).
+ID_LIST_HEADER_BYTES = 4_000_000
 #: Tensors an announcement may name shapes for (MiniLM's query/value LoRA has 24).
 MAX_SHARED = 4096
 Dim = Annotated[int, Field(ge=0, le=2**31)]
@@ -162,6 +167,9 @@ class AnnounceHeader(Header):
     of these fields is absent without downlink deltas, so headers read as before them.
     """
 
+    # lists every selected device's id (~14 bytes each): 64 KB held ~4,000, 10,000 devices
+    # a round need ~140 KB; this holds ~250,000
+    MAX_HEADER_BYTES: ClassVar[int] = ID_LIST_HEADER_BYTES
     kind: Literal["announce"] = "announce"
     version: int = Field(ge=0)
     status: Literal["running", "finished"]
@@ -308,6 +316,7 @@ class PartialHeader(Header):
     so the cloud can account for every acknowledged update.
     """
 
+    MAX_HEADER_BYTES: ClassVar[int] = ID_LIST_HEADER_BYTES  # ``accepted``: one id an update
     kind: Literal["partial"] = "partial"
     region: str = Field(pattern=NAME_RE)
     base_version: int = Field(ge=0)
@@ -487,7 +496,8 @@ def encode_message(header: BaseModel, tensors: Mapping[str, torch.Tensor]) -> by
 
 
 def decode_message(cls: type[H], data: bytes, *, max_bytes: int) -> tuple[H, Envelope]:
-    env = unpack(data, max_bytes=max_bytes)
+    env = unpack(data, max_bytes=max_bytes,
+                 max_header_bytes=getattr(cls, "MAX_HEADER_BYTES", Header.MAX_HEADER_BYTES))
     return parse_header(cls, env.header), env
 
 

@@ -60,3 +60,28 @@ def test_bad_header_detail_is_bounded() -> None:
     with pytest.raises(WireError) as err:
         parse_header(PartialHeader, {**PARTIAL, "accepted": "x" * 100_000})
     assert len(err.value.detail) <= 300
+
+
+def test_an_announcement_of_ten_thousand_devices_decodes_and_other_headers_keep_64_kb():
+    import time
+
+    import torch
+
+    from fedsa_common.wire.protocol import (
+        AnnounceHeader,
+        UpdateHeader,
+        decode_message,
+        encode_message,
+    )
+
+    selected = {f"r{r:02d}": [f"p0-r{r:02d}-{i:04d}" for i in range(1000)] for r in range(10)}
+    header = AnnounceHeader(federation="f", round=1, version=0, status="running",
+                            selected=selected, config={}, config_hash="x", deadline_s=60,
+                            issued_at=time.time(), shared=["a"])
+    payload = encode_message(header, {"a": torch.zeros(2)})
+    assert len(payload) > 100_000  # past the 64 KB every header had
+    got, _ = decode_message(AnnounceHeader, payload, max_bytes=10_000_000)
+    assert got.selected == selected
+    with pytest.raises(WireError, match="header length") as err:  # an update's stays bounded
+        decode_message(UpdateHeader, payload, max_bytes=10_000_000)
+    assert err.value.reason == "bad_header"

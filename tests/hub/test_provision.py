@@ -138,6 +138,49 @@ def test_plain_tcp_and_untrusted_certificates_are_refused(broker):
         untrusted.connect(timeout=2)
 
 
+def test_loop_driven_sessions_use_the_same_tls_credentials_and_refusals(broker):
+    """A light device's session (fedsa_common/net/session_loop.py) is configured by the
+    same code as a real device's: TLS with the federation's CA, its account, its ACL; a
+    wrong password is refused at once, an untrusted CA names the TLS handshake."""
+    from fedsa_common.net.session_loop import LoopSession, SessionLoop
+
+    loop = SessionLoop(name="tls-test-loop")
+    creds = broker.creds("dev-0")
+    made: list[MqttSession] = []
+
+    def session(auth: BrokerAuth) -> LoopSession:
+        made.append(new := LoopSession(broker.url, f"dev-0-{uuid.uuid4().hex[:8]}",
+                                       loop=loop, clean_session=True, auth=auth,
+                                       reconnect_min_s=0.1, reconnect_max_s=0.2))
+        return new
+
+    try:
+        dev = session(creds.auth())
+        inbox = Inbox()
+        dev.subscribe_raw(T.ack("north", "dev-0"), inbox)  # its own acks: the ACL allows
+        dev.connect(timeout=15)
+        assert isinstance(dev._client.socket(), ssl.SSLSocket)
+        hub = MqttSession(broker.url, f"hub-{uuid.uuid4().hex[:8]}", clean_session=True,
+                          auth=broker.creds("hub-regional-north").auth())
+        made.append(hub)
+        hub.connect(timeout=15)
+        hub.publish_raw(T.ack("north", "dev-0"), b"through TLS")
+        assert inbox.wait_for(T.ack("north", "dev-0")) == b"through TLS"
+        wrong = session(BrokerAuth("dev-0", "not-the-password", ca_pem=creds.ca_pem))
+        with pytest.raises(ConnectionError) as err:
+            wrong.connect(timeout=30)
+        assert "CONNACK refused: Not authorized" in str(err.value)
+        assert "within" not in str(err.value)
+        stranger_ca = new_ca(FED).cert_pem.decode()
+        untrusted = session(BrokerAuth(creds.username, creds.password, ca_pem=stranger_ca))
+        with pytest.raises(ConnectionError, match="TLS handshake failed"):
+            untrusted.connect(timeout=2)
+    finally:
+        for s in made:
+            s.close()
+        loop.close(timeout=10)
+
+
 FORBIDDEN = {
     # sender: [(topic, chunked)] it must not be able to publish
     "dev-0": [

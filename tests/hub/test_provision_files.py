@@ -247,6 +247,9 @@ def test_conf_and_spec_validation(tmp_path):
     assert "max_queued_messages 1000" in conf  # small regions: Mosquitto's default
     big = ProvisionSpec("fed", {"a": [f"d{i}" for i in range(300)], "b": ["x"]})
     assert "max_queued_messages 2400" in render_mosquitto_conf(big, tmp_path).splitlines()
+    # many even regions: the cloud's retained presences of every device size it
+    wide = ProvisionSpec("fed", {f"r{r}": [f"d{r}-{i}" for i in range(100)] for r in range(20)})
+    assert "max_queued_messages 2100" in render_mosquitto_conf(wide, tmp_path).splitlines()
     with pytest.raises(ValueError, match="no regions"):
         ProvisionSpec("fed", {})
     with pytest.raises(ValueError, match="federation"):
