@@ -47,7 +47,7 @@ def test_median_federation_with_a_sign_flip_attacker_completes(tmp_path):
         log = (tmp_path / "logs" / f"regional-{region}.log").read_text()
         assert log.count("rule median) final") == 2, region
     north = (tmp_path / "logs" / "regional-north.log").read_text()
-    accepted = re.findall(r"accepted \d+ updates?: (.*)", north)  # one line per batch
+    accepted = re.findall(r"accepted \d+ updates?: ([^\"\n]*)", north)  # a line a batch
     ids = {item.split(" (")[0] for line in accepted for item in line.split(", ")}
     assert {"north-1:1", "north-1:2"} <= ids
     workers = "".join(p.read_text() for p in (tmp_path / "logs").glob("worker-*.log"))
