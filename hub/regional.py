@@ -277,6 +277,9 @@ class RegionalHub(HubProcess):
         early, self.early = self.early, []
         for ev, update, tensors in early:
             try:
+                if len(ev.payload) > self.max_bytes:  # the round's limit, as a re-decode would
+                    raise WireError("too_large", f"{len(ev.payload)} bytes > limit "
+                                                 f"{self.max_bytes}")
                 self.take_update(ev, update, tensors)
             except WireError as err:
                 self.refused_update(err, ev)

@@ -16,7 +16,13 @@ import torch
 
 from fedsa_common.federation.config import FederationConfig
 from fedsa_common.wire.codec import get_codec
-from fedsa_common.wire.protocol import AnnounceHeader, Topics, UpdateHeader, encode_message
+from fedsa_common.wire.protocol import (
+    AnnounceHeader,
+    Topics,
+    UpdateHeader,
+    decode_message,
+    encode_message,
+)
 from hub.process import Event
 from hub.regional import STATE_JSON, RegionalHub
 from tests.support.sessions import RecordingSession
@@ -81,3 +87,25 @@ def test_early_updates_are_taken_at_the_announcement(tmp_path: Path,
     assert lines == ["accepted 2 updates: d1:1, d3:1"]
     total = hub.intake.groups[0].result()
     assert total.count == 2 and total.weight == 8.0
+
+
+def test_a_held_update_over_the_announced_size_limit_is_refused(tmp_path: Path) -> None:
+    """Held updates were decoded under the limit known before the announcement; the
+    announced round's (smaller) limit still applies to them."""
+    raw = CONFIG.model_dump(mode="json")
+    raw["transport"]["max_message_bytes"] = 4096
+    small = FederationConfig.model_validate(raw)
+    hub = RegionalHub("mqtt://127.0.0.1:1", "f", "eu", tmp_path,
+                      session=RecordingSession())  # type: ignore[arg-type]
+    big = update("d1")
+    header, _ = decode_message(UpdateHeader, big.payload, max_bytes=10**7)
+    payload = encode_message(header, {"pad": torch.zeros(2048)})  # 8 KB
+    hub.handle(Event("update", big.topic, payload, time.time()))
+    assert len(hub.early) == 1
+    announced, _ = decode_message(AnnounceHeader, announcement().payload, max_bytes=10**7)
+    announced = announced.model_copy(update={"config": small.model_dump(mode="json"),
+                                             "config_hash": small.digest()})
+    hub.handle(Event("announce", TOPICS.announce, encode_message(
+        announced, {n: torch.zeros(s) for n, s in SHAPES.items()}), time.time()))
+    assert hub.max_bytes == 4096 and not hub.intake.accepted_ids
+    assert hub.counters["rejected.too_large"] == 1 and hub.intake.rejected["too_large"] == 1
