@@ -23,7 +23,11 @@ are updates per second of wall time:
   its intake (atomically, on disk) and acknowledges each update; from its status message
   after connecting to its last acknowledgement;
 * ``CPU``: the same decode-and-fold (``hub.intake.RegionIntake``) without broker, per CPU
-  second of this process: what the hub's Python costs per update.
+  second of this process: what the hub's Python costs per update;
+* ``per CPU s``: ``raw paho`` and ``hub`` again, per CPU second their process used while
+  draining (all its threads; the hub's from its status message to its last
+  acknowledgement, read from /proc every 50 ms): on a busy machine, where wall rates
+  depend on what else runs, the ratio of these is the steadier one.
 
 Every wait is bounded; nothing leaves the machine.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -145,8 +150,9 @@ def raw_c(url: str, n: int, payloads: list[bytes], clients: list[str], timeout: 
 
 
 def raw_paho(url: str, n: int, payloads: list[bytes], clients: list[str], timeout: float
-             ) -> float:
-    """A counting Python subscriber draining a backlog of ``n`` updates."""
+             ) -> tuple[float, float]:
+    """A counting Python subscriber draining a backlog of ``n`` updates: (updates per
+    second, updates per CPU second of this process)."""
     register(url, "ing-raw-paho")
     queue_updates(url, payloads, clients, timeout)
     count, done, last = [0], threading.Event(), [0.0]
@@ -158,14 +164,21 @@ def raw_paho(url: str, n: int, payloads: list[bytes], clients: list[str], timeou
             done.set()
 
     session = MqttSession(url, client_id="ing-raw-paho", clean_session=False)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     session.subscribe(Topics(FEDERATION).update_filter(REGION), on_update)
     session.connect()
     done.wait(timeout)
+    cpu = time.process_time() - cpu
     session.close()
     if count[0] < n:
         print(f"  (paho subscriber got {count[0]}/{n})", file=sys.stderr)
-    return count[0] / max(last[0] - start, 1e-9)
+    return count[0] / max(last[0] - start, 1e-9), count[0] / max(cpu, 1e-9)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system, all threads) that process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class HubWatch:
@@ -202,8 +215,9 @@ class HubWatch:
 
 
 def hub_process(url: str, s: Setting, payloads: list[bytes], clients: list[str],
-                workdir: Path, timeout: float) -> tuple[float | None, int]:
-    """The real regional hub draining a backlog; (updates/s, updates it accepted)."""
+                workdir: Path, timeout: float) -> tuple[float | None, float | None]:
+    """The real regional hub draining a backlog: (updates/s, updates per CPU second of
+    the hub process), None where it did not acknowledge them all."""
     topics = Topics(FEDERATION)
     cloud = MqttSession(url, client_id="ing-cloud", clean_session=True)
     cloud.connect()
@@ -223,12 +237,15 @@ def hub_process(url: str, s: Setting, payloads: list[bytes], clients: list[str],
         first.wait(timeout)
         if not serving:
             print("  (hub never took the round)", file=sys.stderr)
-            return None, 0
+            return None, None
         queue_updates(url, payloads, clients, timeout)
         restarted = time.time()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         n = len(payloads)
+        watch.wait(lambda w: any(st.get("ts", 0) >= restarted for st in w.status), timeout)
+        cpu = cpu_seconds(proc.pid)
         watch.wait(lambda w: len(w.acks) >= n, timeout)
+        cpu = cpu_seconds(proc.pid) - cpu
         proc.terminate()
         proc.wait(timeout)
     finally:
@@ -240,8 +257,8 @@ def hub_process(url: str, s: Setting, payloads: list[bytes], clients: list[str],
     acked = [t for ok, t in watch.acks.values() if ok]
     if not starts or len(acked) < len(payloads):
         print(f"  (hub acknowledged {len(acked)}/{len(payloads)})", file=sys.stderr)
-        return None, len(acked)
-    return len(acked) / max(max(acked) - min(starts), 1e-9), len(acked)
+        return None, None
+    return len(acked) / max(max(acked) - min(starts), 1e-9), len(acked) / max(cpu, 1e-9)
 
 
 def _log_has(path: Path, text: str) -> bool:
@@ -263,21 +280,22 @@ def cpu_rate(s: Setting, payloads: list[bytes], clients: list[str]) -> float:
 def ingest_table(devices: int, codecs: list[str], timeout: float) -> str:
     clients = [f"d{i:05d}" for i in range(devices)]
     lines = ["| codec | update bytes | raw C updates/s | raw paho updates/s | hub process "
-             "updates/s | hub / raw C | hub / raw paho | hub CPU updates/s (no broker) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "updates/s | hub / raw C | hub / raw paho | hub CPU updates/s (no broker) | "
+             "raw paho per CPU s | hub per CPU s | hub / raw paho per CPU s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label in codecs:
         s = setting(label)
         payloads = updates(s, clients, SHAPES)
         with tempfile.TemporaryDirectory(prefix="fedsa-ingest-") as tmp, \
                 _broker(Path(tmp), devices) as broker:
             c = raw_c(broker.url, devices, payloads, clients, timeout)
-            paho = raw_paho(broker.url, devices, payloads, clients, timeout)
-            hub, _ = hub_process(broker.url, s, payloads, clients, Path(tmp), timeout)
+            paho, paho_cpu = raw_paho(broker.url, devices, payloads, clients, timeout)
+            hub, hub_cpu = hub_process(broker.url, s, payloads, clients, Path(tmp), timeout)
         cpu = cpu_rate(s, payloads, clients)
         size = statistics.mean(len(p) for p in payloads)
         lines.append("| " + " | ".join([
             label, f"{size:,.0f}", _n(c), _n(paho), _n(hub), _ratio(hub, c), _ratio(hub, paho),
-            _n(cpu)]) + " |")
+            _n(cpu), _n(paho_cpu), _n(hub_cpu), _ratio(hub_cpu, paho_cpu)]) + " |")
         print(lines[-1], file=sys.stderr)
     return "\n".join(lines)
 

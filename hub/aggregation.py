@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fedsa_common.privacy.dp import l2_norm
-from fedsa_common.wire.codecs.layout import Layout
+from fedsa_common.wire.codecs.layout import Layout, flat_of
 from fedsa_common.wire.tensors import Tensors
 
 __all__ = ["RunningSum", "apply_server_update", "fedavg", "l2_norm"]
@@ -49,7 +49,8 @@ class RunningSum:
             raise ValueError(f"weight must be positive and finite, got {weight}")
         if set(delta) != set(self.sums):
             raise ValueError("delta names differ from the running sum's names")
-        self._flat.add_(self._layout.flatten(delta), alpha=weight)
+        flat = flat_of(delta, self._layout)  # a decoded update needs no concatenation
+        self._flat.add_(self._layout.flatten(delta) if flat is None else flat, alpha=weight)
         self.weight += weight
         self.count += 1
 

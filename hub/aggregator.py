@@ -45,6 +45,7 @@ from fedsa_common.federation.config import AggregationSection, RoundPolicySectio
 from fedsa_common.privacy.secagg.messages import MaskedInput
 from fedsa_common.privacy.secagg.protocol import AggregateResult, SecAggServer
 from fedsa_common.privacy.secagg.vector import scatter
+from fedsa_common.wire.codecs.layout import flat_of
 from fedsa_common.wire.errors import WireError
 from fedsa_common.wire.protocol import UpdateHeader
 from hub.aggregation import RunningSum, l2_norm
@@ -59,6 +60,9 @@ FLOAT32_LIMIT = float(torch.finfo(torch.float32).max) / 2
 
 def max_abs(delta: Mapping[str, torch.Tensor]) -> float:
     """The largest absolute value in ``delta`` (0 for no values; inf or nan propagate)."""
+    flat = flat_of(delta)  # a decoded update: one reduction instead of one per tensor
+    if flat is not None:
+        return float(flat.abs().max()) if flat.numel() else 0.0
     peaks = [float(t.abs().max()) for t in delta.values() if t.numel()]
     return max(peaks, default=0.0)
 
@@ -223,6 +227,7 @@ class RunningMean(Aggregator):
         self.ids: list[str] = []
         self.reports = ImportanceStats()
         self.unclipped: int | None = None  # counted once an update says (adaptive clipping)
+        self.bound = 0.0  # at least max|sums|: the sum of every accepted w max|delta|
 
     @property
     def sums(self) -> dict[str, torch.Tensor]:
@@ -237,11 +242,17 @@ class RunningMean(Aggregator):
         return self.total.count
 
     def accept(self, update: Update) -> None:
-        # |sum + w delta| <= max|sum| + w max|delta|: refused before anything changes
-        peak = self.peak() + update.weight * max_abs(update.delta)
+        # |sum + w delta| <= max|sum| + w max|delta|: refused before anything changes.
+        # max|sum| is taken only when the bound kept from the updates so far (never below
+        # it) does not settle it, so the decision is the exact one at a fraction of the cost
+        step = update.weight * max_abs(update.delta)
+        if not self.bound + step < FLOAT32_LIMIT:
+            self.bound = self.peak()
+        peak = self.bound + step
         if not peak < FLOAT32_LIMIT:
             raise WireError("overflow", f"{update.id}: weighted values up to {peak:.3g}")
         self.add(update, update.weight)
+        self.bound = peak
 
     def peak(self) -> float:
         """The largest absolute value of the running sum."""
@@ -279,6 +290,7 @@ class RunningMean(Aggregator):
         weight, count, ids = state["groups"][tag]
         sums = {n: tensors[f"group/{tag}/{n}"].to(torch.float64) for n in shapes}
         group.total = RunningSum(sums, float(weight), int(count))
+        group.bound = group.peak()
         group.ids = list(ids)
         group.reports = ImportanceStats.from_json(state.get("importance", {}).get(tag, {}))
         unclipped = state.get("unclipped", {}).get(tag)

@@ -57,6 +57,7 @@ import torch
 
 from fedsa_common.config.sections import FederationSections
 from fedsa_common.privacy.dp_adaptive import AdaptiveClipping, within_clip
+from fedsa_common.wire.codecs.layout import flat_of
 from fedsa_common.wire.errors import require_extra
 from fedsa_common.wire.tensors import Tensors
 
@@ -78,8 +79,10 @@ def l2_norm(tensors: Tensors) -> float:
     every update."""
     if not tensors:
         return 0.0
-    flat = torch.cat([t.reshape(-1) for t in tensors.values()]).to(torch.float64)
-    return float(torch.linalg.vector_norm(flat))
+    flat = flat_of(tensors)  # a decoded update is already one vector, in the same order
+    if flat is None:
+        flat = torch.cat([t.reshape(-1) for t in tensors.values()])
+    return float(torch.linalg.vector_norm(flat.to(torch.float64)))
 
 
 def clip_update(tensors: Tensors, clip_norm: float) -> tuple[dict[str, torch.Tensor], float]:

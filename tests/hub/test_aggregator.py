@@ -263,3 +263,31 @@ def test_secure_sum_forwards_nothing_until_unmasked_then_the_weighted_sum() -> N
     flat = sum(values[c] * samples[c] for c in ("d0", "d1", "d2"))
     got = torch.cat([out.sums[n].flatten() for n in sorted(SHAPES)])
     torch.testing.assert_close(got, flat.to(torch.float32), atol=1e-3, rtol=0)
+
+
+def test_the_mean_takes_the_exact_peak_when_its_bound_does_not_settle_the_check() -> None:
+    """The running mean checks overflow against a kept upper bound of max|sum| (the sum of
+    the accepted ``w max|delta|``); where that bound is too loose it takes the exact peak,
+    so updates that cancel out are accepted as before, and one that truly overflows is
+    still refused with nothing changed."""
+    mean = RunningMean(SHAPES, AggregationSection())
+    mean.accept(update("d0", value=7e3, samples=10**34))  # +7e37
+    mean.accept(update("d1", value=-7e3, samples=10**34))  # sum 0; the bound says 1.4e38
+    assert mean.bound == pytest.approx(1.4e38)
+    mean.accept(update("d2", value=7e3, samples=10**34))  # bound 2.1e38 > limit: exact 0
+    assert mean.bound == pytest.approx(7e37) and mean.count == 3
+    before = mean.result()
+    with pytest.raises(WireError) as err:  # exact 7e37 + 1.1e38 > 1.7e38
+        mean.accept(update("d3", value=1.1e4, samples=10**34))
+    assert err.value.reason == "overflow"
+    same(mean.result(), before)
+
+
+def test_a_restored_mean_starts_from_its_exact_peak() -> None:
+    mean = RunningMean(SHAPES, AggregationSection())
+    mean.accept(update("d0", value=7e3, samples=10**34))
+    mean.accept(update("d1", value=-7e3, samples=10**34))
+    sections, tensors = mean.to_state("3")
+    state = {section: {"3": value} for section, value in sections.items()}
+    restored = RunningMean.from_state("3", state, tensors, SHAPES, AggregationSection())
+    assert restored.bound == restored.peak() < 1e-10 * mean.bound  # 0, give or take rounding

@@ -66,4 +66,4 @@ class DenseCodec:
         if not bool(torch.isfinite(flat).all()):
             bad = next(n for n, v in layout.split(flat).items() if not bool(v.isfinite().all()))
             raise WireError("non_finite", f"{bad!r} contains NaN or inf")
-        return layout.split(flat)
+        return layout.views(flat)

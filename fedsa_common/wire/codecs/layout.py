@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,11 +51,77 @@ class Layout:
         """Views of ``flat`` per name, in their shapes."""
         if flat.numel() != self.total:
             raise ValueError(f"flat vector of {flat.numel()} elements, layout has {self.total}")
-        return {n: flat[o:o + k].view(s) for n, s, k, o in
-                zip(self.names, self.shapes, self.numels, self.offsets, strict=True)}
+        # one split (a C loop) instead of a slice per name: a hub splits every update
+        parts = flat.split_with_sizes(self.numels) if self.names else ()
+        return {n: p.view(s) for n, s, p in zip(self.names, self.shapes, parts, strict=True)}
+
+    def views(self, flat: Tensor) -> FlatViews:
+        """``split``, keeping ``flat`` and this layout with the views (what decoders return:
+        whoever reads a whole update can then take one operation instead of one per name)."""
+        return FlatViews(self, flat, self.split(flat))
 
     def zeros(self, dtype: torch.dtype = torch.float32) -> Tensor:
         return torch.zeros(self.total, dtype=dtype)
+
+
+class FlatViews(dict[str, Tensor]):
+    """Named views of one flat vector, which it keeps (``flat``) with its ``layout``.
+
+    Why: a hub takes a bound, a norm and a running-sum addition of every update it decodes;
+    on the flat vector each is one tensor operation, per name it is a dozen.  It is a plain
+    dict for everyone else.  Replacing or removing an entry drops ``flat`` (None), so a
+    changed mapping never passes for its old vector; writing into a view in place changes
+    ``flat`` too, as views do."""
+
+    def __init__(self, layout: Layout, flat: Tensor, views: Mapping[str, Tensor]) -> None:
+        super().__init__(views)
+        self.layout: Layout = layout
+        self.flat: Tensor | None = flat
+
+    def _changed(self) -> None:
+        self.flat = None
+
+    def __setitem__(self, key: str, value: Tensor) -> None:
+        self._changed()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._changed()
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> FlatViews:  # type: ignore[override,misc]
+        self._changed()
+        return super().__ior__(other)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._changed()
+        super().update(*args, **kwargs)
+
+    def pop(self, *args: Any) -> Any:
+        self._changed()
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[str, Tensor]:
+        self._changed()
+        return super().popitem()
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._changed()
+        return super().setdefault(key, default)
+
+    def clear(self) -> None:
+        self._changed()
+        super().clear()
+
+
+def flat_of(tensors: Mapping[str, Tensor], layout: Layout | None = None) -> Tensor | None:
+    """The flat vector behind ``tensors`` when they are a decoder's unchanged ``FlatViews``
+    (of ``layout`` when given), else None: the caller then goes name by name."""
+    if not isinstance(tensors, FlatViews) or tensors.flat is None:
+        return None
+    if layout is not None and tensors.layout is not layout and tensors.layout != layout:
+        return None
+    return tensors.flat
 
 
 @lru_cache(maxsize=64)

@@ -209,7 +209,7 @@ class SparseCodec:
             out.copy_(sent)
         else:
             out[self._decode_support(tensors, index_key, p)] = sent
-        return layout.split(out)
+        return layout.views(out)
 
     def _decode_support(self, tensors: Mapping[str, Tensor], index_key: str | None,
                         p: Plan) -> Tensor:

@@ -104,7 +104,7 @@ class TopKInt8Codec:
             scales.append(scale)
         out = layout.zeros()
         if not layout.names:
-            return layout.split(out)
+            return layout.views(out)
         counts = torch.tensor([v.numel() for v in vals], dtype=torch.int64)
         val = torch.cat(vals)
         # the encoder clamps to [-127, 127]; -128 times a scale near FLOAT32_MAX / 127
@@ -130,7 +130,7 @@ class TopKInt8Codec:
             bad = layout.names[int(seg[1:][positions[1:] <= positions[:-1]][0])]
             raise WireError("bad_index", f"{bad}.idx not strictly increasing")
         out[positions] = val.to(torch.float32) * scale[seg]
-        return layout.split(out)
+        return layout.views(out)
 
     @staticmethod
     def _check_parts(name: str, numel: int, tensors: Mapping[str, Tensor]
