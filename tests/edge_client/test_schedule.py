@@ -67,7 +67,7 @@ def test_round_decay_floor_keeps_a_long_federation_learning() -> None:
     assert round_lr_scale(1.0, 50, 0.3) == 1.0
 
 
-@pytest.mark.parametrize(("algorithm", "decay"), [("fedsa", 0.9), ("fedit", 1.0),
+@pytest.mark.parametrize(("algorithm", "decay"), [("fedsa", 0.9), ("fedit", 0.9),
                                                   ("ffa", 1.0), ("local", 1.0)])
 def test_round_decay_default_depends_on_the_algorithm(algorithm: str, decay: float) -> None:
     config = FederationConfig.model_validate({"fedsa_lora": {"algorithm": algorithm}})
