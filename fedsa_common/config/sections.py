@@ -359,10 +359,11 @@ class PersonalizationSection(Strict):
     evaluates.  ``personal_head`` (classifiers): a second, personal classification head
     beside the head, initialised at zero, whose logits are added to the head's and which
     never leaves the device (FedRoD's generic plus personalized head, Chen & Chao, ICLR
-    2022).  While the head is shared it learns what the devices have in common and the
-    personal head what this device's labels add (its label prior, its own classes), so a
-    device with data enough to learn a head alone is not set back by the averaged one
-    (docs/personalization.md).  Left out of dumps when unset, 0, ``none`` or false.
+    2022).  The shared model trains on the shared logits' loss alone, as without it, and
+    the personal head on the sum's loss with the shared logits held fixed, so it learns
+    what the shared head leaves wrong on this device's data (quant/personal_head.py;
+    measured: docs/benchmarks.md, "A personal head").  Left out of dumps when unset, 0,
+    ``none`` or false.
     """
 
     proximal_mu: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False)

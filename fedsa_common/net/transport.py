@@ -602,9 +602,8 @@ class MqttSession:
 
     def reconnect_jitter(self, attempt: int) -> float:
         """Seconds of random wait added to the exponential delay before reconnect
-        ``attempt`` (1, 2, ...)."""
-        ceiling = min(self._reconnect_max_s, self._reconnect_min_s * 2 ** min(attempt, 16))
-        return random.uniform(0.0, ceiling / 2)
+        ``attempt`` (1, 2, ...): up to half the delay of the attempt after it."""
+        return random.uniform(0.0, self.reconnect_delay(attempt + 1) / 2)
 
     def reconnect_delay(self, attempt: int) -> float:
         """paho's exponential delay before reconnect ``attempt`` (1, 2, ...: the minimum,
