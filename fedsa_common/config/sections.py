@@ -543,8 +543,8 @@ class TrainingSection(Strict):
     ``warmup_steps`` steps, then stays (``lr_schedule: constant``) or decays to 0 by the
     round's last step (``linear``, ``cosine``); round r starts from ``round_lr_decay**(r-1)``
     times the configured rates, never less than ``round_lr_floor`` times them (so a long or
-    extended federation keeps learning).  ``round_lr_decay`` unset is 0.9 under fedsa and fedit
-    and 1.0 under ffa and local (``FederationConfig.round_lr_decay``).  ``b_lr_ratio`` (LoRA+,
+    extended federation keeps learning).  ``round_lr_decay`` unset is 0.9 under fedsa, fedit
+    and local and 1.0 under ffa (``FederationConfig.round_lr_decay``).  ``b_lr_ratio`` (LoRA+,
     Hayou et al., ICML 2024): the LoRA B matrices learn at ``b_lr_ratio * lr``.  Under
     FedSA-LoRA B is learned by each device alone from its own few steps; a larger rate for
     B than for A is what LoRA+ shows makes low-rank adaptation learn efficiently (16 is
@@ -566,7 +566,7 @@ class TrainingSection(Strict):
     local_epochs: float | None = Field(None, gt=0, le=1000, allow_inf_nan=False)
     warmup_steps: int = Field(0, ge=0, le=100_000)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    # None (unset): 0.9 under fedsa and fedit, 1.0 under ffa and local
+    # None (unset): 0.9 under fedsa, fedit and local, 1.0 under ffa
     # (FederationConfig.round_lr_decay)
     round_lr_decay: float | None = Field(None, gt=0.0, le=1.0)
     round_lr_floor: float = Field(0.3, ge=0.0, le=1.0)

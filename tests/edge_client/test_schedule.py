@@ -68,7 +68,7 @@ def test_round_decay_floor_keeps_a_long_federation_learning() -> None:
 
 
 @pytest.mark.parametrize(("algorithm", "decay"), [("fedsa", 0.9), ("fedit", 0.9),
-                                                  ("ffa", 1.0), ("local", 1.0)])
+                                                  ("ffa", 1.0), ("local", 0.9)])
 def test_round_decay_default_depends_on_the_algorithm(algorithm: str, decay: float) -> None:
     config = FederationConfig.model_validate({"fedsa_lora": {"algorithm": algorithm}})
     assert config.round_lr_decay == decay
