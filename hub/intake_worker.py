@@ -18,10 +18,8 @@ import logging
 from pathlib import Path
 
 from fedsa_common.net.broker_auth import BrokerAuth
-from fedsa_common.wire.errors import WireError
 from fedsa_common.wire.protocol import PartialHeader, Presence
 from fedsa_common.wire.shards import intake_shard
-from hub.process import Event
 from hub.regional import RegionalHub
 
 log = logging.getLogger("fedsa.hub.intake")
@@ -41,7 +39,7 @@ class IntakeWorker(RegionalHub):
                  report_every_s: float = 30.0) -> None:
         if not 0 <= shard < shards:
             raise ValueError(f"--shard {shard} not in 0..{shards - 1}")
-        self.shard = shard  # before the session: its status topic names it
+        self.region, self.shard = region, shard  # before the session: its status topic
         self.shards = shards
         super().__init__(broker_url, federation, region, state_dir, payload_limit, auth=auth,
                          connect_timeout_s=connect_timeout_s, report_every_s=report_every_s,
@@ -73,15 +71,11 @@ class IntakeWorker(RegionalHub):
     def check_duplicate(self, p: Presence) -> None:
         """The leader tells a duplicate client id to leave, once for the region."""
 
-    def on_update(self, event: Event) -> None:
-        """An update on its shard's topic from a device of its shard (a device that
-        published to another shard's topic would have its resends judged elsewhere)."""
-        client = event.topic.rsplit("/", 1)[-1]
-        if not self.serves(client):
-            self.counters["updates.received"] += 1
-            raise WireError("wrong_topic", f"{event.topic}: {client} is not of shard "
-                                           f"{self.shard}")
-        super().on_update(event)
+    def update_topic_ok(self, topic: str, client: str) -> bool:
+        """On its shard's topic, from a device of its shard (a device that published to
+        another shard's topic would have its resends judged elsewhere)."""
+        return self.serves(client) and topic == self.topics.update(self.region, client,
+                                                                   self.shard)
 
     def flush(self, final: bool) -> list[tuple[PartialHeader, dict]]:
         """The intake's partials, tagged with this process's shard (their ids too)."""

@@ -339,9 +339,13 @@ class RegionalHub(HubProcess):
     def on_update(self, event: Event) -> None:
         self.counters["updates.received"] += 1
         header, env = decode_message(UpdateHeader, event.payload, max_bytes=self.max_bytes)
-        if not event.topic.endswith(f"/update/{header.client}"):
+        if not self.update_topic_ok(event.topic, header.client):
             raise WireError("wrong_topic", event.topic)
         self.take_update(event, header, env.tensors)
+
+    def update_topic_ok(self, topic: str, client: str) -> bool:
+        """Whether ``client``'s update came on its own topic."""
+        return topic.endswith(f"/update/{client}")
 
     def take_update(self, event: Event, header: UpdateHeader,
                     tensors: dict[str, torch.Tensor]) -> None:
