@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 from fedsa_common.net.broker_auth import BrokerAuth
+from fedsa_common.net.transport import MqttSession
 from fedsa_common.wire.protocol import PartialHeader, Presence
 from fedsa_common.wire.shards import intake_shard
 from hub.regional import RegionalHub
@@ -36,14 +37,14 @@ class IntakeWorker(RegionalHub):
     def __init__(self, broker_url: str, federation: str, region: str, shard: int, shards: int,
                  state_dir: Path, payload_limit: int = 1_000_000, *,
                  auth: BrokerAuth | None = None, connect_timeout_s: float = 300.0,
-                 report_every_s: float = 30.0) -> None:
+                 report_every_s: float = 30.0, session: MqttSession | None = None) -> None:
         if not 0 <= shard < shards:
             raise ValueError(f"--shard {shard} not in 0..{shards - 1}")
         self.region, self.shard = region, shard  # before the session: its status topic
         self.shards = shards
         super().__init__(broker_url, federation, region, state_dir, payload_limit, auth=auth,
                          connect_timeout_s=connect_timeout_s, report_every_s=report_every_s,
-                         name=worker_name(region, shard))
+                         name=worker_name(region, shard), session=session)
 
     @property
     def partial_topic(self) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from fedsa_common.net.broker_auth import BrokerAuth
+from fedsa_common.net.transport import MqttSession
 from fedsa_common.wire.errors import WireError
 from fedsa_common.wire.protocol import Ack, PartialHeader, decode_message
 from hub.aggregation import RunningSum
@@ -42,7 +43,7 @@ class RegionLeader(RegionalHub):
     def __init__(self, broker_url: str, federation: str, region: str, shards: int,
                  state_dir: Path, payload_limit: int = 1_000_000, *,
                  auth: BrokerAuth | None = None, connect_timeout_s: float = 300.0,
-                 report_every_s: float = 30.0) -> None:
+                 report_every_s: float = 30.0, session: MqttSession | None = None) -> None:
         if shards < 2:
             raise ValueError(f"a region leader needs intake_shards > 1, not {shards}")
         # before the restore that the regional hub's constructor runs
@@ -51,7 +52,8 @@ class RegionLeader(RegionalHub):
         self.taken: set[str] = set()  # ids of the processes' partials merged (and acked)
         self.worker_finals: set[tuple[int, int]] = set()  # (round, shard)
         super().__init__(broker_url, federation, region, state_dir, payload_limit, auth=auth,
-                         connect_timeout_s=connect_timeout_s, report_every_s=report_every_s)
+                         connect_timeout_s=connect_timeout_s, report_every_s=report_every_s,
+                         session=session)
 
     # ------------------------------------------------------------------ persistence
     def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
