@@ -149,8 +149,9 @@ def rules_for(account: Account, topics: Topics) -> list[Rule]:
             # several intake processes (``intake_shards``): they log in as the regional hub
             # and read their shard's updates, and the leader reads and acks their partials
             Rule("read", chunk_filter(topics.update_filter(region, "+"))),
-            Rule("read", f"{topics.base}/region/{region}/intake/#"),
-            Rule("write", f"{topics.base}/region/{region}/intake/#"),
+            *(Rule(access, topic) for access in ("read", "write") for topic in (
+                chunk_filter(topics.intake_partial_filter(region)),
+                topics.intake_ack(region, "+"), topics.intake_status(region, "+"))),
             Rule("read", topics.presence(region, "+")),
             Rule("read", topics.partial_ack(region)),
             Rule("read", chunk_filter(topics.secagg_up_filter(region))),

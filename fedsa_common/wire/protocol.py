@@ -84,18 +84,18 @@ class Topics:
         ``intake_shards``; 1: today's topic) publishes its updates."""
         return self.update(region, client, intake_shard(client, shards) if shards > 1 else None)
 
-    def intake_partial(self, region: str, shard: int) -> str:
+    def intake_partial(self, region: str, shard: int | str) -> str:
         """An intake process's running sums, to its region's leader (stays in the site)."""
         return f"{self.base}/region/{region}/intake/partial/{shard}"
 
     def intake_partial_filter(self, region: str) -> str:
         return f"{self.base}/region/{region}/intake/partial/+"
 
-    def intake_ack(self, region: str, shard: int) -> str:
+    def intake_ack(self, region: str, shard: int | str) -> str:
         """The region leader's answer to one of intake process ``shard``'s partials."""
         return f"{self.base}/region/{region}/intake/ack/{shard}"
 
-    def intake_status(self, region: str, shard: int) -> str:
+    def intake_status(self, region: str, shard: int | str) -> str:
         """Intake process ``shard``'s retained status (the leader keeps the region's)."""
         return f"{self.base}/region/{region}/intake/status/{shard}"
 
