@@ -127,7 +127,10 @@ class RegionLeader(RegionalHub):
             intake = CloudIntake(round=self.intake.round, announce_payload=b"", selected={},
                                  started=event.received, total=RunningSum.zeros(
                                      {n: tuple(t.shape) for n, t in env.tensors.items()}))
-        try:  # version = its base version: the leader discounts nothing, the cloud does
+        # its own round and base version: the leader judges nothing late or stale and
+        # discounts nothing (the cloud does, from the round and base version forwarded)
+        intake.round = header.round
+        try:
             ack = intake.accept(header, env.tensors, version=header.base_version,
                                 policy=self.intake.policy, shared_set_changes=False)
         except WireError as err:
