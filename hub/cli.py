@@ -47,7 +47,8 @@ def serve(
              "intake processes (started by `--role regional --intake-shards K`).")],
     federation: Annotated[str, typer.Option(help="Federation name (a topic level).")],
     state_dir: Annotated[Path, typer.Option(help="Where checkpoints and state are written.")],
-    region: Annotated[str | None, typer.Option(help="Region served (regional role).")] = None,
+    region: Annotated[str | None, typer.Option(
+        help="Region served (regional and intake roles).")] = None,
     broker: Annotated[str | None, typer.Option(
         help="mqtt://HOST:PORT or mqtts://HOST:PORT (TLS). Cloud role without it (and without "
              "--credentials) starts a broker (Mosquitto if installed, else the embedded one) "

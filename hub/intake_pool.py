@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from fedsa_common.process.managed import ManagedProcess, option_args, stop_all
 log = logging.getLogger("fedsa.hub.intake_pool")
 
 CHECK_EVERY_S = 1.0
+MAX_RESTART_DELAY_S = 30.0  # a child that keeps failing at once is retried at most this often
 
 
 def worker_dir(state_dir: Path, shard: int) -> Path:
@@ -37,6 +39,7 @@ class IntakePool:
         self.shards, self.state_dir, self.options = shards, Path(state_dir), dict(options)
         self.procs: list[ManagedProcess] = []
         self.restarts = 0
+        self._retry_at: dict[int, tuple[float, float]] = {}  # shard -> (when, next delay)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="intake-pool", daemon=True)
 
@@ -58,16 +61,26 @@ class IntakePool:
         return self.state_dir / f"intake-{shard}.log"
 
     def _watch(self) -> None:
-        """Restart a child that died (a crash, the OOM killer), not one that finished."""
+        """Restart a child that died (a crash, the OOM killer), not one that finished; one
+        that dies again within a minute waits twice as long as before (at most
+        ``MAX_RESTART_DELAY_S``), so a child that cannot start does not spin."""
         while not self._stop.wait(CHECK_EVERY_S):
+            now = time.monotonic()
             for i, proc in enumerate(self.procs):
                 code = proc.returncode
                 if code is None or code == 0 or self._stop.is_set():
+                    continue
+                at, delay = self._retry_at.get(i, (0.0, CHECK_EVERY_S))
+                if now < at:
                     continue
                 proc.wait()
                 log.warning("intake process %d exited with %d; restarting it", i, code)
                 self.restarts += 1
                 self.procs[i] = proc.restarted()
+                short = now - at < 60.0
+                self._retry_at[i] = (now + (delay if short else 0.0),
+                                     min(MAX_RESTART_DELAY_S, delay * 2) if short
+                                     else CHECK_EVERY_S)
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
