@@ -5,6 +5,7 @@ with the project's environment active and Mosquitto installed:
 
     python -m benchmarks.hub_ingest                 # 1,000 devices, five codecs: ~2 minutes
     python -m benchmarks.hub_ingest --quick         # 200 devices, two codecs
+    python -m benchmarks.hub_ingest --intake-shards 1,2   # the hub with 1 and 2 intake processes
 
 For every codec, 1,000 simulated devices' updates (MiniLM-shaped LoRA-A deltas, one per
 device id, encoded as a device encodes them) are queued at a real Mosquitto for a
@@ -21,7 +22,10 @@ are updates per second of wall time:
 * ``hub``: the real regional hub process (``hub serve --role regional``, default INFO
   logging), which validates, decodes and folds every update into its running sum, persists
   its intake (atomically, on disk) and acknowledges each update; from its status message
-  after connecting to its last acknowledgement;
+  after connecting to its last acknowledgement.  With ``--intake-shards K`` (K > 1) the
+  region is served by a leader and K intake processes (``--intake-shards K``; the devices
+  publish to their shard's topic): from the first intake process's status to the last
+  acknowledgement, CPU summed over the leader and its intake processes;
 * ``CPU``: the same decode-and-fold (``hub.intake.RegionIntake``) without broker, per CPU
   second of this process: what the hub's Python costs per update;
 * ``per CPU s``: ``raw paho`` and ``hub`` again, per CPU second their process used while
@@ -69,10 +73,11 @@ CODECS = ["dense:fp32", "topk_int8:0.1", "topk:0.1:int8", "topk:0.01:int4:zstd",
 SHAPES = SETS["MiniLM A (12 x [8,384])"]
 
 
-def announce(s: Setting, clients: list[str], shapes: dict[str, tuple[int, ...]]
-             ) -> AnnounceHeader:
+def announce(s: Setting, clients: list[str], shapes: dict[str, tuple[int, ...]],
+             shards: int = 1) -> AnnounceHeader:
+    config = dict(s.config, **({"intake_shards": {REGION: shards}} if shards > 1 else {}))
     return AnnounceHeader(federation=FEDERATION, round=ROUND, version=0, status="running",
-                          selected={REGION: clients}, config=s.config, config_hash="x",
+                          selected={REGION: clients}, config=config, config_hash="x",
                           deadline_s=600, issued_at=time.time(), shared=sorted(shapes))
 
 
@@ -98,8 +103,10 @@ def updates(s: Setting, clients: list[str], shapes: dict[str, tuple[int, ...]]
     return out
 
 
-def queue_updates(url: str, payloads: list[bytes], clients: list[str], timeout: float) -> None:
-    """Publish every update (QoS 1, acknowledged by the broker) from four sessions."""
+def queue_updates(url: str, payloads: list[bytes], clients: list[str], timeout: float,
+                  shards: int = 1) -> None:
+    """Publish every update (QoS 1, acknowledged by the broker) from four sessions, each to
+    its device's topic for a region of ``shards`` intake processes."""
     topics = Topics(FEDERATION)
     pubs = [MqttSession(url, client_id=f"ing-pub-{i}", clean_session=True) for i in range(4)]
     for p in pubs:
@@ -107,7 +114,8 @@ def queue_updates(url: str, payloads: list[bytes], clients: list[str], timeout: 
 
     def publish(k: int) -> None:
         for i in range(k, len(payloads), len(pubs)):
-            pubs[k].publish(topics.update(REGION, clients[i]), payloads[i], timeout=timeout)
+            pubs[k].publish(topics.device_update(REGION, clients[i], shards), payloads[i],
+                            timeout=timeout)
 
     threads = [threading.Thread(target=publish, args=(k,)) for k in range(len(pubs))]
     for t in threads:
@@ -181,17 +189,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (a region leader's intake processes)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 class HubWatch:
     """Acknowledgements and status messages of the regional hub, with arrival times."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, shards: int = 1) -> None:
         topics = Topics(FEDERATION)
         self.acks: dict[str, tuple[bool, float]] = {}
         self.status: list[dict] = []
         self.lock = threading.Lock()
         self.session = MqttSession(url, client_id="ing-watch", clean_session=True)
         self.session.subscribe_raw(f"{topics.base}/ack/{REGION}/+", self.on_ack)
+        # who drains the backlog: the hub, or its intake processes
         self.session.subscribe_raw(topics.status("regional", REGION), self.on_status)
+        if shards > 1:
+            self.session.subscribe_raw(f"{topics.base}/region/{REGION}/intake/status/+",
+                                       self.on_status)
         self.session.connect()
 
     def on_ack(self, _topic: str, payload: bytes) -> None:
@@ -215,37 +232,43 @@ class HubWatch:
 
 
 def hub_process(url: str, s: Setting, payloads: list[bytes], clients: list[str],
-                workdir: Path, timeout: float) -> tuple[float | None, float | None]:
-    """The real regional hub draining a backlog: (updates/s, updates per CPU second of
-    the hub process), None where it did not acknowledge them all."""
+                workdir: Path, timeout: float, shards: int = 1
+                ) -> tuple[float | None, float | None]:
+    """The real regional hub (with ``shards`` > 1: its leader and intake processes)
+    draining a backlog: (updates/s, updates per CPU second of its processes), None where it
+    did not acknowledge them all."""
     topics = Topics(FEDERATION)
     cloud = MqttSession(url, client_id="ing-cloud", clean_session=True)
     cloud.connect()
-    header = announce(s, clients, SHAPES)
+    header = announce(s, clients, SHAPES, shards)
     cloud.publish(topics.announce, encode_message(header, init_adapter_values(SHAPES, 0)),
                   retain=True, timeout=timeout)
-    watch = HubWatch(url)
+    watch = HubWatch(url, shards)
     state = workdir / "hub-state"
     cmd = [sys.executable, "-m", "hub", "serve", "--role", "regional", "--region", REGION,
-           "--federation", FEDERATION, "--broker", url, "--state-dir", str(state)]
+           "--federation", FEDERATION, "--broker", url, "--state-dir", str(state),
+           "--intake-shards", str(shards)]
+    logs = [workdir / "hub.log"] if shards == 1 else [
+        state / f"intake-{i}.log" for i in range(shards)]  # who takes the round's updates
     log = (workdir / "hub.log").open("ab")
     try:
         first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        serving = watch.wait(lambda w: any(st.get("round") == 1 for st in w.status) or
-                             _log_has(workdir / "hub.log", "devices selected"), timeout)
+        serving = watch.wait(lambda w: all(_log_has(p, "devices selected") for p in logs),
+                             timeout)
         first.terminate()
         first.wait(timeout)
         if not serving:
             print("  (hub never took the round)", file=sys.stderr)
             return None, None
-        queue_updates(url, payloads, clients, timeout)
+        queue_updates(url, payloads, clients, timeout, shards)
         restarted = time.time()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         n = len(payloads)
-        watch.wait(lambda w: any(st.get("ts", 0) >= restarted for st in w.status), timeout)
-        cpu = cpu_seconds(proc.pid)
+        # CPU of each process from its first status (it connected: torch's import and the
+        # intake processes' start-up are not ingest) to the last acknowledgement
+        started = started_cpu(watch, proc.pid, shards, restarted, timeout)
         watch.wait(lambda w: len(w.acks) >= n, timeout)
-        cpu = cpu_seconds(proc.pid) - cpu
+        cpu = sum(cpu_seconds(pid) - c0 for pid, c0 in started.values())
         proc.terminate()
         proc.wait(timeout)
     finally:
@@ -253,12 +276,36 @@ def hub_process(url: str, s: Setting, payloads: list[bytes], clients: list[str],
         cloud.clear_retained(topics.announce)
         cloud.close()
         watch.session.close()
-    starts = [st["ts"] for st in watch.status if st.get("ts", 0) >= restarted]
+    drains = REGION if shards == 1 else f"{REGION}."  # the processes that take updates
+    starts = [st["ts"] for st in watch.status if st.get("ts", 0) >= restarted
+              and st.get("name", "").startswith(drains)]
     acked = [t for ok, t in watch.acks.values() if ok]
     if not starts or len(acked) < len(payloads):
         print(f"  (hub acknowledged {len(acked)}/{len(payloads)})", file=sys.stderr)
         return None, None
     return len(acked) / max(max(acked) - min(starts), 1e-9), len(acked) / max(cpu, 1e-9)
+
+
+def started_cpu(watch: HubWatch, leader: int, shards: int, since: float, timeout: float
+                ) -> dict[str, tuple[int, float]]:
+    """Process name -> (pid, its CPU seconds when its first status after ``since`` came):
+    the hub, or the leader and its ``shards`` intake processes (``REGION.i``)."""
+    names = [REGION] + ([f"{REGION}.{i}" for i in range(shards)] if shards > 1 else [])
+    out: dict[str, tuple[int, float]] = {}
+    until = time.time() + timeout
+    while len(out) < len(names) and time.time() < until:
+        pids = {REGION: leader}
+        for pid in children(leader):
+            args = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+            if "--shard" in args:
+                pids[f"{REGION}.{args[args.index('--shard') + 1]}"] = pid
+        with watch.lock:
+            fresh = {st.get("name") for st in watch.status if st.get("ts", 0) >= since}
+        for name in names:
+            if name in fresh and name in pids and name not in out:
+                out[name] = (pids[name], cpu_seconds(pids[name]))
+        time.sleep(0.005)
+    return out
 
 
 def _log_has(path: Path, text: str) -> bool:
@@ -277,12 +324,15 @@ def cpu_rate(s: Setting, payloads: list[bytes], clients: list[str]) -> float:
     return len(payloads) / (time.process_time() - t0)
 
 
-def ingest_table(devices: int, codecs: list[str], timeout: float) -> str:
+def ingest_table(devices: int, codecs: list[str], timeout: float,
+                 shard_counts: list[int] | None = None) -> str:
+    """One row per codec and number of intake processes (``shard_counts``, default [1]);
+    the raw and no-broker columns are measured once per codec."""
     clients = [f"d{i:05d}" for i in range(devices)]
-    lines = ["| codec | update bytes | raw C updates/s | raw paho updates/s | hub process "
-             "updates/s | hub / raw C | hub / raw paho | hub CPU updates/s (no broker) | "
-             "raw paho per CPU s | hub per CPU s | hub / raw paho per CPU s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| codec | intake processes | update bytes | raw C updates/s | raw paho updates/s "
+             "| hub process updates/s | hub / raw C | hub / raw paho | hub CPU updates/s (no "
+             "broker) | raw paho per CPU s | hub per CPU s | hub / raw paho per CPU s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label in codecs:
         s = setting(label)
         payloads = updates(s, clients, SHAPES)
@@ -290,13 +340,18 @@ def ingest_table(devices: int, codecs: list[str], timeout: float) -> str:
                 _broker(Path(tmp), devices) as broker:
             c = raw_c(broker.url, devices, payloads, clients, timeout)
             paho, paho_cpu = raw_paho(broker.url, devices, payloads, clients, timeout)
-            hub, hub_cpu = hub_process(broker.url, s, payloads, clients, Path(tmp), timeout)
         cpu = cpu_rate(s, payloads, clients)
         size = statistics.mean(len(p) for p in payloads)
-        lines.append("| " + " | ".join([
-            label, f"{size:,.0f}", _n(c), _n(paho), _n(hub), _ratio(hub, c), _ratio(hub, paho),
-            _n(cpu), _n(paho_cpu), _n(hub_cpu), _ratio(hub_cpu, paho_cpu)]) + " |")
-        print(lines[-1], file=sys.stderr)
+        for k in shard_counts or [1]:
+            with tempfile.TemporaryDirectory(prefix="fedsa-ingest-") as tmp, \
+                    _broker(Path(tmp), devices) as broker:
+                hub, hub_cpu = hub_process(broker.url, s, payloads, clients, Path(tmp),
+                                           timeout, k)
+            lines.append("| " + " | ".join([
+                label, str(k), f"{size:,.0f}", _n(c), _n(paho), _n(hub), _ratio(hub, c),
+                _ratio(hub, paho), _n(cpu), _n(paho_cpu), _n(hub_cpu),
+                _ratio(hub_cpu, paho_cpu)]) + " |")
+            print(lines[-1], file=sys.stderr)
     return "\n".join(lines)
 
 
@@ -319,6 +374,9 @@ def main() -> None:
     parser.add_argument("--codecs", default=",".join(CODECS))
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--quick", action="store_true", help="200 devices, two codecs")
+    parser.add_argument("--intake-shards", default="1",
+                        help="comma-separated numbers of intake processes serving the region "
+                             "(hub serve --intake-shards), one row each: e.g. 1,2")
     args = parser.parse_args()
     codecs = args.codecs.split(",")
     if args.quick:
@@ -326,7 +384,8 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"# Regional-hub ingest ({today()}; {machine()}); {args.devices} devices, MiniLM A, "
           "Mosquitto on 127.0.0.1, backlog drained\n")
-    print(ingest_table(args.devices, codecs, args.timeout))
+    shard_counts = [int(k) for k in args.intake_shards.split(",")]
+    print(ingest_table(args.devices, codecs, args.timeout, shard_counts))
 
 
 if __name__ == "__main__":

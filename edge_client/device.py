@@ -143,6 +143,9 @@ class Device:
         self.host = host
         self.hooks = hooks
         self.topics = Topics(spec.federation)
+        # where updates go: one level deeper when the announced configuration serves the
+        # region with several intake processes (``intake_shards``)
+        self.update_topic = self.topics.update(spec.region, spec.client)
         self.store = StateDir(spec.state_dir, spec.client, spec.region, spec.federation)
         self.state: DeviceState = self.store.load()
         self.inbox: queue.Queue[tuple[bytes, float]] = queue.Queue()
@@ -285,7 +288,10 @@ class Device:
                 try:
                     header, env = decode_message(AnnounceHeader, payload,
                                                  max_bytes=MAX_ANNOUNCE_BYTES)
-                    announced_config(header)  # a config that does not validate is bad input
+                    # a config that does not validate is bad input
+                    config = announced_config(header)
+                    self.update_topic = self.topics.device_update(
+                        self.spec.region, self.spec.client, config.shards_of(self.spec.region))
                     self.silence_s = SILENCE_DEADLINES * header.deadline_s
                 except WireError as err:
                     log.warning("%s: ignored bad announcement: %s", self.spec.client, err)
@@ -410,7 +416,7 @@ class Device:
         self.next_resend = time.monotonic() + self.backoff
         try:
             bytes_up = self.session.publish(
-                self.topics.update(self.spec.region, self.spec.client), payload)
+                self.update_topic, payload)
         except (TimeoutError, ConnectionError) as err:
             log.warning("%s: round %d update not acknowledged by the broker (%s); it is "
                         "resent until its hub acknowledges it", self.spec.client, round_, err)
@@ -537,7 +543,7 @@ class Device:
         if self.pending is None or time.monotonic() < self.next_resend:
             return
         try:
-            self.session.publish(self.topics.update(self.spec.region, self.spec.client),
+            self.session.publish(self.update_topic,
                                  self.pending, timeout=10)
             log.info("%s: re-sent update of round %d", self.spec.client, self.pending_round)
         except (TimeoutError, ConnectionError) as err:

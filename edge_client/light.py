@@ -190,6 +190,9 @@ class LightDevice:
         self.started = time.time()
         self.last_round = 0
         self.pending: _Pending | None = None
+        # where updates go: one level deeper when the announced configuration serves the
+        # region with several intake processes (``intake_shards``)
+        self.update_topic = self.topics.update(spec.region, spec.client)
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.duplicate: str | None = None  # a hub's word that this client id runs twice
@@ -256,6 +259,8 @@ class LightDevice:
         """Build the round's update from a synthesised delta and publish it (QoS 1); kept
         for resending until acknowledged."""
         header, config = rnd.header, rnd.config
+        self.update_topic = self.topics.device_update(self.spec.region, self.spec.client,
+                                                      config.shards_of(self.spec.region))
         if config.fedsa_lora.privacy.secure_aggregation.enable:
             self.host.count(header.round, "skipped.secure_aggregation")
             log.warning("%s: sat out round %d: light devices do not take part in secure "
@@ -291,8 +296,7 @@ class LightDevice:
 
     def publish(self, payload: bytes) -> None:
         try:
-            self.session.publish(self.topics.update(self.spec.region, self.spec.client),
-                                 payload, timeout=30)
+            self.session.publish(self.update_topic, payload, timeout=30)
         except (TimeoutError, ConnectionError) as err:  # resent with backoff
             log.info("%s: update not acknowledged by the broker yet: %s", self.spec.client,
                      err)

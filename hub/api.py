@@ -108,14 +108,30 @@ def serve_regional(broker: str, federation: str, region: str, state_dir: str | P
                    auth: BrokerAuth | None = None, payload_limit: int = 1_000_000,
                    connect_timeout_s: float = 300.0, report_every_s: float = 30.0,
                    secagg_authority: bytes | None = None, metrics_port: int = 0,
-                   metrics_host: str = "127.0.0.1") -> int:
+                   metrics_host: str = "127.0.0.1", intake_shards: int = 1,
+                   intake_options: Mapping[str, Any] | None = None) -> int:
     """Run the regional hub of ``region`` until the federation finishes; its exit status.
 
     ``secagg_authority``: the secure-aggregation authority's public key (with it the hub
     leaves a device whose certificate does not verify out of the round).  ``metrics_port``
-    (0: off) serves Prometheus metrics."""
+    (0: off) serves Prometheus metrics.  ``intake_shards`` > 1: this process is the
+    region's leader (``hub.region_leader``) and runs that many intake processes as children
+    (``hub.intake_pool``), started with ``intake_options`` (``hub serve`` options by their
+    Python names: ``broker``, ``credentials``, ...; default: ``broker`` alone)."""
     _name("federation", federation, "--federation")
     _name("region", region, "--region")
+    if intake_shards > 1:
+        from hub.intake_pool import IntakePool
+        from hub.region_leader import RegionLeader
+
+        leader = RegionLeader(broker, federation, region, intake_shards, Path(state_dir),
+                              payload_limit, auth=auth, connect_timeout_s=connect_timeout_s,
+                              report_every_s=report_every_s)
+        options = dict(intake_options or {"federation": federation, "region": region,
+                                          "broker": broker})
+        with IntakePool(intake_shards, Path(state_dir), options), \
+                _metrics(leader, metrics_port, metrics_host):
+            return leader.run()
     from hub.regional import RegionalHub
 
     hub = RegionalHub(broker, federation, region, Path(state_dir), payload_limit, auth=auth,
@@ -123,6 +139,21 @@ def serve_regional(broker: str, federation: str, region: str, state_dir: str | P
                       secagg_authority=secagg_authority)
     with _metrics(hub, metrics_port, metrics_host):
         return hub.run()
+
+
+def serve_intake(broker: str, federation: str, region: str, shard: int, shards: int,
+                 state_dir: str | Path, *, auth: BrokerAuth | None = None,
+                 payload_limit: int = 1_000_000, connect_timeout_s: float = 300.0,
+                 report_every_s: float = 30.0) -> int:
+    """Run intake process ``shard`` of ``shards`` of ``region`` (``hub.intake_worker``)
+    until the federation finishes; its exit status."""
+    _name("federation", federation, "--federation")
+    _name("region", region, "--region")
+    from hub.intake_worker import IntakeWorker
+
+    return IntakeWorker(broker, federation, region, shard, shards, Path(state_dir),
+                        payload_limit, auth=auth, connect_timeout_s=connect_timeout_s,
+                        report_every_s=report_every_s).run()
 
 
 def serve_cloud(config: CloudConfig, federation: str,
@@ -167,8 +198,8 @@ def serve_args(role: str, federation: str, state_dir: str | Path, **options: Any
     """``hub serve``'s arguments (after ``hub``) for a hub with these options, by their
     Python name (``broker``, ``region``, ``config``, ``credentials``, ``metrics_port``,
     ``hub_grace``, ...; None leaves one out)."""
-    if role not in ("cloud", "regional"):
-        raise OptionError(f"role {role!r} must be cloud or regional", "--role")
+    if role not in ("cloud", "regional", "intake"):
+        raise OptionError(f"role {role!r} must be cloud, regional or intake", "--role")
     _name("federation", federation, "--federation")
     return ["serve", *option_args({"role": role, "federation": federation,
                                    "state_dir": state_dir, **options})]

@@ -14,6 +14,7 @@ import typer
 from fedsa_common.federation.config import ConfigError, load_federation_config
 from fedsa_common.net.broker_auth import Credentials, read_authority_file
 from fedsa_common.process import cli_auth, cli_common
+from fedsa_common.wire.shards import MAX_INTAKE_SHARDS
 from hub.metrics_devices import MAX_DEVICES
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ app = typer.Typer(help="Regional and cloud hubs of a fedsa-edge federation.",
 class Role(StrEnum):
     cloud = "cloud"
     regional = "regional"
+    intake = "intake"
 
 
 @app.callback()
@@ -40,10 +42,13 @@ def main(version: cli_common.VersionOption = False) -> None:
 
 @app.command()
 def serve(
-    role: Annotated[Role, typer.Option(help="cloud finalizes rounds; regional pre-aggregates.")],
+    role: Annotated[Role, typer.Option(
+        help="cloud finalizes rounds; regional pre-aggregates; intake is one of a region's "
+             "intake processes (started by `--role regional --intake-shards K`).")],
     federation: Annotated[str, typer.Option(help="Federation name (a topic level).")],
     state_dir: Annotated[Path, typer.Option(help="Where checkpoints and state are written.")],
-    region: Annotated[str | None, typer.Option(help="Region served (regional role).")] = None,
+    region: Annotated[str | None, typer.Option(
+        help="Region served (regional and intake roles).")] = None,
     broker: Annotated[str | None, typer.Option(
         help="mqtt://HOST:PORT or mqtts://HOST:PORT (TLS). Cloud role without it (and without "
              "--credentials) starts a broker (Mosquitto if installed, else the embedded one) "
@@ -87,6 +92,15 @@ def serve(
              "--credentials already hold it). With it the hub leaves a device whose "
              "certificate does not verify out of the round instead of failing the region's "
              "round.")] = None,
+    intake_shards: Annotated[int, typer.Option(
+        min=1, max=MAX_INTAKE_SHARDS,
+        help="Regional role: serve the region with this many intake processes (children of "
+             "this one, each using a core), for a region whose updates one process cannot "
+             "keep up with. Must equal the federation configuration's intake_shards for the "
+             "region (devices publish to the process of their shard). 1: one process.")] = 1,
+    shard: Annotated[int | None, typer.Option(
+        min=0, help="Intake role: which of the --intake-shards processes this is (0-based); "
+                    "the regional hub starts these itself.")] = None,
 ) -> None:
     """Serve one hub until the federation finishes.
 
@@ -106,19 +120,34 @@ def serve(
     setup_logging(log_level)
     common = {"metrics_port": metrics_port, "metrics_host": metrics_host,
                "connect_timeout_s": connect_timeout, "report_every_s": report_every}
-    if role is Role.regional:
+    if role in (Role.regional, Role.intake):
         if region is None:
-            raise cli_common.usage_error("required for --role regional", "--region")
+            raise cli_common.usage_error(f"required for --role {role}", "--region")
         conn = cli_auth.connection_from_options(
             broker, credentials, username, password_file, tls_ca,
             default_url="mqtt://127.0.0.1:1883", federation=federation, role="regional",
             region=region)
         assert conn.url is not None
+        if role is Role.intake:
+            if shard is None or shard >= intake_shards:
+                raise cli_common.usage_error(f"--role intake needs 0 <= --shard < "
+                                             f"--intake-shards ({intake_shards})", "--shard")
+            sys.exit(api.serve_intake(conn.url, federation, region, shard, intake_shards,
+                                      state_dir, auth=conn.auth, payload_limit=payload_limit,
+                                      connect_timeout_s=connect_timeout,
+                                      report_every_s=report_every))
         authority = _secagg_authority(secagg_authority, conn.credentials)
+        children = {"federation": federation, "region": region, "broker": broker,
+                    "credentials": credentials, "username": username,
+                    "password_file": password_file, "tls_ca": tls_ca,
+                    "payload_limit": payload_limit, "log_level": log_level.value,
+                    "connect_timeout": connect_timeout, "report_every": report_every,
+                    "torch_threads": torch_threads}
         # BrokerUnreachable is a UserError: one line, exit 2
         sys.exit(api.serve_regional(conn.url, federation, region, state_dir, auth=conn.auth,
                                     payload_limit=payload_limit,
-                                    secagg_authority=authority, **common))
+                                    secagg_authority=authority, intake_shards=intake_shards,
+                                    intake_options=children, **common))
     config_hint = "--config" if config is None else f"--config {config}"
     try:  # found now, not after the broker and hub started
         cfg = api.cloud_config(config, federation)

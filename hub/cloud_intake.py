@@ -84,7 +84,7 @@ class CloudIntake:
         ``version``: the global version now; ``shared_set_changes``: whether the shared set
         may differ between rounds (then a partial of an earlier round may carry that
         round's set, and is dropped as late whatever its shapes)."""
-        pid = f"{header.region}:{header.round}:{header.seq}"
+        pid = header.pid  # region:round:seq (an intake process's: region/worker:round:seq)
         if pid in self.seen:
             self.duplicates += 1
             return Ack(kind="partial", id=pid, accepted=True, reason="duplicate")
@@ -120,7 +120,7 @@ class CloudIntake:
             estimate = self.estimate_of(pid, header, sums)  # may refuse: before any change
         self.seen.add(pid)
         if header.round == self.round and header.final:
-            self.finals.add(header.region)
+            self.finals.add(header.source)
         for r, n in header.rejected.items():
             self.rejected[r] += n
         self.duplicates += header.duplicates

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -92,12 +92,14 @@ class RegionIntake:
     def announce(self, header: AnnounceHeader, shapes: Mapping[str, tuple[int, ...]],
                  policy: RoundPolicySection, codec: str,
                  steps: Sequence[StatefulStep | None] = (),
-                 aggregator: Aggregator | None = None) -> bool:
+                 aggregator: Aggregator | None = None,
+                 only: Callable[[str], bool] | None = None) -> bool:
         """Take a new round; returns False for a re-delivery of a known round.
 
         ``steps``: the configured admission steps of the round (None for a feature that is
         off), run after the policy's own; ``aggregator``: the round's aggregator when it is
-        not the policy's rule (secure aggregation's ``SecureSum``)."""
+        not the policy's rule (secure aggregation's ``SecureSum``); ``only``: which of the
+        region's selected devices this intake serves (an intake process: its shard's)."""
         if header.round <= self.round and self.rounds:
             return False
         announced, params = announced_codec(header)  # validated before any state changes
@@ -105,7 +107,8 @@ class RegionIntake:
         self.shapes = dict(shapes)
         self.policy = policy
         self.rounds[header.round] = RoundInfo(
-            header.version, list(header.selected.get(self.region, [])), codec,
+            header.version, [c for c in header.selected.get(self.region, [])
+                             if only is None or only(c)], codec,
             params if announced == codec else {})
         # forgotten rounds refuse their updates and resends as stale; when every round was
         # applied (a version per round) they are stale by version anyway

@@ -71,7 +71,7 @@ class HubProcess:
         self.duplicates = DuplicateWatch()
         self._status_fields: dict[str, Any] = {}  # the last status's, to publish it again
         self._round_started_at: float | None = None
-        self._status_topic = self.topics.status(self.role, name)
+        self._status_topic = self.status_topic()
         self.session = session if session is not None else MqttSession(
             broker_url,
             client_id=f"{self.role}-{federation}-{name}",
@@ -82,6 +82,10 @@ class HubProcess:
             on_connect=lambda: self.events.put(Event("connected", "", b"", time.time())),
             auth=auth,
         )
+
+    def status_topic(self) -> str:
+        """Where this hub's retained status (and its will) goes."""
+        return self.topics.status(self.role, self.name)
 
     def connect(self) -> None:
         """Connect, saying every ``report_every_s`` why the broker is not reached yet;

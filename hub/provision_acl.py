@@ -130,6 +130,8 @@ def rules_for(account: Account, topics: Topics) -> list[Rule]:
         region, client = _bound(account)
         return [
             Rule("write", chunk_filter(topics.update(region, client))),
+            # a region served by several intake processes: one level deeper (its shard)
+            Rule("write", chunk_filter(topics.update_any_shard(region, client))),
             Rule("write", topics.presence(region, client)),
             Rule("write", topics.metrics(region, client)),
             Rule("write", chunk_filter(topics.secagg_up(region, client))),
@@ -144,6 +146,12 @@ def rules_for(account: Account, topics: Topics) -> list[Rule]:
         return [
             Rule("read", announce),
             Rule("read", chunk_filter(topics.update_filter(region))),
+            # several intake processes (``intake_shards``): they log in as the regional hub
+            # and read their shard's updates, and the leader reads and acks their partials
+            Rule("read", chunk_filter(topics.update_filter(region, "+"))),
+            *(Rule(access, topic) for access in ("read", "write") for topic in (
+                chunk_filter(topics.intake_partial_filter(region)),
+                topics.intake_ack(region, "+"), topics.intake_status(region, "+"))),
             Rule("read", topics.presence(region, "+")),
             Rule("read", topics.partial_ack(region)),
             Rule("read", chunk_filter(topics.secagg_up_filter(region))),

@@ -15,6 +15,7 @@ import logging
 import queue
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -56,15 +57,17 @@ STATE_TENSORS = "intake.safetensors"
 
 class RegionalHub(HubProcess):
     role = "regional"
+    shards = 1  # intake processes serving the region (hub/region_leader.py when more)
 
     def __init__(self, broker_url: str, federation: str, region: str, state_dir: Path,
                  payload_limit: int = 1_000_000, *, auth: BrokerAuth | None = None,
                  connect_timeout_s: float = 300.0, report_every_s: float = 30.0,
                  session: MqttSession | None = None,
-                 secagg_authority: bytes | None = None) -> None:
+                 secagg_authority: bytes | None = None, name: str | None = None) -> None:
         """``secagg_authority``: the secure-aggregation authority's public key, with which
-        this hub checks device certificates itself (hub/secagg_region.py)."""
-        super().__init__(broker_url, federation, check_name("region", region), state_dir,
+        this hub checks device certificates itself (hub/secagg_region.py); ``name``: the
+        process's name (its client id and status), the region's unless given."""
+        super().__init__(broker_url, federation, name or check_name("region", region), state_dir,
                          payload_limit, auth=auth, connect_timeout_s=connect_timeout_s,
                          report_every_s=report_every_s, session=session)
         self.region = region
@@ -84,14 +87,27 @@ class RegionalHub(HubProcess):
         self.secagg = RegionSecAgg(self.session, self.topics, federation, region, self.counters,
                                    secagg_authority)
 
+    @property
+    def partial_topic(self) -> str:
+        """Where this hub's partials go (an intake process's: to its region's leader)."""
+        return self.topics.partial(self.region)
+
+    @property
+    def partial_ack_topic(self) -> str:
+        return self.topics.partial_ack(self.region)
+
     # ------------------------------------------------------------------ persistence
     def load(self) -> None:
         """Restore the intake and the unacknowledged partials written by ``persist``."""
         path = self.state_dir / STATE_JSON
         if not path.exists():
             return
-        meta = read_json(path)
-        tensors = read_tensors(self.state_dir / STATE_TENSORS)
+        self.restore(read_json(path), read_tensors(self.state_dir / STATE_TENSORS))
+        log.info("restored intake of round %d with %d accepted ids and %d unacknowledged "
+                 "partials", self.intake.round, len(self.intake.accepted_ids), len(self.outbox))
+
+    def restore(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """Take the state ``to_state`` wrote."""
         self.intake = RegionIntake.from_state(self.region, self.federation, meta["intake"],
                                               tensors)
         for pid, raw in meta.get("outbox", {}).items():
@@ -99,26 +115,34 @@ class RegionalHub(HubProcess):
             sums = {k[len(prefix):]: v.to(torch.float32) for k, v in tensors.items()
                     if k.startswith(prefix)}
             self.outbox[pid] = (PartialHeader.model_validate(raw), sums)
-        log.info("restored intake of round %d with %d accepted ids and %d unacknowledged "
-                 "partials", self.intake.round, len(self.intake.accepted_ids), len(self.outbox))
 
-    def persist(self) -> None:
+    def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """(JSON, tensors): the intake and the partials not acknowledged yet."""
         meta, tensors = self.intake.to_state()
         outbox = {}
         for pid, (header, sums) in self.outbox.items():
             outbox[pid] = header.model_dump(mode="json")
             tensors.update({f"outbox/{pid}/{n}": t for n, t in sums.items()})
+        return {"intake": meta, "outbox": outbox}, tensors
+
+    def persist(self) -> None:
+        meta, tensors = self.to_state()
         write_tensors(self.state_dir / STATE_TENSORS, tensors)
-        write_json(self.state_dir / STATE_JSON, {"intake": meta, "outbox": outbox})
+        write_json(self.state_dir / STATE_JSON, meta)
         self.dirty = False
 
     # ------------------------------------------------------------------ main loop
-    def run(self) -> int:
+    def subscribe(self) -> None:
+        """What this hub reads: the region's devices (presence, updates, secure
+        aggregation), the announcements and the cloud's acknowledgements."""
         self.listen("presence", f"{self.topics.base}/presence/{self.region}/+", raw=True)
         self.listen("announce", self.topics.announce)
         self.listen("update", self.topics.update_filter(self.region))
-        self.listen("partial_ack", self.topics.partial_ack(self.region), raw=True)
+        self.listen("partial_ack", self.partial_ack_topic, raw=True)
         self.listen("secagg", self.topics.secagg_up_filter(self.region))
+
+    def run(self) -> int:
+        self.subscribe()
         self.connect()
         self.publish_status(round=self.intake.round or None)
         log.info("regional hub %s serving federation %s", self.region, self.federation)
@@ -246,6 +270,13 @@ class RegionalHub(HubProcess):
         if header.round <= self.intake.round:
             return  # a retained re-delivery of a round we already serve
         config = announced_config(header)  # before anything closes: a bad one changes nothing
+        if config.shards_of(self.region) != self.shards:
+            # its devices publish where no process of this hub listens: say so, loudly
+            self.counters["config.intake_shards_mismatch"] += 1
+            log.error("round %d announces intake_shards %d for region %s, but this hub runs "
+                      "%d intake process(es) (`hub serve --intake-shards`): its devices' "
+                      "updates do not reach it", header.round, config.shards_of(self.region),
+                      self.region, self.shards)
         # from the body, or from the header for a downlink delta
         shapes = announced_shapes(header, env.tensors, config.transport.max_message_bytes)
         if self.intake.round and not self.intake.final_sent:
@@ -260,7 +291,7 @@ class RegionalHub(HubProcess):
         self.intake.announce(header, shapes, config.round_policy,
                              config.fedsa_lora.compression.codec,
                              steps=[sim, intake_dp(config, header.dp_clip_norm), reports],
-                             aggregator=secure)
+                             aggregator=secure, only=self.serves)
         if sim is not None and header.is_delta:  # downlink deltas: the change itself
             sim.announce_delta(header.version, header.delta_from or 0,
                                self.decoded_delta(header, env.tensors))
@@ -270,7 +301,7 @@ class RegionalHub(HubProcess):
             log.info("round %d: no reference direction yet (first round, new shared set "
                      "or restart): similarity factors are 1", header.round)
         self.dirty = True
-        self.deadline = event.received + header.deadline_s
+        self.deadline = event.received + header.deadline_s + self.deadline_grace_s()
         self.round_started(header.round, event.received)
         log.info("round %d: %d devices selected in %s", header.round,
                  len(self.intake.rounds[header.round].selected), self.region)
@@ -284,6 +315,15 @@ class RegionalHub(HubProcess):
             except WireError as err:
                 self.refused_update(err, ev)
         self.maybe_forward()
+
+    def serves(self, client: str) -> bool:
+        """Whether this process takes ``client``'s updates (an intake process: its shard's)."""
+        return True
+
+    def deadline_grace_s(self) -> float:
+        """How long after the round's deadline this hub still waits (its leader: for its
+        intake processes' final partials, sent at that same deadline)."""
+        return 0.0
 
     def decoded_delta(self, header: AnnounceHeader, tensors: dict[str, torch.Tensor]
                       ) -> dict[str, torch.Tensor] | None:
@@ -299,9 +339,13 @@ class RegionalHub(HubProcess):
     def on_update(self, event: Event) -> None:
         self.counters["updates.received"] += 1
         header, env = decode_message(UpdateHeader, event.payload, max_bytes=self.max_bytes)
-        if not event.topic.endswith(f"/update/{header.client}"):
+        if not self.update_topic_ok(event.topic, header.client):
             raise WireError("wrong_topic", event.topic)
         self.take_update(event, header, env.tensors)
+
+    def update_topic_ok(self, topic: str, client: str) -> bool:
+        """Whether ``client``'s update came on its own topic."""
+        return topic.endswith(f"/update/{client}")
 
     def take_update(self, event: Event, header: UpdateHeader,
                     tensors: dict[str, torch.Tensor]) -> None:
@@ -355,8 +399,8 @@ class RegionalHub(HubProcess):
 
     def forward(self, final: bool) -> None:
         self.log_accepted()  # before the partial that carries them
-        for header, sums in self.intake.flush(final):
-            pid = f"{self.region}:{header.round}:{header.seq}"
+        for header, sums in self.flush(final):
+            pid = header.pid
             if not all(bool(torch.isfinite(t).all()) for t in sums.values()):
                 header, sums = self.emptied(pid, header, sums)
             self.outbox[pid] = (header, sums)
@@ -369,6 +413,10 @@ class RegionalHub(HubProcess):
             self.publish_status(round=self.intake.round)
         self.persist()  # before anything leaves, so a crash cannot forget a sent partial
         self.resend(force=True)
+
+    def flush(self, final: bool) -> list[tuple[PartialHeader, dict[str, torch.Tensor]]]:
+        """The partials to forward now (the intake's running sums)."""
+        return self.intake.flush(final)
 
     def emptied(self, pid: str, header: PartialHeader, sums: dict[str, torch.Tensor]
                 ) -> tuple[PartialHeader, dict[str, torch.Tensor]]:
@@ -392,7 +440,7 @@ class RegionalHub(HubProcess):
             return
         for header, sums in list(self.outbox.values()):
             try:
-                nbytes = self.session.publish(self.topics.partial(self.region),
+                nbytes = self.session.publish(self.partial_topic,
                                               encode_message(header, sums), timeout=10)
                 self.counters["bytes.forwarded"] += nbytes
                 self.counters["partials.sent"] += 1

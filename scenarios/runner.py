@@ -336,7 +336,10 @@ def run_scenario(config: ScenarioConfig, out: Path, broker_url: str | None = Non
             name = f"regional-{region}"
             cluster.spawn(name, "hub", serve_args(
                 "regional", fed, state / name, region=region, **reach(region),
-                payload_limit=limit, metrics_port=ports[name]))
+                payload_limit=limit, metrics_port=ports[name],
+                # the configuration's intake processes for the region (None: one process)
+                intake_shards=fed_config.shards_of(region) if fed_config.shards_of(region) > 1
+                else None))
         t0 = time.time()
         specs = write_worker_specs(config, broker_url, out, t0) if cluster.sites is None \
             else write_worker_specs(config, cluster.sites.brokers.url, out, t0,

@@ -123,14 +123,16 @@ def wait_for_log() -> Callable[..., re.Match[str]]:
 def start_hubs(tmp_path: Path) -> Iterator[StartHubs]:
     """Starts the real hubs of a one-region federation as OS processes: ``hub serve --role
     cloud`` with the configuration written as YAML, and ``hub serve --role regional`` for
-    ``region``, logs and state under ``tmp_path`` (``cloud_args``: more options of the
-    cloud's ``hub serve``; ``roles``: just one of the two, for a test that starts them one
-    after the other); whatever still runs after the test is killed."""
+    ``region``, logs and state under ``tmp_path`` (``cloud_args``, ``regional_args``: more
+    options of the cloud's and the regional hub's ``hub serve``; ``roles``: just one of the
+    two, for a test that starts them one after the other); whatever still runs after the
+    test is killed."""
     procs: list[subprocess.Popen] = []
 
     def start(broker_url: str, config: FederationConfig, region: str = "r1",
               cloud_args: tuple[str, ...] = (),
-              roles: tuple[str, ...] = ("cloud", "regional")) -> list[subprocess.Popen]:
+              roles: tuple[str, ...] = ("cloud", "regional"),
+              regional_args: tuple[str, ...] = ()) -> list[subprocess.Popen]:
         fed = config.federation.name
         cfg_path = tmp_path / "fed.yaml"
         cfg_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
@@ -140,7 +142,8 @@ def start_hubs(tmp_path: Path) -> Iterator[StartHubs]:
                        "--config", str(cfg_path), *cloud_args], tmp_path / "cloud.log"),
             "regional": (["hub", "serve", "--role", "regional", "--region", region,
                           "--broker", broker_url, "--federation", fed, "--state-dir",
-                          str(tmp_path / "regional")], tmp_path / "regional.log"),
+                          str(tmp_path / "regional"), *regional_args],
+                         tmp_path / "regional.log"),
         }
         started = [_spawn(*commands[role]) for role in roles]
         procs.extend(started)

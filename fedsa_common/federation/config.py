@@ -55,6 +55,7 @@ from fedsa_common.config.sections import (
     TrainingSection,
     TransportSection,
 )
+from fedsa_common.config.shards import intake_conflicts
 from fedsa_common.privacy.dp import config_conflicts
 from fedsa_common.privacy.secagg.config_check import secagg_conflicts
 from fedsa_common.wire.errors import UserError, WireError
@@ -114,13 +115,20 @@ class FederationConfig(Strict):
     server_lr: float | None = Field(None, gt=0, allow_inf_nan=False)
     server_optimizer: ServerOptimizerSection = ServerOptimizerSection()
     transport: TransportSection = TransportSection()
+    # region -> how many intake processes serve it (hub/intake_worker.py; default 1, one
+    # regional hub process): announced with the configuration, so a region's devices know
+    # which of its intake processes takes their updates (fedsa_common/wire/shards.py)
+    intake_shards: dict[str, int] = Field(default_factory=dict)
 
     @model_serializer(mode="wrap")
     def _omit_default_server_optimizer(self, handler: SerializerFunctionWrapHandler
                                        ) -> dict[str, Any]:
-        """Leave ``server_optimizer`` out at sgd, and ``server_lr`` when unset (its default
-        depends on the optimizer)."""
+        """Leave ``server_optimizer`` out at sgd, ``server_lr`` when unset (its default
+        depends on the optimizer) and ``intake_shards`` when no region has more than one,
+        so that digests stay as they were."""
         data = handler(self)
+        if not any(k > 1 for k in data.get("intake_shards", {}).values()):
+            data.pop("intake_shards", None)
         if data.get("server_optimizer") == {}:
             del data["server_optimizer"]
         if data.get("server_lr", 0) is None:
@@ -192,6 +200,20 @@ class FederationConfig(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @model_validator(mode="after")
+    def _intake_shards_fit(self) -> FederationConfig:
+        """Several intake processes per region fold partial sums: refuse, naming the field,
+        what that cannot do correctly instead of half-supporting it (``intake_conflicts``)."""
+        problems = intake_conflicts(self.intake_shards, self.round_policy,
+                                    self.fedsa_lora.privacy.secure_aggregation.enable)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def shards_of(self, region: str) -> int:
+        """How many intake processes serve ``region`` (1: its regional hub alone)."""
+        return self.intake_shards.get(region, 1)
 
     @model_validator(mode="after")
     def _privacy_fits(self) -> FederationConfig:

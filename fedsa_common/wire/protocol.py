@@ -29,6 +29,7 @@ from pydantic import (
 from fedsa_common.wire.envelope import PROTOCOL_VERSION, Envelope, loads_strict, pack, unpack
 from fedsa_common.wire.errors import WireError
 from fedsa_common.wire.names import NAME_RE, check_name
+from fedsa_common.wire.shards import MAX_INTAKE_SHARDS, intake_shard
 
 #: Largest round, version or sequence number a header may carry (2**53 - 1: exact in every
 #: JSON parser).  Unbounded integers would make ids such as "region:round:seq" longer than
@@ -60,11 +61,43 @@ class Topics:
         devices that cannot apply an announcement's downlink delta."""
         return f"{self.base}/global"
 
-    def update(self, region: str, client: str) -> str:
-        return f"{self.base}/region/{region}/update/{client}"
+    def update(self, region: str, client: str, shard: int | None = None) -> str:
+        """Where ``client`` publishes its updates; with ``shard`` (a region served by several
+        intake processes, ``intake_shards`` > 1) one level deeper, so that each intake
+        process subscribes to its own devices only (``fedsa_common.wire.shards``)."""
+        if shard is None:
+            return f"{self.base}/region/{region}/update/{client}"
+        return f"{self.base}/region/{region}/update/{shard}/{client}"
 
-    def update_filter(self, region: str) -> str:
-        return f"{self.base}/region/{region}/update/+"
+    def update_filter(self, region: str, shard: int | str | None = None) -> str:
+        """The updates of ``region`` (of one intake process's ``shard``; "+": any shard)."""
+        if shard is None:
+            return f"{self.base}/region/{region}/update/+"
+        return f"{self.base}/region/{region}/update/{shard}/+"
+
+    def update_any_shard(self, region: str, client: str) -> str:
+        """``client``'s update topic under any shard (its broker account's write rule)."""
+        return f"{self.base}/region/{region}/update/+/{client}"
+
+    def device_update(self, region: str, client: str, shards: int) -> str:
+        """Where a device of a region served by ``shards`` intake processes (the announced
+        ``intake_shards``; 1: today's topic) publishes its updates."""
+        return self.update(region, client, intake_shard(client, shards) if shards > 1 else None)
+
+    def intake_partial(self, region: str, shard: int | str) -> str:
+        """An intake process's running sums, to its region's leader (stays in the site)."""
+        return f"{self.base}/region/{region}/intake/partial/{shard}"
+
+    def intake_partial_filter(self, region: str) -> str:
+        return f"{self.base}/region/{region}/intake/partial/+"
+
+    def intake_ack(self, region: str, shard: int | str) -> str:
+        """The region leader's answer to one of intake process ``shard``'s partials."""
+        return f"{self.base}/region/{region}/intake/ack/{shard}"
+
+    def intake_status(self, region: str, shard: int | str) -> str:
+        """Intake process ``shard``'s retained status (the leader keeps the region's)."""
+        return f"{self.base}/region/{region}/intake/status/{shard}"
 
     def secagg_up(self, region: str, client: str) -> str:
         """Secure aggregation, device -> regional hub (stage named in the header)."""
@@ -332,6 +365,19 @@ class PartialHeader(Header):
     # adaptive clipping of central DP only: how many of the ``count`` updates were within
     # the round's clip norm (the cloud sums and noises it to move the clip)
     dp_unclipped: int | None = Field(None, ge=0, le=MAX_WIRE_INT)
+    # a region served by several intake processes: which one sent this partial to the
+    # region's leader (absent on what a region sends the cloud, so those read as before)
+    worker: int | None = Field(None, ge=0, lt=MAX_INTAKE_SHARDS)
+
+    @property
+    def source(self) -> str:
+        """Who sent it: the region, or ``region/worker`` for an intake process."""
+        return self.region if self.worker is None else f"{self.region}/{self.worker}"
+
+    @property
+    def pid(self) -> str:
+        """The partial's id, which its acknowledgement names: ``source:round:seq``."""
+        return f"{self.source}:{self.round}:{self.seq}"
 
     @model_validator(mode="after")
     def _unclipped_possible(self) -> PartialHeader:
@@ -342,7 +388,7 @@ class PartialHeader(Header):
     @model_serializer(mode="wrap")
     def _omit_absent_importance(self, handler: SerializerFunctionWrapHandler
                                 ) -> dict[str, Any]:
-        return _omit_none(handler(self), ("importance", "dp_unclipped"))
+        return _omit_none(handler(self), ("importance", "dp_unclipped", "worker"))
 
 
 class Ack(BaseModel):

@@ -44,6 +44,13 @@ CROSSING = {
     "partial": (frame(T.partial("north")), "out"),
     "presence": (T.presence("north", "dev-0"), "out"),
     "update": (frame(T.update("north", "dev-0")), None),
+    # a region served by several intake processes: sharded updates and what its intake
+    # processes and leader exchange stay in the site
+    "update_any_shard": (frame(T.update("north", "dev-0", 1)), None),
+    "device_update": (frame(T.device_update("north", "dev-0", 2)), None),
+    "intake_partial": (frame(T.intake_partial("north", 0)), None),
+    "intake_ack": (T.intake_ack("north", 1), None),
+    "intake_status": (T.intake_status("north", 1), None),
     "ack": (T.ack("north", "dev-0"), None),
     "secagg_up": (frame(T.secagg_up("north", "dev-0")), None),
     "secagg_down": (frame(T.secagg_down("north", "dev-0")), None),
@@ -63,7 +70,7 @@ def test_every_topic_of_the_protocol_has_a_crossing_rule():
     """A new topic in Topics needs a decision here (hub/provision_bridge.py)."""
     members = {n for n, _ in inspect.getmembers(Topics) if not n.startswith("_")}
     filters = {"all", "update_filter", "partial_filter", "presence_filter", "metrics_filter",
-               "status_filter", "secagg_up_filter"}
+               "status_filter", "secagg_up_filter", "intake_partial_filter"}
     assert members - filters == set(CROSSING)
 
 

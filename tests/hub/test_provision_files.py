@@ -62,6 +62,17 @@ ACCESS = {
     # lifecycle commands (hub federation extend/stop) run with the cloud's credentials
     "control": (T.control, {"hub-cloud"}, {"hub-cloud"}),
     "update": (frame(T.update("north", "dev-0")), {"dev-0"}, {"hub-regional-north"}),
+    # a region served by several intake processes (they and their leader log in as the
+    # regional hub): sharded updates, and partials, acks and status between them
+    "update_any_shard": (frame(T.update("north", "dev-0", 1)), {"dev-0"},
+                         {"hub-regional-north"}),
+    "device_update": (frame(T.device_update("north", "dev-0", 2)), {"dev-0"},
+                      {"hub-regional-north"}),
+    "intake_partial": (frame(T.intake_partial("north", 1)), {"hub-regional-north"},
+                       {"hub-regional-north"}),
+    "intake_ack": (T.intake_ack("north", 1), {"hub-regional-north"}, {"hub-regional-north"}),
+    "intake_status": (T.intake_status("north", 1), {"hub-regional-north"},
+                      {"hub-regional-north"}),
     # not the monitor: a partial can be a single, un-noised device update
     "partial": (frame(T.partial("north")), {"hub-regional-north"}, {"hub-cloud"}),
     "presence": (T.presence("north", "dev-0"), {"dev-0"},
@@ -89,7 +100,7 @@ def test_every_topic_of_the_protocol_is_covered():
     """A new topic in Topics needs ACL rules (hub/provision_acl.py) and a row in ACCESS."""
     members = {n for n, _ in inspect.getmembers(Topics) if not n.startswith("_")}
     filters = {"all", "update_filter", "partial_filter", "presence_filter", "metrics_filter",
-               "status_filter", "secagg_up_filter"}
+               "status_filter", "secagg_up_filter", "intake_partial_filter"}
     assert members - filters == set(ACCESS)
 
 
@@ -108,6 +119,7 @@ def test_rendered_acl_blocks():
     block = text.split("\nuser dev-0\n")[1].split("\n\n")[0].splitlines()
     assert block == [
         "topic write fedsa/fed/region/north/update/dev-0/+",
+        "topic write fedsa/fed/region/north/update/+/dev-0/+",
         "topic write fedsa/fed/presence/north/dev-0",
         "topic write fedsa/fed/metrics/north/dev-0",
         "topic write fedsa/fed/region/north/secagg/up/dev-0/+",

@@ -1,0 +1,206 @@
+"""A region served by two intake processes (issue 17, point 3), against a real broker and
+real processes: ``hub serve --role cloud`` and ``hub serve --role regional --intake-shards
+2`` (a leader and its two intake children).
+
+The test plays six devices itself (hand-made dense updates whose weighted sums are exact in
+float32, so that any order of addition gives the same bits).  Every update is accepted
+exactly once across a device's resend and across a crash (SIGKILL) and restart of the
+intake process that holds it; the region forwards one final partial to the cloud whose sums
+equal, bit for bit, one process's running sum of the same updates (``RegionIntake``); the
+round completes with every update applied once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedsa_common.federation.config import FederationConfig
+from fedsa_common.net.transport import MqttSession
+from fedsa_common.wire.codec import get_codec
+from fedsa_common.wire.protocol import (
+    Ack,
+    AnnounceHeader,
+    PartialHeader,
+    Presence,
+    RoundSummary,
+    Topics,
+    UpdateHeader,
+    decode_json,
+    decode_message,
+    encode_json,
+    encode_message,
+)
+from fedsa_common.wire.shards import intake_shard
+from hub.intake import RegionIntake
+
+pytestmark = pytest.mark.integration
+
+FED = "shards"
+REGION = "r1"  # what the start_hubs fixture serves
+CLIENTS = [f"d{i}" for i in range(6)]
+K = 2
+
+
+def config() -> FederationConfig:
+    return FederationConfig.model_validate({
+        "federation": {"name": FED, "seed": 1},
+        "model": {"path": "tiny-bert", "precision": "nf4", "max_length": 32, "num_labels": 3},
+        "fedsa_lora": {"compression": {"method": "dense"}},
+        "rounds": 1,
+        "sampling": {"min_clients": len(CLIENTS), "wait_for_clients_s": 120},
+        "round_policy": {"deadline_s": 120, "resend_s": 1},
+        "intake_shards": {REGION: K},
+    })
+
+
+def delta(i: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Multiples of 1/4 below 8: weighted by up to 6 samples and summed over six devices
+    they stay exact in float32, so the sum does not depend on the order of addition."""
+    out = {}
+    for n, s in sorted(shapes.items()):
+        numel = int(torch.tensor(s).prod())
+        out[n] = ((torch.arange(numel) * (i + 3) % 29 - 14).float() / 4).reshape(s)
+    return out
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_two_intake_processes_fold_into_one_partial(tmp_path, broker, start_hubs):
+    cfg = config()
+    shards = {c: intake_shard(c, K) for c in CLIENTS}
+    assert sorted(set(shards.values())) == [0, 1]  # both processes have devices
+    topics = Topics(FED)
+    inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    device = MqttSession(broker.url, client_id="test-devices", clean_session=True)
+    device.subscribe(topics.announce, lambda t, p: inbox.put((t, p)))
+    device.subscribe(topics.partial(REGION), lambda t, p: inbox.put((t, p)))
+    for topic in (f"{topics.base}/ack/{REGION}/+", topics.summary,
+                  topics.intake_status(REGION, 0), topics.intake_status(REGION, 1)):
+        device.subscribe_raw(topic, lambda t, p: inbox.put((t, p)))
+    device.connect()
+    procs = start_hubs(broker.url, cfg, regional_args=("--intake-shards", str(K)))
+    received: list[tuple[str, bytes]] = []
+
+    def wait_for(what: str, match, timeout: float = 180.0, after: int = 0):
+        until = time.monotonic() + timeout
+        checked = after
+        while True:
+            for topic, payload in received[checked:]:
+                found = match(topic, payload)
+                if found is not None:
+                    return found
+            checked = max(checked, len(received))
+            if time.monotonic() > until:
+                raise AssertionError(f"no {what} within {timeout:g}s")
+            try:
+                received.append(inbox.get(timeout=1.0))
+            except queue.Empty:
+                assert all(p.poll() is None for p in procs), "a hub exited early"
+
+    def ack_of(client: str, after: int) -> Ack:
+        return wait_for(f"{client}'s ack", lambda t, p: decode_json(Ack, p) if (
+            t == topics.ack(REGION, client) and p) else None, after=after)
+
+    def serving(shard: int, since: float, after: int = 0) -> None:
+        wait_for(f"intake {shard}'s status", lambda t, p: True if (
+            t == topics.intake_status(REGION, shard) and p
+            and json.loads(p).get("ts", 0) >= since) else None, after=after)
+
+    try:
+        start = time.time()
+        for shard in range(K):  # subscribed before any update is published
+            serving(shard, start)
+        for client in CLIENTS:
+            device.publish_raw(topics.presence(REGION, client), encode_json(
+                Presence(client=client, region=REGION, online=True, ts=time.time())),
+                retain=True)
+
+        def running(topic, payload):
+            if topic != topics.announce or not payload:
+                return None
+            header, env = decode_message(AnnounceHeader, payload, max_bytes=64_000_000)
+            return (header, env) if header.status == "running" else None
+
+        header, env = wait_for("announcement", running)
+        shapes = {n: tuple(t.shape) for n, t in env.tensors.items()}
+        codec = get_codec("dense")
+        payloads = {}
+        for i, client in enumerate(CLIENTS):
+            enc = codec.encode(delta(i, shapes))
+            update = UpdateHeader(federation=FED, round=header.round, client=client,
+                                  region=REGION, base_version=header.version, codec="dense",
+                                  codec_meta=enc.meta, num_samples=i + 1)
+            payloads[client] = (update, enc.tensors, encode_message(update, enc.tensors))
+
+        def send(client: str) -> Ack:
+            mark = len(received)
+            device.publish(topics.device_update(REGION, client, K), payloads[client][2],
+                           timeout=30)
+            return ack_of(client, mark)
+
+        first = [c for c in CLIENTS if shards[c] == shards[CLIENTS[0]]]
+        other = [c for c in CLIENTS if c not in first]
+        # the first device of each shard, then a resend: acknowledged, not counted again
+        for client in (first[0], other[0]):
+            ack = send(client)
+            assert (ack.accepted, ack.reason) == (True, None), ack
+        ack = send(first[0])
+        assert (ack.accepted, ack.reason) == (True, "duplicate"), ack
+
+        # the intake process holding first[0]'s update crashes; its leader restarts it
+        victim = next(pid for pid in children(procs[1].pid) if f"--shard\x00{shards[first[0]]}"
+                      in Path(f"/proc/{pid}/cmdline").read_text())
+        killed_at = time.time()
+        mark = len(received)
+        os.kill(victim, signal.SIGKILL)
+        serving(shards[first[0]], killed_at, after=mark)
+        ack = send(first[0])  # the device resends: the restarted process remembers it
+        assert (ack.accepted, ack.reason) == (True, "duplicate"), ack
+        for client in CLIENTS:
+            if client not in (first[0], other[0]):
+                ack = send(client)
+                assert (ack.accepted, ack.reason) == (True, None), (client, ack)
+
+        partial_header, partial_env = wait_for("the region's partial", lambda t, p: (
+            decode_message(PartialHeader, p, max_bytes=64_000_000)
+            if t == topics.partial(REGION) and p else None))
+        summary = wait_for("round summary", lambda t, p: (
+            decode_json(RoundSummary, p, max_bytes=16_000_000)
+            if t == topics.summary and p else None))
+        for p in procs:
+            assert p.wait(timeout=60) == 0
+    finally:
+        device.close()
+
+    # one process's running sum of the same updates
+    one = RegionIntake(REGION, FED)
+    one.announce(header, shapes, cfg.round_policy, "dense")
+    for client in CLIENTS:
+        update, tensors, payload = payloads[client]
+        one.accept(update, tensors, len(payload))
+    [(expected_header, expected)] = one.flush(final=True)
+    assert partial_header.final and partial_header.worker is None
+    assert partial_header.pid == f"{REGION}:1:0"  # the region's first partial: one
+    assert partial_header.count == len(CLIENTS)
+    assert sorted(partial_header.accepted) == sorted(f"{c}:1" for c in CLIENTS)
+    assert partial_header.weight == expected_header.weight == sum(range(1, 7))
+    assert sorted(partial_env.tensors) == sorted(expected)
+    for n, t in expected.items():
+        assert torch.equal(partial_env.tensors[n], t), n
+        by_hand = sum((i + 1) * delta(i, shapes)[n] for i in range(len(CLIENTS)))
+        assert torch.equal(t, by_hand), n
+    assert summary.applied_step
+    assert sorted(summary.applied) == sorted(f"{c}:1" for c in CLIENTS)
+    assert summary.rejected == {} and summary.dropped == {}
+    log = (tmp_path / "regional").joinpath(f"intake-{shards[first[0]]}.log").read_text()
+    assert "restored intake of round 1" in log
