@@ -676,7 +676,7 @@ class CloudHub(HubProcess):
             # a negative acknowledgement, so the region stops resending what will never be
             # taken (its hub logs and counts the updates lost); sent for a partial whose
             # header names the region of the topic it came on, and counted by the caller
-            pid = f"{header.region}:{header.round}:{header.seq}"
+            pid = header.pid
             log.warning("refused partial %s (%d updates): %s", pid, header.count, err)
             self.counters["partials.refused"] += 1
             self.pending_acks.append((header.region, Ack(kind="partial", id=pid,
