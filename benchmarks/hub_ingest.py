@@ -19,6 +19,9 @@ are updates per second of wall time:
   broker's delivery rate for these payloads;
 * ``raw paho``: a Python subscriber on the project's transport (paho-mqtt, reassembly)
   that only counts: the ceiling for any Python subscriber;
+* ``paho + acks``: the same subscriber that also acknowledges every update on its
+  device's ack topic (one QoS 1 message each, published in batches), as the protocol
+  requires of a hub, and does nothing else: the ceiling of any hub on this transport;
 * ``hub``: the real regional hub process (``hub serve --role regional``, default INFO
   logging), which validates, decodes and folds every update into its running sum, persists
   its intake (atomically, on disk) and acknowledges each update; from its status message
@@ -28,9 +31,9 @@ are updates per second of wall time:
   acknowledgement, CPU summed over the leader and its intake processes;
 * ``CPU``: the same decode-and-fold (``hub.intake.RegionIntake``) without broker, per CPU
   second of this process: what the hub's Python costs per update;
-* ``per CPU s``: ``raw paho`` and ``hub`` again, per CPU second their process used while
-  draining (all its threads; the hub's from its status message to its last
-  acknowledgement, read from /proc every 50 ms): on a busy machine, where wall rates
+* ``per CPU s``: ``raw paho``, ``paho + acks`` and ``hub`` again, per CPU second their
+  process used while draining (all its threads; the hub's from its status message to its
+  last acknowledgement, read from /proc every 50 ms): on a busy machine, where wall rates
   depend on what else runs, the ratio of these is the steadier one.
 
 Every wait is bounded; nothing leaves the machine.
@@ -59,10 +62,12 @@ from fedsa_common.net.broker import BrokerProcess, start_broker
 from fedsa_common.net.transport import MqttSession
 from fedsa_common.wire.codec import get_codec
 from fedsa_common.wire.protocol import (
+    Ack,
     AnnounceHeader,
     Topics,
     UpdateHeader,
     decode_message,
+    encode_json,
     encode_message,
 )
 from hub.intake import RegionIntake
@@ -157,30 +162,56 @@ def raw_c(url: str, n: int, payloads: list[bytes], clients: list[str], timeout: 
     return n / elapsed
 
 
-def raw_paho(url: str, n: int, payloads: list[bytes], clients: list[str], timeout: float
-             ) -> tuple[float, float]:
+def raw_paho(url: str, n: int, payloads: list[bytes], clients: list[str], timeout: float,
+             acks: bool = False) -> tuple[float, float]:
     """A counting Python subscriber draining a backlog of ``n`` updates: (updates per
-    second, updates per CPU second of this process)."""
-    register(url, "ing-raw-paho")
-    queue_updates(url, payloads, clients, timeout)
-    count, done, last = [0], threading.Event(), [0.0]
+    second, updates per CPU second of this process).
 
-    def on_update(_topic: str, _payload: bytes) -> None:
+    With ``acks`` it also acknowledges every update on its device's ack topic, as a hub
+    must (one QoS 1 ``Ack`` per update, published in batches of whatever arrived meanwhile,
+    one round trip per batch, as the hub's group commit does), and does nothing else: no
+    decoding, no checks, no fold, no persistence.  That is the ceiling of any hub under
+    this protocol; ``n`` counts the acknowledgements the broker confirmed."""
+    client_id = "ing-raw-ack" if acks else "ing-raw-paho"
+    register(url, client_id)
+    queue_updates(url, payloads, clients, timeout)
+    topics = Topics(FEDERATION)
+    count, done, last = [0], threading.Event(), [0.0]
+    pending: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+
+    def on_update(topic: str, _payload: bytes) -> None:
+        if acks:
+            client = topic.rsplit("/", 1)[1]
+            ack = Ack(kind="update", id=f"{client}:{ROUND}", accepted=True)
+            with lock:
+                pending.append((topics.ack(REGION, client), encode_json(ack)))
         count[0] += 1
         last[0] = time.perf_counter()
         if count[0] >= n:
             done.set()
 
-    session = MqttSession(url, client_id="ing-raw-paho", clean_session=False)
+    session = MqttSession(url, client_id=client_id, clean_session=False)
     start, cpu = time.perf_counter(), time.process_time()
-    session.subscribe(Topics(FEDERATION).update_filter(REGION), on_update)
+    session.subscribe(topics.update_filter(REGION), on_update)
     session.connect()
+    acked = 0
+    while acks and acked < n and time.perf_counter() - start < timeout:
+        with lock:
+            batch, pending[:] = list(pending), []
+        if batch:
+            session.publish_raw_many(batch, timeout=timeout)
+            acked += len(batch)
+            last[0] = time.perf_counter()
+        else:
+            time.sleep(0.002)
     done.wait(timeout)
     cpu = time.process_time() - cpu
     session.close()
-    if count[0] < n:
-        print(f"  (paho subscriber got {count[0]}/{n})", file=sys.stderr)
-    return count[0] / max(last[0] - start, 1e-9), count[0] / max(cpu, 1e-9)
+    got = acked if acks else count[0]
+    if got < n:
+        print(f"  ({client_id} got {got}/{n})", file=sys.stderr)
+    return got / max(last[0] - start, 1e-9), got / max(cpu, 1e-9)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -331,8 +362,9 @@ def ingest_table(devices: int, codecs: list[str], timeout: float,
     clients = [f"d{i:05d}" for i in range(devices)]
     lines = ["| codec | intake processes | update bytes | raw C updates/s | raw paho updates/s "
              "| hub process updates/s | hub / raw C | hub / raw paho | hub CPU updates/s (no "
-             "broker) | raw paho per CPU s | hub per CPU s | hub / raw paho per CPU s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "broker) | raw paho per CPU s | paho + acks per CPU s | hub per CPU s "
+             "| paho + acks / raw paho per CPU s | hub / raw paho per CPU s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label in codecs:
         s = setting(label)
         payloads = updates(s, clients, SHAPES)
@@ -340,6 +372,9 @@ def ingest_table(devices: int, codecs: list[str], timeout: float,
                 _broker(Path(tmp), devices) as broker:
             c = raw_c(broker.url, devices, payloads, clients, timeout)
             paho, paho_cpu = raw_paho(broker.url, devices, payloads, clients, timeout)
+        with tempfile.TemporaryDirectory(prefix="fedsa-ingest-") as tmp, \
+                _broker(Path(tmp), devices) as broker:
+            _, ack_cpu = raw_paho(broker.url, devices, payloads, clients, timeout, acks=True)
         cpu = cpu_rate(s, payloads, clients)
         size = statistics.mean(len(p) for p in payloads)
         for k in shard_counts or [1]:
@@ -349,8 +384,8 @@ def ingest_table(devices: int, codecs: list[str], timeout: float,
                                            timeout, k)
             lines.append("| " + " | ".join([
                 label, str(k), f"{size:,.0f}", _n(c), _n(paho), _n(hub), _ratio(hub, c),
-                _ratio(hub, paho), _n(cpu), _n(paho_cpu), _n(hub_cpu),
-                _ratio(hub_cpu, paho_cpu)]) + " |")
+                _ratio(hub, paho), _n(cpu), _n(paho_cpu), _n(ack_cpu), _n(hub_cpu),
+                _ratio(ack_cpu, paho_cpu), _ratio(hub_cpu, paho_cpu)]) + " |")
             print(lines[-1], file=sys.stderr)
     return "\n".join(lines)
 
