@@ -220,6 +220,7 @@ def status(
     if json_out:
         typer.echo(json.dumps({"federation": federation, "statuses": snap.statuses,
                                "announce": snap.announce, "presence": snap.presence,
+                               "intake": snap.intake,
                                "regions_without_hub": unserved_regions(snap),
                                "devices": device_rows(snap),
                                "duplicate_client_ids": duplicate_clients(snap)},
