@@ -101,6 +101,9 @@ def serve(
     shard: Annotated[int | None, typer.Option(
         min=0, help="Intake role: which of the --intake-shards processes this is (0-based); "
                     "the regional hub starts these itself.")] = None,
+    leader_pid: Annotated[int | None, typer.Option(
+        hidden=True, min=1, help="Intake role: the region leader's pid; stop once it is "
+                                 "gone (its intake pool passes it).")] = None,
 ) -> None:
     """Serve one hub until the federation finishes.
 
@@ -135,7 +138,7 @@ def serve(
             sys.exit(api.serve_intake(conn.url, federation, region, shard, intake_shards,
                                       state_dir, auth=conn.auth, payload_limit=payload_limit,
                                       connect_timeout_s=connect_timeout,
-                                      report_every_s=report_every))
+                                      report_every_s=report_every, leader_pid=leader_pid))
         authority = _secagg_authority(secagg_authority, conn.credentials)
         children = {"federation": federation, "region": region, "broker": broker,
                     "credentials": credentials, "username": username,

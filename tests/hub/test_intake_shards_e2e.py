@@ -7,7 +7,9 @@ float32, so that any order of addition gives the same bits).  Every update is ac
 exactly once across a device's resend and across a crash (SIGKILL) and restart of the
 intake process that holds it; the region forwards one final partial to the cloud whose sums
 equal, bit for bit, one process's running sum of the same updates (``RegionIntake``); the
-round completes with every update applied once.
+round completes with every update applied once.  A second test SIGKILLs the leader: its
+intake processes, listed by ``hub status`` under the region while they run, stop by
+themselves, and ``hub status`` then reports them offline.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import os
 import queue
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from fedsa_common.federation.config import FederationConfig
 from fedsa_common.net.transport import MqttSession
@@ -39,7 +41,9 @@ from fedsa_common.wire.protocol import (
     encode_message,
 )
 from fedsa_common.wire.shards import intake_shard
+from hub.cli import app
 from hub.intake import RegionIntake
+from tests.support.procs import children, cmdline, wait_gone
 
 pytestmark = pytest.mark.integration
 
@@ -69,10 +73,6 @@ def delta(i: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]
         numel = int(torch.tensor(s).prod())
         out[n] = ((torch.arange(numel) * (i + 3) % 29 - 14).float() / 4).reshape(s)
     return out
-
-
-def children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def test_two_intake_processes_fold_into_one_partial(tmp_path, broker, start_hubs):
@@ -158,8 +158,8 @@ def test_two_intake_processes_fold_into_one_partial(tmp_path, broker, start_hubs
         assert (ack.accepted, ack.reason) == (True, "duplicate"), ack
 
         # the intake process holding first[0]'s update crashes; its leader restarts it
-        victim = next(pid for pid in children(procs[1].pid) if f"--shard\x00{shards[first[0]]}"
-                      in Path(f"/proc/{pid}/cmdline").read_text())
+        victim = next(pid for pid in children(procs[1].pid) if "--shard" in (
+            args := cmdline(pid)) and args[args.index("--shard") + 1] == str(shards[first[0]]))
         killed_at = time.time()
         mark = len(received)
         os.kill(victim, signal.SIGKILL)
@@ -204,3 +204,39 @@ def test_two_intake_processes_fold_into_one_partial(tmp_path, broker, start_hubs
     assert summary.rejected == {} and summary.dropped == {}
     log = (tmp_path / "regional").joinpath(f"intake-{shards[first[0]]}.log").read_text()
     assert "restored intake of round 1" in log
+
+
+def intake_lines(broker_url: str) -> tuple[list[str], str]:
+    """``hub status``'s lines of region r1's intake processes, and its whole output."""
+    result = CliRunner().invoke(app, ["status", "--broker", broker_url, "--federation", FED,
+                                      "--timeout", "5"])
+    return [line.strip() for line in result.stdout.splitlines()
+            if line.startswith("    intake ")], result.stdout
+
+
+def test_intake_processes_stop_when_their_leader_is_sigkilled(broker, start_hubs):
+    [leader] = start_hubs(broker.url, config(), roles=("regional",),
+                          regional_args=("--intake-shards", str(K)))
+    until = time.monotonic() + 180
+    while True:  # both intake processes connected and said so (no announcement needed)
+        lines, out = intake_lines(broker.url)
+        if [line.split()[:3] for line in lines] == [["intake", str(i), "online"]
+                                                    for i in range(K)]:
+            break
+        assert leader.poll() is None, "the leader exited"
+        assert time.monotonic() < until, f"no two online intake processes in:\n{out}"
+        time.sleep(0.5)
+    assert out.index("regional/r1") < out.index("intake 0") < out.index("intake 1"), out
+    workers = [pid for pid in children(leader.pid) if "intake" in cmdline(pid)]
+    assert len(workers) == K
+
+    leader.send_signal(signal.SIGKILL)  # no clean-up runs in the leader
+    leader.wait(timeout=30)
+    left = wait_gone(workers, bound_s=120)
+    for pid in left:  # not to outlive the test when it fails
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], "intake processes outlived their leader"
+    lines, out = intake_lines(broker.url)
+    assert [line.split()[:3] for line in lines] == [["intake", str(i), "OFFLINE"]
+                                                    for i in range(K)], out
+    assert "regional/r1 intake 0 offline" in out and "regional/r1 intake 1 offline" in out
