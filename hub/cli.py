@@ -340,6 +340,10 @@ def provision(
              "Given for one region, needed for all.")] = None,
     site_port: Annotated[list[str] | None, typer.Option(
         help="REGION=PORT (repeatable): a site broker's TLS port (default: --port).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="Federation YAML whose intake_shards add --intake-shards K to a region's "
+             "regional-hub unit (default: OUT/federation.yaml, the file the cloud's unit "
+             "runs with, when it exists).")] = None,
 ) -> None:
     """Write a TLS + password + ACL configuration for Mosquitto and one credentials file per
     device, regional hub, cloud hub and monitor.
@@ -359,6 +363,12 @@ def provision(
     )
     from hub.provision import provision as write_provision
 
+    if config is None and (out / "federation.yaml").is_file():
+        config = out / "federation.yaml"
+    try:
+        shards = {} if config is None else load_federation_config(config).intake_shards
+    except ConfigError as err:
+        raise cli_common.usage_error(str(err), "--config") from None
     try:
         regions = parse_region_options(region or [])
         if devices is not None:
@@ -366,7 +376,8 @@ def provision(
         spec = ProvisionSpec(federation=federation, regions=regions,
                              hosts=host or ["localhost", "127.0.0.1"], port=port, bind=bind,
                              broker_user=broker_user, max_packet_bytes=max_packet_bytes,
-                             sites=parse_site_options(site or [], site_port or [], port))
+                             sites=parse_site_options(site or [], site_port or [], port),
+                             intake_shards=dict(shards))
         result = write_provision(spec, out, rotate=rotate)
     except (ValueError, OSError) as err:  # the messages name the option or file
         raise cli_common.usage_error(str(err)) from None
