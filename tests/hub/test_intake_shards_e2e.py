@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import time
 
@@ -25,25 +24,19 @@ import torch
 from typer.testing import CliRunner
 
 from fedsa_common.federation.config import FederationConfig
-from fedsa_common.net.transport import MqttSession
-from fedsa_common.wire.codec import get_codec
 from fedsa_common.wire.protocol import (
     Ack,
-    AnnounceHeader,
     PartialHeader,
-    Presence,
     RoundSummary,
     Topics,
-    UpdateHeader,
     decode_json,
     decode_message,
-    encode_json,
-    encode_message,
 )
 from fedsa_common.wire.shards import intake_shard
 from hub.cli import app
 from hub.intake import RegionIntake
 from tests.support.procs import children, cmdline, wait_gone
+from tests.support.scripted_devices import ScriptedDevices, dense_update
 
 pytestmark = pytest.mark.integration
 
@@ -80,32 +73,13 @@ def test_two_intake_processes_fold_into_one_partial(tmp_path, broker, start_hubs
     shards = {c: intake_shard(c, K) for c in CLIENTS}
     assert sorted(set(shards.values())) == [0, 1]  # both processes have devices
     topics = Topics(FED)
-    inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    device = MqttSession(broker.url, client_id="test-devices", clean_session=True)
-    device.subscribe(topics.announce, lambda t, p: inbox.put((t, p)))
-    device.subscribe(topics.partial(REGION), lambda t, p: inbox.put((t, p)))
-    for topic in (f"{topics.base}/ack/{REGION}/+", topics.summary,
-                  topics.intake_status(REGION, 0), topics.intake_status(REGION, 1)):
-        device.subscribe_raw(topic, lambda t, p: inbox.put((t, p)))
-    device.connect()
+    devices = ScriptedDevices(broker.url, FED, framed=(topics.announce, topics.partial(REGION)),
+                              raw=(f"{topics.base}/ack/{REGION}/+", topics.summary,
+                                   topics.intake_status(REGION, 0),
+                                   topics.intake_status(REGION, 1)))
     procs = start_hubs(broker.url, cfg, regional_args=("--intake-shards", str(K)))
-    received: list[tuple[str, bytes]] = []
-
-    def wait_for(what: str, match, timeout: float = 180.0, after: int = 0):
-        until = time.monotonic() + timeout
-        checked = after
-        while True:
-            for topic, payload in received[checked:]:
-                found = match(topic, payload)
-                if found is not None:
-                    return found
-            checked = max(checked, len(received))
-            if time.monotonic() > until:
-                raise AssertionError(f"no {what} within {timeout:g}s")
-            try:
-                received.append(inbox.get(timeout=1.0))
-            except queue.Empty:
-                assert all(p.poll() is None for p in procs), "a hub exited early"
+    devices.hubs = procs
+    wait_for = devices.wait_for
 
     def ack_of(client: str, after: int) -> Ack:
         return wait_for(f"{client}'s ack", lambda t, p: decode_json(Ack, p) if (
@@ -121,31 +95,16 @@ def test_two_intake_processes_fold_into_one_partial(tmp_path, broker, start_hubs
         for shard in range(K):  # subscribed before any update is published
             serving(shard, start)
         for client in CLIENTS:
-            device.publish_raw(topics.presence(REGION, client), encode_json(
-                Presence(client=client, region=REGION, online=True, ts=time.time())),
-                retain=True)
-
-        def running(topic, payload):
-            if topic != topics.announce or not payload:
-                return None
-            header, env = decode_message(AnnounceHeader, payload, max_bytes=64_000_000)
-            return (header, env) if header.status == "running" else None
-
-        header, env = wait_for("announcement", running)
+            devices.presence(REGION, client)
+        header, env = devices.running_announcement()
         shapes = {n: tuple(t.shape) for n, t in env.tensors.items()}
-        codec = get_codec("dense")
-        payloads = {}
-        for i, client in enumerate(CLIENTS):
-            enc = codec.encode(delta(i, shapes))
-            update = UpdateHeader(federation=FED, round=header.round, client=client,
-                                  region=REGION, base_version=header.version, codec="dense",
-                                  codec_meta=enc.meta, num_samples=i + 1)
-            payloads[client] = (update, enc.tensors, encode_message(update, enc.tensors))
+        payloads = {client: dense_update(header, REGION, client, delta(i, shapes), i + 1)
+                    for i, client in enumerate(CLIENTS)}
 
         def send(client: str) -> Ack:
-            mark = len(received)
-            device.publish(topics.device_update(REGION, client, K), payloads[client][2],
-                           timeout=30)
+            mark = devices.mark()
+            devices.session.publish(topics.device_update(REGION, client, K),
+                                    payloads[client][2], timeout=30)
             return ack_of(client, mark)
 
         first = [c for c in CLIENTS if shards[c] == shards[CLIENTS[0]]]
@@ -161,7 +120,7 @@ def test_two_intake_processes_fold_into_one_partial(tmp_path, broker, start_hubs
         victim = next(pid for pid in children(procs[1].pid) if "--shard" in (
             args := cmdline(pid)) and args[args.index("--shard") + 1] == str(shards[first[0]]))
         killed_at = time.time()
-        mark = len(received)
+        mark = devices.mark()
         os.kill(victim, signal.SIGKILL)
         serving(shards[first[0]], killed_at, after=mark)
         ack = send(first[0])  # the device resends: the restarted process remembers it
@@ -180,7 +139,7 @@ def test_two_intake_processes_fold_into_one_partial(tmp_path, broker, start_hubs
         for p in procs:
             assert p.wait(timeout=60) == 0
     finally:
-        device.close()
+        devices.close()
 
     # one process's running sum of the same updates
     one = RegionIntake(REGION, FED)
