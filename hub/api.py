@@ -144,12 +144,19 @@ def serve_regional(broker: str, federation: str, region: str, state_dir: str | P
 def serve_intake(broker: str, federation: str, region: str, shard: int, shards: int,
                  state_dir: str | Path, *, auth: BrokerAuth | None = None,
                  payload_limit: int = 1_000_000, connect_timeout_s: float = 300.0,
-                 report_every_s: float = 30.0) -> int:
+                 report_every_s: float = 30.0, leader_pid: int | None = None) -> int:
     """Run intake process ``shard`` of ``shards`` of ``region`` (``hub.intake_worker``)
-    until the federation finishes; its exit status."""
+    until the federation finishes; its exit status.  ``leader_pid``: the region leader that
+    started it; the process stops (as on SIGTERM) once that leader is gone, e.g. SIGKILLed
+    (``fedsa_common.process.parent_watch``)."""
     _name("federation", federation, "--federation")
     _name("region", region, "--region")
     from hub.intake_worker import IntakeWorker
+
+    if leader_pid is not None:
+        from fedsa_common.process.parent_watch import exit_with_parent
+
+        exit_with_parent(leader_pid)
 
     return IntakeWorker(broker, federation, region, shard, shards, Path(state_dir),
                         payload_limit, auth=auth, connect_timeout_s=connect_timeout_s,

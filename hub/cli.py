@@ -101,6 +101,9 @@ def serve(
     shard: Annotated[int | None, typer.Option(
         min=0, help="Intake role: which of the --intake-shards processes this is (0-based); "
                     "the regional hub starts these itself.")] = None,
+    leader_pid: Annotated[int | None, typer.Option(
+        hidden=True, min=1, help="Intake role: the region leader's pid; stop once it is "
+                                 "gone (its intake pool passes it).")] = None,
 ) -> None:
     """Serve one hub until the federation finishes.
 
@@ -135,7 +138,7 @@ def serve(
             sys.exit(api.serve_intake(conn.url, federation, region, shard, intake_shards,
                                       state_dir, auth=conn.auth, payload_limit=payload_limit,
                                       connect_timeout_s=connect_timeout,
-                                      report_every_s=report_every))
+                                      report_every_s=report_every, leader_pid=leader_pid))
         authority = _secagg_authority(secagg_authority, conn.credentials)
         children = {"federation": federation, "region": region, "broker": broker,
                     "credentials": credentials, "username": username,
@@ -220,6 +223,7 @@ def status(
     if json_out:
         typer.echo(json.dumps({"federation": federation, "statuses": snap.statuses,
                                "announce": snap.announce, "presence": snap.presence,
+                               "intake": snap.intake,
                                "regions_without_hub": unserved_regions(snap),
                                "devices": device_rows(snap),
                                "duplicate_client_ids": duplicate_clients(snap)},
@@ -336,6 +340,10 @@ def provision(
              "Given for one region, needed for all.")] = None,
     site_port: Annotated[list[str] | None, typer.Option(
         help="REGION=PORT (repeatable): a site broker's TLS port (default: --port).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="Federation YAML whose intake_shards add --intake-shards K to a region's "
+             "regional-hub unit (default: OUT/federation.yaml, the file the cloud's unit "
+             "runs with, when it exists).")] = None,
 ) -> None:
     """Write a TLS + password + ACL configuration for Mosquitto and one credentials file per
     device, regional hub, cloud hub and monitor.
@@ -355,6 +363,12 @@ def provision(
     )
     from hub.provision import provision as write_provision
 
+    if config is None and (out / "federation.yaml").is_file():
+        config = out / "federation.yaml"
+    try:
+        shards = {} if config is None else load_federation_config(config).intake_shards
+    except ConfigError as err:
+        raise cli_common.usage_error(str(err), "--config") from None
     try:
         regions = parse_region_options(region or [])
         if devices is not None:
@@ -362,7 +376,8 @@ def provision(
         spec = ProvisionSpec(federation=federation, regions=regions,
                              hosts=host or ["localhost", "127.0.0.1"], port=port, bind=bind,
                              broker_user=broker_user, max_packet_bytes=max_packet_bytes,
-                             sites=parse_site_options(site or [], site_port or [], port))
+                             sites=parse_site_options(site or [], site_port or [], port),
+                             intake_shards=dict(shards))
         result = write_provision(spec, out, rotate=rotate)
     except (ValueError, OSError) as err:  # the messages name the option or file
         raise cli_common.usage_error(str(err)) from None

@@ -1,6 +1,8 @@
 """The intake processes a region leader starts (``hub serve --role regional
 --intake-shards K``): K children ``hub serve --role intake --shard i``, each with its own
-state directory and log under the leader's, restarted when one dies, stopped with it.
+state directory and log under the leader's, restarted when one dies, stopped with it; a
+leader killed outright (SIGKILL) cannot stop them, so each stops by itself once the leader
+is gone (``--leader-pid``, ``fedsa_common.process.parent_watch``).
 
 Why children of the leader: one command (and one systemd unit) per region, as with a
 single regional hub; the children share the leader's connection options and credentials
@@ -11,6 +13,7 @@ A child that exits 0 (its federation finished) is not restarted.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -46,6 +49,8 @@ class IntakePool:
     def args(self, shard: int) -> list[str]:
         return ["serve", *option_args({"role": "intake", "shard": shard,
                                        "intake_shards": self.shards,
+                                       # it stops once this process is gone (SIGKILLed)
+                                       "leader_pid": os.getpid(),
                                        "state_dir": worker_dir(self.state_dir, shard),
                                        **self.options})]
 

@@ -58,6 +58,7 @@ from fedsa_common.net.broker_auth import (
 from fedsa_common.privacy.secagg.identity import Authority, DeviceIdentity
 from fedsa_common.process.atomic import write_bytes
 from fedsa_common.wire.protocol import check_name
+from fedsa_common.wire.shards import MAX_INTAKE_SHARDS
 from hub.provision_acl import Account, federation_accounts, render_acl, site_accounts
 from hub.provision_bridge import BridgeLogin, BridgeTLS, bridge_user, render_bridge
 from hub.provision_tls import CertKey, check_ca_pair, issue_server_cert, new_ca
@@ -105,6 +106,9 @@ class ProvisionSpec:
     max_packet_bytes: int = 4_000_000
     sites: dict[str, Site] = field(default_factory=dict)
     programs: Programs | None = None  # for the systemd units; None: found on this machine
+    # region -> intake processes (the federation configuration's intake_shards): a regional
+    # unit runs ``--intake-shards K`` for a region with K > 1
+    intake_shards: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_name("federation", self.federation)
@@ -124,6 +128,13 @@ class ProvisionSpec:
                                  "sites, every region needs one")
             if unknown:
                 raise ValueError(f"--site: {', '.join(unknown)} is not a region")
+        unknown = sorted(set(self.intake_shards) - set(self.regions))
+        if unknown:
+            raise ValueError(f"intake_shards: {', '.join(unknown)} is not a provisioned region "
+                             "(give it with --region, or remove it from the configuration)")
+        for region, k in self.intake_shards.items():
+            if not 1 <= k <= MAX_INTAKE_SHARDS:
+                raise ValueError(f"intake_shards.{region}: {k} not in 1..{MAX_INTAKE_SHARDS}")
 
     @property
     def broker_url(self) -> str:
@@ -362,7 +373,8 @@ def provision(spec: ProvisionSpec, out: Path, *, rotate: bool = False) -> Provis
     cloud = BrokerDir(out, accounts, spec.hosts, spec.broker_url, spec.port)
     passwords = _write_broker_dir(spec, cloud, ca, authority, owner, rotate, result)
     _write_units(out, units_for(programs, spec.federation, out, cloud=True,
-                                regions=[] if spec.sites else list(spec.regions)))
+                                regions=[] if spec.sites else list(spec.regions),
+                                intake_shards=spec.intake_shards))
     for region, site_accts in by_site.items():
         site = spec.sites[region]
         where = BrokerDir(site_dir(out, region), site_accts, site.hosts, site.url, site.port,
@@ -374,7 +386,7 @@ def provision(spec: ProvisionSpec, out: Path, *, rotate: bool = False) -> Provis
             max_packet_bytes=spec.max_packet_bytes)
         _write_broker_dir(spec, where, ca, authority, owner, rotate, result, bridge=bridge)
         _write_units(where.path, units_for(programs, spec.federation, where.path, cloud=False,
-                                           regions=[region]))
+                                           regions=[region], intake_shards=spec.intake_shards))
     _write(out / MANIFEST, (json.dumps(_manifest(spec, accounts), indent=2) + "\n").encode(),
            0o644)
     return result
@@ -615,6 +627,8 @@ def summary_text(spec: ProvisionSpec, result: ProvisionResult) -> str:
     lines += [f"  note: {note}" for note in result.notes]
     creds = out / "credentials"
     site_creds = site_dir(out, "REGION") / "credentials" if spec.sites else creds
+    sharded = ", ".join(f"{region} {k}" for region, k in sorted(spec.intake_shards.items())
+                        if k > 1)
     lines += ["next:", f"  mosquitto -c {out.resolve() / 'mosquitto.conf'}"]
     if spec.sites:
         lines.append(f"  on the gateway of each REGION (a copy of {site_dir(out, 'REGION')}): "
@@ -623,7 +637,8 @@ def summary_text(spec: ProvisionSpec, result: ProvisionResult) -> str:
         f"  hub serve --role cloud --federation {spec.federation} --config FED.yaml "
         f"--state-dir STATE --credentials {creds / 'hub-cloud.json'}",
         f"  hub serve --role regional --region REGION --federation {spec.federation} "
-        f"--state-dir STATE --credentials {site_creds}/hub-regional-REGION.json",
+        f"--state-dir STATE --credentials {site_creds}/hub-regional-REGION.json"
+        + (f" [--intake-shards K: {sharded}]" if sharded else ""),
         f"  edge-client join --federation {spec.federation} --region REGION --client-id DEV "
         f"--data DATA --state-dir STATE --credentials DEV.json   (copy {site_creds}/DEV.json "
         "to the device; it holds the CA)",

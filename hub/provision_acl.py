@@ -23,7 +23,8 @@ Who may do what (``docs/security.md`` has the same table):
 * monitor (``hub status``, scenario monitor): read-only; no device updates and no regional
   partials either, since a partial can be one device's update (one participant, async
   mode, over-selection) and is never noised.  The scenario monitor's report then takes its
-  counts from the round summaries.
+  counts from the round summaries.  It reads the intake processes' statuses of a region
+  served by several (``hub status`` lists them), not their partials.
 
 * bridge of region R (multi-site deployments, on the cloud broker only): exactly the topics
   that cross R's link (``hub.provision_bridge``): write R's partials, its hub's status and its
@@ -183,6 +184,7 @@ def rules_for(account: Account, topics: Topics) -> list[Rule]:
         Rule("read", f"{topics.base}/ack/+/+"),
         Rule("read", topics.presence_filter),
         Rule("read", topics.status_filter),
+        Rule("read", topics.intake_status("+", "+")),  # a region's intake processes
     ]
 
 

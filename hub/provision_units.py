@@ -11,7 +11,10 @@ Each directory gets ``systemd/``:
 * ``fedsa-hub-cloud.service`` (the cloud broker's directory): ``hub serve --role cloud`` with
   ``federation.yaml`` from the same directory (``hub config template edge-4bit`` is a start).
 * ``fedsa-hub-regional-REGION.service``: ``hub serve --role regional`` (in the site's
-  directory, or beside the cloud's without sites).
+  directory, or beside the cloud's without sites), with ``--intake-shards K`` for a region
+  the federation configuration serves with K > 1 intake processes (``intake_shards``):
+  the hub must run as many as the cloud announces, or the region's devices publish where
+  no process reads.  Its intake processes are its children, in the unit's control group.
 * ``fedsa-edge-client-REGION@.service``: a template for the region's devices, instance = the
   client id: ``systemctl enable --now fedsa-edge-client-north@dev-0`` on the device, with
   the device's credentials in ``/etc/fedsa-edge/DEV.json`` and ``FEDSA_DATA=...`` (the
@@ -25,6 +28,7 @@ federation finishes and stays stopped; a crash restarts it, and it resumes from 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,11 +105,14 @@ def cloud_unit(programs: Programs, federation: str, broker_dir: Path) -> str:
         "cloud", cmd, [f"LoadCredential=broker.json:{d / 'credentials' / 'hub-cloud.json'}"]))
 
 
-def regional_unit(programs: Programs, federation: str, region: str, broker_dir: Path) -> str:
+def regional_unit(programs: Programs, federation: str, region: str, broker_dir: Path,
+                  intake_shards: int = 1) -> str:
     d = broker_dir.resolve()
     cmd = (f"{programs.hub} serve --role regional --region {region} "
            f"--federation {federation} --state-dir %S/{STATE_ROOT}/regional-{region} "
            "--credentials ${CREDENTIALS_DIRECTORY}/broker.json")
+    if intake_shards > 1:
+        cmd += f" --intake-shards {intake_shards}"
     creds = d / "credentials" / f"hub-regional-{region}.json"
     return _unit(f"fedsa-edge regional hub {region} of {federation}", [BROKER_UNIT],
                  _sandboxed(f"regional-{region}", cmd, [f"LoadCredential=broker.json:{creds}"]))
@@ -122,16 +129,19 @@ def device_unit(programs: Programs, federation: str, region: str) -> str:
 
 
 def units_for(programs: Programs, federation: str, broker_dir: Path, *, cloud: bool,
-              regions: list[str]) -> dict[str, str]:
+              regions: list[str], intake_shards: Mapping[str, int] | None = None
+              ) -> dict[str, str]:
     """File name -> text of every unit for one broker directory: its broker, the cloud hub
-    (``cloud``), and the regional hub and device template of each of ``regions``."""
+    (``cloud``), and the regional hub and device template of each of ``regions``
+    (``intake_shards``: the regions served by several intake processes, as configured)."""
+    shards = intake_shards or {}
     what = "cloud" if cloud else f"site {', '.join(regions)}"
     units = {BROKER_UNIT: broker_unit(programs, broker_dir, what)}
     if cloud:
         units["fedsa-hub-cloud.service"] = cloud_unit(programs, federation, broker_dir)
     for region in regions:
         units[f"fedsa-hub-regional-{region}.service"] = regional_unit(
-            programs, federation, region, broker_dir)
+            programs, federation, region, broker_dir, shards.get(region, 1))
         units[f"fedsa-edge-client-{region}@.service"] = device_unit(programs, federation,
                                                                    region)
     return units

@@ -2,9 +2,12 @@
 
 Hubs publish a retained JSON status (``fedsa/F/status/ROLE/NAME``, with a last will that
 says ``online: false``), the cloud a retained round announcement, and devices a retained
-presence.  Reading those needs no access to any hub, so an operator can ask any broker the
-federation uses.  Collection (MQTT) and rendering (pure) are separate so the rendering is
-tested without a broker.
+presence.  A region served by several intake processes (``intake_shards``) has one status
+per process on ``fedsa/F/region/R/intake/status/SHARD`` beside its leader's; they stay in
+the region's site (its bridge does not carry them), and are listed under the region's hub.
+Reading those needs no access to any hub, so an operator can ask any broker the
+federation uses (a site's broker for its intake processes).  Collection (MQTT) and
+rendering (pure) are separate so the rendering is tested without a broker.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ class Snapshot:
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)  # "role/name" -> body
     announce: dict[str, Any] | None = None  # AnnounceHeader fields, without tensors
     presence: dict[str, bool] = field(default_factory=dict)  # "region/client" -> online
+    # region -> shard -> the status of that intake process (intake_shards > 1)
+    intake: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return not self.statuses and self.announce is None
+        return not self.statuses and self.announce is None and not self.intake
 
 
 def collect(broker_url: str, federation: str, timeout_s: float = 5.0,
@@ -66,6 +71,19 @@ def collect(broker_url: str, federation: str, timeout_s: float = 5.0,
                 snap.statuses[key] = body
             seen()
 
+    def on_intake_status(topic: str, payload: bytes) -> None:
+        region, _, shard = topic.removeprefix(f"{topics.base}/region/").partition(
+            "/intake/status/")
+        try:
+            body = json.loads(payload) if payload else None
+            number = int(shard)
+        except ValueError:
+            return
+        with lock:
+            if isinstance(body, dict):
+                snap.intake.setdefault(region, {})[number] = body
+            seen()
+
     def on_announce(_topic: str, payload: bytes) -> None:
         if not payload:
             return
@@ -93,6 +111,7 @@ def collect(broker_url: str, federation: str, timeout_s: float = 5.0,
                           reconnect_max_s=2.0, auth=auth)
     session.subscribe_raw(topics.status_filter, on_status)
     session.subscribe_raw(topics.presence_filter, on_presence)
+    session.subscribe_raw(topics.intake_status("+", "+"), on_intake_status)
     session.subscribe(topics.announce, on_announce)
     start = time.monotonic()
     session.connect(timeout=timeout_s)
@@ -184,13 +203,14 @@ def _age(ts: Any, now: float) -> str:
     return f"{secs:.0f}s ago" if secs < 120 else f"{secs / 60:.0f} min ago"
 
 
-def _hub_line(key: str, body: dict[str, Any], now: float) -> str:
+def _hub_line(key: str, body: dict[str, Any], now: float, indent: str = "  ") -> str:
     counters = body.get("counters") or {}
     rejected = sum(v for k, v in counters.items() if k.startswith("rejected."))
     state = "finished" if body.get("finished") else (
         "online" if body.get("online") else "OFFLINE")
     rnd = body.get("round")
-    parts = [f"  {key:<22} {state:<8} round {'-' if rnd is None else rnd}"]
+    width = 24 - len(indent)
+    parts = [f"{indent}{key:<{width}} {state:<8} round {'-' if rnd is None else rnd}"]
     if "updates.accepted" in counters:
         parts.append(f"updates accepted {counters['updates.accepted']}")
     parts.append(f"rejected {rejected}")
@@ -199,11 +219,16 @@ def _hub_line(key: str, body: dict[str, Any], now: float) -> str:
     return ", ".join(parts)
 
 
+def _down(body: dict[str, Any]) -> bool:
+    """Its last will (or a status) says offline, and it had not finished."""
+    return not body.get("online") and not body.get("finished")
+
+
 def render(snap: Snapshot, now: float | None = None) -> tuple[str, bool]:
     """The report an operator reads, and whether the federation looks healthy.
 
-    Unhealthy: a hub whose last will says offline, no cloud status while rounds run, or a
-    round running longer than ``OVERDUE_FACTOR`` deadlines.
+    Unhealthy: a hub (or a region's intake process) whose last will says offline, no cloud
+    status while rounds run, or a round running longer than ``OVERDUE_FACTOR`` deadlines.
     """
     now = time.time() if now is None else now
     lines: list[str] = []
@@ -249,12 +274,22 @@ def render(snap: Snapshot, now: float | None = None) -> tuple[str, bool]:
                      f"it (sessions {', '.join(map(str, dup['sessions'] or []))}), detected "
                      f"{_age(dup['detected'], now)}; the newer ({dup['newer']}) was told to "
                      "leave: give each device its own --client-id")
-    lines.append("hubs:" if snap.statuses else "hubs: no retained hub status")
-    for key in sorted(snap.statuses, key=lambda k: (not k.startswith("cloud/"), k)):
-        body = snap.statuses[key]
-        lines.append(_hub_line(key, body, now))
-        if not body.get("online") and not body.get("finished") and not finished:
-            problems.append(f"{key} offline")
+    lines.append("hubs:" if snap.statuses or snap.intake else "hubs: no retained hub status")
+    keys = set(snap.statuses) | {f"regional/{region}" for region in snap.intake}
+    for key in sorted(keys, key=lambda k: (not k.startswith("cloud/"), k)):
+        body = snap.statuses.get(key)
+        if body is None:  # intake processes whose leader left no status
+            lines.append(f"  {key:<22} no status retained")
+        else:
+            lines.append(_hub_line(key, body, now))
+            if _down(body) and not finished:
+                problems.append(f"{key} offline")
+        role, _, region = key.partition("/")
+        for shard, intake in sorted(snap.intake.get(region, {}).items()) if (
+                role == "regional") else ():
+            lines.append(_hub_line(f"intake {shard}", intake, now, indent="    "))
+            if _down(intake) and not finished:
+                problems.append(f"{key} intake {shard} offline")
     has_cloud = any(k.startswith("cloud/") for k in snap.statuses)
     if ann is not None and not finished and not has_cloud and ann["round"] > 1:
         problems.append("no cloud hub status")  # the cloud first reports after round 1

@@ -7,39 +7,36 @@ float32, so that any order of addition gives the same bits).  Every update is ac
 exactly once across a device's resend and across a crash (SIGKILL) and restart of the
 intake process that holds it; the region forwards one final partial to the cloud whose sums
 equal, bit for bit, one process's running sum of the same updates (``RegionIntake``); the
-round completes with every update applied once.
+round completes with every update applied once.  A second test SIGKILLs the leader: its
+intake processes, listed by ``hub status`` under the region while they run, stop by
+themselves, and ``hub status`` then reports them offline.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from fedsa_common.federation.config import FederationConfig
-from fedsa_common.net.transport import MqttSession
-from fedsa_common.wire.codec import get_codec
 from fedsa_common.wire.protocol import (
     Ack,
-    AnnounceHeader,
     PartialHeader,
-    Presence,
     RoundSummary,
     Topics,
-    UpdateHeader,
     decode_json,
     decode_message,
-    encode_json,
-    encode_message,
 )
 from fedsa_common.wire.shards import intake_shard
+from hub.cli import app
 from hub.intake import RegionIntake
+from tests.support.procs import children, cmdline, wait_gone
+from tests.support.scripted_devices import ScriptedDevices, dense_update
 
 pytestmark = pytest.mark.integration
 
@@ -71,41 +68,18 @@ def delta(i: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]
     return out
 
 
-def children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
 def test_two_intake_processes_fold_into_one_partial(tmp_path, broker, start_hubs):
     cfg = config()
     shards = {c: intake_shard(c, K) for c in CLIENTS}
     assert sorted(set(shards.values())) == [0, 1]  # both processes have devices
     topics = Topics(FED)
-    inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    device = MqttSession(broker.url, client_id="test-devices", clean_session=True)
-    device.subscribe(topics.announce, lambda t, p: inbox.put((t, p)))
-    device.subscribe(topics.partial(REGION), lambda t, p: inbox.put((t, p)))
-    for topic in (f"{topics.base}/ack/{REGION}/+", topics.summary,
-                  topics.intake_status(REGION, 0), topics.intake_status(REGION, 1)):
-        device.subscribe_raw(topic, lambda t, p: inbox.put((t, p)))
-    device.connect()
+    devices = ScriptedDevices(broker.url, FED, framed=(topics.announce, topics.partial(REGION)),
+                              raw=(f"{topics.base}/ack/{REGION}/+", topics.summary,
+                                   topics.intake_status(REGION, 0),
+                                   topics.intake_status(REGION, 1)))
     procs = start_hubs(broker.url, cfg, regional_args=("--intake-shards", str(K)))
-    received: list[tuple[str, bytes]] = []
-
-    def wait_for(what: str, match, timeout: float = 180.0, after: int = 0):
-        until = time.monotonic() + timeout
-        checked = after
-        while True:
-            for topic, payload in received[checked:]:
-                found = match(topic, payload)
-                if found is not None:
-                    return found
-            checked = max(checked, len(received))
-            if time.monotonic() > until:
-                raise AssertionError(f"no {what} within {timeout:g}s")
-            try:
-                received.append(inbox.get(timeout=1.0))
-            except queue.Empty:
-                assert all(p.poll() is None for p in procs), "a hub exited early"
+    devices.hubs = procs
+    wait_for = devices.wait_for
 
     def ack_of(client: str, after: int) -> Ack:
         return wait_for(f"{client}'s ack", lambda t, p: decode_json(Ack, p) if (
@@ -121,31 +95,16 @@ def test_two_intake_processes_fold_into_one_partial(tmp_path, broker, start_hubs
         for shard in range(K):  # subscribed before any update is published
             serving(shard, start)
         for client in CLIENTS:
-            device.publish_raw(topics.presence(REGION, client), encode_json(
-                Presence(client=client, region=REGION, online=True, ts=time.time())),
-                retain=True)
-
-        def running(topic, payload):
-            if topic != topics.announce or not payload:
-                return None
-            header, env = decode_message(AnnounceHeader, payload, max_bytes=64_000_000)
-            return (header, env) if header.status == "running" else None
-
-        header, env = wait_for("announcement", running)
+            devices.presence(REGION, client)
+        header, env = devices.running_announcement()
         shapes = {n: tuple(t.shape) for n, t in env.tensors.items()}
-        codec = get_codec("dense")
-        payloads = {}
-        for i, client in enumerate(CLIENTS):
-            enc = codec.encode(delta(i, shapes))
-            update = UpdateHeader(federation=FED, round=header.round, client=client,
-                                  region=REGION, base_version=header.version, codec="dense",
-                                  codec_meta=enc.meta, num_samples=i + 1)
-            payloads[client] = (update, enc.tensors, encode_message(update, enc.tensors))
+        payloads = {client: dense_update(header, REGION, client, delta(i, shapes), i + 1)
+                    for i, client in enumerate(CLIENTS)}
 
         def send(client: str) -> Ack:
-            mark = len(received)
-            device.publish(topics.device_update(REGION, client, K), payloads[client][2],
-                           timeout=30)
+            mark = devices.mark()
+            devices.session.publish(topics.device_update(REGION, client, K),
+                                    payloads[client][2], timeout=30)
             return ack_of(client, mark)
 
         first = [c for c in CLIENTS if shards[c] == shards[CLIENTS[0]]]
@@ -158,10 +117,10 @@ def test_two_intake_processes_fold_into_one_partial(tmp_path, broker, start_hubs
         assert (ack.accepted, ack.reason) == (True, "duplicate"), ack
 
         # the intake process holding first[0]'s update crashes; its leader restarts it
-        victim = next(pid for pid in children(procs[1].pid) if f"--shard\x00{shards[first[0]]}"
-                      in Path(f"/proc/{pid}/cmdline").read_text())
+        victim = next(pid for pid in children(procs[1].pid) if "--shard" in (
+            args := cmdline(pid)) and args[args.index("--shard") + 1] == str(shards[first[0]]))
         killed_at = time.time()
-        mark = len(received)
+        mark = devices.mark()
         os.kill(victim, signal.SIGKILL)
         serving(shards[first[0]], killed_at, after=mark)
         ack = send(first[0])  # the device resends: the restarted process remembers it
@@ -180,7 +139,7 @@ def test_two_intake_processes_fold_into_one_partial(tmp_path, broker, start_hubs
         for p in procs:
             assert p.wait(timeout=60) == 0
     finally:
-        device.close()
+        devices.close()
 
     # one process's running sum of the same updates
     one = RegionIntake(REGION, FED)
@@ -204,3 +163,39 @@ def test_two_intake_processes_fold_into_one_partial(tmp_path, broker, start_hubs
     assert summary.rejected == {} and summary.dropped == {}
     log = (tmp_path / "regional").joinpath(f"intake-{shards[first[0]]}.log").read_text()
     assert "restored intake of round 1" in log
+
+
+def intake_lines(broker_url: str) -> tuple[list[str], str]:
+    """``hub status``'s lines of region r1's intake processes, and its whole output."""
+    result = CliRunner().invoke(app, ["status", "--broker", broker_url, "--federation", FED,
+                                      "--timeout", "5"])
+    return [line.strip() for line in result.stdout.splitlines()
+            if line.startswith("    intake ")], result.stdout
+
+
+def test_intake_processes_stop_when_their_leader_is_sigkilled(broker, start_hubs):
+    [leader] = start_hubs(broker.url, config(), roles=("regional",),
+                          regional_args=("--intake-shards", str(K)))
+    until = time.monotonic() + 180
+    while True:  # both intake processes connected and said so (no announcement needed)
+        lines, out = intake_lines(broker.url)
+        if [line.split()[:3] for line in lines] == [["intake", str(i), "online"]
+                                                    for i in range(K)]:
+            break
+        assert leader.poll() is None, "the leader exited"
+        assert time.monotonic() < until, f"no two online intake processes in:\n{out}"
+        time.sleep(0.5)
+    assert out.index("regional/r1") < out.index("intake 0") < out.index("intake 1"), out
+    workers = [pid for pid in children(leader.pid) if "intake" in cmdline(pid)]
+    assert len(workers) == K
+
+    leader.send_signal(signal.SIGKILL)  # no clean-up runs in the leader
+    leader.wait(timeout=30)
+    left = wait_gone(workers, bound_s=120)
+    for pid in left:  # not to outlive the test when it fails
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], "intake processes outlived their leader"
+    lines, out = intake_lines(broker.url)
+    assert [line.split()[:3] for line in lines] == [["intake", str(i), "OFFLINE"]
+                                                    for i in range(K)], out
+    assert "regional/r1 intake 0 offline" in out and "regional/r1 intake 1 offline" in out

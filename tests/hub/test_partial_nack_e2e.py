@@ -11,7 +11,6 @@ of the federation would hold), which the cloud, in round 1, refuses as ``future`
 
 from __future__ import annotations
 
-import queue
 import re
 import time
 from pathlib import Path
@@ -20,23 +19,16 @@ import pytest
 import torch
 
 from fedsa_common.federation.config import FederationConfig
-from fedsa_common.net.transport import MqttSession
-from fedsa_common.wire.codec import get_codec
 from fedsa_common.wire.protocol import (
     Ack,
-    AnnounceHeader,
     PartialHeader,
-    Presence,
     RoundSummary,
     Topics,
-    UpdateHeader,
     decode_json,
-    decode_message,
-    encode_json,
-    encode_message,
 )
 from hub.cloud import initial_global
 from hub.regional import RegionalHub
+from tests.support.scripted_devices import ScriptedDevices, dense_update
 
 pytestmark = pytest.mark.integration
 
@@ -71,35 +63,12 @@ def test_a_huge_update_is_refused_and_a_refused_partial_is_not_resent(tmp_path, 
     cfg = config()
     pid = leftover_partial(tmp_path / "regional", cfg)
     topics = Topics(FED)
-    inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    device = MqttSession(broker.url, client_id="test-devices", clean_session=True)
-    for topic in (topics.announce, topics.partial_ack(REGION), topics.ack(REGION, "d0"),
-                  topics.ack(REGION, "d1"), topics.summary):
-        if topic == topics.announce:
-            device.subscribe(topic, lambda t, p: inbox.put((t, p)))
-        else:
-            device.subscribe_raw(topic, lambda t, p: inbox.put((t, p)))
-    device.connect()
+    devices = ScriptedDevices(broker.url, FED, framed=(topics.announce,), raw=(
+        topics.partial_ack(REGION), topics.ack(REGION, "d0"), topics.ack(REGION, "d1"),
+        topics.summary))
     procs = start_hubs(broker.url, cfg)
-
-    received: list[tuple[str, bytes]] = []
-
-    def wait_for(what: str, match, timeout: float = 180.0):
-        """The first message received so far, or within ``timeout``, that ``match``es."""
-        until = time.monotonic() + timeout
-        checked = 0
-        while True:
-            for topic, payload in received[checked:]:
-                found = match(topic, payload)
-                if found is not None:
-                    return found
-            checked = len(received)
-            if time.monotonic() > until:
-                raise AssertionError(f"no {what} within {timeout:g}s")
-            try:
-                received.append(inbox.get(timeout=1.0))
-            except queue.Empty:
-                assert all(p.poll() is None for p in procs), "a hub exited early"
+    devices.hubs = procs
+    wait_for = devices.wait_for
 
     def refusals() -> int:
         return len(re.findall(rf"refused partial {pid} ", (tmp_path / "cloud.log").read_text()))
@@ -110,17 +79,8 @@ def test_a_huge_update_is_refused_and_a_refused_partial_is_not_resent(tmp_path, 
 
     try:
         for client in ("d0", "d1"):
-            device.publish_raw(topics.presence(REGION, client), encode_json(
-                Presence(client=client, region=REGION, online=True, ts=time.time())),
-                retain=True)
-
-        def running(topic, payload):
-            if topic != topics.announce or not payload:
-                return None
-            header, env = decode_message(AnnounceHeader, payload, max_bytes=64_000_000)
-            return (header, env) if header.status == "running" else None
-
-        header, env = wait_for("announcement", running)
+            devices.presence(REGION, client)
+        header, env = devices.running_announcement()
         # the cloud refuses the leftover partial and says so; the region drops it
         nack = wait_for("negative ack", ack_on(topics.partial_ack(REGION)), timeout=60)
         assert (nack.id, nack.accepted, nack.reason) == (pid, False, "future")
@@ -131,17 +91,13 @@ def test_a_huge_update_is_refused_and_a_refused_partial_is_not_resent(tmp_path, 
 
         shapes = {n: tuple(t.shape) for n, t in env.tensors.items()}
         for client, value in (("d0", 0.01), ("d1", 3e38)):
-            enc = get_codec("dense").encode({n: torch.full(s, value) for n, s in shapes.items()})
-            update = UpdateHeader(federation=FED, round=header.round, client=client,
-                                  region=REGION, base_version=header.version, codec="dense",
-                                  codec_meta=enc.meta, num_samples=10)
-            device.publish(topics.update(REGION, client), encode_message(update, enc.tensors),
-                           timeout=30)
+            *_, payload = dense_update(header, REGION, client,
+                                       {n: torch.full(s, value) for n, s in shapes.items()}, 10)
+            devices.session.publish(topics.update(REGION, client), payload, timeout=30)
             ack = wait_for(f"{client}'s ack", ack_on(topics.ack(REGION, client)))
             assert ack.accepted == (client == "d0"), ack
         assert ack.reason == "value_bound"
-        device.publish_raw(topics.presence(REGION, "d1"), encode_json(
-            Presence(client="d1", region=REGION, online=False, ts=time.time())), retain=True)
+        devices.presence(REGION, "d1", online=False)
 
         summary = wait_for("round summary", lambda topic, payload: (
             decode_json(RoundSummary, payload, max_bytes=16_000_000)
@@ -149,7 +105,7 @@ def test_a_huge_update_is_refused_and_a_refused_partial_is_not_resent(tmp_path, 
         for p in procs:
             assert p.wait(timeout=60) == 0
     finally:
-        device.close()
+        devices.close()
 
     assert summary.applied_step and summary.applied == ["d0:1"]
     assert summary.rejected.get("value_bound") == 1

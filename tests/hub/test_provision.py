@@ -9,6 +9,7 @@ read the topic, with an authorized message published after it as proof of delive
 
 from __future__ import annotations
 
+import json
 import queue
 import ssl
 import threading
@@ -321,11 +322,14 @@ def test_cli_uses_credentials_and_checks_their_identity(broker, connect):
     creds = broker.out / "credentials"
     hub = connect("hub-regional-north")
     hub.publish_raw(T.status("regional", "north"), b'{"online": true, "round": 1}', retain=True)
+    # an intake process of north (intake_shards > 1) logs in with north's account
+    hub.publish_raw(T.intake_status("north", 1), b'{"online": true, "round": 1}', retain=True)
     try:
         ok = runner.invoke(app, ["status", "--federation", FED, "--broker", broker.url,
                                  "--credentials", str(creds / "monitor.json"), "--json",
                                  "--timeout", "5"])
         assert '"regional/north"' in ok.output, ok.output
+        assert json.loads(ok.stdout)["intake"] == {"north": {"1": {"online": True, "round": 1}}}
         wrong = runner.invoke(app, ["status", "--federation", FED, "--credentials",
                                     str(creds / "dev-0.json")])
         assert wrong.exit_code == 2 and "device account" in wrong.output
@@ -335,3 +339,4 @@ def test_cli_uses_credentials_and_checks_their_identity(broker, connect):
         assert anonymous.exit_code == 2 and "Not authorized" in anonymous.output
     finally:
         hub.publish_raw(T.status("regional", "north"), b"", retain=True)
+        hub.publish_raw(T.intake_status("north", 1), b"", retain=True)

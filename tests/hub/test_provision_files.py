@@ -71,8 +71,9 @@ ACCESS = {
     "intake_partial": (frame(T.intake_partial("north", 1)), {"hub-regional-north"},
                        {"hub-regional-north"}),
     "intake_ack": (T.intake_ack("north", 1), {"hub-regional-north"}, {"hub-regional-north"}),
+    # hub status (the monitor) lists the intake processes under their region
     "intake_status": (T.intake_status("north", 1), {"hub-regional-north"},
-                      {"hub-regional-north"}),
+                      {"hub-regional-north", "monitor"}),
     # not the monitor: a partial can be a single, un-noised device update
     "partial": (frame(T.partial("north")), {"hub-regional-north"}, {"hub-cloud"}),
     "presence": (T.presence("north", "dev-0"), {"dev-0"},

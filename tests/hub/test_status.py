@@ -109,3 +109,31 @@ def test_a_region_with_online_devices_and_no_hub_is_degraded():
     assert "health: DEGRADED: region west has no regional hub" in text
     snap.statuses["regional/west"] = status(finished=True)  # a hub of an earlier run
     assert "region west: no regional hub" in render(snap, now=NOW)[0]
+
+
+def test_intake_processes_are_listed_under_their_region():
+    snap = snapshot(intake={"north": {1: status(rnd=3, name="north.1"),
+                                      0: status(rnd=3, name="north.0")},
+                            "west": {0: status(rnd=3)}})
+    text, healthy = render(snap, now=NOW)
+    assert healthy
+    lines = text.splitlines()
+    north = lines.index(next(x for x in lines if x.startswith("  regional/north ")))
+    assert lines[north + 1].startswith("    intake 0 ") and "round 3" in lines[north + 1]
+    assert lines[north + 2].startswith("    intake 1 ")
+    assert "updates accepted 6, rejected 1" in lines[north + 2]
+    assert lines[north + 3].startswith("  regional/south ")
+    west = lines.index(next(x for x in lines if x.startswith("  regional/west ")))
+    assert lines[west].endswith(" no status retained")
+    assert lines[west + 1].startswith("    intake 0 ")
+
+
+def test_an_offline_intake_process_is_degraded():
+    snap = snapshot(intake={"north": {0: status(rnd=3), 1: {"online": False}}})
+    text, healthy = render(snap, now=NOW)
+    assert not healthy
+    assert "    intake 1             OFFLINE" in text
+    assert "health: DEGRADED: regional/north intake 1 offline" in text
+    finished = snapshot(announce=announce(status="finished", rnd=10),
+                        intake={"north": {1: {"online": False}}})
+    assert render(finished, now=NOW)[1]
