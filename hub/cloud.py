@@ -276,7 +276,7 @@ class CloudHub(HubProcess):
         self.publish_status(round=state.round, version=state.version, rounds=self.rounds,
                             finished=True)
         log.info("federation finished after %d rounds", state.round)
-        self.session.close()
+        self.session.close(unsubscribe=True)  # keeps the "finished" status (no will)
         return 0
 
     def status_extra(self) -> dict[str, Any]:

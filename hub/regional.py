@@ -169,7 +169,7 @@ class RegionalHub(HubProcess):
                 self.after_batch()
             if time.monotonic() >= self.next_resend:
                 self.resend()
-        self.session.close()
+        self.session.close(unsubscribe=True)  # keeps the "finished" status (no will)
         return 0
 
     def next_in_batch(self, batch_started: float) -> Event | None:

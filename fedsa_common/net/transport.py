@@ -373,10 +373,28 @@ class MqttSession:
         """Whether the connection is up right now (it may drop and come back at any time)."""
         return self._client.is_connected()
 
-    def close(self) -> None:
-        """Send a clean DISCONNECT (so the broker discards the will) and stop the network thread."""
+    def close(self, *, unsubscribe: bool = False, timeout: float = 5.0) -> None:
+        """Send a clean DISCONNECT (so the broker discards the will) and stop the network thread.
+
+        ``unsubscribe``: first end every subscription and wait (at most ``timeout``) for the
+        broker's UNSUBACK, for a process that is done for good (a hub whose federation
+        finished).  Why: a socket closed while messages are still arriving is reset, and a
+        broker that reads the reset before the DISCONNECT publishes the will, which then
+        replaces the final retained status ("finished") with "offline".  After the UNSUBACK
+        nothing more is routed to the session, so its DISCONNECT is the last thing the
+        broker reads.  Not for a restart: a persistent session keeps queueing for its
+        subscriptions only while it has them."""
         if self._closed:
             return
+        if unsubscribe and self._started:
+            with self._lock:
+                filters = sorted({s.topic_filter for s in self._subs})
+            for topic_filter in filters:
+                try:
+                    self.unsubscribe(topic_filter, timeout=timeout)
+                except (TimeoutError, ConnectionError, OSError) as err:
+                    log.debug("unsubscribe %s before closing: %s", topic_filter, err)
+                    break
         self._closed = True
         self._stopping.set()
         self._client.disconnect()
