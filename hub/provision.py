@@ -48,6 +48,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedsa_common.config.shards import intake_shards_problems
 from fedsa_common.net.broker import mosquitto_path
 from fedsa_common.net.broker_auth import (
     CREDENTIALS_FORMAT,
@@ -58,7 +59,6 @@ from fedsa_common.net.broker_auth import (
 from fedsa_common.privacy.secagg.identity import Authority, DeviceIdentity
 from fedsa_common.process.atomic import write_bytes
 from fedsa_common.wire.protocol import check_name
-from fedsa_common.wire.shards import MAX_INTAKE_SHARDS
 from hub.provision_acl import Account, federation_accounts, render_acl, site_accounts
 from hub.provision_bridge import BridgeLogin, BridgeTLS, bridge_user, render_bridge
 from hub.provision_tls import CertKey, check_ca_pair, issue_server_cert, new_ca
@@ -132,9 +132,9 @@ class ProvisionSpec:
         if unknown:
             raise ValueError(f"intake_shards: {', '.join(unknown)} is not a provisioned region "
                              "(give it with --region, or remove it from the configuration)")
-        for region, k in self.intake_shards.items():
-            if not 1 <= k <= MAX_INTAKE_SHARDS:
-                raise ValueError(f"intake_shards.{region}: {k} not in 1..{MAX_INTAKE_SHARDS}")
+        problems = intake_shards_problems(self.intake_shards)
+        if problems:
+            raise ValueError(problems[0])
 
     @property
     def broker_url(self) -> str:

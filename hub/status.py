@@ -285,8 +285,8 @@ def render(snap: Snapshot, now: float | None = None) -> tuple[str, bool]:
             if _down(body) and not finished:
                 problems.append(f"{key} offline")
         role, _, region = key.partition("/")
-        for shard, intake in sorted(snap.intake.get(region, {}).items()) if (
-                role == "regional") else ():
+        intakes = snap.intake.get(region, {}) if role == "regional" else {}
+        for shard, intake in sorted(intakes.items()):
             lines.append(_hub_line(f"intake {shard}", intake, now, indent="    "))
             if _down(intake) and not finished:
                 problems.append(f"{key} intake {shard} offline")

@@ -19,9 +19,9 @@ from fedsa_common.wire.names import NAME_RE, check_name
 from fedsa_common.wire.shards import MAX_INTAKE_SHARDS
 
 
-def intake_conflicts(shards: Mapping[str, int], policy: RoundPolicySection,
-                     secure_aggregation: bool) -> list[str]:
-    """Each problem as ``intake_shards...: why``; empty when the configuration can run."""
+def intake_shards_problems(shards: Mapping[str, int]) -> list[str]:
+    """Each region name or process count of ``intake_shards`` that is not valid, as
+    ``intake_shards...: why`` (the configuration and ``hub provision`` both check these)."""
     problems = []
     for region, k in shards.items():
         try:
@@ -30,6 +30,13 @@ def intake_conflicts(shards: Mapping[str, int], policy: RoundPolicySection,
             problems.append(f"intake_shards: region {region!r} must match {NAME_RE}")
         if not 1 <= k <= MAX_INTAKE_SHARDS:
             problems.append(f"intake_shards.{region}: {k} not in 1..{MAX_INTAKE_SHARDS}")
+    return problems
+
+
+def intake_conflicts(shards: Mapping[str, int], policy: RoundPolicySection,
+                     secure_aggregation: bool) -> list[str]:
+    """Each problem as ``intake_shards...: why``; empty when the configuration can run."""
+    problems = intake_shards_problems(shards)
     sharded = sorted(r for r, k in shards.items() if k > 1)
     if not sharded:
         return problems
